@@ -1,0 +1,378 @@
+//! Wire types of protocol v1: every frame a client sends ([`ClientFrame`]) and every
+//! frame the server sends ([`ServerFrame`]), the error codes and the close codes.
+//!
+//! This crate owns the *shape* of the JSON on the wire and nothing else: no
+//! validation beyond what serde enforces, no I/O. The engine, the integration tests
+//! and the load tester all use it, so a renamed field breaks the build rather than a
+//! client. It lives nested under `actors/` because the design fixes the top-level
+//! folders; it is its own crate so that clients need not compile actix.
+//!
+//! Rules the types encode (see `docs/protocol.md` in the repository):
+//! * client frames are tagged by `"action"`, server frames by `"type"`;
+//! * unknown fields are ignored (serde's default), so clients may send extras;
+//! * optional fields the server sends are omitted when absent.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A frame sent by a client. Unknown actions fail to parse and are answered with an
+/// `error` frame of code `bad_request`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// Enter the matching pool.
+    FindMatch {
+        #[serde(default)]
+        interests: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        language: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        group_size: Option<u8>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_wait_ms: Option<u64>,
+    },
+    /// Leave the pool.
+    CancelMatch {},
+    /// Leave the current match room and search again with the last criteria.
+    Next {},
+    /// Post a chat message to a room.
+    Send {
+        room_id: String,
+        text: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+    },
+    /// Typing indicator; relayed, never stored.
+    Typing { room_id: String, active: bool },
+    /// Read receipt up to `seq`.
+    Read { room_id: String, seq: u64 },
+    /// Opaque signaling payload (WebRTC SDP/ICE) relayed to one member or all others.
+    Signal {
+        room_id: String,
+        payload: Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
+    /// Never be matched with `user_id` again; closes a shared match room.
+    Block { user_id: String },
+    /// Join a named public room (`pub:` prefix).
+    Join { room_id: String },
+    /// Leave any room.
+    Leave { room_id: String },
+    /// Stored messages after `after_seq`.
+    History {
+        room_id: String,
+        #[serde(default)]
+        after_seq: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+}
+
+impl ClientFrame {
+    /// The `action` tag, for metrics labels and error frames.
+    pub fn action(&self) -> &'static str {
+        match self {
+            ClientFrame::FindMatch { .. } => "find_match",
+            ClientFrame::CancelMatch {} => "cancel_match",
+            ClientFrame::Next {} => "next",
+            ClientFrame::Send { .. } => "send",
+            ClientFrame::Typing { .. } => "typing",
+            ClientFrame::Read { .. } => "read",
+            ClientFrame::Signal { .. } => "signal",
+            ClientFrame::Block { .. } => "block",
+            ClientFrame::Join { .. } => "join",
+            ClientFrame::Leave { .. } => "leave",
+            ClientFrame::History { .. } => "history",
+        }
+    }
+}
+
+/// One stored chat message, as sent live (`type: message`) and inside `history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub room_id: String,
+    /// Per-room sequence number: starts at 1, no gaps.
+    pub seq: u64,
+    pub msg_id: String,
+    pub sender: String,
+    pub text: String,
+    /// Milliseconds since the Unix epoch, stamped by the server.
+    pub ts: u64,
+}
+
+/// An entry of a `history` frame: a message object carrying its own `"type"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HistoryItem {
+    Message(ChatMessage),
+}
+
+/// Presence states reported for room members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PresenceStatus {
+    /// Joined the room or came back within the grace period.
+    Online,
+    /// Connection dropped; the seat is kept for the grace period.
+    Offline,
+    /// Left the room for good.
+    Left,
+}
+
+/// Error codes carried by `error` frames. Stable strings; new codes may be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed JSON, unknown action, missing or invalid field.
+    BadRequest,
+    /// The action needs an identity the session does not have.
+    Unauthorized,
+    /// A rate limit refused the action; `retry_after_ms` says when to retry.
+    RateLimited,
+    /// The room does not exist or the user is not a member.
+    NotInRoom,
+    /// A field is over its size limit (text, payload, interests).
+    TooLarge,
+    /// `find_match` while a search is already running.
+    AlreadySearching,
+    /// The server failed; the action may be retried.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire string, for metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::NotInRoom => "not_in_room",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::AlreadySearching => "already_searching",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// A frame sent by the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    /// First frame of every session.
+    Welcome {
+        user_id: String,
+        session_id: String,
+        node: String,
+        /// Rooms the user still belongs to (reconnect within the grace period).
+        rooms: Vec<String>,
+    },
+    Searching {
+        ticket: String,
+    },
+    MatchFound {
+        room_id: String,
+        /// Present when the match is a pair.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        partner_id: Option<String>,
+        members: Vec<String>,
+        shared_interests: Vec<String>,
+        score: u32,
+    },
+    /// The search ran out of time.
+    NoMatchFound {},
+    MatchCancelled {},
+    Blocked {
+        user_id: String,
+    },
+    Ack {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
+        room_id: String,
+        seq: u64,
+        msg_id: String,
+    },
+    Message(ChatMessage),
+    Typing {
+        room_id: String,
+        user_id: String,
+        active: bool,
+    },
+    Read {
+        room_id: String,
+        user_id: String,
+        seq: u64,
+    },
+    Signal {
+        room_id: String,
+        from: String,
+        payload: Value,
+    },
+    Joined {
+        room_id: String,
+        members: Vec<String>,
+    },
+    Left {
+        room_id: String,
+    },
+    Presence {
+        room_id: String,
+        user_id: String,
+        status: PresenceStatus,
+    },
+    RoomClosed {
+        room_id: String,
+        /// Why the room closed (`partner_left`, `blocked`, `empty`, …). Extension.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    History {
+        room_id: String,
+        messages: Vec<HistoryItem>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+        /// The action that failed, when known. Extension.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        action: Option<String>,
+    },
+}
+
+impl ServerFrame {
+    /// Serialize to the JSON text of one WebSocket frame.
+    pub fn to_json(&self) -> String {
+        // Serialization of these plain structs (string keys, no maps with non-string
+        // keys) cannot fail; fall back to an internal error frame just in case.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_owned()
+        })
+    }
+
+    /// The `type` tag, for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ServerFrame::Welcome { .. } => "welcome",
+            ServerFrame::Searching { .. } => "searching",
+            ServerFrame::MatchFound { .. } => "match_found",
+            ServerFrame::NoMatchFound {} => "no_match_found",
+            ServerFrame::MatchCancelled {} => "match_cancelled",
+            ServerFrame::Blocked { .. } => "blocked",
+            ServerFrame::Ack { .. } => "ack",
+            ServerFrame::Message(_) => "message",
+            ServerFrame::Typing { .. } => "typing",
+            ServerFrame::Read { .. } => "read",
+            ServerFrame::Signal { .. } => "signal",
+            ServerFrame::Joined { .. } => "joined",
+            ServerFrame::Left { .. } => "left",
+            ServerFrame::Presence { .. } => "presence",
+            ServerFrame::RoomClosed { .. } => "room_closed",
+            ServerFrame::History { .. } => "history",
+            ServerFrame::Error { .. } => "error",
+        }
+    }
+}
+
+/// WebSocket close codes the server uses, with what a client should do.
+pub mod close {
+    /// Normal closure.
+    pub const NORMAL: u16 = 1000;
+    /// A frame was over the size limit; do not resend it.
+    pub const TOO_LARGE: u16 = 1009;
+    /// Unexpected server error; reconnect with backoff.
+    pub const INTERNAL: u16 = 1011;
+    /// The node is draining; reconnect (to another node) and resume with `history`.
+    pub const RESTARTING: u16 = 1012;
+    /// The node is full; retry later with backoff.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+    /// Missing or bad credentials; do not reconnect with the same credentials.
+    pub const UNAUTHORIZED: u16 = 4001;
+    /// Policy violation: flooding, or a client too slow to read its frames.
+    pub const POLICY: u16 = 4008;
+    /// A newer connection of the same user replaced this one; do not reconnect.
+    pub const REPLACED: u16 = 4009;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse_with_defaults_and_extra_fields() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"action":"find_match","interests":["chess"],"x":1}"#)
+                .expect("parse");
+        assert_eq!(
+            f,
+            ClientFrame::FindMatch {
+                interests: vec!["chess".into()],
+                language: None,
+                region: None,
+                group_size: None,
+                max_wait_ms: None
+            }
+        );
+        let f: ClientFrame = serde_json::from_str(r#"{"action":"cancel_match"}"#).expect("parse");
+        assert_eq!(f, ClientFrame::CancelMatch {});
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"action":"history","room_id":"r1"}"#).expect("parse");
+        assert_eq!(f, ClientFrame::History { room_id: "r1".into(), after_seq: 0, limit: None });
+    }
+
+    #[test]
+    fn unknown_action_and_missing_fields_fail() {
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"dance"}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"send","text":"x"}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"read","room_id":"r","seq":"7"}"#)
+            .is_err());
+    }
+
+    #[test]
+    fn server_frames_match_the_contract() {
+        let m = ServerFrame::Message(ChatMessage {
+            room_id: "r1".into(),
+            seq: 7,
+            msg_id: "m1".into(),
+            sender: "u1".into(),
+            text: "hi".into(),
+            ts: 1,
+        });
+        let v: Value = serde_json::from_str(&m.to_json()).expect("json");
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["seq"], 7);
+        let h = ServerFrame::History {
+            room_id: "r1".into(),
+            messages: vec![HistoryItem::Message(ChatMessage {
+                room_id: "r1".into(),
+                seq: 1,
+                msg_id: "m".into(),
+                sender: "u".into(),
+                text: "t".into(),
+                ts: 2,
+            })],
+        };
+        let v: Value = serde_json::from_str(&h.to_json()).expect("json");
+        assert_eq!(v["messages"][0]["type"], "message");
+        let e = ServerFrame::Error {
+            code: ErrorCode::RateLimited,
+            message: "slow down".into(),
+            retry_after_ms: Some(1200),
+            action: None,
+        };
+        assert_eq!(
+            e.to_json(),
+            r#"{"type":"error","code":"rate_limited","message":"slow down","retry_after_ms":1200}"#
+        );
+        assert_eq!(ServerFrame::NoMatchFound {}.to_json(), r#"{"type":"no_match_found"}"#);
+        let p = ServerFrame::Presence {
+            room_id: "r".into(),
+            user_id: "u".into(),
+            status: PresenceStatus::Offline,
+        };
+        assert!(p.to_json().contains(r#""status":"offline""#));
+    }
+}

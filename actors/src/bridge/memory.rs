@@ -1,0 +1,144 @@
+//! The in-process bridge: the embedded single-node default. Claims are decided with
+//! per-user entries in a DashMap; trending counts sit behind a mutex that is only
+//! touched once per match and once per `/api/trending` request.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use dashmap::DashMap;
+
+use super::{BoxFut, Bridge, ClaimOutcome, Ticket};
+use crate::ids::{Interest, UserId};
+
+/// Single-node facts.
+pub struct MemoryBridge {
+    node_id: String,
+    /// user → their one valid search ticket.
+    searches: DashMap<UserId, Ticket>,
+    /// Serializes claims so a multi-member check-and-remove is atomic across shards
+    /// (a DashMap alone locks one key at a time). Held for microseconds, never
+    /// across an await.
+    claim_lock: Mutex<()>,
+    /// interest → matches it was shared in.
+    trending: Mutex<HashMap<Interest, u64>>,
+}
+
+impl MemoryBridge {
+    pub fn new(node_id: impl Into<String>) -> Self {
+        Self {
+            node_id: node_id.into(),
+            searches: DashMap::new(),
+            claim_lock: Mutex::new(()),
+            trending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The synchronous claim, shared by the trait method and unit tests.
+    pub fn claim_now(&self, members: &[(UserId, Ticket)]) -> ClaimOutcome {
+        let _guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let lost: Vec<UserId> = members
+            .iter()
+            .filter(|(u, t)| self.searches.get(u).map(|v| *v) != Some(*t))
+            .map(|(u, _)| u.clone())
+            .collect();
+        if !lost.is_empty() {
+            return ClaimOutcome::Lost(lost);
+        }
+        for (u, t) in members {
+            self.searches.remove_if(u, |_, v| v == t);
+        }
+        ClaimOutcome::Claimed
+    }
+}
+
+impl Bridge for MemoryBridge {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn begin_search(&self, user: &UserId, ticket: Ticket) {
+        let _guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.searches.insert(user.clone(), ticket);
+    }
+
+    fn end_search(&self, user: &UserId, ticket: Ticket) {
+        let _guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.searches.remove_if(user, |_, v| *v == ticket);
+    }
+
+    fn claim_match(&self, members: Vec<(UserId, Ticket)>) -> BoxFut<ClaimOutcome> {
+        let outcome = self.claim_now(&members);
+        Box::pin(async move { Ok(outcome) })
+    }
+
+    fn record_match(&self, interests: Vec<Interest>) {
+        if interests.is_empty() {
+            return;
+        }
+        let mut t = self.trending.lock().unwrap_or_else(|p| p.into_inner());
+        for i in interests {
+            *t.entry(i).or_default() += 1;
+        }
+    }
+
+    fn trending(&self, limit: usize) -> BoxFut<Vec<(String, u64)>> {
+        let mut top: Vec<(String, u64)> = {
+            let t = self.trending.lock().unwrap_or_else(|p| p.into_inner());
+            t.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        };
+        top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        top.truncate(limit);
+        Box::pin(async move { Ok(top) })
+    }
+
+    fn nodes(&self) -> BoxFut<usize> {
+        Box::pin(async { Ok(1) })
+    }
+
+    fn health(&self) -> BoxFut<()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_is_claimed_at_most_once() {
+        let b = MemoryBridge::new("n");
+        let (x, y, z) = (UserId::from("x"), UserId::from("y"), UserId::from("z"));
+        b.begin_search(&x, 1);
+        b.begin_search(&y, 2);
+        b.begin_search(&z, 3);
+        assert_eq!(b.claim_now(&[(x.clone(), 1), (y.clone(), 2)]), ClaimOutcome::Claimed);
+        assert_eq!(
+            b.claim_now(&[(z.clone(), 3), (y.clone(), 2)]),
+            ClaimOutcome::Lost(vec![y.clone()])
+        );
+        // z was left untouched by the failed claim.
+        assert_eq!(b.claim_now(&[(z.clone(), 3)]), ClaimOutcome::Claimed);
+    }
+
+    #[test]
+    fn a_newer_search_supersedes_and_end_needs_the_right_ticket() {
+        let b = MemoryBridge::new("n");
+        let x = UserId::from("x");
+        b.begin_search(&x, 1);
+        b.begin_search(&x, 5);
+        assert_eq!(b.claim_now(&[(x.clone(), 1)]), ClaimOutcome::Lost(vec![x.clone()]));
+        b.end_search(&x, 1);
+        assert_eq!(b.claim_now(&[(x.clone(), 5)]), ClaimOutcome::Claimed);
+    }
+
+    #[test]
+    fn trending_orders_by_count() {
+        let b = MemoryBridge::new("n");
+        b.record_match(vec![Interest::from("chess"), Interest::from("go")]);
+        b.record_match(vec![Interest::from("chess")]);
+        let top = futures_util::FutureExt::now_or_never(b.trending(10))
+            .expect("ready")
+            .expect("ok");
+        assert_eq!(top, vec![("chess".into(), 2), ("go".into(), 1)]);
+    }
+}

@@ -1,0 +1,192 @@
+//! Wiring: the state every actor shares ([`Shared`]) and the handle the server holds
+//! ([`Engine`]). `Engine::start` must run inside an actix `System`.
+
+use std::hash::{Hash, Hasher};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr, Arbiter, ArbiterHandle};
+use dashmap::DashMap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::avoid::AvoidList;
+use crate::bridge::{Bridge, Ticket};
+use crate::config::EngineConfig;
+use crate::ids::{RoomId, UserId};
+use crate::matching::MatchShard;
+use crate::registry::Registry;
+use crate::rooms::actor::RoomActor;
+use crate::rooms::messages::JoinPublicRoom;
+use crate::rooms::RoomSupervisor;
+
+/// State shared by sessions, shards and rooms. Every map is a DashMap because
+/// actors on different arbiter threads use it; no guard is held across an await.
+pub struct Shared {
+    pub config: EngineConfig,
+    /// user → live session on this node.
+    pub registry: Registry,
+    /// user → rooms they hold a seat in, in join order (welcome, next, block).
+    pub memberships: DashMap<UserId, Vec<RoomId>>,
+    /// room → its actor; a room removes itself when it closes.
+    pub rooms: DashMap<RoomId, Addr<RoomActor>>,
+    /// Skips (`next`) and blocks.
+    pub avoid: AvoidList,
+    pub bridge: Arc<dyn Bridge>,
+    /// Worker arbiters (one thread each) that run sessions, rooms and shards.
+    pub workers: Vec<ArbiterHandle>,
+    /// Set once at start; rooms use it to bounce joins that raced a close.
+    supervisor: OnceLock<Addr<RoomSupervisor>>,
+    /// `find_match` and `next` per user (per minute quota).
+    pub find_match_limiter: DefaultKeyedRateLimiter<UserId>,
+    /// `send` per user (per second with burst).
+    pub send_limiter: DefaultKeyedRateLimiter<UserId>,
+    /// Searches waiting in all shards (for `/api/stats`).
+    pub searching: AtomicU64,
+    next_ticket: AtomicU64,
+    next_session: AtomicU64,
+    next_worker: AtomicUsize,
+    pub started_at: Instant,
+}
+
+impl Shared {
+    pub fn next_ticket(&self) -> Ticket {
+        self.next_ticket.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn next_session_id(&self) -> u64 {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Round-robin over worker arbiters.
+    pub fn next_worker(&self) -> ArbiterHandle {
+        let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
+        self.workers[i].clone()
+    }
+
+    pub fn add_membership(&self, user: &UserId, room: &RoomId) {
+        let mut rooms = self.memberships.entry(user.clone()).or_default();
+        if !rooms.contains(room) {
+            rooms.push(room.clone());
+        }
+    }
+
+    pub fn remove_membership(&self, user: &UserId, room: &RoomId) {
+        if let Some(mut rooms) = self.memberships.get_mut(user) {
+            rooms.retain(|r| r != room);
+        }
+        self.memberships.remove_if(user, |_, rooms| rooms.is_empty());
+    }
+
+    /// Rooms the user holds a seat in, oldest first.
+    pub fn rooms_of(&self, user: &UserId) -> Vec<RoomId> {
+        self.memberships.get(user).map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Re-route a join that reached a room as it closed.
+    pub fn supervisor_bounce(&self, join: JoinPublicRoom) {
+        if let Some(s) = self.supervisor.get() {
+            s.do_send(join);
+        }
+    }
+
+    pub fn supervisor(&self) -> Option<&Addr<RoomSupervisor>> {
+        self.supervisor.get()
+    }
+}
+
+/// The handle the server and sessions hold. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub shared: Arc<Shared>,
+    pub shards: Arc<[Addr<MatchShard>]>,
+    pub supervisor: Addr<RoomSupervisor>,
+}
+
+fn per_minute(n: u32) -> Quota {
+    Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
+}
+
+fn per_second(n: u32, burst: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN))
+}
+
+impl Engine {
+    /// Start worker arbiters, pool shards and the room supervisor. Call inside a
+    /// running actix `System`.
+    pub fn start(config: EngineConfig, bridge: Arc<dyn Bridge>) -> Engine {
+        let workers: Vec<ArbiterHandle> =
+            (0..config.worker_count()).map(|_| Arbiter::new().handle()).collect();
+        let shared = Arc::new(Shared {
+            find_match_limiter: RateLimiter::keyed(per_minute(config.find_match_per_minute)),
+            send_limiter: RateLimiter::keyed(per_second(config.send_per_second, config.send_burst)),
+            registry: Registry::default(),
+            memberships: DashMap::new(),
+            rooms: DashMap::new(),
+            avoid: AvoidList::default(),
+            bridge,
+            workers,
+            supervisor: OnceLock::new(),
+            searching: AtomicU64::new(0),
+            next_ticket: AtomicU64::new(1),
+            next_session: AtomicU64::new(1),
+            next_worker: AtomicUsize::new(0),
+            started_at: Instant::now(),
+            config,
+        });
+        let supervisor = RoomSupervisor::new(shared.clone()).start();
+        let _ = shared.supervisor.set(supervisor.clone());
+        let shards: Vec<Addr<MatchShard>> = (0..shared.config.shard_count())
+            .map(|i| {
+                let (s, sup) = (shared.clone(), supervisor.clone());
+                let arbiter = &shared.workers[i % shared.workers.len()];
+                MatchShard::start_in_arbiter(arbiter, move |_| MatchShard::new(i, s, sup))
+            })
+            .collect();
+        let engine = Engine { shared, shards: shards.into(), supervisor };
+        engine.spawn_housekeeping();
+        engine
+    }
+
+    /// The shard that owns searches in `language`.
+    pub fn shard_for(&self, language: &str) -> &Addr<MatchShard> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        language.hash(&mut h);
+        &self.shards[(h.finish() as usize) % self.shards.len()]
+    }
+
+    /// Periodic sweeps of the avoid list and rate-limiter state.
+    fn spawn_housekeeping(&self) {
+        let shared = self.shared.clone();
+        actix::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                every.tick().await;
+                shared.avoid.sweep();
+                shared.find_match_limiter.retain_recent();
+                shared.send_limiter.retain_recent();
+                shared.find_match_limiter.shrink_to_fit();
+                shared.send_limiter.shrink_to_fit();
+            }
+        });
+    }
+
+    /// Close every session with `code` and wait (bounded) until all are gone.
+    pub async fn drain(&self, code: u16, timeout: Duration) -> usize {
+        self.shared.registry.close_all(code);
+        let deadline = Instant::now() + timeout;
+        while !self.shared.registry.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.shared.registry.len()
+    }
+
+    /// Stop the worker arbiters (after a drain).
+    pub fn stop(&self) {
+        for w in &self.shared.workers {
+            w.stop();
+        }
+    }
+}

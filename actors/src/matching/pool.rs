@@ -1,0 +1,569 @@
+//! The waiting pool of one shard, as plain data: insertion, the interest index,
+//! scoring, relaxation over wait time, and group selection. No actors, no clocks
+//! of its own (callers pass `now`), so every rule is unit-tested here.
+//!
+//! Layout: entries live in `entries` by ticket. Each (language, group size) pair is
+//! a [`Bucket`] with two indexes of tickets, both ordered by ticket (= arrival):
+//! `order` (everyone) and `by_interest` (interest → who lists it). A search scores
+//! only the users that share one of its interests, plus the oldest few of its bucket
+//! for the relaxed steps, so it never walks the whole pool.
+//!
+//! Rules (protocol "Matching rules"):
+//! * same language (one bucket per language) and same group size;
+//! * score = shared interests; ties go to the longest wait (lowest ticket);
+//! * a pair is acceptable at ladder step `s` when: not the same user, neither avoids
+//!   the other, same region if `s.same_region` and both gave one, and they share at
+//!   least `min(s.min_shared, |a|, |b|)` interests. The step is the more relaxed of
+//!   the two sides' steps, so a long waiter is served by any compatible newcomer;
+//! * in a group, every member must be acceptable with the searcher, and members must
+//!   not avoid each other nor differ in region when the step wants one region.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::bridge::Ticket;
+use crate::config::LadderStep;
+use crate::ids::{Interest, UserId};
+
+/// Most tickets read from one interest's index per search.
+pub const PER_INTEREST_SCAN: usize = 2_000;
+/// Oldest entries of a bucket considered as zero-shared candidates per search.
+pub const OLDEST_SCAN: usize = 256;
+
+/// What a search asks for, validated and normalized by the session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Criteria {
+    /// Sorted, deduplicated.
+    pub interests: Vec<Interest>,
+    pub language: Arc<str>,
+    pub region: Option<Arc<str>>,
+    pub group_size: u8,
+}
+
+/// One waiting search. `link` is whatever the caller needs to notify the searcher.
+#[derive(Debug)]
+pub struct Entry<T> {
+    pub ticket: Ticket,
+    pub user: UserId,
+    pub criteria: Criteria,
+    pub joined: Instant,
+    pub deadline: Instant,
+    /// Ladder step last evaluated for this entry.
+    pub step: usize,
+    pub link: T,
+}
+
+/// A group chosen by [`Pool::try_match`], already removed from the pool.
+#[derive(Debug)]
+pub struct Match<T> {
+    /// The searcher first, then partners in rank order.
+    pub members: Vec<Entry<T>>,
+    /// Interests every member listed.
+    pub shared: Vec<Interest>,
+    /// The ladder step the match was made at.
+    pub step: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct BucketKey {
+    language: Arc<str>,
+    group_size: u8,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    order: BTreeSet<Ticket>,
+    by_interest: HashMap<Interest, BTreeSet<Ticket>>,
+}
+
+/// What a timer sweep produced.
+#[derive(Debug)]
+pub struct TickOutcome<T> {
+    pub matches: Vec<Match<T>>,
+    pub expired: Vec<Entry<T>>,
+}
+
+/// The pool of one shard.
+#[derive(Debug)]
+pub struct Pool<T> {
+    ladder: Vec<LadderStep>,
+    entries: HashMap<Ticket, Entry<T>>,
+    by_user: HashMap<UserId, Ticket>,
+    buckets: HashMap<BucketKey, Bucket>,
+    /// (when, ticket): the next moment each entry changes step or expires.
+    timers: BTreeSet<(Instant, Ticket)>,
+}
+
+impl<T> Pool<T> {
+    /// An empty pool relaxing along `ladder` (validated: sorted, first at 0).
+    pub fn new(ladder: Vec<LadderStep>) -> Self {
+        Self {
+            ladder,
+            entries: HashMap::new(),
+            by_user: HashMap::new(),
+            buckets: HashMap::new(),
+            timers: BTreeSet::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn contains(&self, ticket: Ticket) -> bool {
+        self.entries.contains_key(&ticket)
+    }
+
+    /// The user's ticket, if they wait here.
+    pub fn ticket_of(&self, user: &UserId) -> Option<Ticket> {
+        self.by_user.get(user).copied()
+    }
+
+    /// Ladder step for a wait of `waited`.
+    pub fn step_at(&self, waited: Duration) -> usize {
+        let ms = waited.as_millis() as u64;
+        self.ladder.iter().rposition(|s| s.after_ms <= ms).unwrap_or(0)
+    }
+
+    /// Add a search. A user waits at most once per pool: an older entry of the same
+    /// user is removed and returned (it was superseded by a newer connection).
+    pub fn insert(&mut self, mut entry: Entry<T>, now: Instant) -> Option<Entry<T>> {
+        let old = self.by_user.get(&entry.user).copied().and_then(|t| self.remove(t));
+        entry.step = self.step_at(now.saturating_duration_since(entry.joined));
+        let key = BucketKey {
+            language: entry.criteria.language.clone(),
+            group_size: entry.criteria.group_size,
+        };
+        let bucket = self.buckets.entry(key).or_default();
+        bucket.order.insert(entry.ticket);
+        for i in &entry.criteria.interests {
+            bucket.by_interest.entry(i.clone()).or_default().insert(entry.ticket);
+        }
+        self.by_user.insert(entry.user.clone(), entry.ticket);
+        self.timers.insert((self.next_event(&entry), entry.ticket));
+        self.entries.insert(entry.ticket, entry);
+        old
+    }
+
+    /// Remove a search by ticket.
+    pub fn remove(&mut self, ticket: Ticket) -> Option<Entry<T>> {
+        let entry = self.entries.remove(&ticket)?;
+        self.timers.remove(&(self.next_event(&entry), ticket));
+        if self.by_user.get(&entry.user) == Some(&ticket) {
+            self.by_user.remove(&entry.user);
+        }
+        let key = BucketKey {
+            language: entry.criteria.language.clone(),
+            group_size: entry.criteria.group_size,
+        };
+        if let Some(bucket) = self.buckets.get_mut(&key) {
+            bucket.order.remove(&ticket);
+            for i in &entry.criteria.interests {
+                if let Some(set) = bucket.by_interest.get_mut(i) {
+                    set.remove(&ticket);
+                    if set.is_empty() {
+                        bucket.by_interest.remove(i);
+                    }
+                }
+            }
+            if bucket.order.is_empty() {
+                self.buckets.remove(&key);
+            }
+        }
+        Some(entry)
+    }
+
+    /// When `entry` next needs attention: its next ladder step or its deadline.
+    fn next_event(&self, entry: &Entry<T>) -> Instant {
+        let next_step = self
+            .ladder
+            .get(entry.step + 1)
+            .map(|s| entry.joined + Duration::from_millis(s.after_ms));
+        match next_step {
+            Some(t) if t < entry.deadline => t,
+            _ => entry.deadline,
+        }
+    }
+
+    /// Try to complete a group for `ticket` now. On success the members are removed
+    /// from the pool and returned. `avoids(a, b)` is the skip/block check; `alive`
+    /// says whether a waiting entry can still be notified (skipped if not).
+    pub fn try_match(
+        &mut self,
+        ticket: Ticket,
+        now: Instant,
+        avoids: impl Fn(&UserId, &UserId) -> bool,
+        alive: impl Fn(&T) -> bool,
+    ) -> Option<Match<T>> {
+        let chosen = self.choose(ticket, now, &avoids, &alive)?;
+        let step = chosen.1;
+        let mut members = Vec::with_capacity(chosen.0.len() + 1);
+        for t in std::iter::once(ticket).chain(chosen.0) {
+            // unwrap-free: every ticket came from `entries` just above.
+            if let Some(e) = self.remove(t) {
+                members.push(e);
+            }
+        }
+        let shared = shared_by_all(&members);
+        Some(Match { members, shared, step })
+    }
+
+    /// Pick partners for `ticket` without changing the pool: (partners, step).
+    fn choose(
+        &self,
+        ticket: Ticket,
+        now: Instant,
+        avoids: &impl Fn(&UserId, &UserId) -> bool,
+        alive: &impl Fn(&T) -> bool,
+    ) -> Option<(Vec<Ticket>, usize)> {
+        let me = self.entries.get(&ticket)?;
+        let need = usize::from(me.criteria.group_size).saturating_sub(1);
+        if need == 0 {
+            return None;
+        }
+        let key = BucketKey {
+            language: me.criteria.language.clone(),
+            group_size: me.criteria.group_size,
+        };
+        let bucket = self.buckets.get(&key)?;
+        if bucket.order.len() <= need {
+            return None;
+        }
+        // Shared-interest counts for everyone who lists one of my interests.
+        let mut counts: HashMap<Ticket, u32> = HashMap::new();
+        for i in &me.criteria.interests {
+            if let Some(set) = bucket.by_interest.get(i) {
+                for &t in set.iter().take(PER_INTEREST_SCAN) {
+                    if t != ticket {
+                        *counts.entry(t).or_default() += 1;
+                    }
+                }
+            }
+        }
+        let mut ranked: Vec<(u32, Ticket)> = counts.iter().map(|(t, c)| (*c, *t)).collect();
+        // The oldest waiters as zero-shared candidates (relaxed steps, or users who
+        // gave no interests).
+        for &t in bucket.order.iter().take(OLDEST_SCAN) {
+            if t != ticket && !counts.contains_key(&t) {
+                ranked.push((0, t));
+            }
+        }
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+
+        let my_step = self.step_at(now.saturating_duration_since(me.joined));
+        let mut chosen: Vec<&Entry<T>> = Vec::with_capacity(need);
+        let mut group_step = my_step;
+        for (shared, t) in ranked {
+            let Some(c) = self.entries.get(&t) else { continue };
+            if !alive(&c.link) {
+                continue;
+            }
+            let step = group_step.max(self.step_at(now.saturating_duration_since(c.joined)));
+            let rule = &self.ladder[step];
+            if !pair_ok(me, c, shared, rule, avoids) {
+                continue;
+            }
+            let fits_group = chosen.iter().all(|o| {
+                o.user != c.user
+                    && !avoids(&o.user, &c.user)
+                    && !(rule.same_region && regions_differ(&o.criteria, &c.criteria))
+            });
+            if !fits_group {
+                continue;
+            }
+            group_step = step;
+            chosen.push(c);
+            if chosen.len() == need {
+                return Some((chosen.iter().map(|e| e.ticket).collect(), group_step));
+            }
+        }
+        None
+    }
+
+    /// Expire searches past their deadline and retry those whose ladder step grew.
+    pub fn tick(
+        &mut self,
+        now: Instant,
+        avoids: impl Fn(&UserId, &UserId) -> bool,
+        alive: impl Fn(&T) -> bool,
+    ) -> TickOutcome<T> {
+        let mut out = TickOutcome { matches: Vec::new(), expired: Vec::new() };
+        let due: Vec<(Instant, Ticket)> = self.timers.range(..=(now, Ticket::MAX)).copied().collect();
+        for (when, ticket) in due {
+            self.timers.remove(&(when, ticket));
+            let Some(entry) = self.entries.get_mut(&ticket) else { continue };
+            if entry.deadline <= now {
+                if let Some(e) = self.remove(ticket) {
+                    out.expired.push(e);
+                }
+                continue;
+            }
+            let waited = now.saturating_duration_since(entry.joined).as_millis() as u64;
+            entry.step = self.ladder.iter().rposition(|s| s.after_ms <= waited).unwrap_or(0);
+            if let Some(e) = self.entries.get(&ticket) {
+                let next = self.next_event(e);
+                self.timers.insert((next, ticket));
+            }
+            if let Some(m) = self.try_match(ticket, now, &avoids, &alive) {
+                out.matches.push(m);
+            }
+        }
+        out
+    }
+
+    /// Every waiting entry, oldest first (drain on shutdown).
+    pub fn drain(&mut self) -> Vec<Entry<T>> {
+        let mut tickets: Vec<Ticket> = self.entries.keys().copied().collect();
+        tickets.sort_unstable();
+        tickets.into_iter().filter_map(|t| self.remove(t)).collect()
+    }
+}
+
+fn regions_differ(a: &Criteria, b: &Criteria) -> bool {
+    matches!((&a.region, &b.region), (Some(x), Some(y)) if x != y)
+}
+
+fn pair_ok<T>(
+    a: &Entry<T>,
+    b: &Entry<T>,
+    shared: u32,
+    rule: &LadderStep,
+    avoids: &impl Fn(&UserId, &UserId) -> bool,
+) -> bool {
+    if a.user == b.user || avoids(&a.user, &b.user) {
+        return false;
+    }
+    if rule.same_region && regions_differ(&a.criteria, &b.criteria) {
+        return false;
+    }
+    let need = rule
+        .min_shared
+        .min(a.criteria.interests.len() as u32)
+        .min(b.criteria.interests.len() as u32);
+    shared >= need
+}
+
+/// Interests listed by every member (inputs are sorted and deduplicated).
+fn shared_by_all<T>(members: &[Entry<T>]) -> Vec<Interest> {
+    let Some((first, rest)) = members.split_first() else { return Vec::new() };
+    first
+        .criteria
+        .interests
+        .iter()
+        .filter(|i| rest.iter().all(|m| m.criteria.interests.binary_search(i).is_ok()))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ladder() -> Vec<LadderStep> {
+        vec![
+            LadderStep { after_ms: 0, same_region: true, min_shared: 2 },
+            LadderStep { after_ms: 1_000, same_region: true, min_shared: 1 },
+            LadderStep { after_ms: 2_000, same_region: false, min_shared: 1 },
+            LadderStep { after_ms: 3_000, same_region: false, min_shared: 0 },
+        ]
+    }
+
+    struct Spec<'a> {
+        user: &'a str,
+        interests: &'a [&'a str],
+        lang: &'a str,
+        region: Option<&'a str>,
+        group: u8,
+    }
+
+    fn entry(ticket: Ticket, s: Spec<'_>, joined: Instant) -> Entry<()> {
+        let mut interests: Vec<Interest> = s.interests.iter().map(|i| Interest::from(*i)).collect();
+        interests.sort();
+        interests.dedup();
+        Entry {
+            ticket,
+            user: UserId::from(s.user),
+            criteria: Criteria {
+                interests,
+                language: Arc::from(s.lang),
+                region: s.region.map(Arc::from),
+                group_size: s.group,
+            },
+            joined,
+            deadline: joined + Duration::from_secs(60),
+            step: 0,
+            link: (),
+        }
+    }
+
+    fn pair(user: &str, interests: &'static [&'static str], region: Option<&str>) -> Spec<'static> {
+        // Leak is fine in tests: tiny, bounded strings.
+        let user: &'static str = Box::leak(user.to_owned().into_boxed_str());
+        let region = region.map(|r| &*Box::leak(r.to_owned().into_boxed_str()));
+        Spec { user, interests, lang: "en", region, group: 2 }
+    }
+
+    fn never(_: &UserId, _: &UserId) -> bool {
+        false
+    }
+
+    fn users(m: &Match<()>) -> Vec<&str> {
+        m.members.iter().map(|e| e.user.as_str()).collect()
+    }
+
+    #[test]
+    fn best_score_wins_and_ties_go_to_the_longest_wait() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(ladder());
+        p.insert(entry(1, pair("a", &["chess", "go"], None), t0), t0);
+        p.insert(entry(2, pair("b", &["chess", "go", "jazz"], None), t0), t0);
+        p.insert(entry(3, pair("c", &["chess", "go", "jazz"], None), t0), t0);
+        // d shares 3 with b and c, 2 with a: b (older than c) wins.
+        p.insert(entry(4, pair("d", &["chess", "go", "jazz"], None), t0), t0);
+        let m = p.try_match(4, t0, never, |_| true).expect("match");
+        assert_eq!(users(&m), ["d", "b"]);
+        assert_eq!(m.shared.len(), 3);
+        assert_eq!(p.len(), 2);
+        assert!(p.contains(1) && p.contains(3));
+    }
+
+    #[test]
+    fn language_and_group_size_separate_buckets() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(ladder());
+        p.insert(entry(1, Spec { user: "a", interests: &["x", "y"], lang: "de", region: None, group: 2 }, t0), t0);
+        p.insert(entry(2, Spec { user: "b", interests: &["x", "y"], lang: "en", region: None, group: 3 }, t0), t0);
+        p.insert(entry(3, Spec { user: "c", interests: &["x", "y"], lang: "en", region: None, group: 2 }, t0), t0);
+        assert!(p.try_match(3, t0, never, |_| true).is_none());
+    }
+
+    #[test]
+    fn criteria_relax_along_the_ladder() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(ladder());
+        p.insert(entry(1, pair("a", &["chess", "go"], Some("eu")), t0), t0);
+        p.insert(entry(2, pair("b", &["chess", "poker"], Some("eu")), t0), t0);
+        // One shared interest: not enough at step 0.
+        assert!(p.try_match(2, t0, never, |_| true).is_none());
+        let out = p.tick(t0 + Duration::from_millis(1_100), never, |_| true);
+        assert_eq!(out.matches.len(), 1);
+        assert_eq!(out.matches[0].step, 1);
+
+        // Different regions wait until step 2.
+        p.insert(entry(3, pair("c", &["chess"], Some("eu")), t0), t0);
+        p.insert(entry(4, pair("d", &["chess"], Some("us")), t0), t0);
+        let out = p.tick(t0 + Duration::from_millis(1_500), never, |_| true);
+        assert!(out.matches.is_empty());
+        let out = p.tick(t0 + Duration::from_millis(2_100), never, |_| true);
+        assert_eq!(out.matches.len(), 1);
+
+        // No shared interest at all: only at the last step.
+        p.insert(entry(5, pair("e", &["knitting"], None), t0), t0);
+        p.insert(entry(6, pair("f", &["surfing"], None), t0), t0);
+        assert!(p.tick(t0 + Duration::from_millis(2_500), never, |_| true).matches.is_empty());
+        assert_eq!(p.tick(t0 + Duration::from_millis(3_100), never, |_| true).matches.len(), 1);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn a_long_waiter_is_served_by_any_compatible_newcomer() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(ladder());
+        p.insert(entry(1, pair("old", &["rare"], None), t0), t0);
+        let later = t0 + Duration::from_millis(3_500);
+        p.insert(entry(2, pair("new", &["common"], None), later), later);
+        let m = p.try_match(2, later, never, |_| true).expect("relaxed by the old waiter");
+        assert_eq!(users(&m), ["new", "old"]);
+    }
+
+    #[test]
+    fn users_without_interests_match_at_once() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(ladder());
+        p.insert(entry(1, pair("a", &[], None), t0), t0);
+        p.insert(entry(2, pair("b", &["chess", "go"], None), t0), t0);
+        assert!(p.try_match(2, t0, never, |_| true).is_some());
+    }
+
+    #[test]
+    fn never_self_never_avoided_never_dead() {
+        let t0 = Instant::now();
+        let mut p: Pool<bool> = Pool::new(ladder());
+        let mk = |t, u: &'static str, alive| {
+            let mut e = entry(t, pair(u, &["x", "y"], None), t0);
+            let link = alive;
+            Entry { link, ticket: e.ticket, user: std::mem::replace(&mut e.user, UserId::from("")), criteria: e.criteria, joined: e.joined, deadline: e.deadline, step: 0 }
+        };
+        p.insert(mk(1, "skipped", true), t0);
+        p.insert(mk(2, "gone", false), t0);
+        p.insert(mk(3, "me", true), t0);
+        let avoid = |a: &UserId, b: &UserId| {
+            let pair = [a.as_str(), b.as_str()];
+            pair.contains(&"me") && pair.contains(&"skipped")
+        };
+        assert!(p.try_match(3, t0, avoid, |alive| *alive).is_none());
+        p.insert(mk(4, "fresh", true), t0);
+        let m = p.try_match(3, t0, avoid, |alive| *alive).expect("fresh is fine");
+        assert_eq!(m.members[1].user.as_str(), "fresh");
+    }
+
+    #[test]
+    fn a_user_waits_once_per_pool() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(ladder());
+        assert!(p.insert(entry(1, pair("a", &["x"], None), t0), t0).is_none());
+        let old = p.insert(entry(2, pair("a", &["x"], None), t0), t0).expect("superseded");
+        assert_eq!(old.ticket, 1);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.ticket_of(&UserId::from("a")), Some(2));
+    }
+
+    #[test]
+    fn groups_fill_with_mutually_compatible_members() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(ladder());
+        let g = |u: &'static str, r: &'static str| Spec { user: u, interests: &["x", "y"], lang: "en", region: Some(r), group: 3 };
+        p.insert(entry(1, g("a", "eu"), t0), t0);
+        p.insert(entry(2, g("b", "us"), t0), t0);
+        p.insert(entry(3, g("c", "eu"), t0), t0);
+        assert!(p.try_match(3, t0, never, |_| true).is_none(), "only two in eu");
+        p.insert(entry(4, g("d", "eu"), t0), t0);
+        let m = p.try_match(4, t0, never, |_| true).expect("three in eu");
+        let mut u = users(&m);
+        u.sort();
+        assert_eq!(u, ["a", "c", "d"]);
+        assert_eq!(m.shared.len(), 2);
+    }
+
+    #[test]
+    fn searches_expire_at_their_deadline() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(ladder());
+        let mut e = entry(1, pair("a", &["x"], None), t0);
+        e.deadline = t0 + Duration::from_millis(500);
+        p.insert(e, t0);
+        assert!(p.tick(t0 + Duration::from_millis(400), never, |_| true).expired.is_empty());
+        let out = p.tick(t0 + Duration::from_millis(600), never, |_| true);
+        assert_eq!(out.expired.len(), 1);
+        assert!(p.is_empty());
+        assert!(p.timers.is_empty());
+    }
+
+    #[test]
+    fn removal_keeps_indexes_exact() {
+        let t0 = Instant::now();
+        let mut p = Pool::new(ladder());
+        for t in 0..100u64 {
+            p.insert(entry(t, pair(&format!("u{t}"), &["a", "b", "c"], None), t0), t0);
+        }
+        for t in 0..100u64 {
+            assert!(p.remove(t).is_some());
+        }
+        assert!(p.is_empty() && p.buckets.is_empty() && p.by_user.is_empty() && p.timers.is_empty());
+    }
+}

@@ -1,0 +1,41 @@
+//! Metric names, declared once. The binary describes them and exports them on
+//! `/metrics`; dashboards must use exactly these names. Units are in the names.
+
+/// Gauge: open WebSocket sessions on this node.
+pub const CONNECTIONS: &str = "rendezvous_connections";
+/// Counter: sessions opened.
+pub const SESSIONS_OPENED_TOTAL: &str = "rendezvous_sessions_opened_total";
+/// Counter: sessions closed, label `reason`.
+pub const SESSIONS_CLOSED_TOTAL: &str = "rendezvous_sessions_closed_total";
+/// Counter: searches started (`find_match` and `next`).
+pub const SEARCHES_STARTED_TOTAL: &str = "rendezvous_searches_started_total";
+/// Counter: searches ended without a match, label `reason` (cancelled, timeout, disconnected).
+pub const SEARCHES_ENDED_TOTAL: &str = "rendezvous_searches_ended_total";
+/// Gauge: searches waiting in the pool, label `shard`.
+pub const POOL_WAITING: &str = "rendezvous_pool_waiting";
+/// Counter: matches made, label `group_size`.
+pub const MATCHES_TOTAL: &str = "rendezvous_matches_total";
+/// Histogram: seconds a matched member waited, label `level` (relaxation step).
+pub const MATCH_LATENCY_SECONDS: &str = "rendezvous_match_latency_seconds";
+/// Histogram: interests shared by the members of a match.
+pub const MATCH_SHARED_INTERESTS: &str = "rendezvous_match_shared_interests";
+/// Counter: claims lost to a concurrent claim (the search was retried).
+pub const CLAIM_CONFLICTS_TOTAL: &str = "rendezvous_claim_conflicts_total";
+/// Gauge: rooms open on this node.
+pub const ROOMS_OPEN: &str = "rendezvous_rooms_open";
+/// Counter: frames received from clients.
+pub const FRAMES_IN_TOTAL: &str = "rendezvous_frames_in_total";
+/// Counter: frames written to clients.
+pub const FRAMES_OUT_TOTAL: &str = "rendezvous_frames_out_total";
+/// Counter: chat messages accepted (stored and acknowledged).
+pub const MESSAGES_TOTAL: &str = "rendezvous_messages_total";
+/// Counter: droppable frames (typing, presence, pings) dropped for a full queue.
+pub const FRAMES_DROPPED_TOTAL: &str = "rendezvous_frames_dropped_total";
+/// Counter: clients disconnected for not reading their frames.
+pub const SLOW_CONSUMER_DISCONNECTS_TOTAL: &str = "rendezvous_slow_consumer_disconnects_total";
+/// Counter: actions refused by a rate limit, label `action`.
+pub const RATE_LIMITED_TOTAL: &str = "rendezvous_rate_limited_total";
+/// Counter: error frames sent, label `code`.
+pub const ERRORS_TOTAL: &str = "rendezvous_error_frames_total";
+/// Counter: WebSocket upgrades refused, label `reason`.
+pub const HANDSHAKES_REFUSED_TOTAL: &str = "rendezvous_handshakes_refused_total";

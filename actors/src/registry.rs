@@ -1,0 +1,58 @@
+//! Who is connected to this node: user → the live session's handles. Routes local
+//! deliveries without a central actor. Entries are looked up and cloned out; no
+//! guard is ever held across an `.await`.
+
+use actix::Recipient;
+use dashmap::DashMap;
+
+use crate::ids::UserId;
+use crate::outbox::Outbox;
+use crate::session::messages::SessionEvent;
+
+/// The handles of one live session.
+#[derive(Clone, Debug)]
+pub struct SessionEntry {
+    /// Distinguishes a user's successive connections (replace-on-reconnect).
+    pub session_id: u64,
+    pub outbox: Outbox,
+    pub events: Recipient<SessionEvent>,
+}
+
+/// Sharded map (DashMap) because every worker thread inserts and removes sessions
+/// and every room reads it; a single lock would serialize all of them.
+#[derive(Default)]
+pub struct Registry {
+    map: DashMap<UserId, SessionEntry>,
+}
+
+impl Registry {
+    /// Register a session; returns the one it replaces, if any.
+    pub fn insert(&self, user: UserId, entry: SessionEntry) -> Option<SessionEntry> {
+        self.map.insert(user, entry)
+    }
+
+    /// Remove the user's entry only if it is still `session_id` (a newer session
+    /// may have replaced it). True when removed: the user is now offline here.
+    pub fn remove_if_current(&self, user: &UserId, session_id: u64) -> bool {
+        self.map.remove_if(user, |_, e| e.session_id == session_id).is_some()
+    }
+
+    pub fn get(&self, user: &str) -> Option<SessionEntry> {
+        self.map.get(user).map(|e| e.value().clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Ask every session to close with `code` (drain).
+    pub fn close_all(&self, code: u16) {
+        for e in self.map.iter() {
+            e.value().outbox.close(code);
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Inboxes of the room supervisor and of room actors. Replies to clients go straight
+//! to the requesting session's [`Outbox`], so senders never wait on a room.
+
+use actix::{Message, Recipient};
+use serde_json::Value;
+
+use crate::bridge::Ticket;
+use crate::ids::{Interest, RoomId, UserId};
+use crate::outbox::Outbox;
+use crate::session::messages::SessionEvent;
+
+// ---- RoomSupervisor ----
+
+/// One member of a claimed match.
+#[derive(Debug, Clone)]
+pub struct MatchedMember {
+    pub user: UserId,
+    pub session_id: u64,
+    pub ticket: Ticket,
+    pub events: Recipient<SessionEvent>,
+}
+
+/// MatchShard → RoomSupervisor: open a room for a claimed match and tell every member.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CreateMatchRoom {
+    pub members: Vec<MatchedMember>,
+    pub shared: Vec<Interest>,
+}
+
+/// Session (or a closing room, bouncing a late join) → RoomSupervisor: join the named
+/// public room, creating it if needed. The room answers `joined` to `outbox`.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct JoinPublicRoom {
+    pub room_id: RoomId,
+    pub user: UserId,
+    pub session_id: u64,
+    pub outbox: Outbox,
+}
+
+// ---- RoomActor ----
+
+/// Session → Room: store a chat message, `ack` the sender, fan out `message`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct PostMessage {
+    pub user: UserId,
+    pub text: String,
+    pub client_msg_id: Option<String>,
+    pub reply: Outbox,
+}
+
+/// What a [`RelayEvent`] carries.
+#[derive(Debug, Clone)]
+pub enum Relay {
+    Typing { active: bool },
+    Read { seq: u64 },
+    Signal { payload: Value, to: Option<UserId> },
+}
+
+/// Session → Room: relay typing, read receipts and signaling to other members.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RelayEvent {
+    pub user: UserId,
+    pub event: Relay,
+    pub reply: Outbox,
+}
+
+/// Session → Room: send `history` after `after_seq`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct FetchHistory {
+    pub user: UserId,
+    pub after_seq: u64,
+    pub limit: usize,
+    pub reply: Outbox,
+}
+
+/// RoomSupervisor → Room: add a member to a public room.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct JoinRoom {
+    pub join: JoinPublicRoom,
+}
+
+/// Why a member leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    /// `leave` action: the leaver gets `left`.
+    Leave,
+    /// `next`: the session already told the client; partners are skipped for a while.
+    Next,
+    /// The reconnect grace period ran out.
+    Gone,
+}
+
+/// Session → Room: remove a member.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct LeaveRoom {
+    pub user: UserId,
+    pub reason: LeaveReason,
+    pub reply: Outbox,
+}
+
+/// Session → Room: the user is connected again (new session); deliver to `outbox`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct MemberOnline {
+    pub user: UserId,
+    pub session_id: u64,
+    pub outbox: Outbox,
+}
+
+/// Session → Room: the user's session `session_id` ended; keep the seat for the grace.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct MemberOffline {
+    pub user: UserId,
+    pub session_id: u64,
+}
+
+/// Session (block) → Room: close the room for everyone.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct CloseRoom {
+    pub reason: &'static str,
+}

@@ -1,0 +1,143 @@
+//! A room as plain data: members, the per-room sequence and the bounded history
+//! ring. The actor around it only translates messages and fans out.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rendezvous_protocol::ChatMessage;
+
+use crate::ids::{RoomId, UserId};
+use crate::outbox::Outbox;
+
+/// Match rooms close when one member is left; public rooms when empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomKind {
+    Match,
+    Public,
+}
+
+/// One seat in a room.
+#[derive(Debug)]
+pub struct Member {
+    pub user: UserId,
+    /// Session that holds the seat (a newer session takes it over).
+    pub session_id: u64,
+    /// Where to deliver; `None` while the user is offline (grace period).
+    pub outbox: Option<Outbox>,
+    pub offline_since: Option<Instant>,
+}
+
+/// Members, sequence and history of one room.
+#[derive(Debug)]
+pub struct RoomState {
+    pub id: RoomId,
+    pub kind: RoomKind,
+    pub members: Vec<Member>,
+    /// Last assigned seq; the next message gets `last_seq + 1` (starts at 1).
+    pub last_seq: u64,
+    history: VecDeque<Arc<ChatMessage>>,
+    history_cap: usize,
+}
+
+impl RoomState {
+    pub fn new(id: RoomId, kind: RoomKind, history_cap: usize) -> Self {
+        Self { id, kind, members: Vec::new(), last_seq: 0, history: VecDeque::new(), history_cap }
+    }
+
+    pub fn member(&self, user: &UserId) -> Option<&Member> {
+        self.members.iter().find(|m| &m.user == user)
+    }
+
+    pub fn member_mut(&mut self, user: &UserId) -> Option<&mut Member> {
+        self.members.iter_mut().find(|m| &m.user == user)
+    }
+
+    pub fn is_member(&self, user: &UserId) -> bool {
+        self.member(user).is_some()
+    }
+
+    /// Add or refresh a seat. True when the user was not a member before.
+    pub fn seat(&mut self, user: UserId, session_id: u64, outbox: Option<Outbox>) -> bool {
+        if let Some(m) = self.member_mut(&user) {
+            m.session_id = session_id;
+            m.offline_since = if outbox.is_some() { None } else { Some(Instant::now()) };
+            m.outbox = outbox;
+            return false;
+        }
+        let offline_since = if outbox.is_some() { None } else { Some(Instant::now()) };
+        self.members.push(Member { user, session_id, outbox, offline_since });
+        true
+    }
+
+    /// Remove a seat. True when the user was a member.
+    pub fn unseat(&mut self, user: &UserId) -> bool {
+        let before = self.members.len();
+        self.members.retain(|m| &m.user != user);
+        before != self.members.len()
+    }
+
+    /// Store a message: assign the next seq and push it into the ring.
+    pub fn append(&mut self, msg_id: String, sender: &UserId, text: String, ts: u64) -> Arc<ChatMessage> {
+        self.last_seq += 1;
+        let msg = Arc::new(ChatMessage {
+            room_id: self.id.to_string(),
+            seq: self.last_seq,
+            msg_id,
+            sender: sender.to_string(),
+            text,
+            ts,
+        });
+        if self.history.len() == self.history_cap {
+            self.history.pop_front();
+        }
+        self.history.push_back(msg.clone());
+        msg
+    }
+
+    /// Up to `limit` stored messages with `seq > after_seq`, oldest first.
+    pub fn history_after(&self, after_seq: u64, limit: usize) -> Vec<ChatMessage> {
+        // The ring holds consecutive seqs, so the start index is arithmetic.
+        let first = match self.history.front() {
+            Some(m) => m.seq,
+            None => return Vec::new(),
+        };
+        let skip = after_seq.saturating_sub(first - 1) as usize;
+        self.history.iter().skip(skip).take(limit).map(|m| (**m).clone()).collect()
+    }
+
+    pub fn member_ids(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.user.to_string()).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_is_gap_free_and_history_is_a_ring() {
+        let mut r = RoomState::new(RoomId::from("r1"), RoomKind::Match, 3);
+        let u = UserId::from("u");
+        for i in 1..=5u64 {
+            assert_eq!(r.append(format!("m{i}"), &u, format!("t{i}"), i).seq, i);
+        }
+        let seqs = |v: Vec<ChatMessage>| v.iter().map(|m| m.seq).collect::<Vec<_>>();
+        assert_eq!(seqs(r.history_after(0, 10)), [3, 4, 5], "ring keeps the newest 3");
+        assert_eq!(seqs(r.history_after(3, 10)), [4, 5]);
+        assert_eq!(seqs(r.history_after(3, 1)), [4]);
+        assert!(r.history_after(5, 10).is_empty());
+        assert!(r.history_after(99, 10).is_empty());
+    }
+
+    #[test]
+    fn seats_are_unique_per_user() {
+        let mut r = RoomState::new(RoomId::from("pub:x"), RoomKind::Public, 10);
+        assert!(r.seat(UserId::from("a"), 1, None));
+        assert!(!r.seat(UserId::from("a"), 2, None));
+        assert_eq!(r.members.len(), 1);
+        assert_eq!(r.members[0].session_id, 2);
+        assert!(r.unseat(&UserId::from("a")));
+        assert!(!r.unseat(&UserId::from("a")));
+    }
+}

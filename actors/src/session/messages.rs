@@ -1,0 +1,23 @@
+//! Inbox of a session actor: outcomes of its search and the end of its writer.
+
+use actix::Message;
+
+use crate::bridge::Ticket;
+use crate::ids::{Interest, RoomId, UserId};
+
+/// MatchShard / RoomSupervisor → Session: how the session's search ended.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub enum SessionEvent {
+    /// The search `ticket` was matched; the room already exists.
+    Matched { ticket: Ticket, room_id: RoomId, members: Vec<UserId>, shared: Vec<Interest> },
+    /// The search `ticket` waited its longest without a match.
+    SearchExpired { ticket: Ticket },
+}
+
+/// Writer task → Session: the socket's write side is finished (closed with `code`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WriterClosed {
+    pub code: u16,
+}

@@ -1,0 +1,492 @@
+//! One session actor per connected user. It owns the socket's read half (as an
+//! actor stream) and spawns the writer task that owns the write half; everything it
+//! sends goes through its [`Outbox`]. It parses and validates frames, applies rate
+//! limits, and routes actions: searches to the language's pool shard, room actions
+//! to the room actor found in the directory. It never waits on another actor except
+//! for `cancel_match`, whose answer depends on the shard.
+
+pub mod messages;
+pub mod validate;
+
+use std::time::{Duration, Instant};
+
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Running,
+    StreamHandler, WrapFuture,
+};
+use futures_util::StreamExt;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use rendezvous_protocol::{close, ClientFrame, ServerFrame};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+use tracing::debug;
+
+use self::messages::*;
+use crate::bridge::Ticket;
+use crate::engine::Engine;
+use crate::error::EngineError;
+use crate::ids::{RoomId, UserId};
+use crate::matching::messages::{CancelOutcome, CancelReason, CancelSearch, EnqueueSearch, SearchLink};
+use crate::matching::pool::Criteria;
+use crate::metrics as m;
+use crate::outbox::{run_writer, Class, Outbox};
+use crate::registry::SessionEntry;
+use crate::rooms::actor::RoomActor;
+use crate::rooms::messages::*;
+
+/// Window in which rate-limit refusals are counted towards a flood close.
+const STRIKE_WINDOW: Duration = Duration::from_secs(10);
+
+/// The search this session runs, if any.
+#[derive(Debug, Clone)]
+struct ActiveSearch {
+    ticket: Ticket,
+    language: std::sync::Arc<str>,
+}
+
+pub struct SessionActor {
+    engine: Engine,
+    user: UserId,
+    session_id: u64,
+    outbox: Outbox,
+    search: Option<ActiveSearch>,
+    /// Criteria of the last `find_match`, reused by `next`.
+    last_criteria: Option<(Criteria, Duration)>,
+    /// Room and members of the last match, so `next` can skip them at once.
+    last_match: Option<(RoomId, Vec<UserId>)>,
+    /// All frames from this connection (per session: a flood is per socket).
+    frame_limiter: DefaultDirectRateLimiter,
+    last_seen: Instant,
+    strikes: u32,
+    strikes_since: Instant,
+}
+
+impl SessionActor {
+    /// Start a session for `user` on the current arbiter, with the writer task beside
+    /// it. Call on the arbiter that registered the socket.
+    pub fn start<S>(ws: WebSocketStream<S>, user: UserId, engine: Engine) -> Addr<Self>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let cfg = &engine.shared.config;
+        let (sink, stream) = ws.split();
+        let (outbox, rx) = Outbox::new(cfg.outbound_queue);
+        let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
+        let quota = Quota::per_second(std::num::NonZeroU32::new(cfg.frames_per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN))
+            .allow_burst(std::num::NonZeroU32::new(cfg.frames_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN));
+        let session_id = engine.shared.next_session_id();
+        SessionActor::create(move |ctx| {
+            ctx.add_stream(stream);
+            let addr = ctx.address();
+            actix::spawn(async move {
+                let code = run_writer(sink, rx, write_timeout).await;
+                addr.do_send(WriterClosed { code });
+            });
+            SessionActor {
+                engine,
+                user,
+                session_id,
+                outbox,
+                search: None,
+                last_criteria: None,
+                last_match: None,
+                frame_limiter: RateLimiter::direct(quota),
+                last_seen: Instant::now(),
+                strikes: 0,
+                strikes_since: Instant::now(),
+            }
+        })
+    }
+
+    fn send(&self, frame: &ServerFrame) {
+        self.outbox.push_frame(frame, Class::Essential);
+    }
+
+    fn send_error(&mut self, action: Option<&str>, err: &EngineError, ctx: &mut Context<Self>) {
+        let code = err.code();
+        metrics::counter!(m::ERRORS_TOTAL, "code" => code.as_str()).increment(1);
+        self.send(&ServerFrame::Error {
+            code,
+            message: err.to_string(),
+            retry_after_ms: err.retry_after_ms(),
+            action: action.map(str::to_owned),
+        });
+        if let EngineError::RateLimited { action, .. } = err {
+            metrics::counter!(m::RATE_LIMITED_TOTAL, "action" => *action).increment(1);
+            self.strike(ctx);
+        }
+    }
+
+    /// Count a rate-limit refusal; too many in the window closes with 4008.
+    fn strike(&mut self, ctx: &mut Context<Self>) {
+        if self.strikes_since.elapsed() > STRIKE_WINDOW {
+            self.strikes = 0;
+            self.strikes_since = Instant::now();
+        }
+        self.strikes += 1;
+        if self.strikes >= self.engine.shared.config.flood_strikes {
+            debug!(user = %self.user, "closing a flooding session");
+            self.close(close::POLICY, ctx);
+        }
+    }
+
+    fn close(&mut self, code: u16, ctx: &mut Context<Self>) {
+        self.outbox.close(code);
+        ctx.stop();
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        metrics::counter!(m::FRAMES_IN_TOTAL).increment(1);
+        if let Err(not_until) = self.frame_limiter.check() {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let err = EngineError::RateLimited { action: "frames", retry_after_ms: wait.as_millis() as u64 + 1 };
+            return self.send_error(None, &err, ctx);
+        }
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(f) => f,
+            Err(e) => {
+                let err = EngineError::BadRequest(format!("invalid frame: {e}"));
+                return self.send_error(None, &err, ctx);
+            }
+        };
+        let action = frame.action();
+        if let Err(err) = self.dispatch(frame, ctx) {
+            self.send_error(Some(action), &err, ctx);
+        }
+    }
+
+    fn dispatch(&mut self, frame: ClientFrame, ctx: &mut Context<Self>) -> Result<(), EngineError> {
+        let cfg = &self.engine.shared.config;
+        match frame {
+            ClientFrame::FindMatch { interests, language, region, group_size, max_wait_ms } => {
+                if self.search.is_some() {
+                    return Err(EngineError::AlreadySearching);
+                }
+                let (criteria, wait) = validate::search(
+                    &interests,
+                    language.as_deref(),
+                    region.as_deref(),
+                    group_size,
+                    max_wait_ms,
+                    cfg,
+                )?;
+                self.check_search_limit("find_match")?;
+                self.start_search(criteria, wait, ctx);
+            }
+            ClientFrame::CancelMatch {} => self.cancel_search(ctx),
+            ClientFrame::Next {} => self.next(ctx)?,
+            ClientFrame::Send { room_id, text, client_msg_id } => {
+                let room = self.room(&room_id)?;
+                validate::text(&text, cfg)?;
+                validate::client_msg_id(client_msg_id.as_deref(), cfg)?;
+                if let Err(nu) = self.engine.shared.send_limiter.check_key(&self.user) {
+                    let wait = nu.wait_time_from(DefaultClock::default().now());
+                    return Err(EngineError::RateLimited { action: "send", retry_after_ms: wait.as_millis() as u64 + 1 });
+                }
+                room.do_send(PostMessage { user: self.user.clone(), text, client_msg_id, reply: self.outbox.clone() });
+            }
+            ClientFrame::Typing { room_id, active } => {
+                self.relay(&room_id, Relay::Typing { active })?;
+            }
+            ClientFrame::Read { room_id, seq } => {
+                self.relay(&room_id, Relay::Read { seq })?;
+            }
+            ClientFrame::Signal { room_id, payload, to } => {
+                validate::signal_payload(&payload, cfg)?;
+                let to = to.as_deref().map(|t| validate::user_id(t, cfg)).transpose()?;
+                self.relay(&room_id, Relay::Signal { payload, to })?;
+            }
+            ClientFrame::Block { user_id } => {
+                let other = validate::user_id(&user_id, cfg)?;
+                if other == self.user {
+                    return Err(EngineError::BadRequest("you cannot block yourself".into()));
+                }
+                self.block(other);
+            }
+            ClientFrame::Join { room_id } => {
+                let id = validate::public_room(&room_id, cfg)?;
+                self.engine.supervisor.do_send(JoinPublicRoom {
+                    room_id: RoomId::from(id),
+                    user: self.user.clone(),
+                    session_id: self.session_id,
+                    outbox: self.outbox.clone(),
+                });
+            }
+            ClientFrame::Leave { room_id } => {
+                let room = self.room(&room_id)?;
+                room.do_send(LeaveRoom { user: self.user.clone(), reason: LeaveReason::Leave, reply: self.outbox.clone() });
+            }
+            ClientFrame::History { room_id, after_seq, limit } => {
+                let room = self.room(&room_id)?;
+                let limit = limit.unwrap_or(50).min(cfg.history_limit_max) as usize;
+                room.do_send(FetchHistory { user: self.user.clone(), after_seq, limit, reply: self.outbox.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    /// The room actor for `room_id`, or `not_in_room` when there is none.
+    fn room(&self, room_id: &str) -> Result<Addr<RoomActor>, EngineError> {
+        validate::room_id(room_id, &self.engine.shared.config)?;
+        self.engine
+            .shared
+            .rooms
+            .get(room_id)
+            .map(|r| r.value().clone())
+            .ok_or_else(|| EngineError::NotInRoom(room_id.to_owned()))
+    }
+
+    fn relay(&self, room_id: &str, event: Relay) -> Result<(), EngineError> {
+        let room = self.room(room_id)?;
+        room.do_send(RelayEvent { user: self.user.clone(), event, reply: self.outbox.clone() });
+        Ok(())
+    }
+
+    fn check_search_limit(&self, action: &'static str) -> Result<(), EngineError> {
+        self.engine.shared.find_match_limiter.check_key(&self.user).map_err(|nu| {
+            let wait = nu.wait_time_from(DefaultClock::default().now());
+            EngineError::RateLimited { action, retry_after_ms: wait.as_millis() as u64 + 1 }
+        })
+    }
+
+    fn start_search(&mut self, criteria: Criteria, wait: Duration, ctx: &mut Context<Self>) {
+        let shared = &self.engine.shared;
+        let ticket = shared.next_ticket();
+        shared.bridge.begin_search(&self.user, ticket);
+        self.engine.shard_for(&criteria.language).do_send(EnqueueSearch {
+            ticket,
+            user: self.user.clone(),
+            criteria: criteria.clone(),
+            joined: Instant::now(),
+            max_wait: wait,
+            link: SearchLink { session_id: self.session_id, events: ctx.address().recipient() },
+        });
+        metrics::counter!(m::SEARCHES_STARTED_TOTAL).increment(1);
+        self.search = Some(ActiveSearch { ticket, language: criteria.language.clone() });
+        self.last_criteria = Some((criteria, wait));
+        self.send(&ServerFrame::Searching { ticket: format!("t{ticket}") });
+    }
+
+    /// `cancel_match`: answered with `match_cancelled` when the search was withdrawn
+    /// (or none ran). When the shard already picked it, the `match_found` or
+    /// `no_match_found` on its way is the answer.
+    fn cancel_search(&mut self, ctx: &mut Context<Self>) {
+        let Some(search) = self.search.clone() else {
+            return self.send(&ServerFrame::MatchCancelled {});
+        };
+        let shard = self.engine.shard_for(&search.language).clone();
+        let ask = shard.send(CancelSearch { user: self.user.clone(), ticket: search.ticket, reason: CancelReason::Cancelled });
+        ctx.spawn(ask.into_actor(self).map(move |res, act, _| match res {
+            Ok(CancelOutcome::Cancelled) => {
+                if act.search.as_ref().map(|s| s.ticket) == Some(search.ticket) {
+                    act.search = None;
+                }
+                act.send(&ServerFrame::MatchCancelled {});
+            }
+            Ok(CancelOutcome::NotWaiting) => {}
+            Err(_) => act.send(&ServerFrame::Error {
+                code: rendezvous_protocol::ErrorCode::Internal,
+                message: "matching is unavailable; try again".into(),
+                retry_after_ms: Some(100),
+                action: Some("cancel_match".into()),
+            }),
+        }));
+    }
+
+    /// `next`: leave the current match room, skip its members, search again.
+    fn next(&mut self, ctx: &mut Context<Self>) -> Result<(), EngineError> {
+        let Some((criteria, wait)) = self.last_criteria.clone() else {
+            return Err(EngineError::BadRequest("next needs an earlier find_match".into()));
+        };
+        if let Some(s) = &self.search {
+            // Already searching again: report the running search.
+            self.send(&ServerFrame::Searching { ticket: format!("t{}", s.ticket) });
+            return Ok(());
+        }
+        self.check_search_limit("next")?;
+        let shared = self.engine.shared.clone();
+        let current = shared.rooms_of(&self.user).into_iter().rev().find(|r| !r.is_public());
+        if let Some(room_id) = current {
+            if let Some((last, members)) = &self.last_match {
+                if *last == room_id {
+                    let ttl = Duration::from_secs(shared.config.skip_ttl_secs);
+                    for other in members.iter().filter(|u| **u != self.user) {
+                        shared.avoid.add(&self.user, other, ttl);
+                    }
+                }
+            }
+            if let Some(room) = shared.rooms.get(&room_id).map(|r| r.value().clone()) {
+                room.do_send(LeaveRoom { user: self.user.clone(), reason: LeaveReason::Next, reply: self.outbox.clone() });
+            }
+            self.send(&ServerFrame::Left { room_id: room_id.to_string() });
+        }
+        self.start_search(criteria, wait, ctx);
+        Ok(())
+    }
+
+    fn block(&mut self, other: UserId) {
+        let shared = &self.engine.shared;
+        shared.avoid.add(&self.user, &other, Duration::from_secs(shared.config.block_ttl_secs));
+        self.send(&ServerFrame::Blocked { user_id: other.to_string() });
+        let theirs = shared.rooms_of(&other);
+        for room_id in shared.rooms_of(&self.user) {
+            if room_id.is_public() || !theirs.contains(&room_id) {
+                continue;
+            }
+            if let Some(room) = shared.rooms.get(&room_id) {
+                room.do_send(CloseRoom { reason: "blocked" });
+            }
+        }
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let timeout = Duration::from_millis(self.engine.shared.config.client_timeout_ms);
+        if self.last_seen.elapsed() > timeout {
+            debug!(user = %self.user, "client timed out");
+            return self.close(close::NORMAL, ctx);
+        }
+        self.outbox.push_message(Message::Ping(Default::default()), Class::Droppable);
+    }
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        0 | close::NORMAL => "normal",
+        close::TOO_LARGE => "too_large",
+        close::RESTARTING => "restarting",
+        close::POLICY => "policy",
+        close::REPLACED => "replaced",
+        close::UNAUTHORIZED => "unauthorized",
+        1006 => "abnormal",
+        _ => "other",
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let shared = self.engine.shared.clone();
+        let entry = SessionEntry {
+            session_id: self.session_id,
+            outbox: self.outbox.clone(),
+            events: ctx.address().recipient(),
+        };
+        if let Some(old) = shared.registry.insert(self.user.clone(), entry) {
+            old.outbox.close(close::REPLACED);
+        }
+        let rooms = shared.rooms_of(&self.user);
+        self.send(&ServerFrame::Welcome {
+            user_id: self.user.to_string(),
+            session_id: format!("s{}", self.session_id),
+            node: shared.config.node_id.clone(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        });
+        for room_id in rooms {
+            if let Some(room) = shared.rooms.get(&room_id) {
+                room.do_send(MemberOnline {
+                    user: self.user.clone(),
+                    session_id: self.session_id,
+                    outbox: self.outbox.clone(),
+                });
+            }
+        }
+        metrics::gauge!(m::CONNECTIONS).increment(1.0);
+        metrics::counter!(m::SESSIONS_OPENED_TOTAL).increment(1);
+        let every = Duration::from_millis(shared.config.heartbeat_interval_ms);
+        ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
+    }
+
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        self.outbox.close(close::NORMAL);
+        let shared = self.engine.shared.clone();
+        if let Some(search) = self.search.take() {
+            self.engine.shard_for(&search.language).do_send(CancelSearch {
+                user: self.user.clone(),
+                ticket: search.ticket,
+                reason: CancelReason::Disconnected,
+            });
+        }
+        if shared.registry.remove_if_current(&self.user, self.session_id) {
+            for room_id in shared.rooms_of(&self.user) {
+                if let Some(room) = shared.rooms.get(&room_id) {
+                    room.do_send(MemberOffline { user: self.user.clone(), session_id: self.session_id });
+                }
+            }
+        }
+        metrics::gauge!(m::CONNECTIONS).decrement(1.0);
+        metrics::counter!(m::SESSIONS_CLOSED_TOTAL, "reason" => close_reason(self.outbox.close_code()))
+            .increment(1);
+        Running::Stop
+    }
+}
+
+impl StreamHandler<Result<Message, WsError>> for SessionActor {
+    fn handle(&mut self, item: Result<Message, WsError>, ctx: &mut Self::Context) {
+        match item {
+            Ok(Message::Text(text)) => {
+                self.last_seen = Instant::now();
+                self.on_text(text.as_str(), ctx);
+            }
+            Ok(Message::Binary(_)) => {
+                self.last_seen = Instant::now();
+                let err = EngineError::BadRequest("binary frames are not supported; send JSON text".into());
+                self.send_error(None, &err, ctx);
+            }
+            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {
+                self.last_seen = Instant::now();
+            }
+            Ok(Message::Close(_)) => self.close(close::NORMAL, ctx),
+            Err(WsError::Capacity(e)) => {
+                debug!(user = %self.user, error = %e, "frame over the size limit");
+                self.close(close::TOO_LARGE, ctx);
+            }
+            Err(e) => {
+                debug!(user = %self.user, error = %e, "socket read failed");
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<SessionEvent> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionEvent, _ctx: &mut Self::Context) {
+        match msg {
+            SessionEvent::Matched { ticket, room_id, members, shared } => {
+                if self.search.as_ref().map(|s| s.ticket) == Some(ticket) {
+                    self.search = None;
+                }
+                let partner_id = match members.as_slice() {
+                    [a, b] => Some(if *a == self.user { b } else { a }.to_string()),
+                    _ => None,
+                };
+                self.send(&ServerFrame::MatchFound {
+                    room_id: room_id.to_string(),
+                    partner_id,
+                    members: members.iter().map(|u| u.to_string()).collect(),
+                    shared_interests: shared.iter().map(|i| i.to_string()).collect(),
+                    score: shared.len() as u32,
+                });
+                self.last_match = Some((room_id, members));
+            }
+            SessionEvent::SearchExpired { ticket } => {
+                if self.search.as_ref().map(|s| s.ticket) == Some(ticket) {
+                    self.search = None;
+                    self.send(&ServerFrame::NoMatchFound {});
+                }
+            }
+        }
+    }
+}
+
+impl Handler<WriterClosed> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: WriterClosed, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}

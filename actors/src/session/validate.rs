@@ -1,0 +1,203 @@
+//! Validation and normalization of client input, as pure functions. Every limit is
+//! a setting ([`EngineConfig`]); every failure names the field.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::EngineConfig;
+use crate::error::EngineError;
+use crate::ids::{Interest, UserId, PUBLIC_PREFIX};
+use crate::matching::pool::Criteria;
+
+fn chars(s: &str) -> usize {
+    s.chars().count()
+}
+
+fn name(field: &str, raw: &str, cfg: &EngineConfig) -> Result<String, EngineError> {
+    let v = raw.trim().to_lowercase();
+    if chars(&v) > cfg.max_name_chars {
+        return Err(EngineError::TooLarge(format!("{field} is longer than {} characters", cfg.max_name_chars)));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(EngineError::BadRequest(format!("{field} contains control characters")));
+    }
+    Ok(v)
+}
+
+/// Normalize a `find_match`: interests lower-cased, trimmed, sorted, deduplicated;
+/// language defaulted; group size 2–8; wait capped by the server's search timeout.
+pub fn search(
+    interests: &[String],
+    language: Option<&str>,
+    region: Option<&str>,
+    group_size: Option<u8>,
+    max_wait_ms: Option<u64>,
+    cfg: &EngineConfig,
+) -> Result<(Criteria, Duration), EngineError> {
+    if interests.len() > cfg.max_interests {
+        return Err(EngineError::TooLarge(format!("at most {} interests", cfg.max_interests)));
+    }
+    let mut norm: Vec<Interest> = Vec::with_capacity(interests.len());
+    for raw in interests {
+        let v = raw.trim().to_lowercase();
+        if v.is_empty() {
+            return Err(EngineError::BadRequest("interests must not be empty strings".into()));
+        }
+        if chars(&v) > cfg.max_interest_chars {
+            return Err(EngineError::TooLarge(format!(
+                "interest `{}…` is longer than {} characters",
+                v.chars().take(16).collect::<String>(),
+                cfg.max_interest_chars
+            )));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(EngineError::BadRequest("interests contain control characters".into()));
+        }
+        norm.push(Interest::from(v));
+    }
+    norm.sort();
+    norm.dedup();
+    let language = match language.map(|l| name("language", l, cfg)).transpose()? {
+        Some(l) if !l.is_empty() => l,
+        _ => cfg.default_language.clone(),
+    };
+    let region = region.map(|r| name("region", r, cfg)).transpose()?.filter(|r| !r.is_empty());
+    let group_size = group_size.unwrap_or(2);
+    if !(2..=8).contains(&group_size) {
+        return Err(EngineError::BadRequest("group_size must be between 2 and 8".into()));
+    }
+    let wait = match max_wait_ms {
+        Some(0) => return Err(EngineError::BadRequest("max_wait_ms must be positive".into())),
+        Some(ms) => ms.min(cfg.search_timeout_ms),
+        None => cfg.search_timeout_ms,
+    };
+    Ok((
+        Criteria {
+            interests: norm,
+            language: Arc::from(language),
+            region: region.map(Arc::from),
+            group_size,
+        },
+        Duration::from_millis(wait),
+    ))
+}
+
+/// A room id in a request: non-empty, bounded.
+pub fn room_id<'a>(raw: &'a str, cfg: &EngineConfig) -> Result<&'a str, EngineError> {
+    if raw.is_empty() {
+        return Err(EngineError::BadRequest("room_id must not be empty".into()));
+    }
+    if chars(raw) > cfg.max_name_chars + PUBLIC_PREFIX.len() {
+        return Err(EngineError::TooLarge("room_id is too long".into()));
+    }
+    Ok(raw)
+}
+
+/// A public room name for `join`: `pub:` and at least one more character.
+pub fn public_room<'a>(raw: &'a str, cfg: &EngineConfig) -> Result<&'a str, EngineError> {
+    let id = room_id(raw, cfg)?;
+    match id.strip_prefix(PUBLIC_PREFIX) {
+        Some(rest) if !rest.trim().is_empty() && !rest.chars().any(char::is_control) => Ok(id),
+        _ => Err(EngineError::BadRequest(format!(
+            "only named public rooms (`{PUBLIC_PREFIX}name`) can be joined"
+        ))),
+    }
+}
+
+/// A user id named in a request (`block`, `signal.to`).
+pub fn user_id(raw: &str, cfg: &EngineConfig) -> Result<UserId, EngineError> {
+    if raw.is_empty() {
+        return Err(EngineError::BadRequest("user_id must not be empty".into()));
+    }
+    if chars(raw) > cfg.max_name_chars {
+        return Err(EngineError::TooLarge("user_id is too long".into()));
+    }
+    Ok(UserId::from(raw))
+}
+
+/// Chat text: non-blank, at most `max_text_chars` characters.
+pub fn text(raw: &str, cfg: &EngineConfig) -> Result<(), EngineError> {
+    if raw.trim().is_empty() {
+        return Err(EngineError::BadRequest("text must not be empty".into()));
+    }
+    if chars(raw) > cfg.max_text_chars {
+        return Err(EngineError::TooLarge(format!("text is longer than {} characters", cfg.max_text_chars)));
+    }
+    Ok(())
+}
+
+/// Client-chosen message id, echoed in the ack.
+pub fn client_msg_id(raw: Option<&str>, cfg: &EngineConfig) -> Result<(), EngineError> {
+    match raw {
+        Some(id) if chars(id) > cfg.max_name_chars => {
+            Err(EngineError::TooLarge("client_msg_id is too long".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Signal payload: a JSON object of at most `max_signal_bytes` when serialized.
+pub fn signal_payload(payload: &Value, cfg: &EngineConfig) -> Result<(), EngineError> {
+    if !payload.is_object() {
+        return Err(EngineError::BadRequest("signal payload must be a JSON object".into()));
+    }
+    let size = serde_json::to_vec(payload).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > cfg.max_signal_bytes {
+        return Err(EngineError::TooLarge(format!("signal payload is over {} bytes", cfg.max_signal_bytes)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> EngineConfig {
+        EngineConfig::default()
+    }
+
+    #[test]
+    fn interests_are_normalized() {
+        let (c, wait) = search(
+            &["Chess".into(), " go ".into(), "chess".into()],
+            Some(" EN "),
+            Some(""),
+            None,
+            Some(5_000),
+            &cfg(),
+        )
+        .expect("valid");
+        let names: Vec<&str> = c.interests.iter().map(|i| i.as_str()).collect();
+        assert_eq!(names, ["chess", "go"]);
+        assert_eq!(&*c.language, "en");
+        assert_eq!(c.region, None);
+        assert_eq!(c.group_size, 2);
+        assert_eq!(wait, Duration::from_millis(5_000));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let c = cfg();
+        let many: Vec<String> = (0..21).map(|i| format!("i{i}")).collect();
+        assert!(matches!(search(&many, None, None, None, None, &c), Err(EngineError::TooLarge(_))));
+        let long = vec!["x".repeat(33)];
+        assert!(matches!(search(&long, None, None, None, None, &c), Err(EngineError::TooLarge(_))));
+        assert!(matches!(search(&["".into()], None, None, None, None, &c), Err(EngineError::BadRequest(_))));
+        for g in [0u8, 1, 9, 200] {
+            assert!(search(&[], None, None, Some(g), None, &c).is_err(), "group {g}");
+        }
+        assert_eq!(search(&[], None, None, None, Some(10_000_000), &c).expect("ok").1, c.search_timeout());
+        assert!(text(&"a".repeat(4_097), &c).is_err());
+        assert!(text(&"é".repeat(4_096), &c).is_ok(), "counted in characters, not bytes");
+        assert!(text("  ", &c).is_err());
+        assert!(public_room("pub:lobby", &c).is_ok());
+        assert!(public_room("pub:", &c).is_err());
+        assert!(public_room("r123", &c).is_err());
+        assert!(signal_payload(&serde_json::json!("sdp"), &c).is_err());
+        let big = serde_json::json!({ "sdp": "x".repeat(17_000) });
+        assert!(matches!(signal_payload(&big, &c), Err(EngineError::TooLarge(_))));
+        assert!(signal_payload(&serde_json::json!({"type": "offer"}), &c).is_ok());
+    }
+}
