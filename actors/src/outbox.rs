@@ -196,7 +196,12 @@ where
             Ok(Ok(n)) => metrics::counter!(m::FRAMES_OUT_TOTAL).increment(n),
             Ok(Err(_)) => {
                 // The peer is gone; nothing more can be written.
-                let _ = shared.close_code.compare_exchange(0, 1006, Ordering::AcqRel, Ordering::Acquire);
+                let _ = shared.close_code.compare_exchange(
+                    0,
+                    1006,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
                 return 1006;
             }
             Err(_) => {

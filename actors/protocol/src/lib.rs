@@ -327,8 +327,10 @@ mod tests {
     fn unknown_action_and_missing_fields_fail() {
         assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"dance"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"send","text":"x"}"#).is_err());
-        assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"read","room_id":"r","seq":"7"}"#)
-            .is_err());
+        assert!(serde_json::from_str::<ClientFrame>(
+            r#"{"action":"read","room_id":"r","seq":"7"}"#
+        )
+        .is_err());
     }
 
     #[test]

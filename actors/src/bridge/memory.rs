@@ -136,9 +136,8 @@ mod tests {
         let b = MemoryBridge::new("n");
         b.record_match(vec![Interest::from("chess"), Interest::from("go")]);
         b.record_match(vec![Interest::from("chess")]);
-        let top = futures_util::FutureExt::now_or_never(b.trending(10))
-            .expect("ready")
-            .expect("ok");
+        let top =
+            futures_util::FutureExt::now_or_never(b.trending(10)).expect("ready").expect("ok");
         assert_eq!(top, vec![("chess".into(), 2), ("go".into(), 1)]);
     }
 }

@@ -293,7 +293,8 @@ impl<T> Pool<T> {
         alive: impl Fn(&T) -> bool,
     ) -> TickOutcome<T> {
         let mut out = TickOutcome { matches: Vec::new(), expired: Vec::new() };
-        let due: Vec<(Instant, Ticket)> = self.timers.range(..=(now, Ticket::MAX)).copied().collect();
+        let due: Vec<(Instant, Ticket)> =
+            self.timers.range(..=(now, Ticket::MAX)).copied().collect();
         for (when, ticket) in due {
             self.timers.remove(&(when, ticket));
             let Some(entry) = self.entries.get_mut(&ticket) else { continue };
@@ -436,9 +437,30 @@ mod tests {
     fn language_and_group_size_separate_buckets() {
         let t0 = Instant::now();
         let mut p = Pool::new(ladder());
-        p.insert(entry(1, Spec { user: "a", interests: &["x", "y"], lang: "de", region: None, group: 2 }, t0), t0);
-        p.insert(entry(2, Spec { user: "b", interests: &["x", "y"], lang: "en", region: None, group: 3 }, t0), t0);
-        p.insert(entry(3, Spec { user: "c", interests: &["x", "y"], lang: "en", region: None, group: 2 }, t0), t0);
+        p.insert(
+            entry(
+                1,
+                Spec { user: "a", interests: &["x", "y"], lang: "de", region: None, group: 2 },
+                t0,
+            ),
+            t0,
+        );
+        p.insert(
+            entry(
+                2,
+                Spec { user: "b", interests: &["x", "y"], lang: "en", region: None, group: 3 },
+                t0,
+            ),
+            t0,
+        );
+        p.insert(
+            entry(
+                3,
+                Spec { user: "c", interests: &["x", "y"], lang: "en", region: None, group: 2 },
+                t0,
+            ),
+            t0,
+        );
         assert!(p.try_match(3, t0, never, |_| true).is_none());
     }
 
@@ -497,7 +519,15 @@ mod tests {
         let mk = |t, u: &'static str, alive| {
             let mut e = entry(t, pair(u, &["x", "y"], None), t0);
             let link = alive;
-            Entry { link, ticket: e.ticket, user: std::mem::replace(&mut e.user, UserId::from("")), criteria: e.criteria, joined: e.joined, deadline: e.deadline, step: 0 }
+            Entry {
+                link,
+                ticket: e.ticket,
+                user: std::mem::replace(&mut e.user, UserId::from("")),
+                criteria: e.criteria,
+                joined: e.joined,
+                deadline: e.deadline,
+                step: 0,
+            }
         };
         p.insert(mk(1, "skipped", true), t0);
         p.insert(mk(2, "gone", false), t0);
@@ -527,7 +557,13 @@ mod tests {
     fn groups_fill_with_mutually_compatible_members() {
         let t0 = Instant::now();
         let mut p = Pool::new(ladder());
-        let g = |u: &'static str, r: &'static str| Spec { user: u, interests: &["x", "y"], lang: "en", region: Some(r), group: 3 };
+        let g = |u: &'static str, r: &'static str| Spec {
+            user: u,
+            interests: &["x", "y"],
+            lang: "en",
+            region: Some(r),
+            group: 3,
+        };
         p.insert(entry(1, g("a", "eu"), t0), t0);
         p.insert(entry(2, g("b", "us"), t0), t0);
         p.insert(entry(3, g("c", "eu"), t0), t0);
@@ -564,6 +600,8 @@ mod tests {
         for t in 0..100u64 {
             assert!(p.remove(t).is_some());
         }
-        assert!(p.is_empty() && p.buckets.is_empty() && p.by_user.is_empty() && p.timers.is_empty());
+        assert!(
+            p.is_empty() && p.buckets.is_empty() && p.by_user.is_empty() && p.timers.is_empty()
+        );
     }
 }

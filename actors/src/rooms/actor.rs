@@ -160,7 +160,10 @@ impl Handler<JoinRoom> for RoomActor {
             self.shared.add_membership(&j.user, &self.state.id);
         }
         j.outbox.push_frame(
-            &ServerFrame::Joined { room_id: self.state.id.to_string(), members: self.state.member_ids() },
+            &ServerFrame::Joined {
+                room_id: self.state.id.to_string(),
+                members: self.state.member_ids(),
+            },
             Class::Essential,
         );
         if new {
@@ -183,7 +186,10 @@ impl Handler<LeaveRoom> for RoomActor {
             }
         }
         if msg.reason == LeaveReason::Leave {
-            msg.reply.push_frame(&ServerFrame::Left { room_id: self.state.id.to_string() }, Class::Essential);
+            msg.reply.push_frame(
+                &ServerFrame::Left { room_id: self.state.id.to_string() },
+                Class::Essential,
+            );
         }
         self.remove_member(&msg.user, ctx);
     }
@@ -254,7 +260,9 @@ impl RoomActor {
 
     fn go_offline(&mut self, user: UserId, session_id: u64, ctx: &mut Context<Self>) {
         let Some(member) = self.state.member_mut(&user) else { return };
-        if member.session_id != session_id || member.offline_since.is_some() && member.outbox.is_none() {
+        if member.session_id != session_id
+            || member.offline_since.is_some() && member.outbox.is_none()
+        {
             return;
         }
         member.outbox = None;
@@ -298,7 +306,10 @@ impl RoomActor {
             return;
         }
         self.closed = true;
-        let f = ServerFrame::RoomClosed { room_id: self.state.id.to_string(), reason: Some(reason.into()) };
+        let f = ServerFrame::RoomClosed {
+            room_id: self.state.id.to_string(),
+            reason: Some(reason.into()),
+        };
         self.fan_out(&f, None, Class::Essential);
         for member in std::mem::take(&mut self.state.members) {
             self.shared.remove_membership(&member.user, &self.state.id);

@@ -58,7 +58,8 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
 
     fn handle(&mut self, msg: CreateMatchRoom, _ctx: &mut Self::Context) {
         let room_id = RoomId::from(random_id("r"));
-        let mut state = RoomState::new(room_id.clone(), RoomKind::Match, self.shared.config.history_len);
+        let mut state =
+            RoomState::new(room_id.clone(), RoomKind::Match, self.shared.config.history_len);
         for member in &msg.members {
             let outbox = self
                 .shared
@@ -94,7 +95,11 @@ impl Handler<JoinPublicRoom> for RoomSupervisor {
         match self.shared.rooms.entry(msg.room_id.clone()) {
             MapEntry::Occupied(e) => e.get().do_send(JoinRoom { join: msg }),
             MapEntry::Vacant(v) => {
-                let state = RoomState::new(msg.room_id.clone(), RoomKind::Public, self.shared.config.history_len);
+                let state = RoomState::new(
+                    msg.room_id.clone(),
+                    RoomKind::Public,
+                    self.shared.config.history_len,
+                );
                 let addr = self.start_room(state);
                 addr.do_send(JoinRoom { join: msg });
                 v.insert(addr);

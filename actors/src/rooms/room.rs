@@ -78,7 +78,13 @@ impl RoomState {
     }
 
     /// Store a message: assign the next seq and push it into the ring.
-    pub fn append(&mut self, msg_id: String, sender: &UserId, text: String, ts: u64) -> Arc<ChatMessage> {
+    pub fn append(
+        &mut self,
+        msg_id: String,
+        sender: &UserId,
+        text: String,
+        ts: u64,
+    ) -> Arc<ChatMessage> {
         self.last_seq += 1;
         let msg = Arc::new(ChatMessage {
             room_id: self.id.to_string(),

@@ -28,7 +28,9 @@ use crate::bridge::Ticket;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::ids::{RoomId, UserId};
-use crate::matching::messages::{CancelOutcome, CancelReason, CancelSearch, EnqueueSearch, SearchLink};
+use crate::matching::messages::{
+    CancelOutcome, CancelReason, CancelSearch, EnqueueSearch, SearchLink,
+};
 use crate::matching::pool::Criteria;
 use crate::metrics as m;
 use crate::outbox::{run_writer, Class, Outbox};
@@ -74,8 +76,13 @@ impl SessionActor {
         let (sink, stream) = ws.split();
         let (outbox, rx) = Outbox::new(cfg.outbound_queue);
         let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
-        let quota = Quota::per_second(std::num::NonZeroU32::new(cfg.frames_per_second.max(1)).unwrap_or(std::num::NonZeroU32::MIN))
-            .allow_burst(std::num::NonZeroU32::new(cfg.frames_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN));
+        let quota = Quota::per_second(
+            std::num::NonZeroU32::new(cfg.frames_per_second.max(1))
+                .unwrap_or(std::num::NonZeroU32::MIN),
+        )
+        .allow_burst(
+            std::num::NonZeroU32::new(cfg.frames_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
+        );
         let session_id = engine.shared.next_session_id();
         SessionActor::create(move |ctx| {
             ctx.add_stream(stream);
@@ -141,7 +148,10 @@ impl SessionActor {
         metrics::counter!(m::FRAMES_IN_TOTAL).increment(1);
         if let Err(not_until) = self.frame_limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let err = EngineError::RateLimited { action: "frames", retry_after_ms: wait.as_millis() as u64 + 1 };
+            let err = EngineError::RateLimited {
+                action: "frames",
+                retry_after_ms: wait.as_millis() as u64 + 1,
+            };
             return self.send_error(None, &err, ctx);
         }
         let frame: ClientFrame = match serde_json::from_str(text) {
@@ -183,9 +193,17 @@ impl SessionActor {
                 validate::client_msg_id(client_msg_id.as_deref(), cfg)?;
                 if let Err(nu) = self.engine.shared.send_limiter.check_key(&self.user) {
                     let wait = nu.wait_time_from(DefaultClock::default().now());
-                    return Err(EngineError::RateLimited { action: "send", retry_after_ms: wait.as_millis() as u64 + 1 });
+                    return Err(EngineError::RateLimited {
+                        action: "send",
+                        retry_after_ms: wait.as_millis() as u64 + 1,
+                    });
                 }
-                room.do_send(PostMessage { user: self.user.clone(), text, client_msg_id, reply: self.outbox.clone() });
+                room.do_send(PostMessage {
+                    user: self.user.clone(),
+                    text,
+                    client_msg_id,
+                    reply: self.outbox.clone(),
+                });
             }
             ClientFrame::Typing { room_id, active } => {
                 self.relay(&room_id, Relay::Typing { active })?;
@@ -216,12 +234,21 @@ impl SessionActor {
             }
             ClientFrame::Leave { room_id } => {
                 let room = self.room(&room_id)?;
-                room.do_send(LeaveRoom { user: self.user.clone(), reason: LeaveReason::Leave, reply: self.outbox.clone() });
+                room.do_send(LeaveRoom {
+                    user: self.user.clone(),
+                    reason: LeaveReason::Leave,
+                    reply: self.outbox.clone(),
+                });
             }
             ClientFrame::History { room_id, after_seq, limit } => {
                 let room = self.room(&room_id)?;
                 let limit = limit.unwrap_or(50).min(cfg.history_limit_max) as usize;
-                room.do_send(FetchHistory { user: self.user.clone(), after_seq, limit, reply: self.outbox.clone() });
+                room.do_send(FetchHistory {
+                    user: self.user.clone(),
+                    after_seq,
+                    limit,
+                    reply: self.outbox.clone(),
+                });
             }
         }
         Ok(())
@@ -277,7 +304,11 @@ impl SessionActor {
             return self.send(&ServerFrame::MatchCancelled {});
         };
         let shard = self.engine.shard_for(&search.language).clone();
-        let ask = shard.send(CancelSearch { user: self.user.clone(), ticket: search.ticket, reason: CancelReason::Cancelled });
+        let ask = shard.send(CancelSearch {
+            user: self.user.clone(),
+            ticket: search.ticket,
+            reason: CancelReason::Cancelled,
+        });
         ctx.spawn(ask.into_actor(self).map(move |res, act, _| match res {
             Ok(CancelOutcome::Cancelled) => {
                 if act.search.as_ref().map(|s| s.ticket) == Some(search.ticket) {
@@ -318,7 +349,11 @@ impl SessionActor {
                 }
             }
             if let Some(room) = shared.rooms.get(&room_id).map(|r| r.value().clone()) {
-                room.do_send(LeaveRoom { user: self.user.clone(), reason: LeaveReason::Next, reply: self.outbox.clone() });
+                room.do_send(LeaveRoom {
+                    user: self.user.clone(),
+                    reason: LeaveReason::Next,
+                    reply: self.outbox.clone(),
+                });
             }
             self.send(&ServerFrame::Left { room_id: room_id.to_string() });
         }
@@ -412,7 +447,10 @@ impl Actor for SessionActor {
         if shared.registry.remove_if_current(&self.user, self.session_id) {
             for room_id in shared.rooms_of(&self.user) {
                 if let Some(room) = shared.rooms.get(&room_id) {
-                    room.do_send(MemberOffline { user: self.user.clone(), session_id: self.session_id });
+                    room.do_send(MemberOffline {
+                        user: self.user.clone(),
+                        session_id: self.session_id,
+                    });
                 }
             }
         }
@@ -432,7 +470,9 @@ impl StreamHandler<Result<Message, WsError>> for SessionActor {
             }
             Ok(Message::Binary(_)) => {
                 self.last_seen = Instant::now();
-                let err = EngineError::BadRequest("binary frames are not supported; send JSON text".into());
+                let err = EngineError::BadRequest(
+                    "binary frames are not supported; send JSON text".into(),
+                );
                 self.send_error(None, &err, ctx);
             }
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {

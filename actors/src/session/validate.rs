@@ -18,7 +18,10 @@ fn chars(s: &str) -> usize {
 fn name(field: &str, raw: &str, cfg: &EngineConfig) -> Result<String, EngineError> {
     let v = raw.trim().to_lowercase();
     if chars(&v) > cfg.max_name_chars {
-        return Err(EngineError::TooLarge(format!("{field} is longer than {} characters", cfg.max_name_chars)));
+        return Err(EngineError::TooLarge(format!(
+            "{field} is longer than {} characters",
+            cfg.max_name_chars
+        )));
     }
     if v.chars().any(char::is_control) {
         return Err(EngineError::BadRequest(format!("{field} contains control characters")));
@@ -123,7 +126,10 @@ pub fn text(raw: &str, cfg: &EngineConfig) -> Result<(), EngineError> {
         return Err(EngineError::BadRequest("text must not be empty".into()));
     }
     if chars(raw) > cfg.max_text_chars {
-        return Err(EngineError::TooLarge(format!("text is longer than {} characters", cfg.max_text_chars)));
+        return Err(EngineError::TooLarge(format!(
+            "text is longer than {} characters",
+            cfg.max_text_chars
+        )));
     }
     Ok(())
 }
@@ -145,7 +151,10 @@ pub fn signal_payload(payload: &Value, cfg: &EngineConfig) -> Result<(), EngineE
     }
     let size = serde_json::to_vec(payload).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > cfg.max_signal_bytes {
-        return Err(EngineError::TooLarge(format!("signal payload is over {} bytes", cfg.max_signal_bytes)));
+        return Err(EngineError::TooLarge(format!(
+            "signal payload is over {} bytes",
+            cfg.max_signal_bytes
+        )));
     }
     Ok(())
 }
@@ -184,11 +193,17 @@ mod tests {
         assert!(matches!(search(&many, None, None, None, None, &c), Err(EngineError::TooLarge(_))));
         let long = vec!["x".repeat(33)];
         assert!(matches!(search(&long, None, None, None, None, &c), Err(EngineError::TooLarge(_))));
-        assert!(matches!(search(&["".into()], None, None, None, None, &c), Err(EngineError::BadRequest(_))));
+        assert!(matches!(
+            search(&["".into()], None, None, None, None, &c),
+            Err(EngineError::BadRequest(_))
+        ));
         for g in [0u8, 1, 9, 200] {
             assert!(search(&[], None, None, Some(g), None, &c).is_err(), "group {g}");
         }
-        assert_eq!(search(&[], None, None, None, Some(10_000_000), &c).expect("ok").1, c.search_timeout());
+        assert_eq!(
+            search(&[], None, None, None, Some(10_000_000), &c).expect("ok").1,
+            c.search_timeout()
+        );
         assert!(text(&"a".repeat(4_097), &c).is_err());
         assert!(text(&"é".repeat(4_096), &c).is_ok(), "counted in characters, not bytes");
         assert!(text("  ", &c).is_err());

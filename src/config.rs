@@ -1,0 +1,342 @@
+//! Configuration of the `rendezvous` binary: command-line flags, environment
+//! variables (`RENDEZVOUS_*`) and an optional TOML file, in that order of
+//! precedence, over the defaults in [`EngineConfig`].
+//!
+//! TOML layout (every key optional):
+//! ```toml
+//! bind = "127.0.0.1:8080"
+//! node_id = "node-a"
+//! jwt_secret = "change-me"
+//! anonymous = "auto"          # auto | allow | deny
+//! log_format = "text"         # text | json
+//! [engine]                    # any field of EngineConfig
+//! search_timeout_ms = 60000
+//! ladder = [ { after_ms = 0, same_region = true, min_shared = 2 } ]
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+use rendezvous_actors::{EngineConfig, LadderStep};
+use serde::{Deserialize, Serialize};
+
+/// Whether connections without a JWT are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AnonymousMode {
+    /// Allowed when bound to a loopback address and no JWT secret is set.
+    #[default]
+    Auto,
+    /// Always allowed (insecure; logged loudly).
+    Allow,
+    /// Never allowed: every connection needs a valid JWT.
+    Deny,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// Command line. Every option can also come from the environment variable shown.
+#[derive(Debug, Parser, Default)]
+#[command(
+    name = "rendezvous",
+    version,
+    about = "Real-time stranger matching and chat over WebSocket.\n\nWith no options it serves the embedded single-node engine on 127.0.0.1:8080."
+)]
+pub struct Cli {
+    /// Address and port to serve HTTP and WebSocket (`/ws`) on [default: 127.0.0.1:8080]
+    #[arg(long, env = "RENDEZVOUS_BIND", value_name = "ADDR:PORT")]
+    pub bind: Option<SocketAddr>,
+    /// Redis URL (`redis://[:password@]host:port/db` or `rediss://`) to join a cluster of nodes; none = single node
+    #[arg(long, env = "RENDEZVOUS_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Name of this node, reported to clients and peers [default: node-1]
+    #[arg(long, env = "RENDEZVOUS_NODE_ID", value_name = "ID")]
+    pub node_id: Option<String>,
+    /// HS256 secret for client JWTs (claim `sub` = user id); enables token auth
+    #[arg(long, env = "RENDEZVOUS_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Accept connections without a token (`?user=NAME`): auto = only on loopback without a JWT secret
+    #[arg(long, env = "RENDEZVOUS_ANONYMOUS", value_enum)]
+    pub anonymous: Option<AnonymousMode>,
+    /// TOML file with any of these settings (flags and environment win over it)
+    #[arg(long, env = "RENDEZVOUS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log format
+    #[arg(long, env = "RENDEZVOUS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
+    /// Worker threads for sessions and rooms; 0 = one per core
+    #[arg(long, env = "RENDEZVOUS_WORKERS", help_heading = "Engine")]
+    pub workers: Option<usize>,
+    /// Matching-pool shards; 0 = one per core
+    #[arg(long, env = "RENDEZVOUS_POOL_SHARDS", help_heading = "Engine")]
+    pub pool_shards: Option<usize>,
+    /// Longest a search waits before `no_match_found`, in ms [default: 60000]
+    #[arg(long, env = "RENDEZVOUS_SEARCH_TIMEOUT_MS", help_heading = "Matching")]
+    pub search_timeout_ms: Option<u64>,
+    /// Relaxation ladder: comma-separated AFTER_MS:REGION:MIN_SHARED steps, REGION = same|any [default: 0:same:2,2000:same:1,4000:any:1,8000:any:0]
+    #[arg(long, env = "RENDEZVOUS_LADDER", value_parser = parse_ladder, help_heading = "Matching")]
+    pub ladder: Option<Vec<LadderStep>>,
+    /// How often pools relax criteria and expire searches, in ms [default: 100]
+    #[arg(long, env = "RENDEZVOUS_MATCH_TICK_MS", help_heading = "Matching")]
+    pub match_tick_ms: Option<u64>,
+    /// Language assumed for searches that give none [default: en]
+    #[arg(long, env = "RENDEZVOUS_DEFAULT_LANGUAGE", help_heading = "Matching")]
+    pub default_language: Option<String>,
+    /// Seconds a partner skipped with `next` stays away [default: 300]
+    #[arg(long, env = "RENDEZVOUS_SKIP_TTL_SECS", help_heading = "Matching")]
+    pub skip_ttl_secs: Option<u64>,
+    /// Seconds a `block` keeps two users apart [default: 2592000]
+    #[arg(long, env = "RENDEZVOUS_BLOCK_TTL_SECS", help_heading = "Matching")]
+    pub block_ttl_secs: Option<u64>,
+    /// `find_match`/`next` per user per minute [default: 10]
+    #[arg(long, env = "RENDEZVOUS_FIND_MATCH_PER_MINUTE", help_heading = "Limits")]
+    pub find_match_per_minute: Option<u32>,
+    /// `send` per user per second, sustained [default: 20]
+    #[arg(long, env = "RENDEZVOUS_SEND_PER_SECOND", help_heading = "Limits")]
+    pub send_per_second: Option<u32>,
+    /// `send` burst per user [default: 40]
+    #[arg(long, env = "RENDEZVOUS_SEND_BURST", help_heading = "Limits")]
+    pub send_burst: Option<u32>,
+    /// All frames per session per second, sustained [default: 100]
+    #[arg(long, env = "RENDEZVOUS_FRAMES_PER_SECOND", help_heading = "Limits")]
+    pub frames_per_second: Option<u32>,
+    /// Burst of all frames per session [default: 200]
+    #[arg(long, env = "RENDEZVOUS_FRAMES_BURST", help_heading = "Limits")]
+    pub frames_burst: Option<u32>,
+    /// Rate-limit refusals within 10 s that close a session with 4008 [default: 50]
+    #[arg(long, env = "RENDEZVOUS_FLOOD_STRIKES", help_heading = "Limits")]
+    pub flood_strikes: Option<u32>,
+    /// Largest inbound frame in bytes; larger closes with 1009 [default: 65536]
+    #[arg(long, env = "RENDEZVOUS_MAX_FRAME_BYTES", help_heading = "Limits")]
+    pub max_frame_bytes: Option<usize>,
+    /// Longest chat text in characters [default: 4096]
+    #[arg(long, env = "RENDEZVOUS_MAX_TEXT_CHARS", help_heading = "Limits")]
+    pub max_text_chars: Option<usize>,
+    /// Frames queued per client before it counts as a slow consumer [default: 256]
+    #[arg(long, env = "RENDEZVOUS_OUTBOUND_QUEUE", help_heading = "Limits")]
+    pub outbound_queue: Option<usize>,
+    /// Seat kept in rooms after a disconnect, in ms [default: 30000]
+    #[arg(long, env = "RENDEZVOUS_RECONNECT_GRACE_MS", help_heading = "Rooms")]
+    pub reconnect_grace_ms: Option<u64>,
+    /// Messages kept per room for `history` [default: 1000]
+    #[arg(long, env = "RENDEZVOUS_HISTORY_LEN", help_heading = "Rooms")]
+    pub history_len: Option<usize>,
+    /// Bound on the graceful drain on SIGTERM/SIGINT, in ms [default: 5000]
+    #[arg(long, env = "RENDEZVOUS_DRAIN_TIMEOUT_MS", help_heading = "Engine")]
+    pub drain_timeout_ms: Option<u64>,
+}
+
+/// Parse `0:same:2,2000:any:1` into ladder steps.
+pub fn parse_ladder(s: &str) -> Result<Vec<LadderStep>, String> {
+    s.split(',')
+        .map(|step| {
+            let parts: Vec<&str> = step.trim().split(':').collect();
+            let [after, region, min] = parts.as_slice() else {
+                return Err(format!("ladder step `{step}` is not AFTER_MS:same|any:MIN_SHARED"));
+            };
+            let same_region = match *region {
+                "same" | "region" => true,
+                "any" => false,
+                other => return Err(format!("ladder region `{other}` is not same or any")),
+            };
+            Ok(LadderStep {
+                after_ms: after.parse().map_err(|e| format!("ladder after_ms `{after}`: {e}"))?,
+                same_region,
+                min_shared: min.parse().map_err(|e| format!("ladder min_shared `{min}`: {e}"))?,
+            })
+        })
+        .collect()
+}
+
+/// The TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileConfig {
+    bind: Option<SocketAddr>,
+    redis_url: Option<String>,
+    node_id: Option<String>,
+    jwt_secret: Option<String>,
+    anonymous: Option<AnonymousMode>,
+    log_format: Option<LogFormat>,
+    engine: Option<EngineConfig>,
+}
+
+/// Settings of one server, resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub redis_url: Option<String>,
+    pub jwt_secret: Option<String>,
+    pub anonymous: AnonymousMode,
+    pub log_format: LogFormat,
+    pub engine: EngineConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            redis_url: None,
+            jwt_secret: None,
+            anonymous: AnonymousMode::Auto,
+            log_format: LogFormat::Text,
+            engine: EngineConfig::default(),
+        }
+    }
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error(transparent)]
+    Invalid(#[from] rendezvous_actors::config::ConfigError),
+    #[error("jwt_secret must be at least 16 bytes")]
+    WeakSecret,
+}
+
+impl Config {
+    /// Resolve flags and environment (already merged by clap) over the file over the
+    /// defaults, then validate.
+    pub fn load(cli: Cli) -> Result<Config, ConfigError> {
+        let file = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+                toml::from_str::<FileConfig>(&text)
+                    .map_err(|source| ConfigError::Parse { path: path.clone(), source })?
+            }
+            None => FileConfig::default(),
+        };
+        let mut c = Config::default();
+        c.engine = file.engine.unwrap_or_default();
+        c.bind = cli.bind.or(file.bind).unwrap_or(c.bind);
+        c.redis_url = cli.redis_url.or(file.redis_url).filter(|u| !u.is_empty());
+        c.jwt_secret = cli.jwt_secret.or(file.jwt_secret).filter(|s| !s.is_empty());
+        c.anonymous = cli.anonymous.or(file.anonymous).unwrap_or_default();
+        c.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
+        if let Some(id) = cli.node_id.or(file.node_id) {
+            c.engine.node_id = id;
+        }
+        let e = &mut c.engine;
+        macro_rules! over {
+            ($($field:ident),*) => { $( if let Some(v) = cli.$field { e.$field = v; } )* };
+        }
+        over!(
+            workers,
+            pool_shards,
+            search_timeout_ms,
+            ladder,
+            match_tick_ms,
+            default_language,
+            skip_ttl_secs,
+            block_ttl_secs,
+            find_match_per_minute,
+            send_per_second,
+            send_burst,
+            frames_per_second,
+            frames_burst,
+            flood_strikes,
+            max_frame_bytes,
+            max_text_chars,
+            outbound_queue,
+            reconnect_grace_ms,
+            history_len,
+            drain_timeout_ms
+        );
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.engine.validate()?;
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
+            return Err(ConfigError::WeakSecret);
+        }
+        Ok(())
+    }
+
+    /// Whether anonymous connections are accepted under these settings.
+    pub fn anonymous_allowed(&self) -> bool {
+        match self.anonymous {
+            AnonymousMode::Allow => true,
+            AnonymousMode::Deny => false,
+            AnonymousMode::Auto => self.bind.ip().is_loopback() && self.jwt_secret.is_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ladder_flag_parses() {
+        let l = parse_ladder("0:same:2, 1500:any:0").expect("valid");
+        assert_eq!(l.len(), 2);
+        assert!(l[0].same_region && l[0].min_shared == 2);
+        assert_eq!(l[1].after_ms, 1500);
+        assert!(parse_ladder("0:near:2").is_err());
+        assert!(parse_ladder("0:same").is_err());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let dir = std::env::temp_dir().join(format!("rdv-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "node_id = \"from-file\"\nbind = \"127.0.0.1:9000\"\n[engine]\nsend_burst = 7\nhistory_len = 9\n",
+        )
+        .expect("write");
+        let cli = Cli {
+            config: Some(path),
+            node_id: Some("from-flag".into()),
+            history_len: Some(11),
+            ..Cli::default()
+        };
+        let c = Config::load(cli).expect("valid");
+        assert_eq!(c.engine.node_id, "from-flag");
+        assert_eq!(c.bind.port(), 9000);
+        assert_eq!(c.engine.send_burst, 7);
+        assert_eq!(c.engine.history_len, 11);
+        assert!(c.anonymous_allowed(), "loopback without a secret");
+    }
+
+    #[test]
+    fn unknown_keys_and_weak_secrets_are_refused() {
+        let dir = std::env::temp_dir().join(format!("rdv-cfg2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[engine]\nsend_brust = 7\n").expect("write");
+        assert!(matches!(
+            Config::load(Cli { config: Some(path), ..Cli::default() }),
+            Err(ConfigError::Parse { .. })
+        ));
+        let cli = Cli { jwt_secret: Some("short".into()), ..Cli::default() };
+        assert!(matches!(Config::load(cli), Err(ConfigError::WeakSecret)));
+    }
+
+    #[test]
+    fn anonymous_needs_loopback_or_an_explicit_allow() {
+        let mut c = Config { bind: "0.0.0.0:8080".parse().expect("addr"), ..Config::default() };
+        assert!(!c.anonymous_allowed());
+        c.anonymous = AnonymousMode::Allow;
+        assert!(c.anonymous_allowed());
+        let c = Config { jwt_secret: Some("0123456789abcdef".into()), ..Config::default() };
+        assert!(!c.anonymous_allowed(), "a secret turns auto off");
+    }
+}

@@ -1,0 +1,220 @@
+//! One port for everything: `GET /ws` upgrades to WebSocket (after authentication),
+//! and the plain HTTP endpoints `/healthz`, `/readyz`, `/metrics`, `/api/stats`,
+//! `/api/trending`. Served by hyper on the worker arbiter that accepted the socket;
+//! the upgraded stream stays on that arbiter, where its session actor is started.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{
+    HeaderValue, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE,
+};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use rendezvous_actors::metrics as m;
+use rendezvous_actors::session::SessionActor;
+use rendezvous_actors::Engine;
+use serde_json::json;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::WebSocketStream;
+use tracing::{debug, warn};
+
+use crate::auth::Authenticator;
+
+/// What every connection handler needs.
+pub struct App {
+    pub engine: Engine,
+    pub auth: Authenticator,
+    pub metrics: PrometheusHandle,
+    pub ws_config: WebSocketConfig,
+    /// Set when a drain starts: new upgrades are refused with 503 and `/readyz` fails.
+    pub draining: AtomicBool,
+}
+
+impl App {
+    pub fn new(engine: Engine, auth: Authenticator, metrics: PrometheusHandle) -> Self {
+        let max = engine.shared.config.max_frame_bytes;
+        // Buffers sized on purpose: tungstenite's 128 KiB default read buffer per
+        // connection would cost gigabytes at tens of thousands of sessions.
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+            .read_buffer_size(4 * 1024)
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(4 * 1024 * 1024);
+        Self { engine, auth, metrics, ws_config, draining: AtomicBool::new(false) }
+    }
+}
+
+type Body = Full<Bytes>;
+
+/// Serve HTTP/1.1 on one accepted connection (keep-alive, upgrades).
+pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>) {
+    let io = TokioIo::new(stream);
+    let svc = service_fn(move |req| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(route(req, app).await) }
+    });
+    if let Err(e) = http1::Builder::new().serve_connection(io, svc).with_upgrades().await {
+        debug!(%peer, error = %e, "http connection ended with an error");
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+async fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
+    }
+    match req.uri().path() {
+        "/ws" => upgrade(req, app),
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => readyz(&app).await,
+        "/metrics" => {
+            let mut r = text(StatusCode::OK, app.metrics.render());
+            r.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            r
+        }
+        "/api/stats" => stats(&app).await,
+        "/api/trending" => trending(req.uri().query(), &app).await,
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+async fn readyz(app: &App) -> Response<Body> {
+    if app.draining.load(Ordering::Acquire) {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    match app.engine.shared.bridge.health().await {
+        Ok(()) => text(StatusCode::OK, "ready\n"),
+        Err(e) => text(StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {e}\n")),
+    }
+}
+
+async fn stats(app: &App) -> Response<Body> {
+    let shared = &app.engine.shared;
+    let nodes = shared.bridge.nodes().await.unwrap_or(1);
+    let trending = shared.bridge.trending(10).await.unwrap_or_default();
+    json_response(
+        StatusCode::OK,
+        json!({
+            "node": shared.config.node_id,
+            "online": shared.registry.len(),
+            "searching": shared.searching.load(Ordering::Relaxed),
+            "rooms": shared.rooms.len(),
+            "nodes": nodes,
+            "trending": trending_json(trending),
+            "uptime_secs": shared.started_at.elapsed().as_secs(),
+        }),
+    )
+}
+
+fn trending_json(top: Vec<(String, u64)>) -> serde_json::Value {
+    top.into_iter().map(|(interest, score)| json!({"interest": interest, "score": score})).collect()
+}
+
+async fn trending(query: Option<&str>, app: &App) -> Response<Body> {
+    let mut limit = 10usize;
+    for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        if k == "limit" {
+            match v.parse::<usize>() {
+                Ok(n) if (1..=100).contains(&n) => limit = n,
+                _ => {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        json!({"error": "limit must be a whole number from 1 to 100"}),
+                    )
+                }
+            }
+        }
+    }
+    match app.engine.shared.bridge.trending(limit).await {
+        Ok(top) => json_response(StatusCode::OK, trending_json(top)),
+        Err(e) => json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": e.to_string()})),
+    }
+}
+
+fn refuse(status: StatusCode, reason: &'static str, message: String) -> Response<Body> {
+    metrics::counter!(m::HANDSHAKES_REFUSED_TOTAL, "reason" => reason).increment(1);
+    json_response(status, json!({"error": reason, "message": message}))
+}
+
+/// Validate the handshake, authenticate, answer 101 and start the session once
+/// hyper hands over the upgraded stream.
+fn upgrade(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
+    let headers = req.headers();
+    let wants_ws = headers
+        .get(UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let version_ok = headers.get(SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let Some(key) = headers.get(SEC_WEBSOCKET_KEY).filter(|_| wants_ws && version_ok) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "bad_handshake",
+            "expected a WebSocket upgrade (version 13)".into(),
+        );
+    };
+    let user = match app.auth.identify(req.uri().query(), headers) {
+        Ok(user) => user,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+    };
+    if app.draining.load(Ordering::Acquire) {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "node is draining; connect to another node".into(),
+        );
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let config = app.ws_config;
+    let engine = app.engine.clone();
+    actix_rt::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(
+                    TokioIo::new(upgraded),
+                    Role::Server,
+                    Some(config),
+                )
+                .await;
+                SessionActor::start(ws, user, engine);
+            }
+            Err(e) => warn!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = r.headers_mut();
+    h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(SEC_WEBSOCKET_ACCEPT, v);
+    }
+    r
+}

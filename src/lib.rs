@@ -1,0 +1,21 @@
+//! The `rendezvous` server: configuration, authentication, the HTTP/WebSocket
+//! front door and the run loop around the engine in `rendezvous-actors`.
+//!
+//! # Layout
+//! * [`config`]: flags, environment and TOML resolved into [`config::Config`].
+//! * [`server`]: [`server::run`], the accept loop and the graceful drain. The binary
+//!   and the tests both call it.
+//! * [`http`]: `/ws` upgrade and the HTTP endpoints on the same port.
+//! * [`auth`]: JWT and anonymous identities.
+//! * [`telemetry`]: logging and the Prometheus recorder.
+//! * [`shutdown`]: SIGTERM/SIGINT.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::run;

@@ -1,0 +1,39 @@
+//! The `rendezvous` binary: parse settings, start logging, bind, and run the
+//! server in an actix system until SIGTERM/SIGINT.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rendezvous::config::{Cli, Config};
+use rendezvous::{server, shutdown, telemetry};
+
+fn main() -> ExitCode {
+    let config = match Config::load(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rendezvous: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init_logging(config.log_format);
+    let listener = match std::net::TcpListener::bind(config.bind) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(bind = %config.bind, error = %e, "cannot bind");
+            return ExitCode::from(1);
+        }
+    };
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        server::run(listener, config, shutdown::signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "rendezvous failed");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,108 @@
+//! The accept loop and the graceful drain. [`run`] is the one entry point: the
+//! binary binds and calls it; tests bind port 0 and call it too.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rendezvous_actors::bridge::memory::MemoryBridge;
+use rendezvous_actors::bridge::Bridge;
+use rendezvous_actors::protocol::close;
+use rendezvous_actors::Engine;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{error, info, warn};
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::http::{serve_connection, App};
+use crate::telemetry;
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(
+        "the Redis bridge is not part of this build yet; run without --redis-url (single node)"
+    )]
+    RedisUnsupported,
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Serve on `listener` until `shutdown` resolves, then drain: refuse new sessions,
+/// close every session with 1012, wait (bounded) for them to go, stop the workers.
+/// Must run inside an actix `System`.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    if config.redis_url.is_some() {
+        return Err(ServerError::RedisUnsupported);
+    }
+    let addr = listener.local_addr()?;
+    let anonymous = config.anonymous_allowed();
+    if anonymous && !addr.ip().is_loopback() {
+        warn!("ANONYMOUS MODE on a non-loopback address: anyone can connect as any user name. Use --jwt-secret in production.");
+    } else if anonymous {
+        warn!("anonymous mode is on (loopback bind): clients pick their own user id with ?user=; insecure outside development");
+    }
+    let bridge: Arc<dyn Bridge> = Arc::new(MemoryBridge::new(config.engine.node_id.clone()));
+    let engine = Engine::start(config.engine.clone(), bridge);
+    let auth = Authenticator::new(config.jwt_secret.as_deref(), anonymous);
+    let app = Arc::new(App::new(engine.clone(), auth, telemetry::metrics_handle()));
+    info!(
+        node = %config.engine.node_id,
+        workers = engine.shared.workers.len(),
+        shards = engine.shards.len(),
+        "rendezvous listening on http://{addr} (WebSocket: ws://{addr}/ws)"
+    );
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => dispatch(stream, peer, &app),
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+
+    info!("shutting down: draining sessions");
+    app.draining.store(true, Ordering::Release);
+    drop(listener);
+    let timeout = Duration::from_millis(config.engine.drain_timeout_ms);
+    let left = engine.drain(close::RESTARTING, timeout).await;
+    if left > 0 {
+        warn!(sessions = left, "drain timed out; closing the rest");
+    }
+    engine.stop();
+    info!("stopped");
+    Ok(())
+}
+
+/// Hand an accepted socket to the next worker arbiter. The socket is registered
+/// with that arbiter's runtime (an I/O resource belongs to the runtime that
+/// registered it), so the session actor and its writer run there too.
+fn dispatch(stream: TcpStream, peer: std::net::SocketAddr, app: &Arc<App>) {
+    let _ = stream.set_nodelay(true);
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => return warn!(error = %e, "could not detach accepted socket"),
+    };
+    let app = app.clone();
+    let worker = app.engine.shared.next_worker();
+    worker.spawn_fn(move || {
+        actix_rt::spawn(async move {
+            match TcpStream::from_std(std_stream) {
+                Ok(stream) => serve_connection(stream, peer, app).await,
+                Err(e) => warn!(error = %e, "could not register socket on worker"),
+            }
+        });
+    });
+}
