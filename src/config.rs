@@ -84,7 +84,7 @@ pub struct Cli {
     pub search_timeout_ms: Option<u64>,
     /// Relaxation ladder: comma-separated AFTER_MS:REGION:MIN_SHARED steps, REGION = same|any [default: 0:same:2,2000:same:1,4000:any:1,8000:any:0]
     #[arg(long, env = "RENDEZVOUS_LADDER", value_parser = parse_ladder, help_heading = "Matching")]
-    pub ladder: Option<Vec<LadderStep>>,
+    pub ladder: Option<Ladder>,
     /// How often pools relax criteria and expire searches, in ms [default: 100]
     #[arg(long, env = "RENDEZVOUS_MATCH_TICK_MS", help_heading = "Matching")]
     pub match_tick_ms: Option<u64>,
@@ -135,8 +135,12 @@ pub struct Cli {
     pub drain_timeout_ms: Option<u64>,
 }
 
+/// A relaxation ladder given on the command line (one value, comma-separated steps).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ladder(pub Vec<LadderStep>);
+
 /// Parse `0:same:2,2000:any:1` into ladder steps.
-pub fn parse_ladder(s: &str) -> Result<Vec<LadderStep>, String> {
+pub fn parse_ladder(s: &str) -> Result<Ladder, String> {
     s.split(',')
         .map(|step| {
             let parts: Vec<&str> = step.trim().split(':').collect();
@@ -154,7 +158,8 @@ pub fn parse_ladder(s: &str) -> Result<Vec<LadderStep>, String> {
                 min_shared: min.parse().map_err(|e| format!("ladder min_shared `{min}`: {e}"))?,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()
+        .map(Ladder)
 }
 
 /// The TOML file.
@@ -238,7 +243,6 @@ impl Config {
             workers,
             pool_shards,
             search_timeout_ms,
-            ladder,
             match_tick_ms,
             default_language,
             skip_ttl_secs,
@@ -256,6 +260,9 @@ impl Config {
             history_len,
             drain_timeout_ms
         );
+        if let Some(Ladder(steps)) = cli.ladder {
+            e.ladder = steps;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -283,8 +290,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_options_means_embedded_single_node_on_loopback_8080() {
+        let c = Config::load(Cli::default()).expect("defaults");
+        assert_eq!(c.bind, "127.0.0.1:8080".parse().expect("addr"));
+        assert!(c.redis_url.is_none());
+        assert!(c.anonymous_allowed());
+    }
+
+    #[test]
     fn ladder_flag_parses() {
-        let l = parse_ladder("0:same:2, 1500:any:0").expect("valid");
+        let Ladder(l) = parse_ladder("0:same:2, 1500:any:0").expect("valid");
         assert_eq!(l.len(), 2);
         assert!(l[0].same_region && l[0].min_shared == 2);
         assert_eq!(l[1].after_ms, 1500);

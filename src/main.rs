@@ -16,6 +16,11 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init_logging(config.log_format);
+    // Each session is one file descriptor: lift the soft limit to the hard limit.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let listener = match std::net::TcpListener::bind(config.bind) {
         Ok(l) => l,
         Err(e) => {

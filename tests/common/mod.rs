@@ -26,6 +26,8 @@ pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Settings for tests: anonymous on loopback, a ladder that relaxes in well under
 /// a second, short grace periods, and workers pinned to 2 like this machine.
 pub fn test_config() -> Config {
+    // Storm tests hold thousands of sockets (client and server side) in one process.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let mut c = Config { bind: "127.0.0.1:0".parse().expect("addr"), ..Config::default() };
     c.anonymous = AnonymousMode::Auto;
     let e = &mut c.engine;

@@ -7,7 +7,7 @@
 //! client. It lives nested under `actors/` because the design fixes the top-level
 //! folders; it is its own crate so that clients need not compile actix.
 //!
-//! Rules the types encode (see `docs/protocol.md` in the repository):
+//! Rules the types encode (see `PROTOCOL.md` at the repository root):
 //! * client frames are tagged by `"action"`, server frames by `"type"`;
 //! * unknown fields are ignored (serde's default), so clients may send extras;
 //! * optional fields the server sends are omitted when absent.

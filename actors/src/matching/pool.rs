@@ -18,9 +18,11 @@
 //! * in a group, every member must be acceptable with the searcher, and members must
 //!   not avoid each other nor differ in region when the step wants one region.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap as HashMap;
 
 use crate::bridge::Ticket;
 use crate::config::LadderStep;
@@ -100,9 +102,9 @@ impl<T> Pool<T> {
     pub fn new(ladder: Vec<LadderStep>) -> Self {
         Self {
             ladder,
-            entries: HashMap::new(),
-            by_user: HashMap::new(),
-            buckets: HashMap::new(),
+            entries: HashMap::default(),
+            by_user: HashMap::default(),
+            buckets: HashMap::default(),
             timers: BTreeSet::new(),
         }
     }
@@ -235,7 +237,8 @@ impl<T> Pool<T> {
             return None;
         }
         // Shared-interest counts for everyone who lists one of my interests.
-        let mut counts: HashMap<Ticket, u32> = HashMap::new();
+        let mut counts: HashMap<Ticket, u32> = HashMap::default();
+        counts.reserve(me.criteria.interests.len() * 64);
         for i in &me.criteria.interests {
             if let Some(set) = bucket.by_interest.get(i) {
                 for &t in set.iter().take(PER_INTEREST_SCAN) {
@@ -336,17 +339,15 @@ fn pair_ok<T>(
     rule: &LadderStep,
     avoids: &impl Fn(&UserId, &UserId) -> bool,
 ) -> bool {
-    if a.user == b.user || avoids(&a.user, &b.user) {
-        return false;
-    }
-    if rule.same_region && regions_differ(&a.criteria, &b.criteria) {
+    // Cheap checks first; the avoid list (a shared map) last.
+    if a.user == b.user || (rule.same_region && regions_differ(&a.criteria, &b.criteria)) {
         return false;
     }
     let need = rule
         .min_shared
         .min(a.criteria.interests.len() as u32)
         .min(b.criteria.interests.len() as u32);
-    shared >= need
+    shared >= need && !avoids(&a.user, &b.user)
 }
 
 /// Interests listed by every member (inputs are sorted and deduplicated).
