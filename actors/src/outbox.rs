@@ -157,8 +157,15 @@ const BATCH: usize = 64;
 
 /// Drain `rx` into `sink` until a close is requested, the socket fails, or one
 /// write blocks longer than `write_timeout` (a client that stopped reading). Then
-/// send a close frame (bounded wait) and return the close code used.
-pub async fn run_writer<S>(mut sink: S, mut rx: OutboxReceiver, write_timeout: Duration) -> u16
+/// call `closing(code)` at once, so the session ends (and its rooms see the user
+/// offline) without waiting on a socket that may never drain, send a close frame
+/// (bounded wait) and return the close code used.
+pub async fn run_writer<S>(
+    mut sink: S,
+    mut rx: OutboxReceiver,
+    write_timeout: Duration,
+    closing: impl FnOnce(u16),
+) -> u16
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
@@ -202,6 +209,7 @@ where
                     Ordering::AcqRel,
                     Ordering::Acquire,
                 );
+                closing(1006);
                 return 1006;
             }
             Err(_) => {
@@ -220,6 +228,7 @@ where
         0 => close::NORMAL,
         c => c,
     };
+    closing(code);
     // A normal close or a restart lets what is queued go out first (bounded).
     if code == close::NORMAL || code == close::RESTARTING {
         let _ = tokio::time::timeout(write_timeout.min(Duration::from_secs(2)), async {

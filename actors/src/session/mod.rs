@@ -88,8 +88,8 @@ impl SessionActor {
             ctx.add_stream(stream);
             let addr = ctx.address();
             actix::spawn(async move {
-                let code = run_writer(sink, rx, write_timeout).await;
-                addr.do_send(WriterClosed { code });
+                run_writer(sink, rx, write_timeout, |code| addr.do_send(WriterClosed { code }))
+                    .await;
             });
             SessionActor {
                 engine,
@@ -144,7 +144,9 @@ impl SessionActor {
         ctx.stop();
     }
 
-    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+    /// Count one inbound data frame (text or binary) against the per-session frame
+    /// limit; false (after answering `rate_limited`) when it is over.
+    fn admit_frame(&mut self, ctx: &mut Context<Self>) -> bool {
         metrics::counter!(m::FRAMES_IN_TOTAL).increment(1);
         if let Err(not_until) = self.frame_limiter.check() {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
@@ -152,7 +154,15 @@ impl SessionActor {
                 action: "frames",
                 retry_after_ms: wait.as_millis() as u64 + 1,
             };
-            return self.send_error(None, &err, ctx);
+            self.send_error(None, &err, ctx);
+            return false;
+        }
+        true
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        if !self.admit_frame(ctx) {
+            return;
         }
         let frame: ClientFrame = match serde_json::from_str(text) {
             Ok(f) => f,
@@ -298,7 +308,8 @@ impl SessionActor {
 
     /// `cancel_match`: answered with `match_cancelled` when the search was withdrawn
     /// (or none ran). When the shard already picked it, the `match_found` or
-    /// `no_match_found` on its way is the answer.
+    /// `no_match_found` on its way is the answer, or `match_cancelled` after all
+    /// (`SessionEvent::SearchCancelled`) if that pick falls through.
     fn cancel_search(&mut self, ctx: &mut Context<Self>) {
         let Some(search) = self.search.clone() else {
             return self.send(&ServerFrame::MatchCancelled {});
@@ -470,6 +481,9 @@ impl StreamHandler<Result<Message, WsError>> for SessionActor {
             }
             Ok(Message::Binary(_)) => {
                 self.last_seen = Instant::now();
+                if !self.admit_frame(ctx) {
+                    return;
+                }
                 let err = EngineError::BadRequest(
                     "binary frames are not supported; send JSON text".into(),
                 );
@@ -482,6 +496,16 @@ impl StreamHandler<Result<Message, WsError>> for SessionActor {
             Err(WsError::Capacity(e)) => {
                 debug!(user = %self.user, error = %e, "frame over the size limit");
                 self.close(close::TOO_LARGE, ctx);
+            }
+            // RFC 6455 §7.4.1: 1007 for a text message that is not UTF-8, 1002 for
+            // other protocol violations (not 1000, which would claim all went well).
+            Err(WsError::Utf8(e)) => {
+                debug!(user = %self.user, error = %e, "text frame is not UTF-8");
+                self.close(1007, ctx);
+            }
+            Err(WsError::Protocol(e)) => {
+                debug!(user = %self.user, error = %e, "websocket protocol violation");
+                self.close(1002, ctx);
             }
             Err(e) => {
                 debug!(user = %self.user, error = %e, "socket read failed");
@@ -517,6 +541,12 @@ impl Handler<SessionEvent> for SessionActor {
                 if self.search.as_ref().map(|s| s.ticket) == Some(ticket) {
                     self.search = None;
                     self.send(&ServerFrame::NoMatchFound {});
+                }
+            }
+            SessionEvent::SearchCancelled { ticket } => {
+                if self.search.as_ref().map(|s| s.ticket) == Some(ticket) {
+                    self.search = None;
+                    self.send(&ServerFrame::MatchCancelled {});
                 }
             }
         }
