@@ -60,8 +60,9 @@ impl Authenticator {
             token = headers
                 .get(AUTHORIZATION)
                 .and_then(|h| h.to_str().ok())
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .map(|t| t.trim().to_owned());
+                .and_then(|h| h.split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, t)| t.trim().to_owned());
         }
         if let Some(token) = token {
             return self.verify(&token);

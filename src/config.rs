@@ -121,7 +121,7 @@ pub struct Cli {
     /// Longest chat text in characters [default: 4096]
     #[arg(long, env = "RENDEZVOUS_MAX_TEXT_CHARS", help_heading = "Limits")]
     pub max_text_chars: Option<usize>,
-    /// Frames queued per client before it counts as a slow consumer [default: 256]
+    /// Frames queued per client before it counts as a slow consumer [default: 1024]
     #[arg(long, env = "RENDEZVOUS_OUTBOUND_QUEUE", help_heading = "Limits")]
     pub outbound_queue: Option<usize>,
     /// Seat kept in rooms after a disconnect, in ms [default: 30000]

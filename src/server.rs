@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rendezvous_actors::bridge::memory::MemoryBridge;
+use rendezvous_actors::bridge::redis::RedisBridge;
 use rendezvous_actors::bridge::Bridge;
 use rendezvous_actors::protocol::close;
 use rendezvous_actors::Engine;
@@ -21,10 +22,8 @@ use crate::telemetry;
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error(
-        "the Redis bridge is not part of this build yet; run without --redis-url (single node)"
-    )]
-    RedisUnsupported,
+    #[error("redis: {0}")]
+    Redis(#[from] rendezvous_actors::bridge::BridgeError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -37,9 +36,6 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServerError> {
-    if config.redis_url.is_some() {
-        return Err(ServerError::RedisUnsupported);
-    }
     let addr = listener.local_addr()?;
     let anonymous = config.anonymous_allowed();
     if anonymous && !addr.ip().is_loopback() {
@@ -47,8 +43,20 @@ pub async fn run(
     } else if anonymous {
         warn!("anonymous mode is on (loopback bind): clients pick their own user id with ?user=; insecure outside development");
     }
-    let bridge: Arc<dyn Bridge> = Arc::new(MemoryBridge::new(config.engine.node_id.clone()));
+    let node = config.engine.node_id.clone();
+    let redis = match &config.redis_url {
+        Some(url) => Some(RedisBridge::connect(url, &node)?),
+        None => None,
+    };
+    let bridge: Arc<dyn Bridge> = match &redis {
+        Some(r) => r.clone(),
+        None => Arc::new(MemoryBridge::new(node.clone())),
+    };
     let engine = Engine::start(config.engine.clone(), bridge);
+    if let Some(r) = &redis {
+        r.attach(engine.clone());
+        info!(node = %node, redis = %redacted(config.redis_url.as_deref().unwrap_or_default()), "cluster mode: Redis bridge");
+    }
     let auth = Authenticator::new(config.jwt_secret.as_deref(), anonymous);
     let app = Arc::new(App::new(engine.clone(), auth, telemetry::metrics_handle()));
     info!(
@@ -81,6 +89,13 @@ pub async fn run(
     if left > 0 {
         warn!(sessions = left, "drain timed out; closing the rest");
     }
+    if let Some(r) = redis {
+        // Let the closed sessions' cancels reach the shards, then leave the cluster.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tokio::time::timeout(Duration::from_secs(3), r.leave()).await.is_err() {
+            warn!("redis did not answer during the drain; peers will notice the missing heartbeat");
+        }
+    }
     engine.stop();
     info!("stopped");
     Ok(())
@@ -105,4 +120,14 @@ fn dispatch(stream: TcpStream, peer: std::net::SocketAddr, app: &Arc<App>) {
             }
         });
     });
+}
+
+/// A Redis URL with its password hidden, for logs.
+pub fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }

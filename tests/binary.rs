@@ -49,7 +49,8 @@ fn spawn(args: &[&str], envs: &[(&str, &str)]) -> Proc {
 }
 
 fn signal(p: &Proc, sig: &str) {
-    let status = Command::new("kill").args([sig, &p.child.id().to_string()]).status().expect("kill");
+    let status =
+        Command::new("kill").args([sig, &p.child.id().to_string()]).status().expect("kill");
     assert!(status.success());
 }
 
@@ -102,8 +103,11 @@ async fn flags_override_environment_and_config_file() {
     let dir = std::env::temp_dir().join(format!("rdv-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let file = dir.join("rendezvous.toml");
-    std::fs::write(&file, "node_id = \"from-file\"\nbind = \"127.0.0.1:0\"\n[engine]\nmax_text_chars = 5\n")
-        .expect("write");
+    std::fs::write(
+        &file,
+        "node_id = \"from-file\"\nbind = \"127.0.0.1:0\"\n[engine]\nmax_text_chars = 5\n",
+    )
+    .expect("write");
     let p = spawn(
         &["--config", file.to_str().expect("path"), "--node-id", "from-flag"],
         &[("RENDEZVOUS_NODE_ID", "from-env")],
@@ -115,7 +119,9 @@ async fn flags_override_environment_and_config_file() {
     c.recv_kind("joined").await;
     c.send_json(serde_json::json!({"action":"send","room_id":"pub:x","text":"abcdef"})).await;
     match c.recv_kind("error").await {
-        ServerFrame::Error { code, .. } => assert_eq!(code, rendezvous_actors::protocol::ErrorCode::TooLarge),
+        ServerFrame::Error { code, .. } => {
+            assert_eq!(code, rendezvous_actors::protocol::ErrorCode::TooLarge)
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -126,9 +132,20 @@ fn help_explains_every_contract_option() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for needle in [
-        "--bind", "--redis-url", "--node-id", "--jwt-secret", "--config", "RENDEZVOUS_BIND",
-        "RENDEZVOUS_REDIS_URL", "RENDEZVOUS_NODE_ID", "RENDEZVOUS_JWT_SECRET", "--search-timeout-ms",
-        "--find-match-per-minute", "--send-per-second", "--max-frame-bytes", "--ladder",
+        "--bind",
+        "--redis-url",
+        "--node-id",
+        "--jwt-secret",
+        "--config",
+        "RENDEZVOUS_BIND",
+        "RENDEZVOUS_REDIS_URL",
+        "RENDEZVOUS_NODE_ID",
+        "RENDEZVOUS_JWT_SECRET",
+        "--search-timeout-ms",
+        "--find-match-per-minute",
+        "--send-per-second",
+        "--max-frame-bytes",
+        "--ladder",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}");
     }

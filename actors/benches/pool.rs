@@ -39,7 +39,13 @@ struct Setup {
     t0: Instant,
 }
 
-fn entry(ticket: u64, user: String, interests: Vec<Interest>, region: String, t0: Instant) -> Entry<()> {
+fn entry(
+    ticket: u64,
+    user: String,
+    interests: Vec<Interest>,
+    region: String,
+    t0: Instant,
+) -> Entry<()> {
     Entry {
         ticket,
         user: UserId::from(user),
@@ -75,7 +81,10 @@ fn setup(dense: bool) -> Setup {
         };
         interests.sort();
         interests.dedup();
-        pool.insert(entry(i as u64, format!("u{i}"), interests.clone(), format!("region{i}"), t0), t0);
+        pool.insert(
+            entry(i as u64, format!("u{i}"), interests.clone(), format!("region{i}"), t0),
+            t0,
+        );
         slots.push(interests);
     }
     Setup { pool, slots, next_ticket: WAITING as u64, t0 }
@@ -87,8 +96,14 @@ fn cycle(s: &mut Setup, slot: usize) {
     let ticket = s.next_ticket;
     s.next_ticket += 1;
     // The newcomer shares the slot's region and interests.
-    s.pool.insert(entry(ticket, format!("n{ticket}"), interests.clone(), format!("region{slot}"), t0), t0);
-    let m = s.pool.try_match(ticket, t0, |_, _| false, |_| true).expect("a partner in the slot's region");
+    s.pool.insert(
+        entry(ticket, format!("n{ticket}"), interests.clone(), format!("region{slot}"), t0),
+        t0,
+    );
+    let m = s
+        .pool
+        .try_match(ticket, t0, |_, _| false, |_| true)
+        .expect("a partner in the slot's region");
     black_box(&m);
     // A replacement waiter takes the matched slot.
     let ticket = s.next_ticket;

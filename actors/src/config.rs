@@ -74,7 +74,9 @@ pub struct EngineConfig {
     pub frames_burst: u32,
     /// Rate-limit refusals within 10 s after which the session is closed with 4008.
     pub flood_strikes: u32,
-    /// Frames queued for one client before it counts as a slow consumer.
+    /// Frames queued for one client before it counts as a slow consumer. Must absorb a
+    /// busy room's legitimate burst: a room actor drains its whole mailbox before a
+    /// writer on the same thread runs (10 members x a send burst of 40 = 400 frames).
     pub outbound_queue: usize,
     /// Longest one socket write may block before the client is dropped (ms).
     pub write_timeout_ms: u64,
@@ -119,7 +121,7 @@ impl Default for EngineConfig {
             frames_per_second: 100,
             frames_burst: 200,
             flood_strikes: 50,
-            outbound_queue: 256,
+            outbound_queue: 1_024,
             write_timeout_ms: 10_000,
             heartbeat_interval_ms: 20_000,
             client_timeout_ms: 60_000,

@@ -84,6 +84,18 @@ impl Shared {
         self.memberships.get(user).map(|r| r.clone()).unwrap_or_default()
     }
 
+    /// Keep `a` and `b` apart for `ttl` here and on every other node.
+    pub fn avoid_pair(&self, a: &UserId, b: &UserId, ttl: Duration) {
+        self.avoid.add(a, b, ttl);
+        if self.bridge.clustered() {
+            self.bridge.broadcast(crate::bridge::ClusterEvent::Avoid {
+                a: a.to_string(),
+                b: b.to_string(),
+                ttl_ms: ttl.as_millis() as u64,
+            });
+        }
+    }
+
     /// Re-route a join that reached a room as it closed.
     pub fn supervisor_bounce(&self, join: JoinPublicRoom) {
         if let Some(s) = self.supervisor.get() {

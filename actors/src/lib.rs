@@ -30,6 +30,7 @@
 
 pub mod avoid;
 pub mod bridge;
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -39,3 +39,21 @@ pub const RATE_LIMITED_TOTAL: &str = "rendezvous_rate_limited_total";
 pub const ERRORS_TOTAL: &str = "rendezvous_error_frames_total";
 /// Counter: WebSocket upgrades refused, label `reason`.
 pub const HANDSHAKES_REFUSED_TOTAL: &str = "rendezvous_handshakes_refused_total";
+/// Gauge: 1 while the bridge's store (Redis) and its subscription are healthy.
+pub const BRIDGE_UP: &str = "rendezvous_bridge_up";
+/// Histogram: seconds per round trip to Redis (one pipelined batch).
+pub const BRIDGE_REDIS_SECONDS: &str = "rendezvous_bridge_redis_roundtrip_seconds";
+/// Counter: commands sent to Redis, label `kind` (script or command name).
+pub const BRIDGE_COMMANDS_TOTAL: &str = "rendezvous_bridge_commands_total";
+/// Counter: events received from other nodes over pub/sub, label `kind`.
+pub const BRIDGE_RECEIVED_TOTAL: &str = "rendezvous_bridge_received_total";
+/// Counter: (re)connections to Redis after a failure.
+pub const BRIDGE_RECONNECTS_TOTAL: &str = "rendezvous_bridge_reconnects_total";
+/// Histogram: seconds a full resync took after a (re)connect.
+pub const BRIDGE_RESYNC_SECONDS: &str = "rendezvous_bridge_resync_seconds";
+/// Gauge: seconds since each peer's last heartbeat, label `node`.
+pub const BRIDGE_PEER_HEARTBEAT_AGE_SECONDS: &str = "rendezvous_bridge_peer_heartbeat_age_seconds";
+/// Counter: peers declared dead (heartbeat expired) or gone (drained).
+pub const BRIDGE_NODES_LOST_TOTAL: &str = "rendezvous_bridge_nodes_lost_total";
+/// Counter: gaps in a room's `seq` seen by a replica (filled from the stream).
+pub const BRIDGE_SEQ_GAPS_TOTAL: &str = "rendezvous_bridge_seq_gaps_total";

@@ -65,11 +65,13 @@ async fn connect(url: &str, user: &str) -> Result<Ws, Failure> {
 async fn until(ws: &mut Ws, kind: &'static str, wait: Duration) -> Result<ServerFrame, Failure> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let msg = tokio::time::timeout_at(deadline, ws.next()).await.map_err(|_| Failure::Timeout(kind))?;
+        let msg = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .map_err(|_| Failure::Timeout(kind))?;
         match msg {
             Some(Ok(Message::Text(t))) => {
-                let f: ServerFrame =
-                    serde_json::from_str(t.as_str()).map_err(|e| Failure::Unexpected(e.to_string()))?;
+                let f: ServerFrame = serde_json::from_str(t.as_str())
+                    .map_err(|e| Failure::Unexpected(e.to_string()))?;
                 if f.kind() == kind {
                     return Ok(f);
                 }
@@ -92,7 +94,9 @@ async fn one_pair(url: String, id: usize, wait: Duration) -> Result<Duration, Fa
     until(&mut b, "welcome", wait).await?;
     // Pair-specific interests, so concurrent pairs do not cross-match.
     let find = json!({"action": "find_match", "interests": [format!("p{id}x"), format!("p{id}y")], "language": "en"}).to_string();
-    a.send(Message::Text(find.clone().into())).await.map_err(|e| Failure::Unexpected(e.to_string()))?;
+    a.send(Message::Text(find.clone().into()))
+        .await
+        .map_err(|e| Failure::Unexpected(e.to_string()))?;
     until(&mut a, "searching", wait).await?;
     let t0 = Instant::now();
     b.send(Message::Text(find.into())).await.map_err(|e| Failure::Unexpected(e.to_string()))?;
@@ -146,7 +150,10 @@ async fn main() -> std::process::ExitCode {
     }
     let elapsed = started.elapsed().as_secs_f64();
     let ok = hist.len();
-    println!("pairs matched: {ok}/{pairs} in {elapsed:.2} s ({:.0} pairs/s incl. connect)", ok as f64 / elapsed);
+    println!(
+        "pairs matched: {ok}/{pairs} in {elapsed:.2} s ({:.0} pairs/s incl. connect)",
+        ok as f64 / elapsed
+    );
     println!(
         "match latency (ms): p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
         ms(&hist, 0.5),

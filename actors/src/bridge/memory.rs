@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use dashmap::DashMap;
 
-use super::{BoxFut, Bridge, ClaimOutcome, Ticket};
+use super::{BoxFut, Bridge, ClaimMember, ClaimOutcome, SearchAd, Ticket};
 use crate::ids::{Interest, UserId};
 
 /// Single-node facts.
@@ -33,7 +33,8 @@ impl MemoryBridge {
         }
     }
 
-    /// The synchronous claim, shared by the trait method and unit tests.
+    /// The synchronous claim, shared by the trait method, the Redis bridge's
+    /// fallback while Redis is down, and unit tests.
     pub fn claim_now(&self, members: &[(UserId, Ticket)]) -> ClaimOutcome {
         let _guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
         let lost: Vec<UserId> = members
@@ -51,23 +52,42 @@ impl MemoryBridge {
     }
 }
 
+impl MemoryBridge {
+    /// Make `ticket` the user's one valid search.
+    pub fn begin(&self, user: &UserId, ticket: Ticket) {
+        let _guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.searches.insert(user.clone(), ticket);
+    }
+
+    /// End the user's search if `ticket` is still the valid one.
+    pub fn end(&self, user: &UserId, ticket: Ticket) {
+        let _guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.searches.remove_if(user, |_, v| *v == ticket);
+    }
+
+    /// Forget every search (the Redis bridge's mirror, after a resync).
+    pub fn clear(&self) {
+        let _guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.searches.clear();
+    }
+}
+
 impl Bridge for MemoryBridge {
     fn node_id(&self) -> &str {
         &self.node_id
     }
 
-    fn begin_search(&self, user: &UserId, ticket: Ticket) {
-        let _guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.searches.insert(user.clone(), ticket);
+    fn begin_search(&self, ad: SearchAd) {
+        self.begin(&UserId::from(ad.user), ad.ticket);
     }
 
-    fn end_search(&self, user: &UserId, ticket: Ticket) {
-        let _guard = self.claim_lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.searches.remove_if(user, |_, v| *v == ticket);
+    fn end_search(&self, user: &UserId, ticket: Ticket, _language: &str) {
+        self.end(user, ticket);
     }
 
-    fn claim_match(&self, members: Vec<(UserId, Ticket)>) -> BoxFut<ClaimOutcome> {
-        let outcome = self.claim_now(&members);
+    fn claim_match(&self, _language: &str, members: Vec<ClaimMember>) -> BoxFut<ClaimOutcome> {
+        let keys: Vec<(UserId, Ticket)> = members.into_iter().map(|m| (m.user, m.ticket)).collect();
+        let outcome = self.claim_now(&keys);
         Box::pin(async move { Ok(outcome) })
     }
 
@@ -108,9 +128,9 @@ mod tests {
     fn a_ticket_is_claimed_at_most_once() {
         let b = MemoryBridge::new("n");
         let (x, y, z) = (UserId::from("x"), UserId::from("y"), UserId::from("z"));
-        b.begin_search(&x, 1);
-        b.begin_search(&y, 2);
-        b.begin_search(&z, 3);
+        b.begin(&x, 1);
+        b.begin(&y, 2);
+        b.begin(&z, 3);
         assert_eq!(b.claim_now(&[(x.clone(), 1), (y.clone(), 2)]), ClaimOutcome::Claimed);
         assert_eq!(
             b.claim_now(&[(z.clone(), 3), (y.clone(), 2)]),
@@ -124,10 +144,10 @@ mod tests {
     fn a_newer_search_supersedes_and_end_needs_the_right_ticket() {
         let b = MemoryBridge::new("n");
         let x = UserId::from("x");
-        b.begin_search(&x, 1);
-        b.begin_search(&x, 5);
+        b.begin(&x, 1);
+        b.begin(&x, 5);
         assert_eq!(b.claim_now(&[(x.clone(), 1)]), ClaimOutcome::Lost(vec![x.clone()]));
-        b.end_search(&x, 1);
+        b.end(&x, 1);
         assert_eq!(b.claim_now(&[(x.clone(), 5)]), ClaimOutcome::Claimed);
     }
 

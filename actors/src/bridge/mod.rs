@@ -3,24 +3,38 @@
 //! they run alone or in a cluster.
 //!
 //! * [`memory::MemoryBridge`]: the embedded single-node default. Every fact lives in
-//!   this process.
-//! * A Redis implementation (its own module, added with the cluster work) keeps the
-//!   same guarantees across nodes with Lua scripts and pub/sub.
+//!   this process; rooms keep their own `seq` and history.
+//! * [`redis::RedisBridge`]: several nodes as one through Redis. Claims are one Lua
+//!   script, pools are replicated over pub/sub, rooms take `seq` from Redis and keep
+//!   history in a capped stream.
 //!
 //! Guarantees every implementation must give (the contract the tests check):
-//! * **One search per user.** [`Bridge::begin_search`] makes `ticket` the user's
-//!   only valid search; any earlier ticket of that user stops being claimable.
+//! * **One search per user.** [`Bridge::begin_search`] makes the ad's ticket the
+//!   user's only valid search; any earlier ticket of that user stops being claimable.
 //! * **At most one match per search.** [`Bridge::claim_match`] succeeds only if every
 //!   member's ticket is still their valid search, and then ends all of them in one
-//!   atomic step. Two claims that share a ticket can never both succeed.
+//!   atomic step. Two claims that share a ticket can never both succeed, on any node.
+//! * **Order.** Calls made from one thread reach the shared store in the order they
+//!   were made (a `begin_search` before the `claim_match` that names its ticket).
 //! * **Trending** counts each interest once per successful match.
+//!
+//! The room methods (`room_*`) are only called when [`Bridge::clustered`] is true;
+//! the in-process bridge keeps their defaults, which refuse.
 
+pub mod events;
+pub mod inbound;
 pub mod memory;
+pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use crate::ids::{Interest, UserId};
+use rendezvous_protocol::ChatMessage;
+use serde::{Deserialize, Serialize};
+
+pub use self::events::{ClusterEvent, RoomEv};
+use crate::ids::{Interest, RoomId, UserId};
 
 /// A search ticket: unique per node and increasing with arrival time, so ordering by
 /// ticket is ordering by wait ("ties go to the longest wait").
@@ -38,6 +52,10 @@ pub enum BridgeError {
     Unavailable(String),
 }
 
+fn refused<T: Send + 'static>() -> BoxFut<T> {
+    Box::pin(async { Err(BridgeError::Unavailable("not clustered".into())) })
+}
+
 /// Result of [`Bridge::claim_match`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimOutcome {
@@ -47,17 +65,79 @@ pub enum ClaimOutcome {
     Lost(Vec<UserId>),
 }
 
+/// A search as every node sees it: what the origin node publishes when it starts,
+/// and what other nodes keep a replica of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchAd {
+    /// Node the searcher is connected to.
+    pub node: String,
+    /// The origin node's ticket.
+    pub ticket: Ticket,
+    pub user: String,
+    pub language: String,
+    pub interests: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub group_size: u8,
+    /// Wall-clock start of the wait (ms since the epoch): the ladder runs on it.
+    pub joined_ms: u64,
+    /// Wall-clock end of the wait.
+    pub deadline_ms: u64,
+}
+
+/// One member of a claim: the user, the node that holds their search (`None` =
+/// this node) and that node's ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimMember {
+    pub user: UserId,
+    pub node: Option<Arc<str>>,
+    pub ticket: Ticket,
+}
+
+/// Kind of a room, as stored in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoredKind {
+    Match,
+    Public,
+}
+
+/// A room as the cluster stores it: enough for a node to open a replica.
+#[derive(Debug, Clone)]
+pub struct RoomSnapshot {
+    pub kind: StoredKind,
+    pub last_seq: u64,
+    /// Members and the node each is connected to.
+    pub members: Vec<(UserId, Arc<str>)>,
+}
+
+/// What a node sends to re-create a room that the store lost (Redis restarted
+/// empty) or that moved on without it (degraded while the store was down).
+#[derive(Debug, Clone)]
+pub struct RoomSeed {
+    pub kind: StoredKind,
+    pub members: Vec<(UserId, Arc<str>)>,
+    pub last_seq: u64,
+    /// Newest messages this node holds, oldest first.
+    pub messages: Vec<ChatMessage>,
+}
+
 /// The cross-node facts. Methods take owned arguments and return `'static` futures so
 /// an actor can spawn them into its context.
 pub trait Bridge: Send + Sync + 'static {
     /// Name of this node.
     fn node_id(&self) -> &str;
-    /// Make `ticket` the user's one valid search, superseding any other.
-    fn begin_search(&self, user: &UserId, ticket: Ticket);
+    /// True when other nodes exist (rooms are then replicated through the bridge).
+    fn clustered(&self) -> bool {
+        false
+    }
+    /// Make the ad's ticket the user's one valid search, superseding any other, and
+    /// show it to every node.
+    fn begin_search(&self, ad: SearchAd);
     /// End the user's search if `ticket` is still the valid one (cancel, timeout).
-    fn end_search(&self, user: &UserId, ticket: Ticket);
+    fn end_search(&self, user: &UserId, ticket: Ticket, language: &str);
     /// Atomically end every member's search if all are still valid.
-    fn claim_match(&self, members: Vec<(UserId, Ticket)>) -> BoxFut<ClaimOutcome>;
+    fn claim_match(&self, language: &str, members: Vec<ClaimMember>) -> BoxFut<ClaimOutcome>;
     /// Count the shared interests of a successful match.
     fn record_match(&self, interests: Vec<Interest>);
     /// Most counted interests, highest first.
@@ -66,4 +146,75 @@ pub trait Bridge: Send + Sync + 'static {
     fn nodes(&self) -> BoxFut<usize>;
     /// Ok when the shared store is reachable; drives `/readyz`.
     fn health(&self) -> BoxFut<()>;
+
+    /// Leave the cluster (drain): tell the peers, withdraw this node's searches, and
+    /// resolve once everything queued before has reached the store.
+    fn shutdown(&self) -> BoxFut<()> {
+        Box::pin(async { Ok(()) })
+    }
+    /// Send one event to one node (two-phase cross-node matches).
+    fn send_to_node(&self, _node: &str, _event: ClusterEvent) {}
+    /// Send one event to every other node.
+    fn broadcast(&self, _event: ClusterEvent) {}
+    /// Count one use of `action` by `user` in a window of `window_secs` across the
+    /// cluster; Ok(n) is the count so far in this window.
+    fn count_action(
+        &self,
+        _user: &UserId,
+        _action: &'static str,
+        _window_secs: u64,
+    ) -> BoxFut<u64> {
+        refused()
+    }
+    /// The user connects to this node: their session elsewhere is closed (4009).
+    fn user_connected(&self, _user: &UserId) {}
+    /// Rooms the user holds a seat in, anywhere in the cluster.
+    fn user_rooms(&self, _user: &UserId) -> BoxFut<Vec<RoomId>> {
+        refused()
+    }
+
+    /// Create a room with its members (a claimed match).
+    fn room_open(&self, _room: &RoomId, _kind: StoredKind, _members: Vec<(UserId, Arc<str>)>) {}
+    /// Store a message and send it to every member node. `Ok(None)`: the sender is
+    /// not a member. The message's `seq` is ignored; the stored one is returned.
+    fn room_append(&self, _msg: &ChatMessage) -> BoxFut<Option<u64>> {
+        refused()
+    }
+    /// Send an event to the other nodes that hold members of the room.
+    fn room_event(&self, _room: &RoomId, _event: RoomEv) {}
+    /// Seat `user` (on this node) in a public room; the room as it is after.
+    fn room_join(&self, _room: &RoomId, _user: &UserId) -> BoxFut<RoomSnapshot> {
+        refused()
+    }
+    /// Remove `user` (only if still on `on_node`, when given); tells the others.
+    /// True when this call removed them.
+    fn room_leave(
+        &self,
+        _room: &RoomId,
+        _user: &UserId,
+        _on_node: Option<Arc<str>>,
+        _kind: StoredKind,
+    ) -> BoxFut<bool> {
+        refused()
+    }
+    /// Close the room for everyone.
+    fn room_close(&self, _room: &RoomId, _reason: &str) {}
+    /// The user's seat moves to this node (reconnect); the room as it is after.
+    fn room_rehome(&self, _room: &RoomId, _user: &UserId) -> BoxFut<Option<RoomSnapshot>> {
+        refused()
+    }
+    /// Stored messages with `seq > after_seq`, oldest first.
+    fn room_history(
+        &self,
+        _room: &RoomId,
+        _after_seq: u64,
+        _limit: usize,
+    ) -> BoxFut<Vec<ChatMessage>> {
+        refused()
+    }
+    /// Restore what the store lacks of a room this node holds (after a reconnect).
+    /// Returns the store's `seq` before the call.
+    fn room_reseed(&self, _room: &RoomId, _seed: RoomSeed) -> BoxFut<u64> {
+        refused()
+    }
 }

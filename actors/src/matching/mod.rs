@@ -3,120 +3,369 @@
 //! matching runs on every core. The rules live in [`pool`]; this actor feeds it
 //! arrivals, cancels and timer ticks, confirms each chosen group through the
 //! bridge's atomic claim, and hands claimed groups to the room supervisor.
+//!
+//! In a cluster the pool also holds replicas of searches waiting on other nodes
+//! ([`Link::Remote`]). A claimed group with remote members becomes an *offer*: the
+//! creator asks each member's node to hold its searches, and only when every node
+//! has answered yes is the room opened and everyone told; otherwise every held or
+//! local search goes back to the pool with its original ticket and arrival time.
 
 pub mod messages;
 pub mod pool;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, WrapFuture};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use self::messages::*;
-use self::pool::{Entry, Match, Pool};
-use crate::bridge::ClaimOutcome;
+use self::pool::{Criteria, Entry, Match, Pool};
+use crate::bridge::events::{ClusterEvent, OfferMember};
+use crate::bridge::{ClaimMember, ClaimOutcome, SearchAd, Ticket};
+use crate::clock;
 use crate::engine::Shared;
+use crate::ids::{random_id, Interest, RoomId, UserId};
 use crate::metrics as m;
 use crate::rooms::messages::{CreateMatchRoom, MatchedMember};
 use crate::rooms::RoomSupervisor;
 use crate::session::messages::SessionEvent;
 
+/// How long a creator waits for member nodes to answer an offer.
+const OFFER_TIMEOUT: Duration = Duration::from_secs(3);
+/// Extra life of a replica past its origin's deadline, so the origin's own expiry
+/// (and its removal event) always comes first.
+const REPLICA_SLACK: Duration = Duration::from_secs(2);
+
+/// The ad other nodes see for a local search.
+pub fn ad_for(
+    node: &str,
+    ticket: Ticket,
+    user: &UserId,
+    c: &Criteria,
+    joined: Instant,
+    deadline: Instant,
+) -> SearchAd {
+    SearchAd {
+        node: node.to_owned(),
+        ticket,
+        user: user.to_string(),
+        language: c.language.to_string(),
+        interests: c.interests.iter().map(|i| i.to_string()).collect(),
+        region: c.region.as_ref().map(|r| r.to_string()),
+        group_size: c.group_size,
+        joined_ms: clock::instant_to_ms(joined),
+        deadline_ms: clock::instant_to_ms(deadline),
+    }
+}
+
+/// A cross-node group this shard claimed, waiting for member nodes to hold theirs.
+struct PendingOffer {
+    found: Match<Link>,
+    waiting: HashSet<Arc<str>>,
+    accepted: Vec<Arc<str>>,
+    failed: bool,
+}
+
 /// One shard of the waiting pool.
 pub struct MatchShard {
     index: usize,
     label: String,
-    pool: Pool<SearchLink>,
+    node: Arc<str>,
+    pool: Pool<Link>,
     shared: Arc<Shared>,
     supervisor: Addr<RoomSupervisor>,
+    /// Tickets picked for a group whose claim is still running (out of the pool).
+    claiming: HashSet<Ticket>,
+    /// Of those (and of held ones), the ones withdrawn meanwhile: if their pick falls
+    /// through they end (and the session hears `SearchCancelled`) instead of going
+    /// back to the pool.
+    withdrawn: HashMap<Ticket, CancelReason>,
+    /// Replicas: (origin node, origin ticket) → local ticket.
+    remote: HashMap<(Arc<str>, Ticket), Ticket>,
+    /// Offers made by this shard, by offer id.
+    offers: HashMap<u64, PendingOffer>,
+    next_offer: u64,
+    /// Local searches held for another node's offer: (creator, offer) → entries.
+    held: HashMap<(Arc<str>, u64), Vec<Entry<Link>>>,
+    /// Offers that named a search whose own claim was running; retried after it.
+    deferred: Vec<OfferReceived>,
 }
 
 impl MatchShard {
     pub fn new(index: usize, shared: Arc<Shared>, supervisor: Addr<RoomSupervisor>) -> Self {
         let pool = Pool::new(shared.config.ladder.clone());
-        Self { index, label: index.to_string(), pool, shared, supervisor }
+        Self {
+            index,
+            label: index.to_string(),
+            node: Arc::from(shared.bridge.node_id()),
+            pool,
+            shared,
+            supervisor,
+            claiming: HashSet::new(),
+            withdrawn: HashMap::new(),
+            remote: HashMap::new(),
+            offers: HashMap::new(),
+            next_offer: 1,
+            held: HashMap::new(),
+            deferred: Vec::new(),
+        }
     }
 
     fn report_size(&self) {
         metrics::gauge!(m::POOL_WAITING, "shard" => self.label.clone()).set(self.pool.len() as f64);
     }
 
+    fn ad(&self, e: &Entry<Link>) -> SearchAd {
+        ad_for(&self.node, e.ticket, &e.user, &e.criteria, e.joined, e.deadline)
+    }
+
     /// Try to complete a group for `ticket`; claim it if one is found.
     fn attempt(&mut self, ticket: u64, ctx: &mut Context<Self>) {
         let avoid = &self.shared.avoid;
-        if let Some(found) = self.pool.try_match(
-            ticket,
-            Instant::now(),
-            |a, b| avoid.avoids(a, b),
-            |l: &SearchLink| l.events.connected(),
-        ) {
+        if let Some(found) =
+            self.pool.try_match(ticket, Instant::now(), |a, b| avoid.avoids(a, b), Link::alive)
+        {
             self.claim(found, ctx);
         }
     }
 
     /// Confirm a group through the bridge. Members are out of the pool while the
     /// claim runs, so no other search can pick them.
-    fn claim(&mut self, found: Match<SearchLink>, ctx: &mut Context<Self>) {
-        let keys = found.members.iter().map(|e| (e.user.clone(), e.ticket)).collect();
-        let fut = self.shared.bridge.claim_match(keys);
-        ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| match outcome {
-            Ok(ClaimOutcome::Claimed) => act.deliver(found, ctx),
-            Ok(ClaimOutcome::Lost(lost)) => {
-                metrics::counter!(m::CLAIM_CONFLICTS_TOTAL).increment(1);
-                let keep = found.members.into_iter().filter(|e| !lost.contains(&e.user)).collect();
-                act.shared.searching.fetch_sub(lost.len() as u64, Ordering::Relaxed);
-                act.requeue(keep, false, ctx);
+    fn claim(&mut self, found: Match<Link>, ctx: &mut Context<Self>) {
+        let keys = found
+            .members
+            .iter()
+            .map(|e| match &e.link {
+                Link::Local(_) => {
+                    ClaimMember { user: e.user.clone(), node: None, ticket: e.ticket }
+                }
+                Link::Remote { node, ticket } => {
+                    ClaimMember { user: e.user.clone(), node: Some(node.clone()), ticket: *ticket }
+                }
+            })
+            .collect();
+        self.claiming.extend(found.members.iter().map(|e| e.ticket));
+        let language = found.members[0].criteria.language.clone();
+        let fut = self.shared.bridge.claim_match(&language, keys);
+        ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
+            for e in &found.members {
+                act.claiming.remove(&e.ticket);
             }
-            Err(e) => {
-                warn!(error = %e, shard = act.index, "claim failed; members go back to the pool");
-                act.requeue(found.members, false, ctx);
+            match outcome {
+                Ok(ClaimOutcome::Claimed) => {
+                    for e in &found.members {
+                        act.forget_replica(e);
+                    }
+                    if found.members.iter().all(|e| matches!(e.link, Link::Local(_))) {
+                        act.deliver(found, ctx);
+                    } else {
+                        act.offer(found, ctx);
+                    }
+                }
+                Ok(ClaimOutcome::Lost(lost)) => {
+                    metrics::counter!(m::CLAIM_CONFLICTS_TOTAL).increment(1);
+                    let (gone, keep): (Vec<_>, Vec<_>) =
+                        found.members.into_iter().partition(|e| lost.contains(&e.user));
+                    for e in &gone {
+                        act.withdrawn.remove(&e.ticket);
+                        act.forget_replica(e);
+                        if matches!(e.link, Link::Local(_)) {
+                            act.shared.searching.fetch_sub(1, Ordering::Relaxed);
+                        }
+                    }
+                    act.requeue(keep, false, ctx);
+                }
+                Err(e) => {
+                    warn!(error = %e, shard = act.index, "claim failed; members go back to the pool");
+                    act.requeue(found.members, false, ctx);
+                }
             }
+            act.retry_deferred(ctx);
         }));
     }
 
-    /// A claimed group: hand it to the supervisor, unless a member vanished since the
-    /// pick, in which case the others return to the pool at their old place.
-    fn deliver(&mut self, found: Match<SearchLink>, ctx: &mut Context<Self>) {
+    fn forget_replica(&mut self, e: &Entry<Link>) {
+        if let Link::Remote { node, ticket } = &e.link {
+            self.remote.remove(&(node.clone(), *ticket));
+        }
+    }
+
+    /// Record the metrics of a match made here (the creator counts it once).
+    fn count_match(&self, found: &Match<Link>) {
+        let now = Instant::now();
+        metrics::counter!(m::MATCHES_TOTAL, "group_size" => found.members.len().to_string())
+            .increment(1);
+        metrics::histogram!(m::MATCH_SHARED_INTERESTS).record(found.shared.len() as f64);
+        let level = found.step.to_string();
+        for e in &found.members {
+            metrics::histogram!(m::MATCH_LATENCY_SECONDS, "level" => level.clone())
+                .record(now.saturating_duration_since(e.joined).as_secs_f64());
+        }
+        self.shared.bridge.record_match(found.shared.clone());
+    }
+
+    /// A claimed all-local group: hand it to the supervisor, unless a member vanished
+    /// since the pick, in which case the others return to the pool at their old place.
+    fn deliver(&mut self, found: Match<Link>, ctx: &mut Context<Self>) {
         let (alive, gone): (Vec<_>, Vec<_>) =
-            found.members.into_iter().partition(|e| e.link.events.connected());
+            found.members.into_iter().partition(|e| e.link.alive());
+        for e in &gone {
+            self.withdrawn.remove(&e.ticket);
+        }
         if !gone.is_empty() {
             self.shared.searching.fetch_sub(gone.len() as u64, Ordering::Relaxed);
             self.requeue(alive, true, ctx);
             return;
         }
-        let now = Instant::now();
-        let size = alive.len().to_string();
-        metrics::counter!(m::MATCHES_TOTAL, "group_size" => size).increment(1);
-        metrics::histogram!(m::MATCH_SHARED_INTERESTS).record(found.shared.len() as f64);
-        let level = found.step.to_string();
-        for e in &alive {
-            metrics::histogram!(m::MATCH_LATENCY_SECONDS, "level" => level.clone())
-                .record(now.saturating_duration_since(e.joined).as_secs_f64());
+        let found = Match { members: alive, shared: found.shared, step: found.step };
+        self.count_match(&found);
+        self.shared.searching.fetch_sub(found.members.len() as u64, Ordering::Relaxed);
+        let mut members = Vec::with_capacity(found.members.len());
+        for e in found.members {
+            // A cancel that lost the race to this match is answered by `match_found`.
+            self.withdrawn.remove(&e.ticket);
+            if let Link::Local(link) = e.link {
+                members.push(MatchedMember {
+                    user: e.user,
+                    session_id: link.session_id,
+                    ticket: e.ticket,
+                    events: link.events,
+                });
+            }
         }
-        self.shared.searching.fetch_sub(alive.len() as u64, Ordering::Relaxed);
-        self.shared.bridge.record_match(found.shared.clone());
-        let members = alive
-            .into_iter()
-            .map(|e| MatchedMember {
-                user: e.user,
-                session_id: e.link.session_id,
-                ticket: e.ticket,
-                events: e.link.events,
-            })
-            .collect();
-        self.supervisor.do_send(CreateMatchRoom { members, shared: found.shared });
+        self.supervisor.do_send(CreateMatchRoom {
+            room_id: RoomId::from(random_id("r")),
+            members,
+            remote: Vec::new(),
+            shared: found.shared,
+            confirm: None,
+        });
         self.report_size();
     }
 
+    /// Ask every member node of a claimed cross-node group to hold its searches.
+    fn offer(&mut self, found: Match<Link>, ctx: &mut Context<Self>) {
+        let id = self.next_offer;
+        self.next_offer += 1;
+        let language = found.members[0].criteria.language.to_string();
+        let mut by_node: HashMap<Arc<str>, Vec<OfferMember>> = HashMap::new();
+        for e in &found.members {
+            if let Link::Remote { node, ticket } = &e.link {
+                by_node
+                    .entry(node.clone())
+                    .or_default()
+                    .push(OfferMember { user: e.user.to_string(), ticket: *ticket });
+            }
+        }
+        for (node, members) in &by_node {
+            self.shared.bridge.send_to_node(
+                node,
+                ClusterEvent::Offer {
+                    creator: self.node.to_string(),
+                    offer: id,
+                    language: language.clone(),
+                    members: members.clone(),
+                },
+            );
+        }
+        let waiting = by_node.into_keys().collect();
+        self.offers
+            .insert(id, PendingOffer { found, waiting, accepted: Vec::new(), failed: false });
+        ctx.run_later(OFFER_TIMEOUT, move |act, ctx| {
+            if let Some(p) = act.offers.get_mut(&id) {
+                warn!(offer = id, waiting = ?p.waiting, "offer timed out");
+                p.failed = true;
+                p.waiting.clear();
+                act.settle(id, ctx);
+            }
+        });
+    }
+
+    /// Every member node answered (or the offer timed out): open the room, or put
+    /// everyone back.
+    fn settle(&mut self, id: u64, ctx: &mut Context<Self>) {
+        let Some(p) = self.offers.remove(&id) else { return };
+        let language = p.found.members[0].criteria.language.to_string();
+        let locals_alive = p.found.members.iter().all(|e| e.link.alive());
+        if !p.failed && locals_alive {
+            self.count_match(&p.found);
+            let mut members = Vec::new();
+            let mut remote = Vec::new();
+            for e in p.found.members {
+                match e.link {
+                    Link::Local(link) => {
+                        self.withdrawn.remove(&e.ticket);
+                        self.shared.searching.fetch_sub(1, Ordering::Relaxed);
+                        members.push(MatchedMember {
+                            user: e.user,
+                            session_id: link.session_id,
+                            ticket: e.ticket,
+                            events: link.events,
+                        });
+                    }
+                    Link::Remote { node, .. } => remote.push((e.user, node)),
+                }
+            }
+            self.supervisor.do_send(CreateMatchRoom {
+                room_id: RoomId::from(random_id("r")),
+                members,
+                remote,
+                shared: p.found.shared,
+                confirm: Some((self.node.clone(), id, language, p.accepted)),
+            });
+            return;
+        }
+        metrics::counter!(m::CLAIM_CONFLICTS_TOTAL).increment(1);
+        for node in &p.accepted {
+            self.shared.bridge.send_to_node(
+                node,
+                ClusterEvent::OfferAbort {
+                    creator: self.node.to_string(),
+                    offer: id,
+                    language: language.clone(),
+                },
+            );
+        }
+        let (locals, _remotes): (Vec<_>, Vec<_>) =
+            p.found.members.into_iter().partition(|e| matches!(e.link, Link::Local(_)));
+        let (alive, gone): (Vec<_>, Vec<_>) = locals.into_iter().partition(|e| e.link.alive());
+        for e in &gone {
+            self.withdrawn.remove(&e.ticket);
+        }
+        self.shared.searching.fetch_sub(gone.len() as u64, Ordering::Relaxed);
+        // Remote members come back as replicas when their nodes re-announce them.
+        self.requeue(alive, true, ctx);
+    }
+
     /// Put entries back with their original ticket and arrival time, then retry them.
-    /// `reclaim` re-registers searches the claim had already ended.
-    fn requeue(&mut self, entries: Vec<Entry<SearchLink>>, reclaim: bool, ctx: &mut Context<Self>) {
+    /// `reclaim` re-registers local searches the claim had already ended.
+    fn requeue(&mut self, entries: Vec<Entry<Link>>, reclaim: bool, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let mut tickets = Vec::with_capacity(entries.len());
         for e in entries {
-            if reclaim {
-                self.shared.bridge.begin_search(&e.user, e.ticket);
+            if let Some(reason) = self.withdrawn.remove(&e.ticket) {
+                // Cancelled while its pick was being claimed: end it here, since the
+                // session was told a match was on its way (`NotWaiting`).
+                if !reclaim {
+                    self.shared.bridge.end_search(&e.user, e.ticket, &e.criteria.language);
+                }
+                self.shared.searching.fetch_sub(1, Ordering::Relaxed);
+                metrics::counter!(m::SEARCHES_ENDED_TOTAL, "reason" => reason_label(reason))
+                    .increment(1);
+                if let Link::Local(link) = &e.link {
+                    link.events.do_send(SessionEvent::SearchCancelled { ticket: e.ticket });
+                }
+                continue;
+            }
+            match &e.link {
+                Link::Local(_) if reclaim => self.shared.bridge.begin_search(self.ad(&e)),
+                Link::Local(_) => {}
+                Link::Remote { node, ticket } => {
+                    self.remote.insert((node.clone(), *ticket), e.ticket);
+                }
             }
             tickets.push(e.ticket);
             self.pool.insert(e, now);
@@ -129,26 +378,89 @@ impl MatchShard {
         self.report_size();
     }
 
+    fn retry_deferred(&mut self, ctx: &mut Context<Self>) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        for msg in std::mem::take(&mut self.deferred) {
+            self.receive_offer(msg, ctx);
+        }
+    }
+
+    /// Member node: hold the offered local searches if every one still waits here.
+    fn receive_offer(&mut self, msg: OfferReceived, _ctx: &mut Context<Self>) {
+        if msg.members.iter().any(|m| self.claiming.contains(&m.ticket)) {
+            // Our own claim of one of them is running; it will lose (the creator's
+            // claim won) and then this offer is looked at again.
+            self.deferred.push(msg);
+            return;
+        }
+        let present = |m: &OfferMember| {
+            self.pool.get(m.ticket).is_some_and(|e| {
+                e.user.as_str() == m.user && matches!(e.link, Link::Local(_)) && e.link.alive()
+            })
+        };
+        let gone: Vec<String> =
+            msg.members.iter().filter(|m| !present(m)).map(|m| m.user.clone()).collect();
+        let ok = gone.is_empty();
+        let mut entries = Vec::new();
+        for m in &msg.members {
+            if let Some(e) = self.pool.remove(m.ticket) {
+                entries.push(e);
+            }
+        }
+        if ok {
+            self.held.insert((msg.creator.clone(), msg.offer), entries);
+        } else {
+            // The creator's claim ended these searches in the store; announce the
+            // ones still here again so the next claim can take them.
+            let now = Instant::now();
+            for e in entries {
+                self.shared.bridge.begin_search(self.ad(&e));
+                self.pool.insert(e, now);
+            }
+        }
+        self.shared.bridge.send_to_node(
+            &msg.creator,
+            ClusterEvent::OfferReply {
+                from: self.node.to_string(),
+                offer: msg.offer,
+                language: msg.language.clone(),
+                ok,
+                gone,
+            },
+        );
+        self.report_size();
+    }
+
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if self.pool.is_empty() {
             return;
         }
         let avoid = &self.shared.avoid;
-        let out = self.pool.tick(
-            Instant::now(),
-            |a, b| avoid.avoids(a, b),
-            |l: &SearchLink| l.events.connected(),
-        );
+        let out = self.pool.tick(Instant::now(), |a, b| avoid.avoids(a, b), Link::alive);
         for e in out.expired {
-            self.shared.bridge.end_search(&e.user, e.ticket);
-            self.shared.searching.fetch_sub(1, Ordering::Relaxed);
-            metrics::counter!(m::SEARCHES_ENDED_TOTAL, "reason" => "timeout").increment(1);
-            e.link.events.do_send(SessionEvent::SearchExpired { ticket: e.ticket });
+            match &e.link {
+                Link::Local(link) => {
+                    self.shared.bridge.end_search(&e.user, e.ticket, &e.criteria.language);
+                    self.shared.searching.fetch_sub(1, Ordering::Relaxed);
+                    metrics::counter!(m::SEARCHES_ENDED_TOTAL, "reason" => "timeout").increment(1);
+                    link.events.do_send(SessionEvent::SearchExpired { ticket: e.ticket });
+                }
+                Link::Remote { .. } => self.forget_replica(&e),
+            }
         }
         for found in out.matches {
             self.claim(found, ctx);
         }
         self.report_size();
+    }
+}
+
+fn reason_label(reason: CancelReason) -> &'static str {
+    match reason {
+        CancelReason::Cancelled => "cancelled",
+        CancelReason::Disconnected => "disconnected",
     }
 }
 
@@ -172,12 +484,17 @@ impl Handler<EnqueueSearch> for MatchShard {
             joined: msg.joined,
             deadline: msg.joined + msg.max_wait,
             step: 0,
-            link: msg.link,
+            link: Link::Local(msg.link),
         };
         self.shared.searching.fetch_add(1, Ordering::Relaxed);
-        if self.pool.insert(entry, Instant::now()).is_some() {
-            // The same user's older search, from a session that was replaced.
-            self.shared.searching.fetch_sub(1, Ordering::Relaxed);
+        if let Some(old) = self.pool.insert(entry, Instant::now()) {
+            match &old.link {
+                // The same user's older search, from a session that was replaced.
+                Link::Local(_) => {
+                    self.shared.searching.fetch_sub(1, Ordering::Relaxed);
+                }
+                Link::Remote { .. } => self.forget_replica(&old),
+            }
         }
         self.attempt(msg.ticket, ctx);
         self.report_size();
@@ -188,18 +505,177 @@ impl Handler<CancelSearch> for MatchShard {
     type Result = CancelOutcome;
 
     fn handle(&mut self, msg: CancelSearch, _ctx: &mut Self::Context) -> CancelOutcome {
-        if self.pool.ticket_of(&msg.user) != Some(msg.ticket) {
+        let waiting = self.pool.ticket_of(&msg.user) == Some(msg.ticket)
+            && self.pool.get(msg.ticket).is_some_and(|e| matches!(e.link, Link::Local(_)));
+        if !waiting {
+            let held = self.held.values().flatten().any(|e| e.ticket == msg.ticket);
+            let offered = self
+                .offers
+                .values()
+                .flat_map(|p| &p.found.members)
+                .any(|e| e.ticket == msg.ticket && matches!(e.link, Link::Local(_)));
+            if self.claiming.contains(&msg.ticket) || held || offered {
+                self.withdrawn.insert(msg.ticket, msg.reason);
+            }
             return CancelOutcome::NotWaiting;
         }
-        self.pool.remove(msg.ticket);
-        self.shared.bridge.end_search(&msg.user, msg.ticket);
+        if let Some(e) = self.pool.remove(msg.ticket) {
+            self.shared.bridge.end_search(&msg.user, msg.ticket, &e.criteria.language);
+        }
         self.shared.searching.fetch_sub(1, Ordering::Relaxed);
-        let reason = match msg.reason {
-            CancelReason::Cancelled => "cancelled",
-            CancelReason::Disconnected => "disconnected",
-        };
-        metrics::counter!(m::SEARCHES_ENDED_TOTAL, "reason" => reason).increment(1);
+        metrics::counter!(m::SEARCHES_ENDED_TOTAL, "reason" => reason_label(msg.reason))
+            .increment(1);
         self.report_size();
         CancelOutcome::Cancelled
+    }
+}
+
+impl Handler<AddRemoteSearch> for MatchShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: AddRemoteSearch, ctx: &mut Self::Context) {
+        let ad = msg.ad;
+        if ad.node == *self.node {
+            return;
+        }
+        let node: Arc<str> = Arc::from(ad.node.as_str());
+        if self.remote.contains_key(&(node.clone(), ad.ticket)) {
+            return;
+        }
+        let user = UserId::from(ad.user);
+        if let Some(t) = self.pool.ticket_of(&user) {
+            if self.pool.get(t).is_some_and(|e| matches!(e.link, Link::Local(_))) {
+                // The user also searches here (a newer connection is on its way to
+                // replace one of the two); the local search wins.
+                return;
+            }
+        }
+        let mut interests: Vec<Interest> = ad.interests.into_iter().map(Interest::from).collect();
+        interests.sort();
+        interests.dedup();
+        let criteria = Criteria {
+            interests,
+            language: Arc::from(ad.language),
+            region: ad.region.map(Arc::from),
+            group_size: ad.group_size,
+        };
+        let ticket = self.shared.next_ticket();
+        let entry = Entry {
+            ticket,
+            user,
+            criteria,
+            joined: clock::ms_to_instant(ad.joined_ms),
+            deadline: clock::ms_to_instant(ad.deadline_ms) + REPLICA_SLACK,
+            step: 0,
+            link: Link::Remote { node: node.clone(), ticket: ad.ticket },
+        };
+        if let Some(old) = self.pool.insert(entry, Instant::now()) {
+            self.forget_replica(&old);
+        }
+        self.remote.insert((node, ad.ticket), ticket);
+        self.attempt(ticket, ctx);
+        self.report_size();
+    }
+}
+
+impl Handler<RemoveRemoteSearches> for MatchShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: RemoveRemoteSearches, _ctx: &mut Self::Context) {
+        for t in msg.tickets {
+            if let Some(local) = self.remote.remove(&(msg.node.clone(), t)) {
+                self.pool.remove(local);
+            }
+        }
+        self.report_size();
+    }
+}
+
+impl Handler<DropRemoteSearches> for MatchShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: DropRemoteSearches, _ctx: &mut Self::Context) {
+        let doomed: Vec<((Arc<str>, Ticket), Ticket)> = self
+            .remote
+            .iter()
+            .filter(|((node, _), _)| msg.node.as_ref().is_none_or(|n| n == node))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        for (key, local) in doomed {
+            self.remote.remove(&key);
+            self.pool.remove(local);
+        }
+        debug!(shard = self.index, node = ?msg.node, "dropped replicas");
+        self.report_size();
+    }
+}
+
+impl Handler<RepublishSearches> for MatchShard {
+    type Result = ();
+
+    fn handle(&mut self, _msg: RepublishSearches, _ctx: &mut Self::Context) {
+        let ads: Vec<SearchAd> = self
+            .pool
+            .iter()
+            .filter(|e| matches!(e.link, Link::Local(_)))
+            .map(|e| self.ad(e))
+            .collect();
+        for ad in ads {
+            self.shared.bridge.begin_search(ad);
+        }
+    }
+}
+
+impl Handler<OfferReceived> for MatchShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: OfferReceived, ctx: &mut Self::Context) {
+        self.receive_offer(msg, ctx);
+    }
+}
+
+impl Handler<OfferAnswered> for MatchShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: OfferAnswered, ctx: &mut Self::Context) {
+        let Some(p) = self.offers.get_mut(&msg.offer) else { return };
+        if !p.waiting.remove(&msg.from) {
+            return;
+        }
+        if msg.ok {
+            p.accepted.push(msg.from);
+        } else {
+            debug!(offer = msg.offer, gone = ?msg.gone, "offer refused");
+            p.failed = true;
+        }
+        if p.waiting.is_empty() {
+            self.settle(msg.offer, ctx);
+        }
+    }
+}
+
+impl Handler<OfferSettled> for MatchShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: OfferSettled, ctx: &mut Self::Context) {
+        let Some(entries) = self.held.remove(&(msg.creator, msg.offer)) else { return };
+        match msg.room {
+            Some((room_id, members, shared)) => {
+                for e in entries {
+                    self.withdrawn.remove(&e.ticket);
+                    self.shared.searching.fetch_sub(1, Ordering::Relaxed);
+                    if let Link::Local(link) = e.link {
+                        link.events.do_send(SessionEvent::Matched {
+                            ticket: e.ticket,
+                            room_id: room_id.clone(),
+                            members: members.clone(),
+                            shared: shared.clone(),
+                        });
+                    }
+                }
+            }
+            None => self.requeue(entries, true, ctx),
+        }
+        self.report_size();
     }
 }

@@ -121,6 +121,16 @@ impl<T> Pool<T> {
         self.entries.contains_key(&ticket)
     }
 
+    /// The waiting entry with this ticket.
+    pub fn get(&self, ticket: Ticket) -> Option<&Entry<T>> {
+        self.entries.get(&ticket)
+    }
+
+    /// Every waiting entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &Entry<T>> {
+        self.entries.values()
+    }
+
     /// The user's ticket, if they wait here.
     pub fn ticket_of(&self, user: &UserId) -> Option<Ticket> {
         self.by_user.get(user).copied()

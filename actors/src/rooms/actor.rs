@@ -1,16 +1,30 @@
 //! The room actor: owns one [`RoomState`], assigns `seq`, stores history and fans
 //! frames out to members' outboxes. A frame for many members is serialized once and
 //! the same bytes are queued for each.
+//!
+//! In a cluster (`clustered`) the actor is this node's *replica* of the room. The
+//! store assigns `seq` and keeps the history; a message reaches every replica,
+//! this one included, as a [`RoomEv::Message`] in `seq` order, and the replica
+//! delivers only the next expected `seq` (a gap waits briefly, then is filled from
+//! the store's history). Typing, reads, signals and presence are delivered here
+//! first and published to the other member nodes. While the store is unreachable
+//! the replica goes on alone (local `seq`, local history) and restores the store
+//! from what it holds when the connection returns ([`ResyncRoom`]).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
-use rendezvous_protocol::{ErrorCode, HistoryItem, PresenceStatus, ServerFrame};
+use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
+use rendezvous_protocol::{ChatMessage, ErrorCode, HistoryItem, PresenceStatus, ServerFrame};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::{debug, warn};
 
 use super::messages::*;
 use super::room::{RoomKind, RoomState};
+use crate::bridge::events::{MemberStatus, RoomEv};
+use crate::bridge::{RoomSeed, StoredKind};
+use crate::clock::now_ms;
 use crate::engine::Shared;
 use crate::ids::{random_id, UserId};
 use crate::metrics as m;
@@ -20,16 +34,52 @@ use crate::outbox::{Class, Outbox};
 /// actor stops. Sessions find rooms through the directory, which forgets a room the
 /// moment it closes, so only frames already in flight can arrive here.
 const TOMBSTONE: Duration = Duration::from_secs(5);
+/// How long a replica waits for a missing `seq` before it reads the store.
+const GAP_WAIT: Duration = Duration::from_millis(250);
 
 pub struct RoomActor {
     state: RoomState,
     shared: Arc<Shared>,
     closed: bool,
+    /// This is a cluster replica (see the module doc).
+    clustered: bool,
+    /// The replica knows the room's `seq` (messages before it are buffered).
+    loaded: bool,
+    /// Messages past the next expected `seq`, waiting for the gap to fill.
+    pending: BTreeMap<u64, ChatMessage>,
+    /// A gap check is scheduled.
+    gap_check: bool,
 }
 
 impl RoomActor {
-    pub fn new(state: RoomState, shared: Arc<Shared>) -> Self {
-        Self { state, shared, closed: false }
+    pub fn new(state: RoomState, shared: Arc<Shared>, clustered: bool) -> Self {
+        // A fresh match room starts at seq 0; a public replica learns its seq from
+        // the first join's answer.
+        let loaded = !clustered || state.kind == RoomKind::Match;
+        Self {
+            state,
+            shared,
+            closed: false,
+            clustered,
+            loaded,
+            pending: BTreeMap::new(),
+            gap_check: false,
+        }
+    }
+
+    pub fn mark_loaded(&mut self) {
+        self.loaded = true;
+    }
+
+    fn stored_kind(&self) -> StoredKind {
+        match self.state.kind {
+            RoomKind::Match => StoredKind::Match,
+            RoomKind::Public => StoredKind::Public,
+        }
+    }
+
+    fn node(&self) -> Arc<str> {
+        Arc::from(self.shared.bridge.node_id())
     }
 }
 
@@ -44,6 +94,7 @@ impl Actor for RoomActor {
             .state
             .members
             .iter()
+            .filter(|mb| mb.node.is_none())
             .filter(|mb| {
                 self.shared.registry.get(mb.user.as_str()).map(|e| e.session_id)
                     != Some(mb.session_id)
@@ -51,6 +102,12 @@ impl Actor for RoomActor {
             .map(|mb| (mb.user.clone(), mb.session_id))
             .collect();
         for (user, session_id) in stale {
+            // A seat taken without an outbox is already marked offline, which
+            // `go_offline` reads as "grace timer running"; clear the mark so the
+            // timer starts (else the seat is never released and the room leaks).
+            if let Some(member) = self.state.member_mut(&user) {
+                member.offline_since = None;
+            }
             self.go_offline(user, session_id, ctx);
         }
     }
@@ -63,26 +120,58 @@ impl Actor for RoomActor {
 impl Handler<PostMessage> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, msg: PostMessage, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: PostMessage, ctx: &mut Self::Context) {
         if !self.check_member(&msg.user, &msg.reply) {
             return;
         }
         let ts = now_ms();
-        let stored = self.state.append(random_id("m"), &msg.user, msg.text, ts);
         metrics::counter!(m::MESSAGES_TOTAL).increment(1);
-        // Stored first, then acknowledged: an ack always means `history` has it.
-        msg.reply.push_frame(
-            &ServerFrame::Ack {
-                client_msg_id: msg.client_msg_id,
-                room_id: stored.room_id.clone(),
-                seq: stored.seq,
-                msg_id: stored.msg_id.clone(),
-            },
-            Class::Essential,
-        );
-        let frame = ServerFrame::Message((*stored).clone());
-        self.fan_out(&frame, None, Class::Essential);
+        if !self.clustered {
+            let stored = self.state.append(random_id("m"), &msg.user, msg.text, ts);
+            // Stored first, then acknowledged: an ack always means `history` has it.
+            ack(&msg.reply, msg.client_msg_id, &stored);
+            self.fan_out(&ServerFrame::Message((*stored).clone()), None, Class::Essential);
+            return;
+        }
+        let draft = ChatMessage {
+            room_id: self.state.id.to_string(),
+            seq: 0,
+            msg_id: random_id("m"),
+            sender: msg.user.to_string(),
+            text: msg.text,
+            ts,
+        };
+        let fut = self.shared.bridge.room_append(&draft);
+        let (reply, client_msg_id) = (msg.reply, msg.client_msg_id);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            // Stored in the room's stream: acknowledged. The message itself comes
+            // back through the room's event feed, in seq order, to every node.
+            Ok(Some(seq)) => ack(&reply, client_msg_id, &ChatMessage { seq, ..draft }),
+            Ok(None) => error(&reply, ErrorCode::NotInRoom, format!("not a member of room {}", act.state.id)),
+            Err(e) => {
+                // The store is unreachable: carry on alone (see the module doc).
+                debug!(room = %act.state.id, error = %e, "append while the store is down; local seq");
+                if !act.pending.is_empty() {
+                    act.fill_gap(ctx);
+                }
+                let stored = act.state.append(draft.msg_id, &msg.user, draft.text, ts);
+                ack(&reply, client_msg_id, &stored);
+                act.fan_out(&ServerFrame::Message((*stored).clone()), None, Class::Essential);
+            }
+        }));
     }
+}
+
+fn ack(reply: &Outbox, client_msg_id: Option<String>, stored: &ChatMessage) {
+    reply.push_frame(
+        &ServerFrame::Ack {
+            client_msg_id,
+            room_id: stored.room_id.clone(),
+            seq: stored.seq,
+            msg_id: stored.msg_id.clone(),
+        },
+        Class::Essential,
+    );
 }
 
 impl Handler<RelayEvent> for RoomActor {
@@ -92,35 +181,28 @@ impl Handler<RelayEvent> for RoomActor {
         if !self.check_member(&msg.user, &msg.reply) {
             return;
         }
-        let room_id = self.state.id.to_string();
         let user_id = msg.user.to_string();
-        match msg.event {
-            Relay::Typing { active } => {
-                let f = ServerFrame::Typing { room_id, user_id, active };
-                self.fan_out(&f, Some(&msg.user), Class::Droppable);
-            }
+        let ev = match msg.event {
+            Relay::Typing { active } => RoomEv::Typing { user: user_id, active },
             Relay::Read { seq } => {
-                let f = ServerFrame::Read { room_id, user_id, seq: seq.min(self.state.last_seq) };
-                self.fan_out(&f, Some(&msg.user), Class::Essential);
+                RoomEv::Read { user: user_id, seq: seq.min(self.state.last_seq) }
             }
             Relay::Signal { payload, to } => {
-                let f = ServerFrame::Signal { room_id, from: user_id, payload };
-                match to {
-                    None => self.fan_out(&f, Some(&msg.user), Class::Essential),
-                    Some(to) => match self.state.member(&to) {
-                        Some(member) if to != msg.user => {
-                            if let Some(out) = &member.outbox {
-                                out.push_frame(&f, Class::Essential);
-                            }
-                        }
-                        _ => error(
+                if let Some(to) = &to {
+                    if *to == msg.user || !self.state.is_member(to) {
+                        return error(
                             &msg.reply,
                             ErrorCode::NotInRoom,
                             format!("{to} is not another member of {}", self.state.id),
-                        ),
-                    },
+                        );
+                    }
                 }
+                RoomEv::Signal { from: user_id, to: to.map(|t| t.to_string()), payload }
             }
+        };
+        self.deliver_relay(&ev);
+        if self.clustered && self.has_remote_members() {
+            self.shared.bridge.room_event(&self.state.id, ev);
         }
     }
 }
@@ -128,47 +210,63 @@ impl Handler<RelayEvent> for RoomActor {
 impl Handler<FetchHistory> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, msg: FetchHistory, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: FetchHistory, ctx: &mut Self::Context) {
         if !self.check_member(&msg.user, &msg.reply) {
             return;
         }
-        let messages = self
-            .state
-            .history_after(msg.after_seq, msg.limit)
-            .into_iter()
-            .map(HistoryItem::Message)
-            .collect();
-        msg.reply.push_frame(
-            &ServerFrame::History { room_id: self.state.id.to_string(), messages },
-            Class::Essential,
-        );
+        let local = self.state.history_after(msg.after_seq, msg.limit);
+        // The local ring answers when it covers the range; otherwise the store's
+        // stream, which keeps more (and what this replica never saw).
+        let covered = self.state.last_seq == msg.after_seq
+            || local.first().is_some_and(|m| m.seq == msg.after_seq + 1);
+        if !self.clustered || covered {
+            return self.send_history(&msg.reply, local);
+        }
+        let fut = self.shared.bridge.room_history(&self.state.id, msg.after_seq, msg.limit);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
+            Ok(stored) => act.send_history(&msg.reply, stored),
+            Err(_) => act.send_history(&msg.reply, local),
+        }));
     }
 }
 
 impl Handler<JoinRoom> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, msg: JoinRoom, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: JoinRoom, ctx: &mut Self::Context) {
         let j = msg.join;
         if self.closed {
             // Closed while the join was in flight: the supervisor opens a fresh room.
             self.shared.supervisor_bounce(j);
             return;
         }
-        let new = self.state.seat(j.user.clone(), j.session_id, Some(j.outbox.clone()));
-        if new {
-            self.shared.add_membership(&j.user, &self.state.id);
+        if !self.clustered {
+            return self.seat_joiner(j);
         }
-        j.outbox.push_frame(
-            &ServerFrame::Joined {
-                room_id: self.state.id.to_string(),
-                members: self.state.member_ids(),
-            },
-            Class::Essential,
-        );
-        if new {
-            self.presence(&j.user, PresenceStatus::Online);
-        }
+        let fut = self.shared.bridge.room_join(&self.state.id, &j.user);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            match res {
+                Ok(snapshot) => {
+                    let me = act.node();
+                    for (user, node) in snapshot.members {
+                        if node != me && user != j.user {
+                            act.state.seat_remote(user, node);
+                        }
+                    }
+                    if !act.loaded {
+                        act.state.last_seq = act.state.last_seq.max(snapshot.last_seq);
+                        act.loaded = true;
+                        act.pending.retain(|seq, _| *seq > snapshot.last_seq);
+                        act.drain_pending(ctx);
+                    }
+                }
+                Err(e) => {
+                    warn!(room = %act.state.id, error = %e, "join while the store is down; local only");
+                    act.loaded = true;
+                }
+            }
+            act.seat_joiner(j);
+        }));
     }
 }
 
@@ -182,7 +280,7 @@ impl Handler<LeaveRoom> for RoomActor {
         if msg.reason == LeaveReason::Next {
             let ttl = Duration::from_secs(self.shared.config.skip_ttl_secs);
             for other in self.state.members.iter().filter(|o| o.user != msg.user) {
-                self.shared.avoid.add(&msg.user, &other.user, ttl);
+                self.shared.avoid_pair(&msg.user, &other.user, ttl);
             }
         }
         if msg.reason == LeaveReason::Leave {
@@ -191,6 +289,7 @@ impl Handler<LeaveRoom> for RoomActor {
                 Class::Essential,
             );
         }
+        self.leave_everywhere(&msg.user, None);
         self.remove_member(&msg.user, ctx);
     }
 }
@@ -201,11 +300,13 @@ impl Handler<MemberOnline> for RoomActor {
     fn handle(&mut self, msg: MemberOnline, _ctx: &mut Self::Context) {
         let Some(member) = self.state.member_mut(&msg.user) else { return };
         let was_offline = member.outbox.is_none();
+        member.node = None;
         member.session_id = msg.session_id;
         member.outbox = Some(msg.outbox);
         member.offline_since = None;
         if was_offline {
             self.presence(&msg.user, PresenceStatus::Online);
+            self.publish_member(&msg.user, MemberStatus::Online);
         }
     }
 }
@@ -222,7 +323,132 @@ impl Handler<CloseRoom> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: CloseRoom, ctx: &mut Self::Context) {
+        if self.clustered && !self.closed {
+            self.shared.bridge.room_close(&self.state.id, msg.reason);
+        }
         self.close(msg.reason, ctx);
+    }
+}
+
+impl Handler<RoomInbound> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomInbound, ctx: &mut Self::Context) {
+        if self.closed {
+            return;
+        }
+        match msg.ev {
+            RoomEv::Message { seq, msg_id, sender, text, ts } => {
+                let room_id = self.state.id.to_string();
+                self.on_message(ChatMessage { room_id, seq, msg_id, sender, text, ts }, ctx);
+            }
+            ev @ (RoomEv::Typing { .. } | RoomEv::Read { .. } | RoomEv::Signal { .. }) => {
+                self.deliver_relay(&ev);
+            }
+            RoomEv::Member { user, node, status } => {
+                let user = UserId::from(user);
+                let node: Arc<str> = Arc::from(node);
+                match status {
+                    MemberStatus::Joined | MemberStatus::Online => {
+                        // Already seen online on that node: nothing changes.
+                        let same = self.state.member(&user).is_some_and(|mb| {
+                            mb.node.as_ref() == Some(&node) && mb.offline_since.is_none()
+                        });
+                        let had_local =
+                            self.state.member(&user).is_some_and(|mb| mb.node.is_none());
+                        self.state.seat_remote(user.clone(), node);
+                        if had_local {
+                            // The user moved to another node (this session is kicked).
+                            self.shared.remove_membership(&user, &self.state.id);
+                        }
+                        if !same {
+                            self.presence(&user, PresenceStatus::Online);
+                        }
+                    }
+                    MemberStatus::Offline => {
+                        if let Some(mb) = self.state.member_mut(&user) {
+                            if mb.node.as_ref() == Some(&node) && mb.offline_since.is_none() {
+                                mb.offline_since = Some(Instant::now());
+                                self.presence(&user, PresenceStatus::Offline);
+                            }
+                        }
+                    }
+                    MemberStatus::Left => self.remove_member(&user, ctx),
+                }
+                self.detach_if_unused(ctx);
+            }
+            RoomEv::Closed { reason } => {
+                let reason: &'static str =
+                    if reason == "blocked" { "blocked" } else { "partner_left" };
+                self.close(reason, ctx);
+            }
+        }
+    }
+}
+
+impl Handler<NodeLost> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: NodeLost, ctx: &mut Self::Context) {
+        let lost: Vec<UserId> = self
+            .state
+            .members
+            .iter()
+            .filter(|mb| mb.node.as_ref() == Some(&msg.node))
+            .map(|mb| mb.user.clone())
+            .collect();
+        for user in lost {
+            if let Some(mb) = self.state.member_mut(&user) {
+                if mb.offline_since.is_none() {
+                    mb.offline_since = Some(Instant::now());
+                    self.presence(&user, PresenceStatus::Offline);
+                }
+            }
+            let node = msg.node.clone();
+            let grace = Duration::from_millis(self.shared.config.reconnect_grace_ms);
+            ctx.run_later(grace, move |act, ctx| {
+                let still_gone =
+                    act.state.member(&user).is_some_and(|mb| mb.node.as_ref() == Some(&node));
+                if still_gone {
+                    act.leave_everywhere(&user, Some(node));
+                    act.remove_member(&user, ctx);
+                }
+            });
+        }
+    }
+}
+
+impl Handler<ResyncRoom> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: ResyncRoom, ctx: &mut Self::Context) {
+        if !self.clustered || self.closed {
+            return;
+        }
+        let me = self.node();
+        let seed = RoomSeed {
+            kind: self.stored_kind(),
+            members: self
+                .state
+                .members
+                .iter()
+                .map(|mb| (mb.user.clone(), mb.node.clone().unwrap_or_else(|| me.clone())))
+                .collect(),
+            last_seq: self.state.last_seq,
+            messages: self.state.held_messages(),
+        };
+        let ours = self.state.last_seq;
+        let fut = self.shared.bridge.room_reseed(&self.state.id, seed);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
+            Ok(store_seq) => {
+                if store_seq > ours {
+                    // Others went on meanwhile: fetch what this replica missed.
+                    act.loaded = true;
+                    act.fill_gap(ctx);
+                }
+            }
+            Err(e) => debug!(room = %act.state.id, error = %e, "reseed failed; retried at the next reconnect"),
+        }));
     }
 }
 
@@ -234,6 +460,121 @@ impl RoomActor {
         }
         error(reply, ErrorCode::NotInRoom, format!("not a member of room {}", self.state.id));
         false
+    }
+
+    fn has_remote_members(&self) -> bool {
+        self.state.members.iter().any(|mb| mb.node.is_some())
+    }
+
+    fn send_history(&self, reply: &Outbox, messages: Vec<ChatMessage>) {
+        let messages = messages.into_iter().map(HistoryItem::Message).collect();
+        reply.push_frame(
+            &ServerFrame::History { room_id: self.state.id.to_string(), messages },
+            Class::Essential,
+        );
+    }
+
+    fn seat_joiner(&mut self, j: JoinPublicRoom) {
+        let new = self.state.seat(j.user.clone(), j.session_id, Some(j.outbox.clone()));
+        if new {
+            self.shared.add_membership(&j.user, &self.state.id);
+        }
+        j.outbox.push_frame(
+            &ServerFrame::Joined {
+                room_id: self.state.id.to_string(),
+                members: self.state.member_ids(),
+            },
+            Class::Essential,
+        );
+        if new {
+            self.presence(&j.user, PresenceStatus::Online);
+        }
+    }
+
+    /// Deliver a typing, read or signal event to the members of this node.
+    fn deliver_relay(&self, ev: &RoomEv) {
+        let room_id = self.state.id.to_string();
+        match ev {
+            RoomEv::Typing { user, active } => {
+                let f = ServerFrame::Typing { room_id, user_id: user.clone(), active: *active };
+                self.fan_out(&f, Some(&UserId::from(user.as_str())), Class::Droppable);
+            }
+            RoomEv::Read { user, seq } => {
+                let f = ServerFrame::Read { room_id, user_id: user.clone(), seq: *seq };
+                self.fan_out(&f, Some(&UserId::from(user.as_str())), Class::Essential);
+            }
+            RoomEv::Signal { from, to, payload } => {
+                let f =
+                    ServerFrame::Signal { room_id, from: from.clone(), payload: payload.clone() };
+                match to {
+                    None => self.fan_out(&f, Some(&UserId::from(from.as_str())), Class::Essential),
+                    Some(to) => {
+                        if let Some(out) = self
+                            .state
+                            .member(&UserId::from(to.as_str()))
+                            .and_then(|mb| mb.outbox.as_ref())
+                        {
+                            out.push_frame(&f, Class::Essential);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A stored message from the store's feed: deliver in `seq` order.
+    fn on_message(&mut self, msg: ChatMessage, ctx: &mut Context<Self>) {
+        if self.loaded && msg.seq <= self.state.last_seq {
+            return; // already delivered (a resync overlap)
+        }
+        self.pending.insert(msg.seq, msg);
+        if self.loaded {
+            self.drain_pending(ctx);
+        }
+    }
+
+    fn drain_pending(&mut self, ctx: &mut Context<Self>) {
+        while let Some(entry) = self.pending.first_entry() {
+            let seq = *entry.key();
+            if seq <= self.state.last_seq {
+                entry.remove();
+                continue;
+            }
+            if seq != self.state.last_seq + 1 {
+                break;
+            }
+            let stored = self.state.push_stored(entry.remove());
+            self.fan_out(&ServerFrame::Message((*stored).clone()), None, Class::Essential);
+        }
+        if !self.pending.is_empty() && !self.gap_check {
+            self.gap_check = true;
+            ctx.run_later(GAP_WAIT, |act, ctx| {
+                act.gap_check = false;
+                if !act.pending.is_empty() {
+                    metrics::counter!(m::BRIDGE_SEQ_GAPS_TOTAL).increment(1);
+                    act.fill_gap(ctx);
+                }
+            });
+        }
+    }
+
+    /// Read what follows `last_seq` from the store and deliver it.
+    fn fill_gap(&mut self, ctx: &mut Context<Self>) {
+        let fut = self.shared.bridge.room_history(&self.state.id, self.state.last_seq, 200);
+        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(messages) => {
+                let more = messages.len() == 200;
+                for m in messages {
+                    act.pending.insert(m.seq, m);
+                }
+                act.drain_pending(ctx);
+                if more {
+                    act.fill_gap(ctx);
+                }
+            }
+            Err(e) => debug!(room = %act.state.id, error = %e, "gap fill failed; retried"),
+        }));
     }
 
     /// Serialize once, queue the same bytes for every online member but `except`.
@@ -258,9 +599,30 @@ impl RoomActor {
         self.fan_out(&f, Some(user), Class::Droppable);
     }
 
+    /// Tell the other member nodes about a local member's presence.
+    fn publish_member(&self, user: &UserId, status: MemberStatus) {
+        if self.clustered && self.has_remote_members() {
+            let ev =
+                RoomEv::Member { user: user.to_string(), node: self.node().to_string(), status };
+            self.shared.bridge.room_event(&self.state.id, ev);
+        }
+    }
+
+    /// Remove the seat in the store too (which tells the other nodes).
+    fn leave_everywhere(&self, user: &UserId, on_node: Option<Arc<str>>) {
+        if self.clustered {
+            let fut =
+                self.shared.bridge.room_leave(&self.state.id, user, on_node, self.stored_kind());
+            actix::spawn(async move {
+                let _ = fut.await;
+            });
+        }
+    }
+
     fn go_offline(&mut self, user: UserId, session_id: u64, ctx: &mut Context<Self>) {
         let Some(member) = self.state.member_mut(&user) else { return };
-        if member.session_id != session_id
+        if member.node.is_some()
+            || member.session_id != session_id
             || member.offline_since.is_some() && member.outbox.is_none()
         {
             return;
@@ -268,13 +630,14 @@ impl RoomActor {
         member.outbox = None;
         member.offline_since = Some(std::time::Instant::now());
         self.presence(&user, PresenceStatus::Offline);
+        self.publish_member(&user, MemberStatus::Offline);
         let grace = Duration::from_millis(self.shared.config.reconnect_grace_ms);
         ctx.run_later(grace, move |act, ctx| {
-            let still_gone = act
-                .state
-                .member(&user)
-                .is_some_and(|m| m.session_id == session_id && m.outbox.is_none());
+            let still_gone = act.state.member(&user).is_some_and(|m| {
+                m.node.is_none() && m.session_id == session_id && m.outbox.is_none()
+            });
             if still_gone {
+                act.leave_everywhere(&user, Some(act.node()));
                 act.remove_member(&user, ctx);
             }
         });
@@ -288,10 +651,10 @@ impl RoomActor {
         self.presence(user, PresenceStatus::Left);
         match self.state.kind {
             RoomKind::Match if self.state.members.len() <= 1 => self.close("partner_left", ctx),
-            RoomKind::Public if self.state.members.is_empty() => {
+            RoomKind::Public if !self.state.has_local_members() => {
                 let grace = Duration::from_millis(self.shared.config.empty_room_grace_ms);
                 ctx.run_later(grace, |act, ctx| {
-                    if act.state.members.is_empty() {
+                    if !act.state.has_local_members() {
                         act.close("empty", ctx);
                     }
                 });
@@ -300,19 +663,35 @@ impl RoomActor {
         }
     }
 
+    /// A replica with no members on this node has nothing to do here.
+    fn detach_if_unused(&mut self, ctx: &mut Context<Self>) {
+        if self.clustered && self.state.kind == RoomKind::Match && !self.state.has_local_members() {
+            self.forget(ctx);
+        }
+    }
+
     /// Tell everyone, forget the room everywhere, and stop after the tombstone time.
     fn close(&mut self, reason: &'static str, ctx: &mut Context<Self>) {
         if self.closed {
             return;
         }
-        self.closed = true;
         let f = ServerFrame::RoomClosed {
             room_id: self.state.id.to_string(),
             reason: Some(reason.into()),
         };
         self.fan_out(&f, None, Class::Essential);
+        self.forget(ctx);
+    }
+
+    fn forget(&mut self, ctx: &mut Context<Self>) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
         for member in std::mem::take(&mut self.state.members) {
-            self.shared.remove_membership(&member.user, &self.state.id);
+            if member.node.is_none() {
+                self.shared.remove_membership(&member.user, &self.state.id);
+            }
         }
         let me = ctx.address();
         self.shared.rooms.remove_if(&self.state.id, |_, addr| *addr == me);
@@ -326,8 +705,4 @@ fn error(out: &Outbox, code: ErrorCode, message: String) {
         &ServerFrame::Error { code, message, retry_after_ms: None, action: None },
         Class::Essential,
     );
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -1,9 +1,12 @@
 //! Inboxes of the room supervisor and of room actors. Replies to clients go straight
 //! to the requesting session's [`Outbox`], so senders never wait on a room.
 
+use std::sync::Arc;
+
 use actix::{Message, Recipient};
 use serde_json::Value;
 
+use crate::bridge::events::RoomEv;
 use crate::bridge::Ticket;
 use crate::ids::{Interest, RoomId, UserId};
 use crate::outbox::Outbox;
@@ -24,8 +27,15 @@ pub struct MatchedMember {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct CreateMatchRoom {
+    pub room_id: RoomId,
+    /// Members on this node.
     pub members: Vec<MatchedMember>,
+    /// Members on other nodes (cross-node match), with their node.
+    pub remote: Vec<(UserId, Arc<str>)>,
     pub shared: Vec<Interest>,
+    /// For a cross-node match: (creator node, offer id, language, member nodes to
+    /// confirm to).
+    pub confirm: Option<(Arc<str>, u64, String, Vec<Arc<str>>)>,
 }
 
 /// Session (or a closing room, bouncing a late join) → RoomSupervisor: join the named
@@ -128,3 +138,25 @@ pub struct MemberOffline {
 pub struct CloseRoom {
     pub reason: &'static str,
 }
+
+/// Bridge → Room: an event from another node (or, for messages, from the store in
+/// `seq` order, including this node's own).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct RoomInbound {
+    pub origin: Arc<str>,
+    pub ev: RoomEv,
+}
+
+/// Bridge → Room: `node` is gone; its members are offline (and leave after the grace).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct NodeLost {
+    pub node: Arc<str>,
+}
+
+/// Bridge → Room: the connection to the store is back; restore what it lacks and
+/// fetch what this node missed.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ResyncRoom;

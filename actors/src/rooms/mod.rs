@@ -18,15 +18,17 @@ pub mod room;
 
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler};
+use actix::{Actor, Addr, Context, Handler};
 use dashmap::mapref::entry::Entry as MapEntry;
 use rendezvous_protocol::ServerFrame;
 
 use self::actor::RoomActor;
 use self::messages::*;
 use self::room::{RoomKind, RoomState};
+use crate::bridge::events::ClusterEvent;
+use crate::bridge::{RoomSnapshot, StoredKind};
 use crate::engine::Shared;
-use crate::ids::{random_id, RoomId};
+use crate::ids::{RoomId, UserId};
 use crate::metrics as m;
 use crate::outbox::Class;
 use crate::session::messages::SessionEvent;
@@ -42,10 +44,10 @@ impl RoomSupervisor {
         Self { shared }
     }
 
-    fn start_room(&self, state: RoomState) -> actix::Addr<RoomActor> {
+    fn start_room(&self, state: RoomState, clustered: bool) -> actix::Addr<RoomActor> {
         let shared = self.shared.clone();
         let worker = self.shared.next_worker();
-        RoomActor::start_in_arbiter(&worker, move |_| RoomActor::new(state, shared))
+        RoomActor::start_in_arbiter(&worker, move |_| RoomActor::new(state, shared, clustered))
     }
 }
 
@@ -57,7 +59,9 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: CreateMatchRoom, _ctx: &mut Self::Context) {
-        let room_id = RoomId::from(random_id("r"));
+        let room_id = msg.room_id;
+        let clustered = self.shared.bridge.clustered();
+        let me: Arc<str> = Arc::from(self.shared.bridge.node_id());
         let mut state =
             RoomState::new(room_id.clone(), RoomKind::Match, self.shared.config.history_len);
         for member in &msg.members {
@@ -69,14 +73,45 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
                 .map(|e| e.outbox);
             state.seat(member.user.clone(), member.session_id, outbox);
         }
+        for (user, node) in &msg.remote {
+            state.seat_remote(user.clone(), node.clone());
+        }
+        let all: Vec<(UserId, Arc<str>)> = msg
+            .members
+            .iter()
+            .map(|mm| (mm.user.clone(), me.clone()))
+            .chain(msg.remote.iter().cloned())
+            .collect();
+        if clustered {
+            // Before any member can learn the room id (and post to it).
+            self.shared.bridge.room_open(&room_id, StoredKind::Match, all.clone());
+        }
         // Directory and memberships first, so the room is reachable before anyone
         // learns its id.
         for member in &msg.members {
             self.shared.add_membership(&member.user, &room_id);
         }
-        let addr = self.start_room(state);
+        let addr = self.start_room(state, clustered);
         self.shared.rooms.insert(room_id.clone(), addr);
-        let members: Vec<_> = msg.members.iter().map(|mm| mm.user.clone()).collect();
+        let members: Vec<_> = all.iter().map(|(u, _)| u.clone()).collect();
+        if let Some((creator, offer, language, nodes)) = msg.confirm {
+            let wire: Vec<(String, String)> =
+                all.iter().map(|(u, n)| (u.to_string(), n.to_string())).collect();
+            let shared: Vec<String> = msg.shared.iter().map(|i| i.to_string()).collect();
+            for node in nodes {
+                self.shared.bridge.send_to_node(
+                    &node,
+                    ClusterEvent::OfferConfirm {
+                        creator: creator.to_string(),
+                        offer,
+                        language: language.clone(),
+                        room: room_id.to_string(),
+                        members: wire.clone(),
+                        shared: shared.clone(),
+                    },
+                );
+            }
+        }
         for member in &msg.members {
             member.events.do_send(SessionEvent::Matched {
                 ticket: member.ticket,
@@ -84,6 +119,48 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
                 members: members.clone(),
                 shared: msg.shared.clone(),
             });
+        }
+    }
+}
+
+/// Open this node's replica of a cluster room, unless one is open already. Callable
+/// from any thread (the bridge's inbound task, sessions). Members of this node are
+/// seated with their live session's outbox.
+pub fn open_replica(
+    shared: &Arc<Shared>,
+    room_id: &RoomId,
+    snapshot: &RoomSnapshot,
+) -> Addr<RoomActor> {
+    let me = shared.bridge.node_id();
+    match shared.rooms.entry(room_id.clone()) {
+        MapEntry::Occupied(e) => e.get().clone(),
+        MapEntry::Vacant(v) => {
+            let kind = match snapshot.kind {
+                StoredKind::Match => RoomKind::Match,
+                StoredKind::Public => RoomKind::Public,
+            };
+            let mut state = RoomState::new(room_id.clone(), kind, shared.config.history_len);
+            state.last_seq = snapshot.last_seq;
+            for (user, node) in &snapshot.members {
+                if &**node == me {
+                    let live = shared.registry.get(user.as_str());
+                    let session = live.as_ref().map(|e| e.session_id).unwrap_or(0);
+                    state.seat(user.clone(), session, live.map(|e| e.outbox));
+                    shared.add_membership(user, room_id);
+                } else {
+                    state.seat_remote(user.clone(), node.clone());
+                }
+            }
+            let shared2 = shared.clone();
+            let worker = shared.next_worker();
+            let addr = RoomActor::start_in_arbiter(&worker, move |_| {
+                // The snapshot carries the room's `seq`: the replica is loaded.
+                let mut room = RoomActor::new(state, shared2, true);
+                room.mark_loaded();
+                room
+            });
+            v.insert(addr.clone());
+            addr
         }
     }
 }
@@ -100,7 +177,9 @@ impl Handler<JoinPublicRoom> for RoomSupervisor {
                     RoomKind::Public,
                     self.shared.config.history_len,
                 );
-                let addr = self.start_room(state);
+                // A cluster replica learns the room's `seq` from its first join.
+                let clustered = self.shared.bridge.clustered();
+                let addr = self.start_room(state, clustered);
                 addr.do_send(JoinRoom { join: msg });
                 v.insert(addr);
             }

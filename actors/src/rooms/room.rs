@@ -21,6 +21,9 @@ pub enum RoomKind {
 #[derive(Debug)]
 pub struct Member {
     pub user: UserId,
+    /// Node the member is connected to, when it is another node (cluster rooms);
+    /// `None` for members of this node.
+    pub node: Option<Arc<str>>,
     /// Session that holds the seat (a newer session takes it over).
     pub session_id: u64,
     /// Where to deliver; `None` while the user is offline (grace period).
@@ -60,14 +63,56 @@ impl RoomState {
     /// Add or refresh a seat. True when the user was not a member before.
     pub fn seat(&mut self, user: UserId, session_id: u64, outbox: Option<Outbox>) -> bool {
         if let Some(m) = self.member_mut(&user) {
+            m.node = None;
             m.session_id = session_id;
             m.offline_since = if outbox.is_some() { None } else { Some(Instant::now()) };
             m.outbox = outbox;
             return false;
         }
         let offline_since = if outbox.is_some() { None } else { Some(Instant::now()) };
-        self.members.push(Member { user, session_id, outbox, offline_since });
+        self.members.push(Member { user, node: None, session_id, outbox, offline_since });
         true
+    }
+
+    /// Add or refresh the seat of a member connected to another node. True when
+    /// the user was not a member before.
+    pub fn seat_remote(&mut self, user: UserId, node: Arc<str>) -> bool {
+        if let Some(m) = self.member_mut(&user) {
+            m.node = Some(node);
+            m.outbox = None;
+            m.offline_since = None;
+            return false;
+        }
+        self.members.push(Member {
+            user,
+            node: Some(node),
+            session_id: 0,
+            outbox: None,
+            offline_since: None,
+        });
+        true
+    }
+
+    /// Members connected to this node.
+    pub fn has_local_members(&self) -> bool {
+        self.members.iter().any(|m| m.node.is_none())
+    }
+
+    /// Store a message whose `seq` was assigned elsewhere (the cluster), the next
+    /// one after `last_seq`.
+    pub fn push_stored(&mut self, msg: ChatMessage) -> Arc<ChatMessage> {
+        self.last_seq = msg.seq;
+        let msg = Arc::new(msg);
+        if self.history.len() == self.history_cap {
+            self.history.pop_front();
+        }
+        self.history.push_back(msg.clone());
+        msg
+    }
+
+    /// Every message held in the ring, oldest first.
+    pub fn held_messages(&self) -> Vec<ChatMessage> {
+        self.history.iter().map(|m| (**m).clone()).collect()
     }
 
     /// Remove a seat. True when the user was a member.

@@ -13,6 +13,9 @@ pub enum SessionEvent {
     Matched { ticket: Ticket, room_id: RoomId, members: Vec<UserId>, shared: Vec<Interest> },
     /// The search `ticket` waited its longest without a match.
     SearchExpired { ticket: Ticket },
+    /// The search `ticket` was cancelled while a match for it was being claimed,
+    /// and that match fell through (the cancel had been answered `NotWaiting`).
+    SearchCancelled { ticket: Ticket },
 }
 
 /// Writer task → Session: the socket's write side is finished (closed with `code`).

@@ -28,6 +28,7 @@ use crate::bridge::Ticket;
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::ids::{RoomId, UserId};
+use crate::matching::ad_for;
 use crate::matching::messages::{
     CancelOutcome, CancelReason, CancelSearch, EnqueueSearch, SearchLink,
 };
@@ -54,6 +55,8 @@ pub struct SessionActor {
     session_id: u64,
     outbox: Outbox,
     search: Option<ActiveSearch>,
+    /// A search waits for the cluster-wide rate limit's answer.
+    search_pending: bool,
     /// Criteria of the last `find_match`, reused by `next`.
     last_criteria: Option<(Criteria, Duration)>,
     /// Room and members of the last match, so `next` can skip them at once.
@@ -97,6 +100,7 @@ impl SessionActor {
                 session_id,
                 outbox,
                 search: None,
+                search_pending: false,
                 last_criteria: None,
                 last_match: None,
                 frame_limiter: RateLimiter::direct(quota),
@@ -181,7 +185,7 @@ impl SessionActor {
         let cfg = &self.engine.shared.config;
         match frame {
             ClientFrame::FindMatch { interests, language, region, group_size, max_wait_ms } => {
-                if self.search.is_some() {
+                if self.search.is_some() || self.search_pending {
                     return Err(EngineError::AlreadySearching);
                 }
                 let (criteria, wait) = validate::search(
@@ -193,7 +197,7 @@ impl SessionActor {
                     cfg,
                 )?;
                 self.check_search_limit("find_match")?;
-                self.start_search(criteria, wait, ctx);
+                self.start_search_checked(criteria, wait, "find_match", ctx);
             }
             ClientFrame::CancelMatch {} => self.cancel_search(ctx),
             ClientFrame::Next {} => self.next(ctx)?,
@@ -291,12 +295,15 @@ impl SessionActor {
     fn start_search(&mut self, criteria: Criteria, wait: Duration, ctx: &mut Context<Self>) {
         let shared = &self.engine.shared;
         let ticket = shared.next_ticket();
-        shared.bridge.begin_search(&self.user, ticket);
+        let joined = Instant::now();
+        let ad =
+            ad_for(shared.bridge.node_id(), ticket, &self.user, &criteria, joined, joined + wait);
+        shared.bridge.begin_search(ad);
         self.engine.shard_for(&criteria.language).do_send(EnqueueSearch {
             ticket,
             user: self.user.clone(),
             criteria: criteria.clone(),
-            joined: Instant::now(),
+            joined,
             max_wait: wait,
             link: SearchLink { session_id: self.session_id, events: ctx.address().recipient() },
         });
@@ -348,6 +355,9 @@ impl SessionActor {
             return Ok(());
         }
         self.check_search_limit("next")?;
+        if self.search_pending {
+            return Err(EngineError::AlreadySearching);
+        }
         let shared = self.engine.shared.clone();
         let current = shared.rooms_of(&self.user).into_iter().rev().find(|r| !r.is_public());
         if let Some(room_id) = current {
@@ -355,7 +365,7 @@ impl SessionActor {
                 if *last == room_id {
                     let ttl = Duration::from_secs(shared.config.skip_ttl_secs);
                     for other in members.iter().filter(|u| **u != self.user) {
-                        shared.avoid.add(&self.user, other, ttl);
+                        shared.avoid_pair(&self.user, other, ttl);
                     }
                 }
             }
@@ -368,13 +378,43 @@ impl SessionActor {
             }
             self.send(&ServerFrame::Left { room_id: room_id.to_string() });
         }
-        self.start_search(criteria, wait, ctx);
+        self.start_search_checked(criteria, wait, "next", ctx);
         Ok(())
+    }
+
+    /// Start a search after the cluster-wide search limit agrees (a node's own
+    /// limiter only sees this node; the cluster counts with INCR in Redis). With no
+    /// cluster, or with the store unreachable, the local limiter alone decides.
+    fn start_search_checked(
+        &mut self,
+        criteria: Criteria,
+        wait: Duration,
+        action: &'static str,
+        ctx: &mut Context<Self>,
+    ) {
+        let shared = self.engine.shared.clone();
+        if !shared.bridge.clustered() {
+            return self.start_search(criteria, wait, ctx);
+        }
+        self.search_pending = true;
+        let fut = shared.bridge.count_action(&self.user, "find_match", 60);
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.search_pending = false;
+            let limit = u64::from(act.engine.shared.config.find_match_per_minute);
+            match res {
+                Ok(n) if n > limit => {
+                    let wait_ms = 60_000 - crate::clock::now_ms() % 60_000;
+                    let err = EngineError::RateLimited { action, retry_after_ms: wait_ms };
+                    act.send_error(Some(action), &err, ctx);
+                }
+                _ => act.start_search(criteria, wait, ctx),
+            }
+        }));
     }
 
     fn block(&mut self, other: UserId) {
         let shared = &self.engine.shared;
-        shared.avoid.add(&self.user, &other, Duration::from_secs(shared.config.block_ttl_secs));
+        shared.avoid_pair(&self.user, &other, Duration::from_secs(shared.config.block_ttl_secs));
         self.send(&ServerFrame::Blocked { user_id: other.to_string() });
         let theirs = shared.rooms_of(&other);
         for room_id in shared.rooms_of(&self.user) {
@@ -385,6 +425,59 @@ impl SessionActor {
                 room.do_send(CloseRoom { reason: "blocked" });
             }
         }
+    }
+
+    /// Send `welcome` listing `rooms` and take this session's seat in each.
+    fn welcome(&self, rooms: Vec<RoomId>) {
+        let shared = &self.engine.shared;
+        self.send(&ServerFrame::Welcome {
+            user_id: self.user.to_string(),
+            session_id: format!("s{}", self.session_id),
+            node: shared.config.node_id.clone(),
+            rooms: rooms.iter().map(|r| r.to_string()).collect(),
+        });
+        for room_id in rooms {
+            if let Some(room) = shared.rooms.get(&room_id) {
+                room.do_send(MemberOnline {
+                    user: self.user.clone(),
+                    session_id: self.session_id,
+                    outbox: self.outbox.clone(),
+                });
+            }
+        }
+    }
+
+    /// In a cluster the user's rooms may live on other nodes (a reconnect to this
+    /// one): close their session elsewhere, move their seats here, open replicas of
+    /// rooms this node does not hold, then welcome. If the store is unreachable,
+    /// the rooms this node holds are all there is.
+    fn welcome_from_cluster(&mut self, ctx: &mut Context<Self>) {
+        let shared = self.engine.shared.clone();
+        shared.bridge.user_connected(&self.user);
+        let user = self.user.clone();
+        let fut = async move {
+            let mut rooms = shared.rooms_of(&user);
+            if let Ok(stored) = shared.bridge.user_rooms(&user).await {
+                for room in stored {
+                    if rooms.contains(&room) {
+                        continue;
+                    }
+                    if shared.rooms.contains_key(&room) {
+                        // A replica is here (other local members); just take the seat.
+                        if let Ok(Some(_)) = shared.bridge.room_rehome(&room, &user).await {
+                            rooms.push(room);
+                        }
+                        continue;
+                    }
+                    if let Ok(Some(snapshot)) = shared.bridge.room_rehome(&room, &user).await {
+                        crate::rooms::open_replica(&shared, &room, &snapshot);
+                        rooms.push(room);
+                    }
+                }
+            }
+            rooms
+        };
+        ctx.wait(fut.into_actor(self).map(|rooms, act, _| act.welcome(rooms)));
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -423,21 +516,10 @@ impl Actor for SessionActor {
         if let Some(old) = shared.registry.insert(self.user.clone(), entry) {
             old.outbox.close(close::REPLACED);
         }
-        let rooms = shared.rooms_of(&self.user);
-        self.send(&ServerFrame::Welcome {
-            user_id: self.user.to_string(),
-            session_id: format!("s{}", self.session_id),
-            node: shared.config.node_id.clone(),
-            rooms: rooms.iter().map(|r| r.to_string()).collect(),
-        });
-        for room_id in rooms {
-            if let Some(room) = shared.rooms.get(&room_id) {
-                room.do_send(MemberOnline {
-                    user: self.user.clone(),
-                    session_id: self.session_id,
-                    outbox: self.outbox.clone(),
-                });
-            }
+        if shared.bridge.clustered() {
+            self.welcome_from_cluster(ctx);
+        } else {
+            self.welcome(shared.rooms_of(&self.user));
         }
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         metrics::counter!(m::SESSIONS_OPENED_TOTAL).increment(1);

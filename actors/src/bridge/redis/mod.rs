@@ -1,0 +1,954 @@
+//! The Redis bridge: several nodes act as one through one Redis.
+//!
+//! * Commands go through the ordered pipe in [`conn`]; scripts live in
+//!   `scripts/*.lua`, each with a KEYS/ARGV header.
+//! * One pub/sub connection subscribes to `rdv:cluster` (every node) and
+//!   `rdv:node:{id}` (this node); events are routed by [`super::inbound`].
+//! * A heartbeat task writes this node's liveness (`rdv:nodes`, a sorted set of
+//!   last-beat times), publishes a probe to its own channel (a dead subscription
+//!   counts as down), and declares peers dead when their beat is older than
+//!   [`PEER_TIMEOUT`].
+//! * After every (re)connect of either connection, a resync replaces this node's
+//!   pool entries in Redis, reloads replicas of the others', and asks every room
+//!   replica to restore what the store lacks and fetch what it missed.
+//!
+//! Key layout (see DESIGN.md for the full table): `rdv:{pool:LANG}:search:USER`,
+//! `rdv:{pool:LANG}:entries`, `rdv:pool:langs`, `rdv:nodes`, `rdv:trending`,
+//! `rdv:user:{USER}:node|rooms|rl:*`, `rdv:room:{ROOM}:members|seq|log|meta`. The
+//! braces are Redis Cluster hash tags: every script's keys share one slot.
+
+pub mod conn;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use redis::{Cmd, Value};
+use rendezvous_protocol::ChatMessage;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use self::conn::Pipe;
+use super::events::{ClusterEvent, MemberStatus, RoomEv};
+use super::memory::MemoryBridge;
+use super::{
+    inbound, BoxFut, Bridge, BridgeError, ClaimMember, ClaimOutcome, RoomSeed, RoomSnapshot,
+    SearchAd, StoredKind, Ticket,
+};
+use crate::clock::now_ms;
+use crate::engine::Engine;
+use crate::ids::{Interest, RoomId, UserId};
+use crate::metrics as m;
+
+/// How often a node beats.
+const BEAT: Duration = Duration::from_millis(500);
+/// A peer whose last beat is older than this is dead.
+pub const PEER_TIMEOUT: Duration = Duration::from_millis(3_000);
+/// A subscription whose own probe is older than this counts as dead.
+const SUB_TIMEOUT: Duration = Duration::from_millis(3_000);
+/// Messages kept per room stream (approximate: MAXLEN ~).
+const STREAM_CAP: u64 = 10_000;
+/// Life of a closed room's `seq` and stream (s).
+const CLOSED_ROOM_TTL_SECS: u64 = 3_600;
+/// Life of the user → node key (ms), refreshed on every connect.
+const USER_NODE_TTL_MS: u64 = 24 * 3_600 * 1_000;
+
+struct Scripts {
+    begin: redis::Script,
+    end: redis::Script,
+    claim: redis::Script,
+    connect: redis::Script,
+    count: redis::Script,
+    room_open: redis::Script,
+    append: redis::Script,
+    event: redis::Script,
+    join: redis::Script,
+    leave: redis::Script,
+    close: redis::Script,
+    rehome: redis::Script,
+    reseed: redis::Script,
+}
+
+const SOURCES: [&str; 13] = [
+    include_str!("scripts/begin.lua"),
+    include_str!("scripts/end.lua"),
+    include_str!("scripts/claim.lua"),
+    include_str!("scripts/connect.lua"),
+    include_str!("scripts/count.lua"),
+    include_str!("scripts/room_open.lua"),
+    include_str!("scripts/append.lua"),
+    include_str!("scripts/event.lua"),
+    include_str!("scripts/join.lua"),
+    include_str!("scripts/leave.lua"),
+    include_str!("scripts/close.lua"),
+    include_str!("scripts/rehome.lua"),
+    include_str!("scripts/reseed.lua"),
+];
+
+impl Scripts {
+    fn new() -> Self {
+        let s = |i: usize| redis::Script::new(SOURCES[i]);
+        Self {
+            begin: s(0),
+            end: s(1),
+            claim: s(2),
+            connect: s(3),
+            count: s(4),
+            room_open: s(5),
+            append: s(6),
+            event: s(7),
+            join: s(8),
+            leave: s(9),
+            close: s(10),
+            rehome: s(11),
+            reseed: s(12),
+        }
+    }
+}
+
+/// `EVALSHA` of a script with its keys and arguments (the pipe loaded the script).
+fn evalsha(script: &redis::Script, keys: &[String], args: &[String]) -> Cmd {
+    let mut c = redis::cmd("EVALSHA");
+    c.arg(script.get_hash()).arg(keys.len());
+    for k in keys {
+        c.arg(k);
+    }
+    for a in args {
+        c.arg(a);
+    }
+    c
+}
+
+/// A chat message as the room stream stores it (`seq` is the entry id).
+#[derive(Serialize, Deserialize)]
+struct StoredMsg {
+    msg_id: String,
+    sender: String,
+    text: String,
+    ts: u64,
+}
+
+// ---- keys ----
+fn search_key(lang: &str, user: &str) -> String {
+    format!("rdv:{{pool:{lang}}}:search:{user}")
+}
+fn entries_key(lang: &str) -> String {
+    format!("rdv:{{pool:{lang}}}:entries")
+}
+const LANGS_KEY: &str = "rdv:pool:langs";
+const NODES_KEY: &str = "rdv:nodes";
+const TRENDING_KEY: &str = "rdv:trending";
+const CLUSTER_CHANNEL: &str = "rdv:cluster";
+fn node_channel(node: &str) -> String {
+    format!("rdv:node:{node}")
+}
+fn user_key(user: &str, what: &str) -> String {
+    format!("rdv:user:{{{user}}}:{what}")
+}
+fn room_key(room: &str, what: &str) -> String {
+    format!("rdv:room:{{{room}}}:{what}")
+}
+fn gid(node: &str, ticket: Ticket) -> String {
+    format!("{node}:{ticket}")
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BridgeError {
+    BridgeError::Unavailable(e.to_string())
+}
+
+fn as_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn as_array(v: Value) -> Vec<Value> {
+    match v {
+        Value::Array(a) | Value::Set(a) => a,
+        Value::Map(kv) => kv.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// `user, node, user, node, ...` into pairs.
+fn member_pairs(flat: &[Value]) -> Vec<(UserId, Arc<str>)> {
+    flat.chunks_exact(2)
+        .filter_map(|p| Some((UserId::from(as_string(&p[0])?), Arc::from(as_string(&p[1])?))))
+        .collect()
+}
+
+/// Health of the two connections and the peers, shared by the bridge's tasks.
+struct Health {
+    /// When this node last heard its own probe on its subscription (ms).
+    sub_seen_ms: AtomicU64,
+    /// Peers and their last beat (ms), from the last read of `rdv:nodes`.
+    peers: Mutex<HashMap<String, u64>>,
+    /// Peers already declared dead (so each is handled once).
+    lost: Mutex<HashSet<String>>,
+}
+
+/// The bridge. Construct with [`RedisBridge::connect`], then [`RedisBridge::attach`]
+/// the engine (inbound events need it).
+pub struct RedisBridge {
+    node: String,
+    pipe: Pipe,
+    scripts: Scripts,
+    health: Arc<Health>,
+    /// Local searches, for claims of all-local groups while Redis is down.
+    mirror: Arc<MemoryBridge>,
+    engine: OnceLock<Engine>,
+    /// Bumped on every reconnect of the command connection.
+    connected: watch::Receiver<u64>,
+    client: redis::Client,
+    resyncing: AtomicBool,
+}
+
+impl RedisBridge {
+    /// Open the bridge (the connections are made in the background and retried for
+    /// ever). Must run inside a tokio runtime that lives as long as the process.
+    pub fn connect(url: &str, node: &str) -> Result<Arc<RedisBridge>, BridgeError> {
+        // rediss:// needs a process-wide TLS crypto provider; a second install fails
+        // harmlessly.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client =
+            redis::Client::open(url).map_err(|e| unavailable(format!("redis url: {e}")))?;
+        let (tx, rx) = watch::channel(0u64);
+        let pipe = conn::start(client.clone(), SOURCES.to_vec(), tx);
+        Ok(Arc::new(RedisBridge {
+            node: node.to_owned(),
+            pipe,
+            scripts: Scripts::new(),
+            health: Arc::new(Health {
+                sub_seen_ms: AtomicU64::new(0),
+                peers: Mutex::new(HashMap::new()),
+                lost: Mutex::new(HashSet::new()),
+            }),
+            mirror: Arc::new(MemoryBridge::new(node)),
+            engine: OnceLock::new(),
+            connected: rx,
+            client,
+            resyncing: AtomicBool::new(false),
+        }))
+    }
+
+    /// Hand the bridge the engine and start the subscriber, heartbeat and resync
+    /// tasks.
+    pub fn attach(self: &Arc<Self>, engine: Engine) {
+        let _ = self.engine.set(engine);
+        tokio::spawn(self.clone().subscriber());
+        tokio::spawn(self.clone().heartbeat());
+        tokio::spawn(self.clone().resync_on_connect());
+    }
+
+    fn engine(&self) -> Option<&Engine> {
+        self.engine.get()
+    }
+
+    fn healthy(&self) -> bool {
+        let sub_age = now_ms().saturating_sub(self.health.sub_seen_ms.load(Ordering::Acquire));
+        self.pipe.up.load(Ordering::Acquire) && sub_age < SUB_TIMEOUT.as_millis() as u64
+    }
+
+    fn publish(&self, channel: String, payload: String) {
+        self.pipe.fire("publish", redis::cmd("PUBLISH").arg(channel).arg(payload).clone());
+    }
+
+    /// The pub/sub loop: (re)subscribe with backoff, route every event.
+    async fn subscriber(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let sub = async {
+                let mut ps = self.client.get_async_pubsub().await?;
+                ps.subscribe(CLUSTER_CHANNEL).await?;
+                ps.subscribe(node_channel(&self.node)).await?;
+                Ok::<_, redis::RedisError>(ps)
+            };
+            let ps = match tokio::time::timeout(Duration::from_secs(3), sub).await {
+                Ok(Ok(ps)) => ps,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "subscribe failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            info!(node = %self.node, "subscribed to cluster channels");
+            // Whatever was published while the subscription was down is lost.
+            self.clone().spawn_resync();
+            let mut stream = ps.into_on_message();
+            while let Some(msg) = stream.next().await {
+                let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                match serde_json::from_slice::<ClusterEvent>(&payload) {
+                    Ok(ClusterEvent::Beat { node, .. }) if node == self.node => {
+                        self.health.sub_seen_ms.store(now_ms(), Ordering::Release);
+                    }
+                    Ok(ev) => {
+                        if let Some(engine) = self.engine() {
+                            inbound::dispatch(engine, ev);
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
+                }
+            }
+            warn!("cluster subscription lost; resubscribing");
+            self.health.sub_seen_ms.store(0, Ordering::Release);
+        }
+    }
+
+    /// Beat, read the peers, declare dead ones.
+    async fn heartbeat(self: Arc<Self>) {
+        let mut every = tokio::time::interval(BEAT);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let now = now_ms();
+            metrics::gauge!(m::BRIDGE_UP).set(if self.healthy() { 1.0 } else { 0.0 });
+            self.pipe
+                .fire("zadd", redis::cmd("ZADD").arg(NODES_KEY).arg(now).arg(&self.node).clone());
+            let beat = ClusterEvent::Beat { node: self.node.clone(), at_ms: now };
+            self.publish(node_channel(&self.node), beat.to_json());
+            let read = self.pipe.call(
+                "zrange",
+                redis::cmd("ZRANGE").arg(NODES_KEY).arg(0).arg(-1).arg("WITHSCORES").clone(),
+            );
+            let Ok(v) = read.await else { continue };
+            let flat = as_array(v);
+            let mut peers = HashMap::new();
+            for pair in flat.chunks_exact(2) {
+                let (Some(node), Some(score)) = (as_string(&pair[0]), as_string(&pair[1])) else {
+                    continue;
+                };
+                let at = score.parse::<f64>().unwrap_or(0.0) as u64;
+                if node != self.node {
+                    peers.insert(node, at);
+                }
+            }
+            let now = now_ms();
+            let mut dead = Vec::new();
+            for (node, at) in &peers {
+                let age = now.saturating_sub(*at);
+                metrics::gauge!(m::BRIDGE_PEER_HEARTBEAT_AGE_SECONDS, "node" => node.clone())
+                    .set(age as f64 / 1000.0);
+                if age > PEER_TIMEOUT.as_millis() as u64 {
+                    dead.push(node.clone());
+                }
+            }
+            {
+                let mut lost = self.health.lost.lock().unwrap_or_else(|p| p.into_inner());
+                // A node that beats again (restarted with the same id) is alive.
+                lost.retain(|n| {
+                    !peers.get(n).is_some_and(|at| {
+                        now.saturating_sub(*at) <= PEER_TIMEOUT.as_millis() as u64
+                    })
+                });
+                dead.retain(|n| lost.insert(n.clone()));
+            }
+            peers.retain(|_, at| now.saturating_sub(*at) <= PEER_TIMEOUT.as_millis() as u64);
+            *self.health.peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+            for node in dead {
+                self.peer_lost(&node, true).await;
+            }
+        }
+    }
+
+    /// A peer died or left: drop it everywhere here, and (once, cluster-wide) purge
+    /// its searches from Redis.
+    async fn peer_lost(&self, node: &str, purge: bool) {
+        warn!(peer = node, "node lost");
+        metrics::counter!(m::BRIDGE_NODES_LOST_TOTAL).increment(1);
+        if let Some(engine) = self.engine() {
+            inbound::node_lost(engine, node);
+        }
+        if !purge {
+            return;
+        }
+        let removed =
+            self.pipe.call("zrem", redis::cmd("ZREM").arg(NODES_KEY).arg(node).clone()).await;
+        if removed.ok().and_then(|v| as_i64(&v)) == Some(1) {
+            self.purge_searches_of(node).await;
+        }
+    }
+
+    /// Remove every search of `node` from Redis (it died, or this node restarts).
+    async fn purge_searches_of(&self, node: &str) {
+        let langs = self.pipe.call("smembers", redis::cmd("SMEMBERS").arg(LANGS_KEY).clone()).await;
+        let prefix = format!("{node}:");
+        for lang in as_array(langs.unwrap_or(Value::Nil)).iter().filter_map(as_string) {
+            let all = self
+                .pipe
+                .call("hgetall", redis::cmd("HGETALL").arg(entries_key(&lang)).clone())
+                .await;
+            let flat = as_array(all.unwrap_or(Value::Nil));
+            for pair in flat.chunks_exact(2) {
+                let (Some(id), Some(json)) = (as_string(&pair[0]), as_string(&pair[1])) else {
+                    continue;
+                };
+                if !id.starts_with(&prefix) {
+                    continue;
+                }
+                let user =
+                    serde_json::from_str::<SearchAd>(&json).map(|a| a.user).unwrap_or_default();
+                let cmd = evalsha(
+                    &self.scripts.end,
+                    &[search_key(&lang, &user), entries_key(&lang)],
+                    &[id, String::new()],
+                );
+                self.pipe.fire("end", cmd);
+            }
+        }
+    }
+
+    /// Drain: withdraw whatever searches of this node Redis still holds, then leave
+    /// the cluster (see [`Bridge::shutdown`]).
+    pub async fn leave(self: Arc<Self>) -> Result<(), BridgeError> {
+        self.purge_searches_of(&self.node).await;
+        self.shutdown().await
+    }
+
+    /// Resync after every reconnect of the command connection.
+    async fn resync_on_connect(self: Arc<Self>) {
+        let mut rx = self.connected.clone();
+        while rx.changed().await.is_ok() {
+            self.clone().spawn_resync();
+        }
+    }
+
+    fn spawn_resync(self: Arc<Self>) {
+        if self.resyncing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(async move {
+            // Let both connections settle (a restart reconnects both at once).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let t0 = Instant::now();
+            self.resync().await;
+            metrics::histogram!(m::BRIDGE_RESYNC_SECONDS).record(t0.elapsed().as_secs_f64());
+            self.resyncing.store(false, Ordering::Release);
+        });
+    }
+
+    async fn resync(&self) {
+        let Some(engine) = self.engine() else { return };
+        info!(node = %self.node, "resyncing with redis");
+        self.pipe
+            .fire("zadd", redis::cmd("ZADD").arg(NODES_KEY).arg(now_ms()).arg(&self.node).clone());
+        // 1. This node's searches: replace whatever Redis holds with what waits now.
+        self.purge_searches_of(&self.node).await;
+        inbound::republish_and_drop_replicas(engine);
+        // 2. Replicas of every live peer's searches.
+        let langs = self.pipe.call("smembers", redis::cmd("SMEMBERS").arg(LANGS_KEY).clone()).await;
+        let live: HashSet<String> =
+            self.health.peers.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for lang in as_array(langs.unwrap_or(Value::Nil)).iter().filter_map(as_string) {
+            let all = self
+                .pipe
+                .call("hgetall", redis::cmd("HGETALL").arg(entries_key(&lang)).clone())
+                .await;
+            let flat = as_array(all.unwrap_or(Value::Nil));
+            for pair in flat.chunks_exact(2) {
+                let Some(json) = as_string(&pair[1]) else { continue };
+                let Ok(ad) = serde_json::from_str::<SearchAd>(&json) else { continue };
+                if ad.node != self.node && (live.is_empty() || live.contains(&ad.node)) {
+                    inbound::dispatch(engine, ClusterEvent::PoolAdd { ad });
+                }
+            }
+        }
+        // 3. Rooms: restore and catch up.
+        inbound::resync_rooms(engine);
+    }
+
+    fn append_payloads(&self, msg: &ChatMessage) -> (String, String) {
+        const MARK: &str = "18446744073709551615";
+        let ev = ClusterEvent::Room {
+            room: msg.room_id.clone(),
+            origin: self.node.clone(),
+            ev: RoomEv::Message {
+                seq: u64::MAX,
+                msg_id: msg.msg_id.clone(),
+                sender: msg.sender.clone(),
+                text: msg.text.clone(),
+                ts: msg.ts,
+            },
+        };
+        let json = ev.to_json();
+        // `seq` is serialized before the text, and a digit run inside a JSON string
+        // cannot follow `"seq":` unescaped, so the first mark is the field's value.
+        match json.find(&format!("\"seq\":{MARK}")) {
+            Some(at) => {
+                let start = at + "\"seq\":".len();
+                (json[..start].to_owned(), json[start + MARK.len()..].to_owned())
+            }
+            None => (json, String::new()),
+        }
+    }
+
+    fn room_event_json(&self, room: &RoomId, ev: RoomEv) -> String {
+        ClusterEvent::Room { room: room.to_string(), origin: self.node.clone(), ev }.to_json()
+    }
+}
+
+fn kind_str(kind: StoredKind) -> &'static str {
+    match kind {
+        StoredKind::Match => "match",
+        StoredKind::Public => "public",
+    }
+}
+
+impl Bridge for RedisBridge {
+    fn node_id(&self) -> &str {
+        &self.node
+    }
+
+    fn clustered(&self) -> bool {
+        true
+    }
+
+    fn begin_search(&self, ad: SearchAd) {
+        self.mirror.begin(&UserId::from(ad.user.as_str()), ad.ticket);
+        let ttl = ad.deadline_ms.saturating_sub(now_ms()) + 5_000;
+        self.pipe.fire("sadd", redis::cmd("SADD").arg(LANGS_KEY).arg(&ad.language).clone());
+        let keys = [search_key(&ad.language, &ad.user), entries_key(&ad.language)];
+        let json = serde_json::to_string(&ad).unwrap_or_default();
+        let id = gid(&ad.node, ad.ticket);
+        let event = ClusterEvent::PoolAdd { ad }.to_json();
+        let cmd = evalsha(&self.scripts.begin, &keys, &[id, ttl.to_string(), json, event]);
+        self.pipe.fire("begin", cmd);
+    }
+
+    fn end_search(&self, user: &UserId, ticket: Ticket, language: &str) {
+        self.mirror.end(user, ticket);
+        let keys = [search_key(language, user.as_str()), entries_key(language)];
+        let event = ClusterEvent::PoolRemove {
+            node: self.node.clone(),
+            language: language.to_owned(),
+            tickets: vec![ticket],
+        };
+        let cmd = evalsha(&self.scripts.end, &keys, &[gid(&self.node, ticket), event.to_json()]);
+        self.pipe.fire("end", cmd);
+    }
+
+    fn claim_match(&self, language: &str, members: Vec<ClaimMember>) -> BoxFut<ClaimOutcome> {
+        let all_local = members.iter().all(|m| m.node.is_none());
+        let local: Vec<(UserId, Ticket)> = members
+            .iter()
+            .filter(|m| m.node.is_none())
+            .map(|m| (m.user.clone(), m.ticket))
+            .collect();
+        if all_local && !self.pipe.up.load(Ordering::Acquire) {
+            // Redis is down: local matching goes on, decided here. The resync after
+            // the reconnect replaces this node's entries in Redis.
+            let outcome = self.mirror.claim_now(&local);
+            return Box::pin(async move { Ok(outcome) });
+        }
+        let mut keys = vec![entries_key(language)];
+        let mut args = Vec::with_capacity(members.len() + 1);
+        let mut removed: HashMap<String, Vec<Ticket>> = HashMap::new();
+        for m in &members {
+            let node = m.node.as_deref().unwrap_or(&self.node);
+            keys.push(search_key(language, m.user.as_str()));
+            args.push(gid(node, m.ticket));
+            removed.entry(node.to_owned()).or_default().push(m.ticket);
+        }
+        // One removal event per node named in the claim (replicas key on node).
+        let events: Vec<String> = removed
+            .into_iter()
+            .map(|(node, tickets)| {
+                ClusterEvent::PoolRemove { node, language: language.to_owned(), tickets }.to_json()
+            })
+            .collect();
+        // The script publishes one payload; several nodes' removals are sent after.
+        let (first, rest) =
+            events.split_first().map(|(f, r)| (f.clone(), r.to_vec())).unwrap_or_default();
+        args.push(first);
+        let fut = self.pipe.call("claim", evalsha(&self.scripts.claim, &keys, &args));
+        let pipe = self.pipe.clone();
+        let mirror_claim: Vec<(UserId, Ticket)> = local;
+        let users: Vec<UserId> = members.iter().map(|m| m.user.clone()).collect();
+        let mirror_bridge = self.mirror.clone();
+        Box::pin(async move {
+            match fut.await {
+                Ok(v) => {
+                    let lost: Vec<UserId> = as_array(v)
+                        .iter()
+                        .filter_map(as_i64)
+                        .filter_map(|i| users.get((i as usize).wrapping_sub(1)).cloned())
+                        .collect();
+                    if lost.is_empty() {
+                        for e in rest {
+                            pipe.fire(
+                                "publish",
+                                redis::cmd("PUBLISH").arg(CLUSTER_CHANNEL).arg(e).clone(),
+                            );
+                        }
+                        for (u, t) in &mirror_claim {
+                            mirror_bridge.end(u, *t);
+                        }
+                        Ok(ClaimOutcome::Claimed)
+                    } else {
+                        Ok(ClaimOutcome::Lost(lost))
+                    }
+                }
+                Err(e) if all_local => {
+                    debug!(error = %e, "claim fell back to the local decision");
+                    Ok(mirror_bridge.claim_now(&mirror_claim))
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    fn record_match(&self, interests: Vec<Interest>) {
+        for i in interests {
+            self.pipe.fire(
+                "zincrby",
+                redis::cmd("ZINCRBY").arg(TRENDING_KEY).arg(1).arg(i.as_str()).clone(),
+            );
+        }
+    }
+
+    fn trending(&self, limit: usize) -> BoxFut<Vec<(String, u64)>> {
+        let stop = limit.max(1) as i64 - 1;
+        let fut = self.pipe.call(
+            "zrevrange",
+            redis::cmd("ZREVRANGE").arg(TRENDING_KEY).arg(0).arg(stop).arg("WITHSCORES").clone(),
+        );
+        Box::pin(async move {
+            let flat = as_array(fut.await?);
+            Ok(flat
+                .chunks_exact(2)
+                .filter_map(|p| {
+                    let score = as_string(&p[1])?.parse::<f64>().ok()? as u64;
+                    Some((as_string(&p[0])?, score))
+                })
+                .collect())
+        })
+    }
+
+    fn nodes(&self) -> BoxFut<usize> {
+        let n = self.health.peers.lock().unwrap_or_else(|p| p.into_inner()).len() + 1;
+        Box::pin(async move { Ok(n) })
+    }
+
+    fn health(&self) -> BoxFut<()> {
+        let up = self.pipe.up.load(Ordering::Acquire);
+        let healthy = self.healthy();
+        Box::pin(async move {
+            match (up, healthy) {
+                (_, true) => Ok(()),
+                (false, _) => Err(BridgeError::Unavailable("redis unreachable".into())),
+                (true, false) => {
+                    Err(BridgeError::Unavailable("cluster subscription is down".into()))
+                }
+            }
+        })
+    }
+
+    fn shutdown(&self) -> BoxFut<()> {
+        let bye = ClusterEvent::NodeBye { node: self.node.clone() }.to_json();
+        self.publish(CLUSTER_CHANNEL.to_owned(), bye);
+        self.pipe.fire("zrem", redis::cmd("ZREM").arg(NODES_KEY).arg(&self.node).clone());
+        let pipe = self.pipe.clone();
+        Box::pin(async move {
+            // Everything queued before this ping has been applied once it answers.
+            pipe.call("ping", redis::cmd("PING")).await.map(|_| ())
+        })
+    }
+
+    fn send_to_node(&self, node: &str, event: ClusterEvent) {
+        self.publish(node_channel(node), event.to_json());
+    }
+
+    fn broadcast(&self, event: ClusterEvent) {
+        self.publish(CLUSTER_CHANNEL.to_owned(), event.to_json());
+    }
+
+    fn count_action(&self, user: &UserId, action: &'static str, window_secs: u64) -> BoxFut<u64> {
+        let window = now_ms() / (window_secs.max(1) * 1_000);
+        let key = user_key(user.as_str(), &format!("rl:{action}:{window}"));
+        let cmd = evalsha(&self.scripts.count, &[key], &[(window_secs * 1_000).to_string()]);
+        let fut = self.pipe.call("count", cmd);
+        Box::pin(async move { Ok(as_i64(&fut.await?).unwrap_or(0).max(0) as u64) })
+    }
+
+    fn user_connected(&self, user: &UserId) {
+        let kick = ClusterEvent::Kick { user: user.to_string(), node: self.node.clone() }.to_json();
+        let cmd = evalsha(
+            &self.scripts.connect,
+            &[user_key(user.as_str(), "node")],
+            &[self.node.clone(), kick, USER_NODE_TTL_MS.to_string()],
+        );
+        self.pipe.fire("connect", cmd);
+    }
+
+    fn user_rooms(&self, user: &UserId) -> BoxFut<Vec<RoomId>> {
+        let key = user_key(user.as_str(), "rooms");
+        let fut = self.pipe.call("smembers", redis::cmd("SMEMBERS").arg(&key).clone());
+        let pipe = self.pipe.clone();
+        let user = user.to_string();
+        Box::pin(async move {
+            let rooms: Vec<String> = as_array(fut.await?).iter().filter_map(as_string).collect();
+            let mut kept = Vec::new();
+            for room in rooms {
+                let seat = pipe
+                    .call(
+                        "hexists",
+                        redis::cmd("HEXISTS").arg(room_key(&room, "members")).arg(&user).clone(),
+                    )
+                    .await?;
+                if as_i64(&seat) == Some(1) {
+                    kept.push(RoomId::from(room));
+                } else {
+                    pipe.fire("srem", redis::cmd("SREM").arg(&key).arg(&room).clone());
+                }
+            }
+            Ok(kept)
+        })
+    }
+
+    fn room_open(&self, room: &RoomId, kind: StoredKind, members: Vec<(UserId, Arc<str>)>) {
+        let r = room.as_str();
+        let mut args = vec![kind_str(kind).to_owned()];
+        for (u, n) in &members {
+            args.push(u.to_string());
+            args.push(n.to_string());
+            self.pipe
+                .fire("sadd", redis::cmd("SADD").arg(user_key(u.as_str(), "rooms")).arg(r).clone());
+        }
+        let cmd =
+            evalsha(&self.scripts.room_open, &[room_key(r, "members"), room_key(r, "meta")], &args);
+        self.pipe.fire("room_open", cmd);
+    }
+
+    fn room_append(&self, msg: &ChatMessage) -> BoxFut<Option<u64>> {
+        let r = msg.room_id.as_str();
+        let (prefix, suffix) = self.append_payloads(msg);
+        let stored = StoredMsg {
+            msg_id: msg.msg_id.clone(),
+            sender: msg.sender.clone(),
+            text: msg.text.clone(),
+            ts: msg.ts,
+        };
+        let cmd = evalsha(
+            &self.scripts.append,
+            &[room_key(r, "seq"), room_key(r, "log"), room_key(r, "members")],
+            &[
+                prefix,
+                suffix,
+                STREAM_CAP.to_string(),
+                serde_json::to_string(&stored).unwrap_or_default(),
+                msg.sender.clone(),
+            ],
+        );
+        let fut = self.pipe.call("append", cmd);
+        Box::pin(async move {
+            let seq = as_i64(&fut.await?).unwrap_or(-1);
+            Ok((seq > 0).then_some(seq as u64))
+        })
+    }
+
+    fn room_event(&self, room: &RoomId, event: RoomEv) {
+        let payload = self.room_event_json(room, event);
+        let cmd = evalsha(
+            &self.scripts.event,
+            &[room_key(room.as_str(), "members")],
+            &[payload, self.node.clone()],
+        );
+        self.pipe.fire("event", cmd);
+    }
+
+    fn room_join(&self, room: &RoomId, user: &UserId) -> BoxFut<RoomSnapshot> {
+        let r = room.as_str();
+        let ev = RoomEv::Member {
+            user: user.to_string(),
+            node: self.node.clone(),
+            status: MemberStatus::Joined,
+        };
+        let payload = self.room_event_json(room, ev);
+        self.pipe
+            .fire("sadd", redis::cmd("SADD").arg(user_key(user.as_str(), "rooms")).arg(r).clone());
+        let cmd = evalsha(
+            &self.scripts.join,
+            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta")],
+            &[user.to_string(), self.node.clone(), payload, "public".into()],
+        );
+        let fut = self.pipe.call("join", cmd);
+        Box::pin(async move {
+            let out = as_array(fut.await?);
+            let seq = out.first().and_then(as_i64).unwrap_or(0).max(0) as u64;
+            Ok(RoomSnapshot {
+                kind: StoredKind::Public,
+                last_seq: seq,
+                members: member_pairs(out.get(1..).unwrap_or(&[])),
+            })
+        })
+    }
+
+    fn room_leave(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        on_node: Option<Arc<str>>,
+        kind: StoredKind,
+    ) -> BoxFut<bool> {
+        let r = room.as_str();
+        let left_node = on_node.as_deref().unwrap_or(&self.node).to_owned();
+        let left = self.room_event_json(
+            room,
+            RoomEv::Member { user: user.to_string(), node: left_node, status: MemberStatus::Left },
+        );
+        let closed = self.room_event_json(room, RoomEv::Closed { reason: "partner_left".into() });
+        self.pipe
+            .fire("srem", redis::cmd("SREM").arg(user_key(user.as_str(), "rooms")).arg(r).clone());
+        let cmd = evalsha(
+            &self.scripts.leave,
+            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "log"), room_key(r, "meta")],
+            &[
+                user.to_string(),
+                on_node.map(|n| n.to_string()).unwrap_or_default(),
+                left,
+                closed,
+                kind_str(kind).into(),
+                CLOSED_ROOM_TTL_SECS.to_string(),
+                self.node.clone(),
+            ],
+        );
+        let fut = self.pipe.call("leave", cmd);
+        Box::pin(async move { Ok(as_i64(&fut.await?) == Some(1)) })
+    }
+
+    fn room_close(&self, room: &RoomId, reason: &str) {
+        let r = room.as_str();
+        let payload = self.room_event_json(room, RoomEv::Closed { reason: reason.to_owned() });
+        let cmd = evalsha(
+            &self.scripts.close,
+            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "log"), room_key(r, "meta")],
+            &[payload, self.node.clone(), CLOSED_ROOM_TTL_SECS.to_string()],
+        );
+        self.pipe.fire("close", cmd);
+    }
+
+    fn room_rehome(&self, room: &RoomId, user: &UserId) -> BoxFut<Option<RoomSnapshot>> {
+        let r = room.as_str();
+        let ev = RoomEv::Member {
+            user: user.to_string(),
+            node: self.node.clone(),
+            status: MemberStatus::Online,
+        };
+        let payload = self.room_event_json(room, ev);
+        let cmd = evalsha(
+            &self.scripts.rehome,
+            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta")],
+            &[user.to_string(), self.node.clone(), payload],
+        );
+        let fut = self.pipe.call("rehome", cmd);
+        let snapshot = move |out: Vec<Value>, this_kind: fn(&str) -> StoredKind| {
+            if out.len() < 2 {
+                return None;
+            }
+            let seq = as_i64(&out[0]).unwrap_or(0).max(0) as u64;
+            let kind = this_kind(&as_string(&out[1]).unwrap_or_default());
+            Some(RoomSnapshot { kind, last_seq: seq, members: member_pairs(&out[2..]) })
+        };
+        Box::pin(async move {
+            let out = as_array(fut.await?);
+            Ok(snapshot(
+                out,
+                |k| if k == "public" { StoredKind::Public } else { StoredKind::Match },
+            ))
+        })
+    }
+
+    fn room_history(
+        &self,
+        room: &RoomId,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFut<Vec<ChatMessage>> {
+        let r = room.to_string();
+        let cmd = redis::cmd("XRANGE")
+            .arg(room_key(&r, "log"))
+            .arg(format!("{}-0", after_seq + 1))
+            .arg("+")
+            .arg("COUNT")
+            .arg(limit.max(1))
+            .clone();
+        let fut = self.pipe.call("xrange", cmd);
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for entry in as_array(fut.await?) {
+                let parts = as_array(entry);
+                let (Some(id), Some(fields)) =
+                    (parts.first().and_then(as_string), parts.get(1).cloned())
+                else {
+                    continue;
+                };
+                let Some(seq) = id.split('-').next().and_then(|s| s.parse::<u64>().ok()) else {
+                    continue;
+                };
+                let fields = as_array(fields);
+                let Some(json) = fields.get(1).and_then(as_string) else { continue };
+                let Ok(m) = serde_json::from_str::<StoredMsg>(&json) else { continue };
+                out.push(ChatMessage {
+                    room_id: r.clone(),
+                    seq,
+                    msg_id: m.msg_id,
+                    sender: m.sender,
+                    text: m.text,
+                    ts: m.ts,
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn room_reseed(&self, room: &RoomId, seed: RoomSeed) -> BoxFut<u64> {
+        let r = room.as_str();
+        let mut args = vec![
+            kind_str(seed.kind).to_owned(),
+            seed.last_seq.to_string(),
+            STREAM_CAP.to_string(),
+            seed.members.len().to_string(),
+        ];
+        for (u, n) in &seed.members {
+            args.push(u.to_string());
+            args.push(n.to_string());
+        }
+        for m in &seed.messages {
+            args.push(m.seq.to_string());
+            let stored = StoredMsg {
+                msg_id: m.msg_id.clone(),
+                sender: m.sender.clone(),
+                text: m.text.clone(),
+                ts: m.ts,
+            };
+            args.push(serde_json::to_string(&stored).unwrap_or_default());
+        }
+        let cmd = evalsha(
+            &self.scripts.reseed,
+            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "log"), room_key(r, "meta")],
+            &args,
+        );
+        let fut = self.pipe.call("reseed", cmd);
+        Box::pin(async move { Ok(as_i64(&fut.await?).unwrap_or(0).max(0) as u64) })
+    }
+}

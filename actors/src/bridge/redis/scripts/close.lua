@@ -1,0 +1,14 @@
+-- close.lua: close a room for everyone (a block).
+-- KEYS[1] rdv:room:{ROOM}:members   KEYS[2] seq   KEYS[3] log   KEYS[4] meta
+-- ARGV[1] Closed event JSON   ARGV[2] origin node   ARGV[3] ttl of the keys (s)
+local seen = { [ARGV[2]] = true }
+for _, n in ipairs(redis.call('HVALS', KEYS[1])) do
+  if not seen[n] then
+    seen[n] = true
+    redis.call('PUBLISH', 'rdv:node:' .. n, ARGV[1])
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[4])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return 1

@@ -1,0 +1,21 @@
+-- join.lua: seat a user (on this node) in a public room.
+-- KEYS[1] rdv:room:{ROOM}:members   KEYS[2] rdv:room:{ROOM}:seq   KEYS[3] rdv:room:{ROOM}:meta
+-- ARGV[1] user   ARGV[2] node   ARGV[3] Member joined event JSON   ARGV[4] kind
+-- Returns { seq, user, node, user, node, ... } as the room is after the join.
+local before = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSETNX', KEYS[3], 'kind', ARGV[4])
+if before ~= ARGV[2] then
+  local seen = { [ARGV[2]] = true }
+  for _, node in ipairs(redis.call('HVALS', KEYS[1])) do
+    if not seen[node] then
+      seen[node] = true
+      redis.call('PUBLISH', 'rdv:node:' .. node, ARGV[3])
+    end
+  end
+end
+local out = { tonumber(redis.call('GET', KEYS[2]) or '0') }
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do
+  out[#out + 1] = v
+end
+return out

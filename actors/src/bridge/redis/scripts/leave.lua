@@ -1,0 +1,32 @@
+-- leave.lua: remove a member (only if still on the expected node, when given) and
+-- tell the other nodes; a match room left with one member is closed.
+-- KEYS[1] rdv:room:{ROOM}:members   KEYS[2] seq   KEYS[3] log   KEYS[4] meta
+-- ARGV[1] user   ARGV[2] expected node ('' = any)   ARGV[3] Member left event JSON
+-- ARGV[4] Closed event JSON   ARGV[5] kind   ARGV[6] ttl of a closed room's keys (s)
+-- ARGV[7] origin node (its replica acts on its own)
+-- Returns 1 when this call removed the member, else 0.
+local node = redis.call('HGET', KEYS[1], ARGV[1])
+if not node or (ARGV[2] ~= '' and node ~= ARGV[2]) then
+  return 0
+end
+local function tell(payload)
+  local seen = { [ARGV[7]] = true }
+  for _, n in ipairs(redis.call('HVALS', KEYS[1])) do
+    if not seen[n] then
+      seen[n] = true
+      redis.call('PUBLISH', 'rdv:node:' .. n, payload)
+    end
+  end
+end
+tell(ARGV[3])
+redis.call('HDEL', KEYS[1], ARGV[1])
+local left = redis.call('HLEN', KEYS[1])
+if (ARGV[5] == 'match' and left <= 1) or left == 0 then
+  if ARGV[5] == 'match' then
+    tell(ARGV[4])
+  end
+  redis.call('DEL', KEYS[1], KEYS[4])
+  redis.call('EXPIRE', KEYS[2], ARGV[6])
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+end
+return 1
