@@ -92,6 +92,8 @@ pub struct MatchShard {
     held: HashMap<(Arc<str>, u64), Vec<Entry<Link>>>,
     /// Offers that named a search whose own claim was running; retried after it.
     deferred: Vec<OfferReceived>,
+    /// Local searches that lost a claim to another node's, waiting for its offer.
+    parked: HashMap<Ticket, Entry<Link>>,
 }
 
 impl MatchShard {
@@ -111,6 +113,7 @@ impl MatchShard {
             next_offer: 1,
             held: HashMap::new(),
             deferred: Vec::new(),
+            parked: HashMap::new(),
         }
     }
 
@@ -169,11 +172,10 @@ impl MatchShard {
                     metrics::counter!(m::CLAIM_CONFLICTS_TOTAL).increment(1);
                     let (gone, keep): (Vec<_>, Vec<_>) =
                         found.members.into_iter().partition(|e| lost.contains(&e.user));
-                    for e in &gone {
-                        act.withdrawn.remove(&e.ticket);
-                        act.forget_replica(e);
+                    for e in gone {
+                        act.forget_replica(&e);
                         if matches!(e.link, Link::Local(_)) {
-                            act.shared.searching.fetch_sub(1, Ordering::Relaxed);
+                            act.park(e, ctx);
                         }
                     }
                     act.requeue(keep, false, ctx);
@@ -185,6 +187,26 @@ impl MatchShard {
             }
             act.retry_deferred(ctx);
         }));
+    }
+
+    /// A local search that lost a claim because another claim took it: in a
+    /// cluster, that claim's offer is on its way, so the search waits out of the
+    /// pool for it. If no offer comes, it goes back to the pool (announced again).
+    fn park(&mut self, e: Entry<Link>, ctx: &mut Context<Self>) {
+        if !self.shared.bridge.clustered() {
+            // One node: the only other claim is a newer search of the same user.
+            self.withdrawn.remove(&e.ticket);
+            self.shared.searching.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let ticket = e.ticket;
+        self.parked.insert(ticket, e);
+        ctx.run_later(OFFER_TIMEOUT + Duration::from_secs(1), move |act, ctx| {
+            if let Some(e) = act.parked.remove(&ticket) {
+                debug!(ticket, "no offer came for a lost claim; back to the pool");
+                act.requeue(vec![e], true, ctx);
+            }
+        });
     }
 
     fn forget_replica(&mut self, e: &Entry<Link>) {
@@ -395,17 +417,21 @@ impl MatchShard {
             self.deferred.push(msg);
             return;
         }
+        let ours = |e: &Entry<Link>, m: &OfferMember| {
+            e.user.as_str() == m.user && matches!(e.link, Link::Local(_)) && e.link.alive()
+        };
         let present = |m: &OfferMember| {
-            self.pool.get(m.ticket).is_some_and(|e| {
-                e.user.as_str() == m.user && matches!(e.link, Link::Local(_)) && e.link.alive()
-            })
+            self.pool
+                .get(m.ticket)
+                .or_else(|| self.parked.get(&m.ticket))
+                .is_some_and(|e| ours(e, m))
         };
         let gone: Vec<String> =
             msg.members.iter().filter(|m| !present(m)).map(|m| m.user.clone()).collect();
         let ok = gone.is_empty();
         let mut entries = Vec::new();
         for m in &msg.members {
-            if let Some(e) = self.pool.remove(m.ticket) {
+            if let Some(e) = self.pool.remove(m.ticket).or_else(|| self.parked.remove(&m.ticket)) {
                 entries.push(e);
             }
         }
@@ -508,7 +534,8 @@ impl Handler<CancelSearch> for MatchShard {
         let waiting = self.pool.ticket_of(&msg.user) == Some(msg.ticket)
             && self.pool.get(msg.ticket).is_some_and(|e| matches!(e.link, Link::Local(_)));
         if !waiting {
-            let held = self.held.values().flatten().any(|e| e.ticket == msg.ticket);
+            let held = self.held.values().flatten().any(|e| e.ticket == msg.ticket)
+                || self.parked.contains_key(&msg.ticket);
             let offered = self
                 .offers
                 .values()

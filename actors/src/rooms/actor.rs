@@ -49,6 +49,9 @@ pub struct RoomActor {
     pending: BTreeMap<u64, ChatMessage>,
     /// A gap check is scheduled.
     gap_check: bool,
+    /// Appends under way, by arrival.
+    appends: BTreeMap<u64, PendingAppend>,
+    next_append: u64,
 }
 
 impl RoomActor {
@@ -64,6 +67,8 @@ impl RoomActor {
             loaded,
             pending: BTreeMap::new(),
             gap_check: false,
+            appends: BTreeMap::new(),
+            next_append: 0,
         }
     }
 
@@ -142,23 +147,64 @@ impl Handler<PostMessage> for RoomActor {
             ts,
         };
         let fut = self.shared.bridge.room_append(&draft);
-        let (reply, client_msg_id) = (msg.reply, msg.client_msg_id);
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-            // Stored in the room's stream: acknowledged. The message itself comes
-            // back through the room's event feed, in seq order, to every node.
-            Ok(Some(seq)) => ack(&reply, client_msg_id, &ChatMessage { seq, ..draft }),
-            Ok(None) => error(&reply, ErrorCode::NotInRoom, format!("not a member of room {}", act.state.id)),
-            Err(e) => {
-                // The store is unreachable: carry on alone (see the module doc).
-                debug!(room = %act.state.id, error = %e, "append while the store is down; local seq");
-                if !act.pending.is_empty() {
-                    act.fill_gap(ctx);
-                }
-                let stored = act.state.append(draft.msg_id, &msg.user, draft.text, ts);
-                ack(&reply, client_msg_id, &stored);
-                act.fan_out(&ServerFrame::Message((*stored).clone()), None, Class::Essential);
+        let id = self.next_append;
+        self.next_append += 1;
+        self.appends.insert(
+            id,
+            PendingAppend {
+                draft,
+                reply: msg.reply,
+                client_msg_id: msg.client_msg_id,
+                result: None,
+            },
+        );
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            if let Some(p) = act.appends.get_mut(&id) {
+                p.result = Some(res);
             }
+            act.finish_appends(ctx);
         }));
+    }
+}
+
+/// A `send` whose append to the store is under way. Answers go out in the order
+/// the sends came in, whatever order the replies are polled in.
+struct PendingAppend {
+    draft: ChatMessage,
+    reply: Outbox,
+    client_msg_id: Option<String>,
+    result: Option<Result<Option<u64>, crate::bridge::BridgeError>>,
+}
+
+impl RoomActor {
+    /// Answer every finished append at the front of the queue, in order.
+    fn finish_appends(&mut self, ctx: &mut Context<Self>) {
+        while let Some(mut entry) = self.appends.first_entry() {
+            let Some(result) = entry.get_mut().result.take() else { break };
+            let p = entry.remove();
+            match result {
+                // Stored in the room's stream: acknowledged. The message itself comes
+                // back through the room's event feed, in seq order, to every node.
+                Ok(Some(seq)) => ack(&p.reply, p.client_msg_id, &ChatMessage { seq, ..p.draft }),
+                Ok(None) => error(
+                    &p.reply,
+                    ErrorCode::NotInRoom,
+                    format!("not a member of room {}", self.state.id),
+                ),
+                Err(e) => {
+                    // The store is unreachable: carry on alone (see the module doc).
+                    debug!(room = %self.state.id, error = %e, "append while the store is down; local seq");
+                    if !self.pending.is_empty() {
+                        self.fill_gap(ctx);
+                    }
+                    let sender = UserId::from(p.draft.sender.as_str());
+                    let stored =
+                        self.state.append(p.draft.msg_id, &sender, p.draft.text, p.draft.ts);
+                    ack(&p.reply, p.client_msg_id, &stored);
+                    self.fan_out(&ServerFrame::Message((*stored).clone()), None, Class::Essential);
+                }
+            }
+        }
     }
 }
 

@@ -1,0 +1,1071 @@
+//! The cluster contract, against real `rendezvous` processes joined through a
+//! private `redis-server` (harness: `common::cluster`). Matches, rooms, presence,
+//! reconnects, the `find_match` rate limit and trending span nodes; a node that is
+//! killed or drained is noticed by the others; Redis going away degrades every node
+//! to local service, and the cluster re-forms when it comes back.
+//!
+//! Every test starts its own Redis and nodes on free ports. The storm takes the CPU
+//! lock exclusively, so that the timing bounds of the other tests (a dead node is
+//! noticed within 5 s, …) are never measured while 2,100 storm clients own both cores.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::cluster::*;
+use common::{http_get, Client, Ended};
+use futures_util::{SinkExt, StreamExt};
+use rendezvous_actors::protocol::{
+    ChatMessage, ErrorCode, HistoryItem, PresenceStatus, ServerFrame,
+};
+use serde_json::{json, Value};
+use tokio::sync::{watch, Barrier, RwLock, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Shared by every test, taken exclusively by the storm (see the module doc).
+static CPU: RwLock<()> = RwLock::const_new(());
+
+/// Past the default ladder's full relaxation (900 ms) plus ticks and a hop through
+/// Redis: a pair that is ever going to be matched is matched within this window.
+const PAST_FULL_RELAX: Duration = Duration::from_millis(1_500);
+
+// ---------------------------------------------------------------- helpers
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64
+}
+
+/// The next frame that is not `presence` (presence is asserted where it matters).
+async fn next(c: &mut Client) -> ServerFrame {
+    loop {
+        let f = c.recv().await;
+        if !matches!(f, ServerFrame::Presence { .. }) {
+            return f;
+        }
+    }
+}
+
+/// Nothing but `presence` arrives within `wait`.
+async fn expect_quiet(c: &mut Client, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match c.try_recv(left).await {
+            None => return,
+            Some(ServerFrame::Presence { .. }) => continue,
+            Some(f) => panic!("{}: expected no frame, got {f:?}", c.user_id),
+        }
+    }
+}
+
+/// Send `find_match` with `interests` plus the fields of `extra` (an object) and
+/// require `searching` as the answer.
+async fn search(c: &mut Client, interests: &[&str], extra: Value) {
+    let mut body = json!({"action": "find_match", "interests": interests});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    c.send_json(body).await;
+    match next(c).await {
+        ServerFrame::Searching { ticket } => assert!(!ticket.is_empty(), "empty ticket"),
+        other => panic!("{}: expected searching, got {other:?}", c.user_id),
+    }
+}
+
+/// The outcome of the running search: `match_found` or `no_match_found`.
+async fn outcome(c: &mut Client) -> ServerFrame {
+    let f = next(c).await;
+    match f {
+        ServerFrame::MatchFound { .. } | ServerFrame::NoMatchFound {} => f,
+        other => panic!("{}: expected a search outcome, got {other:?}", c.user_id),
+    }
+}
+
+/// A `match_found`, with members and shared interests sorted for comparison.
+#[derive(Debug, Clone, PartialEq)]
+struct Found {
+    room: String,
+    partner: Option<String>,
+    members: Vec<String>,
+    shared: Vec<String>,
+    score: u32,
+}
+
+async fn expect_match(c: &mut Client) -> Found {
+    match outcome(c).await {
+        ServerFrame::MatchFound {
+            room_id,
+            partner_id,
+            mut members,
+            mut shared_interests,
+            score,
+        } => {
+            assert!(!room_id.is_empty(), "{}: empty room id", c.user_id);
+            members.sort();
+            shared_interests.sort();
+            Found { room: room_id, partner: partner_id, members, shared: shared_interests, score }
+        }
+        other => panic!("{}: expected match_found, got {other:?}", c.user_id),
+    }
+}
+
+/// `a` on node `a.0` and `b` on node `b.0` search for chess and go (one after the
+/// other) and are matched with each other; the two clients and the room.
+async fn pair(cluster: &Cluster, a: (usize, &str), b: (usize, &str)) -> (Client, Client, String) {
+    let mut ca = cluster.client(a.0, a.1).await;
+    let mut cb = cluster.client(b.0, b.1).await;
+    search(&mut ca, &["chess", "go"], json!({})).await;
+    search(&mut cb, &["chess", "go"], json!({})).await;
+    let fa = expect_match(&mut ca).await;
+    let fb = expect_match(&mut cb).await;
+    assert_eq!(fa.room, fb.room, "{} and {} were given different rooms", a.1, b.1);
+    assert_eq!(fa.partner.as_deref(), Some(b.1), "{}'s partner", a.1);
+    assert_eq!(fb.partner.as_deref(), Some(a.1), "{}'s partner", b.1);
+    (ca, cb, fa.room)
+}
+
+async fn send_text(c: &mut Client, room: &str, text: &str, client_msg_id: &str) {
+    c.send_json(json!({"action":"send","room_id":room,"text":text,"client_msg_id":client_msg_id}))
+        .await;
+}
+
+/// After [`send_text`]: the sender's `ack` and its own copy of the message, in either
+/// order (they may travel different paths between nodes). Checks they agree and
+/// returns the message.
+async fn sent(c: &mut Client, room: &str, client_msg_id: &str) -> ChatMessage {
+    let (mut ack, mut own) = (None, None);
+    while ack.is_none() || own.is_none() {
+        match next(c).await {
+            ServerFrame::Ack { client_msg_id: cid, room_id, seq, msg_id } if ack.is_none() => {
+                assert_eq!(
+                    cid.as_deref(),
+                    Some(client_msg_id),
+                    "{}: client_msg_id echoed",
+                    c.user_id
+                );
+                assert_eq!(room_id, room, "{}: ack for another room", c.user_id);
+                ack = Some((seq, msg_id));
+            }
+            ServerFrame::Message(m) if own.is_none() && m.sender == c.user_id => own = Some(m),
+            other => panic!("{}: expected ack and own message, got {other:?}", c.user_id),
+        }
+    }
+    let ((seq, msg_id), m) = (ack.expect("ack"), own.expect("own message"));
+    assert_eq!((seq, msg_id.as_str()), (m.seq, m.msg_id.as_str()), "ack vs message");
+    assert_eq!(m.room_id, room);
+    assert!(m.ts.abs_diff(now_ms()) < 60_000, "ts {} is not near now", m.ts);
+    m
+}
+
+async fn expect_message(c: &mut Client) -> ChatMessage {
+    match next(c).await {
+        ServerFrame::Message(m) => m,
+        other => panic!("{}: expected message, got {other:?}", c.user_id),
+    }
+}
+
+/// The very next frame is this presence change.
+async fn expect_presence(c: &mut Client, room: &str, user: &str, status: PresenceStatus) {
+    match c.recv().await {
+        ServerFrame::Presence { room_id, user_id, status: got } => assert_eq!(
+            (room_id.as_str(), user_id.as_str(), got),
+            (room, user, status),
+            "{}: presence",
+            c.user_id
+        ),
+        other => panic!("{}: expected presence {status:?} of {user}, got {other:?}", c.user_id),
+    }
+}
+
+/// Stored messages after `after_seq`.
+async fn history(
+    c: &mut Client,
+    room: &str,
+    after_seq: u64,
+    limit: Option<u32>,
+) -> Vec<ChatMessage> {
+    let mut req = json!({"action":"history","room_id":room,"after_seq":after_seq});
+    if let Some(l) = limit {
+        req["limit"] = json!(l);
+    }
+    c.send_json(req).await;
+    match next(c).await {
+        ServerFrame::History { room_id, messages } => {
+            assert_eq!(room_id, room);
+            messages.into_iter().map(|HistoryItem::Message(m)| m).collect()
+        }
+        other => panic!("{}: expected history, got {other:?}", c.user_id),
+    }
+}
+
+/// Join a public room; the `joined` member list, sorted.
+async fn join(c: &mut Client, room: &str) -> Vec<String> {
+    c.send_json(json!({"action":"join","room_id":room})).await;
+    match next(c).await {
+        ServerFrame::Joined { room_id, mut members } => {
+            assert_eq!(room_id, room);
+            members.sort();
+            members
+        }
+        other => panic!("{}: expected joined, got {other:?}", c.user_id),
+    }
+}
+
+fn welcome_rooms(c: &Client) -> Vec<String> {
+    match &c.welcome {
+        ServerFrame::Welcome { rooms, .. } => rooms.clone(),
+        other => panic!("not a welcome: {other:?}"),
+    }
+}
+
+/// `cancel_match` is always answered with `match_cancelled`: proof of a live session.
+async fn alive(c: &mut Client) {
+    c.send_json(json!({"action":"cancel_match"})).await;
+    match next(c).await {
+        ServerFrame::MatchCancelled {} => {}
+        other => panic!("{}: expected match_cancelled, got {other:?}", c.user_id),
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------- matching
+
+/// Two users on different nodes with the same interests are paired with each other:
+/// `searching` for both, then exactly one `match_found` each, naming the same room,
+/// the other as partner, both as members and both interests as shared.
+#[tokio::test]
+async fn a_pair_on_two_nodes_is_matched_into_one_room() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(2).await;
+    let mut a = cluster.client(0, "alice").await;
+    let mut b = cluster.client(1, "bob").await;
+    search(&mut a, &["chess", "go"], json!({})).await;
+    search(&mut b, &["chess", "go"], json!({})).await;
+    let fa = expect_match(&mut a).await;
+    let fb = expect_match(&mut b).await;
+    assert_eq!(fa.room, fb.room, "one room for both");
+    assert_eq!(fa.partner.as_deref(), Some("bob"));
+    assert_eq!(fb.partner.as_deref(), Some("alice"));
+    for f in [&fa, &fb] {
+        assert_eq!(f.members, strings(&["alice", "bob"]), "{f:?}");
+        assert_eq!(f.shared, strings(&["chess", "go"]), "{f:?}");
+        assert_eq!(f.score, 2, "{f:?}");
+    }
+    // One match_found per search: nothing follows, on either node.
+    tokio::join!(expect_quiet(&mut a, PAST_FULL_RELAX), expect_quiet(&mut b, PAST_FULL_RELAX));
+}
+
+/// A group search of three users on three different nodes fills one room: everyone
+/// gets the same room and all three members, and no `partner_id`.
+#[tokio::test]
+async fn a_group_of_three_on_three_nodes_gets_one_room() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(3).await;
+    let names = ["gina", "hugo", "ivan"];
+    let mut clients = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let mut c = cluster.client(i, name).await;
+        search(&mut c, &["chess", "go"], json!({"group_size": 3})).await;
+        clients.push(c);
+    }
+    let mut found = Vec::new();
+    for c in &mut clients {
+        found.push(expect_match(c).await);
+    }
+    for f in &found {
+        assert_eq!(f.room, found[0].room, "one room for the group: {found:?}");
+        assert_eq!(f.members, strings(&names), "{f:?}");
+        assert_eq!(f.partner, None, "partner_id in a group: {f:?}");
+    }
+    for c in &mut clients {
+        expect_quiet(c, Duration::from_millis(300)).await;
+    }
+}
+
+// ---------------------------------------------------------------- chat
+
+/// Chat in a room whose members are on different nodes: `ack` and `message` with
+/// `seq` 1, 2, …; `typing`, `read` and `signal` reach the other member (and are not
+/// echoed to their author); `history` is the same from both nodes.
+#[tokio::test]
+async fn chat_typing_read_and_signal_cross_nodes() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(2).await;
+    let (mut a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+
+    send_text(&mut a, &room, "hello bob", "a1").await;
+    let m1 = sent(&mut a, &room, "a1").await;
+    assert_eq!((m1.seq, m1.sender.as_str(), m1.text.as_str()), (1, "alice", "hello bob"));
+    assert_eq!(expect_message(&mut b).await, m1, "bob got alice's message as stored");
+
+    send_text(&mut b, &room, "hi alice", "b1").await;
+    let m2 = sent(&mut b, &room, "b1").await;
+    assert_eq!((m2.seq, m2.sender.as_str(), m2.text.as_str()), (2, "bob", "hi alice"));
+    assert_eq!(expect_message(&mut a).await, m2);
+
+    a.send_json(json!({"action":"typing","room_id":room,"active":true})).await;
+    match next(&mut b).await {
+        ServerFrame::Typing { room_id, user_id, active } => {
+            assert_eq!((room_id.as_str(), user_id.as_str(), active), (room.as_str(), "alice", true))
+        }
+        other => panic!("bob: expected typing, got {other:?}"),
+    }
+
+    b.send_json(json!({"action":"read","room_id":room,"seq":2})).await;
+    // alice's next frame is bob's receipt: her own typing was not echoed to her.
+    match next(&mut a).await {
+        ServerFrame::Read { room_id, user_id, seq } => {
+            assert_eq!((room_id.as_str(), user_id.as_str(), seq), (room.as_str(), "bob", 2))
+        }
+        other => panic!("alice: expected read, got {other:?}"),
+    }
+
+    a.send_json(json!({"action":"signal","room_id":room,"payload":{"sdp":"x"}})).await;
+    match next(&mut b).await {
+        ServerFrame::Signal { room_id, from, payload } => {
+            assert_eq!((room_id.as_str(), from.as_str()), (room.as_str(), "alice"));
+            assert_eq!(payload, json!({"sdp":"x"}));
+        }
+        other => panic!("bob: expected signal, got {other:?}"),
+    }
+
+    // Each side's next frame is its history: no echo of the signal or the receipt.
+    let ha = history(&mut a, &room, 0, None).await;
+    let hb = history(&mut b, &room, 0, None).await;
+    assert_eq!(ha, vec![m1.clone(), m2.clone()], "history on node-a");
+    assert_eq!(hb, ha, "history on node-b");
+}
+
+/// One member's view of the load room.
+#[derive(Default)]
+struct RoomView {
+    /// (seq, msg_id, sender, text) in arrival order.
+    messages: Vec<(u64, String, String, String)>,
+    /// (client_msg_id, seq, msg_id) in arrival order.
+    acks: Vec<(String, u64, String)>,
+}
+
+/// Two members on different nodes each pipeline 300 messages at the same moment:
+/// both receive all 600 exactly once, in one identical order, with `seq` 1..=600;
+/// every `ack` names the `seq` of its own message; `history` from either node
+/// returns the first 200 in that order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_on_two_nodes_see_one_gap_free_order() {
+    const EACH: usize = 300;
+    const TOTAL: usize = 2 * EACH;
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(2).await;
+    let (a, b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+
+    let go = Arc::new(Barrier::new(2));
+    let mut tasks = Vec::new();
+    for c in [a, b] {
+        let (go, room) = (go.clone(), room.clone());
+        tasks.push(tokio::spawn(async move {
+            let Client { ws, user_id: user, welcome } = c;
+            let (mut tx, mut rx) = ws.split();
+            let (reader_user, reader_room) = (user.clone(), room.clone());
+            let reader = tokio::spawn(async move {
+                let mut view = RoomView::default();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+                while view.messages.len() < TOTAL || view.acks.len() < EACH {
+                    let msg =
+                        tokio::time::timeout_at(deadline, rx.next()).await.unwrap_or_else(|_| {
+                            panic!(
+                                "{reader_user}: stuck at {} messages, {} acks",
+                                view.messages.len(),
+                                view.acks.len()
+                            )
+                        });
+                    let text = match msg {
+                        Some(Ok(Message::Text(t))) => t,
+                        Some(Ok(Message::Close(f))) => panic!("{reader_user}: closed {f:?}"),
+                        Some(Ok(_)) => continue,
+                        Some(Err(e)) => panic!("{reader_user}: socket error {e}"),
+                        None => panic!("{reader_user}: stream ended"),
+                    };
+                    match serde_json::from_str::<ServerFrame>(text.as_str())
+                        .unwrap_or_else(|e| panic!("{reader_user}: bad frame {text}: {e}"))
+                    {
+                        ServerFrame::Message(m) => {
+                            assert_eq!(m.room_id, reader_room);
+                            view.messages.push((m.seq, m.msg_id, m.sender, m.text));
+                        }
+                        ServerFrame::Ack { client_msg_id, room_id, seq, msg_id } => {
+                            assert_eq!(room_id, reader_room);
+                            view.acks.push((client_msg_id.expect("client_msg_id"), seq, msg_id));
+                        }
+                        ServerFrame::Presence { .. } => {}
+                        other => panic!("{reader_user}: unexpected {other:?}"),
+                    }
+                }
+                // Nothing more may follow: no duplicates after the full set.
+                let quiet = tokio::time::Instant::now() + Duration::from_millis(500);
+                while let Ok(Some(Ok(m))) = tokio::time::timeout_at(quiet, rx.next()).await {
+                    if let Message::Text(t) = m {
+                        assert!(t.contains("\"presence\""), "{reader_user}: extra frame {t}");
+                    }
+                }
+                (view, rx)
+            });
+            go.wait().await;
+            for i in 0..EACH {
+                let frame = json!({
+                    "action": "send",
+                    "room_id": room,
+                    "text": format!("{user}#{i}"),
+                    "client_msg_id": format!("c{i}"),
+                });
+                tx.send(Message::Text(frame.to_string().into())).await.expect("pipeline a send");
+            }
+            let (view, rx) = reader.await.expect("reader task");
+            let ws = tx.reunite(rx).expect("reunite the halves of one socket");
+            (view, Client { ws, user_id: user, welcome })
+        }));
+    }
+    let mut views = Vec::new();
+    for t in tasks {
+        let done = tokio::time::timeout(Duration::from_secs(40), t).await;
+        views.push(done.expect("member finished in time").expect("member task"));
+    }
+
+    // Both members: every message exactly once, seq 1..=TOTAL, in one order.
+    let reference = views[0].0.messages.clone();
+    let want: Vec<u64> = (1..=TOTAL as u64).collect();
+    for (view, c) in &views {
+        let seqs: Vec<u64> = view.messages.iter().map(|m| m.0).collect();
+        assert_eq!(seqs, want, "{}: seq not gap-free and in order", c.user_id);
+        assert_eq!(view.messages, reference, "{} saw a different order", c.user_id);
+    }
+    // Texts unique; each sender's own order preserved; sender field is the author.
+    let texts: BTreeSet<&str> = reference.iter().map(|m| m.3.as_str()).collect();
+    assert_eq!(texts.len(), TOTAL, "duplicate texts");
+    let mut next_i: HashMap<&str, usize> = HashMap::new();
+    let mut by_text: HashMap<&str, (u64, &str)> = HashMap::new();
+    for (seq, msg_id, sender, text) in &reference {
+        let (who, i) = text.split_once('#').expect("text is USER#I");
+        assert_eq!(who, sender, "sender field matches the author");
+        let i: usize = i.parse().expect("message index");
+        let expect = next_i.entry(sender.as_str()).or_default();
+        assert_eq!(i, *expect, "{sender}'s messages out of order");
+        *expect += 1;
+        by_text.insert(text.as_str(), (*seq, msg_id.as_str()));
+    }
+    assert_eq!(next_i.len(), 2, "{next_i:?}");
+    assert!(next_i.values().all(|&n| n == EACH), "{next_i:?}");
+    // Acks: one per message, in send order, each naming its message's seq and id.
+    for (view, c) in &views {
+        assert_eq!(view.acks.len(), EACH, "{}", c.user_id);
+        for (i, (cid, seq, msg_id)) in view.acks.iter().enumerate() {
+            assert_eq!(cid, &format!("c{i}"), "{}: acks out of order", c.user_id);
+            let text = format!("{}#{i}", c.user_id);
+            let (mseq, mid) = by_text[text.as_str()];
+            assert_eq!((*seq, msg_id.as_str()), (mseq, mid), "{}: ack {i} vs message", c.user_id);
+        }
+    }
+    // History from either node: the first 200 in the same order, then the rest.
+    for (_, c) in &mut views {
+        let h = history(c, &room, 0, Some(200)).await;
+        let got: Vec<(u64, String, String, String)> =
+            h.into_iter().map(|m| (m.seq, m.msg_id, m.sender, m.text)).collect();
+        assert_eq!(got, reference[..200], "{}: history after 0", c.user_id);
+        let h = history(c, &room, 400, Some(200)).await;
+        let seqs: Vec<u64> = h.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, (401..=600).collect::<Vec<u64>>(), "{}: history after 400", c.user_id);
+    }
+}
+
+// ---------------------------------------------------------------- public rooms
+
+/// A public room spans nodes: `joined` lists everyone already in, wherever they are
+/// connected, and the others get `presence online`; messages posted at once from
+/// three nodes reach every member in one `seq` order; `leave` answers `left`, the
+/// rest get `presence left`, and the leaver gets nothing more.
+#[tokio::test]
+async fn a_public_room_spans_nodes() {
+    const ROOM: &str = "pub:lobby";
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(3).await;
+    let mut a = cluster.client(0, "alice").await;
+    assert_eq!(join(&mut a, ROOM).await, strings(&["alice"]));
+    let mut b = cluster.client(1, "bob").await;
+    assert_eq!(join(&mut b, ROOM).await, strings(&["alice", "bob"]));
+    expect_presence(&mut a, ROOM, "bob", PresenceStatus::Online).await;
+    let mut c = cluster.client(2, "carol").await;
+    assert_eq!(join(&mut c, ROOM).await, strings(&["alice", "bob", "carol"]));
+    expect_presence(&mut a, ROOM, "carol", PresenceStatus::Online).await;
+    expect_presence(&mut b, ROOM, "carol", PresenceStatus::Online).await;
+
+    // All three post before reading anything.
+    for (cl, cid) in [(&mut a, "a1"), (&mut b, "b1"), (&mut c, "c1")] {
+        let text = format!("from {}", cl.user_id);
+        send_text(cl, ROOM, &text, cid).await;
+    }
+    let mut views = Vec::new();
+    for (cl, cid) in [(&mut a, "a1"), (&mut b, "b1"), (&mut c, "c1")] {
+        let (mut messages, mut ack) = (Vec::new(), None);
+        while messages.len() < 3 || ack.is_none() {
+            match next(cl).await {
+                ServerFrame::Message(m) => messages.push(m),
+                ServerFrame::Ack { client_msg_id, seq, .. } if ack.is_none() => {
+                    assert_eq!(client_msg_id.as_deref(), Some(cid));
+                    ack = Some(seq);
+                }
+                other => panic!("{}: unexpected {other:?}", cl.user_id),
+            }
+        }
+        let own = messages.iter().find(|m| m.sender == cl.user_id).expect("own message");
+        assert_eq!(ack, Some(own.seq), "{}: ack vs own message", cl.user_id);
+        views.push(messages);
+    }
+    assert_eq!(views[0].iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(views[1], views[0], "bob's order differs from alice's");
+    assert_eq!(views[2], views[0], "carol's order differs from alice's");
+    let senders: BTreeSet<&str> = views[0].iter().map(|m| m.sender.as_str()).collect();
+    assert_eq!(senders, BTreeSet::from(["alice", "bob", "carol"]));
+
+    b.send_json(json!({"action":"leave","room_id":ROOM})).await;
+    match next(&mut b).await {
+        ServerFrame::Left { room_id } => assert_eq!(room_id, ROOM),
+        other => panic!("bob: expected left, got {other:?}"),
+    }
+    expect_presence(&mut a, ROOM, "bob", PresenceStatus::Left).await;
+    expect_presence(&mut c, ROOM, "bob", PresenceStatus::Left).await;
+
+    send_text(&mut a, ROOM, "bob is gone", "a2").await;
+    let m = sent(&mut a, ROOM, "a2").await;
+    assert_eq!(m.seq, 4);
+    assert_eq!(expect_message(&mut c).await, m);
+    b.expect_silence(Duration::from_millis(500)).await;
+}
+
+// ---------------------------------------------------------------- storm
+
+const STORM_INTERESTS: [&str; 8] =
+    ["chess", "go", "poker", "music", "films", "books", "hiking", "cooking"];
+
+/// Deterministic, varied interests for client `i`: 1 to 3 of [`STORM_INTERESTS`].
+fn interests_for(i: usize) -> Vec<&'static str> {
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    let mut pick = || {
+        x ^= x >> 31;
+        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x ^= x >> 29;
+        x
+    };
+    let n = 1 + (pick() % 3) as usize;
+    let mut v: Vec<&str> = (0..n).map(|_| STORM_INTERESTS[(pick() % 8) as usize]).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+fn storm_user(i: usize) -> String {
+    format!("s{i:05}")
+}
+
+/// What one storm client saw after its `find_match`.
+struct Seen {
+    user: String,
+    searching: usize,
+    matches: Vec<Found>,
+    no_match: usize,
+    other: Vec<ServerFrame>,
+}
+
+/// `n` clients connect round-robin to the nodes (bounded parallelism), wait for each
+/// other, then all send `find_match` at once and record every frame until told to
+/// stop. Returns what each saw (index = client number), the live clients (kept
+/// open so rooms stay open for the checks) and how long until the last outcome.
+async fn storm(cluster: &Cluster, n: usize) -> (Vec<Seen>, Vec<Client>, Duration) {
+    let connect_slots = Arc::new(Semaphore::new(128));
+    let ready = Arc::new(Barrier::new(n + 1));
+    let decided = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let url = cluster.node(i % cluster.nodes.len()).ws_url(&storm_user(i));
+        let (slots, ready, decided) = (connect_slots.clone(), ready.clone(), decided.clone());
+        let mut stop = stop_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut c = {
+                let _slot = slots.acquire().await.expect("connect semaphore");
+                Client::connect(&url).await
+            };
+            ready.wait().await;
+            c.send_json(json!({
+                "action": "find_match",
+                "interests": interests_for(i),
+                "language": "en",
+            }))
+            .await;
+            let mut seen = Seen {
+                user: c.user_id.clone(),
+                searching: 0,
+                matches: Vec::new(),
+                no_match: 0,
+                other: Vec::new(),
+            };
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    msg = c.ws.next() => {
+                        let text = match msg {
+                            Some(Ok(Message::Text(t))) => t,
+                            Some(Ok(Message::Close(f))) => panic!("{}: closed {f:?}", seen.user),
+                            Some(Ok(_)) => continue,
+                            Some(Err(e)) => panic!("{}: socket error {e}", seen.user),
+                            None => panic!("{}: stream ended", seen.user),
+                        };
+                        let f: ServerFrame = serde_json::from_str(text.as_str())
+                            .unwrap_or_else(|e| panic!("bad frame {text}: {e}"));
+                        let undecided = seen.matches.is_empty() && seen.no_match == 0;
+                        match f {
+                            ServerFrame::Searching { .. } => seen.searching += 1,
+                            ServerFrame::MatchFound {
+                                room_id, partner_id, mut members, mut shared_interests, score,
+                            } => {
+                                members.sort();
+                                shared_interests.sort();
+                                seen.matches.push(Found {
+                                    room: room_id,
+                                    partner: partner_id,
+                                    members,
+                                    shared: shared_interests,
+                                    score,
+                                });
+                            }
+                            ServerFrame::NoMatchFound {} => seen.no_match += 1,
+                            ServerFrame::Presence { .. } => continue,
+                            other => { seen.other.push(other); continue }
+                        }
+                        let decided_now = !seen.matches.is_empty() || seen.no_match > 0;
+                        if undecided && decided_now {
+                            decided.fetch_add(1, Ordering::SeqCst);
+                        }
+                    }
+                }
+            }
+            (seen, c)
+        }));
+    }
+    // Every client connected (or a connect panicked, which fails the wait below).
+    tokio::time::timeout(Duration::from_secs(60), ready.wait())
+        .await
+        .expect("all storm clients connected within 60 s");
+    let started = Instant::now();
+    // Everyone has an outcome within the search timeout (15 s) plus slack.
+    let deadline = started + Duration::from_secs(30);
+    while decided.load(Ordering::SeqCst) < n {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {n} clients got an outcome within 30 s",
+            decided.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = started.elapsed();
+    // Give a stray second match_found (from another node) time to arrive.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    stop_tx.send(true).expect("stop the storm readers");
+    let mut seen = Vec::with_capacity(n);
+    let mut clients = Vec::with_capacity(n);
+    for t in tasks {
+        let (s, c) = t.await.expect("storm client task");
+        seen.push(s);
+        clients.push(c);
+    }
+    (seen, clients, took)
+}
+
+/// The pair invariants across the whole storm; returns (rooms, unmatched users).
+fn check_storm(seen: &[Seen]) -> (BTreeMap<String, Vec<String>>, usize) {
+    let index: HashMap<&str, usize> =
+        seen.iter().enumerate().map(|(i, s)| (s.user.as_str(), i)).collect();
+    let mut by_user: HashMap<&str, &Found> = HashMap::new();
+    let mut unmatched = 0;
+    for (i, s) in seen.iter().enumerate() {
+        assert!(s.other.is_empty(), "{}: unexpected frames {:?}", s.user, s.other);
+        assert_eq!(s.searching, 1, "{}: one searching per find_match", s.user);
+        assert_eq!(
+            s.matches.len() + s.no_match,
+            1,
+            "{}: exactly one outcome, got {} match_found + {} no_match_found: {:?}",
+            s.user,
+            s.matches.len(),
+            s.no_match,
+            s.matches
+        );
+        let Some(m) = s.matches.first() else {
+            unmatched += 1;
+            continue;
+        };
+        assert_eq!(m.members.len(), 2, "{}: room {} has {:?}", s.user, m.room, m.members);
+        assert!(m.members.contains(&s.user), "{}: not among own members {:?}", s.user, m.members);
+        let p = m.partner.as_deref().unwrap_or_else(|| panic!("{}: no partner_id", s.user));
+        assert_ne!(p, s.user, "self-match in room {}", m.room);
+        assert!(m.members.iter().any(|u| u == p), "{}: partner {p} not in {:?}", s.user, m.members);
+        assert_eq!(m.score as usize, m.shared.len(), "{}: score is the shared count", s.user);
+        let j = *index.get(p).unwrap_or_else(|| panic!("{}: partner {p} is no storm user", s.user));
+        let (mine, theirs) = (interests_for(i), interests_for(j));
+        for x in &m.shared {
+            assert!(
+                mine.contains(&x.as_str()) && theirs.contains(&x.as_str()),
+                "{}: shared {x} is not in both {mine:?} and {theirs:?}",
+                s.user
+            );
+        }
+        by_user.insert(&s.user, m);
+    }
+    // Symmetry: the partner reports the same room, members and shared interests,
+    // and names this user as partner.
+    for (user, m) in &by_user {
+        let p = m.partner.as_deref().expect("checked above");
+        let theirs =
+            by_user.get(p).unwrap_or_else(|| panic!("{user} matched with {p}, who saw no match"));
+        assert_eq!(theirs.partner.as_deref(), Some(*user), "asymmetric pair {user} -> {p}");
+        assert_eq!(theirs.room, m.room, "{user} and {p} disagree on the room");
+        assert_eq!(theirs.members, m.members, "{user} and {p} disagree on the members");
+        assert_eq!(theirs.shared, m.shared, "{user} and {p} disagree on shared interests");
+    }
+    // Rooms: each reported by exactly its two members; nobody in two rooms.
+    let mut rooms: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut room_of_member: HashMap<&str, &str> = HashMap::new();
+    for (user, m) in &by_user {
+        rooms.entry(m.room.clone()).or_default().push(user.to_string());
+        for member in &m.members {
+            if let Some(prev) = room_of_member.insert(member, &m.room) {
+                assert_eq!(prev, m.room, "{member} is in two rooms: {prev} and {}", m.room);
+            }
+        }
+    }
+    for (room, reporters) in &mut rooms {
+        reporters.sort();
+        assert_eq!(reporters, &by_user[reporters[0].as_str()].members, "room {room}");
+    }
+    (rooms, unmatched)
+}
+
+/// 2,100 clients spread round-robin over three nodes search at the same moment in
+/// one language (the ladder reaches "anyone" at 900 ms): every client gets exactly
+/// one outcome; no user is matched twice, with themselves, or asymmetrically; every
+/// room has exactly two members and both report the same room, members and shared
+/// interests; all but a handful are matched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_over_three_nodes_pairs_everyone_at_most_once() {
+    const N: usize = 2_100;
+    let _cpu = CPU.write().await;
+    let t0 = Instant::now();
+    let cluster = Cluster::start_with(3, &[("--search-timeout-ms", "15000")]).await;
+    let (seen, clients, took) = tokio::time::timeout(Duration::from_secs(120), storm(&cluster, N))
+        .await
+        .expect("storm finished in time");
+    assert_eq!(seen.len(), N);
+    let (rooms, unmatched) = check_storm(&seen);
+    let node_of = |user: &str| user[1..].parse::<usize>().expect("storm user number") % 3;
+    let cross = rooms.values().filter(|m| node_of(&m[0]) != node_of(&m[1])).count();
+    eprintln!(
+        "cluster storm: {N} clients on 3 nodes, {} rooms ({cross} across nodes), {unmatched} \
+         without a match, outcomes in {took:?}, total {:?}",
+        rooms.len(),
+        t0.elapsed()
+    );
+    assert_eq!(rooms.len() * 2 + unmatched, N);
+    // Everyone is compatible at the last ladder step, so only a few may be left over
+    // by races between nodes (a correct bridge leaves none: N is even).
+    assert!(unmatched * 100 <= N, "{unmatched} of {N} clients got no_match_found");
+    for node in &cluster.nodes {
+        wait_stats(node, "searching == 0", Duration::from_secs(5), |s| s["searching"] == 0).await;
+    }
+    drop(clients);
+}
+
+// ---------------------------------------------------------------- sessions
+
+/// A user whose socket drops comes back on another node within the grace period:
+/// the partner sees `offline`, then `online`; the room is in `welcome.rooms`;
+/// `history` has what was said before; new messages flow both ways with the next
+/// `seq`.
+#[tokio::test]
+async fn reconnecting_to_another_node_within_grace_keeps_the_seat() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(3).await;
+    let (mut a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+    send_text(&mut a, &room, "before", "a1").await;
+    let m1 = sent(&mut a, &room, "a1").await;
+    assert_eq!(m1.seq, 1);
+    assert_eq!(expect_message(&mut b).await, m1);
+
+    // alice's connection dies without a close handshake.
+    drop(a);
+    let dropped = Instant::now();
+    expect_presence(&mut b, &room, "alice", PresenceStatus::Offline).await;
+    let mut a = cluster.client(2, "alice").await;
+    assert!(
+        dropped.elapsed() < Duration::from_millis(2_500),
+        "precondition: back within the 3 s grace, took {:?}",
+        dropped.elapsed()
+    );
+    assert_eq!(welcome_rooms(&a), vec![room.clone()], "welcome on node-c lists the kept room");
+    expect_presence(&mut b, &room, "alice", PresenceStatus::Online).await;
+    assert_eq!(history(&mut a, &room, 0, None).await, vec![m1], "history from node-c");
+
+    send_text(&mut a, &room, "now on node-c", "a2").await;
+    let m2 = sent(&mut a, &room, "a2").await;
+    assert_eq!(m2.seq, 2);
+    assert_eq!(expect_message(&mut b).await, m2);
+    send_text(&mut b, &room, "welcome back", "b1").await;
+    let m3 = sent(&mut b, &room, "b1").await;
+    assert_eq!(m3.seq, 3);
+    assert_eq!(expect_message(&mut a).await, m3);
+}
+
+/// A second connection of the same user on another node replaces the first: the
+/// old socket is closed with 4009 and the new one serves.
+#[tokio::test]
+async fn a_second_connection_on_another_node_replaces_the_first() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(2).await;
+    let mut old = cluster.client(0, "alice").await;
+    let mut new = cluster.client(1, "alice").await;
+    assert_eq!(old.closed().await, Ended::Closed(4009));
+    alive(&mut new).await;
+}
+
+/// The search of a connection that was replaced from another node dies with it: the
+/// user's new search is never matched with the old one, and pairs with someone else.
+#[tokio::test]
+async fn a_replaced_connection_leaves_no_search_behind() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(3).await;
+    let mut old = cluster.client(0, "sam").await;
+    search(&mut old, &["chess", "go"], json!({})).await;
+    let mut new = cluster.client(1, "sam").await;
+    assert_eq!(old.closed().await, Ended::Closed(4009));
+    search(&mut new, &["chess", "go"], json!({})).await;
+    expect_quiet(&mut new, PAST_FULL_RELAX).await;
+
+    let mut pat = cluster.client(2, "pat").await;
+    search(&mut pat, &["chess", "go"], json!({})).await;
+    let fs = expect_match(&mut new).await;
+    let fp = expect_match(&mut pat).await;
+    assert_eq!(fs.partner.as_deref(), Some("pat"));
+    assert_eq!(fp.partner.as_deref(), Some("sam"));
+    assert_eq!(fs.room, fp.room);
+}
+
+// ---------------------------------------------------------------- node failure
+
+/// kill -9 of a node is noticed by the others within 5 s: a partner on another node
+/// gets `presence offline`, and the survivors' `/api/stats` count one node less.
+#[tokio::test]
+async fn a_killed_node_is_noticed_by_partners_and_peers_within_five_seconds() {
+    let _cpu = CPU.read().await;
+    let mut cluster = Cluster::start(3).await;
+    let (a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+    let budget = Duration::from_secs(6); // 5 s plus polling and scheduling slack
+
+    cluster.node_mut(0).kill9();
+    let killed = Instant::now();
+    match b.try_recv(Duration::from_secs(10)).await {
+        Some(ServerFrame::Presence { room_id, user_id, status }) => {
+            assert_eq!((room_id.as_str(), user_id.as_str()), (room.as_str(), "alice"));
+            assert_eq!(status, PresenceStatus::Offline);
+        }
+        other => panic!("bob: expected presence offline of alice, got {other:?}"),
+    }
+    let noticed = killed.elapsed();
+    assert!(noticed < budget, "bob learned alice was offline after {noticed:?}");
+    for i in [1, 2] {
+        let left = budget.saturating_sub(killed.elapsed());
+        wait_nodes(cluster.node(i), 2, left).await;
+    }
+    eprintln!("offline after {noticed:?}; nodes == 2 after {:?}", killed.elapsed());
+    drop(a);
+}
+
+/// A user searching on a node that is killed is never matched afterwards: once the
+/// node is gone, a search with the same interests on another node finds nobody
+/// (the ladder reaches "anyone in the language", so any ghost would be taken).
+#[tokio::test]
+async fn a_search_on_a_killed_node_is_never_matched() {
+    let _cpu = CPU.read().await;
+    let mut cluster = Cluster::start(3).await;
+    let mut carol = cluster.client(0, "carol").await;
+    search(&mut carol, &["rare-x", "rare-y"], json!({})).await;
+    // No frame tells when the search is visible to other nodes; give it time to get
+    // there, or an early kill would make the test vacuous.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    cluster.node_mut(0).kill9();
+    let killed = Instant::now();
+    for i in [1, 2] {
+        wait_nodes(cluster.node(i), 2, Duration::from_secs(6)).await;
+    }
+    // "Within a few seconds everywhere": search after 5 s.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed())).await;
+    let mut dave = cluster.client(1, "dave").await;
+    search(&mut dave, &["rare-x", "rare-y"], json!({"max_wait_ms": 3_000})).await;
+    match outcome(&mut dave).await {
+        ServerFrame::NoMatchFound {} => {}
+        other => panic!("dave was matched after carol's node died: {other:?}"),
+    }
+    drop(carol);
+}
+
+/// With Redis gone, nodes keep serving locally: `/readyz` turns 503 within 3 s while
+/// `/healthz` stays 200, and two users on the same node still match and chat. When
+/// Redis is back on the same port, `/readyz` is 200 again within 10 s, the cluster
+/// re-forms and cross-node matching works again. No node exits at any point.
+#[tokio::test]
+async fn nodes_survive_a_redis_outage_and_rejoin_when_it_returns() {
+    let _cpu = CPU.read().await;
+    let mut cluster = Cluster::start(2).await;
+
+    cluster.redis.stop();
+    let stopped = Instant::now();
+    for node in &cluster.nodes {
+        let left = Duration::from_secs(4).saturating_sub(stopped.elapsed()); // 3 s + slack
+        wait_http_status(node, "/readyz", 503, left).await;
+    }
+    eprintln!("readyz 503 on both after {:?}", stopped.elapsed());
+    for node in &cluster.nodes {
+        assert_eq!(http_get(node.addr, "/healthz").await.0, 200, "{}: healthz", node.id);
+    }
+
+    // Local matching and chat on node-a while Redis is down.
+    let (mut x, mut y, room) = pair(&cluster, (0, "xena"), (0, "yuri")).await;
+    send_text(&mut x, &room, "redis is down", "x1").await;
+    let m = sent(&mut x, &room, "x1").await;
+    assert_eq!(m.seq, 1);
+    assert_eq!(expect_message(&mut y).await, m);
+    for node in &mut cluster.nodes {
+        assert!(node.try_wait().is_none(), "{} exited while Redis was down", node.id);
+        assert_eq!(http_get(node.addr, "/healthz").await.0, 200, "{}: healthz", node.id);
+    }
+
+    cluster.redis.restart();
+    let restarted = Instant::now();
+    for node in &cluster.nodes {
+        let left = Duration::from_secs(10).saturating_sub(restarted.elapsed());
+        wait_http_status(node, "/readyz", 200, left).await;
+    }
+    eprintln!("readyz 200 on both after {:?}", restarted.elapsed());
+    cluster.wait_formed().await;
+
+    let (mut p, mut q, room) = pair(&cluster, (0, "pia"), (1, "quin")).await;
+    send_text(&mut p, &room, "redis is back", "p1").await;
+    let m = sent(&mut p, &room, "p1").await;
+    assert_eq!(expect_message(&mut q).await, m);
+    for node in &mut cluster.nodes {
+        assert!(node.try_wait().is_none(), "{} exited", node.id);
+    }
+}
+
+/// SIGTERM drains a node: its sessions are closed with 1012, it exits 0, and the
+/// other node counts one node within 5 s while its own sessions carry on.
+#[tokio::test]
+async fn sigterm_drains_a_node_and_the_cluster_shrinks() {
+    let _cpu = CPU.read().await;
+    let mut cluster = Cluster::start(2).await;
+    let mut a = cluster.client(0, "alice").await;
+    let mut b = cluster.client(1, "bob").await;
+    cluster.node(0).sigterm();
+    assert_eq!(a.closed().await, Ended::Closed(1012));
+    assert_eq!(cluster.node_mut(0).wait_exit(Duration::from_secs(10)), 0, "exit code");
+    let shrunk = wait_nodes(cluster.node(1), 1, Duration::from_secs(5)).await;
+    eprintln!("node-b counted 1 node {shrunk:?} after node-a exited");
+    alive(&mut b).await;
+}
+
+// ---------------------------------------------------------------- shared state
+
+/// The `find_match` rate limit is per user across the cluster: with 3 per minute,
+/// two searches on node-a and one on node-b pass, and the fourth (on node-b) is
+/// refused with `rate_limited` and a `retry_after_ms`.
+#[tokio::test]
+async fn the_find_match_rate_limit_is_shared_by_all_nodes() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start_with(2, &[("--find-match-per-minute", "3")]).await;
+    let mut u = cluster.client(0, "uma").await;
+    for _ in 0..2 {
+        search(&mut u, &["chess"], json!({})).await;
+        alive(&mut u).await; // cancel_match -> match_cancelled
+    }
+    let mut u2 = cluster.client(1, "uma").await;
+    assert_eq!(u.closed().await, Ended::Closed(4009));
+    search(&mut u2, &["chess"], json!({})).await;
+    alive(&mut u2).await;
+    u2.find_match(&["chess"]).await;
+    match next(&mut u2).await {
+        ServerFrame::Error { code: ErrorCode::RateLimited, retry_after_ms, .. } => {
+            let retry = retry_after_ms.expect("retry_after_ms on rate_limited");
+            assert!(retry > 0 && retry <= 60_000, "retry_after_ms = {retry}");
+        }
+        other => panic!("4th search: expected rate_limited, got {other:?}"),
+    }
+}
+
+/// Trending is one cluster-wide count: after three cross-node matches sharing
+/// `zither` and `yodel`, `/api/trending?limit=5` answers the same on every node and
+/// counts each of the two exactly once per match.
+#[tokio::test]
+async fn trending_is_the_same_on_every_node() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(3).await;
+    let mut keep = Vec::new();
+    for (i, j) in [(0, 1), (1, 2), (2, 0)] {
+        let (a, b) = (format!("t{i}{j}a"), format!("t{i}{j}b"));
+        let mut ca = cluster.client(i, &a).await;
+        let mut cb = cluster.client(j, &b).await;
+        search(&mut ca, &["zither", "yodel"], json!({})).await;
+        search(&mut cb, &["yodel", "zither"], json!({})).await;
+        let fa = expect_match(&mut ca).await;
+        let fb = expect_match(&mut cb).await;
+        assert_eq!((fa.partner.as_deref(), fa.room.as_str()), (Some(b.as_str()), fb.room.as_str()));
+        assert_eq!(fa.shared, strings(&["yodel", "zither"]));
+        keep.extend([ca, cb]);
+    }
+    let want = BTreeSet::from([("yodel".to_string(), 3), ("zither".to_string(), 3)]);
+    let started = Instant::now();
+    let answers = loop {
+        let mut answers = Vec::new();
+        for node in &cluster.nodes {
+            let (status, v) = get_json(node, "/api/trending?limit=5").await;
+            assert_eq!(status, 200, "{}: trending {v}", node.id);
+            answers.push(v);
+        }
+        let counted: BTreeSet<(String, u64)> = answers[0]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        let name = e["interest"].as_str().unwrap_or_default().to_string();
+                        (name, e["score"].as_u64().unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if answers.iter().all(|v| v == &answers[0]) && counted == want {
+            break answers;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "trending never agreed on {want:?}: {answers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("trending on every node: {}", answers[0]);
+    drop(keep);
+}
