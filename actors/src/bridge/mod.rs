@@ -213,8 +213,12 @@ pub trait Bridge: Send + Sync + 'static {
         refused()
     }
     /// Restore what the store lacks of a room this node holds (after a reconnect).
-    /// Returns the store's `seq` before the call.
-    fn room_reseed(&self, _room: &RoomId, _seed: RoomSeed) -> BoxFut<u64> {
+    /// Returns the store's `seq` before the call and the members as stored after.
+    fn room_reseed(
+        &self,
+        _room: &RoomId,
+        _seed: RoomSeed,
+    ) -> BoxFut<(u64, Vec<(UserId, Arc<str>)>)> {
         refused()
     }
 }

@@ -35,6 +35,8 @@ use crate::session::messages::SessionEvent;
 
 /// How long a creator waits for member nodes to answer an offer.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a member node holds searches for an offer that is never settled.
+const HELD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Extra life of a replica past its origin's deadline, so the origin's own expiry
 /// (and its removal event) always comes first.
 const REPLICA_SLACK: Duration = Duration::from_secs(2);
@@ -410,7 +412,7 @@ impl MatchShard {
     }
 
     /// Member node: hold the offered local searches if every one still waits here.
-    fn receive_offer(&mut self, msg: OfferReceived, _ctx: &mut Context<Self>) {
+    fn receive_offer(&mut self, msg: OfferReceived, ctx: &mut Context<Self>) {
         if msg.members.iter().any(|m| self.claiming.contains(&m.ticket)) {
             // Our own claim of one of them is running; it will lose (the creator's
             // claim won) and then this offer is looked at again.
@@ -436,7 +438,15 @@ impl MatchShard {
             }
         }
         if ok {
-            self.held.insert((msg.creator.clone(), msg.offer), entries);
+            let key = (msg.creator.clone(), msg.offer);
+            self.held.insert(key.clone(), entries);
+            // A creator that dies before it confirms must not keep them forever.
+            ctx.run_later(HELD_TIMEOUT, move |act, ctx| {
+                if let Some(entries) = act.held.remove(&key) {
+                    warn!(offer = key.1, creator = %key.0, "offer never settled; back to the pool");
+                    act.requeue(entries, true, ctx);
+                }
+            });
         } else {
             // The creator's claim ended these searches in the store; announce the
             // ones still here again so the next claim can take them.

@@ -178,7 +178,7 @@ struct PendingAppend {
 
 impl RoomActor {
     /// Answer every finished append at the front of the queue, in order.
-    fn finish_appends(&mut self, ctx: &mut Context<Self>) {
+    fn finish_appends(&mut self, _ctx: &mut Context<Self>) {
         while let Some(mut entry) = self.appends.first_entry() {
             let Some(result) = entry.get_mut().result.take() else { break };
             let p = entry.remove();
@@ -194,9 +194,6 @@ impl RoomActor {
                 Err(e) => {
                     // The store is unreachable: carry on alone (see the module doc).
                     debug!(room = %self.state.id, error = %e, "append while the store is down; local seq");
-                    if !self.pending.is_empty() {
-                        self.fill_gap(ctx);
-                    }
                     let sender = UserId::from(p.draft.sender.as_str());
                     let stored =
                         self.state.append(p.draft.msg_id, &sender, p.draft.text, p.draft.ts);
@@ -486,7 +483,25 @@ impl Handler<ResyncRoom> for RoomActor {
         let ours = self.state.last_seq;
         let fut = self.shared.bridge.room_reseed(&self.state.id, seed);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok(store_seq) => {
+            Ok((store_seq, stored)) => {
+                // Seats of other nodes that the store no longer has left while this
+                // node was cut off (their `left` event was missed).
+                let gone: Vec<UserId> = act
+                    .state
+                    .members
+                    .iter()
+                    .filter(|mb| mb.node.is_some() && !stored.iter().any(|(u, _)| *u == mb.user))
+                    .map(|mb| mb.user.clone())
+                    .collect();
+                for user in gone {
+                    act.remove_member(&user, ctx);
+                }
+                let me = act.node();
+                for (user, node) in stored {
+                    if node != me {
+                        act.state.seat_remote(user, node);
+                    }
+                }
                 if store_seq > ours {
                     // Others went on meanwhile: fetch what this replica missed.
                     act.loaded = true;
@@ -695,6 +710,10 @@ impl RoomActor {
         }
         self.shared.remove_membership(user, &self.state.id);
         self.presence(user, PresenceStatus::Left);
+        if self.clustered && !self.state.has_local_members() && self.state.members.len() > 1 {
+            // The room goes on elsewhere; this node has nobody left in it.
+            return self.forget(ctx);
+        }
         match self.state.kind {
             RoomKind::Match if self.state.members.len() <= 1 => self.close("partner_left", ctx),
             RoomKind::Public if !self.state.has_local_members() => {

@@ -921,7 +921,7 @@ impl Bridge for RedisBridge {
         })
     }
 
-    fn room_reseed(&self, room: &RoomId, seed: RoomSeed) -> BoxFut<u64> {
+    fn room_reseed(&self, room: &RoomId, seed: RoomSeed) -> BoxFut<(u64, Vec<(UserId, Arc<str>)>)> {
         let r = room.as_str();
         let mut args = vec![
             kind_str(seed.kind).to_owned(),
@@ -949,6 +949,10 @@ impl Bridge for RedisBridge {
             &args,
         );
         let fut = self.pipe.call("reseed", cmd);
-        Box::pin(async move { Ok(as_i64(&fut.await?).unwrap_or(0).max(0) as u64) })
+        Box::pin(async move {
+            let out = as_array(fut.await?);
+            let seq = out.first().and_then(as_i64).unwrap_or(0).max(0) as u64;
+            Ok((seq, member_pairs(out.get(1..).unwrap_or(&[]))))
+        })
     }
 }

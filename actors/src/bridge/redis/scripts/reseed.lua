@@ -1,15 +1,19 @@
--- reseed.lua: restore what the store lacks of a room a node holds (Redis restarted
--- empty, or the node went on alone while Redis was down). Never overwrites: seats
--- are added if missing, messages after the stored seq are appended, seq only grows.
+-- reseed.lua: restore what the store lacks of a room a node holds, after the node
+-- reconnects. Never overwrites: seats are restored only when the store lost the
+-- room (Redis restarted empty); messages after the stored seq are appended (the
+-- node went on alone while Redis was down); seq only grows.
 -- KEYS[1] rdv:room:{ROOM}:members   KEYS[2] seq   KEYS[3] log   KEYS[4] meta
 -- ARGV[1] kind   ARGV[2] the node's last seq   ARGV[3] stream cap
 -- ARGV[4] member count m, then m pairs user, node; then seq, JSON pairs of messages
--- Returns the stored seq before the call.
+-- Returns { stored seq before the call, user, node, ... as stored after }.
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+local lost = redis.call('EXISTS', KEYS[1]) == 0 and cur == 0
 local m = tonumber(ARGV[4])
 local i = 5
 for _ = 1, m do
-  redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1])
+  if lost then
+    redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  end
   i = i + 2
 end
 while i < #ARGV do
@@ -22,5 +26,11 @@ end
 if tonumber(ARGV[2]) > cur then
   redis.call('SET', KEYS[2], ARGV[2])
 end
-redis.call('HSETNX', KEYS[4], 'kind', ARGV[1])
-return cur
+if lost then
+  redis.call('HSET', KEYS[4], 'kind', ARGV[1])
+end
+local out = { cur }
+for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do
+  out[#out + 1] = v
+end
+return out
