@@ -1069,3 +1069,43 @@ async fn trending_is_the_same_on_every_node() {
     eprintln!("trending on every node: {}", answers[0]);
     drop(keep);
 }
+
+// ---------------------------------------------------------------- undeliverable
+
+/// A claimed cross-node match that cannot be delivered (the partner's node stops
+/// answering between the claim and the notification) puts the other member back in
+/// the pool at their old place: alice never hears of bob, and is matched with the
+/// next compatible searcher ahead of a newer one.
+#[tokio::test]
+async fn an_undeliverable_match_puts_the_others_back_at_their_old_place() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(2).await;
+    let mut bob = cluster.client(1, "bob").await;
+    search(&mut bob, &["kite", "loom"], json!({})).await;
+    // bob's search reaches node-a's pool as a replica; then node-b freezes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let frozen = cluster.node(1).pid().to_string();
+    let st = std::process::Command::new("kill").args(["-STOP", &frozen]).status().expect("kill");
+    assert!(st.success());
+    let mut alice = cluster.client(0, "alice").await;
+    search(&mut alice, &["kite", "loom"], json!({})).await;
+    // node-a claims {alice, bob} and offers bob's node, which cannot answer: after
+    // the offer times out alice is back in the pool, with her original ticket.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let mut carol = cluster.client(0, "carol").await;
+    search(&mut carol, &["kite", "loom"], json!({})).await;
+    let mut dave = cluster.client(0, "dave").await;
+    search(&mut dave, &["kite", "loom"], json!({})).await;
+    let fa = expect_match(&mut alice).await;
+    assert_eq!(fa.partner.as_deref(), Some("carol"), "alice waited longest: {fa:?}");
+    let fc = expect_match(&mut carol).await;
+    assert_eq!(fc.room, fa.room);
+    let st = std::process::Command::new("kill").args(["-CONT", &frozen]).status().expect("kill");
+    assert!(st.success());
+    // Once node-b is back, bob (still searching) is matched with dave, never alice.
+    let fd = expect_match(&mut dave).await;
+    assert_eq!(fd.partner.as_deref(), Some("bob"), "{fd:?}");
+    let fb = expect_match(&mut bob).await;
+    assert_eq!(fb.room, fd.room);
+    cluster.wait_formed().await;
+}

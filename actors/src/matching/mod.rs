@@ -13,7 +13,7 @@
 pub mod messages;
 pub mod pool;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,6 +66,7 @@ pub fn ad_for(
 /// A cross-node group this shard claimed, waiting for member nodes to hold theirs.
 struct PendingOffer {
     found: Match<Link>,
+    offered: Vec<Arc<str>>,
     waiting: HashSet<Arc<str>>,
     accepted: Vec<Arc<str>>,
     failed: bool,
@@ -96,6 +97,8 @@ pub struct MatchShard {
     deferred: Vec<OfferReceived>,
     /// Local searches that lost a claim to another node's, waiting for its offer.
     parked: HashMap<Ticket, Entry<Link>>,
+    /// Offers settled (aborted) before they were looked at here, newest last.
+    settled_early: VecDeque<(Arc<str>, u64)>,
 }
 
 impl MatchShard {
@@ -116,6 +119,7 @@ impl MatchShard {
             held: HashMap::new(),
             deferred: Vec::new(),
             parked: HashMap::new(),
+            settled_early: VecDeque::new(),
         }
     }
 
@@ -295,9 +299,12 @@ impl MatchShard {
                 },
             );
         }
-        let waiting = by_node.into_keys().collect();
-        self.offers
-            .insert(id, PendingOffer { found, waiting, accepted: Vec::new(), failed: false });
+        let offered: Vec<Arc<str>> = by_node.into_keys().collect();
+        let waiting = offered.iter().cloned().collect();
+        self.offers.insert(
+            id,
+            PendingOffer { found, offered, waiting, accepted: Vec::new(), failed: false },
+        );
         ctx.run_later(OFFER_TIMEOUT, move |act, ctx| {
             if let Some(p) = act.offers.get_mut(&id) {
                 warn!(offer = id, waiting = ?p.waiting, "offer timed out");
@@ -343,7 +350,9 @@ impl MatchShard {
             return;
         }
         metrics::counter!(m::CLAIM_CONFLICTS_TOTAL).increment(1);
-        for node in &p.accepted {
+        // Every node offered, answered or not: one that answers late must not hold
+        // its members for an offer that is over.
+        for node in &p.offered {
             self.shared.bridge.send_to_node(
                 node,
                 ClusterEvent::OfferAbort {
@@ -428,8 +437,9 @@ impl MatchShard {
                 .or_else(|| self.parked.get(&m.ticket))
                 .is_some_and(|e| ours(e, m))
         };
+        let over = self.settled_early.contains(&(msg.creator.clone(), msg.offer));
         let gone: Vec<String> =
-            msg.members.iter().filter(|m| !present(m)).map(|m| m.user.clone()).collect();
+            msg.members.iter().filter(|m| over || !present(m)).map(|m| m.user.clone()).collect();
         let ok = gone.is_empty();
         let mut entries = Vec::new();
         for m in &msg.members {
@@ -695,7 +705,17 @@ impl Handler<OfferSettled> for MatchShard {
     type Result = ();
 
     fn handle(&mut self, msg: OfferSettled, ctx: &mut Self::Context) {
-        let Some(entries) = self.held.remove(&(msg.creator, msg.offer)) else { return };
+        let key = (msg.creator, msg.offer);
+        let Some(entries) = self.held.remove(&key) else {
+            // Settled before this node held anything (the offer is deferred behind a
+            // running claim, or still on its way): an offer that comes later is over.
+            self.deferred.retain(|d| (d.creator.clone(), d.offer) != key);
+            if self.settled_early.len() >= 1_024 {
+                self.settled_early.pop_front();
+            }
+            self.settled_early.push_back(key);
+            return;
+        };
         match msg.room {
             Some((room_id, members, shared)) => {
                 for e in entries {
