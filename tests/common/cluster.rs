@@ -62,11 +62,23 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     log: PathBuf,
+    /// Options given after the defaults (see [`RedisServer::start_with`]).
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Start on a free port and wait until it answers `PING`.
     pub fn start() -> RedisServer {
+        Self::start_with(&[])
+    }
+
+    /// [`RedisServer::start`] with more `redis-server` options after the defaults (a
+    /// later option wins, so `--appendonly yes --dir D` turns persistence on); every
+    /// `{port}` in them is replaced by the chosen port. The readiness probe (and
+    /// [`RedisServer::cmd`]) follows the options: with `--requirepass PW` it sends
+    /// `AUTH PW` first; with `--tls-port` (e.g. `--port 0 --tls-port {port}`) it talks
+    /// TLS through `redis-cli --tls --insecure`. [`RedisServer::restart`] reuses them.
+    pub fn start_with(extra: &[&str]) -> RedisServer {
         // The probed port can be taken by someone else before redis binds it; then
         // redis exits (or another server answers, which `launch` detects): retry.
         let mut failures = Vec::new();
@@ -74,7 +86,8 @@ impl RedisServer {
             let port = free_port();
             let log =
                 std::env::temp_dir().join(format!("rdv-redis-{}-{port}.log", std::process::id()));
-            let mut redis = RedisServer { port, child: None, log };
+            let extra = extra.iter().map(|a| a.replace("{port}", &port.to_string())).collect();
+            let mut redis = RedisServer { port, child: None, log, extra };
             match redis.launch() {
                 Ok(()) => return redis,
                 Err(e) => failures.push(format!("port {port}: {e}")),
@@ -90,6 +103,34 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The value of `--requirepass`, if the server was started with one.
+    pub fn password(&self) -> Option<&str> {
+        let at = self.extra.iter().rposition(|a| a == "--requirepass")?;
+        self.extra.get(at + 1).map(String::as_str)
+    }
+
+    /// True when the server was started with `--tls-port`.
+    pub fn tls(&self) -> bool {
+        self.extra.iter().any(|a| a == "--tls-port")
+    }
+
+    /// One command to this server, with `AUTH` first when it has a password. Over
+    /// TLS (through `redis-cli`) the reply is redis-cli's raw text as one bulk
+    /// string (`PONG` as a simple string). Panics on I/O errors.
+    pub fn cmd(&self, args: &[&str]) -> Resp {
+        self.try_cmd(args).unwrap_or_else(|e| panic!("redis {args:?} on port {}: {e}", self.port))
+    }
+
+    /// [`RedisServer::cmd`] without the panic.
+    pub fn try_cmd(&self, args: &[&str]) -> io::Result<Resp> {
+        if self.tls() {
+            let text = redis_cli_tls(self.port, self.password(), args)?;
+            let text = text.trim_end().to_owned();
+            return Ok(if text == "PONG" { Resp::Simple(text) } else { Resp::Bulk(Some(text)) });
+        }
+        try_redis_cmd_auth(self.port, self.password(), args)
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -141,6 +182,7 @@ impl RedisServer {
             .args(["--protected-mode", "no", "--daemonize", "no"])
             .arg("--dir")
             .arg(&dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -162,9 +204,9 @@ impl RedisServer {
                     self.log_tail()
                 ));
             }
-            if try_redis_cmd(self.port, &["PING"]).ok() == Some(Resp::Simple("PONG".into())) {
+            if self.try_cmd(&["PING"]).ok() == Some(Resp::Simple("PONG".into())) {
                 // Make sure the PONG came from our process, not a stranger's server.
-                let info = try_redis_cmd(self.port, &["INFO", "server"]);
+                let info = self.try_cmd(&["INFO", "server"]);
                 let ours = match &info {
                     Ok(Resp::Bulk(Some(text))) => {
                         text.lines().any(|l| l.trim() == format!("process_id:{pid}"))
@@ -239,6 +281,64 @@ pub fn try_redis_cmd(port: u16, args: &[&str]) -> io::Result<Resp> {
     }
     s.write_all(req.as_bytes())?;
     read_resp(&mut BufReader::new(s))
+}
+
+/// [`try_redis_cmd`] on one connection that first sends `AUTH password` (when
+/// given); an `AUTH` refusal is returned as the reply.
+pub fn try_redis_cmd_auth(port: u16, password: Option<&str>, args: &[&str]) -> io::Result<Resp> {
+    let Some(password) = password else { return try_redis_cmd(port, args) };
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut req = String::new();
+    for cmd in [&["AUTH", password][..], args] {
+        req.push_str(&format!("*{}\r\n", cmd.len()));
+        for a in cmd {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+    }
+    s.write_all(req.as_bytes())?;
+    let mut r = BufReader::new(s);
+    match read_resp(&mut r)? {
+        Resp::Error(e) => Ok(Resp::Error(e)),
+        _ => read_resp(&mut r),
+    }
+}
+
+/// Run one command through `redis-cli --tls --insecure` (bounded to 5 s); its
+/// stdout. A failed connection (non-zero exit) is an error.
+fn redis_cli_tls(port: u16, password: Option<&str>, args: &[&str]) -> io::Result<String> {
+    let mut cmd = Command::new("redis-cli");
+    cmd.args(["--tls", "--insecure", "-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(pw) = password {
+        cmd.args(["-a", pw, "--no-auth-warning"]);
+    }
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(ErrorKind::TimedOut, "redis-cli --tls took over 5 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() || stdout.starts_with("Could not connect") {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        return Err(io::Error::other(format!("redis-cli {}: {stdout}{stderr}", out.status)));
+    }
+    Ok(stdout)
 }
 
 fn read_resp(r: &mut impl BufRead) -> io::Result<Resp> {
