@@ -215,7 +215,12 @@ pub struct RedisBridge {
     /// Bumped on every reconnect of the command connection.
     connected: watch::Receiver<u64>,
     client: redis::Client,
+    /// A resync task runs.
     resyncing: AtomicBool,
+    /// Another resync was asked for while one ran.
+    resync_again: AtomicBool,
+    /// The last resync has finished (pools and rooms agree with Redis again).
+    synced: AtomicBool,
 }
 
 impl RedisBridge {
@@ -243,6 +248,8 @@ impl RedisBridge {
             connected: rx,
             client,
             resyncing: AtomicBool::new(false),
+            resync_again: AtomicBool::new(false),
+            synced: AtomicBool::new(false),
         }))
     }
 
@@ -433,17 +440,28 @@ impl RedisBridge {
         }
     }
 
+    /// Run a resync now, or once more after the one under way. `/readyz` stays 503
+    /// until it has finished.
     fn spawn_resync(self: Arc<Self>) {
+        self.synced.store(false, Ordering::Release);
+        self.resync_again.store(true, Ordering::Release);
         if self.resyncing.swap(true, Ordering::AcqRel) {
             return;
         }
         tokio::spawn(async move {
-            // Let both connections settle (a restart reconnects both at once).
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let t0 = Instant::now();
-            self.resync().await;
-            metrics::histogram!(m::BRIDGE_RESYNC_SECONDS).record(t0.elapsed().as_secs_f64());
+            while self.resync_again.swap(false, Ordering::AcqRel) {
+                // Let both connections settle (a restart reconnects both at once).
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let t0 = Instant::now();
+                self.resync().await;
+                metrics::histogram!(m::BRIDGE_RESYNC_SECONDS).record(t0.elapsed().as_secs_f64());
+            }
+            self.synced.store(true, Ordering::Release);
             self.resyncing.store(false, Ordering::Release);
+            // A trigger that raced the end of the loop runs again.
+            if self.resync_again.load(Ordering::Acquire) {
+                self.spawn_resync();
+            }
         });
     }
 
@@ -652,13 +670,15 @@ impl Bridge for RedisBridge {
     fn health(&self) -> BoxFut<()> {
         let up = self.pipe.up.load(Ordering::Acquire);
         let healthy = self.healthy();
+        let synced = self.synced.load(Ordering::Acquire);
         Box::pin(async move {
-            match (up, healthy) {
-                (_, true) => Ok(()),
-                (false, _) => Err(BridgeError::Unavailable("redis unreachable".into())),
-                (true, false) => {
+            match (up, healthy, synced) {
+                (_, true, true) => Ok(()),
+                (false, _, _) => Err(BridgeError::Unavailable("redis unreachable".into())),
+                (true, false, _) => {
                     Err(BridgeError::Unavailable("cluster subscription is down".into()))
                 }
+                (true, true, false) => Err(BridgeError::Unavailable("resyncing with redis".into())),
             }
         })
     }
