@@ -28,18 +28,30 @@ pub fn init_logging(format: LogFormat) {
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
+/// Buckets of every latency histogram (seconds): 100 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+/// Buckets of the search wait (seconds): 0.5 ms to a minute.
+const MATCH_WAIT_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
 /// The process-wide recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
+            // Every histogram gets buckets (Prometheus histograms, not summaries), so
+            // dashboards can aggregate quantiles across nodes.
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Full(m::MATCH_LATENCY_SECONDS.into()),
-                    &[
-                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-                        5.0, 10.0, 30.0, 60.0,
-                    ],
-                )
+                .set_buckets(LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(m::MATCH_LATENCY_SECONDS.into()),
+                        MATCH_WAIT_BUCKETS,
+                    )
+                })
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(m::MATCH_SHARED_INTERESTS.into()),
@@ -55,10 +67,15 @@ pub fn metrics_handle() -> PrometheusHandle {
             let _ = metrics::set_global_recorder(recorder);
             describe();
             let upkeep = handle.clone();
+            // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total…
+            let process = metrics_process::Collector::default();
+            process.describe();
+            process.collect();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())
                 .spawn(move || loop {
                     std::thread::sleep(Duration::from_secs(5));
+                    process.collect();
                     upkeep.run_upkeep();
                 })
                 .ok();
@@ -91,4 +108,35 @@ fn describe() {
     describe_counter!(m::RATE_LIMITED_TOTAL, "Actions refused by a rate limit, by action");
     describe_counter!(m::ERRORS_TOTAL, "Error frames sent, by code");
     describe_counter!(m::HANDSHAKES_REFUSED_TOTAL, "WebSocket upgrades refused, by reason");
+    describe_gauge!(m::POOL_WAITING_BY_LANGUAGE, "Searches waiting, per language");
+    describe_histogram!(
+        m::DELIVERY_LATENCY_SECONDS,
+        Unit::Seconds,
+        "From a message's acceptance to its fan-out on this node"
+    );
+    describe_counter!(m::MESSAGES_DELIVERED_TOTAL, "Chat message frames queued to members");
+    describe_gauge!(m::OUTBOUND_QUEUED_FRAMES, "Frames waiting in all outbound queues");
+    describe_gauge!(m::OUTBOUND_QUEUE_MAX_FRAMES, "The fullest outbound queue, in frames");
+    describe_gauge!(
+        m::ACTOR_MAILBOX_DELAY_SECONDS,
+        Unit::Seconds,
+        "Mailbox wait of a probe, by actor"
+    );
+    describe_gauge!(m::BRIDGE_UP, "1 while Redis and the cluster subscription are healthy");
+    describe_histogram!(
+        m::BRIDGE_REDIS_SECONDS,
+        Unit::Seconds,
+        "Round trip of one pipeline to Redis"
+    );
+    describe_counter!(m::BRIDGE_COMMANDS_TOTAL, "Commands sent to Redis, by kind");
+    describe_counter!(m::BRIDGE_RECEIVED_TOTAL, "Events received from other nodes, by kind");
+    describe_counter!(m::BRIDGE_RECONNECTS_TOTAL, "Reconnections to Redis after a failure");
+    describe_histogram!(m::BRIDGE_RESYNC_SECONDS, Unit::Seconds, "Duration of a resync with Redis");
+    describe_gauge!(
+        m::BRIDGE_PEER_HEARTBEAT_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of each peer's last heartbeat"
+    );
+    describe_counter!(m::BRIDGE_NODES_LOST_TOTAL, "Peers declared dead or gone");
+    describe_counter!(m::BRIDGE_SEQ_GAPS_TOTAL, "Gaps in a room's seq filled from the stream");
 }

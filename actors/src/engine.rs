@@ -169,7 +169,8 @@ impl Engine {
         &self.shards[(h.finish() as usize) % self.shards.len()]
     }
 
-    /// Periodic sweeps of the avoid list and rate-limiter state.
+    /// Periodic sweeps of the avoid list and rate-limiter state (30 s), and the
+    /// sampled gauges: outbound queues and actor mailbox delays (5 s).
     fn spawn_housekeeping(&self) {
         let shared = self.shared.clone();
         actix::spawn(async move {
@@ -181,6 +182,28 @@ impl Engine {
                 shared.send_limiter.retain_recent();
                 shared.find_match_limiter.shrink_to_fit();
                 shared.send_limiter.shrink_to_fit();
+            }
+        });
+        let engine = self.clone();
+        actix::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                let (sum, max) = engine.shared.registry.queued_frames();
+                metrics::gauge!(crate::metrics::OUTBOUND_QUEUED_FRAMES).set(sum as f64);
+                metrics::gauge!(crate::metrics::OUTBOUND_QUEUE_MAX_FRAMES).set(max as f64);
+                for (i, shard) in engine.shards.iter().enumerate() {
+                    let t0 = Instant::now();
+                    if shard.send(crate::matching::messages::Probe).await.is_ok() {
+                        metrics::gauge!(crate::metrics::ACTOR_MAILBOX_DELAY_SECONDS, "actor" => format!("shard-{i}"))
+                            .set(t0.elapsed().as_secs_f64());
+                    }
+                }
+                let t0 = Instant::now();
+                if engine.supervisor.send(crate::matching::messages::Probe).await.is_ok() {
+                    metrics::gauge!(crate::metrics::ACTOR_MAILBOX_DELAY_SECONDS, "actor" => "rooms")
+                        .set(t0.elapsed().as_secs_f64());
+                }
             }
         });
     }

@@ -57,3 +57,15 @@ pub const BRIDGE_PEER_HEARTBEAT_AGE_SECONDS: &str = "rendezvous_bridge_peer_hear
 pub const BRIDGE_NODES_LOST_TOTAL: &str = "rendezvous_bridge_nodes_lost_total";
 /// Counter: gaps in a room's `seq` seen by a replica (filled from the stream).
 pub const BRIDGE_SEQ_GAPS_TOTAL: &str = "rendezvous_bridge_seq_gaps_total";
+/// Gauge: searches waiting per language (label `language`), this node's own and replicas.
+pub const POOL_WAITING_BY_LANGUAGE: &str = "rendezvous_pool_waiting_by_language";
+/// Histogram: seconds from a message's acceptance (`ts`) to its fan-out on this node.
+pub const DELIVERY_LATENCY_SECONDS: &str = "rendezvous_delivery_latency_seconds";
+/// Counter: chat message frames queued to members (fan-out).
+pub const MESSAGES_DELIVERED_TOTAL: &str = "rendezvous_messages_delivered_total";
+/// Gauge: frames waiting in all clients' outbound queues (sampled every 5 s).
+pub const OUTBOUND_QUEUED_FRAMES: &str = "rendezvous_outbound_queued_frames";
+/// Gauge: the fullest client outbound queue, in frames (sampled every 5 s).
+pub const OUTBOUND_QUEUE_MAX_FRAMES: &str = "rendezvous_outbound_queue_max_frames";
+/// Gauge: seconds a probe waited in an actor's mailbox, label `actor` (shard-N, rooms).
+pub const ACTOR_MAILBOX_DELAY_SECONDS: &str = "rendezvous_actor_mailbox_delay_seconds";

@@ -49,6 +49,14 @@ impl Registry {
         self.map.is_empty()
     }
 
+    /// Frames queued for all sessions, and the fullest queue.
+    pub fn queued_frames(&self) -> (usize, usize) {
+        self.map.iter().fold((0, 0), |(sum, max), e| {
+            let q = e.value().outbox.queued();
+            (sum + q, max.max(q))
+        })
+    }
+
     /// Ask every session to close with `code` (drain).
     pub fn close_all(&self, code: u16) {
         for e in self.map.iter() {

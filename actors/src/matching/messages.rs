@@ -133,3 +133,9 @@ pub struct OfferSettled {
     pub offer: u64,
     pub room: Option<(crate::ids::RoomId, Vec<UserId>, Vec<crate::ids::Interest>)>,
 }
+
+/// Housekeeping → any actor: answered at once; the round trip measures how long
+/// a message waits in the actor's mailbox.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Probe;

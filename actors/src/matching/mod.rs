@@ -99,6 +99,8 @@ pub struct MatchShard {
     parked: HashMap<Ticket, Entry<Link>>,
     /// Offers settled (aborted) before they were looked at here, newest last.
     settled_early: VecDeque<(Arc<str>, u64)>,
+    /// Languages last reported in the per-language gauge (to zero emptied ones).
+    languages: Vec<Arc<str>>,
 }
 
 impl MatchShard {
@@ -120,11 +122,25 @@ impl MatchShard {
             deferred: Vec::new(),
             parked: HashMap::new(),
             settled_early: VecDeque::new(),
+            languages: Vec::new(),
         }
     }
 
-    fn report_size(&self) {
+    fn report_size(&mut self) {
         metrics::gauge!(m::POOL_WAITING, "shard" => self.label.clone()).set(self.pool.len() as f64);
+        let sizes = self.pool.sizes_by_language();
+        for lang in &self.languages {
+            if !sizes.iter().any(|(l, _)| l == lang) {
+                metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => lang.to_string())
+                    .set(0.0);
+            }
+        }
+        self.languages.clear();
+        for (lang, n) in sizes {
+            metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => lang.to_string())
+                .set(n as f64);
+            self.languages.push(lang);
+        }
     }
 
     fn ad(&self, e: &Entry<Link>) -> SearchAd {
@@ -735,4 +751,10 @@ impl Handler<OfferSettled> for MatchShard {
         }
         self.report_size();
     }
+}
+
+impl Handler<Probe> for MatchShard {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Probe, _ctx: &mut Self::Context) {}
 }

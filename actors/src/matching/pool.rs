@@ -121,6 +121,18 @@ impl<T> Pool<T> {
         self.entries.contains_key(&ticket)
     }
 
+    /// Waiting entries per language (every group size together).
+    pub fn sizes_by_language(&self) -> Vec<(Arc<str>, usize)> {
+        let mut out: Vec<(Arc<str>, usize)> = Vec::new();
+        for (key, bucket) in &self.buckets {
+            match out.iter_mut().find(|(l, _)| *l == key.language) {
+                Some((_, n)) => *n += bucket.order.len(),
+                None => out.push((key.language.clone(), bucket.order.len())),
+            }
+        }
+        out
+    }
+
     /// The waiting entry with this ticket.
     pub fn get(&self, ticket: Ticket) -> Option<&Entry<T>> {
         self.entries.get(&ticket)

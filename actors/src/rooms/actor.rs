@@ -135,7 +135,7 @@ impl Handler<PostMessage> for RoomActor {
             let stored = self.state.append(random_id("m"), &msg.user, msg.text, ts);
             // Stored first, then acknowledged: an ack always means `history` has it.
             ack(&msg.reply, msg.client_msg_id, &stored);
-            self.fan_out(&ServerFrame::Message((*stored).clone()), None, Class::Essential);
+            self.deliver_message(&stored);
             return;
         }
         let draft = ChatMessage {
@@ -198,7 +198,7 @@ impl RoomActor {
                     let stored =
                         self.state.append(p.draft.msg_id, &sender, p.draft.text, p.draft.ts);
                     ack(&p.reply, p.client_msg_id, &stored);
-                    self.fan_out(&ServerFrame::Message((*stored).clone()), None, Class::Essential);
+                    self.deliver_message(&stored);
                 }
             }
         }
@@ -606,7 +606,7 @@ impl RoomActor {
                 break;
             }
             let stored = self.state.push_stored(entry.remove());
-            self.fan_out(&ServerFrame::Message((*stored).clone()), None, Class::Essential);
+            self.deliver_message(&stored);
         }
         if !self.pending.is_empty() && !self.gap_check {
             self.gap_check = true;
@@ -638,17 +638,33 @@ impl RoomActor {
         }));
     }
 
+    /// Fan a stored message out to this node's members, with its metrics.
+    fn deliver_message(&self, stored: &ChatMessage) {
+        let n = self.fan_out_counted(&ServerFrame::Message(stored.clone()), None, Class::Essential);
+        metrics::counter!(m::MESSAGES_DELIVERED_TOTAL).increment(n as u64);
+        let age_ms = now_ms().saturating_sub(stored.ts);
+        metrics::histogram!(m::DELIVERY_LATENCY_SECONDS).record(age_ms as f64 / 1_000.0);
+    }
+
     /// Serialize once, queue the same bytes for every online member but `except`.
     fn fan_out(&self, frame: &ServerFrame, except: Option<&UserId>, class: Class) {
+        self.fan_out_counted(frame, except, class);
+    }
+
+    /// [`Self::fan_out`], returning how many members the frame was queued for.
+    fn fan_out_counted(&self, frame: &ServerFrame, except: Option<&UserId>, class: Class) -> usize {
         let bytes = Utf8Bytes::from(frame.to_json());
+        let mut n = 0;
         for member in &self.state.members {
             if Some(&member.user) == except {
                 continue;
             }
             if let Some(out) = &member.outbox {
                 out.push(bytes.clone(), class);
+                n += 1;
             }
         }
+        n
     }
 
     fn presence(&self, user: &UserId, status: PresenceStatus) {

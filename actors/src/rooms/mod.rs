@@ -200,3 +200,9 @@ pub fn room_gone(reply: &crate::outbox::Outbox, room_id: &RoomId) {
         Class::Essential,
     );
 }
+
+impl Handler<crate::matching::messages::Probe> for RoomSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: crate::matching::messages::Probe, _ctx: &mut Self::Context) {}
+}
