@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Test it"): installs what the tests need on a
-# bare Debian machine (redis-server for the multi-node tests), then runs every test.
+# bare Debian machine (redis-server for the multi-node tests; chromium, Node and
+# playwright-core for the browser test), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # redis-server (and redis-cli, same package) for the multi-node tests; openssl to
@@ -9,10 +10,19 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# Debian's chromium and Node/npm for the browser test (tests/browser.rs).
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# playwright-core (no browser download: it drives /usr/bin/chromium), pinned by the lock file.
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+  echo "installing tests/browser/node_modules (npm ci)" >&2
+  npm ci --prefix tests/browser --no-audit --no-fund >/dev/null
 fi
 exec cargo test --workspace --release --locked

@@ -1,7 +1,8 @@
 //! One port for everything: `GET /ws` upgrades to WebSocket (after authentication),
 //! and the plain HTTP endpoints `/healthz`, `/readyz`, `/metrics`, `/api/stats`,
-//! `/api/trending`. Served by hyper on the worker arbiter that accepted the socket;
-//! the upgraded stream stays on that arbiter, where its session actor is started.
+//! `/api/trending`, and the browser client (src/web/) at `/`, `/app.js`, `/style.css`.
+//! Served by hyper on the worker arbiter that accepted the socket; the upgraded stream
+//! stays on that arbiter, where its session actor is started.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -9,11 +10,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures_util::SinkExt;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{
-    HeaderValue, CONNECTION, CONTENT_TYPE, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_VERSION, UPGRADE,
+    HeaderValue, CACHE_CONTROL, CONNECTION, CONTENT_TYPE, ORIGIN, SEC_WEBSOCKET_ACCEPT,
+    SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
 };
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,12 +23,15 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rendezvous_actors::metrics as m;
+use rendezvous_actors::protocol::{close, ErrorCode, ServerFrame};
 use rendezvous_actors::session::SessionActor;
 use rendezvous_actors::Engine;
 use serde_json::json;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
@@ -85,6 +90,18 @@ fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body>
     r
 }
 
+// The browser client (src/web/), compiled into the binary: no files to deploy.
+const INDEX_HTML: &str = include_str!("web/index.html");
+const APP_JS: &str = include_str!("web/app.js");
+const STYLE_CSS: &str = include_str!("web/style.css");
+
+fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    r
+}
+
 async fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
@@ -101,6 +118,9 @@ async fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
         }
         "/api/stats" => stats(&app).await,
         "/api/trending" => trending(req.uri().query(), &app).await,
+        "/" | "/index.html" => asset(INDEX_HTML, "text/html; charset=utf-8"),
+        "/app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
+        "/style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
 }
@@ -179,33 +199,58 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
             "expected a WebSocket upgrade (version 13)".into(),
         );
     };
-    let user = match app.auth.identify(req.uri().query(), headers) {
-        Ok(user) => user,
+    // Browsers (which always send `Origin`) cannot read the status of a refused
+    // upgrade, only a close code: them we accept, then close with 4001 or 1012 and
+    // say why in an error frame. Other clients get the HTTP status.
+    let browser = headers.contains_key(ORIGIN);
+    let outcome = match app.auth.identify(req.uri().query(), headers) {
+        Err(e) if browser => Err((close::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())),
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
+        Ok(_) if app.draining.load(Ordering::Acquire) && browser => Err((
+            close::RESTARTING,
+            ErrorCode::Internal,
+            "node is draining; connect to another node".to_owned(),
+        )),
+        Ok(_) if app.draining.load(Ordering::Acquire) => {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "node is draining; connect to another node".into(),
+            )
+        }
+        Ok(user) => Ok(user),
     };
-    if app.draining.load(Ordering::Acquire) {
-        return refuse(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "draining",
-            "node is draining; connect to another node".into(),
-        );
+    if let Err((_, code, _)) = &outcome {
+        let reason = if *code == ErrorCode::Unauthorized { "unauthorized" } else { "draining" };
+        metrics::counter!(m::HANDSHAKES_REFUSED_TOTAL, "reason" => reason).increment(1);
     }
     let accept = derive_accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = app.ws_config;
     let engine = app.engine.clone();
     actix_rt::spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => return warn!(error = %e, "websocket upgrade failed"),
+        };
+        let mut ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
+        match outcome {
+            Ok(user) => {
                 SessionActor::start(ws, user, engine);
             }
-            Err(e) => warn!(error = %e, "websocket upgrade failed"),
+            Err((close_code, code, message)) => {
+                let frame =
+                    ServerFrame::Error { code, message, retry_after_ms: None, action: None };
+                let bye =
+                    CloseFrame { code: CloseCode::from(close_code), reason: code.as_str().into() };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                    ws.send(Message::Text(frame.to_json().into())).await?;
+                    ws.close(Some(bye)).await
+                })
+                .await;
+            }
         }
     });
     let mut r = Response::new(Full::new(Bytes::new()));

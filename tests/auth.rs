@@ -351,3 +351,27 @@ async fn refused_handshakes_are_counted() {
         "no {name} with reason=unauthorized in:\n{body}"
     );
 }
+
+/// A browser (it sends `Origin`) cannot read a refused upgrade's status, so it is
+/// told with an error frame and close code 4001 instead of HTTP 401.
+#[tokio::test]
+async fn a_browser_with_a_bad_token_gets_close_4001() {
+    let server = TestServer::start(jwt_config(AnonymousMode::Deny));
+    let url = server.ws_url("token=not-a-jwt");
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .expect("request");
+    req.headers_mut().insert("Origin", "http://127.0.0.1".parse().expect("origin"));
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.expect("accepted");
+    let mut c = Client { ws, user_id: "browser".into(), welcome: ServerFrame::NoMatchFound {} };
+    match c.try_recv(std::time::Duration::from_secs(5)).await {
+        Some(ServerFrame::Error { code, .. }) => {
+            assert_eq!(code, rendezvous_actors::protocol::ErrorCode::Unauthorized)
+        }
+        other => panic!("expected an unauthorized error frame, got {other:?}"),
+    }
+    assert_eq!(c.closed().await, Ended::Closed(4001));
+    // Without Origin the same token is refused at the HTTP level.
+    refused(&url, &[]).await;
+}

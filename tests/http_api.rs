@@ -128,7 +128,7 @@ async fn health_and_readiness_are_200() {
 #[tokio::test]
 async fn unknown_path_is_404() {
     let server = TestServer::start(test_config());
-    for path in ["/nope", "/api", "/api/stats/extra", "/healthz/x", "/"] {
+    for path in ["/nope", "/api", "/api/stats/extra", "/healthz/x", "/app.js/x"] {
         let (status, _) = http_get(server.addr, path).await;
         assert_eq!(status, 404, "{path}");
     }

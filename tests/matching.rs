@@ -600,3 +600,26 @@ async fn invalid_find_match_inputs_are_refused_and_the_session_keeps_working() {
     assert_eq!(f.score, 20);
     assert_eq!(expect_match(&mut b).await.room, f.room);
 }
+
+/// `next` from a new connection of the same user (a reload within the grace period)
+/// uses the criteria of their last search, leaves the room, and skips the partner.
+#[tokio::test]
+async fn next_works_after_a_reconnect() {
+    let server = TestServer::start(test_config());
+    let (a, mut b, room) = matched_pair(&server, "a", "b").await;
+    drop(a);
+    let mut a = server.client("a").await;
+    match &a.welcome {
+        ServerFrame::Welcome { rooms, .. } => assert_eq!(rooms, &vec![room.clone()]),
+        other => panic!("{other:?}"),
+    }
+    a.send_json(json!({"action": "next"})).await;
+    match recv_signal(&mut a).await {
+        ServerFrame::Left { room_id } => assert_eq!(room_id, room),
+        other => panic!("expected left, got {other:?}"),
+    }
+    assert_eq!(recv_signal(&mut a).await.kind(), "searching");
+    assert_eq!(b.recv_kind("room_closed").await.kind(), "room_closed");
+    search(&mut b, &["chess", "go"], json!({})).await;
+    a.expect_silence(PAST_FULL_RELAX).await;
+}

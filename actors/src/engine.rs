@@ -33,6 +33,9 @@ pub struct Shared {
     pub rooms: DashMap<RoomId, Addr<RoomActor>>,
     /// Skips (`next`) and blocks.
     pub avoid: AvoidList,
+    /// Each user's last search criteria, so `next` works on a new connection too
+    /// (a reload within the grace period). Swept with the user's last seat.
+    pub last_search: DashMap<UserId, (crate::matching::pool::Criteria, Duration)>,
     pub bridge: Arc<dyn Bridge>,
     /// Worker arbiters (one thread each) that run sessions, rooms and shards.
     pub workers: Vec<ArbiterHandle>,
@@ -138,6 +141,7 @@ impl Engine {
             memberships: DashMap::new(),
             rooms: DashMap::new(),
             avoid: AvoidList::default(),
+            last_search: DashMap::new(),
             bridge,
             workers,
             supervisor: OnceLock::new(),
@@ -178,6 +182,10 @@ impl Engine {
             loop {
                 every.tick().await;
                 shared.avoid.sweep();
+                shared.last_search.retain(|user, _| {
+                    shared.registry.get(user.as_str()).is_some()
+                        || shared.memberships.contains_key(user)
+                });
                 shared.find_match_limiter.retain_recent();
                 shared.send_limiter.retain_recent();
                 shared.find_match_limiter.shrink_to_fit();

@@ -309,6 +309,7 @@ impl SessionActor {
         });
         metrics::counter!(m::SEARCHES_STARTED_TOTAL).increment(1);
         self.search = Some(ActiveSearch { ticket, language: criteria.language.clone() });
+        shared.last_search.insert(self.user.clone(), (criteria.clone(), wait));
         self.last_criteria = Some((criteria, wait));
         self.send(&ServerFrame::Searching { ticket: format!("t{ticket}") });
     }
@@ -346,7 +347,9 @@ impl SessionActor {
 
     /// `next`: leave the current match room, skip its members, search again.
     fn next(&mut self, ctx: &mut Context<Self>) -> Result<(), EngineError> {
-        let Some((criteria, wait)) = self.last_criteria.clone() else {
+        let remembered =
+            || self.engine.shared.last_search.get(&self.user).map(|e| e.value().clone());
+        let Some((criteria, wait)) = self.last_criteria.clone().or_else(remembered) else {
             return Err(EngineError::BadRequest("next needs an earlier find_match".into()));
         };
         if let Some(s) = &self.search {

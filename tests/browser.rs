@@ -1,0 +1,144 @@
+//! The browser client (src/web/) in a real browser: starts the `rendezvous` binary on a
+//! loopback port and runs `tests/browser/two_tabs.mjs` with Node, which drives Debian's
+//! headless chromium through playwright-core: two pages match, chat both ways, see
+//! typing and read receipts, set up a WebRTC call (fake camera and microphone) until
+//! both peer connections are `connected`; a third page is matched after "Next"; a
+//! dropped page reconnects and fetches what it missed. Screenshots land in
+//! `tests/artifacts/browser/`.
+//!
+//! Needs /usr/bin/chromium (Debian's `chromium`) and `tests/browser/node_modules`
+//! (`npm ci --prefix tests/browser`); `bash scripts/test.sh` installs both. When either
+//! is missing this test fails and says so: it never skips.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_rendezvous");
+const CHROMIUM: &str = "/usr/bin/chromium";
+/// Bound on the whole Node scenario (the script bounds itself to 60 s as well).
+const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A child process killed on drop if it still runs.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn install_hint() -> &'static str {
+    "install with `bash scripts/test.sh` (it does both), or by hand: \
+     `apt-get install -y chromium` and `npm ci --prefix tests/browser`"
+}
+
+/// Fail (never skip) when the browser, Node or the node modules are missing.
+fn preflight(dir: &Path) {
+    assert!(
+        Path::new(CHROMIUM).exists(),
+        "{CHROMIUM} is missing (Debian package `chromium`); {}",
+        install_hint()
+    );
+    let node = Command::new("node").arg("--version").output();
+    assert!(
+        node.as_ref().is_ok_and(|o| o.status.success()),
+        "`node` is not runnable ({node:?}); install Debian's `nodejs npm`, then {}",
+        install_hint()
+    );
+    assert!(
+        dir.join("node_modules/playwright-core/package.json").exists(),
+        "{} is missing; {}",
+        dir.join("node_modules/playwright-core").display(),
+        install_hint()
+    );
+}
+
+/// Start the engine and wait for its "listening on http://ADDR" line; its log is kept
+/// in `log` (printed when the test fails).
+fn spawn_engine(log: Arc<Mutex<Vec<String>>>) -> (Killed, String) {
+    let mut child = Command::new(BIN)
+        .args(["--bind", "127.0.0.1:0", "--node-id", "browser-test"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .env_remove("RUST_LOG")
+        .spawn()
+        .expect("spawn rendezvous");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
+                let _ = tx.send(addr);
+            }
+            log.lock().expect("log").push(line);
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("ready line logged");
+    (Killed(child), addr)
+}
+
+fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = pipe.read_to_string(&mut out);
+        out
+    })
+}
+
+#[test]
+fn two_tabs_match_chat_call_and_next_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/browser");
+    preflight(&dir);
+    let artifacts = root.join("tests/artifacts/browser");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+
+    let engine_log = Arc::new(Mutex::new(Vec::new()));
+    let (_engine, addr) = spawn_engine(engine_log.clone());
+    let base = format!("http://{addr}");
+
+    let mut child = Command::new("node")
+        .arg(dir.join("two_tabs.mjs"))
+        .arg(&base)
+        .arg(&artifacts)
+        .env("CHROMIUM", CHROMIUM)
+        .current_dir(&dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn node");
+    let out = drain(child.stdout.take().expect("stdout"));
+    let err = drain(child.stderr.take().expect("stderr"));
+    let mut node = Killed(child);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = node.0.try_wait().expect("wait node") {
+            break Some(status);
+        }
+        if started.elapsed() > SCENARIO_TIMEOUT {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    drop(node); // kills the script (and so its browser) on a timeout
+    let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
+    println!("--- two_tabs.mjs stdout\n{out}--- two_tabs.mjs stderr\n{err}");
+    let ok = status.is_some_and(|s| s.success());
+    if !ok {
+        println!("--- engine log\n{}", engine_log.lock().expect("log").join("\n"));
+    }
+    match status {
+        None => panic!("the browser scenario did not finish within {SCENARIO_TIMEOUT:?}"),
+        Some(s) => assert!(ok, "the browser scenario failed ({s}); screenshots in {artifacts:?}"),
+    }
+    for page in ["a", "b", "c"] {
+        let shot = artifacts.join(format!("{page}-5-after-next.png"));
+        assert!(shot.exists(), "screenshot {shot:?} was not saved");
+    }
+}
