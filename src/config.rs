@@ -130,6 +130,26 @@ pub struct Cli {
     /// Messages kept per room for `history` [default: 1000]
     #[arg(long, env = "RENDEZVOUS_HISTORY_LEN", help_heading = "Rooms")]
     pub history_len: Option<usize>,
+    /// Most sessions on this node; 0 = 95% of the open-file limit [default: 0]
+    #[arg(long, env = "RENDEZVOUS_MAX_SESSIONS", help_heading = "Limits")]
+    pub max_sessions: Option<usize>,
+    /// Most sessions from one IP address; 0 = no limit (behind a proxy all clients share its address) [default: 0]
+    #[arg(long, env = "RENDEZVOUS_MAX_SESSIONS_PER_IP", help_heading = "Limits")]
+    pub max_sessions_per_ip: Option<usize>,
+    /// Most rooms one user may be in [default: 20]
+    #[arg(long, env = "RENDEZVOUS_MAX_ROOMS_PER_USER", help_heading = "Limits")]
+    pub max_rooms_per_user: Option<usize>,
+    /// Most members of one public room [default: 1000]
+    #[arg(long, env = "RENDEZVOUS_MAX_PUBLIC_ROOM_MEMBERS", help_heading = "Limits")]
+    pub max_public_room_members: Option<usize>,
+    /// Comma-separated Origins allowed to open /ws (e.g. https://chat.example.com); unset = any
+    #[arg(
+        long,
+        env = "RENDEZVOUS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        help_heading = "Limits"
+    )]
+    pub allowed_origins: Option<Vec<String>>,
     /// Bound on the graceful drain on SIGTERM/SIGINT, in ms [default: 5000]
     #[arg(long, env = "RENDEZVOUS_DRAIN_TIMEOUT_MS", help_heading = "Engine")]
     pub drain_timeout_ms: Option<u64>,
@@ -172,6 +192,7 @@ struct FileConfig {
     jwt_secret: Option<String>,
     anonymous: Option<AnonymousMode>,
     log_format: Option<LogFormat>,
+    allowed_origins: Option<Vec<String>>,
     engine: Option<EngineConfig>,
 }
 
@@ -183,6 +204,9 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     pub anonymous: AnonymousMode,
     pub log_format: LogFormat,
+    /// Origins allowed to open `/ws`; empty = any (requests without `Origin`, i.e.
+    /// non-browser clients, are not affected).
+    pub allowed_origins: Vec<String>,
     pub engine: EngineConfig,
 }
 
@@ -194,6 +218,7 @@ impl Default for Config {
             jwt_secret: None,
             anonymous: AnonymousMode::Auto,
             log_format: LogFormat::Text,
+            allowed_origins: Vec::new(),
             engine: EngineConfig::default(),
         }
     }
@@ -258,8 +283,13 @@ impl Config {
             outbound_queue,
             reconnect_grace_ms,
             history_len,
-            drain_timeout_ms
+            drain_timeout_ms,
+            max_sessions,
+            max_sessions_per_ip,
+            max_rooms_per_user,
+            max_public_room_members
         );
+        c.allowed_origins = cli.allowed_origins.or(file.allowed_origins).unwrap_or_default();
         if let Some(Ladder(steps)) = cli.ladder {
             e.ladder = steps;
         }

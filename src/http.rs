@@ -45,6 +45,10 @@ pub struct App {
     pub ws_config: WebSocketConfig,
     /// Set when a drain starts: new upgrades are refused with 503 and `/readyz` fails.
     pub draining: AtomicBool,
+    /// Origins allowed to open `/ws` (empty = any).
+    pub allowed_origins: Vec<String>,
+    /// Sessions this node takes at most (config, or 95% of the open-file limit).
+    pub session_cap: usize,
 }
 
 impl App {
@@ -58,7 +62,19 @@ impl App {
             .read_buffer_size(4 * 1024)
             .write_buffer_size(16 * 1024)
             .max_write_buffer_size(4 * 1024 * 1024);
-        Self { engine, auth, metrics, ws_config, draining: AtomicBool::new(false) }
+        // Read after main() raised the soft limit to the hard one.
+        let nofile =
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
+        let session_cap = engine.shared.config.session_cap(nofile);
+        Self {
+            engine,
+            auth,
+            metrics,
+            ws_config,
+            draining: AtomicBool::new(false),
+            allowed_origins: Vec::new(),
+            session_cap,
+        }
     }
 }
 
@@ -69,7 +85,7 @@ pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>
     let io = TokioIo::new(stream);
     let svc = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(route(req, app).await) }
+        async move { Ok::<_, Infallible>(route(req, app, peer).await) }
     });
     if let Err(e) = http1::Builder::new().serve_connection(io, svc).with_upgrades().await {
         debug!(%peer, error = %e, "http connection ended with an error");
@@ -102,12 +118,12 @@ fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
     r
 }
 
-async fn route(req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
+async fn route(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Body> {
     if req.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
     }
     match req.uri().path() {
-        "/ws" => upgrade(req, app),
+        "/ws" => upgrade(req, app, peer),
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(&app).await,
         "/metrics" => {
@@ -185,7 +201,7 @@ fn refuse(status: StatusCode, reason: &'static str, message: String) -> Response
 
 /// Validate the handshake, authenticate, answer 101 and start the session once
 /// hyper hands over the upgraded stream.
-fn upgrade(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
+fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Body> {
     let headers = req.headers();
     let wants_ws = headers
         .get(UPGRADE)
@@ -199,10 +215,35 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
             "expected a WebSocket upgrade (version 13)".into(),
         );
     };
+    if let Some(origin) = headers.get(ORIGIN) {
+        let allowed = app.allowed_origins.is_empty()
+            || origin.to_str().is_ok_and(|o| app.allowed_origins.iter().any(|a| a == o));
+        if !allowed {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                "this Origin may not open a session here".into(),
+            );
+        }
+    }
+    let shared = &app.engine.shared;
+    let per_ip = shared.config.max_sessions_per_ip;
+    let full = if shared.registry.len() >= app.session_cap {
+        Some("node is full; connect to another node")
+    } else if per_ip > 0 && shared.per_ip.get(&peer.ip()).is_some_and(|n| *n >= per_ip) {
+        Some("too many sessions from this address")
+    } else {
+        None
+    };
     // Browsers (which always send `Origin`) cannot read the status of a refused
-    // upgrade, only a close code: them we accept, then close with 4001 or 1012 and
-    // say why in an error frame. Other clients get the HTTP status.
+    // upgrade, only a close code: them we accept, then close with 4001, 1012 or
+    // 1013 and say why in an error frame. Other clients get the HTTP status.
     let browser = headers.contains_key(ORIGIN);
+    if let Some(why) = full {
+        if !browser {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "full", why.into());
+        }
+    }
     let outcome = match app.auth.identify(req.uri().query(), headers) {
         Err(e) if browser => Err((close::UNAUTHORIZED, ErrorCode::Unauthorized, e.to_string())),
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
@@ -218,10 +259,17 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
                 "node is draining; connect to another node".into(),
             )
         }
+        Ok(_) if full.is_some() => {
+            Err((close::TRY_AGAIN_LATER, ErrorCode::Internal, full.unwrap_or_default().to_owned()))
+        }
         Ok(user) => Ok(user),
     };
-    if let Err((_, code, _)) = &outcome {
-        let reason = if *code == ErrorCode::Unauthorized { "unauthorized" } else { "draining" };
+    if let Err((close_code, _, _)) = &outcome {
+        let reason = match *close_code {
+            close::UNAUTHORIZED => "unauthorized",
+            close::TRY_AGAIN_LATER => "full",
+            _ => "draining",
+        };
         metrics::counter!(m::HANDSHAKES_REFUSED_TOTAL, "reason" => reason).increment(1);
     }
     let accept = derive_accept_key(key.as_bytes());
@@ -238,7 +286,7 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>) -> Response<Body> {
                 .await;
         match outcome {
             Ok(user) => {
-                SessionActor::start(ws, user, engine);
+                SessionActor::start_from(ws, user, engine, Some(peer.ip()));
             }
             Err((close_code, code, message)) => {
                 let frame =

@@ -58,11 +58,14 @@ pub async fn run(
         info!(node = %node, redis = %redacted(config.redis_url.as_deref().unwrap_or_default()), "cluster mode: Redis bridge");
     }
     let auth = Authenticator::new(config.jwt_secret.as_deref(), anonymous);
-    let app = Arc::new(App::new(engine.clone(), auth, telemetry::metrics_handle()));
+    let mut app = App::new(engine.clone(), auth, telemetry::metrics_handle());
+    app.allowed_origins = config.allowed_origins.clone();
+    let app = Arc::new(app);
     info!(
         node = %config.engine.node_id,
         workers = engine.shared.workers.len(),
         shards = engine.shards.len(),
+        max_sessions = app.session_cap,
         "rendezvous listening on http://{addr} (WebSocket: ws://{addr}/ws)"
     );
 

@@ -86,6 +86,16 @@ pub struct EngineConfig {
     pub client_timeout_ms: u64,
     /// Bound on how long a graceful drain waits for sessions to close (ms).
     pub drain_timeout_ms: u64,
+    /// Most sessions on this node; past it new connections are refused (HTTP 503,
+    /// or close 1013 for browsers). 0 = 95% of the process's open-file limit.
+    pub max_sessions: usize,
+    /// Most sessions from one IP address (0 = no limit, the default: behind a
+    /// reverse proxy every client has the proxy's address).
+    pub max_sessions_per_ip: usize,
+    /// Most rooms one user may hold a seat in (match rooms and public rooms).
+    pub max_rooms_per_user: usize,
+    /// Most members of one public room.
+    pub max_public_room_members: usize,
 }
 
 impl Default for EngineConfig {
@@ -126,6 +136,10 @@ impl Default for EngineConfig {
             heartbeat_interval_ms: 20_000,
             client_timeout_ms: 60_000,
             drain_timeout_ms: 5_000,
+            max_sessions: 0,
+            max_sessions_per_ip: 0,
+            max_rooms_per_user: 20,
+            max_public_room_members: 1_000,
         }
     }
 }
@@ -200,6 +214,15 @@ impl EngineConfig {
             cores()
         } else {
             self.pool_shards
+        }
+    }
+
+    /// The session cap in force: `max_sessions`, or 95% of the open-file limit.
+    pub fn session_cap(&self, open_file_limit: u64) -> usize {
+        if self.max_sessions > 0 {
+            self.max_sessions
+        } else {
+            ((open_file_limit as f64 * 0.95) as usize).max(1)
         }
     }
 

@@ -33,6 +33,8 @@ pub struct Shared {
     pub rooms: DashMap<RoomId, Addr<RoomActor>>,
     /// Skips (`next`) and blocks.
     pub avoid: AvoidList,
+    /// Open sessions per client IP address (the per-IP cap).
+    pub per_ip: DashMap<std::net::IpAddr, usize>,
     /// Each user's last search criteria, so `next` works on a new connection too
     /// (a reload within the grace period). Swept with the user's last seat.
     pub last_search: DashMap<UserId, (crate::matching::pool::Criteria, Duration)>,
@@ -142,6 +144,7 @@ impl Engine {
             rooms: DashMap::new(),
             avoid: AvoidList::default(),
             last_search: DashMap::new(),
+            per_ip: DashMap::new(),
             bridge,
             workers,
             supervisor: OnceLock::new(),

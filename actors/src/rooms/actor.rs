@@ -536,6 +536,18 @@ impl RoomActor {
     }
 
     fn seat_joiner(&mut self, j: JoinPublicRoom) {
+        let max = self.shared.config.max_public_room_members;
+        if !self.state.is_member(&j.user) && self.state.members.len() >= max {
+            if self.clustered {
+                // The store seated them already; take the seat back.
+                self.leave_everywhere(&j.user, None);
+            }
+            return error(
+                &j.outbox,
+                ErrorCode::TooLarge,
+                format!("room {} is full ({max} members)", self.state.id),
+            );
+        }
         let new = self.state.seat(j.user.clone(), j.session_id, Some(j.outbox.clone()));
         if new {
             self.shared.add_membership(&j.user, &self.state.id);

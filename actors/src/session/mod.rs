@@ -51,6 +51,8 @@ struct ActiveSearch {
 
 pub struct SessionActor {
     engine: Engine,
+    /// The client's address, counted in `Shared::per_ip` while the session lives.
+    peer_ip: Option<std::net::IpAddr>,
     user: UserId,
     session_id: u64,
     outbox: Outbox,
@@ -75,6 +77,19 @@ impl SessionActor {
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
+        Self::start_from(ws, user, engine, None)
+    }
+
+    /// [`Self::start`] for a client at `peer_ip`, counted against the per-IP cap.
+    pub fn start_from<S>(
+        ws: WebSocketStream<S>,
+        user: UserId,
+        engine: Engine,
+        peer_ip: Option<std::net::IpAddr>,
+    ) -> Addr<Self>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
         let cfg = &engine.shared.config;
         let (sink, stream) = ws.split();
         let (outbox, rx) = Outbox::new(cfg.outbound_queue);
@@ -96,6 +111,7 @@ impl SessionActor {
             });
             SessionActor {
                 engine,
+                peer_ip,
                 user,
                 session_id,
                 outbox,
@@ -196,6 +212,7 @@ impl SessionActor {
                     max_wait_ms,
                     cfg,
                 )?;
+                self.check_room_count(None)?;
                 self.check_search_limit("find_match")?;
                 self.start_search_checked(criteria, wait, "find_match", ctx);
             }
@@ -239,6 +256,7 @@ impl SessionActor {
             }
             ClientFrame::Join { room_id } => {
                 let id = validate::public_room(&room_id, cfg)?;
+                self.check_room_count(Some(id))?;
                 self.engine.supervisor.do_send(JoinPublicRoom {
                     room_id: RoomId::from(id),
                     user: self.user.clone(),
@@ -282,6 +300,23 @@ impl SessionActor {
     fn relay(&self, room_id: &str, event: Relay) -> Result<(), EngineError> {
         let room = self.room(room_id)?;
         room.do_send(RelayEvent { user: self.user.clone(), event, reply: self.outbox.clone() });
+        Ok(())
+    }
+
+    /// Refuse a join (of `joining`, unless already in it) or a search that would
+    /// give the user more rooms than `max_rooms_per_user`.
+    fn check_room_count(&self, joining: Option<&str>) -> Result<(), EngineError> {
+        let rooms = self.engine.shared.rooms_of(&self.user);
+        if joining.is_some_and(|id| rooms.iter().any(|r| r.as_str() == id)) {
+            return Ok(());
+        }
+        let max = self.engine.shared.config.max_rooms_per_user;
+        if rooms.len() >= max {
+            return Err(EngineError::TooLarge(format!(
+                "you are in {} rooms, the most allowed is {max}; leave one first",
+                rooms.len()
+            )));
+        }
         Ok(())
     }
 
@@ -516,6 +551,9 @@ impl Actor for SessionActor {
             outbox: self.outbox.clone(),
             events: ctx.address().recipient(),
         };
+        if let Some(ip) = self.peer_ip {
+            *shared.per_ip.entry(ip).or_default() += 1;
+        }
         if let Some(old) = shared.registry.insert(self.user.clone(), entry) {
             old.outbox.close(close::REPLACED);
         }
@@ -533,6 +571,12 @@ impl Actor for SessionActor {
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
         self.outbox.close(close::NORMAL);
         let shared = self.engine.shared.clone();
+        if let Some(ip) = self.peer_ip.take() {
+            if let Some(mut n) = shared.per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+            }
+            shared.per_ip.remove_if(&ip, |_, n| *n == 0);
+        }
         if let Some(search) = self.search.take() {
             self.engine.shard_for(&search.language).do_send(CancelSearch {
                 user: self.user.clone(),
