@@ -8,7 +8,7 @@
 //! * [`http`]: `/ws` upgrade and the HTTP endpoints on the same port.
 //! * [`auth`]: JWT and anonymous identities.
 //! * [`telemetry`]: logging and the Prometheus recorder.
-//! * [`shutdown`]: SIGTERM/SIGINT.
+//! * [`shutdown`]: the SIGTERM/SIGINT future.
 
 pub mod auth;
 pub mod config;

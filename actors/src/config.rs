@@ -179,7 +179,7 @@ impl EngineConfig {
             ("send_per_second", self.send_per_second as u64),
             ("frames_per_second", self.frames_per_second as u64),
             ("outbound_queue", self.outbound_queue as u64),
-            ("heartbeat_interval_ms", self.heartbeat_interval_ms as u64),
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("write_timeout_ms", self.write_timeout_ms),
         ];
         for (field, v) in positive {

@@ -94,6 +94,9 @@ pub struct ClaimMember {
     pub ticket: Ticket,
 }
 
+/// Members of a room and the node each is connected to.
+pub type Seats = Vec<(UserId, Arc<str>)>;
+
 /// Kind of a room, as stored in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -108,7 +111,7 @@ pub struct RoomSnapshot {
     pub kind: StoredKind,
     pub last_seq: u64,
     /// Members and the node each is connected to.
-    pub members: Vec<(UserId, Arc<str>)>,
+    pub members: Seats,
 }
 
 /// What a node sends to re-create a room that the store lost (Redis restarted
@@ -116,7 +119,7 @@ pub struct RoomSnapshot {
 #[derive(Debug, Clone)]
 pub struct RoomSeed {
     pub kind: StoredKind,
-    pub members: Vec<(UserId, Arc<str>)>,
+    pub members: Seats,
     pub last_seq: u64,
     /// Newest messages this node holds, oldest first.
     pub messages: Vec<ChatMessage>,
@@ -174,7 +177,7 @@ pub trait Bridge: Send + Sync + 'static {
     }
 
     /// Create a room with its members (a claimed match).
-    fn room_open(&self, _room: &RoomId, _kind: StoredKind, _members: Vec<(UserId, Arc<str>)>) {}
+    fn room_open(&self, _room: &RoomId, _kind: StoredKind, _members: Seats) {}
     /// Store a message and send it to every member node. `Ok(None)`: the sender is
     /// not a member. The message's `seq` is ignored; the stored one is returned.
     fn room_append(&self, _msg: &ChatMessage) -> BoxFut<Option<u64>> {
@@ -214,11 +217,7 @@ pub trait Bridge: Send + Sync + 'static {
     }
     /// Restore what the store lacks of a room this node holds (after a reconnect).
     /// Returns the store's `seq` before the call and the members as stored after.
-    fn room_reseed(
-        &self,
-        _room: &RoomId,
-        _seed: RoomSeed,
-    ) -> BoxFut<(u64, Vec<(UserId, Arc<str>)>)> {
+    fn room_reseed(&self, _room: &RoomId, _seed: RoomSeed) -> BoxFut<(u64, Seats)> {
         refused()
     }
 }

@@ -29,7 +29,7 @@ use crate::clock;
 use crate::engine::Shared;
 use crate::ids::{random_id, Interest, RoomId, UserId};
 use crate::metrics as m;
-use crate::rooms::messages::{CreateMatchRoom, MatchedMember};
+use crate::rooms::messages::{CreateMatchRoom, MatchedMember, OfferConfirmation};
 use crate::rooms::RoomSupervisor;
 use crate::session::messages::SessionEvent;
 
@@ -361,7 +361,12 @@ impl MatchShard {
                 members,
                 remote,
                 shared: p.found.shared,
-                confirm: Some((self.node.clone(), id, language, p.accepted)),
+                confirm: Some(OfferConfirmation {
+                    creator: self.node.clone(),
+                    offer: id,
+                    language,
+                    nodes: p.accepted,
+                }),
             });
             return;
         }

@@ -33,9 +33,17 @@ pub struct CreateMatchRoom {
     /// Members on other nodes (cross-node match), with their node.
     pub remote: Vec<(UserId, Arc<str>)>,
     pub shared: Vec<Interest>,
-    /// For a cross-node match: (creator node, offer id, language, member nodes to
-    /// confirm to).
-    pub confirm: Option<(Arc<str>, u64, String, Vec<Arc<str>>)>,
+    /// For a cross-node match: whom to tell that the room exists.
+    pub confirm: Option<OfferConfirmation>,
+}
+
+/// The offer a cross-node match room settles, and the member nodes to confirm to.
+#[derive(Debug)]
+pub struct OfferConfirmation {
+    pub creator: Arc<str>,
+    pub offer: u64,
+    pub language: String,
+    pub nodes: Vec<Arc<str>>,
 }
 
 /// Session (or a closing room, bouncing a late join) → RoomSupervisor: join the named

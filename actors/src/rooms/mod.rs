@@ -94,7 +94,7 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
         let addr = self.start_room(state, clustered);
         self.shared.rooms.insert(room_id.clone(), addr);
         let members: Vec<_> = all.iter().map(|(u, _)| u.clone()).collect();
-        if let Some((creator, offer, language, nodes)) = msg.confirm {
+        if let Some(OfferConfirmation { creator, offer, language, nodes }) = msg.confirm {
             let wire: Vec<(String, String)> =
                 all.iter().map(|(u, n)| (u.to_string(), n.to_string())).collect();
             let shared: Vec<String> = msg.shared.iter().map(|i| i.to_string()).collect();

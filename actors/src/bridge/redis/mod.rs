@@ -36,7 +36,7 @@ use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
 use super::{
     inbound, BoxFut, Bridge, BridgeError, ClaimMember, ClaimOutcome, RoomSeed, RoomSnapshot,
-    SearchAd, StoredKind, Ticket,
+    SearchAd, Seats, StoredKind, Ticket,
 };
 use crate::clock::now_ms;
 use crate::engine::Engine;
@@ -941,7 +941,7 @@ impl Bridge for RedisBridge {
         })
     }
 
-    fn room_reseed(&self, room: &RoomId, seed: RoomSeed) -> BoxFut<(u64, Vec<(UserId, Arc<str>)>)> {
+    fn room_reseed(&self, room: &RoomId, seed: RoomSeed) -> BoxFut<(u64, Seats)> {
         let r = room.as_str();
         let mut args = vec![
             kind_str(seed.kind).to_owned(),
