@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Test it"): installs what the tests need on a
-# bare Debian machine (redis-server for the multi-node tests; chromium, Node and
-# playwright-core for the browser test), then runs every test.
+# bare Debian machine (redis-server for the multi-node tests; prometheus and curl for
+# the deployment test; chromium, Node and playwright-core for the browser test), then
+# runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # redis-server (and redis-cli, same package) for the multi-node tests; openssl to
@@ -14,6 +15,11 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Debian's prometheus for the dashboard test (tests/deploy.rs: it scrapes real nodes
+# with deploy/prometheus.yml and runs every dashboard query); curl runs the
+# Dockerfile's HEALTHCHECK command by hand.
+[ -x /usr/bin/prometheus ] || missing+=(prometheus)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
