@@ -101,6 +101,8 @@ pub struct MatchShard {
     settled_early: VecDeque<(Arc<str>, u64)>,
     /// Languages last reported in the per-language gauge (to zero emptied ones).
     languages: Vec<Arc<str>>,
+    /// Local tickets an offer named before their search reached this shard.
+    overtaken: VecDeque<Ticket>,
 }
 
 impl MatchShard {
@@ -123,6 +125,7 @@ impl MatchShard {
             parked: HashMap::new(),
             settled_early: VecDeque::new(),
             languages: Vec::new(),
+            overtaken: VecDeque::new(),
         }
     }
 
@@ -222,6 +225,11 @@ impl MatchShard {
             return;
         }
         let ticket = e.ticket;
+        if let Some(at) = self.overtaken.iter().position(|t| *t == ticket) {
+            // The claim that took it was already refused here: no offer will come.
+            self.overtaken.remove(at);
+            return self.requeue(vec![e], true, ctx);
+        }
         self.parked.insert(ticket, e);
         ctx.run_later(OFFER_TIMEOUT + Duration::from_secs(1), move |act, ctx| {
             if let Some(e) = act.parked.remove(&ticket) {
@@ -458,6 +466,20 @@ impl MatchShard {
                 .or_else(|| self.parked.get(&m.ticket))
                 .is_some_and(|e| ours(e, m))
         };
+        // A ticket this shard has never seen: the offer overtook the search's own
+        // `EnqueueSearch` (the ad reached the other node first). The creator's claim
+        // ended that search in the store, so it is announced again when it arrives.
+        for m in &msg.members {
+            let known = self.pool.contains(m.ticket)
+                || self.parked.contains_key(&m.ticket)
+                || self.held.values().flatten().any(|e| e.ticket == m.ticket);
+            if !known {
+                if self.overtaken.len() >= 1_024 {
+                    self.overtaken.pop_front();
+                }
+                self.overtaken.push_back(m.ticket);
+            }
+        }
         let over = self.settled_early.contains(&(msg.creator.clone(), msg.offer));
         let gone: Vec<String> =
             msg.members.iter().filter(|m| over || !present(m)).map(|m| m.user.clone()).collect();
@@ -554,6 +576,11 @@ impl Handler<EnqueueSearch> for MatchShard {
             link: Link::Local(msg.link),
         };
         self.shared.searching.fetch_add(1, Ordering::Relaxed);
+        if let Some(at) = self.overtaken.iter().position(|t| *t == entry.ticket) {
+            // Refused in an offer before it got here: its store entry is gone.
+            self.overtaken.remove(at);
+            self.shared.bridge.begin_search(self.ad(&entry));
+        }
         if let Some(old) = self.pool.insert(entry, Instant::now()) {
             match &old.link {
                 // The same user's older search, from a session that was replaced.
