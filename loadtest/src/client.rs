@@ -53,7 +53,10 @@ pub async fn connect(url: &str, user: &str) -> Result<Ws, Failure> {
     let full = format!("{url}?user={user}");
     let (ws, _) = tokio_tungstenite::connect_async_with_config(full.as_str(), None, true)
         .await
-        .map_err(|e| Failure::Connect { url: full.clone(), error: e.to_string() })?;
+        .map_err(|e| {
+            crate::telemetry::error("connect");
+            Failure::Connect { url: full.clone(), error: e.to_string() }
+        })?;
     Ok(ws)
 }
 
@@ -102,6 +105,8 @@ pub async fn send_text(ws: &mut Ws, user: &str, text: String) -> Result<(), Fail
 pub struct Member {
     pub user: String,
     pub ws: Ws,
+    /// Counted in the open-sockets gauge while the member lives.
+    pub _open: crate::telemetry::OpenSocket,
 }
 
 /// A matched pair: A searched first on `url_a`, B second on `url_b`.
@@ -138,7 +143,7 @@ fn find_match_frame(id: usize) -> String {
 async fn open(url: &str, user: String, wait: Duration) -> Result<Member, Failure> {
     let mut ws = connect(url, &user).await?;
     until(&mut ws, &user, "welcome", wait).await?;
-    Ok(Member { user, ws })
+    Ok(Member { user, ws, _open: crate::telemetry::OpenSocket::new() })
 }
 
 /// Connect both users, let A search, then B; time B's search.
@@ -152,6 +157,8 @@ pub async fn match_pair(spec: PairSpec, id: usize) -> Result<Pair, Failure> {
     send_text(&mut b.ws, &b.user, find).await?;
     let found = until(&mut b.ws, &b.user, "match_found", spec.wait).await?;
     let latency = t0.elapsed();
+    metrics::histogram!(crate::telemetry::MATCH_LATENCY_SECONDS).record(latency.as_secs_f64());
+    metrics::counter!(crate::telemetry::MATCHES_TOTAL).increment(1);
     let found_a = until(&mut a.ws, &a.user, "match_found", spec.wait).await?;
     let (
         ServerFrame::MatchFound { partner_id, room_id, .. },

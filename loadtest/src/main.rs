@@ -11,6 +11,7 @@ mod chat;
 mod client;
 mod pairs;
 mod stats;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +24,9 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(subcommand)]
     mode: Mode,
+    /// Serve the load tester's own Prometheus metrics on ADDR:PORT while it runs
+    #[arg(long, global = true, value_name = "ADDR:PORT")]
+    metrics_bind: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand)]
@@ -147,7 +151,14 @@ async fn run(mode: Mode) -> Result<bool, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    match run(Cli::parse().mode).await {
+    let cli = Cli::parse();
+    if let Some(addr) = cli.metrics_bind {
+        if let Err(e) = telemetry::serve(addr) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    match run(cli.mode).await {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {

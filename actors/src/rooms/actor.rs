@@ -106,6 +106,7 @@ impl Actor for RoomActor {
             })
             .map(|mb| (mb.user.clone(), mb.session_id))
             .collect();
+        ctx.run_interval(DEAD_SEAT_SWEEP, |act, ctx| act.sweep_dead_seats(ctx));
         for (user, session_id) in stale {
             // A seat taken without an outbox is already marked offline, which
             // `go_offline` reads as "grace timer running"; clear the mark so the
@@ -119,6 +120,26 @@ impl Actor for RoomActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         metrics::gauge!(m::ROOMS_OPEN).decrement(1.0);
+    }
+}
+
+/// How often a room looks for members whose connection closed without telling it
+/// (a session that ended in the instant between a match and its room opening).
+const DEAD_SEAT_SWEEP: Duration = Duration::from_secs(1);
+
+impl RoomActor {
+    fn sweep_dead_seats(&mut self, ctx: &mut Context<Self>) {
+        let dead: Vec<(UserId, u64)> = self
+            .state
+            .members
+            .iter()
+            .filter(|mb| mb.node.is_none())
+            .filter(|mb| mb.outbox.as_ref().is_some_and(|o| o.close_code() != 0))
+            .map(|mb| (mb.user.clone(), mb.session_id))
+            .collect();
+        for (user, session_id) in dead {
+            self.go_offline(user, session_id, ctx);
+        }
     }
 }
 

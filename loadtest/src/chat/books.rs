@@ -39,6 +39,7 @@ impl Books {
         self.acked += acked;
         self.unacked += member.sent.saturating_sub(acked);
         self.lost += lost as u64;
+        metrics::counter!(crate::telemetry::LOST_MESSAGES_TOTAL).increment(lost as u64);
         self.delivered += partner.got.iter().filter(|&&g| g).count() as u64;
         self.duplicated += member.seq.duplicated;
         self.reordered += member.seq.reordered;

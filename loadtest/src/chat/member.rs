@@ -155,7 +155,10 @@ fn on_frame(log: &mut MemberLog, role: &Role, plan: &Plan, text: &str, now: Inst
     match view.kind.as_ref() {
         "message" => on_message(log, role, plan, &view, now),
         "ack" => on_ack(log, role, plan, &view, now),
-        "error" => log.error(text.to_owned()),
+        "error" => {
+            crate::telemetry::error("error_frame");
+            log.error(text.to_owned())
+        }
         _ => {}
     }
 }
@@ -180,7 +183,11 @@ fn on_message(log: &mut MemberLog, role: &Role, plan: &Plan, view: &View, now: I
     let since = |us: u64| {
         stats::micros(now.saturating_duration_since(plan.base + Duration::from_micros(us)))
     };
-    log.delivery_us.push(since(stamp.due_us));
+    let delivery = since(stamp.due_us);
+    metrics::counter!(crate::telemetry::MESSAGES_RECEIVED_TOTAL).increment(1);
+    metrics::histogram!(crate::telemetry::DELIVERY_LATENCY_SECONDS)
+        .record(delivery as f64 / 1_000_000.0);
+    log.delivery_us.push(delivery);
     log.delivery_due_us.push(stamp.due_us);
     log.wire_us.push(since(stamp.handed_us));
     log.last_delivery = Some(now);
@@ -196,7 +203,9 @@ fn on_ack(log: &mut MemberLog, role: &Role, plan: &Plan, view: &View, now: Insta
         return;
     }
     let due = plan.due(role.idx, k);
-    log.ack_us.push(stats::micros(now.saturating_duration_since(due)));
+    let ack = stats::micros(now.saturating_duration_since(due));
+    metrics::histogram!(crate::telemetry::ACK_LATENCY_SECONDS).record(ack as f64 / 1_000_000.0);
+    log.ack_us.push(ack);
 }
 
 /// Send message `k`; `Err` ends the member.
@@ -210,11 +219,12 @@ async fn send_one(
     let text = plan.text(k, due, Instant::now());
     let frame = json!({"action": "send", "room_id": role.room_id, "text": text,
                        "client_msg_id": k.to_string()});
-    member
-        .ws
-        .send(Message::Text(frame.to_string().into()))
-        .await
-        .map_err(|e| format!("{}: send #{k} failed: {e}", member.user))
+    member.ws.send(Message::Text(frame.to_string().into())).await.map_err(|e| {
+        crate::telemetry::error("send");
+        format!("{}: send #{k} failed: {e}", member.user)
+    })?;
+    metrics::counter!(crate::telemetry::MESSAGES_SENT_TOTAL).increment(1);
+    Ok(())
 }
 
 /// Read what arrived; `Err` says why the session is over.
@@ -229,7 +239,10 @@ fn on_read(
             on_frame(log, role, plan, t.as_str(), Instant::now());
             Ok(())
         }
-        Some(Ok(Message::Close(c))) => Err(format!("{}: closed by server: {c:?}", log.user)),
+        Some(Ok(Message::Close(c))) => {
+            crate::telemetry::error("closed");
+            Err(format!("{}: closed by server: {c:?}", log.user))
+        }
         Some(Ok(_)) => Ok(()),
         Some(Err(e)) => Err(format!("{}: read failed: {e}", log.user)),
         None => Err(format!("{}: connection ended", log.user)),
