@@ -396,10 +396,10 @@ impl RedisBridge {
         }
     }
 
-    /// Remove every search of `node` from Redis (it died, or this node restarts).
-    async fn purge_searches_of(&self, node: &str) {
+    /// Every search ad Redis holds: (language, search id, ad).
+    async fn stored_searches(&self) -> Vec<(String, String, SearchAd)> {
         let langs = self.pipe.call("smembers", redis::cmd("SMEMBERS").arg(LANGS_KEY).clone()).await;
-        let prefix = format!("{node}:");
+        let mut out = Vec::new();
         for lang in as_array(langs.unwrap_or(Value::Nil)).iter().filter_map(as_string) {
             let all = self
                 .pipe
@@ -410,18 +410,27 @@ impl RedisBridge {
                 let (Some(id), Some(json)) = (as_string(&pair[0]), as_string(&pair[1])) else {
                     continue;
                 };
-                if !id.starts_with(&prefix) {
-                    continue;
+                if let Ok(ad) = serde_json::from_str::<SearchAd>(&json) {
+                    out.push((lang.clone(), id, ad));
                 }
-                let user =
-                    serde_json::from_str::<SearchAd>(&json).map(|a| a.user).unwrap_or_default();
-                let cmd = evalsha(
-                    &self.scripts.end,
-                    &[search_key(&lang, &user), entries_key(&lang)],
-                    &[id, String::new()],
-                );
-                self.pipe.fire("end", cmd);
             }
+        }
+        out
+    }
+
+    /// Remove every search of `node` from Redis (it died, or this node restarts).
+    async fn purge_searches_of(&self, node: &str) {
+        let prefix = format!("{node}:");
+        for (lang, id, ad) in self.stored_searches().await {
+            if !id.starts_with(&prefix) {
+                continue;
+            }
+            let cmd = evalsha(
+                &self.scripts.end,
+                &[search_key(&lang, &ad.user), entries_key(&lang)],
+                &[id, String::new()],
+            );
+            self.pipe.fire("end", cmd);
         }
     }
 
@@ -474,21 +483,11 @@ impl RedisBridge {
         self.purge_searches_of(&self.node).await;
         inbound::republish_and_drop_replicas(engine);
         // 2. Replicas of every live peer's searches.
-        let langs = self.pipe.call("smembers", redis::cmd("SMEMBERS").arg(LANGS_KEY).clone()).await;
         let live: HashSet<String> =
             self.health.peers.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        for lang in as_array(langs.unwrap_or(Value::Nil)).iter().filter_map(as_string) {
-            let all = self
-                .pipe
-                .call("hgetall", redis::cmd("HGETALL").arg(entries_key(&lang)).clone())
-                .await;
-            let flat = as_array(all.unwrap_or(Value::Nil));
-            for pair in flat.chunks_exact(2) {
-                let Some(json) = as_string(&pair[1]) else { continue };
-                let Ok(ad) = serde_json::from_str::<SearchAd>(&json) else { continue };
-                if ad.node != self.node && (live.is_empty() || live.contains(&ad.node)) {
-                    inbound::dispatch(engine, ClusterEvent::PoolAdd { ad });
-                }
+        for (_, _, ad) in self.stored_searches().await {
+            if ad.node != self.node && (live.is_empty() || live.contains(&ad.node)) {
+                inbound::dispatch(engine, ClusterEvent::PoolAdd { ad });
             }
         }
         // 3. Rooms: restore and catch up.
