@@ -508,11 +508,13 @@ impl RedisBridge {
             },
         };
         let json = ev.to_json();
-        // `seq` is serialized before the text, and a digit run inside a JSON string
-        // cannot follow `"seq":` unescaped, so the first mark is the field's value.
-        match json.find(&format!("\"seq\":{MARK}")) {
+        // The event's tag comes first, then `seq`: `"message","seq":MARK` can only be
+        // the field itself (inside a JSON string every quote is escaped, so a room
+        // name or text cannot contain that run of characters).
+        const FIELD: &str = "\"message\",\"seq\":";
+        match json.find(&format!("{FIELD}{MARK}")) {
             Some(at) => {
-                let start = at + "\"seq\":".len();
+                let start = at + FIELD.len();
                 (json[..start].to_owned(), json[start + MARK.len()..].to_owned())
             }
             None => (json, String::new()),
@@ -973,5 +975,34 @@ impl Bridge for RedisBridge {
             let seq = out.first().and_then(as_i64).unwrap_or(0).max(0) as u64;
             Ok((seq, member_pairs(out.get(1..).unwrap_or(&[]))))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_seq_mark_is_found_even_when_names_and_text_imitate_it() {
+        // No server is needed: connecting happens in the background.
+        let bridge = RedisBridge::connect("redis://127.0.0.1:1", "n1").expect("url");
+        let fake = "\"message\",\"seq\":18446744073709551615";
+        let msg = ChatMessage {
+            room_id: format!("pub:{fake}"),
+            seq: 0,
+            msg_id: "m1".into(),
+            sender: "u".into(),
+            text: fake.into(),
+            ts: 5,
+        };
+        let (prefix, suffix) = bridge.append_payloads(&msg);
+        let event: ClusterEvent =
+            serde_json::from_str(&format!("{prefix}42{suffix}")).expect("valid JSON");
+        match event {
+            ClusterEvent::Room { room, ev: RoomEv::Message { seq, text, .. }, .. } => {
+                assert_eq!((room.as_str(), seq, text.as_str()), (msg.room_id.as_str(), 42, fake));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }
