@@ -2,6 +2,7 @@
 //! its own actix system thread) and real WebSocket clients speaking the protocol
 //! types. No fixed ports, no sleeps to wait for state: clients wait for frames.
 #![allow(dead_code)]
+pub mod chat;
 pub mod cluster;
 
 use std::net::SocketAddr;
