@@ -19,6 +19,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::SinkExt;
 use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as PropConfig, TestRunner};
@@ -26,6 +27,7 @@ use rendezvous_actors::protocol::{ClientFrame, ServerFrame};
 use rendezvous_actors::session::validate;
 use rendezvous_actors::EngineConfig;
 use serde_json::{json, Map, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 const ACTIONS: &[&str] = &[
     "find_match",
@@ -193,10 +195,49 @@ fn fuzz_config() -> rendezvous::Config {
     c
 }
 
+/// The server's frame limit (`max_frame_bytes` of the test config).
+const MAX_FRAME: usize = 64 * 1024;
+
+/// Keep a batch that broke a session where a person can replay it.
+fn save_batch(frames: &[String], why: &str) -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/artifacts/fuzz");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(format!("failure-{}.jsonl", std::process::id()));
+    let _ = std::fs::write(&path, format!("{}\n", frames.join("\n")));
+    eprintln!("fuzz: {why}; batch saved to {}", path.display());
+    path
+}
+
 /// Send `frames` from `a` (a member of `room`), then prove `a` and `b` still work.
-async fn replay(a: &mut Client, b: &mut Client, room: &str, frames: &[String]) {
-    for f in frames {
-        a.send_raw(&f.replace("@room", room)).await;
+/// A frame over the size limit must end `a`'s session with 1009 and nothing
+/// else (that is the contract, tested on its own in bad_input.rs); returns
+/// false when that happened, so the caller starts a fresh pair.
+async fn replay(a: &mut Client, b: &mut Client, room: &str, frames: &[String]) -> bool {
+    for (i, f) in frames.iter().enumerate() {
+        let text = f.replace("@room", room);
+        let oversized = text.len() > MAX_FRAME;
+        if let Err(e) = a.ws.send(Message::Text(text.into())).await {
+            let ended = a.closed().await;
+            let explained = frames[..=i].iter().any(|f| f.len() > MAX_FRAME);
+            if explained && matches!(ended, Ended::Closed(1009) | Ended::Dropped) {
+                return false;
+            }
+            let path =
+                save_batch(frames, &format!("send #{i} failed ({e}), session ended {ended:?}"));
+            panic!("a session ended without cause at frame {i}: {ended:?}; see {}", path.display());
+        }
+        if oversized {
+            let ended = a.closed().await;
+            if !matches!(ended, Ended::Closed(1009) | Ended::Dropped) {
+                let path =
+                    save_batch(frames, &format!("oversized frame #{i} ended with {ended:?}"));
+                panic!(
+                    "an oversized frame ended the session with {ended:?}; see {}",
+                    path.display()
+                );
+            }
+            return false;
+        }
     }
     // Everything before this probe has been handled once its answer arrives.
     a.send_json(json!({"action":"history","room_id":"probe-room-that-does-not-exist"})).await;
@@ -207,6 +248,7 @@ async fn replay(a: &mut Client, b: &mut Client, room: &str, frames: &[String]) {
         }
     }
     while b.try_recv(Duration::from_millis(1)).await.is_some() {}
+    true
 }
 
 /// A fresh matched pair (the fuzzer may have left, blocked or skipped the last).
@@ -223,11 +265,14 @@ async fn handlers_survive_arbitrary_frames() {
     let started = Instant::now();
     let mut sent = 0u64;
     let mut round = 0u64;
+    let mut oversized = 0u64;
     while sent < cases && started.elapsed() < secs {
         let (mut a, mut b, room) = pair(&server, round).await;
         let batch: Vec<String> =
             (0..50).map(|_| strategy.new_tree(&mut runner).expect("generate").current()).collect();
-        replay(&mut a, &mut b, &room, &batch).await;
+        if !replay(&mut a, &mut b, &room, &batch).await {
+            oversized += 1;
+        }
         sent += batch.len() as u64;
         round += 1;
         a.close().await;
@@ -237,7 +282,11 @@ async fn handlers_survive_arbitrary_frames() {
     let (mut a, mut b, room) = pair(&server, u64::MAX).await;
     a.send_json(json!({"action":"send","room_id":room,"text":"still fine"})).await;
     assert_eq!(b.recv_kind("message").await.kind(), "message");
-    eprintln!("handlers: {sent} frames in {round} rounds, {:?}", started.elapsed());
+    eprintln!(
+        "handlers: {sent} frames in {round} rounds ({oversized} ended by an oversized frame, \
+         1009), {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -257,7 +306,7 @@ async fn the_regression_corpus_is_handled() {
     assert!(frames.len() >= 20, "the corpus has {} frames", frames.len());
     let server = TestServer::start(fuzz_config());
     let (mut a, mut b, room) = pair(&server, 0).await;
-    replay(&mut a, &mut b, &room, &frames).await;
+    assert!(replay(&mut a, &mut b, &room, &frames).await, "the corpus has no oversized frames");
     let (mut a, mut b, room) = pair(&server, 1).await;
     a.send_json(json!({"action":"send","room_id":room,"text":"after the corpus"})).await;
     assert_eq!(b.recv_kind("message").await.kind(), "message");

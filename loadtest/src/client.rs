@@ -27,6 +27,21 @@ pub enum Failure {
     WrongPartner { user: String, got: Option<String>, want: String },
 }
 
+impl Failure {
+    /// A short name for error counters.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Connect { .. } => "connect",
+            Failure::Timeout { .. } => "timeout",
+            Failure::Closed { .. } => "closed",
+            Failure::Server { .. } => "error_frame",
+            Failure::Protocol { .. } => "protocol",
+            Failure::Send { .. } => "send",
+            Failure::WrongPartner { .. } => "wrong_partner",
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -50,12 +65,15 @@ impl fmt::Display for Failure {
 /// Open a session for `user`. Nagle is off: chat mode writes many small frames
 /// back to back, and a delayed ACK on loopback would add up to 40 ms to some.
 pub async fn connect(url: &str, user: &str) -> Result<Ws, Failure> {
-    let full = format!("{url}?user={user}");
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(full.as_str(), None, true)
-        .await
-        .map_err(|e| {
+    connect_to(&format!("{url}?user={user}")).await
+}
+
+/// Open a WebSocket to `target` (a full URL, query included), Nagle off.
+pub async fn connect_to(target: &str) -> Result<Ws, Failure> {
+    let (ws, _) =
+        tokio_tungstenite::connect_async_with_config(target, None, true).await.map_err(|e| {
             crate::telemetry::error("connect");
-            Failure::Connect { url: full.clone(), error: e.to_string() }
+            Failure::Connect { url: target.to_owned(), error: e.to_string() }
         })?;
     Ok(ws)
 }

@@ -3,6 +3,8 @@
 //! * `pairs`: client-observed match latency (see [`pairs`]).
 //! * `chat`: delivery latency, throughput and ordering of room messages between
 //!   matched pairs (see [`chat`]).
+//! * `run`: a scenario file (`loadtest/scenarios/*.toml`) drives one of the
+//!   drivers, with thresholds that decide the exit status (see [`scenario`]).
 //!
 //! With `--peer-url`, the second user of every pair connects to another node of
 //! the same cluster, so every match and every message crosses nodes.
@@ -10,6 +12,7 @@
 mod chat;
 mod client;
 mod pairs;
+mod scenario;
 mod stats;
 mod telemetry;
 
@@ -31,6 +34,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Mode {
+    /// Run a scenario file; exits 1 when a threshold it states is missed.
+    Run {
+        /// The scenario (TOML), e.g. loadtest/scenarios/match-storm.toml.
+        file: PathBuf,
+        /// Use the file's [smoke] settings: a short, small run.
+        #[arg(long)]
+        smoke: bool,
+        /// Endpoint(s) instead of the file's `urls` (repeat for several nodes).
+        #[arg(long = "url", value_name = "WS_URL")]
+        urls: Vec<String>,
+        /// Length of the load phase instead of the file's `duration_secs`.
+        #[arg(long)]
+        duration_secs: Option<f64>,
+        /// Worker processes instead of the file's `workers`.
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Local address(es) to connect from instead of the file's `source_addrs`.
+        #[arg(long = "source-addr", value_name = "IP")]
+        source_addrs: Vec<std::net::IpAddr>,
+        /// Override any setting: `--set chat.rate=50` (TOML value), repeatable.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Secret for minting HS256 tokens (else the file's [auth] secret_env).
+        #[arg(long, env = "RENDEZVOUS_LOADTEST_JWT_SECRET", hide_env_values = true)]
+        jwt_secret: Option<String>,
+        /// Write the result (and the threshold verdicts) to this file as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// No progress line.
+        #[arg(long)]
+        quiet: bool,
+        /// Internal: run as worker K of N and write the raw report to --json.
+        #[arg(long, hide = true, value_name = "K/N")]
+        worker: Option<String>,
+    },
     /// Client-observed match latency of pairs.
     Pairs {
         /// WebSocket URL of the server's /ws endpoint (first user of each pair).
@@ -96,7 +134,7 @@ enum Mode {
 }
 
 /// Raise the open-files limit as far as allowed; warn when it is below `need`.
-fn raise_nofile(need: u64) {
+pub(crate) fn raise_nofile(need: u64) {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if limit < need => {
             eprintln!(
@@ -110,6 +148,25 @@ fn raise_nofile(need: u64) {
 
 async fn run(mode: Mode) -> Result<bool, String> {
     match mode {
+        Mode::Run {
+            file,
+            smoke,
+            urls,
+            duration_secs,
+            workers,
+            source_addrs,
+            sets,
+            jwt_secret,
+            json,
+            quiet,
+            worker,
+        } => {
+            let overrides =
+                scenario::spec::Overrides { urls, duration_secs, workers, source_addrs, sets };
+            let args =
+                scenario::RunArgs { file, smoke, overrides, json, jwt_secret, quiet, worker };
+            scenario::run(args).await
+        }
         Mode::Pairs { url, peer_url, pairs, concurrency, timeout_ms, max_secs, json } => {
             raise_nofile(2 * concurrency as u64 + 64);
             let wait = Duration::from_millis(timeout_ms);
@@ -143,6 +200,7 @@ async fn run(mode: Mode) -> Result<bool, String> {
                 wait: Duration::from_millis(timeout_ms),
                 timeline: Duration::from_millis(timeline_ms),
                 json,
+                room_size: 2,
             })
             .await
         }

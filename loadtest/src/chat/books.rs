@@ -25,22 +25,34 @@ struct Books {
     errors: u64,
     unexpected: u64,
     ended: u64,
+    /// Deliveries owed: every acknowledged message times the other members.
+    expected: u64,
     first_problem: Option<String>,
     last_delivery: Option<Instant>,
 }
 
 impl Books {
-    /// `member`'s own stream and sends, and what `partner` received of them.
-    fn add(&mut self, member: &MemberLog, partner: &MemberLog) {
+    /// Member `i` of `room`: its own stream and sends, and what every other
+    /// member received of them. A member's peers are the others in room order,
+    /// so sender `i` is peer `i` of members before it and `i - 1` of those after.
+    fn add(&mut self, room: &[MemberLog], i: usize) {
+        let member = &room[i];
         let acked = member.acked.iter().filter(|&&a| a).count() as u64;
-        let delivered = |k: usize| partner.got.get(k).copied().unwrap_or(false);
-        let lost = (0..member.acked.len()).filter(|&k| member.acked[k] && !delivered(k)).count();
+        let receivers = room.len().saturating_sub(1) as u64;
         self.sent += member.sent;
         self.acked += acked;
         self.unacked += member.sent.saturating_sub(acked);
-        self.lost += lost as u64;
-        metrics::counter!(crate::telemetry::LOST_MESSAGES_TOTAL).increment(lost as u64);
-        self.delivered += partner.got.iter().filter(|&&g| g).count() as u64;
+        for (j, other) in room.iter().enumerate().filter(|&(j, _)| j != i) {
+            let got = other.got.get(if i < j { i } else { i - 1 }).map_or(&[][..], |g| g);
+            let delivered = |k: usize| got.get(k).copied().unwrap_or(false);
+            let lost =
+                (0..member.acked.len()).filter(|&k| member.acked[k] && !delivered(k)).count();
+            self.lost += lost as u64;
+            metrics::counter!(crate::telemetry::LOST_MESSAGES_TOTAL).increment(lost as u64);
+            self.delivered += got.iter().filter(|&&g| g).count() as u64;
+            self.last_delivery = self.last_delivery.max(other.last_delivery);
+        }
+        self.expected += acked * receivers;
         self.duplicated += member.seq.duplicated;
         self.reordered += member.seq.reordered;
         self.gaps += member.seq.missing.len() as u64;
@@ -50,7 +62,6 @@ impl Books {
         if self.first_problem.is_none() {
             self.first_problem = member.ended.clone().or_else(|| member.first_error.clone());
         }
-        self.last_delivery = self.last_delivery.max(partner.last_delivery);
     }
 
     /// Nothing lost, unconfirmed, duplicated, out of order or cut short.
@@ -58,12 +69,12 @@ impl Books {
         self.lost + self.unacked + self.duplicated + self.reordered + self.gaps + self.ended == 0
     }
 
-    fn of(logs: &[MemberLog]) -> Self {
+    /// `logs` holds whole rooms of `room_size`, one after another.
+    fn of(logs: &[MemberLog], room_size: usize) -> Self {
         let mut books = Books::default();
-        for pair in logs.chunks(2) {
-            if let [a, b] = pair {
-                books.add(a, b);
-                books.add(b, a);
+        for room in logs.chunks(room_size.max(1)) {
+            for i in 0..room.len() {
+                books.add(room, i);
             }
         }
         books
@@ -96,7 +107,7 @@ struct Summary {
 
 impl Summary {
     fn of(args: &ChatArgs, plan: &Plan, logs: &[MemberLog]) -> Result<Self, String> {
-        let books = Books::of(logs);
+        let books = Books::of(logs, args.room_size);
         let window = books.last_delivery.map_or(0.0, |t| (t - plan.start).as_secs_f64());
         let per_s = if window > 0.0 { books.delivered as f64 / window } else { 0.0 };
         Ok(Self {
@@ -208,6 +219,56 @@ pub fn report(
     Ok(summary.books.clean())
 }
 
+/// The books of a scenario's chat phase as a [`Report`]: `delivery_latency`,
+/// `ack_latency`, `send_lag`, `delivery_from_handoff`, `delivered_per_s` and the
+/// correctness counters (`lost`, `unacked`, `duplicated`, `reordered`, `gaps`,
+/// `ended_early`, …).
+pub fn to_report(
+    plan: &Plan,
+    logs: &[MemberLog],
+    room_size: usize,
+    prefix: &str,
+) -> Result<crate::scenario::report::Report, String> {
+    let books = Books::of(logs, room_size);
+    let mut r = crate::scenario::report::Report::default();
+    let hist = |pick: fn(&MemberLog) -> &[u64]| -> Result<Histogram<u64>, String> {
+        let mut h: Histogram<u64> = stats::histogram()?;
+        for us in logs.iter().flat_map(|l| pick(l).iter()) {
+            stats::record(&mut h, *us);
+        }
+        Ok(h)
+    };
+    r.add_histogram(&format!("{prefix}delivery_latency"), &hist(|l| &l.delivery_us)?)?;
+    r.add_histogram(&format!("{prefix}ack_latency"), &hist(|l| &l.ack_us)?)?;
+    r.add_histogram(&format!("{prefix}send_lag"), &hist(|l| &l.lag_us)?)?;
+    r.add_histogram(&format!("{prefix}delivery_from_handoff"), &hist(|l| &l.wire_us)?)?;
+    let window = books.last_delivery.map_or(0.0, |t| (t - plan.start).as_secs_f64());
+    let per_s = if window > 0.0 { books.delivered as f64 / window } else { 0.0 };
+    r.set(&format!("{prefix}delivered_per_s"), per_s);
+    let offered = plan.senders as f64 * 1e9 / plan.period_ns.max(1) as f64;
+    r.set(&format!("{prefix}offered_sends_per_s"), offered);
+    for (name, n) in [
+        ("sent", books.sent),
+        ("acked", books.acked),
+        ("delivered", books.delivered),
+        ("expected_deliveries", books.expected),
+        ("lost", books.lost),
+        ("unacked", books.unacked),
+        ("duplicated", books.duplicated),
+        ("reordered", books.reordered),
+        ("gaps", books.gaps),
+        ("error_frames", books.errors),
+        ("unexpected", books.unexpected),
+        ("ended_early", books.ended),
+    ] {
+        r.count(&format!("{prefix}{name}"), n);
+    }
+    if let Some(p) = &books.first_problem {
+        r.note(&format!("{prefix}first_problem"), p.clone());
+    }
+    Ok(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,7 +277,7 @@ mod tests {
         let mut l = MemberLog::new(user.into(), 0);
         l.sent = sent;
         l.acked = acked.to_vec();
-        l.got = got.to_vec();
+        l.got = vec![got.to_vec()];
         l
     }
 
@@ -225,7 +286,7 @@ mod tests {
         // A sent 3 (acked 0 and 2); B received only 0. B sent 1, unacked, delivered.
         let a = log("a", 3, &[true, false, true], &[true]);
         let b = log("b", 1, &[false], &[true]);
-        let books = Books::of(&[a, b]);
+        let books = Books::of(&[a, b], 2);
         assert_eq!((books.sent, books.acked, books.delivered), (4, 2, 2));
         assert_eq!((books.lost, books.unacked), (1, 2));
         assert!(!books.clean());

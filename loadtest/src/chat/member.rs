@@ -77,8 +77,9 @@ pub struct MemberLog {
     pub sent: u64,
     /// Own messages acknowledged, by index.
     pub acked: Vec<bool>,
-    /// Partner's messages delivered, by index.
-    pub got: Vec<bool>,
+    /// Each peer's messages delivered, by the peer's place in [`Role::peers`],
+    /// then by message index.
+    pub got: Vec<Vec<bool>>,
     pub delivery_us: Vec<u64>,
     /// Scheduled send time of each delivery (µs since the plan's base).
     pub delivery_due_us: Vec<u64>,
@@ -101,7 +102,7 @@ impl MemberLog {
             user,
             sent: 0,
             acked: Vec::with_capacity(expected),
-            got: Vec::with_capacity(expected),
+            got: Vec::new(),
             delivery_us: Vec::with_capacity(expected),
             delivery_due_us: Vec::with_capacity(expected),
             wire_us: Vec::with_capacity(expected),
@@ -126,7 +127,8 @@ impl MemberLog {
 pub struct Role {
     pub idx: u64,
     pub room_id: String,
-    pub partner: String,
+    /// The other members of the room.
+    pub peers: Vec<String>,
 }
 
 /// What a text says about itself.
@@ -165,18 +167,21 @@ fn on_frame(log: &mut MemberLog, role: &Role, plan: &Plan, text: &str, now: Inst
 
 fn on_message(log: &mut MemberLog, role: &Role, plan: &Plan, view: &View, now: Instant) {
     log.seq.observe(view.seq);
-    let from_partner = view.sender.as_deref() == Some(role.partner.as_str());
-    if !from_partner {
-        if view.sender.as_deref() != Some(log.user.as_str()) {
+    let sender = view.sender.as_deref();
+    let Some(peer) = role.peers.iter().position(|p| Some(p.as_str()) == sender) else {
+        if sender != Some(log.user.as_str()) {
             log.unexpected += 1;
         }
         return;
-    }
+    };
     let Some(stamp) = view.text.as_deref().and_then(parse_text) else {
         log.unexpected += 1;
         return;
     };
-    if mark(&mut log.got, stamp.k) {
+    if log.got.len() < role.peers.len() {
+        log.got.resize_with(role.peers.len(), Vec::new);
+    }
+    if mark(&mut log.got[peer], stamp.k) {
         return; // counted by the seq check as a duplicate
     }
     // Bounded by `parse_text`, so the additions cannot overflow.
@@ -185,6 +190,7 @@ fn on_message(log: &mut MemberLog, role: &Role, plan: &Plan, view: &View, now: I
     };
     let delivery = since(stamp.due_us);
     metrics::counter!(crate::telemetry::MESSAGES_RECEIVED_TOTAL).increment(1);
+    crate::scenario::progress::received(1);
     metrics::histogram!(crate::telemetry::DELIVERY_LATENCY_SECONDS)
         .record(delivery as f64 / 1_000_000.0);
     log.delivery_us.push(delivery);
@@ -224,6 +230,7 @@ async fn send_one(
         format!("{}: send #{k} failed: {e}", member.user)
     })?;
     metrics::counter!(crate::telemetry::MESSAGES_SENT_TOTAL).increment(1);
+    crate::scenario::progress::sent(1);
     Ok(())
 }
 
@@ -319,7 +326,7 @@ mod tests {
     }
 
     fn role() -> Role {
-        Role { idx: 0, room_id: "r1".into(), partner: "bob".into() }
+        Role { idx: 0, room_id: "r1".into(), peers: vec!["bob".into()] }
     }
 
     fn message(seq: u64, sender: &str, text: &str) -> String {
@@ -377,7 +384,7 @@ mod tests {
         );
         on_frame(&mut log, &r, &p, &message(3, "mallory", "x"), now);
         on_frame(&mut log, &r, &p, "not json", now);
-        assert_eq!(log.got, vec![true]);
+        assert_eq!(log.got, vec![vec![true]]);
         assert_eq!(log.delivery_us.len(), 1);
         assert_eq!(log.acked, vec![true]);
         assert_eq!(log.seq.duplicated, 1);

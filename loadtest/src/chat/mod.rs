@@ -23,9 +23,9 @@
 //! * per member and room: `seq` must go 1, 2, 3, …; a seq below one already seen
 //!   is reordered (if it was missing) or duplicated, a seq never seen is a gap.
 
-mod books;
-mod member;
-mod plan;
+pub mod books;
+pub mod member;
+pub mod plan;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +36,7 @@ use tokio::task::JoinSet;
 
 use self::member::{member_loop, MemberLog, Role};
 use self::plan::{Metronome, Plan};
+use crate::client::Member;
 use crate::client::{bounded, match_pair, Pair, PairSpec};
 
 pub struct ChatArgs {
@@ -51,6 +52,8 @@ pub struct ChatArgs {
     /// Print delivery latency per slice of this length before the summary (zero: off).
     pub timeline: Duration,
     pub json: Option<PathBuf>,
+    /// Members per room (the `chat` mode's rooms are pairs).
+    pub room_size: usize,
 }
 
 /// Match every pair, `concurrency` at a time; any failure aborts the run.
@@ -82,28 +85,41 @@ async fn setup(args: &ChatArgs) -> Result<Vec<Pair>, String> {
     Ok(pairs.into_iter().flatten().collect())
 }
 
-/// Run every member until the drain ends; logs come back in member order
-/// (pair i: A at 2i, B at 2i + 1).
-async fn run_members(pairs: Vec<Pair>, plan: Plan) -> Result<Vec<MemberLog>, String> {
-    let wakes: Vec<Arc<Notify>> = (0..2 * pairs.len()).map(|_| Arc::new(Notify::new())).collect();
+/// Run every member of every room until the drain ends; logs come back in
+/// member order, room after room (member `j` of room `i` at `i * size + j`).
+pub async fn run_rooms(
+    rooms: Vec<(String, Vec<Member>)>,
+    plan: Plan,
+) -> Result<Vec<MemberLog>, String> {
+    let total: usize = rooms.iter().map(|(_, m)| m.len()).sum();
+    let wakes: Vec<Arc<Notify>> = (0..total).map(|_| Arc::new(Notify::new())).collect();
     let mut running = JoinSet::new();
-    for (i, pair) in pairs.into_iter().enumerate() {
-        let Pair { a, b, room_id, .. } = pair;
-        let (ia, ib) = (2 * i, 2 * i + 1);
-        let role_a = Role { idx: ia as u64, room_id: room_id.clone(), partner: b.user.clone() };
-        let role_b = Role { idx: ib as u64, room_id, partner: a.user.clone() };
-        let (wa, wb) = (wakes[ia].clone(), wakes[ib].clone());
-        running.spawn(async move { (ia, member_loop(a, role_a, plan, wa).await) });
-        running.spawn(async move { (ib, member_loop(b, role_b, plan, wb).await) });
+    let mut idx = 0usize;
+    for (room_id, members) in rooms {
+        let names: Vec<String> = members.iter().map(|m| m.user.clone()).collect();
+        for (j, member) in members.into_iter().enumerate() {
+            let peers = names.iter().enumerate().filter(|&(k, _)| k != j);
+            let peers = peers.map(|(_, n)| n.clone()).collect();
+            let role = Role { idx: idx as u64, room_id: room_id.clone(), peers };
+            let wake = wakes[idx].clone();
+            let at = idx;
+            running.spawn(async move { (at, member_loop(member, role, plan, wake).await) });
+            idx += 1;
+        }
     }
     let metronome = Metronome::start(plan, wakes);
-    let mut logs: Vec<Option<MemberLog>> = (0..running.len()).map(|_| None).collect();
+    let mut logs: Vec<Option<MemberLog>> = (0..total).map(|_| None).collect();
     while let Some(done) = running.join_next().await {
-        let (idx, log) = done.map_err(|e| format!("member task: {e}"))?;
-        logs[idx] = Some(log);
+        let (at, log) = done.map_err(|e| format!("member task: {e}"))?;
+        logs[at] = Some(log);
     }
     metronome.join().map_err(|_| "metronome thread panicked".to_owned())?;
     Ok(logs.into_iter().flatten().collect())
+}
+
+/// Rooms of two from matched pairs.
+fn pair_rooms(pairs: Vec<Pair>) -> Vec<(String, Vec<Member>)> {
+    pairs.into_iter().map(|p| (p.room_id, vec![p.a, p.b])).collect()
 }
 
 fn validate(args: &ChatArgs) -> Result<u64, String> {
@@ -132,6 +148,6 @@ pub async fn run(args: ChatArgs) -> Result<bool, String> {
         senders: 2 * pairs.len() as u64,
         text_bytes: args.text_bytes,
     };
-    let logs = run_members(pairs, plan).await?;
+    let logs = run_rooms(pair_rooms(pairs), plan).await?;
     books::report(&args, &plan, &logs, setup_s)
 }

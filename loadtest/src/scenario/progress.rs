@@ -1,0 +1,79 @@
+//! The live progress line: a few process-wide counters, printed once a second to
+//! standard error while a scenario runs (in place on a terminal).
+
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+static OPENED: AtomicU64 = AtomicU64::new(0);
+static CLOSED: AtomicU64 = AtomicU64::new(0);
+static MATCHED: AtomicU64 = AtomicU64::new(0);
+static SENT: AtomicU64 = AtomicU64::new(0);
+static RECEIVED: AtomicU64 = AtomicU64::new(0);
+static ERRORS: AtomicU64 = AtomicU64::new(0);
+
+pub fn opened() {
+    OPENED.fetch_add(1, Ordering::Relaxed);
+}
+pub fn closed() {
+    CLOSED.fetch_add(1, Ordering::Relaxed);
+}
+pub fn matched() {
+    MATCHED.fetch_add(1, Ordering::Relaxed);
+}
+pub fn sent(n: u64) {
+    SENT.fetch_add(n, Ordering::Relaxed);
+}
+pub fn received(n: u64) {
+    RECEIVED.fetch_add(n, Ordering::Relaxed);
+}
+pub fn error() {
+    ERRORS.fetch_add(1, Ordering::Relaxed);
+}
+
+fn line(started: Instant, label: &str, last_received: &mut u64) -> String {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let open = get(&OPENED).saturating_sub(get(&CLOSED));
+    let received = get(&RECEIVED);
+    let per_s = received.saturating_sub(*last_received);
+    *last_received = received;
+    format!(
+        "[{label} {:>6.1}s] open {open:>6}  opened {:>7}  matched {:>7}  sent {:>9}  \
+         received {:>10} ({per_s}/s)  errors {}",
+        started.elapsed().as_secs_f64(),
+        get(&OPENED),
+        get(&MATCHED),
+        get(&SENT),
+        received,
+        get(&ERRORS)
+    )
+}
+
+/// Print the line every second until the returned guard drops.
+pub fn start(label: String, quiet: bool) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if quiet {
+            return;
+        }
+        let started = Instant::now();
+        let tty = std::io::stderr().is_terminal();
+        let mut last = RECEIVED.load(Ordering::Relaxed);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let text = line(started, &label, &mut last);
+            let mut err = std::io::stderr().lock();
+            let _ = if tty { write!(err, "\r{text}\x1b[K") } else { writeln!(err, "{text}") };
+            let _ = err.flush();
+        }
+    })
+}
+
+/// Stop the line (and end it on a terminal).
+pub fn stop(handle: tokio::task::JoinHandle<()>) {
+    handle.abort();
+    if std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}

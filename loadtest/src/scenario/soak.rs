@@ -1,0 +1,108 @@
+//! `soak`: a mix held for the whole duration (chatting pairs, churning arrivals
+//! and idle sessions at once), then everyone leaves; after `settle_secs` the
+//! servers' resident memory and open files must be back near where they started.
+//!
+//! Numbers: everything the parts report, under `chat.`, `churn.` and `idle.`;
+//! `server.rss_baseline_mib`, `server.rss_peak_mib`, `server.rss_after_mib`,
+//! `server.rss_growth_mib` (after − baseline), `server.fds_baseline`,
+//! `server.fds_after`, `server.fds_growth`, `server.sessions_after`, and from
+//! `/api/stats` of the first node `server.online_after`, `server.searching_after`.
+
+use std::time::{Duration, Instant};
+
+use super::spec::{Chat, Churn};
+use super::{churn, idle, rooms, server, Ctx};
+use crate::scenario::report::Report;
+
+const MIB: f64 = 1_048_576.0;
+
+async fn peak_sampler(urls: Vec<String>, until: Instant) -> server::Usage {
+    let mut peak = server::Usage::default();
+    while Instant::now() < until {
+        if let Ok(u) = server::usage_of_all(&urls).await {
+            peak.rss_bytes = peak.rss_bytes.max(u.rss_bytes);
+            peak.open_fds = peak.open_fds.max(u.open_fds);
+            peak.sessions = peak.sessions.max(u.sessions);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    peak
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Report, String> {
+    let s = &ctx.scenario;
+    let p = s.soak.as_ref().ok_or("no [soak] table")?;
+    let urls = s.urls.clone();
+    let base = server::usage_of_all(&urls).await?;
+    let secs = s.duration_secs;
+    let chat = Chat {
+        rooms: p.chat_pairs,
+        room_size: 2,
+        rate: p.chat_rate,
+        text_bytes: 64,
+        drain_ms: 2_000,
+        setup_concurrency: 50,
+        cross_node: urls.len() > 1,
+        stalled_pairs: 0,
+        stalled_rate: 1.0,
+    };
+    let churn = s.churn.clone().unwrap_or(Churn {
+        rate: p.churn_rate,
+        rounds: 2,
+        messages: 3,
+        think_ms: 50,
+        ice_candidates: 0,
+    });
+    let start = Instant::now() + Duration::from_millis(200);
+    let release = start + Duration::from_secs_f64(secs);
+    let idle_rate = (p.idle_sessions as f64 / (secs / 4.0).max(0.5)).max(1.0);
+    let sampler = tokio::spawn(peak_sampler(urls.clone(), release));
+    let (chat_r, churn_r, idle_r) = tokio::join!(
+        async {
+            if p.chat_pairs == 0 {
+                return Ok(Report::default());
+            }
+            rooms::load(&ctx.dialer, &chat, secs, ctx.deadline).await.map(|(r, _)| r)
+        },
+        async {
+            if p.churn_rate <= 0.0 {
+                return Ok(Report::default());
+            }
+            churn::load(&ctx.dialer, &churn, churn.rate, secs, ctx.deadline).await
+        },
+        async {
+            if p.idle_sessions == 0 {
+                return Ok(Report::default());
+            }
+            idle::hold(&ctx.dialer, p.idle_sessions, idle_rate, start, release, ctx.deadline, None)
+                .await
+        },
+    );
+    let peak = sampler.await.map_err(|e| format!("sampler: {e}"))?;
+    let mut report = Report::default();
+    report.merge_prefixed("chat.", chat_r?)?;
+    report.merge_prefixed("churn.", churn_r?)?;
+    report.merge_prefixed("idle.", idle_r?)?;
+    tokio::time::sleep(Duration::from_secs_f64(p.settle_secs)).await;
+    let after = server::usage_of_all(&urls).await?;
+    report.set("server.rss_baseline_mib", base.rss_bytes / MIB);
+    report.set("server.rss_peak_mib", peak.rss_bytes.max(after.rss_bytes) / MIB);
+    report.set("server.rss_after_mib", after.rss_bytes / MIB);
+    report.set("server.rss_growth_mib", (after.rss_bytes - base.rss_bytes) / MIB);
+    report.set("server.fds_baseline", base.open_fds);
+    report.set("server.fds_peak", peak.open_fds);
+    report.set("server.fds_after", after.open_fds);
+    report.set("server.fds_growth", after.open_fds - base.open_fds);
+    report.set("server.sessions_peak", peak.sessions);
+    report.set("server.sessions_after", after.sessions);
+    if let Ok((200, body)) = server::get(&urls[0], "/api/stats").await {
+        if let Ok(stats) = serde_json::from_str::<serde_json::Value>(&body) {
+            for key in ["online", "searching"] {
+                if let Some(v) = stats.get(key).and_then(serde_json::Value::as_f64) {
+                    report.set(&format!("server.{key}_after"), v);
+                }
+            }
+        }
+    }
+    Ok(report)
+}

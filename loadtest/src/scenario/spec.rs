@@ -1,0 +1,538 @@
+//! The scenario file: a TOML document naming a driver (`kind`), where to connect,
+//! how much load to offer for how long, and the thresholds a run must meet.
+//! `loadtest/scenarios/README.md` documents every key; [`Scenario::load`] reads a
+//! file, applies its `[smoke]` table when asked, then the command line overrides.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// Which driver runs the scenario.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    MatchStorm,
+    ChatRooms,
+    Churn,
+    IdleCapacity,
+    Soak,
+    FullFlow,
+    RedisFailover,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::MatchStorm => "match-storm",
+            Kind::ChatRooms => "chat-rooms",
+            Kind::Churn => "churn",
+            Kind::IdleCapacity => "idle-capacity",
+            Kind::Soak => "soak",
+            Kind::FullFlow => "full-flow",
+            Kind::RedisFailover => "redis-failover",
+        }
+    }
+
+    /// Drivers whose load divides evenly over worker processes.
+    pub fn splits_over_workers(self) -> bool {
+        matches!(self, Kind::MatchStorm | Kind::IdleCapacity | Kind::Churn)
+    }
+}
+
+/// A bound on one number of the result (`results.<path>` in the JSON file).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Bound {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// Tokens instead of `?user=`: HS256 JWTs signed with a secret.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Auth {
+    /// Environment variable holding the secret (`--jwt-secret` overrides).
+    #[serde(default = "default_secret_env")]
+    pub secret_env: String,
+    /// Lifetime of each minted token.
+    #[serde(default = "default_token_ttl")]
+    pub ttl_secs: u64,
+}
+
+fn default_secret_env() -> String {
+    "RENDEZVOUS_JWT_SECRET".into()
+}
+fn default_token_ttl() -> u64 {
+    3_600
+}
+
+/// `match-storm`: new connections arrive at `rate`/s, search, get matched, leave.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storm {
+    /// Arrivals per second (each a new connection), open loop.
+    pub rate: f64,
+    /// Interests drawn from `interest_pool` for each user.
+    #[serde(default = "default_interests_per_user")]
+    pub interests_per_user: usize,
+    /// Size of the interest vocabulary (smaller: more shared interests).
+    #[serde(default = "default_interest_pool")]
+    pub interest_pool: usize,
+    /// Every user also names two interests all share, so everyone can match at
+    /// the first step of the default relaxation ladder (which wants two shared);
+    /// false: some wait for the ladder to relax.
+    #[serde(default = "yes")]
+    pub common_interest: bool,
+    /// How long a matched user stays before closing.
+    #[serde(default)]
+    pub hold_ms: u64,
+    /// `max_wait_ms` sent with each search (0: the server's default).
+    #[serde(default)]
+    pub max_wait_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_interests_per_user() -> usize {
+    3
+}
+fn default_interest_pool() -> usize {
+    8
+}
+
+/// `chat-rooms`: rooms of `room_size` members, each sending at `rate`/s.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chat {
+    pub rooms: usize,
+    /// 2: rooms made by matching pairs; more: members join one public room each.
+    #[serde(default = "default_room_size")]
+    pub room_size: usize,
+    /// Messages per second sent by each member, open loop.
+    pub rate: f64,
+    #[serde(default = "default_text_bytes")]
+    pub text_bytes: usize,
+    /// How long members keep reading after the last send.
+    #[serde(default = "default_drain_ms")]
+    pub drain_ms: u64,
+    /// Rooms set up at once.
+    #[serde(default = "default_setup_concurrency")]
+    pub setup_concurrency: usize,
+    /// Members of a room on different nodes, round robin over `urls`.
+    #[serde(default)]
+    pub cross_node: bool,
+    /// Extra pairs whose second member never reads (slow consumers); their
+    /// first member sends at `stalled_rate`. Only the healthy rooms are measured.
+    #[serde(default)]
+    pub stalled_pairs: usize,
+    #[serde(default = "default_stalled_rate")]
+    pub stalled_rate: f64,
+}
+
+fn default_room_size() -> usize {
+    2
+}
+fn default_text_bytes() -> usize {
+    64
+}
+fn default_drain_ms() -> u64 {
+    2_000
+}
+fn default_setup_concurrency() -> usize {
+    50
+}
+fn default_stalled_rate() -> f64 {
+    20.0
+}
+
+/// `churn` and `full-flow`: users arrive, search, chat, skip with `next`, leave.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Churn {
+    /// Arrivals per second (churn); pairs started per second (full-flow).
+    pub rate: f64,
+    /// Matches per user before it disconnects (each but the last ended by `next`).
+    #[serde(default = "default_rounds")]
+    pub rounds: usize,
+    /// Messages each user sends in each match.
+    #[serde(default = "default_messages")]
+    pub messages: usize,
+    /// Pause between two sends of one user.
+    #[serde(default = "default_think_ms")]
+    pub think_ms: u64,
+    /// ICE candidates each side sends (full-flow).
+    #[serde(default = "default_ice")]
+    pub ice_candidates: usize,
+}
+
+fn default_rounds() -> usize {
+    2
+}
+fn default_messages() -> usize {
+    3
+}
+fn default_think_ms() -> u64 {
+    50
+}
+fn default_ice() -> usize {
+    3
+}
+
+/// `idle-capacity`: hold `sessions` idle connections.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Idle {
+    pub sessions: usize,
+    /// New connections per second, open loop.
+    pub connect_rate: f64,
+    /// How long all sessions are held once open.
+    #[serde(default = "default_hold_secs")]
+    pub hold_secs: f64,
+    /// Sample the server's resident memory every this many sessions.
+    #[serde(default = "default_sample_every")]
+    pub sample_every: usize,
+}
+
+fn default_hold_secs() -> f64 {
+    5.0
+}
+fn default_sample_every() -> usize {
+    1_000
+}
+
+/// `soak`: a mix held for the whole duration, then everyone leaves and the
+/// server's memory and file descriptors must return near their baseline.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Soak {
+    /// Chatting pairs held for the whole run.
+    pub chat_pairs: usize,
+    pub chat_rate: f64,
+    /// Churning arrivals per second.
+    pub churn_rate: f64,
+    /// Idle sessions held for the whole run.
+    pub idle_sessions: usize,
+    /// Wait after everyone left before the final sample.
+    #[serde(default = "default_settle_secs")]
+    pub settle_secs: f64,
+}
+
+fn default_settle_secs() -> f64 {
+    5.0
+}
+
+/// `redis-failover`: cross-node chat while the tool stops and restarts Redis.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Failover {
+    pub pairs: usize,
+    pub rate: f64,
+    /// Shell command that stops redis-server (run by `sh -c`).
+    pub stop_command: String,
+    /// Shell command that starts it again.
+    pub start_command: String,
+    /// Seconds into the sending phase when Redis is stopped.
+    pub stop_after_secs: f64,
+    /// How long Redis stays down.
+    pub down_secs: f64,
+    /// Delivery rate (share of the rate before the outage) that counts as recovered.
+    #[serde(default = "default_recovered_share")]
+    pub recovered_share: f64,
+}
+
+fn default_recovered_share() -> f64 {
+    0.9
+}
+
+/// One scenario file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub kind: Kind,
+    /// WebSocket endpoints (`ws://host:port/ws`); drivers spread users over them.
+    #[serde(default = "default_urls")]
+    pub urls: Vec<String>,
+    /// Length of the load phase (arrivals, sends).
+    pub duration_secs: f64,
+    /// Hard bound on the whole run; past it the run stops and fails.
+    #[serde(default)]
+    pub max_secs: Option<f64>,
+    /// Give up on one awaited frame after this long.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Local addresses to connect from, round robin (e.g. 127.0.0.2, 127.0.0.3):
+    /// more client ports than one address allows.
+    #[serde(default)]
+    pub source_addrs: Vec<IpAddr>,
+    /// Worker processes sharing the load (each with its own file limit).
+    #[serde(default = "default_workers")]
+    pub workers: usize,
+    #[serde(default)]
+    pub auth: Option<Auth>,
+    #[serde(default)]
+    pub storm: Option<Storm>,
+    #[serde(default)]
+    pub chat: Option<Chat>,
+    #[serde(default)]
+    pub churn: Option<Churn>,
+    #[serde(default)]
+    pub idle: Option<Idle>,
+    #[serde(default)]
+    pub soak: Option<Soak>,
+    #[serde(default)]
+    pub failover: Option<Failover>,
+    /// `path = { min = .., max = .. }` over `results` of the JSON report.
+    #[serde(default)]
+    pub thresholds: BTreeMap<String, Bound>,
+}
+
+fn default_urls() -> Vec<String> {
+    vec!["ws://127.0.0.1:8080/ws".into()]
+}
+fn default_timeout_ms() -> u64 {
+    10_000
+}
+fn default_workers() -> usize {
+    1
+}
+
+/// Command-line overrides of a file's settings.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub urls: Vec<String>,
+    pub duration_secs: Option<f64>,
+    pub workers: Option<usize>,
+    pub source_addrs: Vec<IpAddr>,
+    /// `key.path=value` pairs (TOML values), applied after `[smoke]`.
+    pub sets: Vec<String>,
+}
+
+/// Overlay `top` onto `base`, table by table.
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (key, value) in top {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) => merge(b, t),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+/// `a.b.c=value` into a nested table; the value is TOML, or a bare string.
+fn set_path(table: &mut toml::Table, assignment: &str) -> Result<(), String> {
+    let (path, raw) = assignment
+        .split_once('=')
+        .ok_or_else(|| format!("--set {assignment}: expected KEY=VALUE"))?;
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()));
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    let (last, parents) = keys.split_last().ok_or_else(|| format!("--set {assignment}: no key"))?;
+    let mut at = table;
+    for key in parents {
+        let entry = at.entry((*key).to_owned()).or_insert_with(|| toml::Table::new().into());
+        at =
+            entry.as_table_mut().ok_or_else(|| format!("--set {assignment}: {key} is no table"))?;
+    }
+    at.insert((*last).to_owned(), value);
+    Ok(())
+}
+
+impl Scenario {
+    /// Parse `text`; with `smoke`, its `[smoke]` table overrides the rest first.
+    pub fn parse(text: &str, smoke: bool, overrides: &Overrides) -> Result<Self, String> {
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+        let smoke_table = match table.remove("smoke") {
+            Some(toml::Value::Table(t)) => Some(t),
+            Some(_) => return Err("`smoke` must be a table".into()),
+            None => None,
+        };
+        if smoke {
+            merge(&mut table, smoke_table.ok_or("the file has no [smoke] table")?);
+        }
+        for assignment in &overrides.sets {
+            set_path(&mut table, assignment)?;
+        }
+        let mut s: Scenario = toml::Value::Table(table).try_into().map_err(|e| e.to_string())?;
+        if !overrides.urls.is_empty() {
+            s.urls = overrides.urls.clone();
+        }
+        if let Some(d) = overrides.duration_secs {
+            s.duration_secs = d;
+        }
+        if let Some(w) = overrides.workers {
+            s.workers = w;
+        }
+        if !overrides.source_addrs.is_empty() {
+            s.source_addrs = overrides.source_addrs.clone();
+        }
+        s.validate()?;
+        Ok(s)
+    }
+
+    pub fn load(path: &Path, smoke: bool, overrides: &Overrides) -> Result<Self, String> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        Self::parse(&text, smoke, overrides).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The hard bound on the whole run.
+    pub fn max_secs(&self) -> f64 {
+        self.max_secs.unwrap_or(self.duration_secs * 2.0 + 60.0)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let positive = |what: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("{what} must be a positive number, got {v}"))
+            }
+        };
+        positive("duration_secs", self.duration_secs)?;
+        positive("max_secs", self.max_secs())?;
+        if self.urls.is_empty() {
+            return Err("urls must name at least one endpoint".into());
+        }
+        for url in &self.urls {
+            if !(url.starts_with("ws://") || url.starts_with("wss://")) {
+                return Err(format!("url {url:?} is not ws:// or wss://"));
+            }
+        }
+        if self.workers == 0 || self.workers > 64 {
+            return Err(format!("workers must be 1 to 64, got {}", self.workers));
+        }
+        if self.workers > 1 && !self.kind.splits_over_workers() {
+            return Err(format!("kind {} runs in one process (workers = 1)", self.kind.name()));
+        }
+        let missing = |table: &str| format!("kind {} needs a [{table}] table", self.kind.name());
+        match self.kind {
+            Kind::MatchStorm => {
+                let s = self.storm.as_ref().ok_or_else(|| missing("storm"))?;
+                positive("storm.rate", s.rate)?;
+                if s.interest_pool == 0 || s.interests_per_user > 18 {
+                    return Err("storm: interest_pool ≥ 1, interests_per_user ≤ 18".into());
+                }
+            }
+            Kind::ChatRooms => {
+                let c = self.chat.as_ref().ok_or_else(|| missing("chat"))?;
+                positive("chat.rate", c.rate)?;
+                if c.rooms == 0 || c.room_size < 2 {
+                    return Err("chat: rooms ≥ 1 and room_size ≥ 2".into());
+                }
+                if c.cross_node && self.urls.len() < 2 {
+                    return Err("chat.cross_node needs at least two urls".into());
+                }
+                if c.stalled_pairs > 0 {
+                    positive("chat.stalled_rate", c.stalled_rate)?;
+                }
+            }
+            Kind::Churn | Kind::FullFlow => {
+                let c = self.churn.as_ref().ok_or_else(|| missing("churn"))?;
+                positive("churn.rate", c.rate)?;
+                if c.rounds == 0 {
+                    return Err("churn.rounds must be at least 1".into());
+                }
+            }
+            Kind::IdleCapacity => {
+                let i = self.idle.as_ref().ok_or_else(|| missing("idle"))?;
+                positive("idle.connect_rate", i.connect_rate)?;
+                if i.sessions == 0 || i.sample_every == 0 {
+                    return Err("idle: sessions and sample_every must be at least 1".into());
+                }
+            }
+            Kind::Soak => {
+                let s = self.soak.as_ref().ok_or_else(|| missing("soak"))?;
+                if s.chat_pairs > 0 {
+                    positive("soak.chat_rate", s.chat_rate)?;
+                }
+            }
+            Kind::RedisFailover => {
+                let f = self.failover.as_ref().ok_or_else(|| missing("failover"))?;
+                positive("failover.rate", f.rate)?;
+                positive("failover.down_secs", f.down_secs)?;
+                if f.pairs == 0 || f.stop_after_secs >= self.duration_secs {
+                    return Err("failover: pairs ≥ 1 and stop_after_secs < duration_secs".into());
+                }
+            }
+        }
+        for (path, bound) in &self.thresholds {
+            if bound.min.is_none() && bound.max.is_none() {
+                return Err(format!("threshold {path} has neither min nor max"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STORM: &str = r#"
+        name = "storm"
+        kind = "match-storm"
+        duration_secs = 10
+        [storm]
+        rate = 500
+        [thresholds]
+        "match_latency.p99_ms" = { max = 2.0 }
+        double_matches = { max = 0 }
+        [smoke]
+        duration_secs = 1
+        storm = { rate = 20 }
+    "#;
+
+    #[test]
+    fn a_file_parses_with_defaults_and_thresholds() {
+        let s = Scenario::parse(STORM, false, &Overrides::default()).expect("parse");
+        assert_eq!(s.kind, Kind::MatchStorm);
+        assert_eq!(s.urls, vec!["ws://127.0.0.1:8080/ws".to_owned()]);
+        assert_eq!(s.duration_secs, 10.0);
+        let storm = s.storm.expect("storm");
+        assert_eq!((storm.rate, storm.interests_per_user), (500.0, 3));
+        assert_eq!(s.thresholds["match_latency.p99_ms"], Bound { min: None, max: Some(2.0) });
+    }
+
+    #[test]
+    fn smoke_and_command_line_override_in_that_order() {
+        let o = Overrides {
+            urls: vec!["ws://127.0.0.1:9/ws".into()],
+            sets: vec!["storm.hold_ms=250".into(), "description=quick".into()],
+            ..Overrides::default()
+        };
+        let s = Scenario::parse(STORM, true, &o).expect("parse");
+        assert_eq!(s.duration_secs, 1.0);
+        let storm = s.storm.as_ref().expect("storm");
+        assert_eq!((storm.rate, storm.hold_ms), (20.0, 250));
+        assert_eq!(s.description, "quick");
+        assert_eq!(s.urls, vec!["ws://127.0.0.1:9/ws".to_owned()]);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let o = Overrides::default();
+        let err = |text: &str| Scenario::parse(text, false, &o).expect_err("must fail");
+        assert!(err("name='x'\nkind='match-storm'\nduration_secs=1").contains("[storm]"));
+        assert!(err("name='x'\nkind='teleport'\nduration_secs=1").contains("unknown variant"));
+        assert!(err("name='x'\nkind='churn'\nduration_secs=0\n[churn]\nrate=1")
+            .contains("duration_secs"));
+        assert!(err("name='x'\nkind='churn'\nduration_secs=1\nspeed=3\n[churn]\nrate=1")
+            .contains("unknown field"));
+        let bad_bound = "name='x'\nkind='churn'\nduration_secs=1\n[churn]\nrate=1\n\
+                         [thresholds]\nerrors={}";
+        assert!(err(bad_bound).contains("neither min nor max"));
+        let no_smoke = "name='x'\nkind='churn'\nduration_secs=1\n[churn]\nrate=1";
+        assert!(Scenario::parse(no_smoke, true, &o).expect_err("no smoke").contains("[smoke]"));
+        let workers = "name='x'\nkind='full-flow'\nduration_secs=1\nworkers=2\n[churn]\nrate=1";
+        assert!(err(workers).contains("one process"));
+    }
+}

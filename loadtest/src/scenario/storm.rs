@@ -1,0 +1,251 @@
+//! `match-storm`: new connections arrive at a fixed rate, each searches once, is
+//! matched, stays `hold_ms` and leaves.
+//!
+//! Numbers: `connect_latency` (scheduled arrival → `welcome`), `match_latency`
+//! (the later searcher of each pair: its `find_match` → its `match_found`, the
+//! server's matching time plus one loopback trip), `arrival_to_match`
+//! (scheduled arrival → `match_found`). Correctness: `double_matches` (a user
+//! with two `match_found`, or a room with more than two members) and
+//! `asymmetric_pairs` (A's partner is B but B's is not A, or their rooms differ).
+//! Every worker and run searches in a language of its own, so their users never
+//! meet each other or leftovers of an earlier run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rendezvous_protocol::ServerFrame;
+use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
+
+use super::{arrivals, failed, progress, Ctx};
+use crate::client::{self, Failure};
+use crate::scenario::report::Report;
+use crate::stats;
+
+/// One user's match, as it saw it.
+struct Seen {
+    room: String,
+    partner: Option<String>,
+    searched: Instant,
+    found: Instant,
+    /// More `match_found` frames after the first.
+    extra: u64,
+}
+
+/// Interest `k` of user `i`: a cheap deterministic spread over the vocabulary.
+fn interests(i: usize, per_user: usize, pool: usize) -> Vec<String> {
+    let mut h = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..per_user)
+        .map(|_| {
+            h ^= h << 13;
+            h ^= h >> 7;
+            h ^= h << 17;
+            format!("topic-{}", h % pool as u64)
+        })
+        .collect()
+}
+
+async fn one(
+    ctx: Arc<CtxLite>,
+    i: usize,
+    due: Instant,
+    seen: Arc<Mutex<HashMap<String, Seen>>>,
+) -> Result<(u64, u64), Failure> {
+    let user = ctx.dialer.user(&format!("s{i}"));
+    let url = ctx.dialer.url(i).to_owned();
+    let (mut m, _) = ctx.dialer.open(&url, user.clone()).await?;
+    let connect_us = stats::micros(due.elapsed());
+    let mut topics = interests(i, ctx.per_user, ctx.pool);
+    if ctx.common {
+        // Two, because the first step of the default ladder asks for two shared.
+        topics.extend(["everyone".to_owned(), "storm".to_owned()]);
+    }
+    let mut find = json!({"action": "find_match", "language": ctx.language, "interests": topics});
+    if ctx.max_wait_ms > 0 {
+        find["max_wait_ms"] = json!(ctx.max_wait_ms);
+    }
+    let searched = Instant::now();
+    client::send_text(&mut m.ws, &user, find.to_string()).await?;
+    client::until(&mut m.ws, &user, "searching", ctx.wait).await?;
+    let found = client::until(&mut m.ws, &user, "match_found", ctx.wait).await;
+    let found = match found {
+        Ok(f) => f,
+        Err(e) => {
+            progress::closed();
+            return Err(e);
+        }
+    };
+    let found_at = Instant::now();
+    progress::matched();
+    let ServerFrame::MatchFound { room_id, partner_id, .. } = found else {
+        return Err(Failure::Server { user, frame: "not a match_found".into() });
+    };
+    // Stay a while, counting any further match_found.
+    let mut extra = 0;
+    let hold = tokio::time::sleep(ctx.hold);
+    tokio::pin!(hold);
+    loop {
+        tokio::select! {
+            () = &mut hold => break,
+            next = m.ws.next() => match next {
+                Some(Ok(Message::Text(t))) if t.as_str().contains("\"match_found\"") => extra += 1,
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+    }
+    let _ = m.ws.close(None).await;
+    progress::closed();
+    if let Ok(mut seen) = seen.lock() {
+        // The same user twice would be a bug of the driver, but count it anyway.
+        let extra = extra + u64::from(seen.contains_key(&user));
+        seen.insert(
+            user,
+            Seen { room: room_id, partner: partner_id, searched, found: found_at, extra },
+        );
+    }
+    Ok((connect_us, stats::micros(found_at.saturating_duration_since(due))))
+}
+
+/// What each arrival task needs, without the scenario's borrow.
+struct CtxLite {
+    dialer: super::net::Dialer,
+    language: String,
+    per_user: usize,
+    pool: usize,
+    common: bool,
+    max_wait_ms: u64,
+    hold: Duration,
+    wait: Duration,
+}
+
+/// Pairs: doubles, asymmetric pairs, and the later searcher's latencies.
+fn books(seen: &HashMap<String, Seen>, report: &mut Report) -> Result<(), String> {
+    let mut rooms: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (user, s) in seen {
+        rooms.entry(s.room.as_str()).or_default().push(user.as_str());
+        report.count("double_matches", s.extra);
+    }
+    report.declare("match_latency")?;
+    for (room, members) in &rooms {
+        if members.len() > 2 {
+            report.count("double_matches", members.len() as u64 - 2);
+            report.note("first_double", format!("room {room} has {members:?}"));
+            continue;
+        }
+        let [a, b] = members[..] else {
+            // The partner's side is missing (it failed after its match_found, or
+            // it belongs to a bound that ended the run first).
+            report.count("half_seen_pairs", 1);
+            continue;
+        };
+        let (sa, sb) = (&seen[a], &seen[b]);
+        if sa.partner.as_deref() != Some(b) || sb.partner.as_deref() != Some(a) {
+            report.count("asymmetric_pairs", 1);
+            report.note("first_asymmetric", format!("{a}→{:?}, {b}→{:?}", sa.partner, sb.partner));
+        }
+        let later = if sa.searched >= sb.searched { sa } else { sb };
+        report.record("match_latency", stats::micros(later.found - later.searched))?;
+        report.count("pairs", 1);
+    }
+    report.count("double_matches", 0);
+    report.count("asymmetric_pairs", 0);
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx) -> Result<Report, String> {
+    let s = &ctx.scenario;
+    let p = s.storm.as_ref().ok_or("no [storm] table")?;
+    let rate = ctx.share.rate(p.rate);
+    // Even, so that every user of this worker can find a partner.
+    let mut count = (rate * s.duration_secs).ceil() as usize;
+    count += count % 2;
+    let lite = Arc::new(CtxLite {
+        dialer: ctx.dialer.clone(),
+        language: ctx.dialer.tag().to_owned(),
+        per_user: p.interests_per_user,
+        pool: p.interest_pool,
+        common: p.common_interest,
+        max_wait_ms: p.max_wait_ms,
+        hold: Duration::from_millis(p.hold_ms),
+        wait: ctx.dialer.wait(),
+    });
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let start = Instant::now() + Duration::from_millis(100);
+    let results = arrivals(count, rate, start, ctx.deadline, |i, due| {
+        one(lite.clone(), i, due, seen.clone())
+    })
+    .await;
+    let window = start.elapsed().as_secs_f64();
+    let mut report = Report::default();
+    report.count("arrivals", results.len() as u64);
+    report.declare("connect_latency")?;
+    report.declare("arrival_to_match")?;
+    for r in &results {
+        match r {
+            Ok((connect_us, to_match_us)) => {
+                report.record("connect_latency", *connect_us)?;
+                report.record("arrival_to_match", *to_match_us)?;
+                report.count("matched", 1);
+            }
+            Err(f) => failed(&mut report, f),
+        }
+    }
+    report.count("matched", 0);
+    report.count("errors.total", 0);
+    let seen = seen.lock().map_err(|_| "match books poisoned")?;
+    books(&seen, &mut report)?;
+    report.set("offered_arrivals_per_s", rate);
+    report.set("matched_users_per_s", report.counters["matched"] as f64 / window.max(1e-9));
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(room: &str, partner: &str, searched_ms: u64, found_ms: u64) -> Seen {
+        let t0 = Instant::now();
+        Seen {
+            room: room.into(),
+            partner: Some(partner.into()),
+            searched: t0 + Duration::from_millis(searched_ms),
+            found: t0 + Duration::from_millis(found_ms),
+            extra: 0,
+        }
+    }
+
+    #[test]
+    fn the_books_find_doubles_and_asymmetry_and_time_the_later_searcher() {
+        let mut m = HashMap::new();
+        m.insert("a".to_owned(), seen("r1", "b", 0, 10));
+        m.insert("b".to_owned(), seen("r1", "a", 8, 10));
+        m.insert("c".to_owned(), seen("r2", "d", 0, 5));
+        m.insert("d".to_owned(), seen("r2", "e", 1, 5));
+        m.insert("e".to_owned(), seen("r3", "x", 0, 5));
+        m.insert("f".to_owned(), seen("r4", "g", 0, 5));
+        m.insert("g".to_owned(), seen("r4", "f", 0, 5));
+        m.insert("h".to_owned(), seen("r4", "f", 0, 5));
+        let mut r = Report::default();
+        books(&m, &mut r).expect("books");
+        assert_eq!(r.counters["double_matches"], 1);
+        assert_eq!(r.counters["asymmetric_pairs"], 1);
+        assert_eq!(r.counters["half_seen_pairs"], 1);
+        assert_eq!(r.counters["pairs"], 2);
+        let h = &r.histos["match_latency"];
+        // r1: b searched later, waited 2 ms; r2: d, 4 ms.
+        assert_eq!(h.len(), 2);
+        assert!(h.max() >= 3_990 && h.max() <= 4_010, "{}", h.max());
+    }
+
+    #[test]
+    fn interests_come_from_the_pool() {
+        let all: Vec<String> = (0..100).flat_map(|i| interests(i, 3, 8)).collect();
+        assert!(all
+            .iter()
+            .all(|t| t.starts_with("topic-") && t[6..].parse::<u64>().is_ok_and(|n| n < 8)));
+        assert!(all.iter().collect::<std::collections::HashSet<_>>().len() > 4);
+    }
+}

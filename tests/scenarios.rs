@@ -1,0 +1,276 @@
+//! Every bundled load-test scenario (`loadtest/scenarios/*.toml`), run by the real
+//! `rendezvous-loadtest` binary with its `[smoke]` settings (a second or a few,
+//! a handful of users) against real engine processes: one node, or two nodes
+//! and a real redis-server. Each run must exit 0 (every threshold of the file
+//! met), and its JSON result must show that the scenario really did its work.
+//! Also: a missed threshold exits 1, and a file nobody can run exits 2.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, Node};
+use serde_json::Value;
+
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The load tester, built (by the cargo running this test, in this test's
+/// profile) once per test process, so the smoke runs never use a stale binary.
+fn loadtest() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let engine = PathBuf::from(env!("CARGO_BIN_EXE_rendezvous"));
+        let profile_dir = engine.parent().expect("target profile dir");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--locked", "-p", "rendezvous-loadtest"]).current_dir(repo());
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo build for the load tester");
+        assert!(
+            out.status.success(),
+            "building the load tester failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = profile_dir.join("rendezvous-loadtest");
+        assert!(bin.is_file(), "{} missing after the build", bin.display());
+        bin
+    })
+}
+
+struct Outcome {
+    code: Option<i32>,
+    json: Value,
+    stdout: String,
+    stderr: String,
+}
+
+/// `rendezvous-loadtest run <scenario> --smoke` at `urls`, with `--set` pairs.
+fn run(scenario: &str, urls: &[String], sets: &[String]) -> Outcome {
+    let file = repo().join("loadtest/scenarios").join(format!("{scenario}.toml"));
+    let json =
+        std::env::temp_dir().join(format!("rdv-scenario-{}-{scenario}.json", std::process::id()));
+    let _ = std::fs::remove_file(&json);
+    let mut cmd = Command::new(loadtest());
+    cmd.arg("run").arg(&file).arg("--smoke").arg("--quiet").arg("--json").arg(&json);
+    for url in urls {
+        cmd.arg("--url").arg(url);
+    }
+    for s in sets {
+        cmd.arg("--set").arg(s);
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn rendezvous-loadtest");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > RUN_LIMIT {
+            let _ = child.kill();
+            panic!("{scenario}: the smoke run passed {RUN_LIMIT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("output");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = std::fs::read_to_string(&json)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
+    Outcome { code: out.status.code(), json, stdout, stderr }
+}
+
+/// Run and insist on exit 0 and `"pass": true`.
+fn passes(scenario: &str, urls: &[String], sets: &[String]) -> Value {
+    let o = run(scenario, urls, sets);
+    assert!(
+        o.code == Some(0) && o.json["pass"] == Value::Bool(true),
+        "{scenario}: exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.code,
+        o.stdout,
+        o.stderr
+    );
+    assert!(o.stdout.contains(&format!("scenario {scenario}: PASS")), "{}", o.stdout);
+    o.json["results"].clone()
+}
+
+fn num(results: &Value, path: &str) -> f64 {
+    let mut at = results;
+    for key in path.split('.') {
+        at = &at[key];
+    }
+    at.as_f64().unwrap_or_else(|| panic!("results have no number at {path}: {results}"))
+}
+
+fn solo() -> Node {
+    Node::spawn(None, "solo", &[])
+}
+
+fn ws(node: &Node) -> String {
+    format!("ws://{}/ws", node.addr)
+}
+
+#[test]
+fn match_storm_matches_every_arrival_once() {
+    let node = solo();
+    let r = passes("match-storm", &[ws(&node)], &[]);
+    assert_eq!(num(&r, "matched"), 100.0, "{r}");
+    assert_eq!(num(&r, "pairs"), 50.0, "{r}");
+    assert_eq!(num(&r, "double_matches") + num(&r, "asymmetric_pairs"), 0.0);
+    assert_eq!(num(&r, "match_latency.count"), 50.0);
+}
+
+#[test]
+fn chat_rooms_of_four_deliver_every_message_to_every_other_member() {
+    let node = solo();
+    let r = passes("chat-rooms", &[ws(&node)], &[]);
+    // 3 rooms × 4 members × 10/s × 1 s, each to 3 others.
+    assert!(num(&r, "sent") >= 100.0, "{r}");
+    assert_eq!(num(&r, "delivered"), num(&r, "acked") * 3.0, "{r}");
+    assert_eq!(num(&r, "lost") + num(&r, "gaps") + num(&r, "duplicated"), 0.0);
+}
+
+#[test]
+fn chat_pairs_deliver_everything() {
+    let node = solo();
+    let r = passes("chat-pairs", &[ws(&node)], &[]);
+    assert!(num(&r, "delivered") >= 90.0, "{r}");
+    assert_eq!(num(&r, "delivered"), num(&r, "acked"), "{r}");
+}
+
+#[test]
+fn churn_goes_through_every_round() {
+    let node = solo();
+    let r = passes("churn", &[ws(&node)], &[]);
+    assert_eq!(num(&r, "users"), 20.0, "{r}");
+    assert_eq!(num(&r, "rounds"), 40.0, "{r}");
+    assert_eq!(num(&r, "messages_delivered"), 120.0, "{r}");
+}
+
+#[test]
+fn idle_capacity_holds_sessions_from_two_worker_processes() {
+    let node = solo();
+    let r = passes("idle-capacity", &[ws(&node)], &[]);
+    assert_eq!(num(&r, "connected"), 200.0, "{r}");
+    // Both workers' sessions were open at once on the server.
+    assert!(num(&r, "server.peak_sessions") >= 150.0, "{r}");
+    assert!(num(&r, "server.rss_peak_mib") > 0.0, "{r}");
+}
+
+#[test]
+fn soak_returns_to_its_baseline() {
+    let node = solo();
+    let r = passes("soak", &[ws(&node)], &[]);
+    assert!(num(&r, "chat.delivered") > 0.0, "{r}");
+    assert!(num(&r, "churn.rounds") > 0.0, "{r}");
+    assert!(num(&r, "idle.connected") >= 20.0, "{r}");
+    assert_eq!(num(&r, "server.sessions_after"), 0.0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_node_pairs_chat_across_nodes() {
+    let cluster = Cluster::start(2).await;
+    let urls: Vec<String> = cluster.nodes.iter().map(ws).collect();
+    let r =
+        tokio::task::spawn_blocking(move || passes("multi-node", &urls, &[])).await.expect("run");
+    assert!(num(&r, "delivered") >= 150.0, "{r}");
+    assert_eq!(num(&r, "setup_match_latency.count"), 10.0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_flow_completes_across_nodes() {
+    let cluster = Cluster::start(2).await;
+    let urls: Vec<String> = cluster.nodes.iter().map(ws).collect();
+    let r =
+        tokio::task::spawn_blocking(move || passes("full-flow", &urls, &[])).await.expect("run");
+    assert_eq!(num(&r, "flows_completed"), 5.0, "{r}");
+    // Offer, answer and 4 candidates each way, per flow.
+    assert_eq!(num(&r, "signal_latency.count"), 50.0, "{r}");
+}
+
+/// Kills the redis-server the scenario started (daemonized, so no harness owns it).
+struct PidFile(PathBuf);
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(&self.0) {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_failover_is_survived_and_reported() {
+    let cluster = Cluster::start(2).await;
+    let urls: Vec<String> = cluster.nodes.iter().map(ws).collect();
+    let port = cluster.redis.port();
+    let pid = PidFile(std::env::temp_dir().join(format!("rdv-failover-{port}.pid")));
+    let stop = format!("failover.stop_command=\"redis-cli -p {port} shutdown nosave\"");
+    let start = format!(
+        "failover.start_command=\"redis-server --port {port} --bind 127.0.0.1 --save '' \
+         --appendonly no --daemonize yes --pidfile {}\"",
+        pid.0.display()
+    );
+    let r = tokio::task::spawn_blocking(move || passes("redis-failover", &urls, &[stop, start]))
+        .await
+        .expect("run");
+    // The tool saw the outage and the recovery.
+    assert!(num(&r, "failover.not_ready_after_stop_s") >= 0.0, "never saw a node unready: {r}");
+    assert!(num(&r, "failover.ready_after_start_s") >= 0.0, "never ready again: {r}");
+    assert!(num(&r, "failover.rate_before_per_s") > 0.0, "{r}");
+    assert!(num(&r, "failover.rate_after_per_s") > 0.0, "{r}");
+    drop(cluster);
+    drop(pid);
+}
+
+#[test]
+fn a_missed_threshold_exits_1_and_says_which() {
+    let node = solo();
+    let o = run("chat-pairs", &[ws(&node)], &["thresholds.delivered={min=1e12}".into()]);
+    assert_eq!(o.code, Some(1), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    assert_eq!(o.json["pass"], Value::Bool(false));
+    assert!(o.stdout.contains("FAIL  delivered"), "{}", o.stdout);
+    let failed: Vec<&Value> = o.json["thresholds"]
+        .as_array()
+        .expect("thresholds")
+        .iter()
+        .filter(|t| t["pass"] == false)
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", o.json);
+}
+
+#[test]
+fn a_scenario_that_cannot_run_exits_2() {
+    let o = run("chat-pairs", &["ws://127.0.0.1:1/ws".into()], &[]);
+    assert_eq!(o.code, Some(2), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    assert!(o.stderr.contains("failed to form"), "{}", o.stderr);
+    let o = run("chat-pairs", &[], &["chat.rate=-1".into()]);
+    assert_eq!(o.code, Some(2));
+    assert!(o.stderr.contains("chat.rate must be a positive number"), "{}", o.stderr);
+}
+
+#[test]
+fn every_bundled_scenario_is_covered_here() {
+    let mut names: Vec<String> = std::fs::read_dir(repo().join("loadtest/scenarios"))
+        .expect("loadtest/scenarios")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".toml").map(str::to_owned))
+        .collect();
+    names.sort();
+    let me = std::fs::read_to_string(repo().join("tests/scenarios.rs")).expect("this file");
+    for name in &names {
+        assert!(me.contains(&format!("passes(\"{name}\"")), "scenario {name} has no smoke run");
+    }
+    assert!(names.len() >= 8, "{names:?}");
+}
