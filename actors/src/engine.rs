@@ -47,6 +47,10 @@ pub struct Shared {
     pub find_match_limiter: DefaultKeyedRateLimiter<UserId>,
     /// `send` per user (per second with burst).
     pub send_limiter: DefaultKeyedRateLimiter<UserId>,
+    /// The one clock every rate limiter reads. Making a clock is expensive (it
+    /// probes the CPU for a usable TSC), so sessions share this one instead of
+    /// making their own per connection.
+    pub clock: governor::clock::DefaultClock,
     /// Searches waiting in all shards (for `/api/stats`).
     pub searching: AtomicU64,
     next_ticket: AtomicU64,
@@ -136,9 +140,17 @@ impl Engine {
     pub fn start(config: EngineConfig, bridge: Arc<dyn Bridge>) -> Engine {
         let workers: Vec<ArbiterHandle> =
             (0..config.worker_count()).map(|_| Arbiter::new().handle()).collect();
+        let clock = governor::clock::DefaultClock::default();
         let shared = Arc::new(Shared {
-            find_match_limiter: RateLimiter::keyed(per_minute(config.find_match_per_minute)),
-            send_limiter: RateLimiter::keyed(per_second(config.send_per_second, config.send_burst)),
+            find_match_limiter: RateLimiter::dashmap_with_clock(
+                per_minute(config.find_match_per_minute),
+                clock.clone(),
+            ),
+            send_limiter: RateLimiter::dashmap_with_clock(
+                per_second(config.send_per_second, config.send_burst),
+                clock.clone(),
+            ),
+            clock,
             registry: Registry::default(),
             memberships: DashMap::new(),
             rooms: DashMap::new(),

@@ -15,7 +15,7 @@ use actix::{
     StreamHandler, WrapFuture,
 };
 use futures_util::StreamExt;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use rendezvous_protocol::{close, ClientFrame, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -102,6 +102,7 @@ impl SessionActor {
             std::num::NonZeroU32::new(cfg.frames_burst.max(1)).unwrap_or(std::num::NonZeroU32::MIN),
         );
         let session_id = engine.shared.next_session_id();
+        let engine_clock = engine.shared.clock.clone();
         SessionActor::create(move |ctx| {
             ctx.add_stream(stream);
             let addr = ctx.address();
@@ -119,7 +120,7 @@ impl SessionActor {
                 search_pending: false,
                 last_criteria: None,
                 last_match: None,
-                frame_limiter: RateLimiter::direct(quota),
+                frame_limiter: RateLimiter::direct_with_clock(quota, engine_clock),
                 last_seen: Instant::now(),
                 strikes: 0,
                 strikes_since: Instant::now(),
@@ -169,7 +170,7 @@ impl SessionActor {
     fn admit_frame(&mut self, ctx: &mut Context<Self>) -> bool {
         metrics::counter!(m::FRAMES_IN_TOTAL).increment(1);
         if let Err(not_until) = self.frame_limiter.check() {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let wait = not_until.wait_time_from(self.engine.shared.clock.now());
             let err = EngineError::RateLimited {
                 action: "frames",
                 retry_after_ms: wait.as_millis() as u64 + 1,
@@ -223,7 +224,7 @@ impl SessionActor {
                 validate::text(&text, cfg)?;
                 validate::client_msg_id(client_msg_id.as_deref(), cfg)?;
                 if let Err(nu) = self.engine.shared.send_limiter.check_key(&self.user) {
-                    let wait = nu.wait_time_from(DefaultClock::default().now());
+                    let wait = nu.wait_time_from(self.engine.shared.clock.now());
                     return Err(EngineError::RateLimited {
                         action: "send",
                         retry_after_ms: wait.as_millis() as u64 + 1,
@@ -322,7 +323,7 @@ impl SessionActor {
 
     fn check_search_limit(&self, action: &'static str) -> Result<(), EngineError> {
         self.engine.shared.find_match_limiter.check_key(&self.user).map_err(|nu| {
-            let wait = nu.wait_time_from(DefaultClock::default().now());
+            let wait = nu.wait_time_from(self.engine.shared.clock.now());
             EngineError::RateLimited { action, retry_after_ms: wait.as_millis() as u64 + 1 }
         })
     }

@@ -138,7 +138,17 @@ fn usage_books(report: &mut Report, baseline: Option<server::Usage>, points: &[s
         .chain(points.iter().find(|u| u.sessions >= peak.sessions))
         .map(|u| (u.sessions, u.rss_bytes))
         .collect();
+    report.count("server.rss_samples", rising.len() as u64);
     if let Some(slope) = server::slope(&rising) {
         report.set("server.rss_per_session_kib", slope / 1024.0);
+    }
+    if peak.sessions > 0.0 {
+        let whole = (peak.rss_bytes - base.rss_bytes) / peak.sessions / 1024.0;
+        report.set("server.rss_growth_per_session_kib", whole);
+    }
+    if std::env::var_os("RENDEZVOUS_LOADTEST_DUMP_SAMPLES").is_some() {
+        for u in points {
+            eprintln!("sample: sessions {} rss {}", u.sessions, u.rss_bytes);
+        }
     }
 }
