@@ -55,11 +55,13 @@ impl App {
     pub fn new(engine: Engine, auth: Authenticator, metrics: PrometheusHandle) -> Self {
         let max = engine.shared.config.max_frame_bytes;
         // Buffers sized on purpose: tungstenite's 128 KiB default read buffer per
-        // connection would cost gigabytes at tens of thousands of sessions.
+        // connection would cost gigabytes at tens of thousands of sessions, and
+        // even 4 KiB was 40% of an idle session's memory. Chat frames are a few
+        // hundred bytes; a larger frame is read in several chunks.
         let ws_config = WebSocketConfig::default()
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
-            .read_buffer_size(4 * 1024)
+            .read_buffer_size(1024)
             .write_buffer_size(16 * 1024)
             .max_write_buffer_size(4 * 1024 * 1024);
         // Read after main() raised the soft limit to the hard one.
@@ -127,6 +129,7 @@ async fn route(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(&app).await,
         "/metrics" => {
+            crate::telemetry::collect_process();
             let mut r = text(StatusCode::OK, app.metrics.render());
             r.headers_mut()
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));

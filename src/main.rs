@@ -21,7 +21,7 @@ fn main() -> ExitCode {
         Ok(n) => tracing::debug!(limit = n, "open-file limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
-    let listener = match std::net::TcpListener::bind(config.bind) {
+    let listener = match listen(config.bind) {
         Ok(l) => l,
         Err(e) => {
             tracing::error!(bind = %config.bind, error = %e, "cannot bind");
@@ -41,4 +41,16 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Bind with a long accept queue: at thousands of new connections per second a
+/// short one overflows while the accept loop is busy, and every dropped SYN costs
+/// its client a one-second retransmit. The kernel caps it at `net.core.somaxconn`.
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(8192)?;
+    Ok(socket.into())
 }

@@ -27,6 +27,16 @@ pub fn init_logging(format: LogFormat) {
 }
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+/// Reads the process figures (resident memory, open files, CPU) from the OS.
+static PROCESS: OnceLock<metrics_process::Collector> = OnceLock::new();
+
+/// Refresh the process figures now: called on every scrape, so `/metrics` shows
+/// the memory and files of this moment rather than of the last upkeep tick.
+pub fn collect_process() {
+    if let Some(p) = PROCESS.get() {
+        p.collect();
+    }
+}
 
 /// Buckets of every latency histogram (seconds): 100 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -68,14 +78,14 @@ pub fn metrics_handle() -> PrometheusHandle {
             describe();
             let upkeep = handle.clone();
             // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total…
-            let process = metrics_process::Collector::default();
+            let process = PROCESS.get_or_init(metrics_process::Collector::default);
             process.describe();
             process.collect();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())
                 .spawn(move || loop {
                     std::thread::sleep(Duration::from_secs(5));
-                    process.collect();
+                    collect_process();
                     upkeep.run_upkeep();
                 })
                 .ok();

@@ -48,7 +48,7 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use rendezvous_protocol::{ChatMessage, ClientFrame, ErrorCode, PresenceStatus, ServerFrame};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, Notify};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
@@ -103,8 +103,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// A long accept queue, as the engine has: at thousands of connections per second
+/// a short one drops SYNs, and each costs its client a one-second retransmit.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(8192)
+}
+
 async fn serve(cli: Cli, threads: usize) -> ExitCode {
-    let listener = match TcpListener::bind(cli.bind).await {
+    let listener = match listen(cli.bind) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("rendezvous-relay: cannot bind {}: {e}", cli.bind);
@@ -354,9 +363,12 @@ async fn connection(stream: TcpStream, state: Arc<State>) {
         user = query_user(req.uri().query());
         Ok(resp)
     };
+    // The engine's buffer sizes, so that neither pays for memory the other does not.
     let config = WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME))
-        .max_frame_size(Some(MAX_FRAME));
+        .max_frame_size(Some(MAX_FRAME))
+        .read_buffer_size(1024)
+        .write_buffer_size(16 * 1024);
     let accept = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config));
     let ws = match tokio::time::timeout(handshake_wait, accept).await {
         Ok(Ok(ws)) => ws,

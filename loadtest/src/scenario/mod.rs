@@ -106,11 +106,26 @@ where
     T: Send + 'static,
     F: Future<Output = T> + Send + 'static,
 {
+    let period = 1.0 / rate;
+    arrivals_at(count, |i| start + Duration::from_secs_f64(i as f64 * period), deadline, job)
+        .await
+}
+
+/// [`arrivals`] on any schedule: item `i` is due at `due(i)` (non-decreasing).
+pub async fn arrivals_at<T, F>(
+    count: usize,
+    due: impl Fn(usize) -> Instant,
+    deadline: Instant,
+    job: impl Fn(usize, Instant) -> F,
+) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
     let mut running = JoinSet::new();
     let mut done = Vec::with_capacity(count);
-    let period = 1.0 / rate;
     for i in 0..count {
-        let due = start + Duration::from_secs_f64(i as f64 * period);
+        let due = due(i);
         if due >= deadline {
             break;
         }

@@ -74,8 +74,13 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
             if p.idle_sessions == 0 {
                 return Ok(Report::default());
             }
-            idle::hold(&ctx.dialer, p.idle_sessions, idle_rate, start, release, ctx.deadline, None)
-                .await
+            let steps = idle::Steps {
+                start,
+                rate: idle_rate,
+                per_step: p.idle_sessions,
+                pause: Duration::ZERO,
+            };
+            idle::hold(&ctx.dialer, p.idle_sessions, steps, release, ctx.deadline, None).await
         },
     );
     let peak = sampler.await.map_err(|e| format!("sampler: {e}"))?;

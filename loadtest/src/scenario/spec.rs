@@ -191,16 +191,23 @@ pub struct Idle {
     /// How long all sessions are held once open.
     #[serde(default = "default_hold_secs")]
     pub hold_secs: f64,
-    /// Sample the server's resident memory every this many sessions.
-    #[serde(default = "default_sample_every")]
-    pub sample_every: usize,
+    /// Sessions open in this many equal steps, with a pause after each in which
+    /// the servers' memory is read (the slope of memory against sessions).
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    #[serde(default = "default_step_pause_ms")]
+    pub step_pause_ms: u64,
+}
+
+fn default_steps() -> usize {
+    4
+}
+fn default_step_pause_ms() -> u64 {
+    1_500
 }
 
 fn default_hold_secs() -> f64 {
     5.0
-}
-fn default_sample_every() -> usize {
-    1_000
 }
 
 /// `soak`: a mix held for the whole duration, then everyone leaves and the
@@ -445,8 +452,8 @@ impl Scenario {
             Kind::IdleCapacity => {
                 let i = self.idle.as_ref().ok_or_else(|| missing("idle"))?;
                 positive("idle.connect_rate", i.connect_rate)?;
-                if i.sessions == 0 || i.sample_every == 0 {
-                    return Err("idle: sessions and sample_every must be at least 1".into());
+                if i.sessions == 0 || i.steps == 0 || i.steps > 1_000 {
+                    return Err("idle: sessions ≥ 1 and steps 1 to 1,000".into());
                 }
             }
             Kind::Soak => {
