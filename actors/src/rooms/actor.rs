@@ -462,17 +462,21 @@ impl Handler<NodeLost> for RoomActor {
             .map(|mb| mb.user.clone())
             .collect();
         for user in lost {
-            if let Some(mb) = self.state.member_mut(&user) {
-                if mb.offline_since.is_none() {
-                    mb.offline_since = Some(Instant::now());
-                    self.presence(&user, PresenceStatus::Offline);
-                }
+            let Some(mb) = self.state.member_mut(&user) else { continue };
+            let newly = mb.offline_since.is_none();
+            let since = *mb.offline_since.get_or_insert_with(Instant::now);
+            if newly {
+                self.presence(&user, PresenceStatus::Offline);
             }
             let node = msg.node.clone();
             let grace = Duration::from_millis(self.shared.config.reconnect_grace_ms);
             ctx.run_later(grace, move |act, ctx| {
-                let still_gone =
-                    act.state.member(&user).is_some_and(|mb| mb.node.as_ref() == Some(&node));
+                // Gone unless the user came back meanwhile: a reconnect to the lost
+                // node started again under the same id keeps `node` the same, but its
+                // `online` event cleared `offline_since`.
+                let still_gone = act.state.member(&user).is_some_and(|mb| {
+                    mb.node.as_ref() == Some(&node) && mb.offline_since == Some(since)
+                });
                 if still_gone {
                     act.leave_everywhere(&user, Some(node));
                     act.remove_member(&user, ctx);
