@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use common::chat::*;
 use common::cluster::*;
 use common::{http_get, Client, Ended};
-use rendezvous_actors::protocol::{ChatMessage, PresenceStatus, ServerFrame};
+use rendezvous_actors::protocol::{ChatMessage, ErrorCode, PresenceStatus, ServerFrame};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
@@ -243,15 +243,18 @@ async fn a_room_survives_a_redis_restart_that_lost_everything() {
         let left = Duration::from_secs(4).saturating_sub(stopped.elapsed());
         wait_http_status(node, "/readyz", 503, left).await;
     }
-    // Redis is gone: alice's node acknowledges with its own seq.
+    // Redis is gone and the room spans two nodes: a send is refused (not stored,
+    // so not acknowledged) with a hint to retry. Acknowledging it with a local seq
+    // would let bob's node hand out the same seq, and one of the two acknowledged
+    // messages would be lost when Redis is back.
     for i in 6..=7u64 {
-        let text = format!("while down #{i}");
-        let cid = format!("down{i}");
-        send_text(&mut a, &room, &text, &cid).await;
-        let m = sent(&mut a, &room, &cid).await;
-        assert_eq!(m.seq, i, "alice's local seq while Redis is down");
-        texts.insert(i, text);
+        send_text(&mut a, &room, &format!("while down #{i}"), &format!("down{i}")).await;
+        match next(&mut a).await {
+            ServerFrame::Error { code: ErrorCode::Internal, retry_after_ms: Some(_), .. } => {}
+            other => panic!("alice's send #{i} while Redis is down: {other:?}"),
+        }
     }
+    b.expect_silence(Duration::from_millis(300)).await;
 
     cluster.redis.restart();
     let restarted = Instant::now();
@@ -261,12 +264,20 @@ async fn a_room_survives_a_redis_restart_that_lost_everything() {
     }
     eprintln!("readyz 200 on both {:?} after the restart", restarted.elapsed());
 
-    // The chat goes on in the same room.
+    // The retries go through, in the same room, with the next seqs: the nodes
+    // stored 1..5 again in the Redis that lost everything.
+    for i in 6..=7u64 {
+        let text = format!("while down #{i}");
+        send_text(&mut a, &room, &text, &format!("down{i}")).await;
+        let m = sent(&mut a, &room, &format!("down{i}")).await;
+        assert_eq!(m.seq, i, "alice's retried message after the restart");
+        texts.insert(i, text);
+    }
     send_text(&mut a, &room, "after the restart", "post8").await;
     let m8 = sent(&mut a, &room, "post8").await;
     assert_eq!(m8.seq, 8, "first message after the restart: {m8:?}");
     texts.insert(8, "after the restart".into());
-    // bob's node had 1..5: it fills 6, 7 from the store, then delivers 8.
+    // bob's node had 1..5: it delivers the retried 6, 7, then 8.
     let mut bob_saw = Vec::new();
     while bob_saw.last().map(|m: &ChatMessage| m.seq) != Some(8) {
         let m = expect_message(&mut b).await;

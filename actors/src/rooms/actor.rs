@@ -7,9 +7,12 @@
 //! this one included, as a [`RoomEv::Message`] in `seq` order, and the replica
 //! delivers only the next expected `seq` (a gap waits briefly, then is filled from
 //! the store's history). Typing, reads, signals and presence are delivered here
-//! first and published to the other member nodes. While the store is unreachable
-//! the replica goes on alone (local `seq`, local history) and restores the store
-//! from what it holds when the connection returns ([`ResyncRoom`]).
+//! first and published to the other member nodes. While the store is unreachable,
+//! a replica whose members are all on this node goes on alone (local `seq`, local
+//! history) and restores the store from what it holds when the connection returns
+//! ([`ResyncRoom`]); a room with members on other nodes refuses `send` instead
+//! (`internal`, `retry_after_ms`), because the other replicas would hand out the
+//! same local seqs and one of two acknowledged messages would be lost.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -212,8 +215,31 @@ impl RoomActor {
                     ErrorCode::NotInRoom,
                     format!("not a member of room {}", self.state.id),
                 ),
+                Err(e) if self.has_remote_members() => {
+                    // Members on other nodes take their seqs from the store too: a
+                    // local seq now could be handed out twice, once here and once
+                    // there, and one of the two acknowledged messages would be lost
+                    // when the store comes back. Not stored, so not acknowledged.
+                    debug!(room = %self.state.id, error = %e, "append while the store is down; refused");
+                    metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Internal.as_str())
+                        .increment(1);
+                    p.reply.push_frame(
+                        &ServerFrame::Error {
+                            code: ErrorCode::Internal,
+                            message: format!(
+                                "room {} spans nodes and the shared store is unreachable: \
+                                 the message was not stored; send it again",
+                                self.state.id
+                            ),
+                            retry_after_ms: Some(STORE_DOWN_RETRY_MS),
+                            action: Some("send".into()),
+                        },
+                        Class::Essential,
+                    );
+                }
                 Err(e) => {
-                    // The store is unreachable: carry on alone (see the module doc).
+                    // The store is unreachable and every member is on this node: carry
+                    // on alone (see the module doc); the reseed stores it later.
                     debug!(room = %self.state.id, error = %e, "append while the store is down; local seq");
                     let sender = UserId::from(p.draft.sender.as_str());
                     let stored =
@@ -225,6 +251,9 @@ impl RoomActor {
         }
     }
 }
+
+/// When a client refused for an unreachable store should try again.
+const STORE_DOWN_RETRY_MS: u64 = 1_000;
 
 fn ack(reply: &Outbox, client_msg_id: Option<String>, stored: &ChatMessage) {
     reply.push_frame(
