@@ -3,26 +3,29 @@
 //! pause while a node drains (SIGTERM), while a node is killed (`kill -9`) and
 //! started again, and while Redis itself is killed and restarted from its AOF.
 //!
-//! Every member of a pair sends a numbered message (`USER#N`, never repeated) every
-//! few ms with a `client_msg_id`, keeping at most [`WINDOW`] unacknowledged, and
-//! records every `ack`, every message it receives (live, or in a `history` answer)
-//! and how each of its sessions ended. A member whose session ends reconnects with
-//! the same user id, must find its room in `welcome`, catches up with `history` and
-//! goes on sending. At the end every room's `history` is read through both members
-//! and checked ([`check_rooms`]): seqs 1..=N without a gap, no text and no msg_id
-//! twice, every acknowledged message at its acknowledged seq with its msg_id, nothing
-//! that nobody sent, and each member received every message of the room. Messages
-//! that were sent but never acknowledged (the session ended first) may be missing,
-//! never doubled. A failure lists what was lost.
+//! Every member of a pair sends a numbered message (`USER#N`, a new N for each new
+//! message) every few ms with a `client_msg_id`, keeping at most [`WINDOW`]
+//! unacknowledged, and records every `ack`, every message it receives (live, or in a
+//! `history` answer) and how each of its sessions ended. A member whose session ends
+//! reconnects with the same user id, must find its room in `welcome`, catches up with
+//! `history` and goes on sending. At the end every room's `history` is read through
+//! both members and checked ([`check_rooms`]): the same through both, seqs 1..=N
+//! without a gap, no text and no msg_id twice, every acknowledged message at its
+//! acknowledged seq with its msg_id, nothing that nobody sent, and each member
+//! received every message of the room. Messages that were sent but never
+//! acknowledged (the session ended first) may be missing, never doubled. A failure
+//! lists what was lost.
 //!
-//! The one exception is Redis itself going away: then each node acknowledges with a
-//! local seq on its own (CLUSTER.md, "Failures"), and the two nodes of a cross-node
-//! room hand out the same seqs to different messages; when Redis is back the store's
-//! messages win. Those acks (from the kill until both nodes are ready again) are only
-//! held to "never twice"; how many of them survived is printed. That a local seq can
-//! also take the seq of a message Redis had already acknowledged is an engine bug,
-//! reproduced by the ignored test at the end (`cargo test --test durability --
-//! --ignored`).
+//! Redis itself going away is no exception. While it is down, a room whose members
+//! are on different nodes refuses `send` (`error` `internal` with `retry_after_ms`,
+//! action `send`): nothing is stored, acknowledged or delivered. A member treats a
+//! refusal as "not sent" and sends the same message again (same text, same
+//! `client_msg_id`, as a client retransmits) once `retry_after_ms` has passed,
+//! meanwhile going on with new messages; a refused message that had been stored
+//! anyway would then be in the history twice, which the check reports. So every
+//! acknowledged message, before, during and after the outage, is held to the same
+//! "exactly once at its acked seq" as everywhere else, and no send made while both
+//! nodes report `/readyz` 503 may be acknowledged at all.
 //!
 //! The tests take one lock in turn: they kill processes and bound reconnect and
 //! recovery times, which should not be measured while another test's cluster owns
@@ -31,7 +34,7 @@
 mod common;
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -40,7 +43,7 @@ use common::cluster::*;
 use common::{Client, Ended};
 use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
-use rendezvous_actors::protocol::{ChatMessage, HistoryItem, ServerFrame};
+use rendezvous_actors::protocol::{ChatMessage, ErrorCode, HistoryItem, ServerFrame};
 use serde_json::json;
 use tokio::sync::Mutex;
 use tokio::time::MissedTickBehavior;
@@ -89,6 +92,9 @@ struct Stage {
     ids: Vec<String>,
     addrs: RefCell<Vec<Option<SocketAddr>>>,
     epoch: Cell<Epoch>,
+    /// Redis is down and every node reported `/readyz` 503 (and Redis is not being
+    /// started again yet): no send made now may be acknowledged.
+    down: Cell<bool>,
     /// Set once: stop sending, collect the last acks, return.
     stop: Cell<bool>,
     /// Sessions that ended.
@@ -103,6 +109,7 @@ impl Stage {
             ids: nodes.iter().map(|n| n.id.clone()).collect(),
             addrs: RefCell::new(nodes.iter().map(|n| Some(n.addr)).collect()),
             epoch: Cell::new(Epoch::Before),
+            down: Cell::new(false),
             stop: Cell::new(false),
             ended: Cell::new(0),
             moved: Cell::new(0),
@@ -123,7 +130,51 @@ struct Acked {
     seq: u64,
     msg_id: String,
     session: usize,
+    /// When the ack arrived.
     epoch: Epoch,
+    /// When the acknowledged attempt was sent.
+    sent_epoch: Epoch,
+    /// 1 for the first attempt, more after refusals.
+    attempt: u32,
+}
+
+/// One send awaiting its answer.
+#[derive(Debug, Clone)]
+struct Sent {
+    n: u64,
+    text: String,
+    epoch: Epoch,
+    /// Sent while [`Stage::down`].
+    down: bool,
+    attempt: u32,
+}
+
+/// A refused message, to be sent again (same text and client_msg_id).
+#[derive(Debug, Clone)]
+struct Retry {
+    n: u64,
+    text: String,
+    attempt: u32,
+    not_before: Instant,
+}
+
+/// One `send` refused because the store was unreachable.
+#[derive(Debug, Clone)]
+struct Refusal {
+    text: String,
+    /// When the refused attempt was sent, and whether [`Stage::down`] held then.
+    sent_epoch: Epoch,
+    down: bool,
+}
+
+impl Refusal {
+    /// Sent before both nodes saw Redis gone, so possibly in flight at the kill:
+    /// Redis may have stored it and died before answering, and the node then refuses
+    /// a message that is in the AOF. The one case where a refused message may be
+    /// stored (and so be in the history twice once its retry is acknowledged).
+    fn maybe_stored(&self) -> bool {
+        !self.down && self.sent_epoch <= Epoch::Fault
+    }
 }
 
 /// What one read from the socket gave.
@@ -159,8 +210,15 @@ struct Member {
     session: usize,
     session_acks: usize,
     n: u64,
-    /// Sent on the current session, not answered yet: message number → text.
-    pending: BTreeMap<u64, String>,
+    /// Sent on the current session, not answered yet, in send order (answers come in
+    /// this order).
+    pending: VecDeque<Sent>,
+    /// Refused, to be sent again (oldest first; preferred to a new message once due).
+    retry: VecDeque<Retry>,
+    /// Every refusal (store unreachable).
+    refused: Vec<Refusal>,
+    /// Acks of sends made while [`Stage::down`]: must stay empty.
+    acked_while_down: Vec<String>,
     acked: Vec<Acked>,
     /// Sent, never acknowledged (the session ended first).
     unacked: Vec<String>,
@@ -189,7 +247,10 @@ impl Member {
             session: 1,
             session_acks: 0,
             n: 0,
-            pending: BTreeMap::new(),
+            pending: VecDeque::new(),
+            retry: VecDeque::new(),
+            refused: Vec::new(),
+            acked_while_down: Vec::new(),
             acked: Vec::new(),
             unacked: Vec::new(),
             got: BTreeMap::new(),
@@ -216,7 +277,7 @@ impl Member {
             };
             self.ends.push((self.node, how));
             st.ended.set(st.ended.get() + 1);
-            self.unacked.extend(std::mem::take(&mut self.pending).into_values());
+            self.unacked.extend(std::mem::take(&mut self.pending).into_iter().map(|s| s.text));
             self.conn = None;
             self.history_open = false;
             self.reconnect(st).await;
@@ -242,34 +303,53 @@ impl Member {
                 Some(Read::Ended(how)) => return Err(how),
                 None if st.stop.get() => {
                     let since = *stopping.get_or_insert_with(Instant::now);
-                    if self.pending.is_empty() && !self.history_open {
+                    if self.pending.is_empty() && self.retry.is_empty() && !self.history_open {
                         return Ok(());
                     }
                     assert!(
                         since.elapsed() < SETTLE,
-                        "{}: on a live session, no answer within {SETTLE:?} to {:?} \
-                         (history catch-up open: {})",
+                        "{}: on a live session, no answer within {SETTLE:?} to {:?}, {} \
+                         refused messages still not acknowledged (history catch-up open: {})",
                         self.user,
-                        self.pending.values().collect::<Vec<_>>(),
+                        self.pending.iter().map(|s| &s.text).collect::<Vec<_>>(),
+                        self.retry.len(),
                         self.history_open
                     );
+                    // Stopped: no new message, but the refused ones are sent again.
+                    if !broken && self.pending.len() < WINDOW && self.retry_due() {
+                        broken = !self.send_next(st).await;
+                    }
                 }
                 None => {
                     if !broken && self.pending.len() < WINDOW {
-                        broken = !self.send_next().await;
+                        broken = !self.send_next(st).await;
                     }
                 }
             }
         }
     }
 
-    /// Send the next numbered message; false when the socket refused it.
-    async fn send_next(&mut self) -> bool {
-        self.n += 1;
-        let text = format!("{}#{}", self.user, self.n);
-        let cid = format!("{}-{}", self.user, self.n);
-        self.pending.insert(self.n, text.clone());
+    fn retry_due(&self) -> bool {
+        self.retry.front().is_some_and(|r| r.not_before <= Instant::now())
+    }
+
+    /// Send a refused message again once it is due, else the next numbered message;
+    /// false when the socket refused it.
+    async fn send_next(&mut self, st: &Stage) -> bool {
+        let (n, text, attempt) = match self.retry.pop_front() {
+            Some(r) if r.not_before <= Instant::now() => (r.n, r.text, r.attempt),
+            other => {
+                if let Some(r) = other {
+                    self.retry.push_front(r);
+                }
+                self.n += 1;
+                (self.n, format!("{}#{}", self.user, self.n), 1)
+            }
+        };
+        let cid = format!("{}-{n}", self.user);
         let frame = json!({"action":"send","room_id":self.room,"text":text,"client_msg_id":cid});
+        let down = st.down.get();
+        self.pending.push_back(Sent { n, text, epoch: st.epoch.get(), down, attempt });
         self.conn().ws.send(Message::Text(frame.to_string().into())).await.is_ok()
     }
 
@@ -286,13 +366,31 @@ impl Member {
                 let cid = client_msg_id.unwrap_or_else(|| {
                     panic!("{}: ack without client_msg_id (seq {seq})", self.user)
                 });
-                let n = cid.strip_prefix(&format!("{}-", self.user)).and_then(|n| n.parse().ok());
-                let Some(text) = n.and_then(|n| self.pending.remove(&n)) else {
+                let n: Option<u64> =
+                    cid.strip_prefix(&format!("{}-", self.user)).and_then(|n| n.parse().ok());
+                let at = n.and_then(|n| self.pending.iter().position(|s| s.n == n));
+                let Some(s) = at.and_then(|i| self.pending.remove(i)) else {
                     panic!("{}: ack for {cid} (seq {seq}), which awaits no ack", self.user)
                 };
+                let text = s.text;
                 assert_eq!(room_id, self.room, "{}: ack of {text} names another room", self.user);
                 let epoch = st.epoch.get();
-                self.acked.push(Acked { text, seq, msg_id, session: self.session, epoch });
+                if s.down {
+                    self.acked_while_down.push(format!(
+                        "{text} (attempt {}) sent while both nodes were unready, acked at seq \
+                         {seq} ({epoch:?})",
+                        s.attempt
+                    ));
+                }
+                self.acked.push(Acked {
+                    text,
+                    seq,
+                    msg_id,
+                    session: self.session,
+                    epoch,
+                    sent_epoch: s.epoch,
+                    attempt: s.attempt,
+                });
                 self.session_acks += 1;
                 if self.session > 1 && self.session_acks == AFTER_MOVE_ACKS {
                     st.moved.set(st.moved.get() + 1);
@@ -322,13 +420,34 @@ impl Member {
                     self.history_open = false;
                 }
             }
+            ServerFrame::Error {
+                code: ErrorCode::Internal,
+                retry_after_ms: Some(wait),
+                action: Some(action),
+                ..
+            } if action == "send" && !self.pending.is_empty() => {
+                // The store is unreachable: not sent. Sends are answered in order, so
+                // this answers the oldest open one; it is sent again after `wait`.
+                let s = self.pending.pop_front().expect("an open send");
+                self.refused.push(Refusal {
+                    text: s.text.clone(),
+                    sent_epoch: s.epoch,
+                    down: s.down,
+                });
+                self.retry.push_back(Retry {
+                    n: s.n,
+                    text: s.text,
+                    attempt: s.attempt + 1,
+                    not_before: Instant::now() + Duration::from_millis(wait),
+                });
+            }
             ServerFrame::Error { code, message, .. } => {
                 // Sends are answered in order: an error answers the oldest open one
                 // (or the history catch-up when no send is open).
-                let answered = match self.pending.pop_first() {
-                    Some((_, text)) => {
-                        self.unacked.push(text.clone());
-                        text
+                let answered = match self.pending.pop_front() {
+                    Some(s) => {
+                        self.unacked.push(s.text.clone());
+                        s.text
                     }
                     None => {
                         self.history_open = false;
@@ -494,7 +613,8 @@ impl Member {
             .iter()
             .map(|a| a.text.as_str())
             .chain(self.unacked.iter().map(String::as_str))
-            .chain(self.pending.values().map(String::as_str))
+            .chain(self.pending.iter().map(|s| s.text.as_str()))
+            .chain(self.retry.iter().map(|r| r.text.as_str()))
             .collect()
     }
 }
@@ -625,37 +745,27 @@ async fn wait_exit(node: &mut Node, within: Duration) -> i32 {
 /// Totals of a run, for the log line.
 #[derive(Debug, Default)]
 struct Totals {
-    /// Acks received, and how many of them after the fault began.
-    acked: usize,
-    acked_after_fault: usize,
-    /// Acks held to "exactly once at its seq" (see [`Check`]).
-    counted: usize,
-    /// The others (only held to "at most once"), by epoch: (all, found at their
-    /// acked seq in both members' histories).
-    uncounted: BTreeMap<Epoch, (usize, usize)>,
-    /// Counted acks that a member's history or delivery has replaced by a message its
-    /// node acknowledged with a local seq while Redis was away (see
-    /// [`Check::known_collisions`]).
-    collisions: usize,
-    /// Sent but never acknowledged: stored anyway, or absent.
+    /// Acks received, by the epoch they arrived in; all held to "exactly once at its
+    /// seq, in both histories, received by both members".
+    acked: BTreeMap<Epoch, usize>,
+    /// Of them, acks of a message sent again after a refusal.
+    acked_retries: usize,
+    /// Refusals (store unreachable) by the epoch their send was made in, and how many
+    /// of those sends were made while both nodes were unready.
+    refused: BTreeMap<Epoch, usize>,
+    refused_while_down: usize,
+    /// Refused messages that are stored anyway (see [`Refusal::maybe_stored`]): in
+    /// the history twice, once where their retry was acknowledged.
+    refused_but_stored: usize,
+    /// Sent but never acknowledged (the session ended first): stored anyway, or absent.
     unacked_stored: usize,
     unacked_absent: usize,
 }
 
-/// What [`check_rooms`] holds the rooms to.
-struct Check<F: Fn(&Acked) -> bool> {
-    /// Acks that must be in every history exactly once, at their seq, with their
-    /// msg_id, and received by both members; the others only "at most once".
-    counted: F,
-    /// Both members' histories are the same, and each member received every message
-    /// of it (not only the counted acks).
-    same_history: bool,
-    /// Tolerate (count in [`Totals::collisions`]) a counted ack whose seq a member's
-    /// history or delivery holds a message of the Fault or Recovering epoch for: the
-    /// known degraded-mode seq collision reproduced by
-    /// `a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lagged`.
-    /// Anything else (a counted ack missing, moved, doubled) still fails.
-    known_collisions: bool,
+impl Totals {
+    fn acked_after_fault(&self) -> usize {
+        self.acked.iter().filter(|(e, _)| **e > Epoch::Before).map(|(_, n)| n).sum()
+    }
 }
 
 /// Failure lines of one room, by kind.
@@ -685,21 +795,16 @@ impl Fails {
     }
 }
 
-/// True when `text` was acknowledged while Redis was away (Fault or Recovering).
-fn degraded(acks: &HashMap<String, (u64, Epoch)>, text: &str) -> bool {
-    acks.get(text).is_some_and(|(_, e)| matches!(e, Epoch::Fault | Epoch::Recovering))
-}
-
 /// The end-of-test check of every room through both members (pairs as built by
-/// [`pairs`]): each member's `history` has seqs 1..=N without a gap, no text and no
-/// msg_id twice, nothing that nobody sent, and every counted ack of both members at
-/// its seq with its msg_id; each member received every counted ack of both (live or
-/// in a catch-up). Panics with everything lost, doubled or missing.
-async fn check_rooms<F: Fn(&Acked) -> bool>(
-    members: &mut [Member],
-    st: &Stage,
-    check: Check<F>,
-) -> Totals {
+/// [`pairs`]): both members' `history` is the same, has seqs 1..=N without a gap, no
+/// text and no msg_id twice, nothing that nobody sent, and every ack of both members
+/// at its seq with its msg_id; each member received every message of the room (live
+/// or in a catch-up); no send made while both nodes were unready was acknowledged.
+/// `refusals`: whether sends may be refused for an unreachable store (only while
+/// Redis is away); a refused message is never stored, except one possibly in flight
+/// at the kill ([`Refusal::maybe_stored`]). Panics with everything lost, doubled or
+/// missing.
+async fn check_rooms(members: &mut [Member], st: &Stage, refusals: bool) -> Totals {
     let mut failures: Vec<String> = Vec::new();
     let mut totals = Totals::default();
     for pair in members.chunks_mut(2) {
@@ -715,8 +820,26 @@ async fn check_rooms<F: Fn(&Acked) -> bool>(
             for l in &m.problems {
                 fails.add("wire problems", l.clone());
             }
+            for l in &m.acked_while_down {
+                fails.add("ACKED WHILE BOTH NODES WERE UNREADY", format!("{}: {l}", m.user));
+            }
+            for r in &m.refused {
+                *totals.refused.entry(r.sent_epoch).or_default() += 1;
+                totals.refused_while_down += usize::from(r.down);
+            }
+            if !refusals && !m.refused.is_empty() {
+                fails.add(
+                    "REFUSED (store unreachable) WITH REDIS UP",
+                    format!(
+                        "{}: {} sends refused, first {:?}",
+                        m.user,
+                        m.refused.len(),
+                        m.refused.first().map(|r| (&r.text, r.sent_epoch))
+                    ),
+                );
+            }
         }
-        if check.same_history && hx != hy {
+        if hx != hy {
             let first =
                 hx.iter().zip(&hy).position(|(p, q)| p != q).unwrap_or(hx.len().min(hy.len()));
             fails.add(
@@ -737,19 +860,24 @@ async fn check_rooms<F: Fn(&Acked) -> bool>(
         }
         let sent: HashMap<&str, BTreeSet<&str>> =
             [(x.user.as_str(), x.sent_texts()), (y.user.as_str(), y.sent_texts())].into();
+        // Texts whose refusal may have come after Redis stored them (see above).
+        let maybe_stored: BTreeSet<&str> = [&*x, &*y]
+            .iter()
+            .flat_map(|m| m.refused.iter().filter(|r| r.maybe_stored()).map(|r| r.text.as_str()))
+            .collect();
         let by_seq = |h: &[ChatMessage]| -> BTreeMap<u64, ChatMessage> {
             h.iter().map(|m| (m.seq, m.clone())).collect()
         };
         let hists = [(x.user.clone(), by_seq(&hx), &hx), (y.user.clone(), by_seq(&hy), &hy)];
-        for (via, _, h) in &hists {
+        for (k, (via, _, h)) in hists.iter().enumerate() {
             if let Some((i, m)) = h.iter().enumerate().find(|(i, m)| m.seq != *i as u64 + 1) {
                 fails.add(
                     "SEQS NOT 1..=N",
                     format!("history via {via}: position {i} holds seq {} ({})", m.seq, m.text),
                 );
             }
-            let mut texts: HashMap<&str, Vec<u64>> = HashMap::new();
-            let mut ids: HashMap<&str, Vec<u64>> = HashMap::new();
+            let mut texts: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+            let mut ids: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
             for m in h.iter() {
                 texts.entry(m.text.as_str()).or_default().push(m.seq);
                 ids.entry(m.msg_id.as_str()).or_default().push(m.seq);
@@ -764,55 +892,53 @@ async fn check_rooms<F: Fn(&Acked) -> bool>(
                 }
             }
             for (t, seqs) in texts.iter().filter(|(_, s)| s.len() > 1) {
-                fails.add("DOUBLED", format!("history via {via}: {t} at seqs {seqs:?}"));
+                if seqs.len() == 2 && maybe_stored.contains(t) {
+                    // Counted once per room (both histories are compared above).
+                    totals.refused_but_stored += usize::from(k == 0);
+                    continue;
+                }
+                let refused = [&*x, &*y].iter().any(|m| m.refused.iter().any(|r| r.text == *t));
+                let how = if refused { " (refused, then sent again)" } else { "" };
+                fails.add("DOUBLED", format!("history via {via}: {t} at seqs {seqs:?}{how}"));
             }
             for (id, seqs) in ids.iter().filter(|(_, s)| s.len() > 1) {
                 fails.add("DOUBLED", format!("history via {via}: msg_id {id} at seqs {seqs:?}"));
             }
         }
-        // Every counted ack, in both histories, where its ack said.
-        let ack_epochs: HashMap<String, (u64, Epoch)> = [&*x, &*y]
+        // Every ack, in both histories, where its ack said.
+        let ack_seqs: HashMap<String, (u64, Epoch)> = [&*x, &*y]
             .iter()
             .flat_map(|m| m.acked.iter().map(|a| (a.text.clone(), (a.seq, a.epoch))))
             .collect();
-        let mut must_receive: BTreeMap<u64, (String, String)> = BTreeMap::new();
+        // What each member must have received: the room's history and every ack.
+        let mut must_receive: BTreeMap<u64, (String, String)> =
+            hists[0].1.iter().map(|(s, m)| (*s, (m.msg_id.clone(), m.text.clone()))).collect();
         for who in [&*x, &*y] {
             for a in &who.acked {
-                totals.acked += 1;
-                totals.acked_after_fault += usize::from(a.epoch > Epoch::Before);
+                *totals.acked.entry(a.epoch).or_default() += 1;
+                totals.acked_retries += usize::from(a.attempt > 1);
+                must_receive.entry(a.seq).or_insert_with(|| (a.msg_id.clone(), a.text.clone()));
                 let exact = |h: &BTreeMap<u64, ChatMessage>| {
                     h.get(&a.seq).is_some_and(|m| {
                         m.msg_id == a.msg_id && m.text == a.text && m.sender == who.user
                     })
                 };
-                if !(check.counted)(a) {
-                    let e = totals.uncounted.entry(a.epoch).or_default();
-                    e.0 += 1;
-                    e.1 += usize::from(hists.iter().all(|(_, h, _)| exact(h)));
-                    continue;
-                }
-                totals.counted += 1;
-                must_receive.insert(a.seq, (a.msg_id.clone(), a.text.clone()));
                 for (via, h, list) in &hists {
                     if exact(h) {
-                        continue;
-                    }
-                    if check.known_collisions
-                        && h.get(&a.seq).is_some_and(|m| degraded(&ack_epochs, &m.text))
-                    {
-                        totals.collisions += 1;
                         continue;
                     }
                     let elsewhere = list.iter().find(|m| m.text == a.text).map(|m| m.seq);
                     fails.add(
                         "LOST ACKED",
                         format!(
-                            "{} acked at seq {} ({}, session {}, {:?}): history via {via} has \
-                             {:?} there{}",
+                            "{} acked at seq {} ({}, attempt {}, session {}, sent {:?}, acked \
+                             {:?}): history via {via} has {:?} there{}",
                             a.text,
                             a.seq,
                             a.msg_id,
+                            a.attempt,
                             a.session,
+                            a.sent_epoch,
                             a.epoch,
                             h.get(&a.seq).map(|m| &m.text),
                             elsewhere.map(|s| format!(", and it at seq {s}")).unwrap_or_default()
@@ -829,12 +955,8 @@ async fn check_rooms<F: Fn(&Acked) -> bool>(
             }
         }
         // Each member received the room's messages (live or in its catch-up).
-        if check.same_history {
-            must_receive =
-                hists[0].1.iter().map(|(s, m)| (*s, (m.msg_id.clone(), m.text.clone()))).collect();
-        }
         let want: BTreeSet<u64> = must_receive.keys().copied().collect();
-        let acked_as = |t: &str| match ack_epochs.get(t) {
+        let acked_as = |t: &str| match ack_seqs.get(t) {
             Some((seq, epoch)) => format!("acked at {seq}, {epoch:?}"),
             None => "not acked".into(),
         };
@@ -843,14 +965,7 @@ async fn check_rooms<F: Fn(&Acked) -> bool>(
             let mut missing = Vec::new();
             for (seq, (id, text)) in &must_receive {
                 match who.got.get(seq) {
-                    None => missing.push(format!("{seq} ({text})")),
-                    Some(m)
-                        if &m.msg_id != id
-                            && check.known_collisions
-                            && degraded(&ack_epochs, &m.text) =>
-                    {
-                        totals.collisions += 1
-                    }
+                    None => missing.push(format!("{seq} ({text}, {})", acked_as(text))),
                     Some(m) if &m.msg_id != id => fails.add(
                         "RECEIVED OTHER",
                         format!(
@@ -957,19 +1072,14 @@ async fn sigterm_drain_moves_clients_to_another_node_without_losing_an_acked_mes
         assert_eq!(m.ends, want, "{}: how its sessions ended", m.user);
     }
     assert_chatted_to_the_end(&members);
-    let totals = check_rooms(
-        &mut members,
-        &st,
-        Check { counted: |_: &Acked| true, same_history: true, known_collisions: false },
-    )
-    .await;
+    let totals = check_rooms(&mut members, &st, false).await;
     eprintln!(
         "drain: {PAIRS} pairs, first 1012 {first_close:?} after SIGTERM, all moved {moved:?} \
          after exit, reconnect ≤ {:?}; {totals:?}; {:?} in all",
         max_reconnect(&members),
         t0.elapsed()
     );
-    assert!(totals.acked_after_fault > 0, "nothing was acknowledged after the drain began");
+    assert!(totals.acked_after_fault() > 0, "nothing was acknowledged after the drain began");
 }
 
 /// kill -9 of node-a while 10 cross-node pairs chat: its members see their sockets
@@ -1029,12 +1139,7 @@ async fn a_killed_and_restarted_node_loses_no_acked_message() {
         assert!(node.try_wait().is_none(), "{} exited", node.id);
     }
     assert_chatted_to_the_end(&members);
-    let totals = check_rooms(
-        &mut members,
-        &st,
-        Check { counted: |_: &Acked| true, same_history: true, known_collisions: false },
-    )
-    .await;
+    let totals = check_rooms(&mut members, &st, false).await;
     eprintln!(
         "kill -9: {PAIRS} pairs, node-b counted 1 node {noticed:?} after the kill, node-a back \
          {restarted:?} after it, all moved {moved:?} later, reconnect ≤ {:?}; {totals:?}; {:?} \
@@ -1115,27 +1220,20 @@ impl Drop for TempDir {
 }
 
 /// kill -9 of Redis (`--appendonly yes --appendfsync always`) while 10 cross-node
-/// pairs chat; Redis is started again on the same port and directory 1.5 s later.
-/// While it is down both nodes keep every session (`/readyz` 503, no client
-/// disconnected, no node exits) and still acknowledge sends (degraded mode, local
-/// seq). Once `/readyz` is 200 on both the chat goes on in the same rooms. Every
-/// message acknowledged before the kill, or after the recovery, is in the restarted
-/// Redis's stream at its seq, in the history through both members exactly once at its
-/// seq, and both members received it; every history has seqs 1..=N, nothing twice and
-/// nothing that nobody sent. One exception is counted and printed, not failed: a
-/// member's node showing, at the seq of such a message, one of its own degraded-mode
-/// messages instead (a known engine bug, reproduced deterministically by
-/// `a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lagged`;
-/// seen here about once in a dozen runs).
-///
-/// What is not asserted, because the design does not promise it: the acks given from
-/// the kill until both nodes are ready again. Both nodes of a room assign the same
-/// local seqs to different messages meanwhile (and appends that reach the restarted
-/// Redis before a node's re-seed take seqs that node already used locally); the
-/// re-seed keeps the store's message for a seq and a replica ignores a stored message
-/// whose seq it already holds. Typically more than half of those acks are then missing
-/// from one member's history or were never delivered to the partner (the log line
-/// prints `uncounted: {epoch: (acks, kept in both histories)}`).
+/// pairs chat; Redis is started again on the same port and directory 1.5 s later
+/// (at least 1 s after both nodes reported `/readyz` 503). While it is down both
+/// nodes keep every session (`/readyz` 503, no client disconnected, no node exits)
+/// and refuse every send in these rooms (`internal`, `retry_after_ms`, action
+/// `send`): each member sees refusals for sends made while both nodes were unready,
+/// and no such send is acknowledged (sends in flight at the kill may be acked or
+/// refused either way). A member sends every refused message again, same text and
+/// client_msg_id, after `retry_after_ms` (see the module doc) until it is
+/// acknowledged. Once `/readyz` is 200 on both the chat goes on in the same rooms.
+/// Then every acknowledged message, whenever it was sent or acked, is in the
+/// restarted Redis's stream at its seq with its msg_id and text, in the history
+/// through both members exactly once at its seq, and both members received it; both
+/// histories are the same, have seqs 1..=N, nothing twice and nothing that nobody
+/// sent; and what each member received is exactly the stream.
 #[tokio::test]
 async fn redis_killed_with_aof_under_load_keeps_every_acked_message() {
     let _serial = SERIAL.lock().await;
@@ -1170,7 +1268,12 @@ async fn redis_killed_with_aof_under_load_keeps_every_acked_message() {
             wait_http_status(node, "/readyz", 503, left).await;
         }
         let unready = killed.elapsed();
-        tokio::time::sleep(Duration::from_millis(1_500).saturating_sub(killed.elapsed())).await;
+        st.down.set(true);
+        let restart_at = Duration::from_millis(1_500).max(unready + Duration::from_secs(1));
+        tokio::time::sleep(restart_at.saturating_sub(killed.elapsed())).await;
+        // From here on a send may reach the restarted Redis.
+        st.down.set(false);
+        let down_for = killed.elapsed() - unready;
         st.epoch.set(Epoch::Recovering);
         let redis = tokio::task::spawn_blocking(move || {
             redis.restart();
@@ -1187,9 +1290,9 @@ async fn redis_killed_with_aof_under_load_keeps_every_acked_message() {
         st.epoch.set(Epoch::After);
         tokio::time::sleep(Duration::from_secs(2)).await;
         st.stop.set(true);
-        (redis, unready, ready)
+        (redis, unready, down_for, ready)
     };
-    let ((redis, unready, ready), _) =
+    let ((redis, unready, down_for, ready), _) =
         tokio::join!(driver, join_all(members.iter_mut().map(|m| m.run(&st))));
 
     for m in &members {
@@ -1199,35 +1302,66 @@ async fn redis_killed_with_aof_under_load_keeps_every_acked_message() {
         assert!(node.try_wait().is_none(), "{} exited", node.id);
     }
     for m in &members {
-        // Degraded mode: with Redis gone the node still answers sends (local seq).
-        let down = m.acked.iter().filter(|a| a.epoch == Epoch::Fault).count();
-        assert!(down > 0, "{}: no ack while Redis was down", m.user);
+        // With Redis gone a room that spans nodes refuses sends (nothing stored).
+        let down = m.refused.iter().filter(|r| r.down).count();
+        assert!(
+            down > 0,
+            "{}: no send refused while both nodes were unready ({} refusals in all, acks by \
+             epoch sent: {:?})",
+            m.user,
+            m.refused.len(),
+            m.acked.iter().fold(BTreeMap::<Epoch, usize>::new(), |mut acc, a| {
+                *acc.entry(a.sent_epoch).or_default() += 1;
+                acc
+            })
+        );
+        assert!(
+            m.acked_while_down.is_empty(),
+            "{}: {} sends made while both nodes were unready were acknowledged: {:?}",
+            m.user,
+            m.acked_while_down.len(),
+            m.acked_while_down.iter().take(SHOW).collect::<Vec<_>>()
+        );
     }
     assert_chatted_to_the_end(&members);
-    let counted = |a: &Acked| matches!(a.epoch, Epoch::Before | Epoch::After);
-    let check = Check { counted, same_history: false, known_collisions: true };
-    let totals = check_rooms(&mut members, &st, check).await;
-    // The store itself: every counted ack is in the restarted Redis's stream, at its
-    // seq with its msg_id, whatever a member's node shows.
+    let totals = check_rooms(&mut members, &st, true).await;
+    // The store itself: every ack is in the restarted Redis's stream at its seq with
+    // its msg_id, and each member received exactly what the stream holds.
     let mut not_stored = Vec::new();
-    let mut stored_degraded = 0;
+    let mut differ = Vec::new();
     for m in &members {
         let stream = stream_of(&redis, &m.room);
         for a in &m.acked {
-            let there = stream.get(&a.seq) == Some(&(a.msg_id.clone(), a.text.clone()));
-            if counted(a) && !there {
-                not_stored.push(format!("{} acked at seq {} ({:?})", a.text, a.seq, a.epoch));
+            if stream.get(&a.seq) != Some(&(a.msg_id.clone(), a.text.clone())) {
+                not_stored.push(format!(
+                    "{} acked at seq {} (sent {:?}, acked {:?}, attempt {}): stream has {:?}",
+                    a.text,
+                    a.seq,
+                    a.sent_epoch,
+                    a.epoch,
+                    a.attempt,
+                    stream.get(&a.seq)
+                ));
             }
-            stored_degraded += usize::from(!counted(a) && there);
         }
-    }
-    if totals.collisions > 0 {
-        eprintln!(
-            "KNOWN ENGINE BUG hit {} times: a message acknowledged by Redis was shown or \
-             delivered as a degraded-mode message of the same seq (see \
-             a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lagged)",
-            totals.collisions
-        );
+        let got: BTreeMap<u64, (String, String)> =
+            m.got.iter().map(|(s, g)| (*s, (g.msg_id.clone(), g.text.clone()))).collect();
+        if got != stream {
+            let first = stream
+                .iter()
+                .zip(&got)
+                .position(|(p, q)| p != q)
+                .unwrap_or(stream.len().min(got.len()));
+            differ.push(format!(
+                "{}: stream {} messages, received {}; first difference at index {first}: {:?} \
+                 vs {:?}",
+                m.user,
+                stream.len(),
+                got.len(),
+                stream.iter().nth(first),
+                got.iter().nth(first)
+            ));
+        }
     }
     assert!(
         not_stored.is_empty(),
@@ -1235,10 +1369,11 @@ async fn redis_killed_with_aof_under_load_keeps_every_acked_message() {
         not_stored.len(),
         not_stored.iter().take(SHOW).cloned().collect::<Vec<_>>().join(", ")
     );
+    assert!(differ.is_empty(), "what members received is not the stream:\n{}", differ.join("\n"));
     eprintln!(
-        "redis kill -9: {PAIRS} pairs, /readyz 503 on both {unready:?} after the kill, 200 on \
-         both {ready:?} after the restart; {totals:?}; {stored_degraded} acks of the outage in \
-         Redis's stream; {:?} in all",
+        "redis kill -9: {PAIRS} pairs, /readyz 503 on both {unready:?} after the kill (then \
+         {down_for:?} until the restart began), 200 on both {ready:?} after the restart; \
+         {totals:?}; {:?} in all",
         t0.elapsed()
     );
 }
@@ -1288,20 +1423,21 @@ fn subscriber_omem(redis: &RedisServer) -> Vec<u64> {
     out
 }
 
-/// Minimal reproduction of the loss that the Redis kill under load can show: a
-/// message acknowledged by Redis just before Redis dies, whose copy for the partner's
-/// node was still in Redis's output buffer, never reaches the partner. node-a is
-/// frozen (SIGSTOP) and its subscription filled with junk, so that the copy of
-/// b0's message stays queued in Redis; b0 gets its ack (seq 3); Redis is killed;
-/// node-a resumes and a0 sends while Redis is down (node-a, not knowing seq 3, acks
-/// it with local seq 3); Redis comes back from its AOF (which holds b0's message at
-/// seq 3). Expected by the design ("Redis is back: … every room replica … fetches
-/// what it missed from the stream"): a0 receives b0's acknowledged message and its
-/// history has it at seq 3. Today a0's replica keeps its own seq 3, so a0 never
-/// sees it.
+/// A message acknowledged by Redis just before Redis dies, whose copy for the
+/// partner's node was still in Redis's output buffer, reaches the partner once Redis
+/// is back. node-a is frozen (SIGSTOP) and its subscription filled with junk, so that
+/// the copy of b0's message stays queued in Redis; b0 gets its ack (seq 3); Redis is
+/// killed (what it held for node-a is gone); node-a resumes. a0's send while Redis
+/// is down is refused (`internal`, `retry_after_ms`): node-a does not know seq 3, and
+/// a local seq there would take it. Redis comes back from its AOF (which holds b0's
+/// message at seq 3): node-a's replica re-seeds the room, sees the store ahead of it
+/// and reads what it missed, so a0 receives b0's message live without asking; a0's
+/// retry is acknowledged at seq 4 and reaches b0; both histories are 1..=4 with b0's
+/// message at 3, and so is the stream.
+///
+/// (Before refusals, node-a acknowledged a0's send with local seq 3 and kept it, so
+/// a0 never saw b0's acknowledged message.)
 #[tokio::test]
-#[ignore = "engine bug: a degraded-mode local seq can take the seq of a message the store \
-            already acknowledged (see the doc comment); run with --ignored"]
 async fn a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lagged() {
     let _serial = SERIAL.lock().await;
     let dir = TempDir::new("durable-lag");
@@ -1321,11 +1457,11 @@ async fn a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lag
     }
     let (mut a, mut b, room) = pair(&nodes[0], &nodes[1], 0).await;
     send_text(&mut a, &room, "warm", "w1").await;
-    let m = sent(&mut a, &room, "w1").await;
-    assert_eq!(expect_message(&mut b).await, m);
+    let w1 = sent(&mut a, &room, "w1").await;
+    assert_eq!(expect_message(&mut b).await, w1);
     send_text(&mut b, &room, "warm too", "w2").await;
-    let m = sent(&mut b, &room, "w2").await;
-    assert_eq!(expect_message(&mut a).await, m);
+    let w2 = sent(&mut b, &room, "w2").await;
+    assert_eq!(expect_message(&mut a).await, w2);
 
     let frozen = nodes[0].pid().to_string();
     let signal = |sig: &str| {
@@ -1350,9 +1486,28 @@ async fn a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lag
     assert_eq!(acked.seq, 3, "b0's ack");
     redis.stop(); // SIGKILL: what it still held for node-a is gone
     signal("-CONT");
+    for node in &nodes {
+        wait_http_status(node, "/readyz", 503, Duration::from_secs(4)).await;
+    }
+    // Redis is down and the room spans nodes: refused, not stored, not delivered.
     send_text(&mut a, &room, "while redis is down", "a-down").await;
-    let local = sent(&mut a, &room, "a-down").await;
-    eprintln!("a0's message while Redis is down was acked at seq {}", local.seq);
+    loop {
+        match next(&mut a).await {
+            ServerFrame::Error {
+                code: ErrorCode::Internal,
+                retry_after_ms: Some(ms),
+                action: Some(action),
+                ..
+            } if action == "send" => {
+                assert!(ms > 0, "retry_after_ms {ms}");
+                break;
+            }
+            // b0's message cannot arrive now (Redis lost node-a's copy and is down);
+            // anything else, an ack above all, is wrong.
+            other => panic!("a0's send while Redis is down: expected a refusal, got {other:?}"),
+        }
+    }
+    b.expect_silence(Duration::from_millis(300)).await;
 
     redis.restart();
     let restarted = Instant::now();
@@ -1364,18 +1519,35 @@ async fn a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lag
     let key = format!("rdv:room:{{{room}}}:log");
     let stored = format!("{:?}", redis.cmd(&["XRANGE", &key, "3-1", "3-1"]));
     assert!(stored.contains("acked before the crash"), "seq 3 in the restarted Redis: {stored}");
+    // node-a's replica fills the gap by itself: a0 receives seq 3 live, unasked.
+    let deadline = Instant::now() + Duration::from_secs(5);
     let mut seen = Vec::new();
-    while let Some(f) = a.try_recv(Duration::from_secs(1)).await {
-        if let ServerFrame::Message(m) = f {
-            seen.push(m);
+    while !seen.contains(&acked) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match a.try_recv(left).await {
+            Some(ServerFrame::Message(m)) => seen.push(m),
+            Some(ServerFrame::Presence { .. }) => {}
+            Some(other) => panic!("a0 after the restart: unexpected {other:?}"),
+            None => panic!(
+                "a0 never got b0's message acked at seq 3 before Redis died (5 s after both \
+                 nodes were ready; live: {seen:?})"
+            ),
         }
     }
-    let h = history(&mut a, &room, 0, None).await;
-    assert!(
-        h.contains(&acked) || seen.contains(&acked),
-        "a0 never got b0's message acked at seq 3 before Redis died: live {seen:?}, history \
-         {:?}",
-        h.iter().map(|m| (m.seq, &m.text)).collect::<Vec<_>>()
-    );
-    assert_eq!(h.iter().find(|m| m.seq == 3), Some(&acked), "a0's history at seq 3");
+    assert_eq!(seen, vec![acked.clone()], "a0's live messages after the restart");
+    // a0 sends the refused message again (same text and client_msg_id): seq 4.
+    send_text(&mut a, &room, "while redis is down", "a-down").await;
+    let retried = sent(&mut a, &room, "a-down").await;
+    assert_eq!(retried.seq, 4, "a0's retried message");
+    assert_eq!(expect_message(&mut b).await, retried, "b0 got a0's retried message");
+
+    let want = vec![w1, w2, acked, retried];
+    for c in [&mut a, &mut b] {
+        let h = history(c, &room, 0, None).await;
+        assert_eq!(h, want, "history via {}", c.user_id);
+    }
+    let stream = stream_of(&redis, &room);
+    let want_stream: BTreeMap<u64, (String, String)> =
+        want.iter().map(|m| (m.seq, (m.msg_id.clone(), m.text.clone()))).collect();
+    assert_eq!(stream, want_stream, "the room's stream in Redis");
 }
