@@ -124,6 +124,15 @@ pub struct Cli {
     /// Frames queued per client before it counts as a slow consumer [default: 1024]
     #[arg(long, env = "RENDEZVOUS_OUTBOUND_QUEUE", help_heading = "Limits")]
     pub outbound_queue: Option<usize>,
+    /// Bytes queued per client before it counts as a slow consumer; 0 = no byte limit [default: 1048576]
+    #[arg(long, env = "RENDEZVOUS_OUTBOUND_QUEUE_BYTES", help_heading = "Limits")]
+    pub outbound_queue_bytes: Option<usize>,
+    /// Longest a socket write may block before the client is dropped, in ms [default: 10000]
+    #[arg(long, env = "RENDEZVOUS_WRITE_TIMEOUT_MS", help_heading = "Limits")]
+    pub write_timeout_ms: Option<u64>,
+    /// Kernel send buffer per client socket in bytes; 0 = kernel autotuning [default: 262144]
+    #[arg(long, env = "RENDEZVOUS_SOCKET_SEND_BUFFER_BYTES", help_heading = "Limits")]
+    pub socket_send_buffer_bytes: Option<usize>,
     /// Seat kept in rooms after a disconnect, in ms [default: 30000]
     #[arg(long, env = "RENDEZVOUS_RECONNECT_GRACE_MS", help_heading = "Rooms")]
     pub reconnect_grace_ms: Option<u64>,
@@ -281,6 +290,9 @@ impl Config {
             max_frame_bytes,
             max_text_chars,
             outbound_queue,
+            outbound_queue_bytes,
+            write_timeout_ms,
+            socket_send_buffer_bytes,
             reconnect_grace_ms,
             history_len,
             drain_timeout_ms,

@@ -12,7 +12,7 @@ use rendezvous_actors::bridge::Bridge;
 use rendezvous_actors::protocol::close;
 use rendezvous_actors::Engine;
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
@@ -109,6 +109,14 @@ pub async fn run(
 /// registered it), so the session actor and its writer run there too.
 fn dispatch(stream: TcpStream, peer: std::net::SocketAddr, app: &Arc<App>) {
     let _ = stream.set_nodelay(true);
+    // A fixed kernel send buffer: with autotuning, a client that stops reading can
+    // make the kernel hold megabytes for it before any write blocks.
+    let sndbuf = app.engine.shared.config.socket_send_buffer_bytes;
+    if sndbuf > 0 {
+        if let Err(e) = socket2::SockRef::from(&stream).set_send_buffer_size(sndbuf) {
+            debug!(error = %e, "could not set SO_SNDBUF");
+        }
+    }
     let std_stream = match stream.into_std() {
         Ok(s) => s,
         Err(e) => return warn!(error = %e, "could not detach accepted socket"),

@@ -177,6 +177,19 @@ fn soak_returns_to_its_baseline() {
     assert_eq!(num(&r, "server.sessions_after"), 0.0, "{r}");
 }
 
+#[test]
+fn slow_consumers_do_not_stop_the_others() {
+    // A short write timeout, so that the stalled readers are cut off within the
+    // few seconds of a smoke run.
+    let config = std::env::temp_dir().join(format!("rdv-slow-{}.toml", std::process::id()));
+    std::fs::write(&config, "[engine]\nwrite_timeout_ms = 1000\n").expect("write config");
+    let node = Node::spawn(None, "solo", &[("--config", config.to_str().expect("utf-8 path"))]);
+    let r = passes("slow-consumers", &[ws(&node)], &[]);
+    assert_eq!(num(&r, "stalled_pairs"), 5.0, "{r}");
+    assert_eq!(num(&r, "stalled_cut_off"), 5.0, "the server did not cut the stalled readers off: {r}");
+    assert_eq!(num(&r, "delivered"), num(&r, "acked"), "{r}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multi_node_pairs_chat_across_nodes() {
     let cluster = Cluster::start(2).await;

@@ -78,6 +78,13 @@ pub struct EngineConfig {
     /// busy room's legitimate burst: a room actor drains its whole mailbox before a
     /// writer on the same thread runs (10 members x a send burst of 40 = 400 frames).
     pub outbound_queue: usize,
+    /// Bytes of queued frames for one client before it counts as a slow consumer
+    /// (0: no byte limit). One frame larger than this still goes through an empty
+    /// queue.
+    pub outbound_queue_bytes: usize,
+    /// Kernel send buffer of each client socket (bytes; 0: the kernel's own
+    /// autotuning, which lets a client that stopped reading hold megabytes).
+    pub socket_send_buffer_bytes: usize,
     /// Longest one socket write may block before the client is dropped (ms).
     pub write_timeout_ms: u64,
     /// Server ping interval (ms).
@@ -132,6 +139,8 @@ impl Default for EngineConfig {
             frames_burst: 200,
             flood_strikes: 50,
             outbound_queue: 1_024,
+            outbound_queue_bytes: 1 << 20,
+            socket_send_buffer_bytes: 256 * 1024,
             write_timeout_ms: 10_000,
             heartbeat_interval_ms: 20_000,
             client_timeout_ms: 60_000,

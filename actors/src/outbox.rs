@@ -7,7 +7,7 @@
 //! one `try_send` on a bounded channel, so a slow reader is detected the moment its
 //! queue is full, and the frame class decides what happens (see [`Class`]).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +50,20 @@ struct Shared {
     /// Wakes the writer when a close is requested; `notify_one` keeps a permit, so a
     /// close requested before the writer waits is not lost.
     wake: Notify,
+    /// Bytes of the frames waiting in the queue, and the most it may hold (0: no
+    /// byte limit). A frame count alone would let a client that stopped reading
+    /// hold a thousand large frames; one frame larger than the limit still goes
+    /// through an empty queue (a long `history`).
+    queued_bytes: AtomicUsize,
+    max_bytes: usize,
+}
+
+fn weight(msg: &Message) -> usize {
+    match msg {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => 0,
+    }
 }
 
 /// Cloneable handle to one client's outbound queue.
@@ -73,10 +87,16 @@ impl std::fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// A queue holding at most `capacity` frames.
-    pub fn new(capacity: usize) -> (Outbox, OutboxReceiver) {
+    /// A queue holding at most `capacity` frames and `max_bytes` bytes of them
+    /// (0: no byte limit).
+    pub fn new(capacity: usize, max_bytes: usize) -> (Outbox, OutboxReceiver) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let shared = Arc::new(Shared { close_code: AtomicU32::new(0), wake: Notify::new() });
+        let shared = Arc::new(Shared {
+            close_code: AtomicU32::new(0),
+            wake: Notify::new(),
+            queued_bytes: AtomicUsize::new(0),
+            max_bytes,
+        });
         (Outbox { tx, shared: shared.clone() }, OutboxReceiver { rx, shared })
     }
 
@@ -96,7 +116,14 @@ impl Outbox {
         if self.close_code() != 0 {
             return Delivery::Closed;
         }
-        match self.tx.try_send(msg) {
+        let n = weight(&msg);
+        let before = self.shared.queued_bytes.fetch_add(n, Ordering::AcqRel);
+        let over = self.shared.max_bytes > 0 && before > 0 && before + n > self.shared.max_bytes;
+        let sent = if over { Err(mpsc::error::TrySendError::Full(msg)) } else { self.tx.try_send(msg) };
+        if sent.is_err() {
+            self.shared.queued_bytes.fetch_sub(n, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => Delivery::Queued,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
             Err(mpsc::error::TrySendError::Full(_)) => match class {
@@ -136,6 +163,25 @@ impl Outbox {
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+
+    /// Bytes of the frames waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.queued_bytes.load(Ordering::Acquire)
+    }
+}
+
+impl OutboxReceiver {
+    async fn recv(&mut self) -> Option<Message> {
+        let msg = self.rx.recv().await?;
+        self.shared.queued_bytes.fetch_sub(weight(&msg), Ordering::AcqRel);
+        Some(msg)
+    }
+
+    fn try_recv(&mut self) -> Option<Message> {
+        let msg = self.rx.try_recv().ok()?;
+        self.shared.queued_bytes.fetch_sub(weight(&msg), Ordering::AcqRel);
+        Some(msg)
+    }
 }
 
 fn close_reason(code: u16) -> &'static str {
@@ -174,7 +220,7 @@ where
         let first = tokio::select! {
             biased;
             _ = shared.wake.notified() => break,
-            msg = rx.rx.recv() => match msg {
+            msg = rx.recv() => match msg {
                 Some(msg) => msg,
                 None => break,
             },
@@ -183,12 +229,12 @@ where
             sink.feed(first).await?;
             let mut n = 1u64;
             while (n as usize) < BATCH {
-                match rx.rx.try_recv() {
-                    Ok(msg) => {
+                match rx.try_recv() {
+                    Some(msg) => {
                         sink.feed(msg).await?;
                         n += 1;
                     }
-                    Err(_) => break,
+                    None => break,
                 }
             }
             sink.flush().await?;
@@ -232,7 +278,7 @@ where
     // A normal close or a restart lets what is queued go out first (bounded).
     if code == close::NORMAL || code == close::RESTARTING {
         let _ = tokio::time::timeout(write_timeout.min(Duration::from_secs(2)), async {
-            while let Ok(msg) = rx.rx.try_recv() {
+            while let Some(msg) = rx.try_recv() {
                 sink.feed(msg).await?;
             }
             sink.flush().await
@@ -246,4 +292,41 @@ where
     })
     .await;
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(n: usize) -> Utf8Bytes {
+        Utf8Bytes::from("x".repeat(n))
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_as_well_as_frames() {
+        let (out, mut rx) = Outbox::new(100, 1_000);
+        assert_eq!(out.push(text(600), Class::Essential), Delivery::Queued);
+        assert_eq!(out.queued_bytes(), 600);
+        // Over the byte limit: a droppable frame is dropped, an essential one ends
+        // the session, however few frames are queued.
+        assert_eq!(out.push(text(600), Class::Droppable), Delivery::Dropped);
+        assert_eq!(out.close_code(), 0);
+        assert_eq!(out.push(text(600), Class::Essential), Delivery::Disconnected);
+        assert_eq!(out.close_code(), close::POLICY);
+        assert_eq!(rx.try_recv().map(|m| weight(&m)), Some(600));
+        assert_eq!(out.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_limit_passes_an_empty_queue() {
+        let (out, mut rx) = Outbox::new(100, 1_000);
+        assert_eq!(out.push(text(5_000), Class::Essential), Delivery::Queued);
+        assert_eq!(out.push(text(10), Class::Droppable), Delivery::Dropped);
+        assert!(rx.try_recv().is_some());
+        assert_eq!(out.push(text(10), Class::Essential), Delivery::Queued);
+        let (unbounded, _rx) = Outbox::new(100, 0);
+        for _ in 0..50 {
+            assert_eq!(unbounded.push(text(5_000), Class::Essential), Delivery::Queued);
+        }
+    }
 }

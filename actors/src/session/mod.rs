@@ -92,7 +92,7 @@ impl SessionActor {
     {
         let cfg = &engine.shared.config;
         let (sink, stream) = ws.split();
-        let (outbox, rx) = Outbox::new(cfg.outbound_queue);
+        let (outbox, rx) = Outbox::new(cfg.outbound_queue, cfg.outbound_queue_bytes);
         let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
         let quota = Quota::per_second(
             std::num::NonZeroU32::new(cfg.frames_per_second.max(1))

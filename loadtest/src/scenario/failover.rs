@@ -135,6 +135,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         cross_node: s.urls.len() > 1,
         stalled_pairs: 0,
         stalled_rate: 1.0,
+        stalled_text_bytes: 0,
     };
     // Rooms form first (a second or so); the outage is timed from the first send.
     let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();

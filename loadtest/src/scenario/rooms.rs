@@ -86,7 +86,13 @@ async fn public_room(
 
 /// One stalled pair: the sender sends until `end`; the receiver never reads.
 /// Returns whether the server cut the receiver off.
-async fn stalled(mut room: Vec<Member>, room_id: String, rate: f64, end: Instant) -> bool {
+async fn stalled(
+    mut room: Vec<Member>,
+    room_id: String,
+    rate: f64,
+    text_bytes: usize,
+    end: Instant,
+) -> bool {
     let (Some(mut receiver), Some(mut sender)) = (room.pop(), room.pop()) else {
         return false;
     };
@@ -95,7 +101,7 @@ async fn stalled(mut room: Vec<Member>, room_id: String, rate: f64, end: Instant
     while Instant::now() < end {
         tokio::select! {
             _ = tick.tick() => {
-                let text = format!("stalled {k} {}", "x".repeat(200));
+                let text = format!("{k} {}", "\u{1F600}".repeat((text_bytes / 4).max(1)));
                 let frame = json!({"action": "send", "room_id": room_id, "text": text});
                 if sender.ws.send(Message::Text(frame.to_string().into())).await.is_err() {
                     break;
@@ -211,7 +217,7 @@ pub async fn load_with_start(
     for (r, result) in stalled_rooms {
         match result {
             Ok((id, members, _)) => {
-                stalls.spawn(stalled(members, id, c.stalled_rate, end));
+                stalls.spawn(stalled(members, id, c.stalled_rate, c.stalled_text_bytes, end));
             }
             Err(f) => {
                 report.count("stalled_setup_failures", 1);

@@ -45,6 +45,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         cross_node: urls.len() > 1,
         stalled_pairs: 0,
         stalled_rate: 1.0,
+        stalled_text_bytes: 0,
     };
     let churn = s.churn.clone().unwrap_or(Churn {
         rate: p.churn_rate,

@@ -130,6 +130,15 @@ pub struct Chat {
     pub stalled_pairs: usize,
     #[serde(default = "default_stalled_rate")]
     pub stalled_rate: f64,
+    /// Bytes of each text the stalled pairs' senders send (4-byte characters, so
+    /// up to 16,384 within the 4,096-character limit: the stalled reader's socket
+    /// buffers fill within seconds).
+    #[serde(default = "default_stalled_text_bytes")]
+    pub stalled_text_bytes: usize,
+}
+
+fn default_stalled_text_bytes() -> usize {
+    16_000
 }
 
 fn default_room_size() -> usize {
