@@ -11,6 +11,10 @@ use super::{BoxFut, Bridge, ClaimMember, ClaimOutcome, SearchAd, Ticket};
 use crate::ids::{Interest, UserId};
 
 /// Single-node facts.
+/// Interests kept by the trending counts (the most counted); the rest are
+/// forgotten, so one-off interests cannot grow the table without bound.
+pub const TRENDING_CAP: usize = 10_000;
+
 pub struct MemoryBridge {
     node_id: String,
     /// user → their one valid search ticket.
@@ -99,6 +103,24 @@ impl Bridge for MemoryBridge {
         for i in interests {
             *t.entry(i).or_default() += 1;
         }
+        // Interests are whatever users type: past twice the cap, keep the most
+        // counted `TRENDING_CAP` (amortized: one sort per `TRENDING_CAP` new ones).
+        if t.len() > 2 * TRENDING_CAP {
+            let mut counts: Vec<u64> = t.values().copied().collect();
+            counts.sort_unstable_by(|a, b| b.cmp(a));
+            let floor = counts[TRENDING_CAP - 1];
+            let mut above = counts.iter().filter(|&&c| c > floor).count();
+            t.retain(|_, c| {
+                if *c > floor {
+                    true
+                } else if *c == floor && above < TRENDING_CAP {
+                    above += 1;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
     }
 
     fn trending(&self, limit: usize) -> BoxFut<Vec<(String, u64)>> {
@@ -159,5 +181,21 @@ mod tests {
         let top =
             futures_util::FutureExt::now_or_never(b.trending(10)).expect("ready").expect("ok");
         assert_eq!(top, vec![("chess".into(), 2), ("go".into(), 1)]);
+    }
+
+    #[test]
+    fn trending_forgets_one_off_interests_past_its_cap() {
+        let b = MemoryBridge::new("n");
+        for _ in 0..3 {
+            b.record_match(vec![Interest::from("chess")]);
+        }
+        for i in 0..(2 * TRENDING_CAP + 5) {
+            b.record_match(vec![Interest::from(format!("once-{i}").as_str())]);
+        }
+        let len = b.trending.lock().map(|t| t.len()).expect("lock");
+        assert!(len <= 2 * TRENDING_CAP && len >= TRENDING_CAP, "{len} kept");
+        let top =
+            futures_util::FutureExt::now_or_never(b.trending(1)).expect("ready").expect("ok");
+        assert_eq!(top, vec![("chess".into(), 3)]);
     }
 }

@@ -770,12 +770,16 @@ impl Handler<OfferSettled> for MatchShard {
                     self.withdrawn.remove(&e.ticket);
                     self.shared.searching.fetch_sub(1, Ordering::Relaxed);
                     if let Link::Local(link) = e.link {
-                        link.events.do_send(SessionEvent::Matched {
-                            ticket: e.ticket,
-                            room_id: room_id.clone(),
-                            members: members.clone(),
-                            shared: shared.clone(),
-                        });
+                        crate::session::announce_match(
+                            &self.shared,
+                            &e.user,
+                            link.session_id,
+                            &link.events,
+                            e.ticket,
+                            &room_id,
+                            &members,
+                            &shared,
+                        );
                     }
                 }
             }

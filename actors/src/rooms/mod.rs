@@ -31,7 +31,6 @@ use crate::engine::Shared;
 use crate::ids::{RoomId, UserId};
 use crate::metrics as m;
 use crate::outbox::Class;
-use crate::session::messages::SessionEvent;
 
 /// Opens rooms. Single actor so that creating a public room on first join is
 /// decided in one place.
@@ -113,12 +112,16 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
             }
         }
         for member in &msg.members {
-            member.events.do_send(SessionEvent::Matched {
-                ticket: member.ticket,
-                room_id: room_id.clone(),
-                members: members.clone(),
-                shared: msg.shared.clone(),
-            });
+            crate::session::announce_match(
+                &self.shared,
+                &member.user,
+                member.session_id,
+                &member.events,
+                member.ticket,
+                &room_id,
+                &members,
+                &msg.shared,
+            );
         }
     }
 }

@@ -645,26 +645,60 @@ impl StreamHandler<Result<Message, WsError>> for SessionActor {
     }
 }
 
+/// Tell a session on this node that its search ended in `room_id`: the session
+/// actor learns it (search over, last match) and, right after, `match_found` is
+/// queued straight on the session's outbox. Straight, not through the actor: the
+/// other members may post to the room as soon as they read their own
+/// `match_found`, and the room writes to this outbox directly; were `match_found`
+/// still waiting in the actor's mailbox, a member could read a message of a room it
+/// has not heard of yet.
+#[allow(clippy::too_many_arguments)]
+pub fn announce_match(
+    shared: &crate::engine::Shared,
+    user: &UserId,
+    session_id: u64,
+    events: &actix::Recipient<SessionEvent>,
+    ticket: crate::bridge::Ticket,
+    room_id: &RoomId,
+    members: &[UserId],
+    interests: &[crate::ids::Interest],
+) {
+    events.do_send(SessionEvent::Matched {
+        ticket,
+        room_id: room_id.clone(),
+        members: members.to_vec(),
+        shared: interests.to_vec(),
+    });
+    let Some(entry) = shared.registry.get(user.as_str()).filter(|e| e.session_id == session_id)
+    else {
+        return;
+    };
+    let partner_id = match members {
+        [a, b] => Some(if a == user { b } else { a }.to_string()),
+        _ => None,
+    };
+    entry.outbox.push_frame(
+        &ServerFrame::MatchFound {
+            room_id: room_id.to_string(),
+            partner_id,
+            members: members.iter().map(|u| u.to_string()).collect(),
+            shared_interests: interests.iter().map(|i| i.to_string()).collect(),
+            score: interests.len() as u32,
+        },
+        Class::Essential,
+    );
+}
+
 impl Handler<SessionEvent> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionEvent, _ctx: &mut Self::Context) {
         match msg {
-            SessionEvent::Matched { ticket, room_id, members, shared } => {
+            // `match_found` itself is queued by `announce_match`.
+            SessionEvent::Matched { ticket, room_id, members, shared: _ } => {
                 if self.search.as_ref().map(|s| s.ticket) == Some(ticket) {
                     self.search = None;
                 }
-                let partner_id = match members.as_slice() {
-                    [a, b] => Some(if *a == self.user { b } else { a }.to_string()),
-                    _ => None,
-                };
-                self.send(&ServerFrame::MatchFound {
-                    room_id: room_id.to_string(),
-                    partner_id,
-                    members: members.iter().map(|u| u.to_string()).collect(),
-                    shared_interests: shared.iter().map(|i| i.to_string()).collect(),
-                    score: shared.len() as u32,
-                });
                 self.last_match = Some((room_id, members));
             }
             SessionEvent::SearchExpired { ticket } => {

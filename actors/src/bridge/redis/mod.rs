@@ -141,6 +141,8 @@ fn entries_key(lang: &str) -> String {
 const LANGS_KEY: &str = "rdv:pool:langs";
 const NODES_KEY: &str = "rdv:nodes";
 const TRENDING_KEY: &str = "rdv:trending";
+/// Interests kept in the trending set (the most counted).
+const TRENDING_CAP: usize = crate::bridge::memory::TRENDING_CAP;
 const CLUSTER_CHANNEL: &str = "rdv:cluster";
 fn node_channel(node: &str) -> String {
     format!("rdv:node:{node}")
@@ -637,12 +639,22 @@ impl Bridge for RedisBridge {
     }
 
     fn record_match(&self, interests: Vec<Interest>) {
+        if interests.is_empty() {
+            return;
+        }
         for i in interests {
             self.pipe.fire(
                 "zincrby",
                 redis::cmd("ZINCRBY").arg(TRENDING_KEY).arg(1).arg(i.as_str()).clone(),
             );
         }
+        // Interests are whatever users type: keep the most counted ones only, or
+        // the set grows with every one-off interest ever matched.
+        let keep = -(TRENDING_CAP as i64) - 1;
+        self.pipe.fire(
+            "zremrangebyrank",
+            redis::cmd("ZREMRANGEBYRANK").arg(TRENDING_KEY).arg(0).arg(keep).clone(),
+        );
     }
 
     fn trending(&self, limit: usize) -> BoxFut<Vec<(String, u64)>> {
