@@ -86,6 +86,17 @@ pub async fn until(
     kind: &'static str,
     wait: Duration,
 ) -> Result<ServerFrame, Failure> {
+    until_one_of(ws, user, &[kind], wait).await
+}
+
+/// [`until`] for the first frame of any of `kinds`.
+pub async fn until_one_of(
+    ws: &mut Ws,
+    user: &str,
+    kinds: &[&'static str],
+    wait: Duration,
+) -> Result<ServerFrame, Failure> {
+    let kind = kinds.first().copied().unwrap_or("a frame");
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let next = tokio::time::timeout_at(deadline, ws.next())
@@ -103,7 +114,7 @@ pub async fn until(
         };
         let frame: ServerFrame = serde_json::from_str(text.as_str())
             .map_err(|e| Failure::Protocol { user: user.to_owned(), error: e.to_string() })?;
-        if frame.kind() == kind {
+        if kinds.contains(&frame.kind()) {
             return Ok(frame);
         }
         if frame.kind() == "error" {

@@ -335,6 +335,9 @@ impl SessionActor {
         let ad =
             ad_for(shared.bridge.node_id(), ticket, &self.user, &criteria, joined, joined + wait);
         shared.bridge.begin_search(ad);
+        // `searching` before the shard can see the search: its `match_found` is
+        // queued on the outbox directly (`announce_match`) and must come after.
+        self.send(&ServerFrame::Searching { ticket: format!("t{ticket}") });
         self.engine.shard_for(&criteria.language).do_send(EnqueueSearch {
             ticket,
             user: self.user.clone(),
@@ -347,7 +350,6 @@ impl SessionActor {
         self.search = Some(ActiveSearch { ticket, language: criteria.language.clone() });
         shared.last_search.insert(self.user.clone(), (criteria.clone(), wait));
         self.last_criteria = Some((criteria, wait));
-        self.send(&ServerFrame::Searching { ticket: format!("t{ticket}") });
     }
 
     /// `cancel_match`: answered with `match_cancelled` when the search was withdrawn

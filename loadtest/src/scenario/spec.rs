@@ -234,6 +234,14 @@ pub struct Soak {
     /// Wait after everyone left before the final sample.
     #[serde(default = "default_settle_secs")]
     pub settle_secs: f64,
+    /// The duration is split into this many identical passes; memory after the
+    /// last is compared with memory after the first.
+    #[serde(default = "default_passes")]
+    pub passes: usize,
+}
+
+fn default_passes() -> usize {
+    2
 }
 
 fn default_settle_secs() -> f64 {

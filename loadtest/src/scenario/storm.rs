@@ -68,7 +68,13 @@ async fn one(
     }
     let searched = Instant::now();
     client::send_text(&mut m.ws, &user, find.to_string()).await?;
-    client::until(&mut m.ws, &user, "searching", ctx.wait).await?;
+    // The protocol's order is `searching`, then `match_found`: one that comes
+    // first is a failure here (a tolerant client would miss it).
+    let first = client::until_one_of(&mut m.ws, &user, &["searching", "match_found"], ctx.wait);
+    if first.await?.kind() != "searching" {
+        let frame = "match_found before searching".to_owned();
+        return Err(Failure::Server { user, frame });
+    }
     let found = client::until(&mut m.ws, &user, "match_found", ctx.wait).await;
     let found = match found {
         Ok(f) => f,
