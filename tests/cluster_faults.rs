@@ -317,19 +317,9 @@ async fn acknowledged_messages_survive_a_redis_restart_with_aof() {
     let _serial = SERIAL.lock().await;
     let dir = TempDir::new("aof");
     let dir_s = dir.path().to_string_lossy().into_owned();
-    let mut redis = RedisServer::start_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        &dir_s,
-    ]);
+    let mut redis = RedisServer::start_aof(&dir_s);
     let url = redis.url();
-    let nodes: Vec<Node> = (0..2).map(|i| Node::spawn(Some(&url), &node_name(i), &[])).collect();
-    for node in &nodes {
-        wait_nodes(node, 2, Duration::from_secs(10)).await;
-    }
+    let nodes = spawn_nodes(&url, 2).await;
     let (mut a, mut b, room) = pair(&nodes, (0, "alice"), (1, "bob")).await;
 
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();

@@ -1240,14 +1240,7 @@ async fn redis_killed_with_aof_under_load_keeps_every_acked_message() {
     let t0 = Instant::now();
     let dir = TempDir::new("durable-aof");
     let dir_s = dir.path_str();
-    let redis = RedisServer::start_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        &dir_s,
-    ]);
+    let redis = RedisServer::start_aof(&dir_s);
     let url = redis.url();
     let mut nodes: Vec<Node> =
         (0..2).map(|i| Node::spawn(Some(&url), &node_name(i), &[])).collect();
@@ -1442,19 +1435,9 @@ async fn a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lag
     let _serial = SERIAL.lock().await;
     let dir = TempDir::new("durable-lag");
     let dir_s = dir.path_str();
-    let mut redis = RedisServer::start_with(&[
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "always",
-        "--dir",
-        &dir_s,
-    ]);
+    let mut redis = RedisServer::start_aof(&dir_s);
     let url = redis.url();
-    let nodes: Vec<Node> = (0..2).map(|i| Node::spawn(Some(&url), &node_name(i), &[])).collect();
-    for node in &nodes {
-        wait_nodes(node, 2, Duration::from_secs(10)).await;
-    }
+    let nodes = spawn_nodes(&url, 2).await;
     let (mut a, mut b, room) = pair(&nodes[0], &nodes[1], 0).await;
     send_text(&mut a, &room, "warm", "w1").await;
     let w1 = sent(&mut a, &room, "w1").await;

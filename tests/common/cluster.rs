@@ -96,6 +96,12 @@ impl RedisServer {
         panic!("redis-server did not start:\n{}", failures.join("\n"));
     }
 
+    /// [`RedisServer::start_with`] persisting every write to an append-only file
+    /// in `dir` before it answers (`--appendonly yes --appendfsync always`).
+    pub fn start_aof(dir: &str) -> RedisServer {
+        Self::start_with(&["--appendonly", "yes", "--appendfsync", "always", "--dir", dir])
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -671,4 +677,14 @@ pub async fn get_json(node: &Node, path: &str) -> (u16, Value) {
     let v = serde_json::from_str(body.trim())
         .unwrap_or_else(|e| panic!("{}: {path} is not JSON ({e}): {body}", node.id));
     (status, v)
+}
+
+/// `n` nodes (`node-a`, …) joined to `redis_url` with [`NODE_DEFAULTS`], once
+/// every one of them counts all `n`.
+pub async fn spawn_nodes(redis_url: &str, n: usize) -> Vec<Node> {
+    let nodes: Vec<Node> = (0..n).map(|i| Node::spawn(Some(redis_url), &node_name(i), &[])).collect();
+    for node in &nodes {
+        wait_nodes(node, n as u64, FORM_TIMEOUT).await;
+    }
+    nodes
 }

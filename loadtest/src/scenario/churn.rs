@@ -170,12 +170,15 @@ async fn chat_round(
                     }
                     "presence" if f.user_id == partner && f.status == "left" => partner_gone = true,
                     "room_closed" if f.room_id == room => partner_gone = true,
-                    "error" if f.code == "not_in_room" => {
+                    "error" if f.code == "not_in_room" && f.message.contains(room) => {
                         // Our send raced the partner's `next`: the room is gone.
                         log.sends_refused += 1;
                         settled += 1;
                         partner_gone = true;
                     }
+                    // A refusal of a send to an earlier room of ours (it raced that
+                    // partner's `next`): not about this room.
+                    "error" if f.code == "not_in_room" => log.sends_refused += 1,
                     "error" => {
                         return Err(Failure::Server { user: m.user.clone(),
                             frame: format!("{} {}", f.code, f.message) })

@@ -136,6 +136,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         stalled_pairs: 0,
         stalled_rate: 1.0,
         stalled_text_bytes: 0,
+        stalled_reading: false,
     };
     // Rooms form first (a second or so); the outage is timed from the first send.
     let (tx, rx) = tokio::sync::oneshot::channel::<Instant>();

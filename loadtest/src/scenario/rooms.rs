@@ -91,10 +91,21 @@ async fn stalled(
     room_id: String,
     rate: f64,
     text_bytes: usize,
+    reading: bool,
     end: Instant,
 ) -> bool {
     let (Some(mut receiver), Some(mut sender)) = (room.pop(), room.pop()) else {
         return false;
+    };
+    let mut receiver_back = None;
+    // The control experiment: the same traffic, read.
+    let reader = if reading {
+        Some(tokio::spawn(async move {
+            while let Some(Ok(_)) = receiver.ws.next().await {}
+        }))
+    } else {
+        receiver_back = Some(receiver);
+        None
     };
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     let mut k = 0u64;
@@ -112,6 +123,16 @@ async fn stalled(
         }
     }
     let _ = sender.ws.close(None).await;
+    let mut receiver = match (reader, receiver_back) {
+        (Some(reader), _) => {
+            reader.abort();
+            progress::closed();
+            progress::closed();
+            return false;
+        }
+        (None, Some(r)) => r,
+        (None, None) => return false,
+    };
     // Read what the receiver was sent: a cut-off session ends in a close or EOF.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     let cut = loop {
@@ -217,7 +238,9 @@ pub async fn load_with_start(
     for (r, result) in stalled_rooms {
         match result {
             Ok((id, members, _)) => {
-                stalls.spawn(stalled(members, id, c.stalled_rate, c.stalled_text_bytes, end));
+                let (rate, bytes, reading) =
+                    (c.stalled_rate, c.stalled_text_bytes, c.stalled_reading);
+                stalls.spawn(stalled(members, id, rate, bytes, reading, end));
             }
             Err(f) => {
                 report.count("stalled_setup_failures", 1);

@@ -47,6 +47,7 @@ async fn pass(ctx: &Ctx, p: &Soak, secs: f64) -> Result<(Report, server::Usage),
         stalled_pairs: 0,
         stalled_rate: 1.0,
         stalled_text_bytes: 0,
+        stalled_reading: false,
     };
     let churn = ctx.scenario.churn.clone().unwrap_or(Churn {
         rate: p.churn_rate,

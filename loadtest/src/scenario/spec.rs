@@ -135,6 +135,9 @@ pub struct Chat {
     /// buffers fill within seconds).
     #[serde(default = "default_stalled_text_bytes")]
     pub stalled_text_bytes: usize,
+    /// The control run: the "stalled" receivers read after all (same traffic).
+    #[serde(default)]
+    pub stalled_reading: bool,
 }
 
 fn default_stalled_text_bytes() -> usize {
