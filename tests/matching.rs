@@ -436,6 +436,32 @@ async fn a_second_find_match_while_searching_is_refused() {
     a.expect_silence(Duration::from_millis(300)).await;
 }
 
+/// Both members of a pair skip at once: whichever `next` reaches the room second
+/// finds it closed, and that user just searches again, with no error about a room
+/// it could not have left any better.
+#[tokio::test]
+async fn both_skipping_at_once_search_again_without_an_error() {
+    let server = TestServer::start(test_config());
+    for i in 0..20 {
+        let (mut a, mut b, room) =
+            matched_pair(&server, &format!("a{i}"), &format!("b{i}")).await;
+        let next = json!({"action": "next"});
+        tokio::join!(a.send_json(next.clone()), b.send_json(next));
+        for c in [&mut a, &mut b] {
+            let mut seen = Vec::new();
+            while let Some(f) = c.try_recv(Duration::from_millis(150)).await {
+                seen.push(f);
+            }
+            assert!(seen.iter().any(|f| f.kind() == "searching"), "{}: {seen:?}", c.user_id);
+            assert!(
+                !seen.iter().any(|f| f.kind() == "error"),
+                "{} got an error after next in {room}: {seen:?}",
+                c.user_id
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn next_leaves_and_never_rematches_the_skipped_partner() {
     let server = TestServer::start(test_config());

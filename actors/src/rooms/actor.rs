@@ -367,6 +367,13 @@ impl Handler<LeaveRoom> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: LeaveRoom, ctx: &mut Self::Context) {
+        // `next` names no room: its session picked the last match room, which the
+        // partner may have closed meanwhile. Leaving it then is done already, not
+        // an error (the client has its `left` from the session).
+        let gone = self.closed || !self.state.is_member(&msg.user);
+        if msg.reason == LeaveReason::Next && gone {
+            return;
+        }
         if !self.check_member(&msg.user, &msg.reply) {
             return;
         }

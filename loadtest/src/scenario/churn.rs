@@ -126,6 +126,8 @@ struct UserLog {
     no_match: u64,
     rematched_skipped: u64,
     sends_refused: u64,
+    /// Refusals naming another room than the one being chatted in.
+    refused_elsewhere: u64,
 }
 
 /// One match of a churning user: chat until both sides are done or the partner
@@ -178,7 +180,10 @@ async fn chat_round(
                     }
                     // A refusal of a send to an earlier room of ours (it raced that
                     // partner's `next`): not about this room.
-                    "error" if f.code == "not_in_room" => log.sends_refused += 1,
+                    "error" if f.code == "not_in_room" => {
+                        log.sends_refused += 1;
+                        log.refused_elsewhere += 1;
+                    }
                     "error" => {
                         return Err(Failure::Server { user: m.user.clone(),
                             frame: format!("{} {}", f.code, f.message) })
@@ -229,6 +234,7 @@ async fn churn_user_inner(c: &Churner, i: usize, log: &mut UserLog) -> Result<()
                 "error" if f.code == "not_in_room" => {
                     // A send that raced the partner's `next` (the room is gone).
                     log.sends_refused += 1;
+                    log.refused_elsewhere += 1;
                 }
                 "error" => {
                     let frame = format!("{} {} ({:?})", f.code, f.message, f.action);
@@ -297,6 +303,7 @@ pub async fn load(
         report.count("no_match", log.no_match);
         report.count("rematched_skipped", log.rematched_skipped);
         report.count("sends_refused_after_partner_left", log.sends_refused);
+        report.count("sends_refused_for_an_earlier_room", log.refused_elsewhere);
         if let Err(f) = result {
             failed(&mut report, f);
         }
@@ -304,6 +311,9 @@ pub async fn load(
     let ledger = c.ledger.lock().map_err(|_| "ledger poisoned")?;
     let undelivered: u64 = ledger.values().map(|(acked, got)| acked.saturating_sub(*got)).sum();
     report.count("undelivered", undelivered);
+    if let Some(((room, sender), (acked, got))) = ledger.iter().find(|(_, (a, g))| a > g) {
+        report.note("first_undelivered", format!("{sender} in {room}: {acked} acked, {got} read"));
+    }
     report.count("messages_delivered", ledger.values().map(|(_, got)| got).sum());
     for name in ["rounds", "no_match", "rematched_skipped", "errors.total"] {
         report.count(name, 0);
