@@ -206,10 +206,12 @@ async fn secrets_and_tokens_never_reach_the_logs() {
     let logs = p.logs.lock().unwrap_or_else(|e| e.into_inner()).join("\n");
     assert!(logs.contains("DEBUG") || logs.contains("debug"), "debug logs were on:\n{logs}");
     assert!(logs.contains("redis") || logs.contains("Redis"), "the Redis failure was logged");
-    for (what, needle) in
-        [("JWT secret", secret), ("token", good.as_str()), ("forged token", forged.as_str()),
-         ("Redis password", password)]
-    {
+    for (what, needle) in [
+        ("JWT secret", secret),
+        ("token", good.as_str()),
+        ("forged token", forged.as_str()),
+        ("Redis password", password),
+    ] {
         assert!(!logs.contains(needle), "the {what} is in the logs:\n{logs}");
     }
     // Signatures are what make a token usable: not even those.

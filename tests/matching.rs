@@ -443,8 +443,7 @@ async fn a_second_find_match_while_searching_is_refused() {
 async fn both_skipping_at_once_search_again_without_an_error() {
     let server = TestServer::start(test_config());
     for i in 0..20 {
-        let (mut a, mut b, room) =
-            matched_pair(&server, &format!("a{i}"), &format!("b{i}")).await;
+        let (mut a, mut b, room) = matched_pair(&server, &format!("a{i}"), &format!("b{i}")).await;
         let next = json!({"action": "next"});
         tokio::join!(a.send_json(next.clone()), b.send_json(next));
         for c in [&mut a, &mut b] {

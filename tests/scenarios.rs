@@ -54,6 +54,10 @@ struct Outcome {
 
 /// `rendezvous-loadtest run <scenario> --smoke` at `urls`, with `--set` pairs.
 fn run(scenario: &str, urls: &[String], sets: &[String]) -> Outcome {
+    run_with_env(scenario, urls, sets, &[])
+}
+
+fn run_with_env(scenario: &str, urls: &[String], sets: &[String], env: &[(&str, &str)]) -> Outcome {
     let file = repo().join("loadtest/scenarios").join(format!("{scenario}.toml"));
     let json =
         std::env::temp_dir().join(format!("rdv-scenario-{}-{scenario}.json", std::process::id()));
@@ -65,6 +69,9 @@ fn run(scenario: &str, urls: &[String], sets: &[String]) -> Outcome {
     }
     for s in sets {
         cmd.arg("--set").arg(s);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let mut child = cmd
         .stdin(Stdio::null())
@@ -186,7 +193,11 @@ fn slow_consumers_do_not_stop_the_others() {
     let node = Node::spawn(None, "solo", &[("--config", config.to_str().expect("utf-8 path"))]);
     let r = passes("slow-consumers", &[ws(&node)], &[]);
     assert_eq!(num(&r, "stalled_pairs"), 5.0, "{r}");
-    assert_eq!(num(&r, "stalled_cut_off"), 5.0, "the server did not cut the stalled readers off: {r}");
+    assert_eq!(
+        num(&r, "stalled_cut_off"),
+        5.0,
+        "the server did not cut the stalled readers off: {r}"
+    );
     assert_eq!(num(&r, "delivered"), num(&r, "acked"), "{r}");
 }
 
@@ -245,6 +256,22 @@ async fn redis_failover_is_survived_and_reported() {
     assert!(num(&r, "failover.rate_after_per_s") > 0.0, "{r}");
     drop(cluster);
     drop(pid);
+}
+
+/// Against a node that takes tokens only, the load tester mints its own HS256
+/// JWTs from the secret (users get in, so it signed them right); with a wrong
+/// secret nobody gets in.
+#[test]
+fn tokens_are_minted_for_a_node_that_wants_them() {
+    let secret = "scenario-smoke-secret-0123456789abcdef";
+    let node = Node::spawn(None, "jwt", &[("--jwt-secret", secret)]);
+    let env = [("RENDEZVOUS_LOADTEST_JWT_SECRET", secret)];
+    let o = run_with_env("chat-pairs", &[ws(&node)], &[], &env);
+    assert_eq!(o.code, Some(0), "stdout:\n{}\nstderr:\n{}", o.stdout, o.stderr);
+    assert!(num(&o.json["results"], "delivered") > 0.0);
+    let wrong = [("RENDEZVOUS_LOADTEST_JWT_SECRET", "not-the-secret-0123456789abcdefghij")];
+    let o = run_with_env("chat-pairs", &[ws(&node)], &[], &wrong);
+    assert_eq!(o.code, Some(2), "a wrong secret got in: {}", o.stdout);
 }
 
 #[test]

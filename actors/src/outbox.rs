@@ -119,7 +119,8 @@ impl Outbox {
         let n = weight(&msg);
         let before = self.shared.queued_bytes.fetch_add(n, Ordering::AcqRel);
         let over = self.shared.max_bytes > 0 && before > 0 && before + n > self.shared.max_bytes;
-        let sent = if over { Err(mpsc::error::TrySendError::Full(msg)) } else { self.tx.try_send(msg) };
+        let sent =
+            if over { Err(mpsc::error::TrySendError::Full(msg)) } else { self.tx.try_send(msg) };
         if sent.is_err() {
             self.shared.queued_bytes.fetch_sub(n, Ordering::AcqRel);
         }

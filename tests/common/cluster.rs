@@ -682,7 +682,8 @@ pub async fn get_json(node: &Node, path: &str) -> (u16, Value) {
 /// `n` nodes (`node-a`, …) joined to `redis_url` with [`NODE_DEFAULTS`], once
 /// every one of them counts all `n`.
 pub async fn spawn_nodes(redis_url: &str, n: usize) -> Vec<Node> {
-    let nodes: Vec<Node> = (0..n).map(|i| Node::spawn(Some(redis_url), &node_name(i), &[])).collect();
+    let nodes: Vec<Node> =
+        (0..n).map(|i| Node::spawn(Some(redis_url), &node_name(i), &[])).collect();
     for node in &nodes {
         wait_nodes(node, n as u64, FORM_TIMEOUT).await;
     }

@@ -194,8 +194,7 @@ mod tests {
         }
         let len = b.trending.lock().map(|t| t.len()).expect("lock");
         assert!(len <= 2 * TRENDING_CAP && len >= TRENDING_CAP, "{len} kept");
-        let top =
-            futures_util::FutureExt::now_or_never(b.trending(1)).expect("ready").expect("ok");
+        let top = futures_util::FutureExt::now_or_never(b.trending(1)).expect("ready").expect("ok");
         assert_eq!(top, vec![("chess".into(), 3)]);
     }
 }

@@ -40,9 +40,7 @@ impl Steps {
     /// The end of step `k`'s pause.
     fn quiet(&self, k: usize, count: usize) -> Instant {
         let last = ((k + 1) * self.per_step).min(count);
-        self.start
-            + Duration::from_secs_f64(last as f64 / self.rate)
-            + self.pause * (k as u32 + 1)
+        self.start + Duration::from_secs_f64(last as f64 / self.rate) + self.pause * (k as u32 + 1)
     }
 }
 
@@ -93,29 +91,34 @@ pub async fn hold(
     };
     let sampler = sample.map(|urls| tokio::spawn(sample_steps(urls.to_vec(), steps, count)));
     let dialer = Arc::new(dialer.clone());
-    let results = arrivals_at(count, |i| steps.due(i), deadline, |i, due| {
-        let dialer = dialer.clone();
-        async move {
-            let user = dialer.user(&format!("i{i}"));
-            let (mut m, _) = dialer.open(dialer.url(i), user).await?;
-            let connected = Instant::now();
-            let latency = stats::micros(connected.saturating_duration_since(due));
-            let held = tokio::time::sleep_until(release.into());
-            tokio::pin!(held);
-            let outcome = loop {
-                tokio::select! {
-                    () = &mut held => break Ok(latency),
-                    next = m.ws.next() => if !matches!(next, Some(Ok(_))) {
-                        break Err(crate::client::Failure::Closed {
-                            user: m.user.clone(), waiting_for: "the end of the hold" });
+    let results = arrivals_at(
+        count,
+        |i| steps.due(i),
+        deadline,
+        |i, due| {
+            let dialer = dialer.clone();
+            async move {
+                let user = dialer.user(&format!("i{i}"));
+                let (mut m, _) = dialer.open(dialer.url(i), user).await?;
+                let connected = Instant::now();
+                let latency = stats::micros(connected.saturating_duration_since(due));
+                let held = tokio::time::sleep_until(release.into());
+                tokio::pin!(held);
+                let outcome = loop {
+                    tokio::select! {
+                        () = &mut held => break Ok(latency),
+                        next = m.ws.next() => if !matches!(next, Some(Ok(_))) {
+                            break Err(crate::client::Failure::Closed {
+                                user: m.user.clone(), waiting_for: "the end of the hold" });
+                        }
                     }
-                }
-            };
-            let _ = m.ws.close(None).await;
-            progress::closed();
-            outcome
-        }
-    })
+                };
+                let _ = m.ws.close(None).await;
+                progress::closed();
+                outcome
+            }
+        },
+    )
     .await;
     report.declare("connect_latency")?;
     for r in &results {

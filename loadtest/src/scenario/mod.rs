@@ -107,8 +107,7 @@ where
     F: Future<Output = T> + Send + 'static,
 {
     let period = 1.0 / rate;
-    arrivals_at(count, |i| start + Duration::from_secs_f64(i as f64 * period), deadline, job)
-        .await
+    arrivals_at(count, |i| start + Duration::from_secs_f64(i as f64 * period), deadline, job).await
 }
 
 /// [`arrivals`] on any schedule: item `i` is due at `due(i)` (non-decreasing).

@@ -100,9 +100,7 @@ async fn stalled(
     let mut receiver_back = None;
     // The control experiment: the same traffic, read.
     let reader = if reading {
-        Some(tokio::spawn(async move {
-            while let Some(Ok(_)) = receiver.ws.next().await {}
-        }))
+        Some(tokio::spawn(async move { while let Some(Ok(_)) = receiver.ws.next().await {} }))
     } else {
         receiver_back = Some(receiver);
         None

@@ -122,7 +122,8 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     report.set("server.rss_growth_mib", (last.rss_bytes - base.rss_bytes) / MIB);
     // What a leak shows: memory still growing from one identical pass to the next
     // (the first pass also fills the allocator's free lists, which it keeps).
-    report.set("server.rss_growth_after_first_pass_mib", (last.rss_bytes - after[0].rss_bytes) / MIB);
+    report
+        .set("server.rss_growth_after_first_pass_mib", (last.rss_bytes - after[0].rss_bytes) / MIB);
     report.set("server.fds_baseline", base.open_fds);
     report.set("server.fds_peak", peak.open_fds);
     report.set("server.fds_after", last.open_fds);
