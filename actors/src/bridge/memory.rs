@@ -193,7 +193,7 @@ mod tests {
             b.record_match(vec![Interest::from(format!("once-{i}").as_str())]);
         }
         let len = b.trending.lock().map(|t| t.len()).expect("lock");
-        assert!(len <= 2 * TRENDING_CAP && len >= TRENDING_CAP, "{len} kept");
+        assert!((TRENDING_CAP..=2 * TRENDING_CAP).contains(&len), "{len} kept");
         let top = futures_util::FutureExt::now_or_never(b.trending(1)).expect("ready").expect("ok");
         assert_eq!(top, vec![("chess".into(), 3)]);
     }

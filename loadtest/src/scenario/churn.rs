@@ -357,7 +357,7 @@ async fn chat_one_way(
         .await?;
         progress::sent(1);
     }
-    for k in 0..f.messages {
+    for (k, at) in sent_at.iter().enumerate() {
         // The server echoes a member's own messages back to it: skip b's echoes.
         let got = loop {
             let m = expect(b, "message", f.wait).await?;
@@ -369,7 +369,7 @@ async fn chat_one_way(
             let frame = format!("message {:?} from {}, expected flow {k}", got.text, got.sender);
             return Err(Failure::Server { user: b.user.clone(), frame });
         }
-        log.delivery_us.push(stats::micros(sent_at[k].elapsed()));
+        log.delivery_us.push(stats::micros(at.elapsed()));
         progress::received(1);
     }
     for k in 0..f.messages {
