@@ -48,6 +48,27 @@ impl RoomSupervisor {
         let worker = self.shared.next_worker();
         RoomActor::start_in_arbiter(&worker, move |_| RoomActor::new(state, shared, clustered))
     }
+
+    /// A room whose address exists at once but whose actor starts on its worker
+    /// only when the returned closure runs: what is sent to it meanwhile waits in
+    /// its mailbox. A match room starts after every member's `match_found` is
+    /// queued, so no member can read a message of the room before learning of it.
+    fn prepare_room(
+        &self,
+        state: RoomState,
+        clustered: bool,
+    ) -> (actix::Addr<RoomActor>, impl FnOnce()) {
+        let shared = self.shared.clone();
+        let worker = self.shared.next_worker();
+        let (tx, rx) = actix::dev::channel::channel(16);
+        let start = move || {
+            worker.spawn_fn(move || {
+                let ctx = Context::with_receiver(rx);
+                actix_rt::spawn(ctx.into_future(RoomActor::new(state, shared, clustered)));
+            });
+        };
+        (actix::Addr::new(tx), start)
+    }
 }
 
 impl Actor for RoomSupervisor {
@@ -90,7 +111,7 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
         for member in &msg.members {
             self.shared.add_membership(&member.user, &room_id);
         }
-        let addr = self.start_room(state, clustered);
+        let (addr, start) = self.prepare_room(state, clustered);
         self.shared.rooms.insert(room_id.clone(), addr);
         let members: Vec<_> = all.iter().map(|(u, _)| u.clone()).collect();
         if let Some(OfferConfirmation { creator, offer, language, nodes }) = msg.confirm {
@@ -123,6 +144,7 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
                 &msg.shared,
             );
         }
+        start();
     }
 }
 
