@@ -20,10 +20,12 @@ COPY Cargo.toml Cargo.lock ./
 COPY actors/Cargo.toml actors/Cargo.toml
 COPY actors/protocol/Cargo.toml actors/protocol/Cargo.toml
 COPY loadtest/Cargo.toml loadtest/Cargo.toml
-RUN mkdir -p src actors/src actors/benches actors/protocol/src loadtest/src \
+COPY loadtest/relay/Cargo.toml loadtest/relay/Cargo.toml
+RUN mkdir -p src actors/src actors/benches actors/protocol/src loadtest/src loadtest/relay/src \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > actors/benches/pool.rs \
  && echo 'fn main() {}' > loadtest/src/main.rs \
+ && echo 'fn main() {}' > loadtest/relay/src/main.rs \
  && touch src/lib.rs actors/src/lib.rs actors/protocol/src/lib.rs \
  && cargo build --release --locked -p rendezvous -p rendezvous-loadtest
 

@@ -128,6 +128,8 @@ struct UserLog {
     sends_refused: u64,
     /// Refusals naming another room than the one being chatted in.
     refused_elsewhere: u64,
+    /// Others' messages read while waiting for `match_found`.
+    before_match: u64,
 }
 
 /// One match of a churning user: chat until both sides are done or the partner
@@ -236,6 +238,8 @@ async fn churn_user_inner(c: &Churner, i: usize, log: &mut UserLog) -> Result<()
                     log.sends_refused += 1;
                     log.refused_elsewhere += 1;
                 }
+                // The protocol's order is `match_found`, then the room's messages.
+                "message" if f.sender != m.user => log.before_match += 1,
                 "error" => {
                     let frame = format!("{} {} ({:?})", f.code, f.message, f.action);
                     return Err(Failure::Server { user: m.user.clone(), frame });
@@ -304,6 +308,7 @@ pub async fn load(
         report.count("rematched_skipped", log.rematched_skipped);
         report.count("sends_refused_after_partner_left", log.sends_refused);
         report.count("sends_refused_for_an_earlier_room", log.refused_elsewhere);
+        report.count("messages_before_match_found", log.before_match);
         if let Err(f) = result {
             failed(&mut report, f);
         }
@@ -315,7 +320,9 @@ pub async fn load(
         report.note("first_undelivered", format!("{sender} in {room}: {acked} acked, {got} read"));
     }
     report.count("messages_delivered", ledger.values().map(|(_, got)| got).sum());
-    for name in ["rounds", "no_match", "rematched_skipped", "errors.total"] {
+    for name in
+        ["rounds", "no_match", "rematched_skipped", "errors.total", "messages_before_match_found"]
+    {
         report.count(name, 0);
     }
     Ok(report)
