@@ -10,9 +10,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
@@ -33,36 +33,6 @@ const PAST_FULL_RELAX: Duration = Duration::from_millis(1_500);
 const READY_AGAIN: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------- helpers
-
-/// A fresh directory under the temp dir; removed on drop unless the test failed.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos();
-        let dir = std::env::temp_dir().join(format!("rdv-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn join(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- kept {} for inspection ----", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
 
 /// Copy a directory tree (a Redis AOF directory is small).
 fn copy_tree(from: &Path, to: &Path) {
@@ -316,7 +286,7 @@ async fn a_room_survives_a_redis_restart_that_lost_everything() {
 async fn acknowledged_messages_survive_a_redis_restart_with_aof() {
     let _serial = SERIAL.lock().await;
     let dir = TempDir::new("aof");
-    let dir_s = dir.path().to_string_lossy().into_owned();
+    let dir_s = dir.path_string();
     let mut redis = RedisServer::start_aof(&dir_s);
     let url = redis.url();
     let nodes = spawn_nodes(&url, 2).await;

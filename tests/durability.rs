@@ -1190,35 +1190,6 @@ async fn a_seat_survives_the_dead_nodes_grace_when_its_user_is_back_on_the_resta
     assert_eq!(expect_message(&mut a).await, m, "a0 got b0's message");
 }
 
-/// A fresh directory under the temp dir; removed on drop unless the test failed.
-struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!(
-            "rdv-{tag}-{}-{}",
-            std::process::id(),
-            common::chat::now_ms()
-        ));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    fn path_str(&self) -> String {
-        self.0.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- kept {} for inspection ----", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// kill -9 of Redis (`--appendonly yes --appendfsync always`) while 10 cross-node
 /// pairs chat; Redis is started again on the same port and directory 1.5 s later
 /// (at least 1 s after both nodes reported `/readyz` 503). While it is down both
@@ -1239,7 +1210,7 @@ async fn redis_killed_with_aof_under_load_keeps_every_acked_message() {
     let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
     let dir = TempDir::new("durable-aof");
-    let dir_s = dir.path_str();
+    let dir_s = dir.path_string();
     let redis = RedisServer::start_aof(&dir_s);
     let url = redis.url();
     let mut nodes: Vec<Node> =
@@ -1434,7 +1405,7 @@ fn subscriber_omem(redis: &RedisServer) -> Vec<u64> {
 async fn a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lagged() {
     let _serial = SERIAL.lock().await;
     let dir = TempDir::new("durable-lag");
-    let dir_s = dir.path_str();
+    let dir_s = dir.path_string();
     let mut redis = RedisServer::start_aof(&dir_s);
     let url = redis.url();
     let nodes = spawn_nodes(&url, 2).await;

@@ -689,3 +689,42 @@ pub async fn spawn_nodes(redis_url: &str, n: usize) -> Vec<Node> {
     }
     nodes
 }
+
+/// A directory under the temp dir for one test (Redis data, certificates); removed
+/// on drop, unless the test is failing, when it is kept and named for inspection.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!("rdv-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+
+    pub fn path_string(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+
+    /// The path of `name` inside, as a string.
+    pub fn join(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- kept {} for inspection ----", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
