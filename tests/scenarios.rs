@@ -212,6 +212,21 @@ async fn multi_node_pairs_chat_across_nodes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_node_match_pairs_every_user_across_the_nodes() {
+    let cluster = Cluster::start(2).await;
+    let urls: Vec<String> = cluster.nodes.iter().map(ws).collect();
+    let r = tokio::task::spawn_blocking(move || passes("multi-node-match", &urls, &[]))
+        .await
+        .expect("run");
+    // 100 arrivals: 50 pairs, each with one member on each node, each matched
+    // with its own partner.
+    assert_eq!(num(&r, "matched"), 100.0, "{r}");
+    assert_eq!(num(&r, "cross_node_pairs"), 50.0, "{r}");
+    assert_eq!(num(&r, "cross_node_match_latency.count"), 50.0, "{r}");
+    assert_eq!(num(&r, "stranger_pairs"), 0.0, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_flow_completes_across_nodes() {
     let cluster = Cluster::start(2).await;
     let urls: Vec<String> = cluster.nodes.iter().map(ws).collect();

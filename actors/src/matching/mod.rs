@@ -12,6 +12,7 @@
 
 pub mod messages;
 pub mod pool;
+mod timeouts;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -23,6 +24,7 @@ use tracing::{debug, warn};
 
 use self::messages::*;
 use self::pool::{Criteria, Entry, Match, Pool};
+use self::timeouts::Timeouts;
 use crate::bridge::events::{ClusterEvent, OfferMember};
 use crate::bridge::{ClaimMember, ClaimOutcome, SearchAd, Ticket};
 use crate::clock;
@@ -37,6 +39,10 @@ use crate::session::messages::SessionEvent;
 const OFFER_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a member node holds searches for an offer that is never settled.
 const HELD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a search that lost a claim waits for the winner's offer.
+const PARKED_TIMEOUT: Duration = Duration::from_secs(4);
+/// How often the shard looks for ended offer, held and parked timeouts.
+const TIMEOUT_SWEEP: Duration = Duration::from_millis(100);
 /// Extra life of a replica past its origin's deadline, so the origin's own expiry
 /// (and its removal event) always comes first.
 const REPLICA_SLACK: Duration = Duration::from_secs(2);
@@ -103,6 +109,12 @@ pub struct MatchShard {
     languages: Vec<Arc<str>>,
     /// Local tickets an offer named before their search reached this shard.
     overtaken: VecDeque<Ticket>,
+    /// When offers made here give up on their member nodes.
+    offer_timeouts: Timeouts<u64>,
+    /// When held searches of an offer that was never settled go back to the pool.
+    held_timeouts: Timeouts<(Arc<str>, u64)>,
+    /// When parked searches stop waiting for the winning claim's offer.
+    parked_timeouts: Timeouts<Ticket>,
 }
 
 impl MatchShard {
@@ -126,6 +138,34 @@ impl MatchShard {
             settled_early: VecDeque::new(),
             languages: Vec::new(),
             overtaken: VecDeque::new(),
+            offer_timeouts: Timeouts::new(OFFER_TIMEOUT),
+            held_timeouts: Timeouts::new(HELD_TIMEOUT),
+            parked_timeouts: Timeouts::new(PARKED_TIMEOUT),
+        }
+    }
+
+    /// End the offers, holds and parks whose time is up.
+    fn sweep_timeouts(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        for ticket in self.parked_timeouts.expired(now) {
+            if let Some(e) = self.parked.remove(&ticket) {
+                debug!(ticket, "no offer came for a lost claim; back to the pool");
+                self.requeue(vec![e], true, ctx);
+            }
+        }
+        for id in self.offer_timeouts.expired(now) {
+            if let Some(p) = self.offers.get_mut(&id) {
+                warn!(offer = id, waiting = ?p.waiting, "offer timed out");
+                p.failed = true;
+                p.waiting.clear();
+                self.settle(id, ctx);
+            }
+        }
+        for key in self.held_timeouts.expired(now) {
+            if let Some(entries) = self.held.remove(&key) {
+                warn!(offer = key.1, creator = %key.0, "offer never settled; back to the pool");
+                self.requeue(entries, true, ctx);
+            }
         }
     }
 
@@ -190,7 +230,7 @@ impl MatchShard {
                     if found.members.iter().all(|e| matches!(e.link, Link::Local(_))) {
                         act.deliver(found, ctx);
                     } else {
-                        act.offer(found, ctx);
+                        act.offer(found);
                     }
                 }
                 Ok(ClaimOutcome::Lost(lost)) => {
@@ -210,7 +250,7 @@ impl MatchShard {
                     act.requeue(found.members, false, ctx);
                 }
             }
-            act.retry_deferred(ctx);
+            act.retry_deferred();
         }));
     }
 
@@ -231,12 +271,7 @@ impl MatchShard {
             return self.requeue(vec![e], true, ctx);
         }
         self.parked.insert(ticket, e);
-        ctx.run_later(OFFER_TIMEOUT + Duration::from_secs(1), move |act, ctx| {
-            if let Some(e) = act.parked.remove(&ticket) {
-                debug!(ticket, "no offer came for a lost claim; back to the pool");
-                act.requeue(vec![e], true, ctx);
-            }
-        });
+        self.parked_timeouts.arm(ticket, Instant::now());
     }
 
     fn forget_replica(&mut self, e: &Entry<Link>) {
@@ -299,7 +334,7 @@ impl MatchShard {
     }
 
     /// Ask every member node of a claimed cross-node group to hold its searches.
-    fn offer(&mut self, found: Match<Link>, ctx: &mut Context<Self>) {
+    fn offer(&mut self, found: Match<Link>) {
         let id = self.next_offer;
         self.next_offer += 1;
         let language = found.members[0].criteria.language.to_string();
@@ -329,20 +364,14 @@ impl MatchShard {
             id,
             PendingOffer { found, offered, waiting, accepted: Vec::new(), failed: false },
         );
-        ctx.run_later(OFFER_TIMEOUT, move |act, ctx| {
-            if let Some(p) = act.offers.get_mut(&id) {
-                warn!(offer = id, waiting = ?p.waiting, "offer timed out");
-                p.failed = true;
-                p.waiting.clear();
-                act.settle(id, ctx);
-            }
-        });
+        self.offer_timeouts.arm(id, Instant::now());
     }
 
     /// Every member node answered (or the offer timed out): open the room, or put
     /// everyone back.
     fn settle(&mut self, id: u64, ctx: &mut Context<Self>) {
         let Some(p) = self.offers.remove(&id) else { return };
+        self.offer_timeouts.disarm(&id);
         let language = p.found.members[0].criteria.language.to_string();
         let locals_alive = p.found.members.iter().all(|e| e.link.alive());
         if !p.failed && locals_alive {
@@ -440,17 +469,17 @@ impl MatchShard {
         self.report_size();
     }
 
-    fn retry_deferred(&mut self, ctx: &mut Context<Self>) {
+    fn retry_deferred(&mut self) {
         if self.deferred.is_empty() {
             return;
         }
         for msg in std::mem::take(&mut self.deferred) {
-            self.receive_offer(msg, ctx);
+            self.receive_offer(msg);
         }
     }
 
     /// Member node: hold the offered local searches if every one still waits here.
-    fn receive_offer(&mut self, msg: OfferReceived, ctx: &mut Context<Self>) {
+    fn receive_offer(&mut self, msg: OfferReceived) {
         if msg.members.iter().any(|m| self.claiming.contains(&m.ticket)) {
             // Our own claim of one of them is running; it will lose (the creator's
             // claim won) and then this offer is looked at again.
@@ -486,7 +515,11 @@ impl MatchShard {
         let ok = gone.is_empty();
         let mut entries = Vec::new();
         for m in &msg.members {
-            if let Some(e) = self.pool.remove(m.ticket).or_else(|| self.parked.remove(&m.ticket)) {
+            let parked = || {
+                self.parked_timeouts.disarm(&m.ticket);
+                self.parked.remove(&m.ticket)
+            };
+            if let Some(e) = self.pool.remove(m.ticket).or_else(parked) {
                 entries.push(e);
             }
         }
@@ -494,12 +527,7 @@ impl MatchShard {
             let key = (msg.creator.clone(), msg.offer);
             self.held.insert(key.clone(), entries);
             // A creator that dies before it confirms must not keep them forever.
-            ctx.run_later(HELD_TIMEOUT, move |act, ctx| {
-                if let Some(entries) = act.held.remove(&key) {
-                    warn!(offer = key.1, creator = %key.0, "offer never settled; back to the pool");
-                    act.requeue(entries, true, ctx);
-                }
-            });
+            self.held_timeouts.arm(key, Instant::now());
         } else {
             // The creator's claim ended these searches in the store; announce the
             // ones still here again so the next claim can take them.
@@ -559,6 +587,7 @@ impl Actor for MatchShard {
     fn started(&mut self, ctx: &mut Self::Context) {
         let every = Duration::from_millis(self.shared.config.match_tick_ms);
         ctx.run_interval(every, |act, ctx| act.tick(ctx));
+        ctx.run_interval(TIMEOUT_SWEEP, |act, ctx| act.sweep_timeouts(ctx));
     }
 }
 
@@ -724,8 +753,8 @@ impl Handler<RepublishSearches> for MatchShard {
 impl Handler<OfferReceived> for MatchShard {
     type Result = ();
 
-    fn handle(&mut self, msg: OfferReceived, ctx: &mut Self::Context) {
-        self.receive_offer(msg, ctx);
+    fn handle(&mut self, msg: OfferReceived, _ctx: &mut Self::Context) {
+        self.receive_offer(msg);
     }
 }
 
@@ -754,6 +783,7 @@ impl Handler<OfferSettled> for MatchShard {
 
     fn handle(&mut self, msg: OfferSettled, ctx: &mut Self::Context) {
         let key = (msg.creator, msg.offer);
+        self.held_timeouts.disarm(&key);
         let Some(entries) = self.held.remove(&key) else {
             // Settled before this node held anything (the offer is deferred behind a
             // running claim, or still on its way): an offer that comes later is over.

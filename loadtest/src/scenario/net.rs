@@ -72,8 +72,12 @@ impl Dialer {
 
     /// The endpoint user number `n` goes to (round robin).
     pub fn url(&self, n: usize) -> &str {
-        let urls = &self.inner.urls;
-        &urls[n % urls.len()]
+        &self.inner.urls[self.url_index(n)]
+    }
+
+    /// Which URL [`Self::url`] picks for connection `n`.
+    pub fn url_index(&self, n: usize) -> usize {
+        n % self.inner.urls.len()
     }
 
     fn target(&self, url: &str, user: &str) -> Result<String, Failure> {
@@ -160,9 +164,12 @@ async fn connect_from(
     }
     let stream = socket.connect(addr).await.map_err(|e| fail(format!("connect {addr}: {e}")))?;
     stream.set_nodelay(true).map_err(|e| fail(format!("nodelay: {e}")))?;
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(target, MaybeTlsStream::Plain(stream), None)
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        target,
+        MaybeTlsStream::Plain(stream),
+        Some(crate::client::ws_config()),
+    )
+    .await
+    .map_err(|e| fail(e.to_string()))?;
     Ok(ws)
 }

@@ -85,6 +85,11 @@ pub struct Storm {
     /// false: some wait for the ladder to relax.
     #[serde(default = "yes")]
     pub common_interest: bool,
+    /// Users `2k` and `2k + 1` share two interests of their own (and no others)
+    /// and connect through neighbouring URLs: with two nodes, every match spans
+    /// them. Replaces the drawn and common interests.
+    #[serde(default)]
+    pub cross_node: bool,
     /// How long a matched user stays before closing.
     #[serde(default)]
     pub hold_ms: u64,

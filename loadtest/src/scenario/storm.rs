@@ -4,7 +4,11 @@
 //! Numbers: `connect_latency` (scheduled arrival → `welcome`), `match_latency`
 //! (the later searcher of each pair: its `find_match` → its `match_found`, the
 //! server's matching time plus one loopback trip), `arrival_to_match`
-//! (scheduled arrival → `match_found`). Correctness: `double_matches` (a user
+//! (scheduled arrival → `match_found`), and `cross_node_match_latency`, the
+//! same as `match_latency` for the pairs whose members came through different
+//! URLs. With `cross_node`, users `2k` and `2k + 1` share two interests no one
+//! else has and take neighbouring URLs, so with two nodes every pair spans them;
+//! `stranger_pairs` counts the users matched with someone else. Correctness: `double_matches` (a user
 //! with two `match_found`, or a room with more than two members) and
 //! `asymmetric_pairs` (A's partner is B but B's is not A, or their rooms differ).
 //! Every worker and run searches in a language of its own, so their users never
@@ -30,6 +34,8 @@ struct Seen {
     partner: Option<String>,
     searched: Instant,
     found: Instant,
+    /// Index of the URL the user came through.
+    url: usize,
     /// More `match_found` frames after the first.
     extra: u64,
 }
@@ -57,8 +63,14 @@ async fn one(
     let url = ctx.dialer.url(i).to_owned();
     let (mut m, _) = ctx.dialer.open(&url, user.clone()).await?;
     let connect_us = stats::micros(due.elapsed());
-    let mut topics = interests(i, ctx.per_user, ctx.pool);
-    if ctx.common {
+    let mut topics = if ctx.cross_node {
+        // Two shared: the first step of the default ladder asks for two.
+        let k = i / 2;
+        vec![format!("pair-{k}-a"), format!("pair-{k}-b")]
+    } else {
+        interests(i, ctx.per_user, ctx.pool)
+    };
+    if ctx.common && !ctx.cross_node {
         // Two, because the first step of the default ladder asks for two shared.
         topics.extend(["everyone".to_owned(), "storm".to_owned()]);
     }
@@ -109,7 +121,14 @@ async fn one(
         let extra = extra + u64::from(seen.contains_key(&user));
         seen.insert(
             user,
-            Seen { room: room_id, partner: partner_id, searched, found: found_at, extra },
+            Seen {
+                room: room_id,
+                partner: partner_id,
+                searched,
+                found: found_at,
+                url: ctx.dialer.url_index(i),
+                extra,
+            },
         );
     }
     Ok((connect_us, stats::micros(found_at.saturating_duration_since(due))))
@@ -122,19 +141,32 @@ struct CtxLite {
     per_user: usize,
     pool: usize,
     common: bool,
+    cross_node: bool,
     max_wait_ms: u64,
     hold: Duration,
     wait: Duration,
 }
 
+/// The pair a storm user was meant for with `cross_node`: `k` of `…s{2k}` and
+/// `…s{2k+1}` (the user names end in `s` and the arrival number).
+fn designated(user: &str) -> Option<usize> {
+    let digits = user.rsplit('s').next()?;
+    digits.parse::<usize>().ok().map(|i| i / 2)
+}
+
 /// Pairs: doubles, asymmetric pairs, and the later searcher's latencies.
-fn books(seen: &HashMap<String, Seen>, report: &mut Report) -> Result<(), String> {
+fn books(
+    seen: &HashMap<String, Seen>,
+    cross_node: bool,
+    report: &mut Report,
+) -> Result<(), String> {
     let mut rooms: HashMap<&str, Vec<&str>> = HashMap::new();
     for (user, s) in seen {
         rooms.entry(s.room.as_str()).or_default().push(user.as_str());
         report.count("double_matches", s.extra);
     }
     report.declare("match_latency")?;
+    report.declare("cross_node_match_latency")?;
     for (room, members) in &rooms {
         if members.len() > 2 {
             report.count("double_matches", members.len() as u64 - 2);
@@ -153,11 +185,23 @@ fn books(seen: &HashMap<String, Seen>, report: &mut Report) -> Result<(), String
             report.note("first_asymmetric", format!("{a}→{:?}, {b}→{:?}", sa.partner, sb.partner));
         }
         let later = if sa.searched >= sb.searched { sa } else { sb };
-        report.record("match_latency", stats::micros(later.found - later.searched))?;
+        let us = stats::micros(later.found - later.searched);
+        report.record("match_latency", us)?;
+        if sa.url != sb.url {
+            report.record("cross_node_match_latency", us)?;
+            report.count("cross_node_pairs", 1);
+        }
+        if cross_node && designated(a) != designated(b) {
+            report.count("stranger_pairs", 1);
+        }
         report.count("pairs", 1);
     }
     report.count("double_matches", 0);
     report.count("asymmetric_pairs", 0);
+    report.count("cross_node_pairs", 0);
+    if cross_node {
+        report.count("stranger_pairs", 0);
+    }
     Ok(())
 }
 
@@ -174,6 +218,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
         per_user: p.interests_per_user,
         pool: p.interest_pool,
         common: p.common_interest,
+        cross_node: p.cross_node,
         max_wait_ms: p.max_wait_ms,
         hold: Duration::from_millis(p.hold_ms),
         wait: ctx.dialer.wait(),
@@ -202,7 +247,7 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     report.count("matched", 0);
     report.count("errors.total", 0);
     let seen = seen.lock().map_err(|_| "match books poisoned")?;
-    books(&seen, &mut report)?;
+    books(&seen, p.cross_node, &mut report)?;
     report.set("offered_arrivals_per_s", rate);
     report.set("matched_users_per_s", report.counters["matched"] as f64 / window.max(1e-9));
     Ok(report)
@@ -219,6 +264,7 @@ mod tests {
             partner: Some(partner.into()),
             searched: t0 + Duration::from_millis(searched_ms),
             found: t0 + Duration::from_millis(found_ms),
+            url: 0,
             extra: 0,
         }
     }
@@ -235,7 +281,7 @@ mod tests {
         m.insert("g".to_owned(), seen("r4", "f", 0, 5));
         m.insert("h".to_owned(), seen("r4", "f", 0, 5));
         let mut r = Report::default();
-        books(&m, &mut r).expect("books");
+        books(&m, false, &mut r).expect("books");
         assert_eq!(r.counters["double_matches"], 1);
         assert_eq!(r.counters["asymmetric_pairs"], 1);
         assert_eq!(r.counters["half_seen_pairs"], 1);
