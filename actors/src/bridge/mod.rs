@@ -178,8 +178,9 @@ pub trait Bridge: Send + Sync + 'static {
 
     /// Create a room with its members (a claimed match).
     fn room_open(&self, _room: &RoomId, _kind: StoredKind, _members: Seats) {}
-    /// Store a message and send it to every member node. `Ok(None)`: the sender is
-    /// not a member. The message's `seq` is ignored; the stored one is returned.
+    /// Store a message and send it to every other member node; this node delivers
+    /// it itself with the returned seq. `Ok(None)`: the sender is not a member.
+    /// The message's `seq` is ignored; the stored one is returned.
     fn room_append(&self, _msg: &ChatMessage) -> BoxFut<Option<u64>> {
         refused()
     }

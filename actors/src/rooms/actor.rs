@@ -3,10 +3,10 @@
 //! the same bytes are queued for each.
 //!
 //! In a cluster (`clustered`) the actor is this node's *replica* of the room. The
-//! store assigns `seq` and keeps the history; a message reaches every replica,
-//! this one included, as a [`RoomEv::Message`] in `seq` order, and the replica
-//! delivers only the next expected `seq` (a gap waits briefly, then is filled from
-//! the store's history). Typing, reads, signals and presence are delivered here
+//! store assigns `seq` and keeps the history; a message sent here is delivered
+//! when the store answers with its `seq`, and one sent on another node arrives as
+//! a [`RoomEv::Message`]. Either way the replica delivers only the next expected
+//! `seq` (a gap waits briefly, then is filled from the store's history). Typing, reads, signals and presence are delivered here
 //! first and published to the other member nodes. While the store is unreachable,
 //! a replica whose members are all on this node goes on alone (local `seq`, local
 //! history) and restores the store from what it holds when the connection returns
@@ -202,14 +202,19 @@ struct PendingAppend {
 
 impl RoomActor {
     /// Answer every finished append at the front of the queue, in order.
-    fn finish_appends(&mut self, _ctx: &mut Context<Self>) {
+    fn finish_appends(&mut self, ctx: &mut Context<Self>) {
         while let Some(mut entry) = self.appends.first_entry() {
             let Some(result) = entry.get_mut().result.take() else { break };
             let p = entry.remove();
             match result {
-                // Stored in the room's stream: acknowledged. The message itself comes
-                // back through the room's event feed, in seq order, to every node.
-                Ok(Some(seq)) => ack(&p.reply, p.client_msg_id, &ChatMessage { seq, ..p.draft }),
+                // Stored in the room's stream: acknowledged, then delivered here in
+                // seq order among the messages other nodes stored (their feed
+                // brings those; this node's own are not published back to it).
+                Ok(Some(seq)) => {
+                    let stored = ChatMessage { seq, ..p.draft };
+                    ack(&p.reply, p.client_msg_id, &stored);
+                    self.on_message(stored, ctx);
+                }
                 Ok(None) => error(
                     &p.reply,
                     ErrorCode::NotInRoom,

@@ -790,6 +790,7 @@ impl Bridge for RedisBridge {
                 STREAM_CAP.to_string(),
                 serde_json::to_string(&stored).unwrap_or_default(),
                 msg.sender.clone(),
+                self.node.clone(),
             ],
         );
         let fut = self.pipe.call("append", cmd);

@@ -1,9 +1,11 @@
--- append.lua: store a chat message and send it to every node with members, in one
--- step, so every node sees the room's messages in seq order.
+-- append.lua: store a chat message and send it to every other node with members,
+-- in one step, so every node sees the room's messages in seq order. The sending
+-- node delivers it itself when this returns.
 -- KEYS[1] rdv:room:{ROOM}:seq   KEYS[2] rdv:room:{ROOM}:log (stream, id = "SEQ-1")
 -- KEYS[3] rdv:room:{ROOM}:members
 -- ARGV[1] event JSON up to the seq   ARGV[2] event JSON after the seq
 -- ARGV[3] stream cap   ARGV[4] stored message JSON   ARGV[5] sender
+-- ARGV[6] the sending node (not published to)
 -- Returns the new seq, or -1 when the sender is not a member.
 if redis.call('HEXISTS', KEYS[3], ARGV[5]) == 0 then
   return -1
@@ -11,7 +13,7 @@ end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'j', ARGV[4])
 local payload = ARGV[1] .. seq .. ARGV[2]
-local seen = {}
+local seen = {[ARGV[6]] = true}
 for _, node in ipairs(redis.call('HVALS', KEYS[3])) do
   if not seen[node] then
     seen[node] = true
