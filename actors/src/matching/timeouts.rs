@@ -5,8 +5,8 @@
 //! `VecDeque` is enough. One actix timer per offer would cost far more: an
 //! actix context polls every timer it holds whenever any message arrives, and a
 //! shard confirming a thousand cross-node matches a second held over ten
-//! thousand of them (a fifth of the engine's CPU in `Sleep::poll` and waker
-//! bookkeeping, perf).
+//! thousand of them (half the worker threads' time went to `Sleep::poll` and
+//! waker bookkeeping, perf; see BENCHMARKS.md).
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;

@@ -6,8 +6,9 @@
 //! store assigns `seq` and keeps the history; a message sent here is delivered
 //! when the store answers with its `seq`, and one sent on another node arrives as
 //! a [`RoomEv::Message`]. Either way the replica delivers only the next expected
-//! `seq` (a gap waits briefly, then is filled from the store's history). Typing, reads, signals and presence are delivered here
-//! first and published to the other member nodes. While the store is unreachable,
+//! `seq` (a gap waits briefly, then is filled from the store's history). Typing,
+//! reads, signals and presence are delivered here first and published to the
+//! other member nodes. While the store is unreachable,
 //! a replica whose members are all on this node goes on alone (local `seq`, local
 //! history) and restores the store from what it holds when the connection returns
 //! ([`ResyncRoom`]); a room with members on other nodes refuses `send` instead

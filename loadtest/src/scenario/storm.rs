@@ -6,9 +6,10 @@
 //! server's matching time plus one loopback trip), `arrival_to_match`
 //! (scheduled arrival → `match_found`), and `cross_node_match_latency`, the
 //! same as `match_latency` for the pairs whose members came through different
-//! URLs. With `cross_node`, users `2k` and `2k + 1` share two interests no one
-//! else has and take neighbouring URLs, so with two nodes every pair spans them;
-//! `stranger_pairs` counts the users matched with someone else. Correctness: `double_matches` (a user
+//! URLs (`cross_node_pairs` counts them). With `cross_node`, users `2k` and
+//! `2k + 1` share two interests no one else has and take neighbouring URLs, so
+//! with two nodes every pair spans them; `stranger_pairs` counts the pairs whose
+//! members were not meant for each other. Correctness: `double_matches` (a user
 //! with two `match_found`, or a room with more than two members) and
 //! `asymmetric_pairs` (A's partner is B but B's is not A, or their rooms differ).
 //! Every worker and run searches in a language of its own, so their users never
@@ -290,6 +291,26 @@ mod tests {
         // r1: b searched later, waited 2 ms; r2: d, 4 ms.
         assert_eq!(h.len(), 2);
         assert!(h.max() >= 3_990 && h.max() <= 4_010, "{}", h.max());
+    }
+
+    #[test]
+    fn cross_node_books_time_pairs_across_urls_and_count_strangers() {
+        let mut m = HashMap::new();
+        // x-s0 / x-s1: the designated pair, on URLs 0 and 1.
+        m.insert("x-s0".to_owned(), Seen { url: 0, ..seen("r1", "x-s1", 0, 10) });
+        m.insert("x-s1".to_owned(), Seen { url: 1, ..seen("r1", "x-s0", 7, 10) });
+        // x-s2 met x-s5 (meant for x-s3 and x-s4), both on URL 0.
+        m.insert("x-s2".to_owned(), seen("r2", "x-s5", 0, 5));
+        m.insert("x-s5".to_owned(), seen("r2", "x-s2", 1, 5));
+        let mut r = Report::default();
+        books(&m, true, &mut r).expect("books");
+        assert_eq!(r.counters["pairs"], 2);
+        assert_eq!(r.counters["cross_node_pairs"], 1);
+        assert_eq!(r.counters["stranger_pairs"], 1);
+        let h = &r.histos["cross_node_match_latency"];
+        assert_eq!(h.len(), 1);
+        assert!(h.max() >= 2_990 && h.max() <= 3_010, "{}", h.max());
+        assert_eq!(designated("lt-abc-s13"), Some(6));
     }
 
     #[test]
