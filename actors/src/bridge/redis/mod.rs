@@ -232,8 +232,14 @@ impl RedisBridge {
         // rediss:// needs a process-wide TLS crypto provider; a second install fails
         // harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let client =
-            redis::Client::open(url).map_err(|e| unavailable(format!("redis url: {e}")))?;
+        let info = redis::IntoConnectionInfo::into_connection_info(url)
+            .map_err(|e| unavailable(format!("redis url: {e}")))?;
+        // Nagle off (redis-rs leaves it on): the pipe writes one pipeline and waits
+        // for its answer, and a pipeline's last partial segment must not wait for
+        // a delayed ACK of the ones before it.
+        let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
+        let client = redis::Client::open(info.set_tcp_settings(tcp))
+            .map_err(|e| unavailable(format!("redis url: {e}")))?;
         let (tx, rx) = watch::channel(0u64);
         let pipe = conn::start(client.clone(), SOURCES.to_vec(), tx);
         Ok(Arc::new(RedisBridge {
