@@ -755,6 +755,52 @@ async fn reconnecting_to_another_node_within_grace_keeps_the_seat() {
     assert_eq!(expect_message(&mut a).await, m3);
 }
 
+/// A member who reconnects to the node that created their match (it claimed the
+/// two searches, both from other nodes, so it holds no member of the room) reads
+/// the room's history and carries on. That node once kept a replica of the room
+/// that never heard its messages, found it on the reconnect and answered
+/// `history` with nothing. Which node creates a match is a race, so the check
+/// runs over enough pairs for the third node to create several.
+#[tokio::test]
+async fn reconnecting_to_the_node_that_created_the_match_keeps_the_history() {
+    let _cpu = CPU.read().await;
+    let cluster = Cluster::start(3).await;
+    // node-c creates about one match in twelve here: go on until it has created
+    // three (at most 200 pairs, which leave it none with odds below 1 in 10^7).
+    const MAX_PAIRS: usize = 200;
+    let created_on_c = || async {
+        let (_, metrics) = http_get(cluster.nodes[2].addr, "/metrics").await;
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("rendezvous_matches_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let mut pairs = 0;
+    while pairs < MAX_PAIRS && created_on_c().await < 3.0 {
+        let i = pairs;
+        pairs += 1;
+        let (alice, bob) = (format!("alice{i}"), format!("bob{i}"));
+        let (mut a, mut b, room) = pair(&cluster, (0, &alice), (1, &bob)).await;
+        send_text(&mut a, &room, "before", "a1").await;
+        let m1 = sent(&mut a, &room, "a1").await;
+        assert_eq!(expect_message(&mut b).await, m1);
+        drop(a);
+        expect_presence(&mut b, &room, &alice, PresenceStatus::Offline).await;
+        let mut a = cluster.client(2, &alice).await;
+        assert_eq!(welcome_rooms(&a), vec![room.clone()], "pair {i}: welcome on node-c");
+        expect_presence(&mut b, &room, &alice, PresenceStatus::Online).await;
+        assert_eq!(history(&mut a, &room, 0, None).await, vec![m1], "pair {i}: history on node-c");
+        send_text(&mut a, &room, "after", "a2").await;
+        let m2 = sent(&mut a, &room, "a2").await;
+        assert_eq!(m2.seq, 2, "pair {i}");
+        assert_eq!(expect_message(&mut b).await, m2, "pair {i}");
+    }
+    let created = created_on_c().await;
+    eprintln!("node-c created {created} of {pairs} matches");
+    assert!(created >= 1.0, "node-c created none of {pairs} matches: the case was not exercised");
+}
+
 /// A second connection of the same user on another node replaces the first: the
 /// old socket is closed with 4009 and the new one serves.
 #[tokio::test]

@@ -106,13 +106,22 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
             // Before any member can learn the room id (and post to it).
             self.shared.bridge.room_open(&room_id, StoredKind::Match, all.clone());
         }
+        // A creator none of whose members is here keeps no replica: its channel
+        // never carries the room's messages (only member nodes hear them), so a
+        // replica here would fall behind at once, and a member who reconnected to
+        // this node later would find it instead of opening a fresh one from the
+        // store (and read an empty history).
+        let replica = !clustered || !msg.members.is_empty();
         // Directory and memberships first, so the room is reachable before anyone
         // learns its id.
         for member in &msg.members {
             self.shared.add_membership(&member.user, &room_id);
         }
-        let (addr, start) = self.prepare_room(state, clustered);
-        self.shared.rooms.insert(room_id.clone(), addr);
+        let start = replica.then(|| {
+            let (addr, start) = self.prepare_room(state, clustered);
+            self.shared.rooms.insert(room_id.clone(), addr);
+            start
+        });
         let members: Vec<_> = all.iter().map(|(u, _)| u.clone()).collect();
         if let Some(OfferConfirmation { creator, offer, language, nodes }) = msg.confirm {
             let wire: Vec<(String, String)> =
@@ -144,7 +153,9 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
                 &msg.shared,
             );
         }
-        start();
+        if let Some(start) = start {
+            start();
+        }
     }
 }
 
