@@ -71,18 +71,34 @@ impl Pipe {
     }
 }
 
-/// Start the pipe's task. `scripts` are loaded on every (re)connect; each reconnect
-/// bumps `connected` so the bridge resyncs.
-pub fn start(
+/// The pipe's task, not yet running: commands queue until it is spawned.
+pub struct Runner {
+    client: redis::Client,
+    scripts: Vec<&'static str>,
+    rx: mpsc::Receiver<Op>,
+    up: Arc<AtomicBool>,
+    connected: watch::Sender<u64>,
+}
+
+impl Runner {
+    /// Send the queue to Redis until every [`Pipe`] is gone.
+    pub async fn run(self) {
+        run(self.client, self.scripts, self.rx, self.up, self.connected).await
+    }
+}
+
+/// Make the pipe and its task, to be spawned where the pipe's callers run.
+/// `scripts` are loaded on every (re)connect; each reconnect bumps `connected` so
+/// the bridge resyncs.
+pub fn new(
     client: redis::Client,
     scripts: Vec<&'static str>,
     connected: watch::Sender<u64>,
-) -> Pipe {
+) -> (Pipe, Runner) {
     let (tx, rx) = mpsc::channel(QUEUE_CAP);
     let up = Arc::new(AtomicBool::new(false));
     let pipe = Pipe { tx, up: up.clone() };
-    tokio::spawn(run(client, scripts, rx, up, connected));
-    pipe
+    (pipe, Runner { client, scripts, rx, up, connected })
 }
 
 async fn connect(

@@ -205,7 +205,7 @@ struct Health {
 }
 
 /// The bridge. Construct with [`RedisBridge::connect`], then [`RedisBridge::attach`]
-/// the engine (inbound events need it).
+/// the engine (inbound events need it; nothing reaches Redis before).
 pub struct RedisBridge {
     node: String,
     pipe: Pipe,
@@ -223,11 +223,13 @@ pub struct RedisBridge {
     resync_again: AtomicBool,
     /// The last resync has finished (pools and rooms agree with Redis again).
     synced: AtomicBool,
+    /// The pipe's task until [`RedisBridge::attach`] spawns it.
+    runner: Mutex<Option<conn::Runner>>,
 }
 
 impl RedisBridge {
-    /// Open the bridge (the connections are made in the background and retried for
-    /// ever). Must run inside a tokio runtime that lives as long as the process.
+    /// Make the bridge. Its connections are made once [`RedisBridge::attach`] has
+    /// started its tasks, in the background and retried for ever.
     pub fn connect(url: &str, node: &str) -> Result<Arc<RedisBridge>, BridgeError> {
         // rediss:// needs a process-wide TLS crypto provider; a second install fails
         // harmlessly.
@@ -241,7 +243,7 @@ impl RedisBridge {
         let client = redis::Client::open(info.set_tcp_settings(tcp))
             .map_err(|e| unavailable(format!("redis url: {e}")))?;
         let (tx, rx) = watch::channel(0u64);
-        let pipe = conn::start(client.clone(), SOURCES.to_vec(), tx);
+        let (pipe, runner) = conn::new(client.clone(), SOURCES.to_vec(), tx);
         Ok(Arc::new(RedisBridge {
             node: node.to_owned(),
             pipe,
@@ -258,16 +260,30 @@ impl RedisBridge {
             resyncing: AtomicBool::new(false),
             resync_again: AtomicBool::new(false),
             synced: AtomicBool::new(false),
+            runner: Mutex::new(Some(runner)),
         }))
     }
 
-    /// Hand the bridge the engine and start the subscriber, heartbeat and resync
-    /// tasks.
+    /// Hand the bridge the engine and start the pipe, subscriber, heartbeat and
+    /// resync tasks. They run on the engine's first worker arbiter, beside
+    /// sessions, rooms and shards, not on the main thread: with one worker a
+    /// message then crosses no thread between its `send` and the Redis socket,
+    /// nor between the subscription and a member's socket. Each crossing is a
+    /// wake-up through the kernel; doing without them saved 9 % of each node's CPU
+    /// with the default two workers and 17 % with one (BENCHMARKS.md).
     pub fn attach(self: &Arc<Self>, engine: Engine) {
+        let Some(worker) = engine.shared.workers.first().cloned() else {
+            warn!("the engine has no worker arbiter; the Redis bridge is not started");
+            return;
+        };
         let _ = self.engine.set(engine);
-        tokio::spawn(self.clone().subscriber());
-        tokio::spawn(self.clone().heartbeat());
-        tokio::spawn(self.clone().resync_on_connect());
+        let runner = self.runner.lock().ok().and_then(|mut r| r.take());
+        if let Some(runner) = runner {
+            worker.spawn(runner.run());
+        }
+        worker.spawn(self.clone().subscriber());
+        worker.spawn(self.clone().heartbeat());
+        worker.spawn(self.clone().resync_on_connect());
     }
 
     fn engine(&self) -> Option<&Engine> {
