@@ -269,8 +269,8 @@ impl RedisBridge {
     /// sessions, rooms and shards, not on the main thread: with one worker a
     /// message then crosses no thread between its `send` and the Redis socket,
     /// nor between the subscription and a member's socket. Each crossing is a
-    /// wake-up through the kernel; doing without them saved 9 % of each node's CPU
-    /// with the default two workers and 17 % with one (BENCHMARKS.md).
+    /// wake-up through the kernel; doing without them saved 8–9 % of each node's
+    /// CPU at 21,000 cross-node messages/s (BENCHMARKS.md).
     pub fn attach(self: &Arc<Self>, engine: Engine) {
         let Some(worker) = engine.shared.workers.first().cloned() else {
             warn!("the engine has no worker arbiter; the Redis bridge is not started");
