@@ -44,9 +44,9 @@ impl RoomSupervisor {
     }
 
     fn start_room(&self, state: RoomState, clustered: bool) -> actix::Addr<RoomActor> {
-        let shared = self.shared.clone();
-        let worker = self.shared.next_worker();
-        RoomActor::start_in_arbiter(&worker, move |_| RoomActor::new(state, shared, clustered))
+        let (addr, start) = self.prepare_room(state, clustered);
+        start();
+        addr
     }
 
     /// A room whose address exists at once but whose actor starts on its worker
