@@ -52,13 +52,15 @@ pub async fn run(
         Some(r) => r.clone(),
         None => Arc::new(MemoryBridge::new(node.clone())),
     };
+    // The recorder first: the engine takes its per-message metric handles from it.
+    let metrics = telemetry::metrics_handle();
     let engine = Engine::start(config.engine.clone(), bridge);
     if let Some(r) = &redis {
         r.attach(engine.clone());
         info!(node = %node, redis = %redacted(config.redis_url.as_deref().unwrap_or_default()), "cluster mode: Redis bridge");
     }
     let auth = Authenticator::new(config.jwt_secret.as_deref(), anonymous);
-    let mut app = App::new(engine.clone(), auth, telemetry::metrics_handle());
+    let mut app = App::new(engine.clone(), auth, metrics);
     app.allowed_origins = config.allowed_origins.clone();
     let app = Arc::new(app);
     info!(

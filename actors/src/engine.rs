@@ -57,6 +57,8 @@ pub struct Shared {
     next_session: AtomicU64,
     next_worker: AtomicUsize,
     pub started_at: Instant,
+    /// Per-message metric handles.
+    pub hot: crate::metrics::Hot,
 }
 
 impl Shared {
@@ -72,6 +74,18 @@ impl Shared {
     pub fn next_worker(&self) -> ArbiterHandle {
         let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
         self.workers[i].clone()
+    }
+
+    /// The worker most of these members' sessions run on (the first one's on a
+    /// tie), else the next one round-robin. A room placed there reaches those
+    /// members' outboxes, and hears their posts, without waking another thread.
+    pub fn worker_near<'a>(&self, members: impl IntoIterator<Item = &'a str>) -> ArbiterHandle {
+        let placed =
+            members.into_iter().filter_map(|u| self.registry.get(u).and_then(|e| e.worker));
+        match most_common(placed, self.workers.len()) {
+            Some(i) => self.workers[i].clone(),
+            None => self.next_worker(),
+        }
     }
 
     pub fn add_membership(&self, user: &UserId, room: &RoomId) {
@@ -117,6 +131,30 @@ impl Shared {
     }
 }
 
+/// The index below `n` that occurs most often in `indices`, the earliest seen on a
+/// tie; `None` when none is below `n`.
+fn most_common(indices: impl Iterator<Item = usize>, n: usize) -> Option<usize> {
+    let mut counts = vec![0usize; n];
+    let mut first = None;
+    for i in indices.filter(|&i| i < n) {
+        counts[i] += 1;
+        first.get_or_insert(i);
+    }
+    let first = first?;
+    (0..n).max_by_key(|&i| (counts[i], i == first))
+}
+
+thread_local! {
+    /// Which of [`Shared::workers`] this thread is, if it is one.
+    static WORKER_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// The index in [`Shared::workers`] of the worker arbiter running the caller, or
+/// `None` off the workers (the main thread, tests).
+pub fn current_worker() -> Option<usize> {
+    WORKER_INDEX.get()
+}
+
 /// The handle the server and sessions hold. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
@@ -138,8 +176,13 @@ impl Engine {
     /// Start worker arbiters, pool shards and the room supervisor. Call inside a
     /// running actix `System`.
     pub fn start(config: EngineConfig, bridge: Arc<dyn Bridge>) -> Engine {
-        let workers: Vec<ArbiterHandle> =
-            (0..config.worker_count()).map(|_| Arbiter::new().handle()).collect();
+        let workers: Vec<ArbiterHandle> = (0..config.worker_count())
+            .map(|i| {
+                let handle = Arbiter::new().handle();
+                handle.spawn_fn(move || WORKER_INDEX.set(Some(i)));
+                handle
+            })
+            .collect();
         let clock = governor::clock::DefaultClock::default();
         let shared = Arc::new(Shared {
             find_match_limiter: RateLimiter::dashmap_with_clock(
@@ -165,6 +208,7 @@ impl Engine {
             next_session: AtomicU64::new(1),
             next_worker: AtomicUsize::new(0),
             started_at: Instant::now(),
+            hot: crate::metrics::Hot::new(),
             config,
         });
         let supervisor = RoomSupervisor::new(shared.clone()).start();
@@ -246,5 +290,41 @@ impl Engine {
         for w in &self.shared.workers {
             w.stop();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_room_goes_where_most_of_its_members_are() {
+        assert_eq!(most_common([1, 0, 1].into_iter(), 2), Some(1));
+        // A tie goes to the first member's worker.
+        assert_eq!(most_common([1, 0].into_iter(), 2), Some(1));
+        assert_eq!(most_common([0, 1, 1, 0].into_iter(), 2), Some(0));
+        // Nobody placed (all remote, or offline), or an index from a bigger pool.
+        assert_eq!(most_common(std::iter::empty(), 2), None);
+        assert_eq!(most_common([5].into_iter(), 2), None);
+    }
+
+    #[test]
+    fn each_worker_thread_knows_its_index() {
+        let seen = actix::System::new().block_on(async {
+            let config = EngineConfig { workers: 3, ..EngineConfig::default() };
+            let engine =
+                Engine::start(config, Arc::new(crate::bridge::memory::MemoryBridge::new("t")));
+            let mut seen = Vec::new();
+            for w in &engine.shared.workers {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                w.spawn_fn(move || {
+                    let _ = tx.send(current_worker());
+                });
+                seen.push(rx.await.ok().flatten());
+            }
+            engine.stop();
+            (seen, current_worker())
+        });
+        assert_eq!(seen, (vec![Some(0), Some(1), Some(2)], None));
     }
 }

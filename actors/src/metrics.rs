@@ -69,3 +69,35 @@ pub const OUTBOUND_QUEUED_FRAMES: &str = "rendezvous_outbound_queued_frames";
 pub const OUTBOUND_QUEUE_MAX_FRAMES: &str = "rendezvous_outbound_queue_max_frames";
 /// Gauge: seconds a probe waited in an actor's mailbox, label `actor` (shard-N, rooms).
 pub const ACTOR_MAILBOX_DELAY_SECONDS: &str = "rendezvous_actor_mailbox_delay_seconds";
+
+/// Handles of the metrics touched on every chat message. `counter!` looks its key
+/// up in the recorder's registry on each call (build, hash, compare), which was
+/// 4 % of a node's CPU at 45,000 messages/s; a handle is one atomic add. Made when
+/// the engine starts, so the process recorder must be installed before that
+/// (handles made with none installed count nowhere).
+#[derive(Clone)]
+pub struct Hot {
+    pub frames_in: metrics::Counter,
+    pub frames_out: metrics::Counter,
+    pub messages: metrics::Counter,
+    pub delivered: metrics::Counter,
+    pub delivery_latency: metrics::Histogram,
+}
+
+impl Hot {
+    pub fn new() -> Self {
+        Self {
+            frames_in: metrics::counter!(FRAMES_IN_TOTAL),
+            frames_out: metrics::counter!(FRAMES_OUT_TOTAL),
+            messages: metrics::counter!(MESSAGES_TOTAL),
+            delivered: metrics::counter!(MESSAGES_DELIVERED_TOTAL),
+            delivery_latency: metrics::histogram!(DELIVERY_LATENCY_SECONDS),
+        }
+    }
+}
+
+impl Default for Hot {
+    fn default() -> Self {
+        Self::new()
+    }
+}

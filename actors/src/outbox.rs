@@ -7,8 +7,10 @@
 //! one `try_send` on a bounded channel, so a slow reader is detected the moment its
 //! queue is full, and the frame class decides what happens (see [`Class`]).
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::{Sink, SinkExt};
@@ -206,21 +208,28 @@ const BATCH: usize = 64;
 /// write blocks longer than `write_timeout` (a client that stopped reading). Then
 /// call `closing(code)` at once, so the session ends (and its rooms see the user
 /// offline) without waiting on a socket that may never drain, send a close frame
-/// (bounded wait) and return the close code used.
+/// (bounded wait) and return the close code used. Frames written are counted on
+/// `frames_out`.
 pub async fn run_writer<S>(
     mut sink: S,
     mut rx: OutboxReceiver,
     write_timeout: Duration,
+    frames_out: metrics::Counter,
     closing: impl FnOnce(u16),
 ) -> u16
 where
     S: Sink<Message, Error = WsError> + Unpin,
 {
     let shared = rx.shared.clone();
+    // One waiter on the close signal for the writer's whole life: a fresh
+    // `notified()` per frame would lock the `Notify` to enqueue and dequeue itself
+    // every time.
+    let closed = shared.wake.notified();
+    tokio::pin!(closed);
     loop {
         let first = tokio::select! {
             biased;
-            _ = shared.wake.notified() => break,
+            _ = &mut closed => break,
             msg = rx.recv() => match msg {
                 Some(msg) => msg,
                 None => break,
@@ -241,13 +250,21 @@ where
             sink.flush().await?;
             Ok::<u64, WsError>(n)
         };
-        let outcome = tokio::select! {
-            biased;
-            _ = shared.wake.notified() => break,
-            r = tokio::time::timeout(write_timeout, batch) => r,
+        // Most batches go out in one poll (the kernel buffer has room); only one
+        // that has to wait gets a timer, so the common case never touches the
+        // timer wheel.
+        let mut batch = std::pin::pin!(batch);
+        let once = std::future::poll_fn(|cx| Poll::Ready(batch.as_mut().poll(cx))).await;
+        let outcome = match once {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => tokio::select! {
+                biased;
+                _ = &mut closed => break,
+                r = tokio::time::timeout(write_timeout, batch) => r,
+            },
         };
         match outcome {
-            Ok(Ok(n)) => metrics::counter!(m::FRAMES_OUT_TOTAL).increment(n),
+            Ok(Ok(n)) => frames_out.increment(n),
             Ok(Err(_)) => {
                 // The peer is gone; nothing more can be written.
                 let _ = shared.close_code.compare_exchange(

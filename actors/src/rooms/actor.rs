@@ -155,7 +155,7 @@ impl Handler<PostMessage> for RoomActor {
             return;
         }
         let ts = now_ms();
-        metrics::counter!(m::MESSAGES_TOTAL).increment(1);
+        self.shared.hot.messages.increment(1);
         if !self.clustered {
             let stored = self.state.append(random_id("m"), &msg.user, msg.text, ts);
             // Stored first, then acknowledged: an ack always means `history` has it.
@@ -720,9 +720,9 @@ impl RoomActor {
     /// Fan a stored message out to this node's members, with its metrics.
     fn deliver_message(&self, stored: &ChatMessage) {
         let n = self.fan_out_counted(&ServerFrame::Message(stored.clone()), None, Class::Essential);
-        metrics::counter!(m::MESSAGES_DELIVERED_TOTAL).increment(n as u64);
+        self.shared.hot.delivered.increment(n as u64);
         let age_ms = now_ms().saturating_sub(stored.ts);
-        metrics::histogram!(m::DELIVERY_LATENCY_SECONDS).record(age_ms as f64 / 1_000.0);
+        self.shared.hot.delivery_latency.record(age_ms as f64 / 1_000.0);
     }
 
     /// Serialize once, queue the same bytes for every online member but `except`.

@@ -1,5 +1,7 @@
 //! Rooms. The [`RoomSupervisor`] opens rooms (for claimed matches, and named public
-//! rooms on first join) and spreads them over the worker arbiters; each room is a
+//! rooms on first join) on the worker arbiter most of their members' sessions run
+//! on ([`Shared::worker_near`]), so most posts and deliveries stay on one thread;
+//! each room is a
 //! [`actor::RoomActor`] that closes itself (match room down to one member, public
 //! room empty for a grace period) and removes itself from the directory.
 //!
@@ -18,7 +20,7 @@ pub mod room;
 
 use std::sync::Arc;
 
-use actix::{Actor, Addr, Context, Handler};
+use actix::{Actor, Addr, ArbiterHandle, Context, Handler};
 use dashmap::mapref::entry::Entry as MapEntry;
 use rendezvous_protocol::ServerFrame;
 
@@ -43,8 +45,13 @@ impl RoomSupervisor {
         Self { shared }
     }
 
-    fn start_room(&self, state: RoomState, clustered: bool) -> actix::Addr<RoomActor> {
-        let (addr, start) = self.prepare_room(state, clustered);
+    fn start_room(
+        &self,
+        state: RoomState,
+        clustered: bool,
+        worker: ArbiterHandle,
+    ) -> actix::Addr<RoomActor> {
+        let (addr, start) = self.prepare_room(state, clustered, worker);
         start();
         addr
     }
@@ -57,9 +64,9 @@ impl RoomSupervisor {
         &self,
         state: RoomState,
         clustered: bool,
+        worker: ArbiterHandle,
     ) -> (actix::Addr<RoomActor>, impl FnOnce()) {
         let shared = self.shared.clone();
-        let worker = self.shared.next_worker();
         let (tx, rx) = actix::dev::channel::channel(16);
         let start = move || {
             worker.spawn_fn(move || {
@@ -118,7 +125,8 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
             self.shared.add_membership(&member.user, &room_id);
         }
         let start = replica.then(|| {
-            let (addr, start) = self.prepare_room(state, clustered);
+            let worker = self.shared.worker_near(msg.members.iter().map(|m| m.user.as_str()));
+            let (addr, start) = self.prepare_room(state, clustered, worker);
             self.shared.rooms.insert(room_id.clone(), addr);
             start
         });
@@ -188,7 +196,9 @@ pub fn open_replica(
                 }
             }
             let shared2 = shared.clone();
-            let worker = shared.next_worker();
+            let worker = shared.worker_near(
+                snapshot.members.iter().filter(|(_, n)| &**n == me).map(|(u, _)| u.as_str()),
+            );
             let addr = RoomActor::start_in_arbiter(&worker, move |_| {
                 // The snapshot carries the room's `seq`: the replica is loaded.
                 let mut room = RoomActor::new(state, shared2, true);
@@ -215,7 +225,9 @@ impl Handler<JoinPublicRoom> for RoomSupervisor {
                 );
                 // A cluster replica learns the room's `seq` from its first join.
                 let clustered = self.shared.bridge.clustered();
-                let addr = self.start_room(state, clustered);
+                // Beside its first member; later joiners land where they land.
+                let worker = self.shared.worker_near([msg.user.as_str()]);
+                let addr = self.start_room(state, clustered, worker);
                 addr.do_send(JoinRoom { join: msg });
                 v.insert(addr);
             }

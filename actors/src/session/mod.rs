@@ -103,12 +103,13 @@ impl SessionActor {
         );
         let session_id = engine.shared.next_session_id();
         let engine_clock = engine.shared.clock.clone();
+        let frames_out = engine.shared.hot.frames_out.clone();
         SessionActor::create(move |ctx| {
             ctx.add_stream(stream);
             let addr = ctx.address();
             actix::spawn(async move {
-                run_writer(sink, rx, write_timeout, |code| addr.do_send(WriterClosed { code }))
-                    .await;
+                let closing = |code| addr.do_send(WriterClosed { code });
+                run_writer(sink, rx, write_timeout, frames_out, closing).await;
             });
             SessionActor {
                 engine,
@@ -168,7 +169,7 @@ impl SessionActor {
     /// Count one inbound data frame (text or binary) against the per-session frame
     /// limit; false (after answering `rate_limited`) when it is over.
     fn admit_frame(&mut self, ctx: &mut Context<Self>) -> bool {
-        metrics::counter!(m::FRAMES_IN_TOTAL).increment(1);
+        self.engine.shared.hot.frames_in.increment(1);
         if let Err(not_until) = self.frame_limiter.check() {
             let wait = not_until.wait_time_from(self.engine.shared.clock.now());
             let err = EngineError::RateLimited {
@@ -553,6 +554,7 @@ impl Actor for SessionActor {
             session_id: self.session_id,
             outbox: self.outbox.clone(),
             events: ctx.address().recipient(),
+            worker: crate::engine::current_worker(),
         };
         if let Some(ip) = self.peer_ip {
             *shared.per_ip.entry(ip).or_default() += 1;
