@@ -636,6 +636,51 @@ async fn send_bursts_past_40_are_rate_limited() {
     chat_ok(&mut b, &mut a, &room, "bob was never limited").await;
 }
 
+/// The `send` bucket is the user's, not the connection's: reconnecting right after
+/// a burst does not buy a fresh one.
+#[tokio::test]
+async fn a_reconnect_does_not_refill_the_send_bucket() {
+    let server = TestServer::start(test_config());
+    let (mut a, _b, room) = matched_pair(&server, "alice", "bob").await;
+    let n = 45;
+    for i in 0..n {
+        a.send_json(json!({"action":"send","room_id":room,"text":format!("m{i}")})).await;
+    }
+    let (mut answered, mut limited) = (0, 0);
+    while answered < n {
+        match a.recv().await {
+            ServerFrame::Ack { .. } => answered += 1,
+            ServerFrame::Message(_) => {}
+            ServerFrame::Error { code: ErrorCode::RateLimited, .. } => {
+                answered += 1;
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(limited > 0, "the burst of {n} went past the limit");
+    // A new connection of the same user (replacing the old one) finds the bucket
+    // still empty: a token comes back every 50 ms, so of five sends at once most
+    // are refused. With a fresh bucket all five would be acknowledged.
+    let mut a2 = server.client("alice").await;
+    for i in 0..5 {
+        a2.send_json(json!({"action":"send","room_id":room,"text":format!("again {i}")})).await;
+    }
+    let (mut answered, mut limited) = (0, 0);
+    while answered < 5 {
+        match a2.recv().await {
+            ServerFrame::Ack { .. } => answered += 1,
+            ServerFrame::Error { code: ErrorCode::RateLimited, action, .. } => {
+                assert_eq!(action.as_deref(), Some("send"));
+                answered += 1;
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(limited >= 1, "the reconnected session had a full bucket");
+}
+
 #[tokio::test]
 async fn sustained_send_flooding_closes_with_4008_and_nobody_else_notices() {
     let server = TestServer::start(test_config());

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use dashmap::DashMap;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::avoid::AvoidList;
 use crate::bridge::{Bridge, Ticket};
@@ -46,7 +46,12 @@ pub struct Shared {
     /// `find_match` and `next` per user (per minute quota).
     pub find_match_limiter: DefaultKeyedRateLimiter<UserId>,
     /// `send` per user (per second with burst).
-    pub send_limiter: DefaultKeyedRateLimiter<UserId>,
+    /// A session takes its user's bucket when it starts and checks it with one
+    /// atomic operation per `send`, instead of a keyed lookup (hash, shard lock)
+    /// per message. A reconnect finds the same bucket until the sweep drops the
+    /// ones no session holds.
+    send_limits: DashMap<UserId, Arc<DefaultDirectRateLimiter>>,
+    send_quota: Quota,
     /// The one clock every rate limiter reads. Making a clock is expensive (it
     /// probes the CPU for a usable TSC), so sessions share this one instead of
     /// making their own per connection.
@@ -86,6 +91,16 @@ impl Shared {
             Some(i) => self.workers[i].clone(),
             None => self.next_worker(),
         }
+    }
+
+    /// The `send` rate-limit bucket of `user`, shared by their sessions.
+    pub fn send_limit(&self, user: &UserId) -> Arc<DefaultDirectRateLimiter> {
+        self.send_limits
+            .entry(user.clone())
+            .or_insert_with(|| {
+                Arc::new(RateLimiter::direct_with_clock(self.send_quota, self.clock.clone()))
+            })
+            .clone()
     }
 
     pub fn add_membership(&self, user: &UserId, room: &RoomId) {
@@ -189,10 +204,8 @@ impl Engine {
                 per_minute(config.find_match_per_minute),
                 clock.clone(),
             ),
-            send_limiter: RateLimiter::dashmap_with_clock(
-                per_second(config.send_per_second, config.send_burst),
-                clock.clone(),
-            ),
+            send_limits: DashMap::new(),
+            send_quota: per_second(config.send_per_second, config.send_burst),
             clock,
             registry: Registry::default(),
             memberships: DashMap::new(),
@@ -246,9 +259,9 @@ impl Engine {
                         || shared.memberships.contains_key(user)
                 });
                 shared.find_match_limiter.retain_recent();
-                shared.send_limiter.retain_recent();
+                shared.send_limits.retain(|_, bucket| Arc::strong_count(bucket) > 1);
                 shared.find_match_limiter.shrink_to_fit();
-                shared.send_limiter.shrink_to_fit();
+                shared.send_limits.shrink_to_fit();
             }
         });
         let engine = self.clone();

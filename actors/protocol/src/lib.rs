@@ -277,6 +277,31 @@ impl ServerFrame {
     }
 }
 
+/// Borrowing twins of the two frames sent for every chat message: the same JSON as
+/// the [`ServerFrame`] variant of the same name, written from data the room
+/// already holds instead of from a clone of it.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FrameRef<'a> {
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<&'a str>,
+        room_id: &'a str,
+        seq: u64,
+        msg_id: &'a str,
+    },
+    Message(&'a ChatMessage),
+}
+
+impl FrameRef<'_> {
+    /// Serialize to the JSON text of one WebSocket frame.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","code":"internal","message":"serialization failed"}"#.to_owned()
+        })
+    }
+}
+
 /// WebSocket close codes the server uses, with what a client should do.
 pub mod close {
     /// Normal closure.
@@ -300,6 +325,29 @@ pub mod close {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrowed_frames_write_the_same_json_as_owned_ones() {
+        let msg = ChatMessage {
+            room_id: "r1".into(),
+            seq: 7,
+            msg_id: "m1".into(),
+            sender: "ann".into(),
+            text: "h\u{e9}llo \"you\"".into(),
+            ts: 1_700_000_000_000,
+        };
+        assert_eq!(FrameRef::Message(&msg).to_json(), ServerFrame::Message(msg.clone()).to_json());
+        for client_msg_id in [None, Some("c-1")] {
+            let borrowed = FrameRef::Ack { client_msg_id, room_id: "r1", seq: 7, msg_id: "m1" };
+            let owned = ServerFrame::Ack {
+                client_msg_id: client_msg_id.map(str::to_owned),
+                room_id: "r1".into(),
+                seq: 7,
+                msg_id: "m1".into(),
+            };
+            assert_eq!(borrowed.to_json(), owned.to_json());
+        }
+    }
 
     #[test]
     fn client_frames_parse_with_defaults_and_extra_fields() {

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
-use rendezvous_protocol::{ChatMessage, ErrorCode, HistoryItem, PresenceStatus, ServerFrame};
+use rendezvous_protocol::{
+    ChatMessage, ErrorCode, FrameRef, HistoryItem, PresenceStatus, ServerFrame,
+};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::{debug, warn};
 
@@ -262,15 +264,13 @@ impl RoomActor {
 const STORE_DOWN_RETRY_MS: u64 = 1_000;
 
 fn ack(reply: &Outbox, client_msg_id: Option<String>, stored: &ChatMessage) {
-    reply.push_frame(
-        &ServerFrame::Ack {
-            client_msg_id,
-            room_id: stored.room_id.clone(),
-            seq: stored.seq,
-            msg_id: stored.msg_id.clone(),
-        },
-        Class::Essential,
-    );
+    let frame = FrameRef::Ack {
+        client_msg_id: client_msg_id.as_deref(),
+        room_id: &stored.room_id,
+        seq: stored.seq,
+        msg_id: &stored.msg_id,
+    };
+    reply.push(Utf8Bytes::from(frame.to_json()), Class::Essential);
 }
 
 impl Handler<RelayEvent> for RoomActor {
@@ -719,7 +719,8 @@ impl RoomActor {
 
     /// Fan a stored message out to this node's members, with its metrics.
     fn deliver_message(&self, stored: &ChatMessage) {
-        let n = self.fan_out_counted(&ServerFrame::Message(stored.clone()), None, Class::Essential);
+        let bytes = Utf8Bytes::from(FrameRef::Message(stored).to_json());
+        let n = self.fan_out_bytes(bytes, None, Class::Essential);
         self.shared.hot.delivered.increment(n as u64);
         let age_ms = now_ms().saturating_sub(stored.ts);
         self.shared.hot.delivery_latency.record(age_ms as f64 / 1_000.0);
@@ -727,12 +728,12 @@ impl RoomActor {
 
     /// Serialize once, queue the same bytes for every online member but `except`.
     fn fan_out(&self, frame: &ServerFrame, except: Option<&UserId>, class: Class) {
-        self.fan_out_counted(frame, except, class);
+        self.fan_out_bytes(Utf8Bytes::from(frame.to_json()), except, class);
     }
 
-    /// [`Self::fan_out`], returning how many members the frame was queued for.
-    fn fan_out_counted(&self, frame: &ServerFrame, except: Option<&UserId>, class: Class) -> usize {
-        let bytes = Utf8Bytes::from(frame.to_json());
+    /// Queue the same serialized frame for every online member but `except`;
+    /// returns how many members it was queued for.
+    fn fan_out_bytes(&self, bytes: Utf8Bytes, except: Option<&UserId>, class: Class) -> usize {
         let mut n = 0;
         for member in &self.state.members {
             if Some(&member.user) == except {
