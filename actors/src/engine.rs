@@ -46,9 +46,9 @@ pub struct Shared {
     /// `find_match` and `next` per user (per minute quota).
     pub find_match_limiter: DefaultKeyedRateLimiter<UserId>,
     /// `send` per user (per second with burst).
-    /// A session takes its user's bucket when it starts and checks it with one
-    /// atomic operation per `send`, instead of a keyed lookup (hash, shard lock)
-    /// per message. A reconnect finds the same bucket until the sweep drops the
+    /// A session takes its user's bucket at its first `send` and checks it with
+    /// one atomic operation per `send` after that, instead of a keyed lookup
+    /// (hash, shard lock) per message. A reconnect finds the same bucket until the sweep drops the
     /// ones no session holds.
     send_limits: DashMap<UserId, Arc<DefaultDirectRateLimiter>>,
     send_quota: Quota,

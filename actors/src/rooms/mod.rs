@@ -1,9 +1,9 @@
 //! Rooms. The [`RoomSupervisor`] opens rooms (for claimed matches, and named public
 //! rooms on first join) on the worker arbiter most of their members' sessions run
-//! on ([`Shared::worker_near`]), so most posts and deliveries stay on one thread;
-//! each room is a
-//! [`actor::RoomActor`] that closes itself (match room down to one member, public
-//! room empty for a grace period) and removes itself from the directory.
+//! on ([`Shared::worker_near`]), so most posts and deliveries stay on one thread.
+//! Each room is a [`actor::RoomActor`] that closes itself (match room down to one
+//! member, public room empty for a grace period) and removes itself from the
+//! directory.
 //!
 //! Who talks to whom:
 //! ```text

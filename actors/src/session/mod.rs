@@ -65,8 +65,9 @@ pub struct SessionActor {
     last_match: Option<(RoomId, Vec<UserId>)>,
     /// All frames from this connection (per session: a flood is per socket).
     frame_limiter: DefaultDirectRateLimiter,
-    /// The user's `send` bucket ([`crate::engine::Shared::send_limit`]).
-    send_limit: std::sync::Arc<DefaultDirectRateLimiter>,
+    /// The user's `send` bucket ([`crate::engine::Shared::send_limit`]), taken at
+    /// the first `send` so that idle sessions hold none.
+    send_limit: Option<std::sync::Arc<DefaultDirectRateLimiter>>,
     last_seen: Instant,
     strikes: u32,
     strikes_since: Instant,
@@ -106,7 +107,6 @@ impl SessionActor {
         let session_id = engine.shared.next_session_id();
         let engine_clock = engine.shared.clock.clone();
         let frames_out = engine.shared.hot.frames_out.clone();
-        let send_limit = engine.shared.send_limit(&user);
         SessionActor::create(move |ctx| {
             ctx.add_stream(stream);
             let addr = ctx.address();
@@ -125,7 +125,7 @@ impl SessionActor {
                 last_criteria: None,
                 last_match: None,
                 frame_limiter: RateLimiter::direct_with_clock(quota, engine_clock),
-                send_limit,
+                send_limit: None,
                 last_seen: Instant::now(),
                 strikes: 0,
                 strikes_since: Instant::now(),
@@ -228,7 +228,10 @@ impl SessionActor {
                 let room = self.room(&room_id)?;
                 validate::text(&text, cfg)?;
                 validate::client_msg_id(client_msg_id.as_deref(), cfg)?;
-                if let Err(nu) = self.send_limit.check() {
+                let bucket = self
+                    .send_limit
+                    .get_or_insert_with(|| self.engine.shared.send_limit(&self.user));
+                if let Err(nu) = bucket.check() {
                     let wait = nu.wait_time_from(self.engine.shared.clock.now());
                     return Err(EngineError::RateLimited {
                         action: "send",
