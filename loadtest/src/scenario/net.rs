@@ -71,6 +71,11 @@ impl Dialer {
     }
 
     /// The endpoint user number `n` goes to (round robin).
+    /// Every server URL of the run.
+    pub fn urls(&self) -> &[String] {
+        &self.inner.urls
+    }
+
     pub fn url(&self, n: usize) -> &str {
         &self.inner.urls[self.url_index(n)]
     }

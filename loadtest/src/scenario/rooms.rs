@@ -7,7 +7,9 @@
 //! nodes. Numbers: `delivery_latency` (scheduled send → a member reads it),
 //! `ack_latency`, `send_lag` (the generator's own lateness), `delivered_per_s`,
 //! `setup_match_latency` (rooms of two), and `lost`, `unacked`, `duplicated`,
-//! `reordered`, `gaps`, `ended_early`.
+//! `reordered`, `gaps`, `ended_early`; from servers that export
+//! `process_cpu_seconds_total`, `server.cpu_s`: their CPU seconds (summed) over
+//! `server.cpu_window_s`, the sending and draining without the setup.
 //!
 //! `stalled_pairs` adds pairs whose second member never reads (a tiny receive
 //! buffer, never polled) while the first sends at `stalled_rate`: the measured
@@ -22,6 +24,7 @@ use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::net::Dialer;
+use super::server;
 use super::{progress, Ctx};
 use crate::chat::member::MemberLog;
 use crate::chat::{books, plan::Plan, run_rooms};
@@ -249,7 +252,17 @@ pub async fn load_with_start(
     if let Some(tx) = started {
         let _ = tx.send(start);
     }
+    // The servers' own CPU time over the sending and draining (setup excluded),
+    // where they export it: the engine does, the relay does not.
+    let cpu_before = server::cpu_seconds_of_all(dialer.urls()).await.ok();
+    let window = Instant::now();
     let logs = run_rooms(rooms, plan).await?;
+    if let Some(before) = cpu_before {
+        if let Ok(after) = server::cpu_seconds_of_all(dialer.urls()).await {
+            report.set("server.cpu_s", after - before);
+            report.set("server.cpu_window_s", window.elapsed().as_secs_f64());
+        }
+    }
     let mut cut = 0;
     while let Some(done) = stalls.join_next().await {
         cut += u64::from(done.unwrap_or(false));

@@ -1,5 +1,5 @@
 //! What the servers say about themselves over HTTP on the WebSocket port:
-//! `/metrics` (resident memory, open files, sessions) and `/readyz`.
+//! `/metrics` (resident memory, open files, sessions, CPU time) and `/readyz`.
 
 use std::time::Duration;
 
@@ -82,6 +82,21 @@ pub async fn usage_of_all(urls: &[String]) -> Result<Usage, String> {
         total.rss_bytes += u.rss_bytes;
         total.open_fds += u.open_fds;
         total.sessions += u.sessions;
+    }
+    Ok(total)
+}
+
+/// CPU seconds used so far (`process_cpu_seconds_total`), summed over every
+/// server; an error when one has no `/metrics` (the relay).
+pub async fn cpu_seconds_of_all(urls: &[String]) -> Result<f64, String> {
+    let mut total = 0.0;
+    for url in urls {
+        let (status, text) = get(url, "/metrics").await?;
+        if status != 200 {
+            return Err(format!("{url} /metrics answered {status}"));
+        }
+        total += sample(&text, "process_cpu_seconds_total")
+            .ok_or_else(|| format!("{url}: no process_cpu_seconds_total"))?;
     }
     Ok(total)
 }
