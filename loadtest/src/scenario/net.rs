@@ -70,12 +70,12 @@ impl Dialer {
         &self.inner.tag
     }
 
-    /// The endpoint user number `n` goes to (round robin).
     /// Every server URL of the run.
     pub fn urls(&self) -> &[String] {
         &self.inner.urls
     }
 
+    /// The endpoint user number `n` goes to (round robin).
     pub fn url(&self, n: usize) -> &str {
         &self.inner.urls[self.url_index(n)]
     }

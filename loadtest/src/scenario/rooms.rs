@@ -223,6 +223,11 @@ pub async fn load_with_start(
     })
     .await;
     report.set("setup_s", t0.elapsed().as_secs_f64());
+    // The servers' own CPU time over the sending and draining (setup excluded),
+    // where they export it: the engine does, the relay does not. Read before the
+    // schedule is fixed, so a slow answer cannot make the first sends late.
+    let cpu_before = server::cpu_seconds_of_all(dialer.urls()).await.ok();
+    let window = Instant::now();
     let start = Instant::now() + Duration::from_millis(300);
     let end = start + Duration::from_secs_f64(secs);
     let senders = rooms.iter().map(|(_, m)| m.len() as u64).sum::<u64>();
@@ -252,10 +257,6 @@ pub async fn load_with_start(
     if let Some(tx) = started {
         let _ = tx.send(start);
     }
-    // The servers' own CPU time over the sending and draining (setup excluded),
-    // where they export it: the engine does, the relay does not.
-    let cpu_before = server::cpu_seconds_of_all(dialer.urls()).await.ok();
-    let window = Instant::now();
     let logs = run_rooms(rooms, plan).await?;
     if let Some(before) = cpu_before {
         if let Ok(after) = server::cpu_seconds_of_all(dialer.urls()).await {
