@@ -307,12 +307,19 @@ async fn the_regression_corpus_is_handled() {
     let server = TestServer::start(fuzz_config());
     let (mut a, mut b, room) = pair(&server, 0).await;
     assert!(replay(&mut a, &mut b, &room, &frames).await, "the corpus has no oversized frames");
-    // The corpus ends with a search of its own (`next`, with the last accepted
-    // criteria: no interests). Left waiting, it relaxes to "anyone" and, on a
-    // loaded machine, takes the next pair's first member before its partner
-    // arrives; end it first.
+    // The corpus's searches and cancels end asynchronously (a `match_cancelled`
+    // can come after the probe), so the corpus user may still be searching, with
+    // criteria that accept anyone, and take the next pair's first member. Cancel,
+    // and wait for a probe behind the cancel: by its answer the cancel is queued
+    // at the shard ahead of any search of the next pair.
     a.send_json(json!({"action":"cancel_match"})).await;
-    a.recv_kind("match_cancelled").await;
+    a.send_json(json!({"action":"history","room_id":"probe-after-cancel"})).await;
+    loop {
+        match a.recv().await {
+            ServerFrame::Error { message, .. } if message.contains("probe-after-cancel") => break,
+            _ => continue,
+        }
+    }
     let (mut a, mut b, room) = pair(&server, 1).await;
     a.send_json(json!({"action":"send","room_id":room,"text":"after the corpus"})).await;
     assert_eq!(b.recv_kind("message").await.kind(), "message");
