@@ -223,6 +223,9 @@ async fn metrics_are_prometheus_text_and_count_activity() {
     assert!(after.contains("# TYPE rendezvous_matches_total counter"), "{after}");
     assert!(after.contains("# TYPE rendezvous_connections gauge"), "{after}");
     assert!(after.contains("# TYPE rendezvous_match_latency_seconds histogram"), "{after}");
+    // CPU time keeps its fractions of a second (metrics-process's gauge form; its
+    // counter form truncates to whole seconds).
+    assert!(after.contains("# TYPE process_cpu_seconds_total gauge"), "{after}");
     assert!(
         samples(&after, "rendezvous_match_latency_seconds_bucket")
             .any(|l| l.contains("le=\"+Inf\"")),
