@@ -239,16 +239,21 @@ async fn replay(a: &mut Client, b: &mut Client, room: &str, frames: &[String]) -
             return false;
         }
     }
-    // Everything before this probe has been handled once its answer arrives.
-    a.send_json(json!({"action":"history","room_id":"probe-room-that-does-not-exist"})).await;
+    probe(a, "probe-room-that-does-not-exist").await;
+    while b.try_recv(Duration::from_millis(1)).await.is_some() {}
+    true
+}
+
+/// Send a `history` for the unknown room `tag` and skip frames until its error:
+/// every frame `c` sent before it has been handled by then.
+async fn probe(c: &mut Client, tag: &str) {
+    c.send_json(json!({"action":"history","room_id":tag})).await;
     loop {
-        match a.recv().await {
-            ServerFrame::Error { message, .. } if message.contains("probe-room") => break,
+        match c.recv().await {
+            ServerFrame::Error { message, .. } if message.contains(tag) => break,
             _ => continue,
         }
     }
-    while b.try_recv(Duration::from_millis(1)).await.is_some() {}
-    true
 }
 
 /// A fresh matched pair (the fuzzer may have left, blocked or skipped the last).
@@ -313,13 +318,7 @@ async fn the_regression_corpus_is_handled() {
     // and wait for a probe behind the cancel: by its answer the cancel is queued
     // at the shard ahead of any search of the next pair.
     a.send_json(json!({"action":"cancel_match"})).await;
-    a.send_json(json!({"action":"history","room_id":"probe-after-cancel"})).await;
-    loop {
-        match a.recv().await {
-            ServerFrame::Error { message, .. } if message.contains("probe-after-cancel") => break,
-            _ => continue,
-        }
-    }
+    probe(&mut a, "probe-after-cancel").await;
     let (mut a, mut b, room) = pair(&server, 1).await;
     a.send_json(json!({"action":"send","room_id":room,"text":"after the corpus"})).await;
     assert_eq!(b.recv_kind("message").await.kind(), "message");
