@@ -139,6 +139,9 @@ pub struct Cli {
     /// Messages kept per room for `history` [default: 1000]
     #[arg(long, env = "RENDEZVOUS_HISTORY_LEN", help_heading = "Rooms")]
     pub history_len: Option<usize>,
+    /// Most bytes of message text kept per room for `history` (memory and Redis); the oldest drop out [default: 1048576]
+    #[arg(long, env = "RENDEZVOUS_HISTORY_BYTES", help_heading = "Rooms")]
+    pub history_bytes: Option<usize>,
     /// Most sessions on this node; 0 = 95% of the open-file limit [default: 0]
     #[arg(long, env = "RENDEZVOUS_MAX_SESSIONS", help_heading = "Limits")]
     pub max_sessions: Option<usize>,
@@ -295,6 +298,7 @@ impl Config {
             socket_send_buffer_bytes,
             reconnect_grace_ms,
             history_len,
+            history_bytes,
             drain_timeout_ms,
             max_sessions,
             max_sessions_per_ip,

@@ -48,6 +48,9 @@ pub struct EngineConfig {
     pub empty_room_grace_ms: u64,
     /// Messages kept per room for `history` (a ring; the oldest drop out).
     pub history_len: usize,
+    /// Most bytes of message text a room keeps for `history`, in memory and in the
+    /// cluster's store, on top of `history_len`: the oldest messages drop out first.
+    pub history_bytes: usize,
     /// Largest `limit` a `history` request may ask for.
     pub history_limit_max: u32,
     /// Largest inbound WebSocket frame/message (bytes); larger closes with 1009.
@@ -125,6 +128,7 @@ impl Default for EngineConfig {
             reconnect_grace_ms: 30_000,
             empty_room_grace_ms: 30_000,
             history_len: 1_000,
+            history_bytes: 1 << 20,
             history_limit_max: 200,
             max_frame_bytes: 64 * 1024,
             max_text_chars: 4_096,
@@ -177,10 +181,11 @@ impl EngineConfig {
         if self.ladder.windows(2).any(|w| w[0].after_ms >= w[1].after_ms) {
             return Err(bad("ladder", "steps must be sorted by strictly increasing after_ms"));
         }
-        let positive: [(&'static str, u64); 12] = [
+        let positive: [(&'static str, u64); 13] = [
             ("search_timeout_ms", self.search_timeout_ms),
             ("match_tick_ms", self.match_tick_ms),
             ("history_len", self.history_len as u64),
+            ("history_bytes", self.history_bytes as u64),
             ("history_limit_max", self.history_limit_max as u64),
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_text_chars", self.max_text_chars as u64),
