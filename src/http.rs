@@ -2,12 +2,15 @@
 //! and the plain HTTP endpoints `/healthz`, `/readyz`, `/metrics`, `/api/stats`,
 //! `/api/trending`, and the browser client (src/web/) at `/`, `/app.js`, `/style.css`.
 //! Served by hyper on the worker arbiter that accepted the socket; the upgraded stream
-//! stays on that arbiter, where its session actor is started.
+//! stays on that arbiter, where its session actor is started. Until the upgrade, a
+//! watchdog holds the connection to the deadlines of [`crate::front::ConnClock`].
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::future::{poll_fn, Future};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
 
 use bytes::Bytes;
 use futures_util::SinkExt;
@@ -36,6 +39,14 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::{debug, warn};
 
 use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::front::{self, Admission, ConnClock, Pending};
+
+/// Largest request head (request line and headers) read before the upgrade; more
+/// is answered 431. Bounds the memory a slow sender can pin per pending connection
+/// (hyper's default is about 400 KiB); a browser's upgrade with cookies and a token
+/// is a few KiB.
+const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 
 /// What every connection handler needs.
 pub struct App {
@@ -49,6 +60,10 @@ pub struct App {
     pub allowed_origins: Vec<String>,
     /// Sessions this node takes at most (config, or 95% of the open-file limit).
     pub session_cap: usize,
+    /// The soft open-file limit read at start-up.
+    pub open_file_limit: u64,
+    /// Caps and deadlines of connections not yet upgraded, and the trusted proxies.
+    pub admission: Arc<Admission>,
 }
 
 impl App {
@@ -68,6 +83,7 @@ impl App {
         let nofile =
             rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
         let session_cap = engine.shared.config.session_cap(nofile);
+        let admission = Arc::new(admission(&Config::default(), nofile, session_cap));
         Self {
             engine,
             auth,
@@ -76,22 +92,94 @@ impl App {
             draining: AtomicBool::new(false),
             allowed_origins: Vec::new(),
             session_cap,
+            open_file_limit: nofile,
+            admission,
         }
     }
+
+    /// Take the front-door settings (pending caps, deadlines, trusted proxies) of
+    /// `config`. Call before serving.
+    pub fn configure_front(&mut self, config: &Config) {
+        self.admission = Arc::new(admission(config, self.open_file_limit, self.session_cap));
+    }
+}
+
+fn admission(config: &Config, open_file_limit: u64, session_cap: usize) -> Admission {
+    use std::time::Duration;
+    Admission::new(
+        front::pending_cap(config.max_pending_connections, open_file_limit, session_cap),
+        config.max_pending_per_ip,
+        front::TrustedProxies::new(config.trusted_proxies.clone()),
+        Duration::from_millis(config.handshake_timeout_ms),
+        Duration::from_millis(config.http_idle_timeout_ms),
+    )
 }
 
 type Body = Full<Bytes>;
 
-/// Serve HTTP/1.1 on one accepted connection (keep-alive, upgrades).
-pub async fn serve_connection(stream: TcpStream, peer: SocketAddr, app: Arc<App>) {
-    let io = TokioIo::new(stream);
+/// Serve HTTP/1.1 on one accepted connection (keep-alive, upgrades) until it is
+/// upgraded, closed, or a deadline of its [`ConnClock`] passes (then the socket is
+/// closed without an answer). `pending` counts it as not yet upgraded until this
+/// returns.
+pub async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    pending: Pending,
+) {
+    let admission = app.admission.clone();
+    // Shared by the service (which moves it at each request and response) and the
+    // watchdog below; both run in this one task, so the lock is never contended.
+    let clock = Arc::new(Mutex::new(ConnClock::new(
+        pending.accepted_at,
+        admission.handshake_timeout,
+        admission.idle_timeout,
+    )));
+    let svc_clock = clock.clone();
     let svc = service_fn(move |req| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(route(req, app, peer).await) }
+        let clock = svc_clock.clone();
+        lock(&clock).on_request();
+        async move {
+            let response = route(req, app, peer).await;
+            lock(&clock).on_response(tokio::time::Instant::now());
+            Ok::<_, Infallible>(response)
+        }
     });
-    if let Err(e) = http1::Builder::new().serve_connection(io, svc).with_upgrades().await {
-        debug!(%peer, error = %e, "http connection ended with an error");
+    let conn = http1::Builder::new()
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let timer = tokio::time::sleep_until(pending.accepted_at + admission.handshake_timeout);
+    tokio::pin!(timer);
+    // Reads the clock on every poll: `conn` is polled first (`biased`), so a request
+    // or response it just handled has already moved the deadline.
+    let watchdog = poll_fn(|cx| {
+        let Some((at, phase)) = lock(&clock).deadline() else { return Poll::Pending };
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        timer.as_mut().poll(cx).map(|()| phase)
+    });
+    tokio::select! {
+        biased;
+        ended = &mut conn => {
+            if let Err(e) = ended {
+                debug!(%peer, error = %e, "http connection ended with an error");
+            }
+        }
+        phase = watchdog => {
+            metrics::counter!(m::CONNECTIONS_TIMED_OUT_TOTAL, "phase" => phase.as_str())
+                .increment(1);
+            debug!(%peer, phase = phase.as_str(), "closing a connection past its deadline");
+        }
     }
+    drop(pending);
+}
+
+fn lock(clock: &Mutex<ConnClock>) -> std::sync::MutexGuard<'_, ConnClock> {
+    clock.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
@@ -125,7 +213,10 @@ async fn route(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET is served\n");
     }
     match req.uri().path() {
-        "/ws" => upgrade(req, app, peer),
+        "/ws" => {
+            let client = front::client_ip(peer.ip(), req.headers(), &app.admission.trusted);
+            upgrade(req, app, client)
+        }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(&app).await,
         "/metrics" => {
@@ -203,8 +294,9 @@ fn refuse(status: StatusCode, reason: &'static str, message: String) -> Response
 }
 
 /// Validate the handshake, authenticate, answer 101 and start the session once
-/// hyper hands over the upgraded stream.
-fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Response<Body> {
+/// hyper hands over the upgraded stream. `client` is the client's address (the TCP
+/// peer, or whom a trusted proxy names): what the per-IP session cap counts.
+fn upgrade(mut req: Request<Incoming>, app: Arc<App>, client: IpAddr) -> Response<Body> {
     let headers = req.headers();
     let wants_ws = headers
         .get(UPGRADE)
@@ -233,7 +325,7 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
     let per_ip = shared.config.max_sessions_per_ip;
     let full = if shared.registry.len() >= app.session_cap {
         Some("node is full; connect to another node")
-    } else if per_ip > 0 && shared.per_ip.get(&peer.ip()).is_some_and(|n| *n >= per_ip) {
+    } else if per_ip > 0 && shared.per_ip.get(&client).is_some_and(|n| *n >= per_ip) {
         Some("too many sessions from this address")
     } else {
         None
@@ -282,14 +374,14 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
     actix_rt::spawn(async move {
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
-            Err(e) => return warn!(error = %e, "websocket upgrade failed"),
+            Err(e) => return warn!(%client, error = %e, "websocket upgrade failed"),
         };
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
         match outcome {
             Ok(user) => {
-                SessionActor::start_from(ws, user, engine, Some(peer.ip()));
+                SessionActor::start_from(ws, user, engine, Some(client));
             }
             Err((close_code, code, message)) => {
                 let frame =

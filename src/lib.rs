@@ -6,12 +6,15 @@
 //! * [`server`]: [`server::run`], the accept loop and the graceful drain. The binary
 //!   and the tests both call it.
 //! * [`http`]: `/ws` upgrade and the HTTP endpoints on the same port.
+//! * [`front`]: admission before the upgrade: pending-connection caps, handshake
+//!   and idle deadlines, the client address behind trusted proxies.
 //! * [`auth`]: JWT and anonymous identities.
 //! * [`telemetry`]: logging and the Prometheus recorder.
 //! * [`shutdown`]: the SIGTERM/SIGINT future.
 
 pub mod auth;
 pub mod config;
+pub mod front;
 pub mod http;
 pub mod server;
 pub mod shutdown;

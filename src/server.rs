@@ -16,6 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
+use crate::front::Pending;
 use crate::http::{serve_connection, App};
 use crate::telemetry;
 
@@ -62,12 +63,15 @@ pub async fn run(
     let auth = Authenticator::new(config.jwt_secret.as_deref(), anonymous);
     let mut app = App::new(engine.clone(), auth, metrics);
     app.allowed_origins = config.allowed_origins.clone();
+    app.configure_front(&config);
     let app = Arc::new(app);
     info!(
         node = %config.engine.node_id,
         workers = engine.shared.workers.len(),
         shards = engine.shards.len(),
         max_sessions = app.session_cap,
+        max_pending = app.admission.total_cap(),
+        max_pending_per_ip = app.admission.per_ip_cap(),
         "rendezvous listening on http://{addr} (WebSocket: ws://{addr}/ws)"
     );
 
@@ -76,7 +80,12 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => dispatch(stream, peer, &app),
+                Ok((stream, peer)) => match app.admission.admit(peer.ip()) {
+                    Ok(pending) => dispatch(stream, peer, &app, pending),
+                    // Closed at once (the drop) and counted; debug only: a flood of
+                    // refusals must not become a flood of log lines.
+                    Err(why) => debug!(%peer, reason = why.as_str(), "connection refused"),
+                },
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
                     error!(error = %e, "accept failed");
@@ -108,8 +117,9 @@ pub async fn run(
 
 /// Hand an accepted socket to the next worker arbiter. The socket is registered
 /// with that arbiter's runtime (an I/O resource belongs to the runtime that
-/// registered it), so the session actor and its writer run there too.
-fn dispatch(stream: TcpStream, peer: std::net::SocketAddr, app: &Arc<App>) {
+/// registered it), so the session actor and its writer run there too. `pending`
+/// goes with it and counts it until it is upgraded or closed.
+fn dispatch(stream: TcpStream, peer: std::net::SocketAddr, app: &Arc<App>, pending: Pending) {
     let _ = stream.set_nodelay(true);
     // A fixed kernel send buffer: with autotuning, a client that stops reading can
     // make the kernel hold megabytes for it before any write blocks.
@@ -128,7 +138,7 @@ fn dispatch(stream: TcpStream, peer: std::net::SocketAddr, app: &Arc<App>) {
     worker.spawn_fn(move || {
         actix_rt::spawn(async move {
             match TcpStream::from_std(std_stream) {
-                Ok(stream) => serve_connection(stream, peer, app).await,
+                Ok(stream) => serve_connection(stream, peer, app, pending).await,
                 Err(e) => warn!(error = %e, "could not register socket on worker"),
             }
         });

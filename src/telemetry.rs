@@ -118,6 +118,23 @@ fn describe() {
     describe_counter!(m::RATE_LIMITED_TOTAL, "Actions refused by a rate limit, by action");
     describe_counter!(m::ERRORS_TOTAL, "Error frames sent, by code");
     describe_counter!(m::HANDSHAKES_REFUSED_TOTAL, "WebSocket upgrades refused, by reason");
+    describe_gauge!(m::CONNECTIONS_PENDING, "Connections accepted and not yet upgraded");
+    describe_counter!(
+        m::CONNECTIONS_REFUSED_TOTAL,
+        "Accepted sockets closed at once for a pending-connection cap, by reason"
+    );
+    describe_counter!(
+        m::CONNECTIONS_TIMED_OUT_TOTAL,
+        "Connections closed by the handshake or keep-alive idle deadline, by phase"
+    );
+    // Exported at zero from start-up, before anything happens to them.
+    metrics::gauge!(m::CONNECTIONS_PENDING).set(0.0);
+    for reason in [crate::front::Refusal::Total, crate::front::Refusal::PerIp] {
+        metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => reason.as_str()).absolute(0);
+    }
+    for phase in [crate::front::Phase::Handshake, crate::front::Phase::Idle] {
+        metrics::counter!(m::CONNECTIONS_TIMED_OUT_TOTAL, "phase" => phase.as_str()).absolute(0);
+    }
     describe_gauge!(m::POOL_WAITING_BY_LANGUAGE, "Searches waiting, per language");
     describe_histogram!(
         m::DELIVERY_LATENCY_SECONDS,

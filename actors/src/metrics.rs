@@ -39,6 +39,14 @@ pub const RATE_LIMITED_TOTAL: &str = "rendezvous_rate_limited_total";
 pub const ERRORS_TOTAL: &str = "rendezvous_error_frames_total";
 /// Counter: WebSocket upgrades refused, label `reason`.
 pub const HANDSHAKES_REFUSED_TOTAL: &str = "rendezvous_handshakes_refused_total";
+/// Gauge: connections accepted and not yet upgraded to a WebSocket (nor closed).
+pub const CONNECTIONS_PENDING: &str = "rendezvous_connections_pending";
+/// Counter: accepted sockets closed at once for a pending-connection cap, label
+/// `reason` (`pending_total`, `pending_per_ip`).
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "rendezvous_connections_refused_total";
+/// Counter: connections closed by a deadline before their upgrade, label `phase`
+/// (`handshake`: headers not complete in time; `idle`: keep-alive without a next request).
+pub const CONNECTIONS_TIMED_OUT_TOTAL: &str = "rendezvous_connections_timed_out_total";
 /// Gauge: 1 while the bridge's store (Redis) and its subscription are healthy.
 pub const BRIDGE_UP: &str = "rendezvous_bridge_up";
 /// Histogram: seconds per round trip to Redis (one pipelined batch).
