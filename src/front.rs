@@ -382,6 +382,33 @@ impl Drop for Pending {
     }
 }
 
+/// At most one log line per period about a flood of events (refused connections),
+/// each line saying how many events it stands for: an attack must not become a
+/// flood of log lines, but an operator must still hear of it.
+#[derive(Debug)]
+pub struct LogThrottle {
+    every: Duration,
+    last: Option<Instant>,
+    unlogged: u64,
+}
+
+impl LogThrottle {
+    pub fn new(every: Duration) -> Self {
+        Self { every, last: None, unlogged: 0 }
+    }
+
+    /// Count one event at `now`; `Some(n)` when a line is due, `n` being the events
+    /// since the previous line, this one included.
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        if self.last.is_some_and(|at| now < at + self.every) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
 // ---------------------------------------------------------------- deadlines
 
 /// Which deadline closed a connection (label `phase` of
@@ -631,6 +658,19 @@ mod tests {
         assert_eq!(pending_cap(0, 1024, 972), 16);
         assert_eq!(pending_cap(0, 1024, 2000), 16);
         assert_eq!(pending_cap(300, 20_000, 19_000), 300);
+    }
+
+    #[test]
+    fn refusal_logs_are_throttled_and_counted() {
+        let t0 = Instant::now();
+        let every = Duration::from_secs(10);
+        let mut t = LogThrottle::new(every);
+        assert_eq!(t.hit(t0), Some(1), "the first one is logged");
+        for i in 1..=99 {
+            assert_eq!(t.hit(t0 + Duration::from_millis(i * 10)), None);
+        }
+        assert_eq!(t.hit(t0 + every), Some(100), "the next line counts the silent ones");
+        assert_eq!(t.hit(t0 + every * 3), Some(1));
     }
 
     #[test]

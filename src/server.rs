@@ -16,7 +16,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::auth::Authenticator;
 use crate::config::Config;
-use crate::front::Pending;
+use crate::front::{LogThrottle, Pending};
 use crate::http::{serve_connection, App};
 use crate::telemetry;
 
@@ -75,6 +75,8 @@ pub async fn run(
         "rendezvous listening on http://{addr} (WebSocket: ws://{addr}/ws)"
     );
 
+    // One warning per 10 s at most while connections are refused.
+    let mut refusals = LogThrottle::new(Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -82,9 +84,19 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => match app.admission.admit(peer.ip()) {
                     Ok(pending) => dispatch(stream, peer, &app, pending),
-                    // Closed at once (the drop) and counted; debug only: a flood of
-                    // refusals must not become a flood of log lines.
-                    Err(why) => debug!(%peer, reason = why.as_str(), "connection refused"),
+                    // Closed at once (the drop) and counted by `admit`.
+                    Err(why) => {
+                        debug!(%peer, reason = why.as_str(), "connection refused");
+                        if let Some(n) = refusals.hit(tokio::time::Instant::now()) {
+                            warn!(
+                                refused = n,
+                                last_reason = why.as_str(),
+                                last_peer = %peer,
+                                pending = app.admission.pending(),
+                                "closing new connections at once: a pending-connection cap is reached (rendezvous_connections_refused_total)"
+                            );
+                        }
+                    }
                 },
                 Err(e) => {
                     // Out of file descriptors and similar: back off instead of spinning.
