@@ -432,16 +432,23 @@ async fn session_slot(
         let since = Instant::now();
         r.count("sessions", 1);
         r.count("reconnects", u64::from(attempt > 0));
-        let mut first = Vec::new();
-        if let Some(room) = &script.join {
-            first.push(json!({"action": "join", "room_id": room}).to_string());
-        }
-        first.extend(script.preamble.iter().cloned());
         let mut gone = None;
-        for frame in first {
-            if send(&mut m.ws, frame, &mut r).await.is_err() {
+        if let Some(room) = &script.join {
+            // Joined before anything else: a room's frames sent earlier would
+            // race the join and be refused.
+            let join = json!({"action": "join", "room_id": room}).to_string();
+            if send(&mut m.ws, join, &mut r).await.is_err() {
                 gone = Some("reset".to_owned());
+            } else if let Answer::Ended(how) = until_answer(&mut m.ws, &mut r, &["joined"]).await {
+                gone = Some(how);
+            }
+        }
+        for frame in &script.preamble {
+            if gone.is_some() {
                 break;
+            }
+            if send(&mut m.ws, frame.clone(), &mut r).await.is_err() {
+                gone = Some("reset".to_owned());
             }
         }
         let period = if script.rate > 0.0 { 1.0 / script.rate } else { 3_600.0 };
