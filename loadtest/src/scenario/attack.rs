@@ -751,15 +751,14 @@ type Attackers = JoinSet<(String, Result<Report, String>)>;
 
 /// Every attacker the file turns on, each as one task with its own report.
 fn start_attackers(
-    ctx: &Ctx,
+    base: &Dialer,
     a: &Attack,
     stop: &watch::Receiver<bool>,
 ) -> Result<Attackers, String> {
-    let tag = ctx.dialer.tag().to_owned();
-    let dialer = |name: &str, sources: &[IpAddr]| {
-        ctx.dialer.variant(format!("{tag}x{name}"), sources.to_vec())
-    };
-    let url = ctx.dialer.url(0);
+    let tag = base.tag().to_owned();
+    let dialer =
+        |name: &str, sources: &[IpAddr]| base.variant(format!("{tag}x{name}"), sources.to_vec());
+    let url = base.url(0);
     let authority = url
         .strip_prefix("ws://")
         .and_then(|rest| rest.split(['/', '?']).next())
@@ -885,6 +884,43 @@ fn start_attackers(
 
 // ----------------------------------------------------------------- phases
 
+/// The attackers on a thread and runtime of their own, so that their work
+/// (reading floods, thousands of sockets) does not queue behind or ahead of the
+/// normal users' tasks in one scheduler: the measured latencies then show what
+/// the server did, not the load tester's own run queue. The receiver yields
+/// every attacker's report once `stop` turns true.
+fn attackers_thread(
+    base: Dialer,
+    a: Attack,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::sync::oneshot::Receiver<Result<Finished, String>>, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let work = move || {
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
+        let out = match runtime {
+            Ok(rt) => rt.block_on(async move {
+                let mut set = start_attackers(&base, &a, &stop)?;
+                let mut out = Vec::new();
+                while let Some(done) = set.join_next().await {
+                    out.push(done.map_err(|e| format!("attacker: {e}"))?);
+                }
+                Ok(out)
+            }),
+            Err(e) => Err(format!("attackers' runtime: {e}")),
+        };
+        let _ = tx.send(out);
+    };
+    std::thread::Builder::new()
+        .name("attackers".into())
+        .spawn(work)
+        .map_err(|e| format!("attackers' thread: {e}"))?;
+    Ok(rx)
+}
+
+/// Each attacker's name and report.
+type Finished = Vec<(String, Result<Report, String>)>;
+
 /// Resident memory and open files of the servers at their highest, sampled
 /// every 500 ms until stopped.
 async fn peaks(urls: Vec<String>, stop: watch::Receiver<bool>) -> server::Usage {
@@ -1005,22 +1041,15 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     tokio::time::sleep(Duration::from_secs_f64(a.pause_secs)).await;
 
     let (stop_tx, stop) = watch::channel(false);
-    let mut attackers = start_attackers(ctx, a, &stop)?;
+    let attackers = attackers_thread(ctx.dialer.clone(), a.clone(), stop)?;
     tokio::time::sleep(Duration::from_secs_f64(a.lead_secs)).await;
-    let attack = phase(ctx, a, "attack", &mut report);
-    let attack = attack.await;
+    let attack = phase(ctx, a, "attack", &mut report).await;
     let _ = stop_tx.send(true);
     // Every attacker stops at once when told; a bound in case one cannot.
-    let collect = async {
-        let mut out = Vec::new();
-        while let Some(done) = attackers.join_next().await {
-            out.push(done.map_err(|e| format!("attacker: {e}"))?);
-        }
-        Ok::<_, String>(out)
-    };
-    let finished = tokio::time::timeout(Duration::from_secs(15), collect)
+    let finished = tokio::time::timeout(Duration::from_secs(15), attackers)
         .await
-        .map_err(|_| "the attackers did not stop within 15 s".to_owned())??;
+        .map_err(|_| "the attackers did not stop within 15 s".to_owned())?
+        .map_err(|_| "the attackers' thread ended without a report".to_owned())??;
     let attack = attack?;
     for (name, r) in finished {
         match r {

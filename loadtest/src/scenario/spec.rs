@@ -853,6 +853,46 @@ mod tests {
     }
 
     #[test]
+    fn the_attack_file_gives_every_attacker_addresses_of_its_own() {
+        let text = include_str!("../../scenarios/attack.toml");
+        for smoke in [false, true] {
+            let s = Scenario::parse(text, smoke, &Overrides::default()).expect("parse");
+            let a = s.attack.expect("[attack]");
+            let all = [
+                &a.silent.sources,
+                &a.half.sources,
+                &a.languages.sources,
+                &a.block.sources,
+                &a.signal.sources,
+                &a.history.sources,
+                &a.join.sources,
+                &a.typing.sources,
+            ];
+            let mut seen = std::collections::HashSet::new();
+            for sources in all {
+                assert!(!sources.is_empty());
+                for ip in sources {
+                    assert!(ip.is_loopback() && *ip != IpAddr::from([127, 0, 0, 1]), "{ip}");
+                    assert!(seen.insert(*ip), "{ip} is shared by two attackers");
+                }
+            }
+            if smoke {
+                // [smoke.attack] tables merge key by key: sources stay.
+                assert_eq!((a.silent.sockets, a.silent.sources.len()), (40, 2));
+                assert_eq!(s.thresholds["ratio.match_p99"].max, Some(1000.0));
+                assert_eq!(s.thresholds["attack.normal_errors"].max, Some(0.0));
+            }
+        }
+        let bad = "name='x'\nkind='attack'\nduration_secs=1\n[attack]\n\
+                   signal={members=2,senders=3}";
+        let err = Scenario::parse(bad, false, &Overrides::default()).expect_err("must fail");
+        assert!(err.contains("senders"), "{err}");
+        let off = "name='x'\nkind='attack'\nduration_secs=1\n[attack]\n\
+                   block={enabled=false,sources=[]}";
+        assert!(Scenario::parse(off, false, &Overrides::default()).is_ok());
+    }
+
+    #[test]
     fn mistakes_are_named() {
         let o = Overrides::default();
         let err = |text: &str| Scenario::parse(text, false, &o).expect_err("must fail");
