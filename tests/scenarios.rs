@@ -241,6 +241,63 @@ async fn full_flow_completes_across_nodes() {
     assert_eq!(num(&r, "signal_latency.count"), 50.0, "{r}");
 }
 
+/// Whether this engine binary has `flag` (features of issue 21 land in parts).
+fn engine_has(flag: &str) -> bool {
+    let out = Command::new(env!("CARGO_BIN_EXE_rendezvous")).arg("--help").output().expect("help");
+    String::from_utf8_lossy(&out.stdout).contains(flag)
+}
+
+/// Normal matching and chat alone, then beside every attacker of issue 21
+/// (silent and half-header sockets, invented languages, block, signal,
+/// history, join and typing floods, each from its own 127.0.0.x), against a
+/// real node. The normal users must see no error in either phase; every
+/// attacker must have done its work and the server's answers be counted.
+#[test]
+fn attack_runs_every_attacker_beside_the_normal_users() {
+    let mut flags = vec![("--max-rooms-per-user", "20")];
+    // A short handshake deadline, where the engine has one: the smoke run's
+    // silent and half-header sockets are then closed by the server within it.
+    let deadline = engine_has("--handshake-timeout-ms");
+    if deadline {
+        flags.push(("--handshake-timeout-ms", "1000"));
+    }
+    let node = Node::spawn(None, "solo", &flags);
+    let r = passes("attack", &[ws(&node)], &[]);
+    for phase in ["control", "attack"] {
+        assert_eq!(num(&r, &format!("{phase}.normal_errors")), 0.0, "{r}");
+        // 20 arrivals/s for 2 s; 5 pairs × 2 members × 5/s for 2 s.
+        assert_eq!(num(&r, &format!("{phase}.match.matched")), 40.0, "{r}");
+        assert_eq!(num(&r, &format!("{phase}.chat.delivered")), 100.0, "{r}");
+        assert!(num(&r, &format!("{phase}.match.match_latency.p99_ms")) > 0.0, "{r}");
+    }
+    assert!(num(&r, "ratio.match_p99") > 0.0 && num(&r, "ratio.delivery_p99") > 0.0, "{r}");
+    for raw in ["silent", "half"] {
+        assert!(num(&r, &format!("attackers.{raw}.opened")) >= 40.0, "{r}");
+        if deadline {
+            assert!(num(&r, &format!("attackers.{raw}.closed_by_server")) >= 1.0, "{r}");
+        }
+    }
+    assert!(num(&r, "attackers.languages.searches.well_formed") >= 40.0, "{r}");
+    assert!(num(&r, "attackers.languages.searches.malformed") >= 30.0, "{r}");
+    assert!(num(&r, "attackers.block.sent") >= 40.0, "{r}");
+    assert_eq!(num(&r, "attackers.join.sent"), 200.0, "{r}");
+    assert!(num(&r, "attackers.join.most_rooms_one_user") >= 1.0, "{r}");
+    for flood in ["signal", "history", "typing"] {
+        assert!(num(&r, &format!("attackers.{flood}.sessions")) >= 1.0, "{r}");
+        assert!(num(&r, &format!("attackers.{flood}.sent")) >= 5.0, "{r}");
+    }
+    // The floods were answered: delivered, or refused with an error frame.
+    let answered = |name: &str, reply: &str| {
+        let at = |path: String| r.pointer(&path).and_then(Value::as_f64).unwrap_or(0.0);
+        at(format!("/attackers/{name}/replies/{reply}"))
+            + at(format!("/attackers/{name}/errors/total"))
+    };
+    assert!(answered("signal", "signal") >= 1.0, "{r}");
+    assert!(answered("history", "history") >= 1.0, "{r}");
+    assert!(answered("typing", "typing") >= 1.0, "{r}");
+    assert!(answered("block", "blocked") >= 1.0, "{r}");
+}
+
 /// Kills the redis-server the scenario started (daemonized, so no harness owns it).
 struct PidFile(PathBuf);
 

@@ -282,7 +282,7 @@ pub async fn load(
     let c = Arc::new(Churner {
         dialer: dialer.clone(),
         base: Instant::now(),
-        language: dialer.tag().to_owned(),
+        language: dialer.language(),
         rounds: p.rounds,
         messages: p.messages,
         think: Duration::from_millis(p.think_ms),

@@ -9,6 +9,7 @@
 //! arrivals down and hide behind them. `loadtest/scenarios/README.md` documents
 //! the file format.
 
+mod attack;
 mod churn;
 mod failover;
 mod idle;
@@ -165,6 +166,7 @@ async fn drive(ctx: &Ctx) -> Result<Report, String> {
         Kind::IdleCapacity => idle::run(ctx).await,
         Kind::Soak => soak::run(ctx).await,
         Kind::RedisFailover => failover::run(ctx).await,
+        Kind::Attack => attack::run(ctx).await,
     }
 }
 

@@ -61,6 +61,28 @@ impl Dialer {
         self.inner.wait
     }
 
+    /// A dialer for the same servers and identities under another run tag (a
+    /// namespace of users and a language of its own), connecting from `sources`.
+    pub fn variant(&self, tag: String, sources: Vec<IpAddr>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                urls: self.inner.urls.clone(),
+                sources,
+                key: self.inner.key.clone(),
+                tag,
+                next_source: AtomicUsize::new(0),
+                wait: self.inner.wait,
+            }),
+        }
+    }
+
+    /// A language no other run or worker searches in, shaped like a BCP 47
+    /// tag (a private-use primary subtag and the run tag in subtags of up to 8
+    /// letters and digits), so an engine that checks the shape accepts it.
+    pub fn language(&self) -> String {
+        run_language(&self.inner.tag)
+    }
+
     /// The run's unique user name for `id`.
     pub fn user(&self, id: &str) -> String {
         format!("{}-{id}", self.inner.tag)
@@ -140,6 +162,17 @@ impl Dialer {
     }
 }
 
+/// `qaa-` (private use) and the tag's letters and digits in subtags of 8 at most.
+fn run_language(tag: &str) -> String {
+    let clean: Vec<char> = tag.chars().filter(char::is_ascii_alphanumeric).collect();
+    let mut out = String::from("qaa");
+    for chunk in clean.chunks(8) {
+        out.push('-');
+        out.extend(chunk.iter().map(char::to_ascii_lowercase));
+    }
+    out
+}
+
 /// Plain `ws://`, from a chosen local address and with a chosen receive buffer.
 async fn connect_from(
     target: &str,
@@ -177,4 +210,18 @@ async fn connect_from(
     .await
     .map_err(|e| fail(e.to_string()))?;
     Ok(ws)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_languages_look_like_language_tags() {
+        assert_eq!(run_language("lt1234567w0"), "qaa-lt123456-7w0");
+        assert_eq!(run_language("lt12w0"), "qaa-lt12w0");
+        assert_eq!(run_language("LT-9"), "qaa-lt9");
+        let tag = run_language("lt4194304w63ac");
+        assert!(tag.split('-').skip(1).all(|s| (1..=8).contains(&s.len())), "{tag}");
+    }
 }

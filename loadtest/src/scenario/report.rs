@@ -157,24 +157,28 @@ impl Report {
     /// The summary table: one row per latency, then the counters and values.
     pub fn table(&self) -> String {
         let mut out = String::new();
+        // Names as wide as the longest (prefixed names of composite drivers).
+        let w = self.histos.keys().map(String::len).max().unwrap_or(0).max(28);
         if !self.histos.is_empty() {
             out.push_str(&format!(
-                "{:<28} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+                "{:<w$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
                 "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"
             ));
             for (name, h) in &self.histos {
                 let p = Percentiles::of(h);
                 out.push_str(&format!(
-                    "{name:<28} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}\n",
+                    "{name:<w$} {:>9} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9.3}\n",
                     p.count, p.p50, p.p90, p.p99, p.p999, p.max
                 ));
             }
         }
+        let w = self.counters.keys().chain(self.values.keys()).map(String::len).max().unwrap_or(0);
+        let w = w.max(40);
         for (name, n) in &self.counters {
-            out.push_str(&format!("{name:<40} {n:>12}\n"));
+            out.push_str(&format!("{name:<w$} {n:>12}\n"));
         }
         for (name, v) in &self.values {
-            out.push_str(&format!("{name:<40} {v:>12.2}\n"));
+            out.push_str(&format!("{name:<w$} {v:>12.2}\n"));
         }
         for (name, t) in &self.notes {
             out.push_str(&format!("{name}: {t}\n"));

@@ -20,6 +20,7 @@ pub enum Kind {
     Soak,
     FullFlow,
     RedisFailover,
+    Attack,
 }
 
 impl Kind {
@@ -32,6 +33,7 @@ impl Kind {
             Kind::Soak => "soak",
             Kind::FullFlow => "full-flow",
             Kind::RedisFailover => "redis-failover",
+            Kind::Attack => "attack",
         }
     }
 
@@ -279,6 +281,301 @@ fn default_recovered_share() -> f64 {
     0.9
 }
 
+/// `attack`: normal matching and chat, first alone (the control phase), then
+/// the same normal load beside attackers. Each attacker has a table of its own
+/// (`[attack.silent]`, …), on by default, connecting from its own addresses.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Attack {
+    /// Normal arrivals per second in each phase: connect, search with shared
+    /// interests, get matched, leave (open loop, as `match-storm`).
+    pub match_rate: f64,
+    /// Normal matched pairs chatting in each phase (0: none).
+    pub chat_pairs: usize,
+    /// Sends per second of each chatting member.
+    pub chat_rate: f64,
+    pub text_bytes: usize,
+    /// The attackers run this long before the attack phase's normal load starts.
+    pub lead_secs: f64,
+    /// Pause after the control phase (its users leave, rooms close).
+    pub pause_secs: f64,
+    /// Latencies below this floor count as the floor in the `ratio.*` numbers, so
+    /// that 0.4 ms against 0.2 ms of loopback noise does not read as "2× worse".
+    pub ratio_floor_ms: f64,
+    pub silent: RawSockets,
+    pub half: RawSockets,
+    pub languages: Languages,
+    pub block: Flood,
+    pub signal: RoomFlood,
+    pub history: History,
+    pub join: JoinBurst,
+    pub typing: RoomFlood,
+}
+
+impl Default for Attack {
+    fn default() -> Self {
+        Self {
+            match_rate: 40.0,
+            chat_pairs: 100,
+            chat_rate: 5.0,
+            text_bytes: 64,
+            lead_secs: 3.0,
+            pause_secs: 2.0,
+            ratio_floor_ms: 5.0,
+            silent: RawSockets::on(&[2, 3]),
+            half: RawSockets::on(&[4, 5]),
+            languages: Languages::default(),
+            block: Flood::default(),
+            signal: RoomFlood::signal(),
+            history: History::default(),
+            join: JoinBurst::default(),
+            typing: RoomFlood::typing(),
+        }
+    }
+}
+
+/// `127.0.0.N` for each `N`.
+fn loopback(last: &[u8]) -> Vec<IpAddr> {
+    last.iter().map(|&n| IpAddr::from([127, 0, 0, n])).collect()
+}
+
+/// Silent sockets (`[attack.silent]`: connect, never send) or half requests
+/// (`[attack.half]`: half a request line or partial headers, then stall).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RawSockets {
+    pub enabled: bool,
+    /// Held open at once; one the server closes is replaced.
+    pub sockets: usize,
+    /// New sockets per second.
+    pub rate: f64,
+    /// Bound on sockets opened in all.
+    pub max_opens: usize,
+    pub sources: Vec<IpAddr>,
+}
+
+impl RawSockets {
+    fn on(last: &[u8]) -> Self {
+        Self { enabled: true, sockets: 500, rate: 250.0, max_opens: 2_000, sources: loopback(last) }
+    }
+}
+
+impl Default for RawSockets {
+    fn default() -> Self {
+        Self::on(&[2])
+    }
+}
+
+/// `[attack.languages]`: searches with invented languages, each followed by
+/// `cancel_match`; every other one well-formed (three random letters), the rest
+/// malformed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Languages {
+    pub enabled: bool,
+    /// Searches per second in all.
+    pub rate: f64,
+    /// Searches per session (the engine allows 10 `find_match` a minute).
+    pub per_session: usize,
+    /// Bound on searches in all.
+    pub max_searches: usize,
+    /// How long each accepted search waits before `cancel_match` (the engine
+    /// samples its pools every so often: a search must be seen to be counted).
+    pub hold_ms: u64,
+    pub sources: Vec<IpAddr>,
+}
+
+impl Default for Languages {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate: 100.0,
+            per_session: 5,
+            max_searches: 4_000,
+            hold_ms: 250,
+            sources: loopback(&[6]),
+        }
+    }
+}
+
+/// `[attack.block]`: sessions sending `block` with random ids.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Flood {
+    pub enabled: bool,
+    pub sessions: usize,
+    /// Frames per second of each session.
+    pub rate: f64,
+    /// New sessions (fresh users) after the server closed one, per session slot.
+    pub max_reconnects: usize,
+    pub sources: Vec<IpAddr>,
+}
+
+impl Default for Flood {
+    fn default() -> Self {
+        Self { enabled: true, sessions: 4, rate: 80.0, max_reconnects: 10, sources: loopback(&[7]) }
+    }
+}
+
+/// `[attack.signal]` (`signal` without `to`, large payloads) and
+/// `[attack.typing]` (typing on/off): `members` attackers fill one public
+/// room and read; `senders` of them flood it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoomFlood {
+    pub enabled: bool,
+    pub members: usize,
+    pub senders: usize,
+    /// Frames per second of each sender.
+    pub rate: f64,
+    /// Bytes of each signal payload (signal only).
+    pub payload_bytes: usize,
+    pub max_reconnects: usize,
+    pub sources: Vec<IpAddr>,
+}
+
+impl RoomFlood {
+    fn signal() -> Self {
+        Self {
+            enabled: true,
+            members: 50,
+            senders: 2,
+            rate: 10.0,
+            payload_bytes: 15_000,
+            max_reconnects: 10,
+            sources: loopback(&[8]),
+        }
+    }
+
+    fn typing() -> Self {
+        Self {
+            enabled: true,
+            members: 20,
+            senders: 4,
+            rate: 80.0,
+            payload_bytes: 0,
+            max_reconnects: 10,
+            sources: loopback(&[9]),
+        }
+    }
+}
+
+impl Default for RoomFlood {
+    fn default() -> Self {
+        Self::signal()
+    }
+}
+
+/// `[attack.history]`: a public room filled with `fill_messages` texts of
+/// `text_bytes`, then `sessions` members asking for `history` (`limit`) at `rate`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct History {
+    pub enabled: bool,
+    pub fill_messages: usize,
+    pub text_bytes: usize,
+    pub sessions: usize,
+    pub rate: f64,
+    pub limit: u32,
+    pub max_reconnects: usize,
+    pub sources: Vec<IpAddr>,
+}
+
+impl Default for History {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            fill_messages: 200,
+            text_bytes: 2_000,
+            sessions: 3,
+            rate: 10.0,
+            limit: 200,
+            max_reconnects: 10,
+            sources: loopback(&[10]),
+        }
+    }
+}
+
+/// `[attack.join]`: a fresh user sends `burst` joins of distinct public rooms
+/// back to back, reads the answers, leaves; `rate` such bursts per second.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JoinBurst {
+    pub enabled: bool,
+    pub burst: usize,
+    /// Bursts per second.
+    pub rate: f64,
+    pub max_bursts: usize,
+    pub sources: Vec<IpAddr>,
+}
+
+impl Default for JoinBurst {
+    fn default() -> Self {
+        Self { enabled: true, burst: 200, rate: 1.0, max_bursts: 120, sources: loopback(&[11]) }
+    }
+}
+
+impl Attack {
+    fn validate(&self) -> Result<(), String> {
+        let positive = |what: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!("attack.{what} must be a positive number, got {v}"))
+            }
+        };
+        positive("match_rate", self.match_rate)?;
+        if self.chat_pairs > 0 {
+            positive("chat_rate", self.chat_rate)?;
+        }
+        if !(self.lead_secs >= 0.0 && self.pause_secs >= 0.0 && self.ratio_floor_ms >= 0.0) {
+            return Err("attack: lead_secs, pause_secs, ratio_floor_ms must be ≥ 0".into());
+        }
+        let sources = |what: &str, on: bool, s: &[IpAddr]| {
+            if on && s.is_empty() {
+                Err(format!("attack.{what}.sources must name at least one address"))
+            } else {
+                Ok(())
+            }
+        };
+        for (what, raw) in [("silent", &self.silent), ("half", &self.half)] {
+            sources(what, raw.enabled, &raw.sources)?;
+            if raw.enabled {
+                positive(&format!("{what}.rate"), raw.rate)?;
+            }
+        }
+        sources("languages", self.languages.enabled, &self.languages.sources)?;
+        if self.languages.enabled {
+            positive("languages.rate", self.languages.rate)?;
+            if self.languages.per_session == 0 {
+                return Err("attack.languages.per_session must be at least 1".into());
+            }
+        }
+        sources("block", self.block.enabled, &self.block.sources)?;
+        if self.block.enabled {
+            positive("block.rate", self.block.rate)?;
+        }
+        for (what, r) in [("signal", &self.signal), ("typing", &self.typing)] {
+            sources(what, r.enabled, &r.sources)?;
+            if r.enabled {
+                positive(&format!("{what}.rate"), r.rate)?;
+                if r.senders > r.members {
+                    return Err(format!("attack.{what}: senders ≤ members"));
+                }
+            }
+        }
+        sources("history", self.history.enabled, &self.history.sources)?;
+        if self.history.enabled {
+            positive("history.rate", self.history.rate)?;
+        }
+        sources("join", self.join.enabled, &self.join.sources)?;
+        if self.join.enabled {
+            positive("join.rate", self.join.rate)?;
+        }
+        Ok(())
+    }
+}
+
 /// One scenario file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,6 +616,8 @@ pub struct Scenario {
     pub soak: Option<Soak>,
     #[serde(default)]
     pub failover: Option<Failover>,
+    #[serde(default)]
+    pub attack: Option<Attack>,
     /// `path = { min = .., max = .. }` over `results` of the JSON report.
     #[serde(default)]
     pub thresholds: BTreeMap<String, Bound>,
@@ -495,6 +794,10 @@ impl Scenario {
                     return Err("failover: pairs ≥ 1 and stop_after_secs < duration_secs".into());
                 }
             }
+            Kind::Attack => {
+                let a = self.attack.as_ref().ok_or_else(|| missing("attack"))?;
+                a.validate()?;
+            }
         }
         for (path, bound) in &self.thresholds {
             if bound.min.is_none() && bound.max.is_none() {
@@ -547,6 +850,46 @@ mod tests {
         assert_eq!((storm.rate, storm.hold_ms), (20.0, 250));
         assert_eq!(s.description, "quick");
         assert_eq!(s.urls, vec!["ws://127.0.0.1:9/ws".to_owned()]);
+    }
+
+    #[test]
+    fn the_attack_file_gives_every_attacker_addresses_of_its_own() {
+        let text = include_str!("../../scenarios/attack.toml");
+        for smoke in [false, true] {
+            let s = Scenario::parse(text, smoke, &Overrides::default()).expect("parse");
+            let a = s.attack.expect("[attack]");
+            let all = [
+                &a.silent.sources,
+                &a.half.sources,
+                &a.languages.sources,
+                &a.block.sources,
+                &a.signal.sources,
+                &a.history.sources,
+                &a.join.sources,
+                &a.typing.sources,
+            ];
+            let mut seen = std::collections::HashSet::new();
+            for sources in all {
+                assert!(!sources.is_empty());
+                for ip in sources {
+                    assert!(ip.is_loopback() && *ip != IpAddr::from([127, 0, 0, 1]), "{ip}");
+                    assert!(seen.insert(*ip), "{ip} is shared by two attackers");
+                }
+            }
+            if smoke {
+                // [smoke.attack] tables merge key by key: sources stay.
+                assert_eq!((a.silent.sockets, a.silent.sources.len()), (40, 2));
+                assert_eq!(s.thresholds["ratio.match_p99"].max, Some(1000.0));
+                assert_eq!(s.thresholds["attack.normal_errors"].max, Some(0.0));
+            }
+        }
+        let bad = "name='x'\nkind='attack'\nduration_secs=1\n[attack]\n\
+                   signal={members=2,senders=3}";
+        let err = Scenario::parse(bad, false, &Overrides::default()).expect_err("must fail");
+        assert!(err.contains("senders"), "{err}");
+        let off = "name='x'\nkind='attack'\nduration_secs=1\n[attack]\n\
+                   block={enabled=false,sources=[]}";
+        assert!(Scenario::parse(off, false, &Overrides::default()).is_ok());
     }
 
     #[test]

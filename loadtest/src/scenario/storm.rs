@@ -12,8 +12,9 @@
 //! members were not meant for each other. Correctness: `double_matches` (a user
 //! with two `match_found`, or a room with more than two members) and
 //! `asymmetric_pairs` (A's partner is B but B's is not A, or their rooms differ).
-//! Every worker and run searches in a language of its own, so their users never
-//! meet each other or leftovers of an earlier run.
+//! Every worker and run searches in a language of its own (a private-use
+//! language tag, `qaa-…`), so their users never meet each other or leftovers of
+//! an earlier run.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,9 +25,11 @@ use rendezvous_protocol::ServerFrame;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::net::Dialer;
 use super::{arrivals, failed, progress, Ctx};
 use crate::client::{self, Failure};
 use crate::scenario::report::Report;
+use crate::scenario::spec::Storm;
 use crate::stats;
 
 /// One user's match, as it saw it.
@@ -209,27 +212,37 @@ fn books(
 pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let s = &ctx.scenario;
     let p = s.storm.as_ref().ok_or("no [storm] table")?;
-    let rate = ctx.share.rate(p.rate);
+    load(&ctx.dialer, p, ctx.share.rate(p.rate), s.duration_secs, ctx.deadline).await
+}
+
+/// Arrivals at `rate`/s for `secs`, each searching once in the dialer's own
+/// language (so other runs and workers never meet these users).
+pub async fn load(
+    dialer: &Dialer,
+    p: &Storm,
+    rate: f64,
+    secs: f64,
+    deadline: Instant,
+) -> Result<Report, String> {
     // Even, so that every user of this worker can find a partner.
-    let mut count = (rate * s.duration_secs).ceil() as usize;
+    let mut count = (rate * secs).ceil() as usize;
     count += count % 2;
     let lite = Arc::new(CtxLite {
-        dialer: ctx.dialer.clone(),
-        language: ctx.dialer.tag().to_owned(),
+        dialer: dialer.clone(),
+        language: dialer.language(),
         per_user: p.interests_per_user,
         pool: p.interest_pool,
         common: p.common_interest,
         cross_node: p.cross_node,
         max_wait_ms: p.max_wait_ms,
         hold: Duration::from_millis(p.hold_ms),
-        wait: ctx.dialer.wait(),
+        wait: dialer.wait(),
     });
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let start = Instant::now() + Duration::from_millis(100);
-    let results = arrivals(count, rate, start, ctx.deadline, |i, due| {
-        one(lite.clone(), i, due, seen.clone())
-    })
-    .await;
+    let results =
+        arrivals(count, rate, start, deadline, |i, due| one(lite.clone(), i, due, seen.clone()))
+            .await;
     let window = start.elapsed().as_secs_f64();
     let mut report = Report::default();
     report.count("arrivals", results.len() as u64);
