@@ -118,7 +118,13 @@ fn describe() {
     describe_counter!(m::RATE_LIMITED_TOTAL, "Actions refused by a rate limit, by action");
     describe_counter!(m::ERRORS_TOTAL, "Error frames sent, by code");
     describe_counter!(m::HANDSHAKES_REFUSED_TOTAL, "WebSocket upgrades refused, by reason");
-    describe_gauge!(m::POOL_WAITING_BY_LANGUAGE, "Searches waiting, per language");
+    describe_gauge!(
+        m::POOL_WAITING_BY_LANGUAGE,
+        "Searches waiting, per language (at most --language-series of them, the rest as other)"
+    );
+    describe_gauge!(m::AVOID_PAIRS, "Pairs of users kept apart (blocks, skips), per asking user");
+    // Exported from start-up, before the first block.
+    metrics::gauge!(m::AVOID_PAIRS).increment(0.0);
     describe_histogram!(
         m::DELIVERY_LATENCY_SECONDS,
         Unit::Seconds,
