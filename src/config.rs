@@ -116,12 +116,33 @@ pub struct Cli {
     /// Language assumed for searches that give none [default: en]
     #[arg(long, env = "RENDEZVOUS_DEFAULT_LANGUAGE", help_heading = "Matching")]
     pub default_language: Option<String>,
+    /// Comma-separated language tags a search may name (e.g. en,fr,pt-BR); others get `bad_request`; unset = any well-formed tag
+    #[arg(
+        long,
+        env = "RENDEZVOUS_LANGUAGES",
+        value_delimiter = ',',
+        value_name = "TAGS",
+        help_heading = "Matching"
+    )]
+    pub languages: Option<Vec<String>>,
+    /// Most languages with their own per-language pool metric series; the rest are summed as `other` [default: 50]
+    #[arg(long, env = "RENDEZVOUS_LANGUAGE_SERIES", help_heading = "Matching")]
+    pub language_series: Option<usize>,
     /// Seconds a partner skipped with `next` stays away [default: 300]
     #[arg(long, env = "RENDEZVOUS_SKIP_TTL_SECS", help_heading = "Matching")]
     pub skip_ttl_secs: Option<u64>,
     /// Seconds a `block` keeps two users apart [default: 2592000]
     #[arg(long, env = "RENDEZVOUS_BLOCK_TTL_SECS", help_heading = "Matching")]
     pub block_ttl_secs: Option<u64>,
+    /// Most users one user keeps away at once (blocks and running skips); past it the oldest is forgotten [default: 1000]
+    #[arg(long, env = "RENDEZVOUS_MAX_BLOCKS_PER_USER", help_heading = "Limits")]
+    pub max_blocks_per_user: Option<usize>,
+    /// Byte budget per user per second of block, signal, read, typing, join/leave and history (payload x recipients, pages returned) [default: 262144]
+    #[arg(long, env = "RENDEZVOUS_ACTION_BYTES_PER_SECOND", help_heading = "Limits")]
+    pub action_bytes_per_second: Option<u64>,
+    /// Burst of that byte budget per user [default: 1048576]
+    #[arg(long, env = "RENDEZVOUS_ACTION_BYTES_BURST", help_heading = "Limits")]
+    pub action_bytes_burst: Option<u64>,
     /// `find_match`/`next` per user per minute [default: 10]
     #[arg(long, env = "RENDEZVOUS_FIND_MATCH_PER_MINUTE", help_heading = "Limits")]
     pub find_match_per_minute: Option<u32>,
@@ -179,6 +200,12 @@ pub struct Cli {
     /// Most members of one public room [default: 1000]
     #[arg(long, env = "RENDEZVOUS_MAX_PUBLIC_ROOM_MEMBERS", help_heading = "Limits")]
     pub max_public_room_members: Option<usize>,
+    /// Largest room where a `signal` without `to` goes to every member [default: 8]
+    #[arg(long, env = "RENDEZVOUS_MAX_SIGNAL_BROADCAST_MEMBERS", help_heading = "Limits")]
+    pub max_signal_broadcast_members: Option<usize>,
+    /// Most public rooms open on this node; a join that would open one more gets `too_large` [default: 10000]
+    #[arg(long, env = "RENDEZVOUS_MAX_PUBLIC_ROOMS", help_heading = "Limits")]
+    pub max_public_rooms: Option<usize>,
     /// Comma-separated Origins allowed to open /ws (e.g. https://chat.example.com); unset = any
     #[arg(
         long,
@@ -360,8 +387,13 @@ impl Config {
             search_timeout_ms,
             match_tick_ms,
             default_language,
+            languages,
+            language_series,
             skip_ttl_secs,
             block_ttl_secs,
+            max_blocks_per_user,
+            action_bytes_per_second,
+            action_bytes_burst,
             find_match_per_minute,
             send_per_second,
             send_burst,
@@ -381,7 +413,9 @@ impl Config {
             max_sessions,
             max_sessions_per_ip,
             max_rooms_per_user,
-            max_public_room_members
+            max_public_room_members,
+            max_signal_broadcast_members,
+            max_public_rooms
         );
         c.allowed_origins = cli.allowed_origins.or(file.allowed_origins).unwrap_or_default();
         if let Some(Ladder(steps)) = cli.ladder {
@@ -490,6 +524,40 @@ mod tests {
         assert_eq!(c.engine.send_burst, 7);
         assert_eq!(c.engine.history_len, 11);
         assert!(c.anonymous_allowed(), "loopback without a secret");
+    }
+
+    #[test]
+    fn bounds_flags_reach_the_engine() {
+        let cli = Cli::try_parse_from([
+            "rendezvous",
+            "--languages",
+            "en,fr,pt-BR",
+            "--language-series",
+            "7",
+            "--max-blocks-per-user",
+            "10",
+            "--action-bytes-per-second",
+            "1000",
+            "--action-bytes-burst",
+            "5000",
+            "--max-signal-broadcast-members",
+            "4",
+            "--max-public-rooms",
+            "3",
+        ])
+        .expect("flags parse");
+        let e = Config::load(cli).expect("valid").engine;
+        assert_eq!(e.languages, ["en", "fr", "pt-BR"]);
+        assert_eq!(
+            (e.language_series, e.max_blocks_per_user, e.max_signal_broadcast_members),
+            (7, 10, 4)
+        );
+        assert_eq!(
+            (e.action_bytes_per_second, e.action_bytes_burst, e.max_public_rooms),
+            (1000, 5000, 3)
+        );
+        let cli = Cli::try_parse_from(["rendezvous", "--languages", "fr,de"]).expect("parse");
+        assert!(Config::load(cli).is_err(), "the default language `en` is not in the list");
     }
 
     #[test]

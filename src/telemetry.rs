@@ -135,7 +135,13 @@ fn describe() {
     for phase in [crate::front::Phase::Handshake, crate::front::Phase::Idle] {
         metrics::counter!(m::CONNECTIONS_TIMED_OUT_TOTAL, "phase" => phase.as_str()).absolute(0);
     }
-    describe_gauge!(m::POOL_WAITING_BY_LANGUAGE, "Searches waiting, per language");
+    describe_gauge!(
+        m::POOL_WAITING_BY_LANGUAGE,
+        "Searches waiting, per language (at most --language-series of them, the rest as other)"
+    );
+    describe_gauge!(m::AVOID_PAIRS, "Pairs of users kept apart (blocks, skips), per asking user");
+    // Exported from start-up, before the first block.
+    metrics::gauge!(m::AVOID_PAIRS).increment(0.0);
     describe_histogram!(
         m::DELIVERY_LATENCY_SECONDS,
         Unit::Seconds,

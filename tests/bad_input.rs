@@ -841,6 +841,8 @@ async fn slow_consumer_scenario(outbound_queue: usize, write_timeout_ms: u64) {
     config.engine.frames_burst = 100_000;
     config.engine.reconnect_grace_ms = 30_000;
     config.engine.history_len = 10_000;
+    // 16 KB messages: the byte bound of the ring must hold the gap too.
+    config.engine.history_bytes = 1 << 30;
     let server = TestServer::start(config);
     let mut a = server.client("alice").await;
     let mut slow = connect_small_rcvbuf(&server, "slowpoke").await;

@@ -38,10 +38,20 @@ pub struct EngineConfig {
     pub ladder: Vec<LadderStep>,
     /// Language assumed for a `find_match` without `language` ("" = its own bucket).
     pub default_language: String,
+    /// Languages a `find_match` may name (tags, case-insensitive); empty = any
+    /// well-formed tag. Others get `bad_request` naming these.
+    pub languages: Vec<String>,
+    /// Most languages with their own `rendezvous_pool_waiting_by_language` series;
+    /// the rest are summed under `other`. Admitted first come and kept (the exporter
+    /// cannot delete a series).
+    pub language_series: usize,
     /// How long a partner skipped with `next` is kept away (s).
     pub skip_ttl_secs: u64,
     /// How long a `block` keeps two users apart (s); outlives the session.
     pub block_ttl_secs: u64,
+    /// Most users one user may keep away at once (blocks, and skips still running);
+    /// past it the oldest is forgotten.
+    pub max_blocks_per_user: usize,
     /// Seat kept in rooms after a connection drops, for reconnects (ms).
     pub reconnect_grace_ms: u64,
     /// How long an empty public room lingers before it is forgotten (ms).
@@ -75,6 +85,12 @@ pub struct EngineConfig {
     pub frames_per_second: u32,
     /// Burst of all frames from one session.
     pub frames_burst: u32,
+    /// Sustained byte budget per user of `block`, `signal`, `read`, `typing`,
+    /// `join`/`leave` and `history`: what they make the node copy (payload times
+    /// recipients, pages returned) or keep, per second.
+    pub action_bytes_per_second: u64,
+    /// Burst of that byte budget per user.
+    pub action_bytes_burst: u64,
     /// Rate-limit refusals within 10 s after which the session is closed with 4008.
     pub flood_strikes: u32,
     /// Frames queued for one client before it counts as a slow consumer. Must absorb a
@@ -106,6 +122,11 @@ pub struct EngineConfig {
     pub max_rooms_per_user: usize,
     /// Most members of one public room.
     pub max_public_room_members: usize,
+    /// Largest room in which a `signal` without `to` is sent to every member.
+    pub max_signal_broadcast_members: usize,
+    /// Most public rooms open on this node; joining a new one past it is refused
+    /// (`too_large`), joining an open one still works.
+    pub max_public_rooms: usize,
 }
 
 impl Default for EngineConfig {
@@ -123,8 +144,11 @@ impl Default for EngineConfig {
                 LadderStep { after_ms: 8_000, same_region: false, min_shared: 0 },
             ],
             default_language: "en".into(),
+            languages: Vec::new(),
+            language_series: 50,
             skip_ttl_secs: 300,
             block_ttl_secs: 30 * 24 * 3600,
+            max_blocks_per_user: 1_000,
             reconnect_grace_ms: 30_000,
             empty_room_grace_ms: 30_000,
             history_len: 1_000,
@@ -141,6 +165,8 @@ impl Default for EngineConfig {
             send_burst: 40,
             frames_per_second: 100,
             frames_burst: 200,
+            action_bytes_per_second: 256 * 1024,
+            action_bytes_burst: 1 << 20,
             flood_strikes: 50,
             outbound_queue: 1_024,
             outbound_queue_bytes: 1 << 20,
@@ -153,6 +179,8 @@ impl Default for EngineConfig {
             max_sessions_per_ip: 0,
             max_rooms_per_user: 20,
             max_public_room_members: 1_000,
+            max_signal_broadcast_members: 8,
+            max_public_rooms: 10_000,
         }
     }
 }
@@ -181,7 +209,7 @@ impl EngineConfig {
         if self.ladder.windows(2).any(|w| w[0].after_ms >= w[1].after_ms) {
             return Err(bad("ladder", "steps must be sorted by strictly increasing after_ms"));
         }
-        let positive: [(&'static str, u64); 13] = [
+        let positive: [(&'static str, u64); 17] = [
             ("search_timeout_ms", self.search_timeout_ms),
             ("match_tick_ms", self.match_tick_ms),
             ("history_len", self.history_len as u64),
@@ -195,6 +223,10 @@ impl EngineConfig {
             ("outbound_queue", self.outbound_queue as u64),
             ("heartbeat_interval_ms", self.heartbeat_interval_ms),
             ("write_timeout_ms", self.write_timeout_ms),
+            ("max_blocks_per_user", self.max_blocks_per_user as u64),
+            ("action_bytes_per_second", self.action_bytes_per_second),
+            ("action_bytes_burst", self.action_bytes_burst),
+            ("max_public_rooms", self.max_public_rooms as u64),
         ];
         for (field, v) in positive {
             if v == 0 {
@@ -206,6 +238,24 @@ impl EngineConfig {
         }
         if self.client_timeout_ms <= self.heartbeat_interval_ms {
             return Err(bad("client_timeout_ms", "must exceed heartbeat_interval_ms"));
+        }
+        for lang in &self.languages {
+            if crate::language::parse_tag(lang).is_none() {
+                return Err(bad(
+                    "languages",
+                    format!("`{lang}` is not a language tag (en, pt-BR)"),
+                ));
+            }
+        }
+        if !self.default_language.is_empty()
+            && crate::language::parse_tag(&self.default_language).is_none()
+        {
+            return Err(bad("default_language", "must be a language tag (en, pt-BR) or empty"));
+        }
+        if !self.languages.is_empty()
+            && !self.languages.iter().any(|l| l.eq_ignore_ascii_case(&self.default_language))
+        {
+            return Err(bad("default_language", "must be one of `languages`"));
         }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return Err(bad("node_id", "must be 1 to 64 characters"));
@@ -265,5 +315,20 @@ mod tests {
         assert_eq!(c.validate().expect_err("unsorted").field, "ladder");
         c.ladder.clear();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn languages_must_be_tags_and_include_the_default() {
+        let mut c =
+            EngineConfig { languages: vec!["en".into(), "pt-BR".into()], ..Default::default() };
+        c.validate().expect("valid allow-list");
+        c.default_language = "fr".into();
+        assert_eq!(c.validate().expect_err("default outside").field, "default_language");
+        c.default_language = "EN".into();
+        c.validate().expect("compared case-insensitively");
+        c.languages.push("english".into());
+        assert_eq!(c.validate().expect_err("not a tag").field, "languages");
+        let c = EngineConfig { default_language: "en_US".into(), ..Default::default() };
+        assert_eq!(c.validate().expect_err("not a tag").field, "default_language");
     }
 }

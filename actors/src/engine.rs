@@ -31,8 +31,19 @@ pub struct Shared {
     pub memberships: DashMap<UserId, Vec<RoomId>>,
     /// room → its actor; a room removes itself when it closes.
     pub rooms: DashMap<RoomId, Addr<RoomActor>>,
-    /// Skips (`next`) and blocks.
+    /// Skips (`next`) and blocks, capped per user.
     pub avoid: AvoidList,
+    /// Languages with their own per-language pool series (one set for all shards).
+    pub language_series: crate::language::LanguageSeries,
+    /// Public rooms open on this node (replicas included), against
+    /// `max_public_rooms`. Raised by the supervisor when it opens one (so the check
+    /// and the raise are one step in one actor) and by `open_replica`, lowered when
+    /// the room forgets itself.
+    pub public_rooms: AtomicUsize,
+    /// Each user's byte budget of actions ([`crate::budget`]), shared by their
+    /// sessions and charged by rooms after the fact; swept like `send_limits`, but
+    /// one still in debt is kept (a reconnect does not clear it).
+    budgets: DashMap<UserId, crate::budget::Budget>,
     /// Open sessions per client IP address (the per-IP cap).
     pub per_ip: DashMap<std::net::IpAddr, usize>,
     /// Each user's last search criteria, so `next` works on a new connection too
@@ -101,6 +112,39 @@ impl Shared {
                 Arc::new(RateLimiter::direct_with_clock(self.send_quota, self.clock.clone()))
             })
             .clone()
+    }
+
+    /// The action byte budget of `user`, shared by their sessions.
+    pub fn budget(&self, user: &UserId) -> crate::budget::Budget {
+        self.budgets
+            .entry(user.clone())
+            .or_insert_with(|| {
+                crate::budget::Budget::new(
+                    self.config.action_bytes_per_second,
+                    self.config.action_bytes_burst,
+                )
+            })
+            .clone()
+    }
+
+    /// Take a seat for `user` in `room` before the join reaches the room, so that
+    /// a burst of joins cannot all pass the count: checked and recorded under the
+    /// user's map entry in one step. Ok when reserved (or already held); Err with
+    /// the rooms held when `max` are. The room keeps the seat when it seats the
+    /// user and gives it back ([`Self::remove_membership`]) when it refuses.
+    pub fn reserve_room(&self, user: &UserId, room: &RoomId, max: usize) -> Result<(), usize> {
+        let mut rooms = self.memberships.entry(user.clone()).or_default();
+        if rooms.contains(room) {
+            return Ok(());
+        }
+        if rooms.len() >= max {
+            let held = rooms.len();
+            drop(rooms);
+            self.memberships.remove_if(user, |_, rooms| rooms.is_empty());
+            return Err(held);
+        }
+        rooms.push(room.clone());
+        Ok(())
     }
 
     pub fn add_membership(&self, user: &UserId, room: &RoomId) {
@@ -210,7 +254,15 @@ impl Engine {
             registry: Registry::default(),
             memberships: DashMap::new(),
             rooms: DashMap::new(),
-            avoid: AvoidList::default(),
+            avoid: AvoidList::new(config.max_blocks_per_user),
+            language_series: crate::language::LanguageSeries::new(
+                config.language_series,
+                std::iter::once(config.default_language.as_str())
+                    .filter(|l| !l.is_empty())
+                    .chain(config.languages.iter().map(String::as_str)),
+            ),
+            public_rooms: AtomicUsize::new(0),
+            budgets: DashMap::new(),
             last_search: DashMap::new(),
             per_ip: DashMap::new(),
             bridge,
@@ -260,8 +312,10 @@ impl Engine {
                 });
                 shared.find_match_limiter.retain_recent();
                 shared.send_limits.retain(|_, bucket| Arc::strong_count(bucket) > 1);
+                shared.budgets.retain(|_, budget| budget.in_use());
                 shared.find_match_limiter.shrink_to_fit();
                 shared.send_limits.shrink_to_fit();
+                shared.budgets.shrink_to_fit();
             }
         });
         let engine = self.clone();

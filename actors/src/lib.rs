@@ -27,14 +27,19 @@
 //! * [`rooms`]: supervisor, room actor, [`rooms::room`] the pure room state.
 //! * [`outbox`]: bounded outbound queue and the socket writer.
 //! * [`engine`]: shared state and start-up.
+//! * [`budget`]: the per-user byte budget of actions (pure core + shared handle).
+//! * [`language`]: language tags and the bounded set of per-language series.
+//! * [`avoid`]: skipped and blocked pairs, capped per user.
 
 pub mod avoid;
 pub mod bridge;
+pub mod budget;
 pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod language;
 pub mod matching;
 pub mod metrics;
 pub mod outbox;

@@ -66,6 +66,8 @@ pub const BRIDGE_NODES_LOST_TOTAL: &str = "rendezvous_bridge_nodes_lost_total";
 /// Counter: gaps in a room's `seq` seen by a replica (filled from the stream).
 pub const BRIDGE_SEQ_GAPS_TOTAL: &str = "rendezvous_bridge_seq_gaps_total";
 /// Gauge: searches waiting per language (label `language`), this node's own and replicas.
+/// At most `language_series` languages get their own series (first come, kept:
+/// the exporter cannot delete one); the rest are summed under `language="other"`.
 pub const POOL_WAITING_BY_LANGUAGE: &str = "rendezvous_pool_waiting_by_language";
 /// Histogram: seconds from a message's acceptance (`ts`) to its fan-out on this node.
 pub const DELIVERY_LATENCY_SECONDS: &str = "rendezvous_delivery_latency_seconds";
@@ -75,6 +77,9 @@ pub const MESSAGES_DELIVERED_TOTAL: &str = "rendezvous_messages_delivered_total"
 pub const OUTBOUND_QUEUED_FRAMES: &str = "rendezvous_outbound_queued_frames";
 /// Gauge: the fullest client outbound queue, in frames (sampled every 5 s).
 pub const OUTBOUND_QUEUE_MAX_FRAMES: &str = "rendezvous_outbound_queue_max_frames";
+/// Gauge: pairs of users kept apart (blocks and running skips), each counted once
+/// per user who asked; at most `max_blocks_per_user` per user.
+pub const AVOID_PAIRS: &str = "rendezvous_avoid_pairs";
 /// Gauge: seconds a probe waited in an actor's mailbox, label `actor` (shard-N, rooms).
 pub const ACTOR_MAILBOX_DELAY_SECONDS: &str = "rendezvous_actor_mailbox_delay_seconds";
 

@@ -30,6 +30,7 @@ use crate::bridge::{ClaimMember, ClaimOutcome, SearchAd, Ticket};
 use crate::clock;
 use crate::engine::Shared;
 use crate::ids::{random_id, Interest, RoomId, UserId};
+use crate::language::OTHER as OTHER_LANGUAGES;
 use crate::metrics as m;
 use crate::rooms::messages::{CreateMatchRoom, MatchedMember, OfferConfirmation};
 use crate::rooms::RoomSupervisor;
@@ -107,6 +108,9 @@ pub struct MatchShard {
     settled_early: VecDeque<(Arc<str>, u64)>,
     /// Languages last reported in the per-language gauge (to zero emptied ones).
     languages: Vec<Arc<str>>,
+    /// This shard's part of the `other` language series (searches in languages
+    /// without their own series, see [`crate::language::LanguageSeries`]).
+    other_waiting: usize,
     /// Local tickets an offer named before their search reached this shard.
     overtaken: VecDeque<Ticket>,
     /// When offers made here give up on their member nodes.
@@ -137,6 +141,7 @@ impl MatchShard {
             parked: HashMap::new(),
             settled_early: VecDeque::new(),
             languages: Vec::new(),
+            other_waiting: 0,
             overtaken: VecDeque::new(),
             offer_timeouts: Timeouts::new(OFFER_TIMEOUT),
             held_timeouts: Timeouts::new(HELD_TIMEOUT),
@@ -172,17 +177,32 @@ impl MatchShard {
     fn report_size(&mut self) {
         metrics::gauge!(m::POOL_WAITING, "shard" => self.label.clone()).set(self.pool.len() as f64);
         let sizes = self.pool.sizes_by_language();
+        let langs: Vec<&Arc<str>> = sizes.iter().map(|(l, _)| l).collect();
+        let own = self.shared.language_series.admit(&langs);
+        let mut other = 0usize;
+        let mut reported = Vec::with_capacity(sizes.len());
+        for ((lang, n), own) in sizes.iter().zip(own) {
+            if own {
+                metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => lang.to_string())
+                    .set(*n as f64);
+                reported.push(lang.clone());
+            } else {
+                other += n;
+            }
+        }
         for lang in &self.languages {
-            if !sizes.iter().any(|(l, _)| l == lang) {
+            if !reported.contains(lang) {
                 metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => lang.to_string())
                     .set(0.0);
             }
         }
-        self.languages.clear();
-        for (lang, n) in sizes {
-            metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => lang.to_string())
-                .set(n as f64);
-            self.languages.push(lang);
+        self.languages = reported;
+        // `other` sums every shard's unadmitted languages: each moves it by its own
+        // change, so the shards never overwrite one another.
+        if other != self.other_waiting {
+            let g = metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => OTHER_LANGUAGES);
+            g.increment(other as f64 - self.other_waiting as f64);
+            self.other_waiting = other;
         }
     }
 
@@ -588,6 +608,14 @@ impl Actor for MatchShard {
         let every = Duration::from_millis(self.shared.config.match_tick_ms);
         ctx.run_interval(every, |act, ctx| act.tick(ctx));
         ctx.run_interval(TIMEOUT_SWEEP, |act, ctx| act.sweep_timeouts(ctx));
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // The `other` series is moved by deltas: take this shard's part back out.
+        if self.other_waiting > 0 {
+            metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => OTHER_LANGUAGES)
+                .decrement(self.other_waiting as f64);
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use super::messages::*;
 use super::room::{RoomKind, RoomState};
 use crate::bridge::events::{MemberStatus, RoomEv};
 use crate::bridge::{RoomSeed, StoredKind};
+use crate::budget::Budget;
 use crate::clock::now_ms;
 use crate::engine::Shared;
 use crate::ids::{random_id, UserId};
@@ -281,10 +282,11 @@ impl Handler<RelayEvent> for RoomActor {
             return;
         }
         let user_id = msg.user.to_string();
-        let ev = match msg.event {
-            Relay::Typing { active } => RoomEv::Typing { user: user_id, active },
+        let others = self.state.members.len().saturating_sub(1);
+        let (ev, recipients) = match msg.event {
+            Relay::Typing { active } => (RoomEv::Typing { user: user_id, active }, others),
             Relay::Read { seq } => {
-                RoomEv::Read { user: user_id, seq: seq.min(self.state.last_seq) }
+                (RoomEv::Read { user: user_id, seq: seq.min(self.state.last_seq) }, others)
             }
             Relay::Signal { payload, to } => {
                 if let Some(to) = &to {
@@ -296,10 +298,26 @@ impl Handler<RelayEvent> for RoomActor {
                         );
                     }
                 }
-                RoomEv::Signal { from: user_id, to: to.map(|t| t.to_string()), payload }
+                let max = self.shared.config.max_signal_broadcast_members;
+                if to.is_none() && self.state.members.len() > max {
+                    return error(
+                        &msg.reply,
+                        ErrorCode::BadRequest,
+                        format!(
+                            "room {} has {} members: a signal without `to` goes only to rooms \
+                             of at most {max}; name its recipient with `to`",
+                            self.state.id,
+                            self.state.members.len()
+                        ),
+                    );
+                }
+                let n = if to.is_some() { 1 } else { others };
+                (RoomEv::Signal { from: user_id, to: to.map(|t| t.to_string()), payload }, n)
             }
         };
-        self.deliver_relay(&ev);
+        let frame_bytes = self.deliver_relay(&ev);
+        // The session charged one recipient; the rest of the fan-out is charged here.
+        msg.budget.charge((frame_bytes as u64) * recipients.saturating_sub(1) as u64);
         if self.clustered && self.has_remote_members() {
             self.shared.bridge.room_event(&self.state.id, ev);
         }
@@ -319,12 +337,12 @@ impl Handler<FetchHistory> for RoomActor {
         let covered = self.state.last_seq == msg.after_seq
             || local.first().is_some_and(|m| m.seq == msg.after_seq + 1);
         if !self.clustered || covered {
-            return self.send_history(&msg.reply, local);
+            return self.send_history(&msg.reply, local, &msg.budget);
         }
         let fut = self.shared.bridge.room_history(&self.state.id, msg.after_seq, msg.limit);
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
-            Ok(stored) => act.send_history(&msg.reply, stored),
-            Err(_) => act.send_history(&msg.reply, local),
+            Ok(stored) => act.send_history(&msg.reply, stored, &msg.budget),
+            Err(_) => act.send_history(&msg.reply, local, &msg.budget),
         }));
     }
 }
@@ -395,6 +413,9 @@ impl Handler<LeaveRoom> for RoomActor {
                 Class::Essential,
             );
         }
+        // Everyone left behind is told (presence `left`).
+        let told = self.state.members.len().saturating_sub(1) as u64;
+        msg.budget.charge(told * crate::budget::cost::FRAME);
         self.leave_everywhere(&msg.user, None);
         self.remove_member(&msg.user, ctx);
     }
@@ -594,12 +615,13 @@ impl RoomActor {
         self.state.members.iter().any(|mb| mb.node.is_some())
     }
 
-    fn send_history(&self, reply: &Outbox, messages: Vec<ChatMessage>) {
+    /// Answer a `history` request and charge its bytes to the requester's budget
+    /// (after the fact: the page's size is known only now).
+    fn send_history(&self, reply: &Outbox, messages: Vec<ChatMessage>, budget: &Budget) {
         let messages = messages.into_iter().map(HistoryItem::Message).collect();
-        reply.push_frame(
-            &ServerFrame::History { room_id: self.state.id.to_string(), messages },
-            Class::Essential,
-        );
+        let json = ServerFrame::History { room_id: self.state.id.to_string(), messages }.to_json();
+        budget.charge(json.len() as u64);
+        reply.push(Utf8Bytes::from(json), Class::Essential);
     }
 
     fn seat_joiner(&mut self, j: JoinPublicRoom) {
@@ -609,39 +631,41 @@ impl RoomActor {
                 // The store seated them already; take the seat back.
                 self.leave_everywhere(&j.user, None);
             }
-            return error(
-                &j.outbox,
-                ErrorCode::TooLarge,
-                format!("room {} is full ({max} members)", self.state.id),
-            );
+            let message = format!("room {} is full ({max} members)", self.state.id);
+            return super::refuse_join(&self.shared, &j, message);
         }
         let new = self.state.seat(j.user.clone(), j.session_id, Some(j.outbox.clone()));
         if new {
+            // Usually reserved by the session already (then this changes nothing).
             self.shared.add_membership(&j.user, &self.state.id);
         }
-        j.outbox.push_frame(
-            &ServerFrame::Joined {
-                room_id: self.state.id.to_string(),
-                members: self.state.member_ids(),
-            },
-            Class::Essential,
-        );
+        let joined = ServerFrame::Joined {
+            room_id: self.state.id.to_string(),
+            members: self.state.member_ids(),
+        }
+        .to_json();
+        let mut cost = joined.len() as u64;
+        j.outbox.push(Utf8Bytes::from(joined), Class::Essential);
         if new {
             self.presence(&j.user, PresenceStatus::Online);
+            let told = self.state.members.len().saturating_sub(1) as u64;
+            cost += told * crate::budget::cost::FRAME;
         }
+        j.budget.charge(cost);
     }
 
-    /// Deliver a typing, read or signal event to the members of this node.
-    fn deliver_relay(&self, ev: &RoomEv) {
+    /// Deliver a typing, read or signal event to the members of this node; returns
+    /// the size of the frame (bytes per recipient).
+    fn deliver_relay(&self, ev: &RoomEv) -> usize {
         let room_id = self.state.id.to_string();
         match ev {
             RoomEv::Typing { user, active } => {
                 let f = ServerFrame::Typing { room_id, user_id: user.clone(), active: *active };
-                self.fan_out(&f, Some(&UserId::from(user.as_str())), Class::Droppable);
+                self.fan_out(&f, Some(&UserId::from(user.as_str())), Class::Droppable)
             }
             RoomEv::Read { user, seq } => {
                 let f = ServerFrame::Read { room_id, user_id: user.clone(), seq: *seq };
-                self.fan_out(&f, Some(&UserId::from(user.as_str())), Class::Essential);
+                self.fan_out(&f, Some(&UserId::from(user.as_str())), Class::Essential)
             }
             RoomEv::Signal { from, to, payload } => {
                 let f =
@@ -649,17 +673,20 @@ impl RoomActor {
                 match to {
                     None => self.fan_out(&f, Some(&UserId::from(from.as_str())), Class::Essential),
                     Some(to) => {
+                        let bytes = Utf8Bytes::from(f.to_json());
+                        let len = bytes.len();
                         if let Some(out) = self
                             .state
                             .member(&UserId::from(to.as_str()))
                             .and_then(|mb| mb.outbox.as_ref())
                         {
-                            out.push_frame(&f, Class::Essential);
+                            out.push(bytes, Class::Essential);
                         }
+                        len
                     }
                 }
             }
-            _ => {}
+            _ => 0,
         }
     }
 
@@ -726,9 +753,13 @@ impl RoomActor {
         self.shared.hot.delivery_latency.record(age_ms as f64 / 1_000.0);
     }
 
-    /// Serialize once, queue the same bytes for every online member but `except`.
-    fn fan_out(&self, frame: &ServerFrame, except: Option<&UserId>, class: Class) {
-        self.fan_out_bytes(Utf8Bytes::from(frame.to_json()), except, class);
+    /// Serialize once, queue the same bytes for every online member but `except`;
+    /// returns the frame's size in bytes.
+    fn fan_out(&self, frame: &ServerFrame, except: Option<&UserId>, class: Class) -> usize {
+        let bytes = Utf8Bytes::from(frame.to_json());
+        let len = bytes.len();
+        self.fan_out_bytes(bytes, except, class);
+        len
     }
 
     /// Queue the same serialized frame for every online member but `except`;
@@ -849,6 +880,9 @@ impl RoomActor {
             return;
         }
         self.closed = true;
+        if self.state.kind == RoomKind::Public {
+            self.shared.public_rooms.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         for member in std::mem::take(&mut self.state.members) {
             if member.node.is_none() {
                 self.shared.remove_membership(&member.user, &self.state.id);

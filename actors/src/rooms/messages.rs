@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::bridge::events::RoomEv;
 use crate::bridge::Ticket;
+use crate::budget::Budget;
 use crate::ids::{Interest, RoomId, UserId};
 use crate::outbox::Outbox;
 use crate::session::messages::SessionEvent;
@@ -55,6 +56,8 @@ pub struct JoinPublicRoom {
     pub user: UserId,
     pub session_id: u64,
     pub outbox: Outbox,
+    /// The joiner's byte budget, charged for the members told of the join.
+    pub budget: Budget,
 }
 
 // ---- RoomActor ----
@@ -84,6 +87,9 @@ pub struct RelayEvent {
     pub user: UserId,
     pub event: Relay,
     pub reply: Outbox,
+    /// The sender's byte budget; the session charged one recipient, the room
+    /// charges the rest of the fan-out.
+    pub budget: Budget,
 }
 
 /// Session → Room: send `history` after `after_seq`.
@@ -94,6 +100,8 @@ pub struct FetchHistory {
     pub after_seq: u64,
     pub limit: usize,
     pub reply: Outbox,
+    /// The requester's byte budget, charged the bytes of the page returned.
+    pub budget: Budget,
 }
 
 /// RoomSupervisor → Room: add a member to a public room.
@@ -121,6 +129,8 @@ pub struct LeaveRoom {
     pub user: UserId,
     pub reason: LeaveReason,
     pub reply: Outbox,
+    /// The leaver's byte budget, charged for the members told.
+    pub budget: Budget,
 }
 
 /// Session → Room: the user is connected again (new session); deliver to `outbox`.

@@ -18,6 +18,7 @@ pub mod actor;
 pub mod messages;
 pub mod room;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::{Actor, Addr, ArbiterHandle, Context, Handler};
@@ -89,8 +90,7 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
         let room_id = msg.room_id;
         let clustered = self.shared.bridge.clustered();
         let me: Arc<str> = Arc::from(self.shared.bridge.node_id());
-        let mut state =
-            RoomState::new(room_id.clone(), RoomKind::Match, self.shared.config.history_len);
+        let mut state = new_state(&self.shared, room_id.clone(), RoomKind::Match);
         for member in &msg.members {
             let outbox = self
                 .shared
@@ -183,7 +183,11 @@ pub fn open_replica(
                 StoredKind::Match => RoomKind::Match,
                 StoredKind::Public => RoomKind::Public,
             };
-            let mut state = RoomState::new(room_id.clone(), kind, shared.config.history_len);
+            let mut state = new_state(shared, room_id.clone(), kind);
+            if kind == RoomKind::Public {
+                // Counted, never refused: the room exists in the cluster already.
+                shared.public_rooms.fetch_add(1, Ordering::Relaxed);
+            }
             state.last_seq = snapshot.last_seq;
             for (user, node) in &snapshot.members {
                 if &**node == me {
@@ -218,11 +222,21 @@ impl Handler<JoinPublicRoom> for RoomSupervisor {
         match self.shared.rooms.entry(msg.room_id.clone()) {
             MapEntry::Occupied(e) => e.get().do_send(JoinRoom { join: msg }),
             MapEntry::Vacant(v) => {
-                let state = RoomState::new(
-                    msg.room_id.clone(),
-                    RoomKind::Public,
-                    self.shared.config.history_len,
-                );
+                // Checked and counted here, in the one actor that opens public rooms.
+                let max = self.shared.config.max_public_rooms;
+                if self.shared.public_rooms.load(Ordering::Relaxed) >= max {
+                    drop(v);
+                    return refuse_join(
+                        &self.shared,
+                        &msg,
+                        format!(
+                            "this server holds its most public rooms ({max}); join an open \
+                             one or try later"
+                        ),
+                    );
+                }
+                self.shared.public_rooms.fetch_add(1, Ordering::Relaxed);
+                let state = new_state(&self.shared, msg.room_id.clone(), RoomKind::Public);
                 // A cluster replica learns the room's `seq` from its first join.
                 let clustered = self.shared.bridge.clustered();
                 // Beside its first member; later joiners land where they land.
@@ -233,6 +247,27 @@ impl Handler<JoinPublicRoom> for RoomSupervisor {
             }
         }
     }
+}
+
+/// A fresh room's state with the configured history bounds.
+fn new_state(shared: &Shared, id: RoomId, kind: RoomKind) -> RoomState {
+    RoomState::new(id, kind, shared.config.history_len, shared.config.history_bytes)
+}
+
+/// Answer a refused join with `too_large` and give back the seat the session
+/// reserved for it ([`Shared::reserve_room`]).
+pub fn refuse_join(shared: &Shared, join: &JoinPublicRoom, message: String) {
+    shared.remove_membership(&join.user, &join.room_id);
+    metrics::counter!(m::ERRORS_TOTAL, "code" => "too_large").increment(1);
+    join.outbox.push_frame(
+        &ServerFrame::Error {
+            code: rendezvous_protocol::ErrorCode::TooLarge,
+            message,
+            retry_after_ms: None,
+            action: Some("join".into()),
+        },
+        Class::Essential,
+    );
 }
 
 /// Tell one outbox about a closed room it still thought it was in.

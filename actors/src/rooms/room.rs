@@ -41,11 +41,46 @@ pub struct RoomState {
     pub last_seq: u64,
     history: VecDeque<Arc<ChatMessage>>,
     history_cap: usize,
+    /// Most bytes of text the ring holds (`history_bytes`); the oldest drop out
+    /// first, but the newest message always stays.
+    history_bytes_cap: usize,
+    /// Bytes of text in the ring now.
+    history_bytes: usize,
 }
 
 impl RoomState {
-    pub fn new(id: RoomId, kind: RoomKind, history_cap: usize) -> Self {
-        Self { id, kind, members: Vec::new(), last_seq: 0, history: VecDeque::new(), history_cap }
+    /// An empty room keeping at most `history_cap` messages and `history_bytes`
+    /// bytes of their text.
+    pub fn new(id: RoomId, kind: RoomKind, history_cap: usize, history_bytes: usize) -> Self {
+        Self {
+            id,
+            kind,
+            members: Vec::new(),
+            last_seq: 0,
+            history: VecDeque::new(),
+            history_cap,
+            history_bytes_cap: history_bytes,
+            history_bytes: 0,
+        }
+    }
+
+    /// Push onto the ring, dropping the oldest messages past either bound.
+    fn keep(&mut self, msg: Arc<ChatMessage>) {
+        self.history_bytes += msg.text.len();
+        self.history.push_back(msg);
+        while self.history.len() > 1
+            && (self.history.len() > self.history_cap
+                || self.history_bytes > self.history_bytes_cap)
+        {
+            if let Some(old) = self.history.pop_front() {
+                self.history_bytes -= old.text.len();
+            }
+        }
+    }
+
+    /// Bytes of message text held in the ring.
+    pub fn history_text_bytes(&self) -> usize {
+        self.history_bytes
     }
 
     pub fn member(&self, user: &UserId) -> Option<&Member> {
@@ -103,10 +138,7 @@ impl RoomState {
     pub fn push_stored(&mut self, msg: ChatMessage) -> Arc<ChatMessage> {
         self.last_seq = msg.seq;
         let msg = Arc::new(msg);
-        if self.history.len() == self.history_cap {
-            self.history.pop_front();
-        }
-        self.history.push_back(msg.clone());
+        self.keep(msg.clone());
         msg
     }
 
@@ -139,10 +171,7 @@ impl RoomState {
             text,
             ts,
         });
-        if self.history.len() == self.history_cap {
-            self.history.pop_front();
-        }
-        self.history.push_back(msg.clone());
+        self.keep(msg.clone());
         msg
     }
 
@@ -168,7 +197,7 @@ mod tests {
 
     #[test]
     fn seq_is_gap_free_and_history_is_a_ring() {
-        let mut r = RoomState::new(RoomId::from("r1"), RoomKind::Match, 3);
+        let mut r = RoomState::new(RoomId::from("r1"), RoomKind::Match, 3, 1 << 20);
         let u = UserId::from("u");
         for i in 1..=5u64 {
             assert_eq!(r.append(format!("m{i}"), &u, format!("t{i}"), i).seq, i);
@@ -182,8 +211,26 @@ mod tests {
     }
 
     #[test]
+    fn history_drops_the_oldest_past_its_bytes() {
+        let mut r = RoomState::new(RoomId::from("r1"), RoomKind::Match, 100, 1_000);
+        let u = UserId::from("u");
+        for i in 1..=30u64 {
+            r.append(format!("m{i}"), &u, "x".repeat(100), i);
+        }
+        let held = r.history_after(0, 100);
+        assert_eq!(held.iter().map(|m| m.seq).collect::<Vec<_>>(), (21..=30).collect::<Vec<_>>());
+        assert_eq!(r.history_text_bytes(), 1_000);
+        // One message over the whole bound replaces everything but is itself kept.
+        r.append("big".into(), &u, "y".repeat(5_000), 31);
+        assert_eq!(r.history_after(0, 100).iter().map(|m| m.seq).collect::<Vec<_>>(), [31]);
+        r.append("small".into(), &u, "z".into(), 32);
+        assert_eq!(r.history_after(0, 100).iter().map(|m| m.seq).collect::<Vec<_>>(), [32]);
+        assert_eq!(r.history_text_bytes(), 1);
+    }
+
+    #[test]
     fn seats_are_unique_per_user() {
-        let mut r = RoomState::new(RoomId::from("pub:x"), RoomKind::Public, 10);
+        let mut r = RoomState::new(RoomId::from("pub:x"), RoomKind::Public, 10, 1 << 20);
         assert!(r.seat(UserId::from("a"), 1, None));
         assert!(!r.seat(UserId::from("a"), 2, None));
         assert_eq!(r.members.len(), 1);

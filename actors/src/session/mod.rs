@@ -25,6 +25,7 @@ use tracing::debug;
 
 use self::messages::*;
 use crate::bridge::Ticket;
+use crate::budget::{cost, Budget};
 use crate::engine::Engine;
 use crate::error::EngineError;
 use crate::ids::{RoomId, UserId};
@@ -68,6 +69,9 @@ pub struct SessionActor {
     /// The user's `send` bucket ([`crate::engine::Shared::send_limit`]), taken at
     /// the first `send` so that idle sessions hold none.
     send_limit: Option<std::sync::Arc<DefaultDirectRateLimiter>>,
+    /// The user's action byte budget ([`crate::engine::Shared::budget`]), taken at
+    /// the first budgeted action.
+    budget: Option<Budget>,
     last_seen: Instant,
     strikes: u32,
     strikes_since: Instant,
@@ -126,6 +130,7 @@ impl SessionActor {
                 last_match: None,
                 frame_limiter: RateLimiter::direct_with_clock(quota, engine_clock),
                 send_limit: None,
+                budget: None,
                 last_seen: Instant::now(),
                 strikes: 0,
                 strikes_since: Instant::now(),
@@ -218,7 +223,7 @@ impl SessionActor {
                     max_wait_ms,
                     cfg,
                 )?;
-                self.check_room_count(None)?;
+                self.check_room_count()?;
                 self.check_search_limit("find_match")?;
                 self.start_search_checked(criteria, wait, "find_match", ctx);
             }
@@ -246,53 +251,99 @@ impl SessionActor {
                 });
             }
             ClientFrame::Typing { room_id, active } => {
-                self.relay(&room_id, Relay::Typing { active })?;
+                let room = self.room(&room_id)?;
+                let budget = self.charge("typing", cost::relay(0, 1))?;
+                room.do_send(RelayEvent {
+                    user: self.user.clone(),
+                    event: Relay::Typing { active },
+                    reply: self.outbox.clone(),
+                    budget,
+                });
             }
             ClientFrame::Read { room_id, seq } => {
-                self.relay(&room_id, Relay::Read { seq })?;
+                let room = self.room(&room_id)?;
+                let budget = self.charge("read", cost::relay(0, 1))?;
+                room.do_send(RelayEvent {
+                    user: self.user.clone(),
+                    event: Relay::Read { seq },
+                    reply: self.outbox.clone(),
+                    budget,
+                });
             }
             ClientFrame::Signal { room_id, payload, to } => {
-                validate::signal_payload(&payload, cfg)?;
+                let size = validate::signal_payload(&payload, cfg)?;
                 let to = to.as_deref().map(|t| validate::user_id(t, cfg)).transpose()?;
-                self.relay(&room_id, Relay::Signal { payload, to })?;
+                let room = self.room(&room_id)?;
+                let budget = self.charge("signal", cost::relay(size as u64, 1))?;
+                room.do_send(RelayEvent {
+                    user: self.user.clone(),
+                    event: Relay::Signal { payload, to },
+                    reply: self.outbox.clone(),
+                    budget,
+                });
             }
             ClientFrame::Block { user_id } => {
                 let other = validate::user_id(&user_id, cfg)?;
                 if other == self.user {
                     return Err(EngineError::BadRequest("you cannot block yourself".into()));
                 }
+                self.charge("block", cost::BLOCK)?;
                 self.block(other);
             }
             ClientFrame::Join { room_id } => {
-                let id = validate::public_room(&room_id, cfg)?;
-                self.check_room_count(Some(id))?;
+                let id = RoomId::from(validate::public_room(&room_id, cfg)?);
+                let max = cfg.max_rooms_per_user;
+                let budget = self.charge("join", cost::ROOM_CHANGE)?;
+                // The seat is reserved now, in one step with the count, so a burst of
+                // joins cannot all pass it; the room gives it back if it refuses.
+                if let Err(held) = self.engine.shared.reserve_room(&self.user, &id, max) {
+                    return Err(too_many_rooms(held, max));
+                }
                 self.engine.supervisor.do_send(JoinPublicRoom {
-                    room_id: RoomId::from(id),
+                    room_id: id,
                     user: self.user.clone(),
                     session_id: self.session_id,
                     outbox: self.outbox.clone(),
+                    budget,
                 });
             }
             ClientFrame::Leave { room_id } => {
                 let room = self.room(&room_id)?;
+                let budget = self.charge("leave", cost::ROOM_CHANGE)?;
                 room.do_send(LeaveRoom {
                     user: self.user.clone(),
                     reason: LeaveReason::Leave,
                     reply: self.outbox.clone(),
+                    budget,
                 });
             }
             ClientFrame::History { room_id, after_seq, limit } => {
                 let room = self.room(&room_id)?;
                 let limit = limit.unwrap_or(50).min(cfg.history_limit_max) as usize;
+                // The page's bytes are charged by the room once it is built.
+                let budget = self.charge("history", cost::HISTORY)?;
                 room.do_send(FetchHistory {
                     user: self.user.clone(),
                     after_seq,
                     limit,
                     reply: self.outbox.clone(),
+                    budget,
                 });
             }
         }
         Ok(())
+    }
+
+    /// Charge `cost` bytes to the user's action budget; `rate_limited` (a strike)
+    /// with the wait when it is spent. Returns the budget for the room to charge
+    /// the rest of the action's cost to.
+    fn charge(&mut self, action: &'static str, cost: u64) -> Result<Budget, EngineError> {
+        let budget = self.budget.get_or_insert_with(|| self.engine.shared.budget(&self.user));
+        budget.try_charge(cost).map_err(|wait| EngineError::RateLimited {
+            action,
+            retry_after_ms: wait.as_millis() as u64 + 1,
+        })?;
+        Ok(budget.clone())
     }
 
     /// The room actor for `room_id`, or `not_in_room` when there is none.
@@ -306,25 +357,14 @@ impl SessionActor {
             .ok_or_else(|| EngineError::NotInRoom(room_id.to_owned()))
     }
 
-    fn relay(&self, room_id: &str, event: Relay) -> Result<(), EngineError> {
-        let room = self.room(room_id)?;
-        room.do_send(RelayEvent { user: self.user.clone(), event, reply: self.outbox.clone() });
-        Ok(())
-    }
-
-    /// Refuse a join (of `joining`, unless already in it) or a search that would
-    /// give the user more rooms than `max_rooms_per_user`.
-    fn check_room_count(&self, joining: Option<&str>) -> Result<(), EngineError> {
-        let rooms = self.engine.shared.rooms_of(&self.user);
-        if joining.is_some_and(|id| rooms.iter().any(|r| r.as_str() == id)) {
-            return Ok(());
-        }
+    /// Refuse a search that would give the user more rooms than
+    /// `max_rooms_per_user` (its match room is not reserved: one search at a time,
+    /// so a burst cannot pass this).
+    fn check_room_count(&self) -> Result<(), EngineError> {
+        let held = self.engine.shared.memberships.get(&self.user).map_or(0, |r| r.len());
         let max = self.engine.shared.config.max_rooms_per_user;
-        if rooms.len() >= max {
-            return Err(EngineError::TooLarge(format!(
-                "you are in {} rooms, the most allowed is {max}; leave one first",
-                rooms.len()
-            )));
+        if held >= max {
+            return Err(too_many_rooms(held, max));
         }
         Ok(())
     }
@@ -423,6 +463,7 @@ impl SessionActor {
                     user: self.user.clone(),
                     reason: LeaveReason::Next,
                     reply: self.outbox.clone(),
+                    budget: shared.budget(&self.user),
                 });
             }
             self.send(&ServerFrame::Left { room_id: room_id.to_string() });
@@ -537,6 +578,12 @@ impl SessionActor {
         }
         self.outbox.push_message(Message::Ping(Default::default()), Class::Droppable);
     }
+}
+
+fn too_many_rooms(held: usize, max: usize) -> EngineError {
+    EngineError::TooLarge(format!(
+        "you are in {held} rooms, the most allowed is {max}; leave one first"
+    ))
 }
 
 fn close_reason(code: u16) -> &'static str {

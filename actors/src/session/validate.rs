@@ -62,9 +62,9 @@ pub fn search(
     }
     norm.sort();
     norm.dedup();
-    let language = match language.map(|l| name("language", l, cfg)).transpose()? {
-        Some(l) if !l.is_empty() => l,
-        _ => cfg.default_language.clone(),
+    let language = match language.map(|l| self::language(l, cfg)).transpose()? {
+        Some(l) => l,
+        None => cfg.default_language.to_lowercase(),
     };
     let region = region.map(|r| name("region", r, cfg)).transpose()?.filter(|r| !r.is_empty());
     let group_size = group_size.unwrap_or(2);
@@ -85,6 +85,36 @@ pub fn search(
         },
         Duration::from_millis(wait),
     ))
+}
+
+/// A `find_match` language: a tag of BCP 47 shape ([`crate::language::parse_tag`]),
+/// lower-cased, and one of `languages` when that allow-list is set. Blank means
+/// the default language.
+pub fn language(raw: &str, cfg: &EngineConfig) -> Result<String, EngineError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(cfg.default_language.to_lowercase());
+    }
+    if chars(raw) > cfg.max_name_chars {
+        return Err(EngineError::TooLarge(format!(
+            "language is longer than {} characters",
+            cfg.max_name_chars
+        )));
+    }
+    let Some(tag) = crate::language::parse_tag(raw) else {
+        return Err(EngineError::BadRequest(
+            "language must be a language tag: 2 or 3 letters, then optional `-` subtags of \
+             1 to 8 letters or digits (en, pt-BR, zh-Hant-TW, es-419)"
+                .into(),
+        ));
+    };
+    if !cfg.languages.is_empty() && !cfg.languages.iter().any(|l| l.eq_ignore_ascii_case(&tag)) {
+        return Err(EngineError::BadRequest(format!(
+            "language `{tag}` is not offered here; use one of: {}",
+            cfg.languages.join(", ")
+        )));
+    }
+    Ok(tag)
 }
 
 /// A room id in a request: non-empty, bounded.
@@ -145,7 +175,8 @@ pub fn client_msg_id(raw: Option<&str>, cfg: &EngineConfig) -> Result<(), Engine
 }
 
 /// Signal payload: a JSON object of at most `max_signal_bytes` when serialized.
-pub fn signal_payload(payload: &Value, cfg: &EngineConfig) -> Result<(), EngineError> {
+/// Returns its serialized size.
+pub fn signal_payload(payload: &Value, cfg: &EngineConfig) -> Result<usize, EngineError> {
     if !payload.is_object() {
         return Err(EngineError::BadRequest("signal payload must be a JSON object".into()));
     }
@@ -156,7 +187,7 @@ pub fn signal_payload(payload: &Value, cfg: &EngineConfig) -> Result<(), EngineE
             cfg.max_signal_bytes
         )));
     }
-    Ok(())
+    Ok(size)
 }
 
 #[cfg(test)]
@@ -214,5 +245,22 @@ mod tests {
         let big = serde_json::json!({ "sdp": "x".repeat(17_000) });
         assert!(matches!(signal_payload(&big, &c), Err(EngineError::TooLarge(_))));
         assert!(signal_payload(&serde_json::json!({"type": "offer"}), &c).is_ok());
+    }
+
+    #[test]
+    fn languages_are_tags_from_the_allow_list() {
+        let c = cfg();
+        assert_eq!(language("pt-BR", &c).expect("tag"), "pt-br");
+        assert_eq!(language("  ", &c).expect("blank"), "en", "blank is the default");
+        for bad in ["english", "e", "en_US", "123", "en-", "x-toolongsubtag"] {
+            assert!(matches!(language(bad, &c), Err(EngineError::BadRequest(_))), "{bad}");
+        }
+        assert!(matches!(language(&"l".repeat(65), &c), Err(EngineError::TooLarge(_))));
+        let c = EngineConfig { languages: vec!["en".into(), "FR".into()], ..cfg() };
+        assert_eq!(language("fr", &c).expect("allowed"), "fr");
+        let Err(EngineError::BadRequest(msg)) = language("de", &c) else { panic!("refused") };
+        assert!(msg.contains("en, FR"), "names the allowed ones: {msg}");
+        let (crit, _) = search(&[], None, None, None, None, &c).expect("default");
+        assert_eq!(&*crit.language, "en");
     }
 }
