@@ -106,6 +106,11 @@ pub struct EngineConfig {
     pub max_rooms_per_user: usize,
     /// Most members of one public room.
     pub max_public_room_members: usize,
+    /// Cluster only: how long past `reconnect_grace_ms` a user's and a room's keys
+    /// live in Redis without a refresh (ms). Each node refreshes the keys of the users
+    /// and rooms it holds every third of this, so Redis holds what is online, and a
+    /// killed node's keys vanish within the grace plus this margin.
+    pub cluster_key_margin_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -153,6 +158,7 @@ impl Default for EngineConfig {
             max_sessions_per_ip: 0,
             max_rooms_per_user: 20,
             max_public_room_members: 1_000,
+            cluster_key_margin_ms: 30_000,
         }
     }
 }
@@ -206,6 +212,11 @@ impl EngineConfig {
         }
         if self.client_timeout_ms <= self.heartbeat_interval_ms {
             return Err(bad("client_timeout_ms", "must exceed heartbeat_interval_ms"));
+        }
+        if self.cluster_key_margin_ms < 5_000 {
+            // A dead peer is noticed within 3.5 s; its users' keys must outlive that
+            // plus a refresh interval (a third of the margin).
+            return Err(bad("cluster_key_margin_ms", "must be at least 5000"));
         }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return Err(bad("node_id", "must be 1 to 64 characters"));
