@@ -169,8 +169,8 @@ fn memory_sample(redis: &RedisServer, keys: &[String]) {
         }
     }
     for (kind, (sum, n)) in by {
-        if n > 0 {
-            eprintln!("memory usage {kind}: {} bytes on average over {n} keys", sum / n);
+        if let Some(avg) = sum.checked_div(n) {
+            eprintln!("memory usage {kind}: {avg} bytes on average over {n} keys");
         }
     }
 }

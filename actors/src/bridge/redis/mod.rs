@@ -379,7 +379,13 @@ impl RedisBridge {
         for chunk in rooms.chunks(conn::MANY_CHUNK) {
             let cmds = chunk
                 .iter()
-                .map(|r| evalsha(&self.scripts.touch_room, &room_keys(r.as_str()), &[ttl.clone()]))
+                .map(|r| {
+                    evalsha(
+                        &self.scripts.touch_room,
+                        &room_keys(r.as_str()),
+                        std::slice::from_ref(&ttl),
+                    )
+                })
                 .collect();
             for members in self.pipe.call_many("touch_room", cmds).await?.into_iter().flatten() {
                 seated.extend(as_array(members).iter().filter_map(as_string).map(UserId::from));
