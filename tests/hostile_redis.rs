@@ -502,6 +502,7 @@ async fn a_rooms_stream_in_redis_is_capped_in_bytes_oldest_first() {
         seqs.push(id.split('-').next().and_then(|s| s.parse::<u64>().ok()).expect("seq id"));
         bytes += bulk(&fields[1]).len();
     }
+    memory_sample(&cluster.redis, &all_keys(&cluster.redis));
     assert!(bytes <= 4096, "the stream holds {bytes} bytes: {seqs:?}");
     assert!(seqs.len() >= 5 && seqs.len() < 40, "kept {seqs:?}");
     let expected: Vec<u64> = ((41 - seqs.len() as u64)..=40).collect();
@@ -531,6 +532,7 @@ async fn a_language_whose_pool_is_empty_leaves_redis() {
         int(cluster.redis.cmd(&["SCARD", "rdv:pool:langs"])) == 30
     })
     .await;
+    memory_sample(&cluster.redis, &all_keys(&cluster.redis));
     for c in &mut clients {
         c.send_json(json!({"action":"cancel_match"})).await;
         assert_eq!(next(c).await.kind(), "match_cancelled");
