@@ -188,6 +188,9 @@ pub struct Cli {
     /// Most bytes of message text kept per room for `history` (memory and Redis); the oldest drop out [default: 1048576]
     #[arg(long, env = "RENDEZVOUS_HISTORY_BYTES", help_heading = "Rooms")]
     pub history_bytes: Option<usize>,
+    /// Cluster: users' and rooms' Redis keys live this long past the reconnect grace without a refresh; nodes refresh them every third of it, in ms (at least 5000) [default: 30000]
+    #[arg(long, env = "RENDEZVOUS_CLUSTER_KEY_MARGIN_MS", help_heading = "Rooms")]
+    pub cluster_key_margin_ms: Option<u64>,
     /// Most sessions on this node; 0 = 95% of the open-file limit [default: 0]
     #[arg(long, env = "RENDEZVOUS_MAX_SESSIONS", help_heading = "Limits")]
     pub max_sessions: Option<usize>,
@@ -415,7 +418,8 @@ impl Config {
             max_rooms_per_user,
             max_public_room_members,
             max_signal_broadcast_members,
-            max_public_rooms
+            max_public_rooms,
+            cluster_key_margin_ms
         );
         c.allowed_origins = cli.allowed_origins.or(file.allowed_origins).unwrap_or_default();
         if let Some(Ladder(steps)) = cli.ladder {

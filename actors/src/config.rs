@@ -127,6 +127,11 @@ pub struct EngineConfig {
     /// Most public rooms open on this node; joining a new one past it is refused
     /// (`too_large`), joining an open one still works.
     pub max_public_rooms: usize,
+    /// Cluster only: how long past `reconnect_grace_ms` a user's and a room's keys
+    /// live in Redis without a refresh (ms). Each node refreshes the keys of the users
+    /// and rooms it holds every third of this, so Redis holds what is online, and a
+    /// killed node's keys vanish within the grace plus this margin.
+    pub cluster_key_margin_ms: u64,
 }
 
 impl Default for EngineConfig {
@@ -181,6 +186,7 @@ impl Default for EngineConfig {
             max_public_room_members: 1_000,
             max_signal_broadcast_members: 8,
             max_public_rooms: 10_000,
+            cluster_key_margin_ms: 30_000,
         }
     }
 }
@@ -256,6 +262,11 @@ impl EngineConfig {
             && !self.languages.iter().any(|l| l.eq_ignore_ascii_case(&self.default_language))
         {
             return Err(bad("default_language", "must be one of `languages`"));
+        }
+        if self.cluster_key_margin_ms < 5_000 {
+            // A dead peer is noticed within 3.5 s; its users' keys must outlive that
+            // plus a refresh interval (a third of the margin).
+            return Err(bad("cluster_key_margin_ms", "must be at least 5000"));
         }
         if self.node_id.is_empty() || self.node_id.len() > 64 {
             return Err(bad("node_id", "must be 1 to 64 characters"));

@@ -48,6 +48,12 @@ impl Registry {
         self.map.len()
     }
 
+    /// Every user with a session here (a snapshot; the cluster bridge refreshes
+    /// their keys in Redis).
+    pub fn users(&self) -> Vec<UserId> {
+        self.map.iter().map(|e| e.key().clone()).collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -30,11 +30,40 @@ const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Queued commands beyond which new ones are refused (the store is too slow).
 pub const QUEUE_CAP: usize = 100_000;
 
-/// One queued command and where its reply goes.
+/// Most commands one [`Pipe::call_many`] should carry (callers chunk larger sets),
+/// so a bulk read or refresh never makes one pipeline much longer than [`BATCH`].
+pub const MANY_CHUNK: usize = 1_000;
+
+/// One queued command (or several sent back to back) and where the reply goes.
 pub struct Op {
-    pub cmd: Cmd,
+    pub cmds: Cmds,
     pub kind: &'static str,
-    pub reply: Option<oneshot::Sender<Result<Value, BridgeError>>>,
+    pub reply: Reply,
+}
+
+/// The command(s) of one [`Op`].
+pub enum Cmds {
+    One(Cmd),
+    /// Sent consecutively in the same pipeline; one reply per command.
+    Many(Vec<Cmd>),
+}
+
+impl Cmds {
+    fn len(&self) -> usize {
+        match self {
+            Cmds::One(_) => 1,
+            Cmds::Many(v) => v.len(),
+        }
+    }
+}
+
+/// Where an [`Op`]'s reply goes.
+pub enum Reply {
+    /// Nobody waits (fire and forget).
+    None,
+    One(oneshot::Sender<Result<Value, BridgeError>>),
+    /// Each command's own result, in order.
+    Many(oneshot::Sender<Result<Vec<Result<Value, BridgeError>>, BridgeError>>),
 }
 
 /// The queue's sending side.
@@ -49,7 +78,7 @@ pub struct Pipe {
 impl Pipe {
     /// Queue a command whose reply nobody waits for.
     pub fn fire(&self, kind: &'static str, cmd: Cmd) {
-        if self.tx.try_send(Op { cmd, kind, reply: None }).is_err() {
+        if self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::None }).is_err() {
             warn!(kind, "redis command queue full or closed; command dropped");
         }
     }
@@ -61,8 +90,38 @@ impl Pipe {
         cmd: Cmd,
     ) -> impl std::future::Future<Output = Result<Value, BridgeError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let queued = self.tx.try_send(Op { cmd, kind, reply: Some(tx) });
+        let queued = self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::One(tx) });
         async move {
+            if queued.is_err() {
+                return Err(BridgeError::Unavailable("redis command queue full".into()));
+            }
+            rx.await.unwrap_or_else(|_| Err(BridgeError::Unavailable("redis pipe stopped".into())))
+        }
+    }
+
+    /// Queue several commands as one entry (they go out back to back in one
+    /// pipeline: one round trip for all) and wait for every reply, in order. The
+    /// outer error means none was applied for sure (queue full, connection lost);
+    /// an inner one is that command's own error. Keep `cmds` at most
+    /// [`MANY_CHUNK`] long.
+    pub fn call_many(
+        &self,
+        kind: &'static str,
+        cmds: Vec<Cmd>,
+    ) -> impl std::future::Future<Output = Result<Vec<Result<Value, BridgeError>>, BridgeError>>
+           + Send
+           + 'static {
+        let (tx, rx) = oneshot::channel();
+        let empty = cmds.is_empty();
+        let queued = if empty {
+            Ok(())
+        } else {
+            self.tx.try_send(Op { cmds: Cmds::Many(cmds), kind, reply: Reply::Many(tx) })
+        };
+        async move {
+            if empty {
+                return Ok(Vec::new());
+            }
             if queued.is_err() {
                 return Err(BridgeError::Unavailable("redis command queue full".into()));
             }
@@ -116,8 +175,30 @@ async fn connect(
 }
 
 fn fail(op: Op, why: &str) {
-    if let Some(reply) = op.reply {
-        let _ = reply.send(Err(BridgeError::Unavailable(why.to_owned())));
+    let err = BridgeError::Unavailable(why.to_owned());
+    match op.reply {
+        Reply::None => {}
+        Reply::One(reply) => {
+            let _ = reply.send(Err(err));
+        }
+        Reply::Many(reply) => {
+            let _ = reply.send(Err(err));
+        }
+    }
+}
+
+/// One command's reply: a server error becomes `Err` (and `NOSCRIPT` asks for a
+/// reconnect, which reloads the scripts).
+fn reply_of(kind: &'static str, v: Value, reload: &mut bool) -> Result<Value, BridgeError> {
+    match v {
+        Value::ServerError(e) => {
+            if e.code() == "NOSCRIPT" {
+                *reload = true;
+            }
+            warn!(kind, error = ?e, "redis command failed");
+            Err(BridgeError::Unavailable(format!("redis: {e:?}")))
+        }
+        v => Ok(v),
     }
 }
 
@@ -170,29 +251,50 @@ async fn run(
             }
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
+            // How many replies are each op's.
+            let mut sizes = Vec::with_capacity(batch.len());
             for op in &mut batch {
-                metrics::counter!(m::BRIDGE_COMMANDS_TOTAL, "kind" => op.kind).increment(1);
-                pipe.add_command(std::mem::replace(&mut op.cmd, Cmd::new()));
+                let n = op.cmds.len();
+                sizes.push(n);
+                metrics::counter!(m::BRIDGE_COMMANDS_TOTAL, "kind" => op.kind).increment(n as u64);
+                match std::mem::replace(&mut op.cmds, Cmds::Many(Vec::new())) {
+                    Cmds::One(cmd) => {
+                        pipe.add_command(cmd);
+                    }
+                    Cmds::Many(cmds) => {
+                        for cmd in cmds {
+                            pipe.add_command(cmd);
+                        }
+                    }
+                }
             }
+            let expected: usize = sizes.iter().sum();
             let t0 = Instant::now();
             let res = pipe.query_async::<Vec<Value>>(&mut conn).await;
             metrics::histogram!(m::BRIDGE_REDIS_SECONDS).record(t0.elapsed().as_secs_f64());
             match res {
-                Ok(values) if values.len() == batch.len() => {
+                Ok(values) if values.len() == expected => {
                     let mut reload = false;
-                    for (op, v) in batch.drain(..).zip(values) {
-                        let v = match v {
-                            Value::ServerError(e) => {
-                                if e.code() == "NOSCRIPT" {
-                                    reload = true;
+                    let mut values = values.into_iter();
+                    for (op, n) in batch.drain(..).zip(sizes) {
+                        match op.reply {
+                            Reply::None => {
+                                for v in values.by_ref().take(n) {
+                                    let _ = reply_of(op.kind, v, &mut reload);
                                 }
-                                warn!(kind = op.kind, error = ?e, "redis command failed");
-                                Err(BridgeError::Unavailable(format!("redis: {e:?}")))
                             }
-                            v => Ok(v),
-                        };
-                        if let Some(reply) = op.reply {
-                            let _ = reply.send(v);
+                            Reply::One(reply) => {
+                                let v = values.next().unwrap_or(Value::Nil);
+                                let _ = reply.send(reply_of(op.kind, v, &mut reload));
+                            }
+                            Reply::Many(reply) => {
+                                let vs = values
+                                    .by_ref()
+                                    .take(n)
+                                    .map(|v| reply_of(op.kind, v, &mut reload))
+                                    .collect();
+                                let _ = reply.send(Ok(vs));
+                            }
                         }
                     }
                     if reload {

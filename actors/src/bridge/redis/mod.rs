@@ -11,6 +11,13 @@
 //! * After every (re)connect of either connection, a resync replaces this node's
 //!   pool entries in Redis, reloads replicas of the others', and asks every room
 //!   replica to restore what the store lacks and fetch what it missed.
+//! * Redis holds what is online, not who ever came: every per-user and per-room key
+//!   has a lifetime of the reconnect grace plus `cluster_key_margin_ms`, and a
+//!   refresh task renews, every third of the margin and in pipelined batches, the
+//!   keys of the users this node serves and of the rooms it holds (with their
+//!   members). Keys of users who left, of closed rooms and of a killed node's users
+//!   and rooms expire on their own. The same task drops languages whose pool is
+//!   empty from `rdv:pool:langs`.
 //!
 //! Key layout (see DESIGN.md for the full table): `rdv:{pool:LANG}:search:USER`,
 //! `rdv:{pool:LANG}:entries`, `rdv:pool:langs`, `rdv:nodes`, `rdv:trending`,
@@ -49,12 +56,11 @@ const BEAT: Duration = Duration::from_millis(500);
 pub const PEER_TIMEOUT: Duration = Duration::from_millis(3_000);
 /// A subscription whose own probe is older than this counts as dead.
 const SUB_TIMEOUT: Duration = Duration::from_millis(3_000);
-/// Messages kept per room stream (approximate: MAXLEN ~).
+/// Messages kept per room stream (approximate: MAXLEN ~); the stream is also
+/// capped in bytes by `history_bytes`.
 const STREAM_CAP: u64 = 10_000;
-/// Life of a closed room's `seq` and stream (s).
-const CLOSED_ROOM_TTL_SECS: u64 = 3_600;
-/// Life of the user → node key (ms), refreshed on every connect.
-const USER_NODE_TTL_MS: u64 = 24 * 3_600 * 1_000;
+/// Shortest pause between two refreshes of this node's keys.
+const MIN_REFRESH: Duration = Duration::from_millis(500);
 
 struct Scripts {
     begin: redis::Script,
@@ -70,9 +76,11 @@ struct Scripts {
     close: redis::Script,
     rehome: redis::Script,
     reseed: redis::Script,
+    touch_user: redis::Script,
+    touch_room: redis::Script,
 }
 
-const SOURCES: [&str; 13] = [
+const SOURCES: [&str; 15] = [
     include_str!("scripts/begin.lua"),
     include_str!("scripts/end.lua"),
     include_str!("scripts/claim.lua"),
@@ -86,6 +94,8 @@ const SOURCES: [&str; 13] = [
     include_str!("scripts/close.lua"),
     include_str!("scripts/rehome.lua"),
     include_str!("scripts/reseed.lua"),
+    include_str!("scripts/touch_user.lua"),
+    include_str!("scripts/touch_room.lua"),
 ];
 
 impl Scripts {
@@ -105,6 +115,8 @@ impl Scripts {
             close: s(10),
             rehome: s(11),
             reseed: s(12),
+            touch_user: s(13),
+            touch_room: s(14),
         }
     }
 }
@@ -152,6 +164,15 @@ fn user_key(user: &str, what: &str) -> String {
 }
 fn room_key(room: &str, what: &str) -> String {
     format!("rdv:room:{{{room}}}:{what}")
+}
+/// The four keys of a room, in the order the scripts take them.
+fn room_keys(room: &str) -> [String; 4] {
+    [
+        room_key(room, "members"),
+        room_key(room, "seq"),
+        room_key(room, "log"),
+        room_key(room, "meta"),
+    ]
 }
 fn gid(node: &str, ticket: Ticket) -> String {
     format!("{node}:{ticket}")
@@ -284,10 +305,163 @@ impl RedisBridge {
         worker.spawn(self.clone().subscriber());
         worker.spawn(self.clone().heartbeat());
         worker.spawn(self.clone().resync_on_connect());
+        worker.spawn(self.clone().refresher());
     }
 
     fn engine(&self) -> Option<&Engine> {
         self.engine.get()
+    }
+
+    /// (reconnect grace, key margin, history bytes) of the engine's settings.
+    fn settings(&self) -> (u64, u64, usize) {
+        match self.engine() {
+            Some(e) => {
+                let c = &e.shared.config;
+                (c.reconnect_grace_ms, c.cluster_key_margin_ms, c.history_bytes)
+            }
+            None => {
+                let c = crate::config::EngineConfig::default();
+                (c.reconnect_grace_ms, c.cluster_key_margin_ms, c.history_bytes)
+            }
+        }
+    }
+
+    /// Lifetime (ms) of a per-user or per-room key without a refresh, and of a
+    /// closed room's `seq` and stream: the reconnect grace plus the margin.
+    fn key_ttl_ms(&self) -> u64 {
+        let (grace, margin, _) = self.settings();
+        grace.saturating_add(margin).max(1)
+    }
+
+    /// How often this node renews its keys: a third of the margin, so two missed
+    /// or late rounds still leave a live key alive.
+    fn refresh_every(&self) -> Duration {
+        let (_, margin, _) = self.settings();
+        Duration::from_millis(margin / 3).max(MIN_REFRESH)
+    }
+
+    /// Byte cap of a room's stream (`history_bytes`).
+    fn history_bytes(&self) -> usize {
+        self.settings().2.max(1)
+    }
+
+    /// Renew this node's keys, then drop empty languages, every
+    /// [`RedisBridge::refresh_every`], while Redis is reachable.
+    async fn refresher(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.refresh_every()).await;
+            if !self.pipe.up.load(Ordering::Acquire) {
+                continue;
+            }
+            let t0 = Instant::now();
+            if let Err(e) = self.refresh_keys().await {
+                debug!(error = %e, "key refresh incomplete; retried next round");
+            }
+            if let Err(e) = self.sweep_languages().await {
+                debug!(error = %e, "language sweep incomplete; retried next round");
+            }
+            debug!(took = ?t0.elapsed(), "refreshed keys");
+        }
+    }
+
+    /// Renew the keys of every room this node holds a replica of (they name their
+    /// members), then the keys of every user with a session here or a seat in one
+    /// of those rooms: one script per room and per user, sent in pipelined chunks
+    /// (one round trip per [`conn::MANY_CHUNK`], not one per key).
+    async fn refresh_keys(&self) -> Result<(), BridgeError> {
+        let Some(engine) = self.engine() else { return Ok(()) };
+        let shared = &engine.shared;
+        let ttl = self.key_ttl_ms().to_string();
+        let rooms: Vec<RoomId> = shared.rooms.iter().map(|r| r.key().clone()).collect();
+        let here: HashSet<UserId> = shared.registry.users().into_iter().collect();
+        let mut seated: HashSet<UserId> =
+            shared.memberships.iter().map(|e| e.key().clone()).collect();
+        for chunk in rooms.chunks(conn::MANY_CHUNK) {
+            let cmds = chunk
+                .iter()
+                .map(|r| {
+                    evalsha(
+                        &self.scripts.touch_room,
+                        &room_keys(r.as_str()),
+                        std::slice::from_ref(&ttl),
+                    )
+                })
+                .collect();
+            for members in self.pipe.call_many("touch_room", cmds).await?.into_iter().flatten() {
+                seated.extend(as_array(members).iter().filter_map(as_string).map(UserId::from));
+            }
+        }
+        let users: Vec<(&UserId, bool)> = here
+            .iter()
+            .map(|u| (u, true))
+            .chain(seated.iter().filter(|u| !here.contains(*u)).map(|u| (u, false)))
+            .collect();
+        for chunk in users.chunks(conn::MANY_CHUNK) {
+            let cmds = chunk
+                .iter()
+                .map(|(u, is_here)| {
+                    let node = if *is_here { self.node.clone() } else { String::new() };
+                    evalsha(
+                        &self.scripts.touch_user,
+                        &[user_key(u.as_str(), "node"), user_key(u.as_str(), "rooms")],
+                        &[ttl.clone(), node],
+                    )
+                })
+                .collect();
+            self.pipe.call_many("touch_user", cmds).await?;
+        }
+        Ok(())
+    }
+
+    /// Drop from `rdv:pool:langs` every language whose pool is empty. The set and
+    /// the pools are in different hash slots (Redis Cluster), so this is not one
+    /// script: remove, then look again and put back any that a search entered
+    /// meanwhile (`begin_search` adds the language after its search is stored, so
+    /// a search is never left out for longer than this round trip).
+    async fn sweep_languages(&self) -> Result<(), BridgeError> {
+        let langs = self.languages().await?;
+        let sizes = self.pool_sizes(&langs).await?;
+        let empty: Vec<&String> =
+            langs.iter().zip(sizes).filter(|(_, n)| *n == Some(0)).map(|(l, _)| l).collect();
+        if empty.is_empty() {
+            return Ok(());
+        }
+        let mut srem = redis::cmd("SREM");
+        srem.arg(LANGS_KEY);
+        for l in &empty {
+            srem.arg(l.as_str());
+        }
+        self.pipe.call("srem", srem).await?;
+        let again: Vec<String> = empty.into_iter().cloned().collect();
+        let sizes = self.pool_sizes(&again).await?;
+        let back: Vec<&String> =
+            again.iter().zip(sizes).filter(|(_, n)| *n != Some(0)).map(|(l, _)| l).collect();
+        if !back.is_empty() {
+            let mut sadd = redis::cmd("SADD");
+            sadd.arg(LANGS_KEY);
+            for l in back {
+                sadd.arg(l.as_str());
+            }
+            self.pipe.fire("sadd", sadd);
+        }
+        Ok(())
+    }
+
+    /// The languages in `rdv:pool:langs`.
+    async fn languages(&self) -> Result<Vec<String>, BridgeError> {
+        let v = self.pipe.call("smembers", redis::cmd("SMEMBERS").arg(LANGS_KEY).clone()).await?;
+        Ok(as_array(v).iter().filter_map(as_string).collect())
+    }
+
+    /// Entries in each language's pool (`None`: unknown), batched.
+    async fn pool_sizes(&self, langs: &[String]) -> Result<Vec<Option<i64>>, BridgeError> {
+        let mut out = Vec::with_capacity(langs.len());
+        for chunk in langs.chunks(conn::MANY_CHUNK) {
+            let cmds = chunk.iter().map(|l| redis::cmd("HLEN").arg(entries_key(l)).clone());
+            let replies = self.pipe.call_many("hlen", cmds.collect()).await?;
+            out.extend(replies.into_iter().map(|r| r.ok().as_ref().and_then(as_i64)));
+        }
+        Ok(out)
     }
 
     fn healthy(&self) -> bool {
@@ -420,22 +594,26 @@ impl RedisBridge {
         }
     }
 
-    /// Every search ad Redis holds: (language, search id, ad).
+    /// Every search ad Redis holds: (language, search id, ad). Every language's
+    /// pool is read in one pipelined round trip (per [`conn::MANY_CHUNK`]
+    /// languages), not one per language.
     async fn stored_searches(&self) -> Vec<(String, String, SearchAd)> {
-        let langs = self.pipe.call("smembers", redis::cmd("SMEMBERS").arg(LANGS_KEY).clone()).await;
+        let langs = self.languages().await.unwrap_or_default();
         let mut out = Vec::new();
-        for lang in as_array(langs.unwrap_or(Value::Nil)).iter().filter_map(as_string) {
-            let all = self
-                .pipe
-                .call("hgetall", redis::cmd("HGETALL").arg(entries_key(&lang)).clone())
-                .await;
-            let flat = as_array(all.unwrap_or(Value::Nil));
-            for pair in flat.chunks_exact(2) {
-                let (Some(id), Some(json)) = (as_string(&pair[0]), as_string(&pair[1])) else {
-                    continue;
-                };
-                if let Ok(ad) = serde_json::from_str::<SearchAd>(&json) {
-                    out.push((lang.clone(), id, ad));
+        for chunk in langs.chunks(conn::MANY_CHUNK) {
+            let cmds = chunk.iter().map(|l| redis::cmd("HGETALL").arg(entries_key(l)).clone());
+            let Ok(replies) = self.pipe.call_many("hgetall", cmds.collect()).await else {
+                continue;
+            };
+            for (lang, all) in chunk.iter().zip(replies) {
+                let flat = as_array(all.unwrap_or(Value::Nil));
+                for pair in flat.chunks_exact(2) {
+                    let (Some(id), Some(json)) = (as_string(&pair[0]), as_string(&pair[1])) else {
+                        continue;
+                    };
+                    if let Ok(ad) = serde_json::from_str::<SearchAd>(&json) {
+                        out.push((lang.clone(), id, ad));
+                    }
                 }
             }
         }
@@ -518,6 +696,14 @@ impl RedisBridge {
         inbound::resync_rooms(engine);
     }
 
+    /// Add `room` to the user's membership set, which lives as long as any key of
+    /// theirs (renewed by the refresh while they are here or seated).
+    fn seat_user(&self, user: &UserId, room: &str, ttl: u64) {
+        let key = user_key(user.as_str(), "rooms");
+        self.pipe.fire("sadd", redis::cmd("SADD").arg(&key).arg(room).clone());
+        self.pipe.fire("pexpire", redis::cmd("PEXPIRE").arg(&key).arg(ttl).clone());
+    }
+
     fn append_payloads(&self, msg: &ChatMessage) -> (String, String) {
         const MARK: &str = "18446744073709551615";
         let ev = ClusterEvent::Room {
@@ -550,6 +736,13 @@ impl RedisBridge {
     }
 }
 
+/// Drop `room` from each user's membership set (the room closed under them).
+fn unseat_users(pipe: &Pipe, room: &str, users: &[Value]) {
+    for u in users.iter().filter_map(as_string) {
+        pipe.fire("srem", redis::cmd("SREM").arg(user_key(&u, "rooms")).arg(room).clone());
+    }
+}
+
 fn kind_str(kind: StoredKind) -> &'static str {
     match kind {
         StoredKind::Match => "match",
@@ -569,13 +762,16 @@ impl Bridge for RedisBridge {
     fn begin_search(&self, ad: SearchAd) {
         self.mirror.begin(&UserId::from(ad.user.as_str()), ad.ticket);
         let ttl = ad.deadline_ms.saturating_sub(now_ms()) + 5_000;
-        self.pipe.fire("sadd", redis::cmd("SADD").arg(LANGS_KEY).arg(&ad.language).clone());
         let keys = [search_key(&ad.language, &ad.user), entries_key(&ad.language)];
         let json = serde_json::to_string(&ad).unwrap_or_default();
         let id = gid(&ad.node, ad.ticket);
+        let lang = ad.language.clone();
         let event = ClusterEvent::PoolAdd { ad }.to_json();
         let cmd = evalsha(&self.scripts.begin, &keys, &[id, ttl.to_string(), json, event]);
         self.pipe.fire("begin", cmd);
+        // After the search is stored: a sweep that removes the language between the
+        // two sees the search when it looks again (see `sweep_languages`).
+        self.pipe.fire("sadd", redis::cmd("SADD").arg(LANGS_KEY).arg(lang).clone());
     }
 
     fn end_search(&self, user: &UserId, ticket: Ticket, language: &str) {
@@ -749,8 +945,8 @@ impl Bridge for RedisBridge {
         let kick = ClusterEvent::Kick { user: user.to_string(), node: self.node.clone() }.to_json();
         let cmd = evalsha(
             &self.scripts.connect,
-            &[user_key(user.as_str(), "node")],
-            &[self.node.clone(), kick, USER_NODE_TTL_MS.to_string()],
+            &[user_key(user.as_str(), "node"), user_key(user.as_str(), "rooms")],
+            &[self.node.clone(), kick, self.key_ttl_ms().to_string()],
         );
         self.pipe.fire("connect", cmd);
     }
@@ -763,17 +959,20 @@ impl Bridge for RedisBridge {
         Box::pin(async move {
             let rooms: Vec<String> = as_array(fut.await?).iter().filter_map(as_string).collect();
             let mut kept = Vec::new();
-            for room in rooms {
-                let seat = pipe
-                    .call(
-                        "hexists",
-                        redis::cmd("HEXISTS").arg(room_key(&room, "members")).arg(&user).clone(),
-                    )
-                    .await?;
-                if as_i64(&seat) == Some(1) {
-                    kept.push(RoomId::from(room));
-                } else {
-                    pipe.fire("srem", redis::cmd("SREM").arg(&key).arg(&room).clone());
+            for chunk in rooms.chunks(conn::MANY_CHUNK) {
+                let cmds = chunk
+                    .iter()
+                    .map(|r| redis::cmd("HEXISTS").arg(room_key(r, "members")).arg(&user).clone())
+                    .collect();
+                let seats = pipe.call_many("hexists", cmds).await?;
+                for (room, seat) in chunk.iter().zip(seats) {
+                    match seat.ok().as_ref().and_then(as_i64) {
+                        Some(1) => kept.push(RoomId::from(room.as_str())),
+                        Some(_) => {
+                            pipe.fire("srem", redis::cmd("SREM").arg(&key).arg(room).clone())
+                        }
+                        None => {}
+                    }
                 }
             }
             Ok(kept)
@@ -782,12 +981,12 @@ impl Bridge for RedisBridge {
 
     fn room_open(&self, room: &RoomId, kind: StoredKind, members: Vec<(UserId, Arc<str>)>) {
         let r = room.as_str();
-        let mut args = vec![kind_str(kind).to_owned()];
+        let ttl = self.key_ttl_ms();
+        let mut args = vec![kind_str(kind).to_owned(), ttl.to_string()];
         for (u, n) in &members {
             args.push(u.to_string());
             args.push(n.to_string());
-            self.pipe
-                .fire("sadd", redis::cmd("SADD").arg(user_key(u.as_str(), "rooms")).arg(r).clone());
+            self.seat_user(u, r, ttl);
         }
         let cmd =
             evalsha(&self.scripts.room_open, &[room_key(r, "members"), room_key(r, "meta")], &args);
@@ -805,7 +1004,7 @@ impl Bridge for RedisBridge {
         };
         let cmd = evalsha(
             &self.scripts.append,
-            &[room_key(r, "seq"), room_key(r, "log"), room_key(r, "members")],
+            &[room_key(r, "seq"), room_key(r, "log"), room_key(r, "members"), room_key(r, "meta")],
             &[
                 prefix,
                 suffix,
@@ -813,6 +1012,8 @@ impl Bridge for RedisBridge {
                 serde_json::to_string(&stored).unwrap_or_default(),
                 msg.sender.clone(),
                 self.node.clone(),
+                self.history_bytes().to_string(),
+                self.key_ttl_ms().to_string(),
             ],
         );
         let fut = self.pipe.call("append", cmd);
@@ -840,12 +1041,12 @@ impl Bridge for RedisBridge {
             status: MemberStatus::Joined,
         };
         let payload = self.room_event_json(room, ev);
-        self.pipe
-            .fire("sadd", redis::cmd("SADD").arg(user_key(user.as_str(), "rooms")).arg(r).clone());
+        let ttl = self.key_ttl_ms();
+        self.seat_user(user, r, ttl);
         let cmd = evalsha(
             &self.scripts.join,
-            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta")],
-            &[user.to_string(), self.node.clone(), payload, "public".into()],
+            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta"), room_key(r, "log")],
+            &[user.to_string(), self.node.clone(), payload, "public".into(), ttl.to_string()],
         );
         let fut = self.pipe.call("join", cmd);
         Box::pin(async move {
@@ -877,19 +1078,26 @@ impl Bridge for RedisBridge {
             .fire("srem", redis::cmd("SREM").arg(user_key(user.as_str(), "rooms")).arg(r).clone());
         let cmd = evalsha(
             &self.scripts.leave,
-            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "log"), room_key(r, "meta")],
+            &room_keys(r),
             &[
                 user.to_string(),
                 on_node.map(|n| n.to_string()).unwrap_or_default(),
                 left,
                 closed,
                 kind_str(kind).into(),
-                CLOSED_ROOM_TTL_SECS.to_string(),
+                self.key_ttl_ms().to_string(),
                 self.node.clone(),
             ],
         );
         let fut = self.pipe.call("leave", cmd);
-        Box::pin(async move { Ok(as_i64(&fut.await?) == Some(1)) })
+        let pipe = self.pipe.clone();
+        let room = r.to_owned();
+        Box::pin(async move {
+            let out = as_array(fut.await?);
+            // The room closed with this leave: its other seats went with it.
+            unseat_users(&pipe, &room, out.get(1..).unwrap_or(&[]));
+            Ok(out.first().and_then(as_i64) == Some(1))
+        })
     }
 
     fn room_close(&self, room: &RoomId, reason: &str) {
@@ -897,10 +1105,17 @@ impl Bridge for RedisBridge {
         let payload = self.room_event_json(room, RoomEv::Closed { reason: reason.to_owned() });
         let cmd = evalsha(
             &self.scripts.close,
-            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "log"), room_key(r, "meta")],
-            &[payload, self.node.clone(), CLOSED_ROOM_TTL_SECS.to_string()],
+            &room_keys(r),
+            &[payload, self.node.clone(), self.key_ttl_ms().to_string()],
         );
-        self.pipe.fire("close", cmd);
+        let fut = self.pipe.call("close", cmd);
+        let pipe = self.pipe.clone();
+        let room = r.to_owned();
+        tokio::spawn(async move {
+            if let Ok(members) = fut.await {
+                unseat_users(&pipe, &room, &as_array(members));
+            }
+        });
     }
 
     fn room_rehome(&self, room: &RoomId, user: &UserId) -> BoxFut<Option<RoomSnapshot>> {
@@ -913,8 +1128,8 @@ impl Bridge for RedisBridge {
         let payload = self.room_event_json(room, ev);
         let cmd = evalsha(
             &self.scripts.rehome,
-            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta")],
-            &[user.to_string(), self.node.clone(), payload],
+            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta"), room_key(r, "log")],
+            &[user.to_string(), self.node.clone(), payload, self.key_ttl_ms().to_string()],
         );
         let fut = self.pipe.call("rehome", cmd);
         let snapshot = move |out: Vec<Value>, this_kind: fn(&str) -> StoredKind| {
@@ -979,15 +1194,23 @@ impl Bridge for RedisBridge {
 
     fn room_reseed(&self, room: &RoomId, seed: RoomSeed) -> BoxFut<(u64, Seats)> {
         let r = room.as_str();
+        let ttl = self.key_ttl_ms();
         let mut args = vec![
             kind_str(seed.kind).to_owned(),
             seed.last_seq.to_string(),
             STREAM_CAP.to_string(),
+            self.history_bytes().to_string(),
+            ttl.to_string(),
             seed.members.len().to_string(),
         ];
         for (u, n) in &seed.members {
             args.push(u.to_string());
             args.push(n.to_string());
+            if **n == *self.node {
+                // The user's membership key may have expired meanwhile (a long
+                // cut-off): their seat here is the truth.
+                self.seat_user(u, r, ttl);
+            }
         }
         for m in &seed.messages {
             args.push(m.seq.to_string());
@@ -999,11 +1222,7 @@ impl Bridge for RedisBridge {
             };
             args.push(serde_json::to_string(&stored).unwrap_or_default());
         }
-        let cmd = evalsha(
-            &self.scripts.reseed,
-            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "log"), room_key(r, "meta")],
-            &args,
-        );
+        let cmd = evalsha(&self.scripts.reseed, &room_keys(r), &args);
         let fut = self.pipe.call("reseed", cmd);
         Box::pin(async move {
             let out = as_array(fut.await?);

@@ -1,6 +1,7 @@
 -- close.lua: close a room for everyone (a block).
 -- KEYS[1] rdv:room:{ROOM}:members   KEYS[2] seq   KEYS[3] log   KEYS[4] meta
--- ARGV[1] Closed event JSON   ARGV[2] origin node   ARGV[3] ttl of the keys (s)
+-- ARGV[1] Closed event JSON   ARGV[2] origin node   ARGV[3] ttl of seq and log (ms)
+-- Returns the users who held a seat (their membership sets are cleaned after).
 local seen = { [ARGV[2]] = true }
 for _, n in ipairs(redis.call('HVALS', KEYS[1])) do
   if not seen[n] then
@@ -8,7 +9,8 @@ for _, n in ipairs(redis.call('HVALS', KEYS[1])) do
     redis.call('PUBLISH', 'rdv:node:' .. n, ARGV[1])
   end
 end
+local members = redis.call('HKEYS', KEYS[1])
 redis.call('DEL', KEYS[1], KEYS[4])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-return 1
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
+return members

@@ -1,10 +1,15 @@
 -- join.lua: seat a user (on this node) in a public room.
--- KEYS[1] rdv:room:{ROOM}:members   KEYS[2] rdv:room:{ROOM}:seq   KEYS[3] rdv:room:{ROOM}:meta
+-- KEYS[1] rdv:room:{ROOM}:members   KEYS[2] seq   KEYS[3] meta   KEYS[4] log
 -- ARGV[1] user   ARGV[2] node   ARGV[3] Member joined event JSON   ARGV[4] kind
+-- ARGV[5] ttl of the room's keys (ms)
 -- Returns { seq, user, node, user, node, ... } as the room is after the join.
 local before = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 redis.call('HSETNX', KEYS[3], 'kind', ARGV[4])
+-- A room revived within a closed room's lifetime keeps its seq and log: renew them.
+for i = 1, 4 do
+  redis.call('PEXPIRE', KEYS[i], ARGV[5])
+end
 if before ~= ARGV[2] then
   local seen = { [ARGV[2]] = true }
   for _, node in ipairs(redis.call('HVALS', KEYS[1])) do

@@ -1,33 +1,100 @@
 -- reseed.lua: restore what the store lacks of a room a node holds, after the node
 -- reconnects. Never overwrites: seats are restored only when the store lost the
 -- room (Redis restarted empty); messages after the stored seq are appended (the
--- node went on alone while Redis was down); seq only grows.
+-- node went on alone while Redis was down); seq only grows. The room's keys get
+-- their lifetime again; the stream keeps the byte cap of append.lua.
 -- KEYS[1] rdv:room:{ROOM}:members   KEYS[2] seq   KEYS[3] log   KEYS[4] meta
--- ARGV[1] kind   ARGV[2] the node's last seq   ARGV[3] stream cap
--- ARGV[4] member count m, then m pairs user, node; then seq, JSON pairs of messages
+-- ARGV[1] kind   ARGV[2] the node's last seq   ARGV[3] stream cap   ARGV[4] byte cap
+-- ARGV[5] ttl of the room's keys (ms)
+-- ARGV[6] member count m, then m pairs user, node; then seq, JSON pairs of messages
 -- Returns { stored seq before the call, user, node, ... as stored after }.
+local function field(e, name)
+  local f = e[2]
+  for k = 1, #f, 2 do
+    if f[k] == name then
+      return f[k + 1]
+    end
+  end
+  return nil
+end
+
+local function start_of(e)
+  local c, j = tonumber(field(e, 'c') or ''), field(e, 'j')
+  if c and j then
+    return c - #j
+  end
+  return nil
+end
+
+local function trim(log, meta, bend, bstart, cap)
+  if bend - bstart <= cap then
+    return
+  end
+  local floor = bend - cap
+  local from = '-'
+  local keep, keep_start, last, last_start = nil, nil, nil, nil
+  while not keep do
+    local batch = redis.call('XRANGE', log, from, '+', 'COUNT', 16)
+    if #batch == 0 then
+      break
+    end
+    for _, e in ipairs(batch) do
+      local s = start_of(e)
+      if s == nil or s >= floor then
+        keep, keep_start = e[1], s or floor
+        break
+      end
+      last, last_start = e[1], s
+      from = '(' .. e[1]
+    end
+  end
+  if not keep then
+    keep, keep_start = last, last_start
+  end
+  if keep then
+    redis.call('XTRIM', log, 'MINID', keep)
+    redis.call('HSET', meta, 'bstart', keep_start)
+  end
+end
+
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 local lost = redis.call('EXISTS', KEYS[1]) == 0 and cur == 0
-local m = tonumber(ARGV[4])
-local i = 5
+local m = tonumber(ARGV[6])
+local i = 7
 for _ = 1, m do
   if lost then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
   end
   i = i + 2
 end
+if lost then
+  redis.call('HSET', KEYS[4], 'kind', ARGV[1])
+end
+local marks = redis.call('HMGET', KEYS[4], 'bend', 'bstart')
+local bend, bstart = tonumber(marks[1] or ''), tonumber(marks[2] or '') or 0
+if not bend then
+  local newest = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)[1]
+  bend = (newest and tonumber(field(newest, 'c') or '')) or 0
+end
+local added = false
 while i < #ARGV do
   local seq = tonumber(ARGV[i])
   if seq > cur then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'j', ARGV[i + 1])
+    bend = bend + #ARGV[i + 1]
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'j', ARGV[i + 1], 'c', bend)
+    added = true
   end
   i = i + 2
+end
+if added then
+  redis.call('HSET', KEYS[4], 'bend', bend)
+  trim(KEYS[3], KEYS[4], bend, bstart, tonumber(ARGV[4]))
 end
 if tonumber(ARGV[2]) > cur then
   redis.call('SET', KEYS[2], ARGV[2])
 end
-if lost then
-  redis.call('HSET', KEYS[4], 'kind', ARGV[1])
+for k = 1, 4 do
+  redis.call('PEXPIRE', KEYS[k], ARGV[5])
 end
 local out = { cur }
 for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do
