@@ -230,14 +230,33 @@ async fn an_hs256_token_is_never_checked_against_the_public_key() {
 
 #[test]
 fn weak_secrets_and_bad_key_files_stop_the_binary_at_start() {
+    // The exit code and stderr; a binary still serving after 10 s is killed (None).
     let run = |args: &[&str]| {
-        let out = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .args(["--bind", "127.0.0.1:0"])
             .args(args)
             .env_remove("RENDEZVOUS_JWT_SECRET")
-            .output()
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("run");
-        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let code = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        (code, err)
     };
     let (code, err) = run(&["--jwt-secret", &"s".repeat(31)]);
     assert_eq!(code, Some(2), "{err}");
