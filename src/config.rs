@@ -8,7 +8,10 @@
 //! trusted_proxies = ["127.0.0.1/32"]   # may set the client address (X-Forwarded-For)
 //! handshake_timeout_ms = 10000
 //! node_id = "node-a"
-//! jwt_secret = "change-me"
+//! jwt_secret = "change-me-to-32-or-more-random-bytes"
+//! jwt_public_key = "/etc/rendezvous/idp.pem"   # RS256 / ES256
+//! jwt_audience = "chat"
+//! jwt_issuer = "https://idp.example.com/"
 //! anonymous = "auto"          # auto | allow | deny
 //! log_format = "text"         # text | json
 //! [engine]                    # any field of EngineConfig
@@ -19,6 +22,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use crate::auth::{KeyError, PublicKey};
 use clap::{Parser, ValueEnum};
 use ipnet::IpNet;
 use rendezvous_actors::{EngineConfig, LadderStep};
@@ -26,11 +30,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::front::parse_proxy;
 
+/// Shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: a key of at least the
+/// hash's size).
+pub const MIN_SECRET_BYTES: usize = 32;
+
 /// Whether connections without a JWT are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AnonymousMode {
-    /// Allowed when bound to a loopback address and no JWT secret is set.
+    /// Allowed when bound to a loopback address and no JWT secret or public key is
+    /// set, and only for requests that did not come through a proxy (no `Forwarded`
+    /// or `X-Forwarded-For` header).
     #[default]
     Auto,
     /// Always allowed (insecure; logged loudly).
@@ -65,10 +75,19 @@ pub struct Cli {
     /// Name of this node, reported to clients and peers [default: node-1]
     #[arg(long, env = "RENDEZVOUS_NODE_ID", value_name = "ID")]
     pub node_id: Option<String>,
-    /// HS256 secret for client JWTs (claim `sub` = user id); enables token auth
+    /// HS256 secret for client JWTs (claim `sub` = user id), at least 32 bytes; enables token auth
     #[arg(long, env = "RENDEZVOUS_JWT_SECRET", value_name = "SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Accept connections without a token (`?user=NAME`): auto = only on loopback without a JWT secret
+    /// PEM public key for client JWTs: an RSA key verifies RS256 tokens, an EC P-256 key ES256; enables token auth
+    #[arg(long, env = "RENDEZVOUS_JWT_PUBLIC_KEY", value_name = "FILE")]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Audience tokens must name in `aud`; unset = tokens with an `aud` are refused
+    #[arg(long, env = "RENDEZVOUS_JWT_AUDIENCE", value_name = "AUD")]
+    pub jwt_audience: Option<String>,
+    /// Issuer tokens must name in `iss`; unset = any issuer
+    #[arg(long, env = "RENDEZVOUS_JWT_ISSUER", value_name = "ISS")]
+    pub jwt_issuer: Option<String>,
+    /// Accept connections without a token (`?user=NAME`): auto = only direct (not proxied) requests on a loopback bind without token verification; with tokens also on, anonymous ids start with `~`
     #[arg(long, env = "RENDEZVOUS_ANONYMOUS", value_enum)]
     pub anonymous: Option<AnonymousMode>,
     /// TOML file with any of these settings (flags and environment win over it)
@@ -217,6 +236,12 @@ pub struct Cli {
         help_heading = "Limits"
     )]
     pub allowed_origins: Option<Vec<String>>,
+    /// After a session's token expires (`token_expired`), how long it may send `refresh` before it is closed with 4001, in ms [default: 30000]
+    #[arg(long, env = "RENDEZVOUS_TOKEN_GRACE_MS", help_heading = "Limits")]
+    pub token_grace_ms: Option<u64>,
+    /// Shortest time between two `refresh` attempts of one session, in ms; sooner gets `rate_limited` [default: 1000]
+    #[arg(long, env = "RENDEZVOUS_REFRESH_MIN_INTERVAL_MS", help_heading = "Limits")]
+    pub refresh_min_interval_ms: Option<u64>,
     /// Bound on the graceful drain on SIGTERM/SIGINT, in ms [default: 5000]
     #[arg(long, env = "RENDEZVOUS_DRAIN_TIMEOUT_MS", help_heading = "Engine")]
     pub drain_timeout_ms: Option<u64>,
@@ -262,6 +287,9 @@ struct FileConfig {
     redis_url: Option<String>,
     node_id: Option<String>,
     jwt_secret: Option<String>,
+    jwt_public_key: Option<PathBuf>,
+    jwt_audience: Option<String>,
+    jwt_issuer: Option<String>,
     anonymous: Option<AnonymousMode>,
     log_format: Option<LogFormat>,
     allowed_origins: Option<Vec<String>>,
@@ -289,7 +317,14 @@ pub struct Config {
     /// from one address.
     pub max_pending_per_ip: usize,
     pub redis_url: Option<String>,
+    /// HS256 secret (at least 32 bytes).
     pub jwt_secret: Option<String>,
+    /// RS256 / ES256 public key, read and checked when the configuration loads.
+    pub jwt_public_key: Option<PublicKey>,
+    /// `aud` every token must carry, when set.
+    pub jwt_audience: Option<String>,
+    /// `iss` every token must carry, when set.
+    pub jwt_issuer: Option<String>,
     pub anonymous: AnonymousMode,
     pub log_format: LogFormat,
     /// Origins allowed to open `/ws`; empty = any (requests without `Origin`, i.e.
@@ -309,6 +344,9 @@ impl Default for Config {
             max_pending_per_ip: 512,
             redis_url: None,
             jwt_secret: None,
+            jwt_public_key: None,
+            jwt_audience: None,
+            jwt_issuer: None,
             anonymous: AnonymousMode::Auto,
             log_format: LogFormat::Text,
             allowed_origins: Vec::new(),
@@ -332,8 +370,10 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error(transparent)]
     Invalid(#[from] rendezvous_actors::config::ConfigError),
-    #[error("jwt_secret must be at least 16 bytes")]
+    #[error("jwt_secret must be at least {MIN_SECRET_BYTES} bytes (HS256); generate one with `openssl rand -base64 48`")]
     WeakSecret,
+    #[error("jwt_public_key {path}: {source}")]
+    PublicKey { path: PathBuf, source: KeyError },
 }
 
 impl Config {
@@ -375,6 +415,13 @@ impl Config {
             cli.max_pending_per_ip.or(file.max_pending_per_ip).unwrap_or(c.max_pending_per_ip);
         c.redis_url = cli.redis_url.or(file.redis_url).filter(|u| !u.is_empty());
         c.jwt_secret = cli.jwt_secret.or(file.jwt_secret).filter(|s| !s.is_empty());
+        if let Some(path) = cli.jwt_public_key.or(file.jwt_public_key) {
+            let key = PublicKey::from_file(&path)
+                .map_err(|source| ConfigError::PublicKey { path: path.clone(), source })?;
+            c.jwt_public_key = Some(key);
+        }
+        c.jwt_audience = cli.jwt_audience.or(file.jwt_audience).filter(|s| !s.is_empty());
+        c.jwt_issuer = cli.jwt_issuer.or(file.jwt_issuer).filter(|s| !s.is_empty());
         c.anonymous = cli.anonymous.or(file.anonymous).unwrap_or_default();
         c.log_format = cli.log_format.or(file.log_format).unwrap_or_default();
         if let Some(id) = cli.node_id.or(file.node_id) {
@@ -413,6 +460,8 @@ impl Config {
             history_len,
             history_bytes,
             drain_timeout_ms,
+            token_grace_ms,
+            refresh_min_interval_ms,
             max_sessions,
             max_sessions_per_ip,
             max_rooms_per_user,
@@ -437,7 +486,7 @@ impl Config {
         if self.http_idle_timeout_ms == 0 {
             return Err(ConfigError::ZeroTimeout("http_idle_timeout_ms"));
         }
-        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < 16) {
+        if self.jwt_secret.as_ref().is_some_and(|s| s.len() < MIN_SECRET_BYTES) {
             return Err(ConfigError::WeakSecret);
         }
         Ok(())
@@ -448,8 +497,13 @@ impl Config {
         match self.anonymous {
             AnonymousMode::Allow => true,
             AnonymousMode::Deny => false,
-            AnonymousMode::Auto => self.bind.ip().is_loopback() && self.jwt_secret.is_none(),
+            AnonymousMode::Auto => self.bind.ip().is_loopback() && !self.verifies_tokens(),
         }
+    }
+
+    /// Whether this node accepts tokens (a secret or a public key is configured).
+    pub fn verifies_tokens(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some()
     }
 }
 
@@ -576,6 +630,15 @@ mod tests {
         ));
         let cli = Cli { jwt_secret: Some("short".into()), ..Cli::default() };
         assert!(matches!(Config::load(cli), Err(ConfigError::WeakSecret)));
+        let cli = Cli { jwt_secret: Some("x".repeat(31)), ..Cli::default() };
+        assert!(matches!(Config::load(cli), Err(ConfigError::WeakSecret)));
+        let cli = Cli { jwt_secret: Some("x".repeat(32)), ..Cli::default() };
+        assert!(Config::load(cli).is_ok());
+        let missing = Cli { jwt_public_key: Some("/nonexistent/key.pem".into()), ..Cli::default() };
+        assert!(matches!(
+            Config::load(missing),
+            Err(ConfigError::PublicKey { source: KeyError::Read(_), .. })
+        ));
     }
 
     #[test]
@@ -584,7 +647,10 @@ mod tests {
         assert!(!c.anonymous_allowed());
         c.anonymous = AnonymousMode::Allow;
         assert!(c.anonymous_allowed());
-        let c = Config { jwt_secret: Some("0123456789abcdef".into()), ..Config::default() };
+        let c = Config {
+            jwt_secret: Some("0123456789abcdef0123456789abcdef".into()),
+            ..Config::default()
+        };
         assert!(!c.anonymous_allowed(), "a secret turns auto off");
     }
 }

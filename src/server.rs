@@ -60,7 +60,8 @@ pub async fn run(
         r.attach(engine.clone());
         info!(node = %node, redis = %redacted(config.redis_url.as_deref().unwrap_or_default()), "cluster mode: Redis bridge");
     }
-    let auth = Authenticator::new(config.jwt_secret.as_deref(), anonymous);
+    let auth = Authenticator::from_config(&config);
+    engine.install_token_verifier(auth.verifier());
     let mut app = App::new(engine.clone(), auth, metrics);
     app.allowed_origins = config.allowed_origins.clone();
     app.configure_front(&config);

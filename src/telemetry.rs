@@ -172,4 +172,8 @@ fn describe() {
     );
     describe_counter!(m::BRIDGE_NODES_LOST_TOTAL, "Peers declared dead or gone");
     describe_counter!(m::BRIDGE_SEQ_GAPS_TOTAL, "Gaps in a room's seq filled from the stream");
+    describe_counter!(m::TOKEN_REFRESHES_TOTAL, "Token refresh actions, by result");
+    for result in ["refreshed", "refused"] {
+        metrics::counter!(m::TOKEN_REFRESHES_TOTAL, "result" => result).increment(0);
+    }
 }

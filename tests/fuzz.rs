@@ -156,7 +156,7 @@ fn validate_all(frame: &ClientFrame, cfg: &EngineConfig) {
         | ClientFrame::History { room_id, .. } => {
             let _ = validate::room_id(room_id, cfg);
         }
-        ClientFrame::CancelMatch {} | ClientFrame::Next {} => {}
+        ClientFrame::CancelMatch {} | ClientFrame::Next {} | ClientFrame::Refresh { .. } => {}
     }
 }
 

@@ -110,6 +110,12 @@ pub struct EngineConfig {
     pub heartbeat_interval_ms: u64,
     /// A client silent for this long (no frame, no pong) is disconnected (ms).
     pub client_timeout_ms: u64,
+    /// After a session's token expires (`token_expired`), how long it may still send
+    /// `refresh` with a new token before it is closed with 4001 (ms).
+    pub token_grace_ms: u64,
+    /// Shortest time between two `refresh` attempts of one session (ms); each costs
+    /// a signature check. Sooner gets `rate_limited`.
+    pub refresh_min_interval_ms: u64,
     /// Bound on how long a graceful drain waits for sessions to close (ms).
     pub drain_timeout_ms: u64,
     /// Most sessions on this node; past it new connections are refused (HTTP 503,
@@ -179,6 +185,8 @@ impl Default for EngineConfig {
             write_timeout_ms: 10_000,
             heartbeat_interval_ms: 20_000,
             client_timeout_ms: 60_000,
+            token_grace_ms: 30_000,
+            refresh_min_interval_ms: 1_000,
             drain_timeout_ms: 5_000,
             max_sessions: 0,
             max_sessions_per_ip: 0,

@@ -20,6 +20,7 @@ use crate::registry::Registry;
 use crate::rooms::actor::RoomActor;
 use crate::rooms::messages::JoinPublicRoom;
 use crate::rooms::RoomSupervisor;
+use crate::session::token::TokenVerifier;
 
 /// State shared by sessions, shards and rooms. Every map is a DashMap because
 /// actors on different arbiter threads use it; no guard is held across an await.
@@ -54,6 +55,9 @@ pub struct Shared {
     pub workers: Vec<ArbiterHandle>,
     /// Set once at start; rooms use it to bounce joins that raced a close.
     supervisor: OnceLock<Addr<RoomSupervisor>>,
+    /// Checks tokens sent with `refresh`; installed once by the server (which owns
+    /// the keys). Unset: token sessions cannot refresh (`unauthorized`).
+    token_verifier: OnceLock<Arc<dyn TokenVerifier>>,
     /// `find_match` and `next` per user (per minute quota).
     pub find_match_limiter: DefaultKeyedRateLimiter<UserId>,
     /// `send` per user (per second with burst).
@@ -188,6 +192,11 @@ impl Shared {
     pub fn supervisor(&self) -> Option<&Addr<RoomSupervisor>> {
         self.supervisor.get()
     }
+
+    /// The verifier for `refresh` tokens, if the server installed one.
+    pub fn token_verifier(&self) -> Option<&Arc<dyn TokenVerifier>> {
+        self.token_verifier.get()
+    }
 }
 
 /// The index below `n` that occurs most often in `indices`, the earliest seen on a
@@ -268,6 +277,7 @@ impl Engine {
             bridge,
             workers,
             supervisor: OnceLock::new(),
+            token_verifier: OnceLock::new(),
             searching: AtomicU64::new(0),
             next_ticket: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
@@ -288,6 +298,12 @@ impl Engine {
         let engine = Engine { shared, shards: shards.into(), supervisor };
         engine.spawn_housekeeping();
         engine
+    }
+
+    /// Install the verifier for tokens sent with `refresh` (once; later calls are
+    /// ignored). Call before the first session starts.
+    pub fn install_token_verifier(&self, verifier: Arc<dyn TokenVerifier>) {
+        let _ = self.shared.token_verifier.set(verifier);
     }
 
     /// The shard that owns searches in `language`.

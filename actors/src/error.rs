@@ -21,6 +21,12 @@ pub enum EngineError {
     /// A second `find_match` while one runs.
     #[error("a search is already running; cancel_match first")]
     AlreadySearching,
+    /// The action needs a valid token for this session's user (`refresh`).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The session's token expired; `refresh` within the grace period or be closed.
+    #[error("your token has expired: send refresh with a new token within {grace_ms} ms or the session is closed with 4001")]
+    TokenExpired { grace_ms: u64 },
     /// Something inside the engine failed (an actor is gone, a mailbox is closed).
     #[error("internal error: {0}")]
     Internal(String),
@@ -36,6 +42,8 @@ impl EngineError {
             EngineError::RateLimited { .. } => ErrorCode::RateLimited,
             EngineError::AlreadySearching => ErrorCode::AlreadySearching,
             EngineError::Internal(_) => ErrorCode::Internal,
+            EngineError::Unauthorized(_) => ErrorCode::Unauthorized,
+            EngineError::TokenExpired { .. } => ErrorCode::TokenExpired,
         }
     }
 

@@ -82,6 +82,8 @@ pub const OUTBOUND_QUEUE_MAX_FRAMES: &str = "rendezvous_outbound_queue_max_frame
 pub const AVOID_PAIRS: &str = "rendezvous_avoid_pairs";
 /// Gauge: seconds a probe waited in an actor's mailbox, label `actor` (shard-N, rooms).
 pub const ACTOR_MAILBOX_DELAY_SECONDS: &str = "rendezvous_actor_mailbox_delay_seconds";
+/// Counter: `refresh` actions verified, label `result` (refreshed, refused).
+pub const TOKEN_REFRESHES_TOTAL: &str = "rendezvous_token_refreshes_total";
 
 /// Handles of the metrics touched on every chat message. `counter!` looks its key
 /// up in the recorder's registry on each call (build, hash, compare), which was

@@ -69,6 +69,9 @@ pub enum ClientFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit: Option<u32>,
     },
+    /// Renew the session's token (before it expires, or within the grace after
+    /// `token_expired`). Only for sessions that connected with a token.
+    Refresh { token: String },
 }
 
 impl ClientFrame {
@@ -86,6 +89,7 @@ impl ClientFrame {
             ClientFrame::Join { .. } => "join",
             ClientFrame::Leave { .. } => "leave",
             ClientFrame::History { .. } => "history",
+            ClientFrame::Refresh { .. } => "refresh",
         }
     }
 }
@@ -140,6 +144,9 @@ pub enum ErrorCode {
     AlreadySearching,
     /// The server failed; the action may be retried.
     Internal,
+    /// The session's token has expired: send `refresh` with a new token for the
+    /// same user within the grace period, or the session is closed with 4001.
+    TokenExpired,
 }
 
 impl ErrorCode {
@@ -153,6 +160,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::AlreadySearching => "already_searching",
             ErrorCode::Internal => "internal",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 }
@@ -232,6 +240,12 @@ pub enum ServerFrame {
         room_id: String,
         messages: Vec<HistoryItem>,
     },
+    /// Answer to `refresh`: the new token is in force.
+    Refreshed {
+        /// When the new token expires, in milliseconds since the Unix epoch. Extension.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -272,6 +286,7 @@ impl ServerFrame {
             ServerFrame::Presence { .. } => "presence",
             ServerFrame::RoomClosed { .. } => "room_closed",
             ServerFrame::History { .. } => "history",
+            ServerFrame::Refreshed { .. } => "refreshed",
             ServerFrame::Error { .. } => "error",
         }
     }
@@ -379,6 +394,31 @@ mod tests {
             r#"{"action":"read","room_id":"r","seq":"7"}"#
         )
         .is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"refresh"}"#).is_err());
+    }
+
+    #[test]
+    fn refresh_and_token_expired_match_the_contract() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"action":"refresh","token":"a.b.c"}"#).expect("parse");
+        assert_eq!(f, ClientFrame::Refresh { token: "a.b.c".into() });
+        assert_eq!(f.action(), "refresh");
+        assert_eq!(
+            ServerFrame::Refreshed { expires_at: None }.to_json(),
+            r#"{"type":"refreshed"}"#
+        );
+        assert_eq!(
+            ServerFrame::Refreshed { expires_at: Some(7) }.to_json(),
+            r#"{"type":"refreshed","expires_at":7}"#
+        );
+        let e = ServerFrame::Error {
+            code: ErrorCode::TokenExpired,
+            message: "renew".into(),
+            retry_after_ms: None,
+            action: None,
+        };
+        assert!(e.to_json().contains(r#""code":"token_expired""#));
+        assert_eq!(ErrorCode::TokenExpired.as_str(), "token_expired");
     }
 
     #[test]

@@ -6,13 +6,14 @@
 //! for `cancel_match`, whose answer depends on the shard.
 
 pub mod messages;
+pub mod token;
 pub mod validate;
 
 use std::time::{Duration, Instant};
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Running,
-    StreamHandler, WrapFuture,
+    SpawnHandle, StreamHandler, WrapFuture,
 };
 use futures_util::StreamExt;
 use governor::clock::Clock;
@@ -24,6 +25,7 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 use self::messages::*;
+use self::token::{Identity, LeaseStep, TokenLease};
 use crate::bridge::Ticket;
 use crate::budget::{cost, Budget};
 use crate::engine::Engine;
@@ -75,12 +77,21 @@ pub struct SessionActor {
     last_seen: Instant,
     strikes: u32,
     strikes_since: Instant,
+    /// The token's lifetime; `None` for anonymous sessions (nothing expires).
+    token: Option<TokenLease>,
+    /// The timer that next looks at `token` (replaced on `refresh`).
+    token_timer: Option<SpawnHandle>,
 }
+
+/// Longest single wait of the token timer: far expiries are reached in steps, so
+/// no timer is armed years ahead.
+const TOKEN_TIMER_MAX: Duration = Duration::from_secs(24 * 3600);
 
 impl SessionActor {
     /// Start a session for `user` on the current arbiter, with the writer task beside
     /// it. Call on the arbiter that registered the socket.
-    pub fn start<S>(ws: WebSocketStream<S>, user: UserId, engine: Engine) -> Addr<Self>
+    /// `user` is a [`UserId`] (anonymous) or an [`Identity`] (with a token's expiry).
+    pub fn start<S>(ws: WebSocketStream<S>, user: impl Into<Identity>, engine: Engine) -> Addr<Self>
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
@@ -90,14 +101,16 @@ impl SessionActor {
     /// [`Self::start`] for a client at `peer_ip`, counted against the per-IP cap.
     pub fn start_from<S>(
         ws: WebSocketStream<S>,
-        user: UserId,
+        user: impl Into<Identity>,
         engine: Engine,
         peer_ip: Option<std::net::IpAddr>,
     ) -> Addr<Self>
     where
         S: AsyncRead + AsyncWrite + Unpin + 'static,
     {
+        let Identity { user, expires_at_ms } = user.into();
         let cfg = &engine.shared.config;
+        let token = expires_at_ms.map(|at| TokenLease::new(at, cfg.token_grace_ms));
         let (sink, stream) = ws.split();
         let (outbox, rx) = Outbox::new(cfg.outbound_queue, cfg.outbound_queue_bytes);
         let write_timeout = Duration::from_millis(cfg.write_timeout_ms);
@@ -134,6 +147,8 @@ impl SessionActor {
                 last_seen: Instant::now(),
                 strikes: 0,
                 strikes_since: Instant::now(),
+                token,
+                token_timer: None,
             }
         })
     }
@@ -330,6 +345,7 @@ impl SessionActor {
                     budget,
                 });
             }
+            ClientFrame::Refresh { token } => self.refresh(&token, ctx)?,
         }
         Ok(())
     }
@@ -570,6 +586,58 @@ impl SessionActor {
         ctx.wait(fut.into_actor(self).map(|rooms, act, _| act.welcome(rooms)));
     }
 
+    /// `refresh`: a valid token of the same user renews the session's token (before
+    /// its expiry or within the grace) and re-arms the timer; anything else changes
+    /// nothing. Anonymous sessions have no token to refresh.
+    fn refresh(&mut self, token: &str, ctx: &mut Context<Self>) -> Result<(), EngineError> {
+        let shared = self.engine.shared.clone();
+        let Some(lease) = self.token.as_mut() else {
+            return Err(EngineError::BadRequest(
+                "this session has no token to refresh (it connected without one)".into(),
+            ));
+        };
+        let now = crate::clock::now_ms();
+        lease.attempt(now, shared.config.refresh_min_interval_ms)?;
+        let verified = match shared.token_verifier() {
+            Some(v) => v.verify(token),
+            None => Err("this node cannot verify tokens".to_owned()),
+        };
+        let renewed = lease.renew(&self.user, verified, now);
+        let result = if renewed.is_ok() { "refreshed" } else { "refused" };
+        metrics::counter!(m::TOKEN_REFRESHES_TOTAL, "result" => result).increment(1);
+        let expires_at = renewed?;
+        self.send(&ServerFrame::Refreshed { expires_at: Some(expires_at) });
+        self.arm_token_timer(ctx);
+        Ok(())
+    }
+
+    /// Look at the token now and (re)arm the timer for the next look: tell the
+    /// client `token_expired` at expiry, close with 4001 when the grace is over.
+    fn arm_token_timer(&mut self, ctx: &mut Context<Self>) {
+        if let Some(t) = self.token_timer.take() {
+            ctx.cancel_future(t);
+        }
+        let Some(lease) = self.token.as_mut() else { return };
+        let wait = match lease.poll(crate::clock::now_ms()) {
+            LeaseStep::Wait(wait) => wait,
+            LeaseStep::Expired(rest) => {
+                let grace_ms = rest.as_millis() as u64;
+                self.send_error(None, &EngineError::TokenExpired { grace_ms }, ctx);
+                rest
+            }
+            LeaseStep::Close => {
+                debug!(user = %self.user, "token expired and not refreshed");
+                return self.close(close::UNAUTHORIZED, ctx);
+            }
+        };
+        // One millisecond more: a timer may fire a hair early against the wall clock.
+        let wait = (wait + Duration::from_millis(1)).min(TOKEN_TIMER_MAX);
+        self.token_timer = Some(ctx.run_later(wait, |act, ctx| {
+            act.token_timer = None;
+            act.arm_token_timer(ctx);
+        }));
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         let timeout = Duration::from_millis(self.engine.shared.config.client_timeout_ms);
         if self.last_seen.elapsed() > timeout {
@@ -625,6 +693,7 @@ impl Actor for SessionActor {
         metrics::counter!(m::SESSIONS_OPENED_TOTAL).increment(1);
         let every = Duration::from_millis(shared.config.heartbeat_interval_ms);
         ctx.run_interval(every, |act, ctx| act.heartbeat(ctx));
+        self.arm_token_timer(ctx);
     }
 
     fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {

@@ -495,7 +495,9 @@ impl Session {
             }
             ClientFrame::Join { room_id } => self.join(room_id),
             ClientFrame::Leave { room_id } => self.leave(room_id),
-            ClientFrame::Block { .. } | ClientFrame::History { .. } => {
+            ClientFrame::Block { .. }
+            | ClientFrame::History { .. }
+            | ClientFrame::Refresh { .. } => {
                 fail(ErrorCode::BadRequest, "not supported by the relay")
             }
         }
