@@ -34,6 +34,9 @@ use crate::front::parse_proxy;
 /// hash's size).
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Smallest `max_header_bytes`: hyper's smallest read buffer.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
 /// Whether connections without a JWT are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -116,6 +119,9 @@ pub struct Cli {
     /// Most connections not yet upgraded from one client address (trusted proxies exempt); more are closed at once; 0 = no limit [default: 512]
     #[arg(long, env = "RENDEZVOUS_MAX_PENDING_PER_IP", help_heading = "Limits")]
     pub max_pending_per_ip: Option<usize>,
+    /// Largest request head (request line and headers) in bytes, at least 8192; larger gets HTTP 431 [default: 65536]
+    #[arg(long, env = "RENDEZVOUS_MAX_HEADER_BYTES", help_heading = "Limits")]
+    pub max_header_bytes: Option<usize>,
 
     /// Worker threads for sessions and rooms; 0 = one per core
     #[arg(long, env = "RENDEZVOUS_WORKERS", help_heading = "Engine")]
@@ -284,6 +290,7 @@ struct FileConfig {
     http_idle_timeout_ms: Option<u64>,
     max_pending_connections: Option<usize>,
     max_pending_per_ip: Option<usize>,
+    max_header_bytes: Option<usize>,
     redis_url: Option<String>,
     node_id: Option<String>,
     jwt_secret: Option<String>,
@@ -316,6 +323,11 @@ pub struct Config {
     /// proxies exempt); 0 = none. High enough for load tests at 6,000 handshakes/s
     /// from one address.
     pub max_pending_per_ip: usize,
+    /// Largest request head (request line and headers), in bytes; more is answered
+    /// 431. Bounds what a slow sender can pin per pending connection (hyper's own
+    /// default is about 400 KiB); a browser's upgrade with cookies and a token is a
+    /// few KiB. At least 8192, hyper's smallest read buffer.
+    pub max_header_bytes: usize,
     pub redis_url: Option<String>,
     /// HS256 secret (at least 32 bytes).
     pub jwt_secret: Option<String>,
@@ -342,6 +354,7 @@ impl Default for Config {
             http_idle_timeout_ms: 30_000,
             max_pending_connections: 0,
             max_pending_per_ip: 512,
+            max_header_bytes: 64 * 1024,
             redis_url: None,
             jwt_secret: None,
             jwt_public_key: None,
@@ -364,6 +377,8 @@ pub enum ConfigError {
     /// A front-door deadline of 0 would close every connection at once.
     #[error("{0} must be above 0")]
     ZeroTimeout(&'static str),
+    #[error("max_header_bytes must be at least {MIN_HEADER_BYTES}")]
+    SmallHeaderLimit,
     #[error("cannot read config file {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config file {path}: {source}")]
@@ -413,6 +428,8 @@ impl Config {
             .unwrap_or(c.max_pending_connections);
         c.max_pending_per_ip =
             cli.max_pending_per_ip.or(file.max_pending_per_ip).unwrap_or(c.max_pending_per_ip);
+        c.max_header_bytes =
+            cli.max_header_bytes.or(file.max_header_bytes).unwrap_or(c.max_header_bytes);
         c.redis_url = cli.redis_url.or(file.redis_url).filter(|u| !u.is_empty());
         c.jwt_secret = cli.jwt_secret.or(file.jwt_secret).filter(|s| !s.is_empty());
         if let Some(path) = cli.jwt_public_key.or(file.jwt_public_key) {
@@ -485,6 +502,9 @@ impl Config {
         }
         if self.http_idle_timeout_ms == 0 {
             return Err(ConfigError::ZeroTimeout("http_idle_timeout_ms"));
+        }
+        if self.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(ConfigError::SmallHeaderLimit);
         }
         if self.jwt_secret.as_ref().is_some_and(|s| s.len() < MIN_SECRET_BYTES) {
             return Err(ConfigError::WeakSecret);

@@ -294,6 +294,8 @@ pub struct Admission {
     pub trusted: TrustedProxies,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Largest request head, in bytes (`Config::max_header_bytes`).
+    pub max_header_bytes: usize,
     /// Metric handles: one atomic each, no registry lookup per connection.
     pending_gauge: metrics::Gauge,
     refused_total: metrics::Counter,
@@ -307,12 +309,14 @@ impl Admission {
         trusted: TrustedProxies,
         handshake_timeout: Duration,
         idle_timeout: Duration,
+        max_header_bytes: usize,
     ) -> Self {
         Self {
             counts: Mutex::new(PendingCounts::new(total_cap, per_ip_cap)),
             trusted,
             handshake_timeout,
             idle_timeout,
+            max_header_bytes,
             pending_gauge: metrics::gauge!(m::CONNECTIONS_PENDING),
             refused_total: metrics::counter!(
                 m::CONNECTIONS_REFUSED_TOTAL, "reason" => Refusal::Total.as_str()

@@ -42,12 +42,6 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::front::{self, Admission, ConnClock, Pending};
 
-/// Largest request head (request line and headers) read before the upgrade; more
-/// is answered 431. Bounds the memory a slow sender can pin per pending connection
-/// (hyper's default is about 400 KiB); a browser's upgrade with cookies and a token
-/// is a few KiB.
-const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
-
 /// What every connection handler needs.
 pub struct App {
     pub engine: Engine,
@@ -112,6 +106,7 @@ fn admission(config: &Config, open_file_limit: u64, session_cap: usize) -> Admis
         front::TrustedProxies::new(config.trusted_proxies.clone()),
         Duration::from_millis(config.handshake_timeout_ms),
         Duration::from_millis(config.http_idle_timeout_ms),
+        config.max_header_bytes,
     )
 }
 
@@ -147,7 +142,7 @@ pub async fn serve_connection(
         }
     });
     let conn = http1::Builder::new()
-        .max_buf_size(MAX_REQUEST_HEAD_BYTES)
+        .max_buf_size(admission.max_header_bytes)
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
     tokio::pin!(conn);

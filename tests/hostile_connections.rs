@@ -448,3 +448,38 @@ async fn per_ip_session_cap_counts_clients_named_by_trusted_proxies() {
         "counted by its own address, whatever it forwards"
     );
 }
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431() {
+    const LIMIT: usize = 16 * 1024;
+    let node = Node::spawn(None, "n1", &[("--max-header-bytes", &LIMIT.to_string())]);
+    let status_of = |head: Vec<u8>| async move {
+        let mut s = TcpStream::connect(node.addr).await.expect("connect");
+        // The server may answer (and close) before it has read everything we send.
+        let _ = s.write_all(&head).await;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tokio::time::timeout(GRACE, s.read(&mut buf)).await.expect("answer in time") {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).lines().next().unwrap_or_default().to_owned()
+    };
+    let request = |pad: usize| {
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n", "a".repeat(pad))
+            .into_bytes()
+    };
+    // A head a little under the limit is served; one over it is refused with 431.
+    assert!(status_of(request(LIMIT / 2)).await.starts_with("HTTP/1.1 200"));
+    let refused = status_of(request(LIMIT * 2)).await;
+    assert!(refused.starts_with("HTTP/1.1 431"), "oversized head answered {refused:?}");
+    // A limit below hyper's smallest buffer is refused at start.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rendezvous"))
+        .args(["--bind", "127.0.0.1:0", "--max-header-bytes", "4096"])
+        .output()
+        .expect("run the binary");
+    assert!(!out.status.success(), "a 4 KiB header limit was accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_header_bytes"));
+}
