@@ -9,7 +9,7 @@
 //! (`max_sessions`, `max_sessions_per_ip`) are not here: they are checked at the
 //! upgrade, on the address this module resolves.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use hyper::header::{HeaderMap, FORWARDED};
 use ipnet::IpNet;
 use rendezvous_actors::metrics as m;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 // ---------------------------------------------------------------- trusted proxies
@@ -218,7 +219,8 @@ pub fn pending_cap(configured: usize, open_file_limit: u64, session_cap: usize) 
 /// Why an accepted socket was closed at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// The node already holds its cap of pending connections.
+    /// The node already holds its cap of pending connections, none of them old
+    /// enough to give way.
     Total,
     /// The client's address already holds its cap.
     PerIp,
@@ -234,50 +236,104 @@ impl Refusal {
     }
 }
 
-/// Counts of pending connections against their caps (no I/O, no clock).
+/// The `reason` label of `rendezvous_connections_refused_total` for a pending
+/// connection closed to make room for a new one.
+pub const EVICTED: &str = "pending_evicted";
+
+/// A connection let in: its number, and the older one it displaced, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    pub id: u64,
+    /// An older pending connection to close now, to make room for this one.
+    pub evicted: Option<u64>,
+}
+
+/// Pending connections against their caps (no I/O; time is an argument).
+///
+/// When the total cap is full, a newcomer displaces the oldest pending connection
+/// if that one has been waiting at least `min_age`; otherwise the newcomer is
+/// refused. A real client finishes its handshake in milliseconds, so the oldest
+/// pending connections under pressure are the ones that stall: sockets held open
+/// without a request can fill the cap, but they cannot keep new users out for
+/// longer than `min_age`, from however many addresses they come.
 #[derive(Debug)]
 pub struct PendingCounts {
     total_cap: usize,
     /// 0 = no per-address cap.
     per_ip_cap: usize,
-    total: usize,
+    /// How long a pending connection is safe from being displaced.
+    min_age: Duration,
+    /// Pending connections by number, which grows with accept time: the first
+    /// entry is the oldest. At most `total_cap` entries.
+    live: BTreeMap<u64, (IpAddr, Instant)>,
+    next_id: u64,
     /// Only addresses with at least one pending connection: at most `total_cap` entries.
     per_ip: HashMap<IpAddr, usize>,
 }
 
 impl PendingCounts {
-    pub fn new(total_cap: usize, per_ip_cap: usize) -> Self {
-        Self { total_cap, per_ip_cap, total: 0, per_ip: HashMap::new() }
+    pub fn new(total_cap: usize, per_ip_cap: usize, min_age: Duration) -> Self {
+        Self {
+            total_cap,
+            per_ip_cap,
+            min_age,
+            live: BTreeMap::new(),
+            next_id: 0,
+            per_ip: HashMap::new(),
+        }
     }
 
-    /// Count one more from `ip`, or say which cap it would pass. `exempt` addresses
+    /// Count one more from `ip` accepted at `now`, possibly displacing the oldest
+    /// (see the type's doc), or say which cap it would pass. `exempt` addresses
     /// (trusted proxies: all their clients share them) meet only the total cap.
-    pub fn try_admit(&mut self, ip: IpAddr, exempt: bool) -> Result<(), Refusal> {
-        if self.total >= self.total_cap {
-            return Err(Refusal::Total);
+    pub fn try_admit(
+        &mut self,
+        ip: IpAddr,
+        exempt: bool,
+        now: Instant,
+    ) -> Result<Admitted, Refusal> {
+        let evict = if self.live.len() >= self.total_cap {
+            match self.live.first_key_value() {
+                Some((&id, &(_, at))) if now.saturating_duration_since(at) >= self.min_age => {
+                    Some(id)
+                }
+                _ => return Err(Refusal::Total),
+            }
+        } else {
+            None
+        };
+        let mut n = self.of(ip);
+        if evict.and_then(|id| self.live.get(&id)).is_some_and(|(from, _)| *from == ip) {
+            n -= 1;
         }
-        let n = self.per_ip.get(&ip).copied().unwrap_or(0);
         if !exempt && self.per_ip_cap > 0 && n >= self.per_ip_cap {
             return Err(Refusal::PerIp);
         }
-        self.total += 1;
-        self.per_ip.insert(ip, n + 1);
-        Ok(())
+        if let Some(old) = evict {
+            self.release(old);
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        self.live.insert(id, (ip, now));
+        *self.per_ip.entry(ip).or_default() += 1;
+        Ok(Admitted { id, evicted: evict })
     }
 
-    /// One pending connection from `ip` ended (upgraded or closed).
-    pub fn release(&mut self, ip: IpAddr) {
-        self.total = self.total.saturating_sub(1);
+    /// Pending connection `id` ended (upgraded, closed, or displaced); false when
+    /// it was no longer counted (a displaced one's own end comes later).
+    pub fn release(&mut self, id: u64) -> bool {
+        let Some((ip, _)) = self.live.remove(&id) else { return false };
         if let Some(n) = self.per_ip.get_mut(&ip) {
             *n -= 1;
             if *n == 0 {
                 self.per_ip.remove(&ip);
             }
         }
+        true
     }
 
     pub fn total(&self) -> usize {
-        self.total
+        self.live.len()
     }
 
     pub fn of(&self, ip: IpAddr) -> usize {
@@ -285,12 +341,19 @@ impl PendingCounts {
     }
 }
 
+/// What the door's lock guards: the counts, and the signal that closes each
+/// pending connection if it is displaced.
+struct Door {
+    counts: PendingCounts,
+    evict: HashMap<u64, Arc<Notify>>,
+}
+
 /// The node's door: pending counts, the trusted proxies and the deadlines, shared
 /// by the accept loop (admits) and the connection tasks on the workers (release).
 pub struct Admission {
-    /// A plain mutex: held for a hash-map update, never across an `.await`; the
-    /// accept loop and the workers' releases are the only users.
-    counts: Mutex<PendingCounts>,
+    /// A plain mutex: held for a map update, never across an `.await`; the accept
+    /// loop and the workers' releases are the only users.
+    door: Mutex<Door>,
     pub trusted: TrustedProxies,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -300,6 +363,14 @@ pub struct Admission {
     pending_gauge: metrics::Gauge,
     refused_total: metrics::Counter,
     refused_per_ip: metrics::Counter,
+    evicted: metrics::Counter,
+}
+
+/// How long a pending connection is safe from being displaced when the total cap
+/// is full: a second, or half the handshake timeout when that is shorter. Real
+/// handshakes take milliseconds.
+pub fn displace_after(handshake_timeout: Duration) -> Duration {
+    (handshake_timeout / 2).min(Duration::from_secs(1))
 }
 
 impl Admission {
@@ -311,8 +382,9 @@ impl Admission {
         idle_timeout: Duration,
         max_header_bytes: usize,
     ) -> Self {
+        let counts = PendingCounts::new(total_cap, per_ip_cap, displace_after(handshake_timeout));
         Self {
-            counts: Mutex::new(PendingCounts::new(total_cap, per_ip_cap)),
+            door: Mutex::new(Door { counts, evict: HashMap::new() }),
             trusted,
             handshake_timeout,
             idle_timeout,
@@ -324,22 +396,34 @@ impl Admission {
             refused_per_ip: metrics::counter!(
                 m::CONNECTIONS_REFUSED_TOTAL, "reason" => Refusal::PerIp.as_str()
             ),
+            evicted: metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => EVICTED),
         }
     }
 
     /// Let a socket accepted from `peer` in, or refuse it (counted in
     /// `rendezvous_connections_refused_total`); the caller closes a refused one.
-    /// The returned guard keeps it counted until dropped.
+    /// The returned guard keeps it counted until dropped. Letting it in may close
+    /// the oldest pending connection (counted as `pending_evicted`).
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Pending, Refusal> {
         let ip = peer.to_canonical();
         let exempt = self.trusted.contains(ip);
-        let admitted = self.lock().try_admit(ip, exempt);
-        match admitted {
-            Ok(()) => {
+        let now = Instant::now();
+        let mut door = self.lock();
+        match door.counts.try_admit(ip, exempt, now) {
+            Ok(Admitted { id, evicted }) => {
+                if let Some(gone) = evicted.and_then(|old| door.evict.remove(&old)) {
+                    gone.notify_one();
+                    self.evicted.increment(1);
+                    self.pending_gauge.decrement(1.0);
+                }
+                let evict = Arc::new(Notify::new());
+                door.evict.insert(id, evict.clone());
+                drop(door);
                 self.pending_gauge.increment(1.0);
-                Ok(Pending { admission: self.clone(), ip, accepted_at: Instant::now() })
+                Ok(Pending { admission: self.clone(), id, evict, accepted_at: now })
             }
             Err(why) => {
+                drop(door);
                 match why {
                     Refusal::Total => self.refused_total.increment(1),
                     Refusal::PerIp => self.refused_per_ip.increment(1),
@@ -351,38 +435,53 @@ impl Admission {
 
     /// Pending connections now (total).
     pub fn pending(&self) -> usize {
-        self.lock().total()
+        self.lock().counts.total()
     }
 
     /// The cap on pending connections in force.
     pub fn total_cap(&self) -> usize {
-        self.lock().total_cap
+        self.lock().counts.total_cap
     }
 
     /// The per-address cap (0 = none).
     pub fn per_ip_cap(&self) -> usize {
-        self.lock().per_ip_cap
+        self.lock().counts.per_ip_cap
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, PendingCounts> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Door> {
         // A panic while holding it cannot leave the counts half-updated.
-        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+        self.door.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 /// One admitted connection, counted as pending until dropped (when it is upgraded
-/// or closed, whichever comes first).
+/// or closed, whichever comes first), or until a newer one displaces it.
 pub struct Pending {
     admission: Arc<Admission>,
-    ip: IpAddr,
+    id: u64,
+    /// Notified when this connection is displaced: its task then closes it.
+    evict: Arc<Notify>,
     /// When the socket was accepted: its handshake deadline runs from here.
     pub accepted_at: Instant,
 }
 
+impl Pending {
+    /// Resolves when a newer connection displaced this one (the total cap was full
+    /// and this was the oldest).
+    pub async fn displaced(&self) {
+        self.evict.notified().await;
+    }
+}
+
 impl Drop for Pending {
     fn drop(&mut self) {
-        self.admission.lock().release(self.ip);
-        self.admission.pending_gauge.decrement(1.0);
+        let mut door = self.admission.lock();
+        door.evict.remove(&self.id);
+        // A displaced connection was already uncounted when it was displaced.
+        if door.counts.release(self.id) {
+            drop(door);
+            self.admission.pending_gauge.decrement(1.0);
+        }
     }
 }
 
@@ -628,30 +727,69 @@ mod tests {
     #[test]
     fn pending_caps_total_and_per_address() {
         let (a, b, proxy) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("10.0.0.1"));
-        let mut c = PendingCounts::new(5, 2);
-        assert_eq!(c.try_admit(a, false), Ok(()));
-        assert_eq!(c.try_admit(a, false), Ok(()));
-        assert_eq!(c.try_admit(a, false), Err(Refusal::PerIp));
-        assert_eq!(c.try_admit(b, false), Ok(()));
+        let t0 = Instant::now();
+        let mut c = PendingCounts::new(5, 2, Duration::from_secs(1));
+        let first = c.try_admit(a, false, t0).expect("a").id;
+        assert!(c.try_admit(a, false, t0).is_ok());
+        assert_eq!(c.try_admit(a, false, t0), Err(Refusal::PerIp));
+        let of_b = c.try_admit(b, false, t0).expect("b").id;
         // A trusted proxy meets only the total cap.
-        assert_eq!(c.try_admit(proxy, true), Ok(()));
-        assert_eq!(c.try_admit(proxy, true), Ok(()));
+        assert!(c.try_admit(proxy, true, t0).is_ok());
+        assert!(c.try_admit(proxy, true, t0).is_ok());
         assert_eq!(c.total(), 5);
-        assert_eq!(c.try_admit(proxy, true), Err(Refusal::Total));
-        assert_eq!(c.try_admit(ip("192.0.2.3"), false), Err(Refusal::Total));
+        // Full, and nobody has waited long enough to give way: the newcomer is refused.
+        assert_eq!(c.try_admit(proxy, true, t0), Err(Refusal::Total));
+        assert_eq!(c.try_admit(ip("192.0.2.3"), false, t0), Err(Refusal::Total));
         // Releases free both counts; an address at zero is forgotten.
-        c.release(a);
+        assert!(c.release(first));
+        assert!(!c.release(first), "released once only");
         assert_eq!((c.total(), c.of(a)), (4, 1));
-        assert_eq!(c.try_admit(a, false), Ok(()));
-        c.release(b);
+        assert!(c.try_admit(a, false, t0).is_ok());
+        assert!(c.release(of_b));
         assert_eq!(c.of(b), 0);
         assert!(!c.per_ip.contains_key(&b));
         // No per-address cap when it is 0.
-        let mut open = PendingCounts::new(3, 0);
+        let mut open = PendingCounts::new(3, 0, Duration::from_secs(1));
         for _ in 0..3 {
-            assert_eq!(open.try_admit(a, false), Ok(()));
+            assert!(open.try_admit(a, false, t0).is_ok());
         }
-        assert_eq!(open.try_admit(a, false), Err(Refusal::Total));
+        assert_eq!(open.try_admit(a, false, t0), Err(Refusal::Total));
+    }
+
+    #[test]
+    fn a_full_door_displaces_its_oldest_stalled_connection() {
+        let (a, b, c) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3"));
+        let t0 = Instant::now();
+        let min_age = Duration::from_secs(1);
+        let mut door = PendingCounts::new(3, 2, min_age);
+        let oldest = door.try_admit(a, false, t0).expect("a").id;
+        let second = door.try_admit(b, false, t0 + Duration::from_millis(10)).expect("b").id;
+        door.try_admit(a, false, t0 + Duration::from_millis(20)).expect("a again");
+        // Full; the oldest has waited only 0.5 s: refused.
+        let early = t0 + Duration::from_millis(500);
+        assert_eq!(door.try_admit(c, false, early), Err(Refusal::Total));
+        // A second later the newcomer takes the oldest's place.
+        let later = t0 + Duration::from_millis(1_200);
+        let got = door.try_admit(c, false, later).expect("c displaces the oldest");
+        assert_eq!(got.evicted, Some(oldest));
+        assert_eq!((door.total(), door.of(a), door.of(c)), (3, 1, 1));
+        assert!(!door.release(oldest), "a displaced connection is no longer counted");
+        // The per-address cap still holds, counting the one that would go: `b`
+        // (oldest now) gives way to a second `b` only because it is `b`'s own.
+        let again = door.try_admit(b, false, later).expect("b replaces its own oldest");
+        assert_eq!(again.evicted, Some(second));
+        let mut tight = PendingCounts::new(2, 1, min_age);
+        tight.try_admit(a, false, t0).expect("a");
+        tight.try_admit(b, false, t0).expect("b");
+        // `b` is at its cap and the oldest is `a`'s: displacing it would not help `b`.
+        assert_eq!(tight.try_admit(b, false, later), Err(Refusal::PerIp));
+        assert_eq!(tight.total(), 2, "nothing displaced for a refusal");
+    }
+
+    #[test]
+    fn connections_are_safe_from_displacement_for_a_while() {
+        assert_eq!(displace_after(Duration::from_secs(10)), Duration::from_secs(1));
+        assert_eq!(displace_after(Duration::from_millis(600)), Duration::from_millis(300));
     }
 
     #[test]

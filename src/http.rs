@@ -164,6 +164,9 @@ pub async fn serve_connection(
                 debug!(%peer, error = %e, "http connection ended with an error");
             }
         }
+        () = pending.displaced() => {
+            debug!(%peer, "closing a stalled connection to make room for a new one");
+        }
         phase = watchdog => {
             metrics::counter!(m::CONNECTIONS_TIMED_OUT_TOTAL, "phase" => phase.as_str())
                 .increment(1);

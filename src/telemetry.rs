@@ -121,7 +121,7 @@ fn describe() {
     describe_gauge!(m::CONNECTIONS_PENDING, "Connections accepted and not yet upgraded");
     describe_counter!(
         m::CONNECTIONS_REFUSED_TOTAL,
-        "Accepted sockets closed at once for a pending-connection cap, by reason"
+        "Sockets closed for a pending-connection cap, by reason: a newcomer refused, or the oldest stalled one displaced"
     );
     describe_counter!(
         m::CONNECTIONS_TIMED_OUT_TOTAL,
@@ -129,8 +129,12 @@ fn describe() {
     );
     // Exported at zero from start-up, before anything happens to them.
     metrics::gauge!(m::CONNECTIONS_PENDING).set(0.0);
-    for reason in [crate::front::Refusal::Total, crate::front::Refusal::PerIp] {
-        metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => reason.as_str()).absolute(0);
+    for reason in [
+        crate::front::Refusal::Total.as_str(),
+        crate::front::Refusal::PerIp.as_str(),
+        crate::front::EVICTED,
+    ] {
+        metrics::counter!(m::CONNECTIONS_REFUSED_TOTAL, "reason" => reason).absolute(0);
     }
     for phase in [crate::front::Phase::Handshake, crate::front::Phase::Idle] {
         metrics::counter!(m::CONNECTIONS_TIMED_OUT_TOTAL, "phase" => phase.as_str()).absolute(0);

@@ -98,6 +98,7 @@ async fn metric(node: &Node, series: &str) -> f64 {
 const PENDING: &str = "rendezvous_connections_pending";
 const REFUSED_PER_IP: &str = "rendezvous_connections_refused_total{reason=\"pending_per_ip\"}";
 const REFUSED_TOTAL: &str = "rendezvous_connections_refused_total{reason=\"pending_total\"}";
+const EVICTED: &str = "rendezvous_connections_refused_total{reason=\"pending_evicted\"}";
 const TIMED_OUT_HANDSHAKE: &str = "rendezvous_connections_timed_out_total{phase=\"handshake\"}";
 const TIMED_OUT_IDLE: &str = "rendezvous_connections_timed_out_total{phase=\"idle\"}";
 
@@ -370,6 +371,42 @@ async fn past_the_total_pending_cap_a_connection_is_closed_at_once() {
 
 /// A keep-alive connection serves a second request, then is closed once idle for
 /// `--http-idle-timeout-ms` after its last response.
+#[tokio::test]
+async fn a_full_door_lets_a_new_user_in_by_closing_the_oldest_stalled_socket() {
+    const CAP: usize = 16;
+    let node = Node::spawn(
+        None,
+        "n1",
+        &[
+            ("--handshake-timeout-ms", "30000"),
+            ("--max-pending-connections", &CAP.to_string()),
+            ("--max-pending-per-ip", "0"),
+        ],
+    );
+    // Silent sockets from two addresses fill every pending slot.
+    let mut held = Vec::new();
+    for i in 0..CAP {
+        held.push(connect_from(lo(2 + (i % 2) as u8), node.addr).await);
+    }
+    // While they are young, a newcomer is the one refused (a real handshake takes
+    // milliseconds, so a young pending connection is given its chance).
+    let mut early = connect_from(lo(4), node.addr).await;
+    assert!(closed_within(&mut early, GRACE).await, "a newcomer past a young full door got in");
+    // A second later (displacement starts after min(1 s, half the handshake
+    // timeout)), new users get in: each takes the place of the oldest stalled socket.
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let (mut alice, mut bob, room) = matched_pair(&node, "alice", "bob").await;
+    chat(&mut alice, &mut bob, &room, "through-a-full-door").await;
+    assert!(
+        closed_within(&mut held[0], GRACE).await,
+        "the oldest stalled socket was not closed to make room"
+    );
+    assert!(metric(&node, EVICTED).await >= 1.0, "displacements are counted");
+    // The newest stalled sockets are still open: only the oldest gave way.
+    let newest = held.last_mut().expect("held");
+    assert!(!closed_within(newest, Duration::from_millis(200)).await);
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     const IDLE_MS: u64 = 1000;
