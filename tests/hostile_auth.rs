@@ -1,4 +1,4 @@
-//! Identity against an attacker (issue 21): audience and issuer, RS256 / ES256 public
+//! Identity against an attacker: audience and issuer, RS256 / ES256 public
 //! keys made at test time with `openssl`, algorithm confusion, weak secrets and bad
 //! key files refused at start, token expiry with `refresh` and its grace, the proxy
 //! rule of `auto` mode, and the anonymous namespace that keeps `?user=alice` from

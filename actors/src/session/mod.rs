@@ -266,36 +266,15 @@ impl SessionActor {
                 });
             }
             ClientFrame::Typing { room_id, active } => {
-                let room = self.room(&room_id)?;
-                let budget = self.charge("typing", cost::relay(0, 1))?;
-                room.do_send(RelayEvent {
-                    user: self.user.clone(),
-                    event: Relay::Typing { active },
-                    reply: self.outbox.clone(),
-                    budget,
-                });
+                self.relay(&room_id, "typing", 0, Relay::Typing { active })?;
             }
             ClientFrame::Read { room_id, seq } => {
-                let room = self.room(&room_id)?;
-                let budget = self.charge("read", cost::relay(0, 1))?;
-                room.do_send(RelayEvent {
-                    user: self.user.clone(),
-                    event: Relay::Read { seq },
-                    reply: self.outbox.clone(),
-                    budget,
-                });
+                self.relay(&room_id, "read", 0, Relay::Read { seq })?;
             }
             ClientFrame::Signal { room_id, payload, to } => {
                 let size = validate::signal_payload(&payload, cfg)?;
                 let to = to.as_deref().map(|t| validate::user_id(t, cfg)).transpose()?;
-                let room = self.room(&room_id)?;
-                let budget = self.charge("signal", cost::relay(size as u64, 1))?;
-                room.do_send(RelayEvent {
-                    user: self.user.clone(),
-                    event: Relay::Signal { payload, to },
-                    reply: self.outbox.clone(),
-                    budget,
-                });
+                self.relay(&room_id, "signal", size as u64, Relay::Signal { payload, to })?;
             }
             ClientFrame::Block { user_id } => {
                 let other = validate::user_id(&user_id, cfg)?;
@@ -360,6 +339,26 @@ impl SessionActor {
             retry_after_ms: wait.as_millis() as u64 + 1,
         })?;
         Ok(budget.clone())
+    }
+
+    /// Relay `event` (of `payload_bytes`) to the room's other members, charging its
+    /// first copy to the user's budget now; the room charges the other copies.
+    fn relay(
+        &mut self,
+        room_id: &str,
+        action: &'static str,
+        payload_bytes: u64,
+        event: Relay,
+    ) -> Result<(), EngineError> {
+        let room = self.room(room_id)?;
+        let budget = self.charge(action, cost::relay(payload_bytes, 1))?;
+        room.do_send(RelayEvent {
+            user: self.user.clone(),
+            event,
+            reply: self.outbox.clone(),
+            budget,
+        });
+        Ok(())
     }
 
     /// The room actor for `room_id`, or `not_in_room` when there is none.
