@@ -113,7 +113,7 @@ pub struct Cli {
     /// A keep-alive HTTP connection idle this many ms after a response is closed [default: 30000]
     #[arg(long, env = "RENDEZVOUS_HTTP_IDLE_TIMEOUT_MS", help_heading = "Limits")]
     pub http_idle_timeout_ms: Option<u64>,
-    /// Most connections not yet upgraded to a WebSocket; more are closed at once; 0 = what the open-file limit leaves beside the session cap, 16 to 1024 [default: 0]
+    /// Most connections not yet upgraded to a WebSocket (0 = 4096), and never more than the open-file limit leaves beside the open sessions; when full, the oldest stalled one gives way or a new one is closed at once [default: 0]
     #[arg(long, env = "RENDEZVOUS_MAX_PENDING_CONNECTIONS", help_heading = "Limits")]
     pub max_pending_connections: Option<usize>,
     /// Most connections not yet upgraded from one client address (trusted proxies exempt); more are closed at once; 0 = no limit [default: 512]
@@ -315,9 +315,10 @@ pub struct Config {
     pub handshake_timeout_ms: u64,
     /// Deadline for the next request on a keep-alive connection after a response, in ms.
     pub http_idle_timeout_ms: u64,
-    /// Cap on connections not yet upgraded; 0 = auto: the open-file limit minus the
-    /// session cap and a reserve of 64, between 16 and 1024, so sessions plus
-    /// pending connections never run the node out of descriptors.
+    /// Cap on connections not yet upgraded; 0 = 4,096. Whatever the cap, the
+    /// pending connections admitted never exceed what the open-file limit leaves
+    /// beside the open sessions (and a reserve of 64), so sessions plus pending
+    /// connections never run the node out of descriptors.
     pub max_pending_connections: usize,
     /// Cap on connections not yet upgraded per client address (TCP peer; trusted
     /// proxies exempt); 0 = none. High enough for load tests at 6,000 handshakes/s

@@ -203,17 +203,34 @@ fn unquote(v: &str) -> Option<String> {
 
 // ---------------------------------------------------------------- pending caps
 
-/// The cap on pending connections in force: `configured`, or (0 = auto) what the
-/// open-file limit leaves beside the session cap and a reserve for the node's own
-/// files (listener, Redis, logs), at most 1,024 and at least 16.
-pub fn pending_cap(configured: usize, open_file_limit: u64, session_cap: usize) -> usize {
-    /// Descriptors kept for the node itself.
-    const RESERVE: usize = 64;
+/// Descriptors kept for the node itself (listener, Redis, logs) when pending
+/// connections are fitted beside the sessions.
+pub const FD_RESERVE: usize = 64;
+
+/// Pending connections at most when `--max-pending-connections` is 0 (auto).
+pub const AUTO_PENDING_CAP: usize = 4096;
+
+/// The cap on pending connections in force: `configured`, or (0) the automatic one.
+/// Either way [`pending_room`] also keeps them within the open files the sessions
+/// leave.
+pub fn pending_cap(configured: usize) -> usize {
     if configured > 0 {
-        return configured;
+        configured
+    } else {
+        AUTO_PENDING_CAP
     }
+}
+
+/// How many connections may be pending now: the cap, but never more than the
+/// open-file limit leaves beside the `sessions` open and [`FD_RESERVE`], so that
+/// sessions and pending connections together never run the node out of
+/// descriptors. A burst of handshakes while few sessions are open gets the whole
+/// cap; a node near its session cap keeps only what its files allow. At least 16,
+/// so a full node still answers health checks.
+pub fn pending_room(cap: usize, open_file_limit: u64, sessions: usize) -> usize {
     let files = usize::try_from(open_file_limit).unwrap_or(usize::MAX);
-    files.saturating_sub(session_cap.saturating_add(RESERVE)).clamp(16, 1024)
+    let left = files.saturating_sub(sessions.saturating_add(FD_RESERVE));
+    cap.min(left.max(16))
 }
 
 /// Why an accepted socket was closed at once.
@@ -286,13 +303,15 @@ impl PendingCounts {
     /// Count one more from `ip` accepted at `now`, possibly displacing the oldest
     /// (see the type's doc), or say which cap it would pass. `exempt` addresses
     /// (trusted proxies: all their clients share them) meet only the total cap.
+    /// `room` lowers the total cap for this one call (the files left: [`pending_room`]).
     pub fn try_admit(
         &mut self,
         ip: IpAddr,
         exempt: bool,
         now: Instant,
+        room: usize,
     ) -> Result<Admitted, Refusal> {
-        let evict = if self.live.len() >= self.total_cap {
+        let evict = if self.live.len() >= self.total_cap.min(room) {
             match self.live.first_key_value() {
                 Some((&id, &(_, at))) if now.saturating_duration_since(at) >= self.min_age => {
                     Some(id)
@@ -359,6 +378,8 @@ pub struct Admission {
     pub idle_timeout: Duration,
     /// Largest request head, in bytes (`Config::max_header_bytes`).
     pub max_header_bytes: usize,
+    /// The process's open-file limit, which sessions and pending connections share.
+    open_file_limit: u64,
     /// Metric handles: one atomic each, no registry lookup per connection.
     pending_gauge: metrics::Gauge,
     refused_total: metrics::Counter,
@@ -381,6 +402,7 @@ impl Admission {
         handshake_timeout: Duration,
         idle_timeout: Duration,
         max_header_bytes: usize,
+        open_file_limit: u64,
     ) -> Self {
         let counts = PendingCounts::new(total_cap, per_ip_cap, displace_after(handshake_timeout));
         Self {
@@ -389,6 +411,7 @@ impl Admission {
             handshake_timeout,
             idle_timeout,
             max_header_bytes,
+            open_file_limit,
             pending_gauge: metrics::gauge!(m::CONNECTIONS_PENDING),
             refused_total: metrics::counter!(
                 m::CONNECTIONS_REFUSED_TOTAL, "reason" => Refusal::Total.as_str()
@@ -403,13 +426,15 @@ impl Admission {
     /// Let a socket accepted from `peer` in, or refuse it (counted in
     /// `rendezvous_connections_refused_total`); the caller closes a refused one.
     /// The returned guard keeps it counted until dropped. Letting it in may close
-    /// the oldest pending connection (counted as `pending_evicted`).
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Result<Pending, Refusal> {
+    /// the oldest pending connection (counted as `pending_evicted`). `sessions`:
+    /// the sessions open now, which hold files too.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr, sessions: usize) -> Result<Pending, Refusal> {
         let ip = peer.to_canonical();
         let exempt = self.trusted.contains(ip);
         let now = Instant::now();
+        let room = pending_room(usize::MAX, self.open_file_limit, sessions);
         let mut door = self.lock();
-        match door.counts.try_admit(ip, exempt, now) {
+        match door.counts.try_admit(ip, exempt, now, room) {
             Ok(Admitted { id, evicted }) => {
                 if let Some(gone) = evicted.and_then(|old| door.evict.remove(&old)) {
                     gone.notify_one();
@@ -729,31 +754,31 @@ mod tests {
         let (a, b, proxy) = (ip("192.0.2.1"), ip("192.0.2.2"), ip("10.0.0.1"));
         let t0 = Instant::now();
         let mut c = PendingCounts::new(5, 2, Duration::from_secs(1));
-        let first = c.try_admit(a, false, t0).expect("a").id;
-        assert!(c.try_admit(a, false, t0).is_ok());
-        assert_eq!(c.try_admit(a, false, t0), Err(Refusal::PerIp));
-        let of_b = c.try_admit(b, false, t0).expect("b").id;
+        let first = c.try_admit(a, false, t0, usize::MAX).expect("a").id;
+        assert!(c.try_admit(a, false, t0, usize::MAX).is_ok());
+        assert_eq!(c.try_admit(a, false, t0, usize::MAX), Err(Refusal::PerIp));
+        let of_b = c.try_admit(b, false, t0, usize::MAX).expect("b").id;
         // A trusted proxy meets only the total cap.
-        assert!(c.try_admit(proxy, true, t0).is_ok());
-        assert!(c.try_admit(proxy, true, t0).is_ok());
+        assert!(c.try_admit(proxy, true, t0, usize::MAX).is_ok());
+        assert!(c.try_admit(proxy, true, t0, usize::MAX).is_ok());
         assert_eq!(c.total(), 5);
         // Full, and nobody has waited long enough to give way: the newcomer is refused.
-        assert_eq!(c.try_admit(proxy, true, t0), Err(Refusal::Total));
-        assert_eq!(c.try_admit(ip("192.0.2.3"), false, t0), Err(Refusal::Total));
+        assert_eq!(c.try_admit(proxy, true, t0, usize::MAX), Err(Refusal::Total));
+        assert_eq!(c.try_admit(ip("192.0.2.3"), false, t0, usize::MAX), Err(Refusal::Total));
         // Releases free both counts; an address at zero is forgotten.
         assert!(c.release(first));
         assert!(!c.release(first), "released once only");
         assert_eq!((c.total(), c.of(a)), (4, 1));
-        assert!(c.try_admit(a, false, t0).is_ok());
+        assert!(c.try_admit(a, false, t0, usize::MAX).is_ok());
         assert!(c.release(of_b));
         assert_eq!(c.of(b), 0);
         assert!(!c.per_ip.contains_key(&b));
         // No per-address cap when it is 0.
         let mut open = PendingCounts::new(3, 0, Duration::from_secs(1));
         for _ in 0..3 {
-            assert!(open.try_admit(a, false, t0).is_ok());
+            assert!(open.try_admit(a, false, t0, usize::MAX).is_ok());
         }
-        assert_eq!(open.try_admit(a, false, t0), Err(Refusal::Total));
+        assert_eq!(open.try_admit(a, false, t0, usize::MAX), Err(Refusal::Total));
     }
 
     #[test]
@@ -762,27 +787,28 @@ mod tests {
         let t0 = Instant::now();
         let min_age = Duration::from_secs(1);
         let mut door = PendingCounts::new(3, 2, min_age);
-        let oldest = door.try_admit(a, false, t0).expect("a").id;
-        let second = door.try_admit(b, false, t0 + Duration::from_millis(10)).expect("b").id;
-        door.try_admit(a, false, t0 + Duration::from_millis(20)).expect("a again");
+        let oldest = door.try_admit(a, false, t0, usize::MAX).expect("a").id;
+        let second =
+            door.try_admit(b, false, t0 + Duration::from_millis(10), usize::MAX).expect("b").id;
+        door.try_admit(a, false, t0 + Duration::from_millis(20), usize::MAX).expect("a again");
         // Full; the oldest has waited only 0.5 s: refused.
         let early = t0 + Duration::from_millis(500);
-        assert_eq!(door.try_admit(c, false, early), Err(Refusal::Total));
+        assert_eq!(door.try_admit(c, false, early, usize::MAX), Err(Refusal::Total));
         // A second later the newcomer takes the oldest's place.
         let later = t0 + Duration::from_millis(1_200);
-        let got = door.try_admit(c, false, later).expect("c displaces the oldest");
+        let got = door.try_admit(c, false, later, usize::MAX).expect("c displaces the oldest");
         assert_eq!(got.evicted, Some(oldest));
         assert_eq!((door.total(), door.of(a), door.of(c)), (3, 1, 1));
         assert!(!door.release(oldest), "a displaced connection is no longer counted");
         // The per-address cap still holds, counting the one that would go: `b`
         // (oldest now) gives way to a second `b` only because it is `b`'s own.
-        let again = door.try_admit(b, false, later).expect("b replaces its own oldest");
+        let again = door.try_admit(b, false, later, usize::MAX).expect("b replaces its own oldest");
         assert_eq!(again.evicted, Some(second));
         let mut tight = PendingCounts::new(2, 1, min_age);
-        tight.try_admit(a, false, t0).expect("a");
-        tight.try_admit(b, false, t0).expect("b");
+        tight.try_admit(a, false, t0, usize::MAX).expect("a");
+        tight.try_admit(b, false, t0, usize::MAX).expect("b");
         // `b` is at its cap and the oldest is `a`'s: displacing it would not help `b`.
-        assert_eq!(tight.try_admit(b, false, later), Err(Refusal::PerIp));
+        assert_eq!(tight.try_admit(b, false, later, usize::MAX), Err(Refusal::PerIp));
         assert_eq!(tight.total(), 2, "nothing displaced for a refusal");
     }
 
@@ -793,13 +819,24 @@ mod tests {
     }
 
     #[test]
-    fn auto_pending_cap_fits_beside_the_sessions() {
-        // This machine: 20,000 files, 19,000 sessions (95%).
-        assert_eq!(pending_cap(0, 20_000, 19_000), 936);
-        assert_eq!(pending_cap(0, 1_000_000, 950_000), 1024);
-        assert_eq!(pending_cap(0, 1024, 972), 16);
-        assert_eq!(pending_cap(0, 1024, 2000), 16);
-        assert_eq!(pending_cap(300, 20_000, 19_000), 300);
+    fn pending_connections_fit_beside_the_open_sessions() {
+        assert_eq!(pending_cap(0), AUTO_PENDING_CAP);
+        assert_eq!(pending_cap(300), 300);
+        // This machine: 20,000 files. Few sessions: the whole cap.
+        assert_eq!(pending_room(4096, 20_000, 1_000), 4096);
+        // At the session cap (95%): what the files leave.
+        assert_eq!(pending_room(4096, 20_000, 19_000), 936);
+        assert_eq!(pending_room(300, 20_000, 19_000), 300);
+        // Never below 16, even on a node whose files are all taken.
+        assert_eq!(pending_room(4096, 1024, 2000), 16);
+        // The room lowers the cap of one admission.
+        let t0 = Instant::now();
+        let mut c = PendingCounts::new(10, 0, Duration::from_secs(1));
+        let a = ip("192.0.2.1");
+        assert!(c.try_admit(a, false, t0, 2).is_ok());
+        assert!(c.try_admit(a, false, t0, 2).is_ok());
+        assert_eq!(c.try_admit(a, false, t0, 2), Err(Refusal::Total));
+        assert!(c.try_admit(a, false, t0, 3).is_ok());
     }
 
     #[test]

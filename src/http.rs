@@ -77,7 +77,7 @@ impl App {
         let nofile =
             rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024);
         let session_cap = engine.shared.config.session_cap(nofile);
-        let admission = Arc::new(admission(&Config::default(), nofile, session_cap));
+        let admission = Arc::new(admission(&Config::default(), nofile));
         Self {
             engine,
             auth,
@@ -94,19 +94,20 @@ impl App {
     /// Take the front-door settings (pending caps, deadlines, trusted proxies) of
     /// `config`. Call before serving.
     pub fn configure_front(&mut self, config: &Config) {
-        self.admission = Arc::new(admission(config, self.open_file_limit, self.session_cap));
+        self.admission = Arc::new(admission(config, self.open_file_limit));
     }
 }
 
-fn admission(config: &Config, open_file_limit: u64, session_cap: usize) -> Admission {
+fn admission(config: &Config, open_file_limit: u64) -> Admission {
     use std::time::Duration;
     Admission::new(
-        front::pending_cap(config.max_pending_connections, open_file_limit, session_cap),
+        front::pending_cap(config.max_pending_connections),
         config.max_pending_per_ip,
         front::TrustedProxies::new(config.trusted_proxies.clone()),
         Duration::from_millis(config.handshake_timeout_ms),
         Duration::from_millis(config.http_idle_timeout_ms),
         config.max_header_bytes,
+        open_file_limit,
     )
 }
 

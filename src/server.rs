@@ -83,7 +83,7 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => match app.admission.admit(peer.ip()) {
+                Ok((stream, peer)) => match app.admission.admit(peer.ip(), app.engine.shared.registry.len()) {
                     Ok(pending) => dispatch(stream, peer, &app, pending),
                     // Closed at once (the drop) and counted by `admit`.
                     Err(why) => {
