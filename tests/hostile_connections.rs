@@ -408,6 +408,55 @@ async fn a_full_door_lets_a_new_user_in_by_closing_the_oldest_stalled_socket() {
 }
 
 #[tokio::test]
+async fn sessions_and_pending_connections_never_exceed_the_file_limit() {
+    // A node with 600 files: 570 sessions at most (95 %), and the automatic pending
+    // cap (4,096) is held to what the files leave beside the open sessions.
+    const FILES: usize = 600;
+    const SESSIONS: usize = 400;
+    let node = Node::spawn_with_file_limit(
+        Some(FILES as u64),
+        None,
+        "n1",
+        &[("--handshake-timeout-ms", "30000"), ("--max-pending-per-ip", "0")],
+    );
+    // The node's own files (listener, epoll, eventfds, logs): what the reserve is for.
+    let own = open_files(node.pid());
+    let (mut alice, mut bob, room) = matched_pair(&node, "alice", "bob").await;
+    let mut idle = Vec::new();
+    for i in 0..SESSIONS - 2 {
+        idle.push(node.client(&format!("idle{i}")).await);
+    }
+    // A burst of stalled sockets, well within the displacement age (1 s).
+    let mut stalled = Vec::new();
+    for i in 0..400 {
+        stalled.push(connect_from(lo(2 + (i % 4) as u8), node.addr).await);
+    }
+    // The kernel would stop it at FILES anyway (accept failing with EMFILE, and
+    // Redis reconnects with it); the node stops itself short of that: sessions and
+    // pending connections within FILES - 64, its own files in the reserve.
+    let peak = open_files(node.pid());
+    assert!(
+        peak <= FILES - 64 + own + 4,
+        "the node holds {peak} files of its {FILES} ({own} of its own): no reserve left"
+    );
+    // Those the files had no room for were closed at once.
+    let mut refused = 0;
+    for s in stalled.iter_mut().rev().take(200) {
+        if closed_within(s, Duration::from_millis(20)).await {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 100, "only {refused} of the last 200 stalled sockets were refused");
+    // Room again for a /metrics request once the stalled sockets are gone.
+    drop(stalled);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(metric(&node, REFUSED_TOTAL).await >= 100.0);
+    // The sessions notice nothing.
+    chat(&mut alice, &mut bob, &room, "beside-a-full-door").await;
+    assert_eq!(idle.len(), SESSIONS - 2);
+}
+
+#[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     const IDLE_MS: u64 = 1000;
     let node = Node::spawn(None, "n1", &[("--http-idle-timeout-ms", &IDLE_MS.to_string())]);

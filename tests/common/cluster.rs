@@ -401,6 +401,17 @@ impl Node {
     /// (a default, `--bind`, `--redis-url`, `--node-id`) has its value replaced,
     /// any other is appended.
     pub fn spawn(redis_url: Option<&str>, node_id: &str, extra_args: &[(&str, &str)]) -> Node {
+        Self::spawn_with_file_limit(None, redis_url, node_id, extra_args)
+    }
+
+    /// [`Node::spawn`] with the process's open-file limit (soft and hard) set to
+    /// `files` (through util-linux's `prlimit`, which execs the binary: same pid).
+    pub fn spawn_with_file_limit(
+        files: Option<u64>,
+        redis_url: Option<&str>,
+        node_id: &str,
+        extra_args: &[(&str, &str)],
+    ) -> Node {
         // Each client socket of a storm is a descriptor in this test process.
         let _ = rlimit::increase_nofile_limit(u64::MAX);
         let mut args: Vec<(String, String)> =
@@ -416,7 +427,14 @@ impl Node {
                 None => args.push((k.to_string(), v.to_string())),
             }
         }
-        let mut cmd = Command::new(BIN);
+        let mut cmd = match files {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
         for (k, v) in &args {
             cmd.arg(k).arg(v);
         }
