@@ -128,6 +128,20 @@ async fn ws_from(
     Ok(c)
 }
 
+/// A node whose only pending cap is a total of `cap`, with a handshake deadline far
+/// enough that nothing times out during a test.
+fn total_capped_node(cap: usize) -> Node {
+    Node::spawn(
+        None,
+        "n1",
+        &[
+            ("--handshake-timeout-ms", "30000"),
+            ("--max-pending-connections", &cap.to_string()),
+            ("--max-pending-per-ip", "0"),
+        ],
+    )
+}
+
 /// Two new users on `node`, matched on interests no one else has; and their room.
 async fn matched_pair(node: &Node, a: &str, b: &str) -> (Client, Client, String) {
     let (mut ca, mut cb) = (node.client(a).await, node.client(b).await);
@@ -321,20 +335,13 @@ async fn past_the_per_ip_pending_cap_a_connection_is_closed_at_once() {
     }
 }
 
-/// Past `--max-pending-connections`, a new connection from any address is closed at
-/// once and counted; a freed slot is usable again; a session keeps chatting.
+/// Past `--max-pending-connections`, while the pending connections are young (none
+/// has waited the displacement age), a new connection from any address is closed
+/// at once and counted; a freed slot is usable again; a session keeps chatting.
 #[tokio::test]
 async fn past_the_total_pending_cap_a_connection_is_closed_at_once() {
     const CAP: usize = 16;
-    let node = Node::spawn(
-        None,
-        "n1",
-        &[
-            ("--handshake-timeout-ms", "30000"),
-            ("--max-pending-connections", &CAP.to_string()),
-            ("--max-pending-per-ip", "0"),
-        ],
-    );
+    let node = total_capped_node(CAP);
     let (mut alice, mut bob, room) = matched_pair(&node, "alice", "bob").await;
     // Sockets are accepted in the order they connected: these fill the cap first.
     let mut held = Vec::new();
@@ -369,20 +376,12 @@ async fn past_the_total_pending_cap_a_connection_is_closed_at_once() {
     chat(&mut bob, &mut alice, &room, "after").await;
 }
 
-/// A keep-alive connection serves a second request, then is closed once idle for
-/// `--http-idle-timeout-ms` after its last response.
+/// With the total pending cap full of stalled sockets, a newcomer is refused while
+/// they are young, and after a second takes the oldest one's place.
 #[tokio::test]
 async fn a_full_door_lets_a_new_user_in_by_closing_the_oldest_stalled_socket() {
     const CAP: usize = 16;
-    let node = Node::spawn(
-        None,
-        "n1",
-        &[
-            ("--handshake-timeout-ms", "30000"),
-            ("--max-pending-connections", &CAP.to_string()),
-            ("--max-pending-per-ip", "0"),
-        ],
-    );
+    let node = total_capped_node(CAP);
     // Silent sockets from two addresses fill every pending slot.
     let mut held = Vec::new();
     for i in 0..CAP {
@@ -407,6 +406,8 @@ async fn a_full_door_lets_a_new_user_in_by_closing_the_oldest_stalled_socket() {
     assert!(!closed_within(newest, Duration::from_millis(200)).await);
 }
 
+/// Sessions and pending connections together stay within the open-file limit
+/// minus the node's reserve, with the automatic pending cap.
 #[tokio::test]
 async fn sessions_and_pending_connections_never_exceed_the_file_limit() {
     // A node with 600 files: 570 sessions at most (95 %), and the automatic pending
@@ -456,6 +457,8 @@ async fn sessions_and_pending_connections_never_exceed_the_file_limit() {
     assert_eq!(idle.len(), SESSIONS - 2);
 }
 
+/// A keep-alive connection serves a second request, then is closed once idle for
+/// `--http-idle-timeout-ms` after its last response.
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     const IDLE_MS: u64 = 1000;
@@ -535,6 +538,8 @@ async fn per_ip_session_cap_counts_clients_named_by_trusted_proxies() {
     );
 }
 
+/// A request head over `--max-header-bytes` gets 431; a limit below hyper's
+/// smallest buffer stops the binary at start.
 #[tokio::test]
 async fn an_oversized_request_head_gets_431() {
     const LIMIT: usize = 16 * 1024;
