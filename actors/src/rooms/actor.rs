@@ -136,14 +136,23 @@ const DEAD_SEAT_SWEEP: Duration = Duration::from_secs(1);
 
 impl RoomActor {
     fn sweep_dead_seats(&mut self, ctx: &mut Context<Self>) {
-        let dead: Vec<(UserId, u64)> = self
-            .state
-            .members
-            .iter()
-            .filter(|mb| mb.node.is_none())
-            .filter(|mb| mb.outbox.as_ref().is_some_and(|o| o.close_code() != 0))
-            .map(|mb| (mb.user.clone(), mb.session_id))
-            .collect();
+        let dead: Vec<(UserId, u64)> =
+            self.state
+                .members
+                .iter()
+                .filter(|mb| mb.node.is_none())
+                .filter(|mb| mb.outbox.as_ref().is_some_and(|o| o.close_code() != 0))
+                // A newer session of the same user replaced this one (4009): it closed
+                // the old outbox a moment before its `MemberOnline` reaches this room.
+                // Marking the seat offline in between would tell the others `offline`
+                // and at once `online` again for what is not a departure.
+                .filter(|mb| {
+                    !self.shared.registry.get(mb.user.as_str()).is_some_and(|e| {
+                        e.session_id != mb.session_id && e.outbox.close_code() == 0
+                    })
+                })
+                .map(|mb| (mb.user.clone(), mb.session_id))
+                .collect();
         for (user, session_id) in dead {
             self.go_offline(user, session_id, ctx);
         }
