@@ -841,8 +841,11 @@ async fn slow_consumer_scenario(outbound_queue: usize, write_timeout_ms: u64) {
     config.engine.frames_burst = 100_000;
     config.engine.reconnect_grace_ms = 30_000;
     config.engine.history_len = 10_000;
-    // 16 KB messages: the byte bound of the ring must hold the gap too.
+    // 16 KB messages: the byte bound of the ring must hold the gap too, and the
+    // byte budget the catch-up's history pages.
     config.engine.history_bytes = 1 << 30;
+    config.engine.action_bytes_per_second = 1 << 40;
+    config.engine.action_bytes_burst = 1 << 40;
     let server = TestServer::start(config);
     let mut a = server.client("alice").await;
     let mut slow = connect_small_rcvbuf(&server, "slowpoke").await;
@@ -944,6 +947,9 @@ async fn typing_to_a_full_queue_is_dropped_not_disconnected() {
     config.engine.write_timeout_ms = 60_000;
     config.engine.frames_per_second = 1_000_000;
     config.engine.frames_burst = 1_000_000;
+    // Typing draws on the per-user byte budget too; this test is about the queue.
+    config.engine.action_bytes_per_second = 1 << 40;
+    config.engine.action_bytes_burst = 1 << 40;
     let server = TestServer::start(config);
     // Long names make each typing frame ~200 bytes, so fewer fill the buffers.
     let room = format!("pub:{}", "r".repeat(64));

@@ -190,6 +190,8 @@ fn fuzz_config() -> rendezvous::Config {
     e.send_per_second = 1_000_000;
     e.send_burst = 1_000_000;
     e.find_match_per_minute = 1_000_000;
+    e.action_bytes_per_second = 1 << 40;
+    e.action_bytes_burst = 1 << 40;
     e.flood_strikes = u32::MAX;
     e.outbound_queue = 1 << 16;
     c
