@@ -8,19 +8,14 @@
 -- ARGV[6] the sending node (not published to)   ARGV[7] byte cap of the stream
 -- ARGV[8] ttl of a new room's seq and log (ms)
 -- Returns the new seq, or -1 when the sender is not a member.
--- The byte cap's functions (`trim`, `field`, `start_of`) come from trim_bytes.lua,
+-- The byte cap's functions (`trim`, `byte_marks`, `field`) come from trim_bytes.lua,
 -- prepended to this file.
 if redis.call('HEXISTS', KEYS[3], ARGV[5]) == 0 then
   return -1
 end
 
 local seq = redis.call('INCR', KEYS[1])
-local marks = redis.call('HMGET', KEYS[4], 'bend', 'bstart')
-local bend, bstart = tonumber(marks[1] or ''), tonumber(marks[2] or '') or 0
-if not bend then
-  local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-  bend = (newest and tonumber(field(newest, 'c') or '')) or 0
-end
+local bend, bstart = byte_marks(KEYS[2], KEYS[4])
 bend = bend + #ARGV[4]
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'j', ARGV[4], 'c', bend)
 redis.call('HSET', KEYS[4], 'bend', bend)
