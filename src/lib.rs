@@ -2,7 +2,9 @@
 //! front door and the run loop around the engine in `rendezvous-actors`.
 //!
 //! # Layout
-//! * [`config`]: flags, environment and TOML resolved into [`config::Config`].
+//! * [`config`]: every server setting declared once ([`config::Config`], the engine's in
+//!   `rendezvous_actors::EngineConfig`); flags over environment over TOML over defaults,
+//!   and `--print-config`.
 //! * [`server`]: [`server::run`], the accept loop and the graceful drain. The binary
 //!   and the tests both call it.
 //! * [`http`]: `/ws` upgrade and the HTTP endpoints on the same port.

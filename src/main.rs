@@ -1,15 +1,20 @@
-//! The `rendezvous` binary: parse settings, start logging, bind, and run the
-//! server in an actix system until SIGTERM/SIGINT.
+//! The `rendezvous` binary: load settings (or print them with `--print-config`),
+//! start logging, bind, and run the server in an actix system until SIGTERM/SIGINT.
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use rendezvous::config::{Cli, Config};
+use rendezvous::config::{Config, ConfigError};
 use rendezvous::{server, shutdown, telemetry};
 
 fn main() -> ExitCode {
-    let config = match Config::load(Cli::parse()) {
-        Ok(c) => c,
+    let config = match Config::load() {
+        Ok(loaded) if loaded.print_config => {
+            print!("{}", loaded.config.to_toml_masked());
+            return ExitCode::SUCCESS;
+        }
+        Ok(loaded) => loaded.config,
+        // Bad flags, `--help`, `--version`: clap prints and exits (2, or 0).
+        Err(ConfigError::Cli(e)) => e.exit(),
         Err(e) => {
             eprintln!("rendezvous: {e}");
             return ExitCode::from(2);

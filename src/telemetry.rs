@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics::Unit;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use rendezvous_actors::metrics as m;
 use tracing_subscriber::EnvFilter;
@@ -94,41 +94,108 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-fn describe() {
-    describe_gauge!(m::CONNECTIONS, "Open WebSocket sessions on this node");
-    describe_counter!(m::SESSIONS_OPENED_TOTAL, "Sessions opened");
-    describe_counter!(m::SESSIONS_CLOSED_TOTAL, "Sessions closed, by reason");
-    describe_counter!(m::SEARCHES_STARTED_TOTAL, "Searches started (find_match and next)");
-    describe_counter!(m::SEARCHES_ENDED_TOTAL, "Searches ended without a match, by reason");
-    describe_gauge!(m::POOL_WAITING, "Searches waiting, per pool shard");
-    describe_counter!(m::MATCHES_TOTAL, "Matches made, by group size");
-    describe_histogram!(
+/// What kind of metric a name is.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+/// Every metric with its kind, unit and help line (the `# HELP` of `/metrics`).
+const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
+    (Gauge, m::CONNECTIONS, None, "Open WebSocket sessions on this node"),
+    (Counter, m::SESSIONS_OPENED_TOTAL, None, "Sessions opened"),
+    (Counter, m::SESSIONS_CLOSED_TOTAL, None, "Sessions closed, by reason"),
+    (Counter, m::SEARCHES_STARTED_TOTAL, None, "Searches started (find_match and next)"),
+    (Counter, m::SEARCHES_ENDED_TOTAL, None, "Searches ended without a match, by reason"),
+    (Gauge, m::POOL_WAITING, None, "Searches waiting, per pool shard"),
+    (Counter, m::MATCHES_TOTAL, None, "Matches made, by group size"),
+    (
+        Histogram,
         m::MATCH_LATENCY_SECONDS,
-        Unit::Seconds,
-        "Wait of each matched member, by relaxation level"
-    );
-    describe_histogram!(m::MATCH_SHARED_INTERESTS, "Interests shared by all members of a match");
-    describe_counter!(m::CLAIM_CONFLICTS_TOTAL, "Match claims lost to a concurrent claim");
-    describe_gauge!(m::ROOMS_OPEN, "Rooms open on this node");
-    describe_counter!(m::FRAMES_IN_TOTAL, "Frames received from clients");
-    describe_counter!(m::FRAMES_OUT_TOTAL, "Frames written to clients");
-    describe_counter!(m::MESSAGES_TOTAL, "Chat messages stored and acknowledged");
-    describe_counter!(m::FRAMES_DROPPED_TOTAL, "Droppable frames dropped for a full client queue");
-    describe_counter!(m::SLOW_CONSUMER_DISCONNECTS_TOTAL, "Clients disconnected for not reading");
-    describe_counter!(m::RATE_LIMITED_TOTAL, "Actions refused by a rate limit, by action");
-    describe_counter!(m::ERRORS_TOTAL, "Error frames sent, by code");
-    describe_counter!(m::HANDSHAKES_REFUSED_TOTAL, "WebSocket upgrades refused, by reason");
-    describe_gauge!(m::CONNECTIONS_PENDING, "Connections accepted and not yet upgraded");
-    describe_counter!(
+        Some(Unit::Seconds),
+        "Wait of each matched member, by relaxation level",
+    ),
+    (Histogram, m::MATCH_SHARED_INTERESTS, None, "Interests shared by all members of a match"),
+    (Counter, m::CLAIM_CONFLICTS_TOTAL, None, "Match claims lost to a concurrent claim"),
+    (Gauge, m::ROOMS_OPEN, None, "Rooms open on this node"),
+    (Counter, m::FRAMES_IN_TOTAL, None, "Frames received from clients"),
+    (Counter, m::FRAMES_OUT_TOTAL, None, "Frames written to clients"),
+    (Counter, m::MESSAGES_TOTAL, None, "Chat messages stored and acknowledged"),
+    (Counter, m::FRAMES_DROPPED_TOTAL, None, "Droppable frames dropped for a full client queue"),
+    (Counter, m::SLOW_CONSUMER_DISCONNECTS_TOTAL, None, "Clients disconnected for not reading"),
+    (Counter, m::RATE_LIMITED_TOTAL, None, "Actions refused by a rate limit, by action"),
+    (Counter, m::ERRORS_TOTAL, None, "Error frames sent, by code"),
+    (Counter, m::HANDSHAKES_REFUSED_TOTAL, None, "WebSocket upgrades refused, by reason"),
+    (Gauge, m::CONNECTIONS_PENDING, None, "Connections accepted and not yet upgraded"),
+    (
+        Counter,
         m::CONNECTIONS_REFUSED_TOTAL,
-        "Sockets closed for a pending-connection cap, by reason: a newcomer refused, or the oldest stalled one displaced"
-    );
-    describe_counter!(
+        None,
+        "Sockets closed for a pending-connection cap, by reason: a newcomer refused, or the oldest stalled one displaced",
+    ),
+    (
+        Counter,
         m::CONNECTIONS_TIMED_OUT_TOTAL,
-        "Connections closed by the handshake or keep-alive idle deadline, by phase"
-    );
+        None,
+        "Connections closed by the handshake or keep-alive idle deadline, by phase",
+    ),
+    (
+        Gauge,
+        m::POOL_WAITING_BY_LANGUAGE,
+        None,
+        "Searches waiting, per language (at most --language-series of them, the rest as other)",
+    ),
+    (Gauge, m::AVOID_PAIRS, None, "Pairs of users kept apart (blocks, skips), per asking user"),
+    (
+        Histogram,
+        m::DELIVERY_LATENCY_SECONDS,
+        Some(Unit::Seconds),
+        "From a message's acceptance to its fan-out on this node",
+    ),
+    (Counter, m::MESSAGES_DELIVERED_TOTAL, None, "Chat message frames queued to members"),
+    (Gauge, m::OUTBOUND_QUEUED_FRAMES, None, "Frames waiting in all outbound queues"),
+    (Gauge, m::OUTBOUND_QUEUE_MAX_FRAMES, None, "The fullest outbound queue, in frames"),
+    (
+        Gauge,
+        m::ACTOR_MAILBOX_DELAY_SECONDS,
+        Some(Unit::Seconds),
+        "Mailbox wait of a probe, by actor",
+    ),
+    (Gauge, m::BRIDGE_UP, None, "1 while Redis and the cluster subscription are healthy"),
+    (Histogram, m::BRIDGE_REDIS_SECONDS, Some(Unit::Seconds), "Round trip of one pipeline to Redis"),
+    (Counter, m::BRIDGE_COMMANDS_TOTAL, None, "Commands sent to Redis, by kind"),
+    (Counter, m::BRIDGE_RECEIVED_TOTAL, None, "Events received from other nodes, by kind"),
+    (Counter, m::BRIDGE_RECONNECTS_TOTAL, None, "Reconnections to Redis after a failure"),
+    (Histogram, m::BRIDGE_RESYNC_SECONDS, Some(Unit::Seconds), "Duration of a resync with Redis"),
+    (
+        Gauge,
+        m::BRIDGE_PEER_HEARTBEAT_AGE_SECONDS,
+        Some(Unit::Seconds),
+        "Age of each peer's last heartbeat",
+    ),
+    (Counter, m::BRIDGE_NODES_LOST_TOTAL, None, "Peers declared dead or gone"),
+    (Counter, m::BRIDGE_SEQ_GAPS_TOTAL, None, "Gaps in a room's seq filled from the stream"),
+    (Counter, m::TOKEN_REFRESHES_TOTAL, None, "Token refresh actions, by result"),
+];
+
+fn describe() {
+    metrics::with_recorder(|r| {
+        for &(kind, name, unit, help) in DESCRIPTIONS {
+            let (name, help) = (name.into(), help.into());
+            match kind {
+                Counter => r.describe_counter(name, unit, help),
+                Gauge => r.describe_gauge(name, unit, help),
+                Histogram => r.describe_histogram(name, unit, help),
+            }
+        }
+    });
     // Exported at zero from start-up, before anything happens to them.
     metrics::gauge!(m::CONNECTIONS_PENDING).set(0.0);
+    metrics::gauge!(m::AVOID_PAIRS).increment(0.0);
     for reason in [
         crate::front::Refusal::Total.as_str(),
         crate::front::Refusal::PerIp.as_str(),
@@ -139,44 +206,6 @@ fn describe() {
     for phase in [crate::front::Phase::Handshake, crate::front::Phase::Idle] {
         metrics::counter!(m::CONNECTIONS_TIMED_OUT_TOTAL, "phase" => phase.as_str()).absolute(0);
     }
-    describe_gauge!(
-        m::POOL_WAITING_BY_LANGUAGE,
-        "Searches waiting, per language (at most --language-series of them, the rest as other)"
-    );
-    describe_gauge!(m::AVOID_PAIRS, "Pairs of users kept apart (blocks, skips), per asking user");
-    // Exported from start-up, before the first block.
-    metrics::gauge!(m::AVOID_PAIRS).increment(0.0);
-    describe_histogram!(
-        m::DELIVERY_LATENCY_SECONDS,
-        Unit::Seconds,
-        "From a message's acceptance to its fan-out on this node"
-    );
-    describe_counter!(m::MESSAGES_DELIVERED_TOTAL, "Chat message frames queued to members");
-    describe_gauge!(m::OUTBOUND_QUEUED_FRAMES, "Frames waiting in all outbound queues");
-    describe_gauge!(m::OUTBOUND_QUEUE_MAX_FRAMES, "The fullest outbound queue, in frames");
-    describe_gauge!(
-        m::ACTOR_MAILBOX_DELAY_SECONDS,
-        Unit::Seconds,
-        "Mailbox wait of a probe, by actor"
-    );
-    describe_gauge!(m::BRIDGE_UP, "1 while Redis and the cluster subscription are healthy");
-    describe_histogram!(
-        m::BRIDGE_REDIS_SECONDS,
-        Unit::Seconds,
-        "Round trip of one pipeline to Redis"
-    );
-    describe_counter!(m::BRIDGE_COMMANDS_TOTAL, "Commands sent to Redis, by kind");
-    describe_counter!(m::BRIDGE_RECEIVED_TOTAL, "Events received from other nodes, by kind");
-    describe_counter!(m::BRIDGE_RECONNECTS_TOTAL, "Reconnections to Redis after a failure");
-    describe_histogram!(m::BRIDGE_RESYNC_SECONDS, Unit::Seconds, "Duration of a resync with Redis");
-    describe_gauge!(
-        m::BRIDGE_PEER_HEARTBEAT_AGE_SECONDS,
-        Unit::Seconds,
-        "Age of each peer's last heartbeat"
-    );
-    describe_counter!(m::BRIDGE_NODES_LOST_TOTAL, "Peers declared dead or gone");
-    describe_counter!(m::BRIDGE_SEQ_GAPS_TOTAL, "Gaps in a room's seq filled from the stream");
-    describe_counter!(m::TOKEN_REFRESHES_TOTAL, "Token refresh actions, by result");
     for result in ["refreshed", "refused"] {
         metrics::counter!(m::TOKEN_REFRESHES_TOTAL, "result" => result).increment(0);
     }

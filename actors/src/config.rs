@@ -1,13 +1,22 @@
-//! Engine settings: limits, the relaxation ladder, timers. Declared once here with a
-//! doc line per field and a default for each; the binary layers CLI flags,
-//! environment variables and a TOML file on top (see `src/config.rs` at the root).
+//! Engine settings: limits, the relaxation ladder, timers. Each setting is declared
+//! once, as a field of [`EngineConfig`]: its doc comment is the `--help` text, its
+//! `default_value_t` the default, its name the flag (`--kebab-name`), the TOML key
+//! (under `[engine]`) and, in the binary, the environment variable
+//! (`RENDEZVOUS_UPPER_NAME`). `Default` reads those declared defaults back through
+//! clap, so no default is written twice (see `src/config.rs` at the root for the
+//! layering of file, environment and flags).
 
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use clap::{Args, FromArgMatches};
 use serde::{Deserialize, Serialize};
 
 /// One step of the relaxation ladder: once a search has waited `after_ms`, these
-/// criteria apply. Steps must be sorted by `after_ms`, the first at 0.
+/// criteria apply. Steps must be sorted by `after_ms`, the first at 0. On the
+/// command line a step is `AFTER_MS:same|any:MIN_SHARED`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LadderStep {
@@ -20,182 +29,228 @@ pub struct LadderStep {
     pub min_shared: u32,
 }
 
+impl FromStr for LadderStep {
+    type Err = String;
+
+    /// Parse `2000:any:1` (`region` is accepted for `same`).
+    fn from_str(step: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = step.trim().split(':').collect();
+        let [after, region, min] = parts.as_slice() else {
+            return Err(format!("ladder step `{step}` is not AFTER_MS:same|any:MIN_SHARED"));
+        };
+        let same_region = match *region {
+            "same" | "region" => true,
+            "any" => false,
+            other => return Err(format!("ladder region `{other}` is not same or any")),
+        };
+        Ok(LadderStep {
+            after_ms: after.parse().map_err(|e| format!("ladder after_ms `{after}`: {e}"))?,
+            same_region,
+            min_shared: min.parse().map_err(|e| format!("ladder min_shared `{min}`: {e}"))?,
+        })
+    }
+}
+
+impl fmt::Display for LadderStep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let region = if self.same_region { "same" } else { "any" };
+        write!(f, "{}:{region}:{}", self.after_ms, self.min_shared)
+    }
+}
+
 /// Everything the actors need to know. Defaults are the protocol's defaults.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// The first paragraph of each field's doc is its `--help` line; what follows is
+/// shown by `--help` (not `-h`) and explains the why.
+#[derive(Debug, Clone, Serialize, Deserialize, Args)]
 #[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
-    /// Name of this node, reported in `welcome` and `/api/stats`.
+    /// Name of this node, reported to clients (`welcome`), peers and `/api/stats`
+    #[arg(long, default_value = "node-1", value_name = "ID")]
     pub node_id: String,
-    /// Worker threads (actix arbiters) that run sessions and rooms; 0 = one per core.
+    /// Worker threads for sessions and rooms; 0 = one per core
+    #[arg(long, default_value_t = 0, help_heading = "Engine")]
     pub workers: usize,
-    /// Matching-pool shards (each an actor on its own arbiter); 0 = one per core.
+    /// Matching-pool shards (each an actor on its own thread); 0 = one per core
+    #[arg(long, default_value_t = 0, help_heading = "Engine")]
     pub pool_shards: usize,
-    /// Longest a search may wait before `no_match_found` (ms); caps `max_wait_ms`.
+    /// Longest a search waits before `no_match_found`, in ms; caps a search's `max_wait_ms`
+    #[arg(long, default_value_t = 60_000, help_heading = "Matching")]
     pub search_timeout_ms: u64,
-    /// How often a shard relaxes criteria and expires searches (ms).
+    /// How often pools relax criteria and expire searches, in ms
+    #[arg(long, default_value_t = 100, help_heading = "Matching")]
     pub match_tick_ms: u64,
-    /// Relaxation ladder, applied by wait time (see [`LadderStep`]).
+    /// Relaxation ladder: comma-separated AFTER_MS:REGION:MIN_SHARED steps, REGION = same|any
+    ///
+    /// Once a search has waited AFTER_MS, a partner must share MIN_SHARED interests
+    /// (capped by how many each side gave) and, for `same`, the region when both gave one.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0:same:2,2000:same:1,4000:any:1,8000:any:0",
+        value_name = "STEPS",
+        help_heading = "Matching"
+    )]
     pub ladder: Vec<LadderStep>,
-    /// Language assumed for a `find_match` without `language` ("" = its own bucket).
+    /// Language assumed for searches that give none ("" = searches without one share their own pool)
+    #[arg(long, default_value = "en", help_heading = "Matching")]
     pub default_language: String,
-    /// Languages a `find_match` may name (tags, case-insensitive); empty = any
-    /// well-formed tag. Others get `bad_request` naming these.
+    /// Comma-separated language tags a search may name (e.g. en,fr,pt-BR); others get `bad_request`; unset = any well-formed tag
+    #[arg(long, value_delimiter = ',', value_name = "TAGS", help_heading = "Matching")]
     pub languages: Vec<String>,
-    /// Most languages with their own `rendezvous_pool_waiting_by_language` series;
-    /// the rest are summed under `other`. Admitted first come and kept (the exporter
-    /// cannot delete a series).
+    /// Most languages with their own per-language pool metric series; the rest are summed as `other`
+    ///
+    /// Admitted first come and kept: the exporter cannot delete a series.
+    #[arg(long, default_value_t = 50, help_heading = "Matching")]
     pub language_series: usize,
-    /// How long a partner skipped with `next` is kept away (s).
+    /// Seconds a partner skipped with `next` stays away
+    #[arg(long, default_value_t = 300, help_heading = "Matching")]
     pub skip_ttl_secs: u64,
-    /// How long a `block` keeps two users apart (s); outlives the session.
+    /// Seconds a `block` keeps two users apart (it outlives the session)
+    #[arg(long, default_value_t = 30 * 24 * 3600, help_heading = "Matching")]
     pub block_ttl_secs: u64,
-    /// Most users one user may keep away at once (blocks, and skips still running);
-    /// past it the oldest is forgotten.
+    /// Most users one user keeps away at once (blocks and running skips); past it the oldest is forgotten
+    #[arg(long, default_value_t = 1_000, help_heading = "Limits")]
     pub max_blocks_per_user: usize,
-    /// Seat kept in rooms after a connection drops, for reconnects (ms).
+    /// Seat kept in rooms after a disconnect, for reconnects, in ms
+    #[arg(long, default_value_t = 30_000, help_heading = "Rooms")]
     pub reconnect_grace_ms: u64,
-    /// How long an empty public room lingers before it is forgotten (ms).
+    /// How long an empty public room lingers before it is forgotten with its history, in ms
+    #[arg(long, default_value_t = 30_000, help_heading = "Rooms")]
     pub empty_room_grace_ms: u64,
-    /// Messages kept per room for `history` (a ring; the oldest drop out).
+    /// Messages kept per room for `history` (a ring: the oldest drop out)
+    #[arg(long, default_value_t = 1_000, help_heading = "Rooms")]
     pub history_len: usize,
-    /// Most bytes of message text a room keeps for `history`, in memory and in the
-    /// cluster's store, on top of `history_len`: the oldest messages drop out first.
+    /// Most bytes of message text kept per room for `history` (memory and Redis); the oldest drop out
+    ///
+    /// Applies on top of history_len, in memory and in the cluster's store.
+    #[arg(long, default_value_t = 1 << 20, help_heading = "Rooms")]
     pub history_bytes: usize,
-    /// Largest `limit` a `history` request may ask for.
+    /// Largest `limit` a `history` request is served; a larger one is cut to it
+    #[arg(long, default_value_t = 200, help_heading = "Rooms")]
     pub history_limit_max: u32,
-    /// Largest inbound WebSocket frame/message (bytes); larger closes with 1009.
+    /// Largest inbound frame in bytes; larger closes with 1009
+    #[arg(long, default_value_t = 64 * 1024, help_heading = "Limits")]
     pub max_frame_bytes: usize,
-    /// Largest chat `text` (characters).
+    /// Longest chat text in characters
+    #[arg(long, default_value_t = 4_096, help_heading = "Limits")]
     pub max_text_chars: usize,
-    /// Most interests in one `find_match`.
+    /// Most interests in one `find_match`; more get `too_large`
+    #[arg(long, default_value_t = 20, help_heading = "Limits")]
     pub max_interests: usize,
-    /// Longest interest slug (characters).
+    /// Longest interest in characters; longer gets `too_large`
+    #[arg(long, default_value_t = 32, help_heading = "Limits")]
     pub max_interest_chars: usize,
-    /// Largest `signal` payload (bytes of JSON).
+    /// Largest `signal` payload in bytes of JSON; larger gets `too_large`
+    #[arg(long, default_value_t = 16 * 1024, help_heading = "Limits")]
     pub max_signal_bytes: usize,
-    /// Longest `language`, `region`, `room_id`, `client_msg_id` (characters).
+    /// Longest `language`, `region`, `room_id` or `client_msg_id` in characters
+    #[arg(long, default_value_t = 64, help_heading = "Limits")]
     pub max_name_chars: usize,
-    /// `find_match` (and `next`) allowed per user per minute.
+    /// `find_match`/`next` per user per minute
+    #[arg(long, default_value_t = 10, help_heading = "Limits")]
     pub find_match_per_minute: u32,
-    /// Sustained `send` rate per user (per second).
+    /// `send` per user per second, sustained
+    #[arg(long, default_value_t = 20, help_heading = "Limits")]
     pub send_per_second: u32,
-    /// `send` burst per user.
+    /// `send` burst per user
+    #[arg(long, default_value_t = 40, help_heading = "Limits")]
     pub send_burst: u32,
-    /// Sustained rate of all frames from one session (per second).
+    /// All frames per session per second, sustained
+    #[arg(long, default_value_t = 100, help_heading = "Limits")]
     pub frames_per_second: u32,
-    /// Burst of all frames from one session.
+    /// Burst of all frames per session
+    #[arg(long, default_value_t = 200, help_heading = "Limits")]
     pub frames_burst: u32,
-    /// Sustained byte budget per user of `block`, `signal`, `read`, `typing`,
-    /// `join`/`leave` and `history`: what they make the node copy (payload times
-    /// recipients, pages returned) or keep, per second.
+    /// Byte budget per user per second of block, signal, read, typing, join/leave and history (payload x recipients, pages returned)
+    ///
+    /// What those actions make the node copy or keep.
+    #[arg(long, default_value_t = 256 * 1024, help_heading = "Limits")]
     pub action_bytes_per_second: u64,
-    /// Burst of that byte budget per user.
+    /// Burst of that byte budget per user
+    #[arg(long, default_value_t = 1 << 20, help_heading = "Limits")]
     pub action_bytes_burst: u64,
-    /// Rate-limit refusals within 10 s after which the session is closed with 4008.
+    /// Rate-limit refusals within 10 s that close a session with 4008
+    #[arg(long, default_value_t = 50, help_heading = "Limits")]
     pub flood_strikes: u32,
-    /// Frames queued for one client before it counts as a slow consumer. Must absorb a
-    /// busy room's legitimate burst: a room actor drains its whole mailbox before a
-    /// writer on the same thread runs (10 members x a send burst of 40 = 400 frames).
+    /// Frames queued per client before it counts as a slow consumer
+    ///
+    /// Must absorb a busy room's legitimate burst: a room actor drains its whole
+    /// mailbox before a writer on the same thread runs (10 members x a send burst of
+    /// 40 = 400 frames).
+    #[arg(long, default_value_t = 1_024, help_heading = "Limits")]
     pub outbound_queue: usize,
-    /// Bytes of queued frames for one client before it counts as a slow consumer
-    /// (0: no byte limit). One frame larger than this still goes through an empty
-    /// queue.
+    /// Bytes queued per client before it counts as a slow consumer; 0 = no byte limit
+    ///
+    /// One frame larger than this still goes through an empty queue.
+    #[arg(long, default_value_t = 1 << 20, help_heading = "Limits")]
     pub outbound_queue_bytes: usize,
-    /// Kernel send buffer of each client socket (bytes; 0: the kernel's own
-    /// autotuning, which lets a client that stopped reading hold megabytes).
+    /// Kernel send buffer per client socket in bytes; 0 = kernel autotuning
+    ///
+    /// Autotuning lets a client that stopped reading hold megabytes.
+    #[arg(long, default_value_t = 256 * 1024, help_heading = "Limits")]
     pub socket_send_buffer_bytes: usize,
-    /// Longest one socket write may block before the client is dropped (ms).
+    /// Longest a socket write may block before the client is dropped, in ms
+    #[arg(long, default_value_t = 10_000, help_heading = "Limits")]
     pub write_timeout_ms: u64,
-    /// Server ping interval (ms).
+    /// Interval of the server's WebSocket pings, in ms
+    #[arg(long, default_value_t = 20_000, help_heading = "Limits")]
     pub heartbeat_interval_ms: u64,
-    /// A client silent for this long (no frame, no pong) is disconnected (ms).
+    /// A client silent this long (no frame, no pong) is disconnected, in ms; more than heartbeat_interval_ms
+    #[arg(long, default_value_t = 60_000, help_heading = "Limits")]
     pub client_timeout_ms: u64,
-    /// After a session's token expires (`token_expired`), how long it may still send
-    /// `refresh` with a new token before it is closed with 4001 (ms).
+    /// After a session's token expires (`token_expired`), how long it may send `refresh` before it is closed with 4001, in ms
+    #[arg(long, default_value_t = 30_000, help_heading = "Limits")]
     pub token_grace_ms: u64,
-    /// Shortest time between two `refresh` attempts of one session (ms); each costs
-    /// a signature check. Sooner gets `rate_limited`.
+    /// Shortest time between two `refresh` attempts of one session, in ms; sooner gets `rate_limited`
+    ///
+    /// Each attempt costs a signature check.
+    #[arg(long, default_value_t = 1_000, help_heading = "Limits")]
     pub refresh_min_interval_ms: u64,
-    /// Bound on how long a graceful drain waits for sessions to close (ms).
+    /// Bound on the graceful drain on SIGTERM/SIGINT, in ms
+    #[arg(long, default_value_t = 5_000, help_heading = "Engine")]
     pub drain_timeout_ms: u64,
-    /// Most sessions on this node; past it new connections are refused (HTTP 503,
-    /// or close 1013 for browsers). 0 = 95% of the process's open-file limit.
+    /// Most sessions on this node; 0 = 95% of the open-file limit
+    ///
+    /// Past it new connections are refused (HTTP 503, or close 1013 for browsers).
+    #[arg(long, default_value_t = 0, help_heading = "Limits")]
     pub max_sessions: usize,
-    /// Most sessions from one IP address (0 = no limit, the default: behind a
-    /// reverse proxy every client has the proxy's address).
+    /// Most sessions from one IP address; 0 = no limit (behind a proxy all clients share its address)
+    #[arg(long, default_value_t = 0, help_heading = "Limits")]
     pub max_sessions_per_ip: usize,
-    /// Most rooms one user may hold a seat in (match rooms and public rooms).
+    /// Most rooms one user may be in (match rooms and public rooms)
+    #[arg(long, default_value_t = 20, help_heading = "Limits")]
     pub max_rooms_per_user: usize,
-    /// Most members of one public room.
+    /// Most members of one public room
+    #[arg(long, default_value_t = 1_000, help_heading = "Limits")]
     pub max_public_room_members: usize,
-    /// Largest room in which a `signal` without `to` is sent to every member.
+    /// Largest room where a `signal` without `to` goes to every member
+    #[arg(long, default_value_t = 8, help_heading = "Limits")]
     pub max_signal_broadcast_members: usize,
-    /// Most public rooms open on this node; joining a new one past it is refused
-    /// (`too_large`), joining an open one still works.
+    /// Most public rooms open on this node; a join that would open one more gets `too_large`
+    #[arg(long, default_value_t = 10_000, help_heading = "Limits")]
     pub max_public_rooms: usize,
-    /// Cluster only: how long past `reconnect_grace_ms` a user's and a room's keys
-    /// live in Redis without a refresh (ms). Each node refreshes the keys of the users
-    /// and rooms it holds every third of this, so Redis holds what is online, and a
-    /// killed node's keys vanish within the grace plus this margin.
+    /// Cluster: users' and rooms' Redis keys live this long past the reconnect grace without a refresh; nodes refresh them every third of it, in ms (at least 5000)
+    ///
+    /// So Redis holds what is online, and a killed node's keys vanish within the
+    /// grace plus this margin.
+    #[arg(long, default_value_t = 30_000, help_heading = "Rooms")]
     pub cluster_key_margin_ms: u64,
 }
 
 impl Default for EngineConfig {
+    /// The defaults declared on the fields, read back through clap (no environment,
+    /// no arguments) once per process.
     fn default() -> Self {
-        Self {
-            node_id: "node-1".into(),
-            workers: 0,
-            pool_shards: 0,
-            search_timeout_ms: 60_000,
-            match_tick_ms: 100,
-            ladder: vec![
-                LadderStep { after_ms: 0, same_region: true, min_shared: 2 },
-                LadderStep { after_ms: 2_000, same_region: true, min_shared: 1 },
-                LadderStep { after_ms: 4_000, same_region: false, min_shared: 1 },
-                LadderStep { after_ms: 8_000, same_region: false, min_shared: 0 },
-            ],
-            default_language: "en".into(),
-            languages: Vec::new(),
-            language_series: 50,
-            skip_ttl_secs: 300,
-            block_ttl_secs: 30 * 24 * 3600,
-            max_blocks_per_user: 1_000,
-            reconnect_grace_ms: 30_000,
-            empty_room_grace_ms: 30_000,
-            history_len: 1_000,
-            history_bytes: 1 << 20,
-            history_limit_max: 200,
-            max_frame_bytes: 64 * 1024,
-            max_text_chars: 4_096,
-            max_interests: 20,
-            max_interest_chars: 32,
-            max_signal_bytes: 16 * 1024,
-            max_name_chars: 64,
-            find_match_per_minute: 10,
-            send_per_second: 20,
-            send_burst: 40,
-            frames_per_second: 100,
-            frames_burst: 200,
-            action_bytes_per_second: 256 * 1024,
-            action_bytes_burst: 1 << 20,
-            flood_strikes: 50,
-            outbound_queue: 1_024,
-            outbound_queue_bytes: 1 << 20,
-            socket_send_buffer_bytes: 256 * 1024,
-            write_timeout_ms: 10_000,
-            heartbeat_interval_ms: 20_000,
-            client_timeout_ms: 60_000,
-            token_grace_ms: 30_000,
-            refresh_min_interval_ms: 1_000,
-            drain_timeout_ms: 5_000,
-            max_sessions: 0,
-            max_sessions_per_ip: 0,
-            max_rooms_per_user: 20,
-            max_public_room_members: 1_000,
-            max_signal_broadcast_members: 8,
-            max_public_rooms: 10_000,
-            cluster_key_margin_ms: 30_000,
-        }
+        static DEFAULTS: OnceLock<EngineConfig> = OnceLock::new();
+        DEFAULTS
+            .get_or_init(|| {
+                let cmd = EngineConfig::augment_args(clap::Command::new("defaults"));
+                let matches =
+                    cmd.try_get_matches_from(["defaults"]).expect("the declared defaults parse");
+                EngineConfig::from_arg_matches(&matches).expect("every setting has a default")
+            })
+            .clone()
     }
 }
 
@@ -325,6 +380,22 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         EngineConfig::default().validate().expect("defaults validate");
+    }
+
+    #[test]
+    fn declared_defaults_are_read_back() {
+        let c = EngineConfig::default();
+        assert_eq!(
+            (c.node_id.as_str(), c.search_timeout_ms, c.history_limit_max),
+            ("node-1", 60_000, 200)
+        );
+        let ladder: Vec<String> = c.ladder.iter().map(ToString::to_string).collect();
+        assert_eq!(ladder, ["0:same:2", "2000:same:1", "4000:any:1", "8000:any:0"]);
+        for step in &c.ladder {
+            assert_eq!(&step.to_string().parse::<LadderStep>().expect("parses"), step);
+        }
+        assert!("0:near:2".parse::<LadderStep>().is_err());
+        assert!("0:same".parse::<LadderStep>().is_err());
     }
 
     #[test]
