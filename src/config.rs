@@ -34,6 +34,7 @@ use std::sync::OnceLock;
 use clap::parser::ValueSource;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, ValueEnum};
 use ipnet::IpNet;
+use rendezvous_actors::config::declared_defaults;
 use rendezvous_actors::EngineConfig;
 use serde::{Deserialize, Serialize};
 
@@ -181,18 +182,11 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The declared defaults (no file, no environment, no flags), read back through
-    /// clap once per process.
+    /// The declared defaults (no file, no environment, no flags), read once per
+    /// process.
     fn default() -> Self {
         static DEFAULTS: OnceLock<Config> = OnceLock::new();
-        DEFAULTS
-            .get_or_init(|| {
-                let cmd = Config::augment_args(clap::Command::new("defaults"));
-                let matches =
-                    cmd.try_get_matches_from(["defaults"]).expect("the declared defaults parse");
-                Config::from_arg_matches(&matches).expect("every setting has a default")
-            })
-            .clone()
+        DEFAULTS.get_or_init(declared_defaults).clone()
     }
 }
 
@@ -425,6 +419,11 @@ mod tests {
             .map(|l| l.config)
     }
 
+    /// `load` of a command line written as one string (no value has a space).
+    fn load_line(line: &str) -> Result<Config, ConfigError> {
+        load(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
     #[test]
     fn no_options_means_embedded_single_node_on_loopback_8080() {
         let c = load(&[]).expect("defaults");
@@ -504,22 +503,11 @@ mod tests {
 
     #[test]
     fn bounds_flags_reach_the_engine() {
-        let e = load(&[
-            "--languages",
-            "en,fr,pt-BR",
-            "--language-series",
-            "7",
-            "--max-blocks-per-user",
-            "10",
-            "--action-bytes-per-second",
-            "1000",
-            "--action-bytes-burst",
-            "5000",
-            "--max-signal-broadcast-members",
-            "4",
-            "--max-public-rooms",
-            "3",
-        ])
+        let e = load_line(
+            "--languages en,fr,pt-BR --language-series 7 --max-blocks-per-user 10 \
+             --action-bytes-per-second 1000 --action-bytes-burst 5000 \
+             --max-signal-broadcast-members 4 --max-public-rooms 3",
+        )
         .expect("valid")
         .engine;
         assert_eq!(e.languages, ["en", "fr", "pt-BR"]);
@@ -536,24 +524,11 @@ mod tests {
 
     #[test]
     fn the_settings_that_had_no_flag_have_one() {
-        let e = load(&[
-            "--heartbeat-interval-ms",
-            "1000",
-            "--client-timeout-ms",
-            "3000",
-            "--empty-room-grace-ms",
-            "50",
-            "--history-limit-max",
-            "9",
-            "--max-interests",
-            "3",
-            "--max-interest-chars",
-            "8",
-            "--max-signal-bytes",
-            "100",
-            "--max-name-chars",
-            "12",
-        ])
+        let e = load_line(
+            "--heartbeat-interval-ms 1000 --client-timeout-ms 3000 \
+             --empty-room-grace-ms 50 --history-limit-max 9 --max-interests 3 \
+             --max-interest-chars 8 --max-signal-bytes 100 --max-name-chars 12",
+        )
         .expect("valid")
         .engine;
         assert_eq!(
@@ -568,22 +543,11 @@ mod tests {
 
     #[test]
     fn printed_settings_read_back_the_same() {
-        let c = load(&[
-            "--node-id",
-            "n-7",
-            "--trusted-proxies",
-            "10.0.0.0/8",
-            "--languages",
-            "en,fr",
-            "--ladder",
-            "0:same:1,500:any:0",
-            "--log-format",
-            "json",
-            "--max-interests",
-            "4",
-            "--jwt-audience",
-            "chat",
-        ])
+        let c = load_line(
+            "--node-id n-7 --trusted-proxies 10.0.0.0/8 --languages en,fr --ladder \
+             0:same:1,500:any:0 --log-format json --max-interests 4 --jwt-audience \
+             chat",
+        )
         .expect("valid");
         let printed = c.to_toml_masked();
         let again = Config::from_toml(&printed).expect("reads back");

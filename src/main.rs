@@ -1,7 +1,9 @@
 //! The `rendezvous` binary: load settings (or print them with `--print-config`),
 //! start logging, bind, and run the server in an actix system until SIGTERM/SIGINT.
 
+use std::future::{poll_fn, Future};
 use std::process::ExitCode;
+use std::task::Poll;
 
 use rendezvous::config::{Config, ConfigError};
 use rendezvous::{server, shutdown, telemetry};
@@ -37,7 +39,17 @@ fn main() -> ExitCode {
     let result = system.block_on(async move {
         listener.set_nonblocking(true)?;
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        server::run(listener, config, shutdown::signal()).await
+        // Install the SIGTERM/SIGINT handlers before the ready line: the future
+        // registers them on its first poll, and a signal sent once the line is out
+        // must drain the node, not kill it.
+        let mut signal = Box::pin(shutdown::signal());
+        let early = poll_fn(|cx| Poll::Ready(signal.as_mut().poll(cx).is_ready())).await;
+        let shutdown = async move {
+            if !early {
+                signal.await;
+            }
+        };
+        server::run(listener, config, shutdown).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,103 +94,79 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// What kind of metric a name is.
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
-
-use Kind::{Counter, Gauge, Histogram};
-
-/// Every metric with its kind, unit and help line (the `# HELP` of `/metrics`).
-const DESCRIPTIONS: &[(Kind, &str, Option<Unit>, &str)] = &[
-    (Gauge, m::CONNECTIONS, None, "Open WebSocket sessions on this node"),
-    (Counter, m::SESSIONS_OPENED_TOTAL, None, "Sessions opened"),
-    (Counter, m::SESSIONS_CLOSED_TOTAL, None, "Sessions closed, by reason"),
-    (Counter, m::SEARCHES_STARTED_TOTAL, None, "Searches started (find_match and next)"),
-    (Counter, m::SEARCHES_ENDED_TOTAL, None, "Searches ended without a match, by reason"),
-    (Gauge, m::POOL_WAITING, None, "Searches waiting, per pool shard"),
-    (Counter, m::MATCHES_TOTAL, None, "Matches made, by group size"),
+/// Every counter with its help line (the `# HELP` of `/metrics`).
+const COUNTERS: &[(&str, &str)] = &[
+    (m::SESSIONS_OPENED_TOTAL, "Sessions opened"),
+    (m::SESSIONS_CLOSED_TOTAL, "Sessions closed, by reason"),
+    (m::SEARCHES_STARTED_TOTAL, "Searches started (find_match and next)"),
+    (m::SEARCHES_ENDED_TOTAL, "Searches ended without a match, by reason"),
+    (m::MATCHES_TOTAL, "Matches made, by group size"),
+    (m::CLAIM_CONFLICTS_TOTAL, "Match claims lost to a concurrent claim"),
+    (m::FRAMES_IN_TOTAL, "Frames received from clients"),
+    (m::FRAMES_OUT_TOTAL, "Frames written to clients"),
+    (m::MESSAGES_TOTAL, "Chat messages stored and acknowledged"),
+    (m::FRAMES_DROPPED_TOTAL, "Droppable frames dropped for a full client queue"),
+    (m::SLOW_CONSUMER_DISCONNECTS_TOTAL, "Clients disconnected for not reading"),
+    (m::RATE_LIMITED_TOTAL, "Actions refused by a rate limit, by action"),
+    (m::ERRORS_TOTAL, "Error frames sent, by code"),
+    (m::HANDSHAKES_REFUSED_TOTAL, "WebSocket upgrades refused, by reason"),
     (
-        Histogram,
-        m::MATCH_LATENCY_SECONDS,
-        Some(Unit::Seconds),
-        "Wait of each matched member, by relaxation level",
-    ),
-    (Histogram, m::MATCH_SHARED_INTERESTS, None, "Interests shared by all members of a match"),
-    (Counter, m::CLAIM_CONFLICTS_TOTAL, None, "Match claims lost to a concurrent claim"),
-    (Gauge, m::ROOMS_OPEN, None, "Rooms open on this node"),
-    (Counter, m::FRAMES_IN_TOTAL, None, "Frames received from clients"),
-    (Counter, m::FRAMES_OUT_TOTAL, None, "Frames written to clients"),
-    (Counter, m::MESSAGES_TOTAL, None, "Chat messages stored and acknowledged"),
-    (Counter, m::FRAMES_DROPPED_TOTAL, None, "Droppable frames dropped for a full client queue"),
-    (Counter, m::SLOW_CONSUMER_DISCONNECTS_TOTAL, None, "Clients disconnected for not reading"),
-    (Counter, m::RATE_LIMITED_TOTAL, None, "Actions refused by a rate limit, by action"),
-    (Counter, m::ERRORS_TOTAL, None, "Error frames sent, by code"),
-    (Counter, m::HANDSHAKES_REFUSED_TOTAL, None, "WebSocket upgrades refused, by reason"),
-    (Gauge, m::CONNECTIONS_PENDING, None, "Connections accepted and not yet upgraded"),
-    (
-        Counter,
         m::CONNECTIONS_REFUSED_TOTAL,
-        None,
-        "Sockets closed for a pending-connection cap, by reason: a newcomer refused, or the oldest stalled one displaced",
+        "Sockets closed for a pending-connection cap, by reason: a newcomer refused, \
+         or the oldest stalled one displaced",
     ),
     (
-        Counter,
         m::CONNECTIONS_TIMED_OUT_TOTAL,
-        None,
         "Connections closed by the handshake or keep-alive idle deadline, by phase",
     ),
+    (m::MESSAGES_DELIVERED_TOTAL, "Chat message frames queued to members"),
+    (m::BRIDGE_COMMANDS_TOTAL, "Commands sent to Redis, by kind"),
+    (m::BRIDGE_RECEIVED_TOTAL, "Events received from other nodes, by kind"),
+    (m::BRIDGE_RECONNECTS_TOTAL, "Reconnections to Redis after a failure"),
+    (m::BRIDGE_NODES_LOST_TOTAL, "Peers declared dead or gone"),
+    (m::BRIDGE_SEQ_GAPS_TOTAL, "Gaps in a room's seq filled from the stream"),
+    (m::TOKEN_REFRESHES_TOTAL, "Token refresh actions, by result"),
+];
+
+/// Every gauge with its help line.
+const GAUGES: &[(&str, &str)] = &[
+    (m::CONNECTIONS, "Open WebSocket sessions on this node"),
+    (m::POOL_WAITING, "Searches waiting, per pool shard"),
+    (m::ROOMS_OPEN, "Rooms open on this node"),
+    (m::CONNECTIONS_PENDING, "Connections accepted and not yet upgraded"),
     (
-        Gauge,
         m::POOL_WAITING_BY_LANGUAGE,
-        None,
         "Searches waiting, per language (at most --language-series of them, the rest as other)",
     ),
-    (Gauge, m::AVOID_PAIRS, None, "Pairs of users kept apart (blocks, skips), per asking user"),
-    (
-        Histogram,
-        m::DELIVERY_LATENCY_SECONDS,
-        Some(Unit::Seconds),
-        "From a message's acceptance to its fan-out on this node",
-    ),
-    (Counter, m::MESSAGES_DELIVERED_TOTAL, None, "Chat message frames queued to members"),
-    (Gauge, m::OUTBOUND_QUEUED_FRAMES, None, "Frames waiting in all outbound queues"),
-    (Gauge, m::OUTBOUND_QUEUE_MAX_FRAMES, None, "The fullest outbound queue, in frames"),
-    (
-        Gauge,
-        m::ACTOR_MAILBOX_DELAY_SECONDS,
-        Some(Unit::Seconds),
-        "Mailbox wait of a probe, by actor",
-    ),
-    (Gauge, m::BRIDGE_UP, None, "1 while Redis and the cluster subscription are healthy"),
-    (Histogram, m::BRIDGE_REDIS_SECONDS, Some(Unit::Seconds), "Round trip of one pipeline to Redis"),
-    (Counter, m::BRIDGE_COMMANDS_TOTAL, None, "Commands sent to Redis, by kind"),
-    (Counter, m::BRIDGE_RECEIVED_TOTAL, None, "Events received from other nodes, by kind"),
-    (Counter, m::BRIDGE_RECONNECTS_TOTAL, None, "Reconnections to Redis after a failure"),
-    (Histogram, m::BRIDGE_RESYNC_SECONDS, Some(Unit::Seconds), "Duration of a resync with Redis"),
-    (
-        Gauge,
-        m::BRIDGE_PEER_HEARTBEAT_AGE_SECONDS,
-        Some(Unit::Seconds),
-        "Age of each peer's last heartbeat",
-    ),
-    (Counter, m::BRIDGE_NODES_LOST_TOTAL, None, "Peers declared dead or gone"),
-    (Counter, m::BRIDGE_SEQ_GAPS_TOTAL, None, "Gaps in a room's seq filled from the stream"),
-    (Counter, m::TOKEN_REFRESHES_TOTAL, None, "Token refresh actions, by result"),
+    (m::AVOID_PAIRS, "Pairs of users kept apart (blocks, skips), per asking user"),
+    (m::OUTBOUND_QUEUED_FRAMES, "Frames waiting in all outbound queues"),
+    (m::OUTBOUND_QUEUE_MAX_FRAMES, "The fullest outbound queue, in frames"),
+    (m::ACTOR_MAILBOX_DELAY_SECONDS, "Mailbox wait of a probe, by actor"),
+    (m::BRIDGE_UP, "1 while Redis and the cluster subscription are healthy"),
+    (m::BRIDGE_PEER_HEARTBEAT_AGE_SECONDS, "Age of each peer's last heartbeat"),
+];
+
+/// Every histogram with its help line.
+const HISTOGRAMS: &[(&str, &str)] = &[
+    (m::MATCH_LATENCY_SECONDS, "Wait of each matched member, by relaxation level"),
+    (m::MATCH_SHARED_INTERESTS, "Interests shared by all members of a match"),
+    (m::DELIVERY_LATENCY_SECONDS, "From a message's acceptance to its fan-out on this node"),
+    (m::BRIDGE_REDIS_SECONDS, "Round trip of one pipeline to Redis"),
+    (m::BRIDGE_RESYNC_SECONDS, "Duration of a resync with Redis"),
 ];
 
 fn describe() {
+    // Prometheus names carry their unit: `_seconds` is the only one used here.
+    let unit = |name: &str| name.ends_with("_seconds").then_some(Unit::Seconds);
     metrics::with_recorder(|r| {
-        for &(kind, name, unit, help) in DESCRIPTIONS {
-            let (name, help) = (name.into(), help.into());
-            match kind {
-                Counter => r.describe_counter(name, unit, help),
-                Gauge => r.describe_gauge(name, unit, help),
-                Histogram => r.describe_histogram(name, unit, help),
-            }
+        for &(name, help) in COUNTERS {
+            r.describe_counter(name.into(), unit(name), help.into());
+        }
+        for &(name, help) in GAUGES {
+            r.describe_gauge(name.into(), unit(name), help.into());
+        }
+        for &(name, help) in HISTOGRAMS {
+            r.describe_histogram(name.into(), unit(name), help.into());
         }
     });
     // Exported at zero from start-up, before anything happens to them.

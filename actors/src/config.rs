@@ -239,19 +239,20 @@ pub struct EngineConfig {
 }
 
 impl Default for EngineConfig {
-    /// The defaults declared on the fields, read back through clap (no environment,
-    /// no arguments) once per process.
+    /// The defaults declared on the fields, read once per process.
     fn default() -> Self {
         static DEFAULTS: OnceLock<EngineConfig> = OnceLock::new();
-        DEFAULTS
-            .get_or_init(|| {
-                let cmd = EngineConfig::augment_args(clap::Command::new("defaults"));
-                let matches =
-                    cmd.try_get_matches_from(["defaults"]).expect("the declared defaults parse");
-                EngineConfig::from_arg_matches(&matches).expect("every setting has a default")
-            })
-            .clone()
+        DEFAULTS.get_or_init(declared_defaults).clone()
     }
+}
+
+/// Settings built from their declared defaults alone (no environment, no
+/// arguments): the `Default` of a clap-declared settings struct, so that a default
+/// is written once, in its `default_value` attribute.
+pub fn declared_defaults<T: Args + FromArgMatches>() -> T {
+    let cmd = T::augment_args(clap::Command::new("defaults"));
+    let matches = cmd.try_get_matches_from(["defaults"]).expect("the declared defaults parse");
+    T::from_arg_matches(&matches).expect("every setting has a default")
 }
 
 /// A setting that cannot work, named so the operator can fix it.
