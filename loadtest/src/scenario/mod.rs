@@ -10,6 +10,7 @@
 //! the file format.
 
 mod attack;
+mod chat;
 mod churn;
 mod failover;
 mod idle;
@@ -234,6 +235,13 @@ async fn run_workers(scenario: &Scenario, args: &RunArgs) -> Result<Report, Stri
     Ok(merged)
 }
 
+/// Raise the open-files limit as far as allowed (a run opens a socket per user).
+fn raise_nofile() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("warning: cannot raise the open-files limit: {e}");
+    }
+}
+
 /// `Ok(true)` when every threshold holds.
 pub async fn run(mut args: RunArgs) -> Result<bool, String> {
     if args.jwt_secret.is_none() {
@@ -257,7 +265,7 @@ pub async fn run(mut args: RunArgs) -> Result<bool, String> {
         scenario.workers,
         scenario.duration_secs
     );
-    crate::raise_nofile(0);
+    raise_nofile();
     let ticker = progress::start(label, args.quiet || scenario.workers > 1);
     let result = if scenario.workers > 1 {
         run_workers(&scenario, &args).await
