@@ -13,8 +13,8 @@ use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::plan::Plan;
-use crate::scenario::progress;
 use crate::client::Member;
+use crate::scenario::progress;
 use crate::stats;
 
 /// Highest message index accepted from a text (guards the bitmaps against junk).
