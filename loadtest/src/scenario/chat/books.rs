@@ -73,8 +73,11 @@ impl Books {
     }
 }
 
-/// The latency samples every member keeps, by their name in the report.
-const LATENCIES: [(&str, fn(&MemberLog) -> &[u64]); 4] = [
+/// One series of latency samples (µs) a member keeps.
+type Series = fn(&MemberLog) -> &[u64];
+
+/// The latency series every member keeps, by their name in the report.
+const LATENCIES: [(&str, Series); 4] = [
     ("delivery_latency", |l| &l.delivery_us),
     ("ack_latency", |l| &l.ack_us),
     ("send_lag", |l| &l.lag_us),
@@ -93,9 +96,9 @@ pub fn to_report(
 ) -> Result<Report, String> {
     let books = Books::of(logs, room_size);
     let mut r = Report::default();
-    for (name, samples) in LATENCIES {
+    for (name, series) in LATENCIES {
         let mut h = stats::histogram()?;
-        for us in logs.iter().flat_map(|l| samples(l)) {
+        for us in logs.iter().flat_map(series) {
             stats::record(&mut h, *us);
         }
         r.add_histogram(&format!("{prefix}{name}"), &h)?;
