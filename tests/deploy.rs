@@ -1306,15 +1306,20 @@ async fn loadtest_exports_every_metric_of_its_dashboard() {
         wait_nodes(n, 2, Duration::from_secs(15)).await;
     }
 
-    // The compose stack's loadtest service, with only its addresses rewritten.
+    // The compose stack's loadtest service, with only its addresses and its bind
+    // mounts (the scenario files) rewritten.
     let compose = compose();
     let svc = &compose["services"]["loadtest"];
     assert_eq!(yaml_words(&svc["entrypoint"]), ["rendezvous-loadtest"], "loadtest entrypoint");
     let metrics_port = free_port();
     let metrics: SocketAddr = ([127, 0, 0, 1], metrics_port).into();
+    let mounts = bind_mounts(svc);
     let args: Vec<String> = yaml_words(&svc["command"])
         .into_iter()
         .map(|w| {
+            let w = mounts.iter().fold(w, |w, (src, dst)| {
+                w.replace(dst.as_str(), &repo().join(src).display().to_string())
+            });
             let w = w
                 .replace("node-a:8080", &a.addr.to_string())
                 .replace("node-b:8080", &b.addr.to_string())
@@ -1361,19 +1366,21 @@ async fn loadtest_exports_every_metric_of_its_dashboard() {
         let port2 = free_port();
         let m2: SocketAddr = ([127, 0, 0, 1], port2).into();
         let failing: Vec<String> = [
-            "pairs",
+            "run",
+            &repo().join("loadtest/scenarios/chat-pairs.toml").display().to_string(),
+            "--smoke",
             "--url",
             &format!("ws://{}/ws", a.addr),
-            "--peer-url",
+            "--url",
             &format!("ws://127.0.0.1:{}/ws", free_port()),
-            "--pairs",
-            "4",
-            "--concurrency",
-            "2",
-            "--timeout-ms",
-            "2000",
-            "--max-secs",
-            "10",
+            "--set",
+            "chat.cross_node=true",
+            "--set",
+            "chat.rooms=4",
+            "--set",
+            "timeout_ms=2000",
+            "--set",
+            "max_secs=10",
             "--metrics-bind",
             &m2.to_string(),
         ]

@@ -138,6 +138,16 @@ fn match_storm_matches_every_arrival_once() {
 }
 
 #[test]
+fn match_pairs_match_every_designated_pair() {
+    let node = solo();
+    let r = passes("match-pairs", &[ws(&node)], &[]);
+    // 40 arrivals: 20 pairs, each matched with its own partner and timed.
+    assert_eq!(num(&r, "pairs"), 20.0, "{r}");
+    assert_eq!(num(&r, "match_latency.count"), 20.0, "{r}");
+    assert_eq!(num(&r, "stranger_pairs") + num(&r, "double_matches"), 0.0, "{r}");
+}
+
+#[test]
 fn chat_rooms_of_four_deliver_every_message_to_every_other_member() {
     let node = solo();
     let r = passes("chat-rooms", &[ws(&node)], &[]);

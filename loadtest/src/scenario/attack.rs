@@ -64,7 +64,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::net::Dialer;
 use super::report::Report;
 use super::spec::{Attack, Chat, Storm};
-use super::{rooms, server, storm, Ctx};
+use super::{rooms, server, storm, Ctx, Stream};
 use crate::client::Ws;
 use crate::stats::{self, Percentiles};
 
@@ -987,7 +987,7 @@ async fn normal(d: &Dialer, a: &Attack, secs: f64, deadline: Instant) -> Result<
         async {
             // The pairs' setup first (or its failure), then arrivals beside the sends.
             let _ = rx.await;
-            storm::load(d, &storm, a.match_rate, secs, deadline).await
+            storm::load(Stream { dialer: d, rate: a.match_rate, secs, deadline }, &storm).await
         },
     );
     let match_r = match_r?;

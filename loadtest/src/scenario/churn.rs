@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{arrivals, failed, progress, Ctx};
+use super::{arrivals, failed, progress, steady, Ctx, Stream};
 use crate::client::{self, Failure, Member};
 use crate::scenario::net::Dialer;
 use crate::scenario::report::Report;
@@ -264,33 +264,24 @@ async fn churn_user_inner(c: &Churner, i: usize, log: &mut UserLog) -> Result<()
 }
 
 async fn run_churn(ctx: &Ctx) -> Result<Report, String> {
-    let s = &ctx.scenario;
-    let p = s.churn.as_ref().ok_or("no [churn] table")?;
-    load(&ctx.dialer, p, ctx.share.rate(p.rate), s.duration_secs, ctx.deadline).await
+    let p = ctx.scenario.churn.as_ref().ok_or("no [churn] table")?;
+    load(ctx.stream(p.rate), p).await
 }
 
-/// Churning users arriving at `rate`/s for `secs`.
-pub async fn load(
-    dialer: &Dialer,
-    p: &Churn,
-    rate: f64,
-    secs: f64,
-    deadline: Instant,
-) -> Result<Report, String> {
-    let mut count = (rate * secs).ceil() as usize;
-    count += count % 2;
+/// Churning users: the arrivals of `at`.
+pub async fn load(at: Stream<'_>, p: &Churn) -> Result<Report, String> {
     let c = Arc::new(Churner {
-        dialer: dialer.clone(),
+        dialer: at.dialer.clone(),
         base: Instant::now(),
-        language: dialer.language(),
+        language: at.dialer.language(),
         rounds: p.rounds,
         messages: p.messages,
         think: Duration::from_millis(p.think_ms),
-        wait: dialer.wait(),
+        wait: at.dialer.wait(),
         ledger: Mutex::new(HashMap::new()),
     });
     let start = Instant::now() + Duration::from_millis(100);
-    let results = arrivals(count, rate, start, deadline, |i, _| churn_user(c.clone(), i)).await;
+    let results = at.paired(start, |i, _| churn_user(c.clone(), i)).await;
     let mut report = Report::default();
     for name in ["match_latency", "delivery_latency"] {
         report.declare(name)?;
@@ -509,7 +500,8 @@ async fn run_flow(ctx: &Ctx) -> Result<Report, String> {
     });
     let start = Instant::now() + Duration::from_millis(100);
     let results =
-        arrivals(count, p.rate, start, ctx.deadline, |i, due| flow(f.clone(), i, due)).await;
+        arrivals(count, steady(start, p.rate), ctx.deadline, |i, due| flow(f.clone(), i, due))
+            .await;
     let mut report = Report::default();
     for name in ["flow_time", "match_latency", "delivery_latency", "signal_latency"] {
         report.declare(name)?;

@@ -13,10 +13,10 @@
 
 use std::time::{Duration, Instant};
 
+use super::chat::member::MemberLog;
+use super::chat::plan::Plan;
 use super::spec::Chat;
 use super::{rooms, server, Ctx};
-use crate::chat::member::MemberLog;
-use crate::chat::plan::Plan;
 use crate::scenario::report::Report;
 
 async fn shell(command: &str) -> Result<(), String> {

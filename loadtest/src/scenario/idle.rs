@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use super::{arrivals_at, failed, progress, server, Ctx};
+use super::{arrivals, failed, progress, server, Ctx};
 use crate::scenario::report::Report;
 use crate::stats;
 
@@ -91,7 +91,7 @@ pub async fn hold(
     };
     let sampler = sample.map(|urls| tokio::spawn(sample_steps(urls.to_vec(), steps, count)));
     let dialer = Arc::new(dialer.clone());
-    let results = arrivals_at(
+    let results = arrivals(
         count,
         |i| steps.due(i),
         deadline,

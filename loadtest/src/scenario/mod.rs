@@ -10,6 +10,7 @@
 //! the file format.
 
 mod attack;
+mod chat;
 mod churn;
 mod failover;
 mod idle;
@@ -86,6 +87,39 @@ pub struct Ctx {
     pub deadline: Instant,
 }
 
+/// One open-loop stream of arrivals: `rate` per second for `secs` through
+/// `dialer`, none scheduled after `deadline`.
+#[derive(Clone, Copy)]
+pub struct Stream<'a> {
+    pub dialer: &'a Dialer,
+    pub rate: f64,
+    pub secs: f64,
+    pub deadline: Instant,
+}
+
+impl Stream<'_> {
+    /// Run `job(i, due)` for each arrival, on the steady schedule from `start`;
+    /// the count is rounded up to an even one, so that every user of this stream
+    /// can find a partner.
+    pub async fn paired<T, F>(&self, start: Instant, job: impl Fn(usize, Instant) -> F) -> Vec<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let count = (self.rate * self.secs).ceil() as usize;
+        arrivals(count + count % 2, steady(start, self.rate), self.deadline, job).await
+    }
+}
+
+impl Ctx {
+    /// This process's share of `rate` arrivals per second, for the scenario's
+    /// duration.
+    pub fn stream(&self, rate: f64) -> Stream<'_> {
+        let secs = self.scenario.duration_secs;
+        Stream { dialer: &self.dialer, rate: self.share.rate(rate), secs, deadline: self.deadline }
+    }
+}
+
 /// Count one failure by kind (and note the first).
 pub fn failed(report: &mut Report, f: &Failure) {
     progress::error();
@@ -94,25 +128,17 @@ pub fn failed(report: &mut Report, f: &Failure) {
     report.note("first_error", f.to_string());
 }
 
-/// Run `job(i, due)` for `i` in `0..count`, item `i` due at `start + i / rate`,
-/// each in its own task, none started after `deadline`. Results in any order.
-pub async fn arrivals<T, F>(
-    count: usize,
-    rate: f64,
-    start: Instant,
-    deadline: Instant,
-    job: impl Fn(usize, Instant) -> F,
-) -> Vec<T>
-where
-    T: Send + 'static,
-    F: Future<Output = T> + Send + 'static,
-{
+/// The steady schedule of `rate` items per second from `start`: item `i` is due
+/// at `start + i / rate`.
+pub fn steady(start: Instant, rate: f64) -> impl Fn(usize) -> Instant {
     let period = 1.0 / rate;
-    arrivals_at(count, |i| start + Duration::from_secs_f64(i as f64 * period), deadline, job).await
+    move |i| start + Duration::from_secs_f64(i as f64 * period)
 }
 
-/// [`arrivals`] on any schedule: item `i` is due at `due(i)` (non-decreasing).
-pub async fn arrivals_at<T, F>(
+/// Run `job(i, due)` for `i` in `0..count`, item `i` due at `due(i)`
+/// (non-decreasing, e.g. [`steady`]), each in its own task, none started after
+/// `deadline`. Results in any order.
+pub async fn arrivals<T, F>(
     count: usize,
     due: impl Fn(usize) -> Instant,
     deadline: Instant,
@@ -234,6 +260,13 @@ async fn run_workers(scenario: &Scenario, args: &RunArgs) -> Result<Report, Stri
     Ok(merged)
 }
 
+/// Raise the open-files limit as far as allowed (a run opens a socket per user).
+fn raise_nofile() {
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        eprintln!("warning: cannot raise the open-files limit: {e}");
+    }
+}
+
 /// `Ok(true)` when every threshold holds.
 pub async fn run(mut args: RunArgs) -> Result<bool, String> {
     if args.jwt_secret.is_none() {
@@ -257,7 +290,7 @@ pub async fn run(mut args: RunArgs) -> Result<bool, String> {
         scenario.workers,
         scenario.duration_secs
     );
-    crate::raise_nofile(0);
+    raise_nofile();
     let ticker = progress::start(label, args.quiet || scenario.workers > 1);
     let result = if scenario.workers > 1 {
         run_workers(&scenario, &args).await

@@ -1,5 +1,5 @@
 //! `chat-rooms`: rooms of `room_size` members, every member sending at `rate`/s
-//! (open loop, as in the `chat` mode), every delivery booked.
+//! (open loop, see [`super::chat`]), every delivery booked.
 //!
 //! Rooms of two are made by matching (each pair with interests of its own);
 //! larger rooms by joining one public room each. With `cross_node`, the members
@@ -23,11 +23,11 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
 
+use super::chat::member::MemberLog;
+use super::chat::{books, plan::Plan, run_rooms};
 use super::net::Dialer;
 use super::server;
 use super::{progress, Ctx};
-use crate::chat::member::MemberLog;
-use crate::chat::{books, plan::Plan, run_rooms};
 use crate::client::{self, bounded, Failure, Member};
 use crate::scenario::report::Report;
 use crate::scenario::spec::Chat;
@@ -55,7 +55,9 @@ async fn pair(
     let t0 = Instant::now();
     client::send_text(&mut b.ws, &b.user, find).await?;
     let found = client::until(&mut b.ws, &b.user, "match_found", wait).await?;
-    let latency = stats::micros(t0.elapsed());
+    let latency = t0.elapsed();
+    metrics::histogram!(crate::telemetry::MATCH_LATENCY_SECONDS).record(latency.as_secs_f64());
+    metrics::counter!(crate::telemetry::MATCHES_TOTAL).increment(1);
     client::until(&mut a.ws, &a.user, "match_found", wait).await?;
     progress::matched();
     let rendezvous_protocol::ServerFrame::MatchFound { room_id, partner_id, .. } = found else {
@@ -64,7 +66,7 @@ async fn pair(
     if partner_id.as_deref() != Some(a.user.as_str()) {
         return Err(Failure::WrongPartner { user: b.user, got: partner_id, want: a.user });
     }
-    Ok((room_id, vec![a, b], latency))
+    Ok((room_id, vec![a, b], stats::micros(latency)))
 }
 
 /// `size` members join public room number `r`.

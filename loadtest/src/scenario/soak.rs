@@ -15,7 +15,7 @@
 use std::time::{Duration, Instant};
 
 use super::spec::{Chat, Churn, Soak};
-use super::{churn, idle, rooms, server, Ctx};
+use super::{churn, idle, rooms, server, Ctx, Stream};
 use crate::scenario::report::Report;
 
 const MIB: f64 = 1_048_576.0;
@@ -71,7 +71,8 @@ async fn pass(ctx: &Ctx, p: &Soak, secs: f64) -> Result<(Report, server::Usage),
             if p.churn_rate <= 0.0 {
                 return Ok(Report::default());
             }
-            churn::load(&ctx.dialer, &churn, churn.rate, secs, ctx.deadline).await
+            let at = Stream { dialer: &ctx.dialer, rate: churn.rate, secs, deadline: ctx.deadline };
+            churn::load(at, &churn).await
         },
         async {
             if p.idle_sessions == 0 {

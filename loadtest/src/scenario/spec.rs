@@ -516,6 +516,21 @@ impl Default for JoinBurst {
 }
 
 impl Attack {
+    /// What every attacker's table has: its name, whether it runs, its rate and
+    /// its source addresses.
+    pub fn attackers(&self) -> [(&'static str, bool, f64, &[IpAddr]); 8] {
+        [
+            ("silent", self.silent.enabled, self.silent.rate, &self.silent.sources),
+            ("half", self.half.enabled, self.half.rate, &self.half.sources),
+            ("languages", self.languages.enabled, self.languages.rate, &self.languages.sources),
+            ("block", self.block.enabled, self.block.rate, &self.block.sources),
+            ("signal", self.signal.enabled, self.signal.rate, &self.signal.sources),
+            ("history", self.history.enabled, self.history.rate, &self.history.sources),
+            ("join", self.join.enabled, self.join.rate, &self.join.sources),
+            ("typing", self.typing.enabled, self.typing.rate, &self.typing.sources),
+        ]
+    }
+
     fn validate(&self) -> Result<(), String> {
         let positive = |what: &str, v: f64| {
             if v.is_finite() && v > 0.0 {
@@ -531,46 +546,22 @@ impl Attack {
         if !(self.lead_secs >= 0.0 && self.pause_secs >= 0.0 && self.ratio_floor_ms >= 0.0) {
             return Err("attack: lead_secs, pause_secs, ratio_floor_ms must be ≥ 0".into());
         }
-        let sources = |what: &str, on: bool, s: &[IpAddr]| {
-            if on && s.is_empty() {
-                Err(format!("attack.{what}.sources must name at least one address"))
-            } else {
-                Ok(())
+        for (what, enabled, rate, sources) in self.attackers() {
+            if !enabled {
+                continue;
             }
-        };
-        for (what, raw) in [("silent", &self.silent), ("half", &self.half)] {
-            sources(what, raw.enabled, &raw.sources)?;
-            if raw.enabled {
-                positive(&format!("{what}.rate"), raw.rate)?;
+            if sources.is_empty() {
+                return Err(format!("attack.{what}.sources must name at least one address"));
             }
+            positive(&format!("{what}.rate"), rate)?;
         }
-        sources("languages", self.languages.enabled, &self.languages.sources)?;
-        if self.languages.enabled {
-            positive("languages.rate", self.languages.rate)?;
-            if self.languages.per_session == 0 {
-                return Err("attack.languages.per_session must be at least 1".into());
-            }
-        }
-        sources("block", self.block.enabled, &self.block.sources)?;
-        if self.block.enabled {
-            positive("block.rate", self.block.rate)?;
+        if self.languages.enabled && self.languages.per_session == 0 {
+            return Err("attack.languages.per_session must be at least 1".into());
         }
         for (what, r) in [("signal", &self.signal), ("typing", &self.typing)] {
-            sources(what, r.enabled, &r.sources)?;
-            if r.enabled {
-                positive(&format!("{what}.rate"), r.rate)?;
-                if r.senders > r.members {
-                    return Err(format!("attack.{what}: senders ≤ members"));
-                }
+            if r.enabled && r.senders > r.members {
+                return Err(format!("attack.{what}: senders ≤ members"));
             }
-        }
-        sources("history", self.history.enabled, &self.history.sources)?;
-        if self.history.enabled {
-            positive("history.rate", self.history.rate)?;
-        }
-        sources("join", self.join.enabled, &self.join.sources)?;
-        if self.join.enabled {
-            positive("join.rate", self.join.rate)?;
         }
         Ok(())
     }
@@ -858,18 +849,8 @@ mod tests {
         for smoke in [false, true] {
             let s = Scenario::parse(text, smoke, &Overrides::default()).expect("parse");
             let a = s.attack.expect("[attack]");
-            let all = [
-                &a.silent.sources,
-                &a.half.sources,
-                &a.languages.sources,
-                &a.block.sources,
-                &a.signal.sources,
-                &a.history.sources,
-                &a.join.sources,
-                &a.typing.sources,
-            ];
             let mut seen = std::collections::HashSet::new();
-            for sources in all {
+            for (_, _, _, sources) in a.attackers() {
                 assert!(!sources.is_empty());
                 for ip in sources {
                     assert!(ip.is_loopback() && *ip != IpAddr::from([127, 0, 0, 1]), "{ip}");

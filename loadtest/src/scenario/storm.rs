@@ -25,8 +25,7 @@ use rendezvous_protocol::ServerFrame;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::net::Dialer;
-use super::{arrivals, failed, progress, Ctx};
+use super::{failed, progress, Ctx, Stream};
 use crate::client::{self, Failure};
 use crate::scenario::report::Report;
 use crate::scenario::spec::Storm;
@@ -210,23 +209,14 @@ fn books(
 }
 
 pub async fn run(ctx: &Ctx) -> Result<Report, String> {
-    let s = &ctx.scenario;
-    let p = s.storm.as_ref().ok_or("no [storm] table")?;
-    load(&ctx.dialer, p, ctx.share.rate(p.rate), s.duration_secs, ctx.deadline).await
+    let p = ctx.scenario.storm.as_ref().ok_or("no [storm] table")?;
+    load(ctx.stream(p.rate), p).await
 }
 
-/// Arrivals at `rate`/s for `secs`, each searching once in the dialer's own
-/// language (so other runs and workers never meet these users).
-pub async fn load(
-    dialer: &Dialer,
-    p: &Storm,
-    rate: f64,
-    secs: f64,
-    deadline: Instant,
-) -> Result<Report, String> {
-    // Even, so that every user of this worker can find a partner.
-    let mut count = (rate * secs).ceil() as usize;
-    count += count % 2;
+/// The arrivals of `at`, each searching once in the dialer's own language (so
+/// other runs and workers never meet these users).
+pub async fn load(at: Stream<'_>, p: &Storm) -> Result<Report, String> {
+    let dialer = at.dialer;
     let lite = Arc::new(CtxLite {
         dialer: dialer.clone(),
         language: dialer.language(),
@@ -240,9 +230,7 @@ pub async fn load(
     });
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let start = Instant::now() + Duration::from_millis(100);
-    let results =
-        arrivals(count, rate, start, deadline, |i, due| one(lite.clone(), i, due, seen.clone()))
-            .await;
+    let results = at.paired(start, |i, due| one(lite.clone(), i, due, seen.clone())).await;
     let window = start.elapsed().as_secs_f64();
     let mut report = Report::default();
     report.count("arrivals", results.len() as u64);
@@ -262,7 +250,7 @@ pub async fn load(
     report.count("errors.total", 0);
     let seen = seen.lock().map_err(|_| "match books poisoned")?;
     books(&seen, p.cross_node, &mut report)?;
-    report.set("offered_arrivals_per_s", rate);
+    report.set("offered_arrivals_per_s", at.rate);
     report.set("matched_users_per_s", report.counters["matched"] as f64 / window.max(1e-9));
     Ok(report)
 }
@@ -283,46 +271,61 @@ mod tests {
         }
     }
 
+    /// The books of what each user saw.
+    fn books_of<const N: usize>(cross_node: bool, users: [(&str, Seen); N]) -> Report {
+        let m: HashMap<String, Seen> = users.into_iter().map(|(u, s)| (u.to_owned(), s)).collect();
+        let mut r = Report::default();
+        books(&m, cross_node, &mut r).expect("books");
+        r
+    }
+
+    /// `name` holds `count` latencies, the longest `max_ms` (to 10 µs).
+    fn assert_latencies(r: &Report, name: &str, count: u64, max_ms: u64) {
+        let h = &r.histos[name];
+        assert_eq!(h.len(), count, "{name}");
+        assert!(h.max().abs_diff(max_ms * 1_000) <= 10, "{name}: max {}", h.max());
+    }
+
     #[test]
     fn the_books_find_doubles_and_asymmetry_and_time_the_later_searcher() {
-        let mut m = HashMap::new();
-        m.insert("a".to_owned(), seen("r1", "b", 0, 10));
-        m.insert("b".to_owned(), seen("r1", "a", 8, 10));
-        m.insert("c".to_owned(), seen("r2", "d", 0, 5));
-        m.insert("d".to_owned(), seen("r2", "e", 1, 5));
-        m.insert("e".to_owned(), seen("r3", "x", 0, 5));
-        m.insert("f".to_owned(), seen("r4", "g", 0, 5));
-        m.insert("g".to_owned(), seen("r4", "f", 0, 5));
-        m.insert("h".to_owned(), seen("r4", "f", 0, 5));
-        let mut r = Report::default();
-        books(&m, false, &mut r).expect("books");
+        let r = books_of(
+            false,
+            [
+                ("a", seen("r1", "b", 0, 10)),
+                ("b", seen("r1", "a", 8, 10)),
+                ("c", seen("r2", "d", 0, 5)),
+                ("d", seen("r2", "e", 1, 5)),
+                ("e", seen("r3", "x", 0, 5)),
+                ("f", seen("r4", "g", 0, 5)),
+                ("g", seen("r4", "f", 0, 5)),
+                ("h", seen("r4", "f", 0, 5)),
+            ],
+        );
         assert_eq!(r.counters["double_matches"], 1);
         assert_eq!(r.counters["asymmetric_pairs"], 1);
         assert_eq!(r.counters["half_seen_pairs"], 1);
         assert_eq!(r.counters["pairs"], 2);
-        let h = &r.histos["match_latency"];
         // r1: b searched later, waited 2 ms; r2: d, 4 ms.
-        assert_eq!(h.len(), 2);
-        assert!(h.max() >= 3_990 && h.max() <= 4_010, "{}", h.max());
+        assert_latencies(&r, "match_latency", 2, 4);
     }
 
     #[test]
     fn cross_node_books_time_pairs_across_urls_and_count_strangers() {
-        let mut m = HashMap::new();
-        // x-s0 / x-s1: the designated pair, on URLs 0 and 1.
-        m.insert("x-s0".to_owned(), Seen { url: 0, ..seen("r1", "x-s1", 0, 10) });
-        m.insert("x-s1".to_owned(), Seen { url: 1, ..seen("r1", "x-s0", 7, 10) });
-        // x-s2 met x-s5 (meant for x-s3 and x-s4), both on URL 0.
-        m.insert("x-s2".to_owned(), seen("r2", "x-s5", 0, 5));
-        m.insert("x-s5".to_owned(), seen("r2", "x-s2", 1, 5));
-        let mut r = Report::default();
-        books(&m, true, &mut r).expect("books");
+        let r = books_of(
+            true,
+            [
+                // x-s0 / x-s1: the designated pair, on URLs 0 and 1.
+                ("x-s0", Seen { url: 0, ..seen("r1", "x-s1", 0, 10) }),
+                ("x-s1", Seen { url: 1, ..seen("r1", "x-s0", 7, 10) }),
+                // x-s2 met x-s5 (meant for x-s3 and x-s4), both on URL 0.
+                ("x-s2", seen("r2", "x-s5", 0, 5)),
+                ("x-s5", seen("r2", "x-s2", 1, 5)),
+            ],
+        );
         assert_eq!(r.counters["pairs"], 2);
         assert_eq!(r.counters["cross_node_pairs"], 1);
         assert_eq!(r.counters["stranger_pairs"], 1);
-        let h = &r.histos["cross_node_match_latency"];
-        assert_eq!(h.len(), 1);
-        assert!(h.max() >= 2_990 && h.max() <= 3_010, "{}", h.max());
+        assert_latencies(&r, "cross_node_match_latency", 1, 3);
         assert_eq!(designated("lt-abc-s13"), Some(6));
     }
 

@@ -14,6 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::plan::Plan;
 use crate::client::Member;
+use crate::scenario::progress;
 use crate::stats;
 
 /// Highest message index accepted from a text (guards the bitmaps against junk).
@@ -21,7 +22,7 @@ const MAX_INDEX: u64 = 100_000_000;
 /// Latest timestamp accepted from a text, µs after the base (guards `Instant` math).
 const MAX_MICROS: u64 = 1_000_000_000_000;
 
-/// The fields of the server frames chat mode reads, borrowed from the frame's
+/// The fields of the server frames a chat member reads, borrowed from the frame's
 /// text (cheaper than the full `ServerFrame`, which matters when the load
 /// generator shares two cores with the servers).
 #[derive(Deserialize)]
@@ -190,7 +191,7 @@ fn on_message(log: &mut MemberLog, role: &Role, plan: &Plan, view: &View, now: I
     };
     let delivery = since(stamp.due_us);
     metrics::counter!(crate::telemetry::MESSAGES_RECEIVED_TOTAL).increment(1);
-    crate::scenario::progress::received(1);
+    progress::received(1);
     metrics::histogram!(crate::telemetry::DELIVERY_LATENCY_SECONDS)
         .record(delivery as f64 / 1_000_000.0);
     log.delivery_us.push(delivery);
@@ -230,7 +231,7 @@ async fn send_one(
         format!("{}: send #{k} failed: {e}", member.user)
     })?;
     metrics::counter!(crate::telemetry::MESSAGES_SENT_TOTAL).increment(1);
-    crate::scenario::progress::sent(1);
+    progress::sent(1);
     Ok(())
 }
 
