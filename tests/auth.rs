@@ -2,7 +2,7 @@
 //! when a secret is configured, the explicit anonymous modes, and the metric that
 //! counts refusals. Every refusal is an HTTP 401 on the upgrade.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

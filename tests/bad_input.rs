@@ -3,7 +3,7 @@
 //! close code), the offending session keeps working whenever the protocol says it
 //! should, and other users on the same server never notice.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::{Duration, Instant};
 

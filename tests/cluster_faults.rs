@@ -7,7 +7,7 @@
 //! in turn: they stop and restart processes and measure time windows, which should
 //! not be measured while another test's cluster owns both cores.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
-use common::{http_get, Client, Ended};
+use common::{http_get, Client, Ended, TempDir};
 use rendezvous_actors::protocol::{ChatMessage, ErrorCode, PresenceStatus, ServerFrame};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;

@@ -3,7 +3,7 @@
 //! invariants (no double or asymmetric matches, consistent rooms, gap-free `seq`
 //! in one order for everyone), computed from what every client actually received.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

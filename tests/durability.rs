@@ -31,7 +31,7 @@
 //! recovery times, which should not be measured while another test's cluster owns
 //! both cores.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use common::chat::{expect_message, history, next, send_text, sent};
 use common::cluster::*;
-use common::{Client, Ended};
+use common::{Client, Ended, TempDir};
 use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
 use rendezvous_actors::protocol::{ChatMessage, ErrorCode, HistoryItem, ServerFrame};

@@ -14,7 +14,7 @@
 //! `RENDEZVOUS_FUZZ_CASES` and `RENDEZVOUS_FUZZ_SECS` set the budget (defaults keep
 //! the suite quick); RELIABILITY.md records the long runs.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@
 //! rule of `auto` mode, and the anonymous namespace that keeps `?user=alice` from
 //! being the token user `alice`. Every test runs against a real server.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -5,7 +5,7 @@
 //! cannot pass the rooms-per-user cap, public rooms per node and history bytes per
 //! room are capped. Each test runs a real server and real WebSocket clients.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;

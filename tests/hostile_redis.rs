@@ -14,7 +14,7 @@
 //! The tests take one lock in turn: each starts its own cluster, and the visit
 //! storm wants both cores.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

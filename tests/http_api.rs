@@ -5,38 +5,16 @@
 //! binary starts, so metric checks look at presence and increases, never exact
 //! values.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::http::{raw_exchange, raw_request};
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------- helpers
-
-/// Send a raw HTTP/1.1 request (it must ask for `Connection: close`); (status, body).
-async fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
-    let (status, _, body) = raw_exchange(addr, request).await;
-    (status, body)
-}
-
-/// Like [`raw_request`], also returning the response head (status line, headers).
-async fn raw_exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(FRAME_TIMEOUT, s.read_to_end(&mut buf))
-        .await
-        .expect("http timeout")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
-    (status, head.to_string(), body.to_string())
-}
 
 async fn get_json(addr: SocketAddr, path: &str) -> Value {
     let (status, body) = http_get(addr, path).await;

@@ -3,7 +3,7 @@
 //! programs, a close code for browsers, an error frame inside a session) and
 //! leaves everyone else alone.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::Duration;
 

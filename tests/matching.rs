@@ -2,7 +2,7 @@
 //! paired with whom, when criteria relax, and how searches end (timeout, cancel,
 //! `next`, `block`, disconnects). Each test runs its own server on a free port.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,7 @@
 //! lock exclusively, so that the timing bounds of the other tests (a dead node is
 //! noticed within 5 s, …) are never measured while 2,100 storm clients own both cores.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};

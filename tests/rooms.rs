@@ -8,7 +8,7 @@
 //! member's next frame after some relay is the `ack`/`message`/`history` that a later
 //! request caused, the relay was not sent to them.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

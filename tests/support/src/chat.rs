@@ -3,10 +3,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rendezvous_actors::protocol::{ChatMessage, HistoryItem, ServerFrame};
+use rendezvous_protocol::{ChatMessage, HistoryItem, ServerFrame};
 use serde_json::json;
 
-use super::Client;
+use crate::Client;
 
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("clock after 1970").as_millis() as u64

@@ -7,18 +7,16 @@
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rendezvous_actors::protocol::ServerFrame;
+use rendezvous_protocol::ServerFrame;
 use serde_json::Value;
 
-use super::{http_get, Client};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rendezvous");
+use crate::{engine_bin, free_port, http_get, Client};
 
 /// Log lines kept per node for failure reports.
 const LOG_LINES: usize = 200;
@@ -377,12 +375,6 @@ fn read_resp(r: &mut impl BufRead) -> io::Result<Resp> {
     })
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a probe socket on 127.0.0.1:0");
-    l.local_addr().expect("probe socket address").port()
-}
-
 // ---------------------------------------------------------------- nodes
 
 /// One `rendezvous` process; killed on drop (its recent log printed if the test is
@@ -430,10 +422,10 @@ impl Node {
         let mut cmd = match files {
             Some(n) => {
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(BIN);
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(engine_bin());
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(engine_bin()),
         };
         for (k, v) in &args {
             cmd.arg(k).arg(v);
@@ -706,43 +698,4 @@ pub async fn spawn_nodes(redis_url: &str, n: usize) -> Vec<Node> {
         wait_nodes(node, n as u64, FORM_TIMEOUT).await;
     }
     nodes
-}
-
-/// A directory under the temp dir for one test (Redis data, certificates); removed
-/// on drop, unless the test is failing, when it is kept and named for inspection.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!("rdv-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-
-    pub fn path_string(&self) -> String {
-        self.0.to_string_lossy().into_owned()
-    }
-
-    /// The path of `name` inside, as a string.
-    pub fn join(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- kept {} for inspection ----", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
