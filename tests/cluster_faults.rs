@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
+use common::search::{self as searching, is_presence, pair, Found};
 use common::{http_get, Client, Ended, TempDir};
 use rendezvous_actors::protocol::{ChatMessage, ErrorCode, PresenceStatus, ServerFrame};
 use serde_json::{json, Value};
@@ -48,71 +49,8 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// Send `find_match` with `interests` plus the fields of `extra` (an object) and
-/// require `searching` as the answer.
 async fn search(c: &mut Client, interests: &[&str], extra: Value) {
-    let mut body = json!({"action": "find_match", "interests": interests});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    c.send_json(body).await;
-    match next(c).await {
-        ServerFrame::Searching { ticket } => assert!(!ticket.is_empty(), "empty ticket"),
-        other => panic!("{}: expected searching, got {other:?}", c.user_id),
-    }
-}
-
-/// A `match_found`, with members and shared interests sorted for comparison.
-#[derive(Debug, Clone, PartialEq)]
-struct Found {
-    room: String,
-    partner: Option<String>,
-    members: Vec<String>,
-}
-
-fn found(c: &Client, f: ServerFrame) -> Found {
-    match f {
-        ServerFrame::MatchFound { room_id, partner_id, mut members, .. } => {
-            assert!(!room_id.is_empty(), "{}: empty room id", c.user_id);
-            members.sort();
-            Found { room: room_id, partner: partner_id, members }
-        }
-        other => panic!("{}: expected match_found, got {other:?}", c.user_id),
-    }
-}
-
-async fn expect_match(c: &mut Client) -> Found {
-    let f = next(c).await;
-    found(c, f)
-}
-
-/// `a` on node `a.0` and `b` on node `b.0` search for chess and go (one after the
-/// other) and are matched with each other; the two clients and the room.
-async fn pair(nodes: &[Node], a: (usize, &str), b: (usize, &str)) -> (Client, Client, String) {
-    let mut ca = client(&nodes[a.0], a.1).await;
-    let mut cb = client(&nodes[b.0], b.1).await;
-    search(&mut ca, &["chess", "go"], json!({})).await;
-    search(&mut cb, &["chess", "go"], json!({})).await;
-    let fa = expect_match(&mut ca).await;
-    let fb = expect_match(&mut cb).await;
-    assert_eq!(fa.room, fb.room, "{} and {} were given different rooms", a.1, b.1);
-    assert_eq!(fa.partner.as_deref(), Some(b.1), "{}'s partner", a.1);
-    assert_eq!(fb.partner.as_deref(), Some(a.1), "{}'s partner", b.1);
-    (ca, cb, fa.room)
-}
-
-/// Connect `user` to `node`; asserts the welcome names that node.
-async fn client(node: &Node, user: &str) -> Client {
-    let c = node.client(user).await;
-    match &c.welcome {
-        ServerFrame::Welcome { node: served_by, .. } => {
-            assert_eq!(served_by, &node.id, "{user}: welcome from the wrong node")
-        }
-        other => panic!("{user}: not a welcome: {other:?}"),
-    }
-    c
+    searching::search(c, interests, extra, is_presence).await
 }
 
 fn seqs(messages: &[ChatMessage]) -> Vec<u64> {
@@ -543,7 +481,7 @@ async fn a_skip_with_next_holds_across_nodes() {
         frames
             .iter()
             .filter(|f| matches!(f, ServerFrame::MatchFound { .. }))
-            .map(|f| found(who, f.clone()))
+            .map(|f| Found::of(&who.user_id, f.clone()))
             .collect()
     };
     let (ma, mb, mc) = (matches(&a, &fa), matches(&b, &fb), matches(&c, &fc));

@@ -6,6 +6,7 @@ use rendezvous_test_support as common;
 
 use std::time::{Duration, Instant};
 
+use common::search::{self as searching, is_chatter, Found};
 use common::*;
 use rendezvous::config::Config;
 use rendezvous_actors::protocol::{ErrorCode, PresenceStatus, ServerFrame};
@@ -15,33 +16,6 @@ use serde_json::{json, Value};
 /// Longer than the test ladder's full relaxation (900 ms) plus a few ticks: a pair
 /// that is ever going to be matched by relaxation is matched within this window.
 const PAST_FULL_RELAX: Duration = Duration::from_millis(1_300);
-
-/// A match as one member saw it, normalized for comparison.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Found {
-    room: String,
-    partner: Option<String>,
-    members: Vec<String>,
-    shared: Vec<String>,
-    score: u32,
-}
-
-fn found(f: ServerFrame) -> Found {
-    match f {
-        ServerFrame::MatchFound {
-            room_id,
-            partner_id,
-            mut members,
-            mut shared_interests,
-            score,
-        } => {
-            members.sort();
-            shared_interests.sort();
-            Found { room: room_id, partner: partner_id, members, shared: shared_interests, score }
-        }
-        other => panic!("expected match_found, got {other:?}"),
-    }
-}
 
 fn config_with_ladder(ladder: Vec<LadderStep>) -> Config {
     let mut c = test_config();
@@ -53,51 +27,21 @@ fn step(after_ms: u64, same_region: bool, min_shared: u32) -> LadderStep {
     LadderStep { after_ms, same_region, min_shared }
 }
 
-/// Frames that may legitimately interleave with matching frames (room chatter).
-fn is_noise(f: &ServerFrame) -> bool {
-    matches!(
-        f,
-        ServerFrame::Presence { .. } | ServerFrame::Typing { .. } | ServerFrame::Read { .. }
-    )
-}
-
 /// The next frame that is not room chatter.
 async fn recv_signal(c: &mut Client) -> ServerFrame {
-    loop {
-        let f = c.recv().await;
-        if !is_noise(&f) {
-            return f;
-        }
-    }
+    searching::next_except(c, is_chatter).await
 }
 
-/// Send `find_match` with `interests` plus the extra fields of `extra` (an object),
-/// and require `searching` as the answer.
 async fn search(c: &mut Client, interests: &[&str], extra: Value) {
-    let mut body = json!({"action": "find_match", "interests": interests});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    c.send_json(body).await;
-    match recv_signal(c).await {
-        ServerFrame::Searching { ticket } => assert!(!ticket.is_empty()),
-        other => panic!("{}: expected searching, got {other:?}", c.user_id),
-    }
+    searching::search(c, interests, extra, is_chatter).await
 }
 
-/// The outcome of the running search: `match_found` or `no_match_found`.
 async fn outcome(c: &mut Client) -> ServerFrame {
-    let f = recv_signal(c).await;
-    match f {
-        ServerFrame::MatchFound { .. } | ServerFrame::NoMatchFound {} => f,
-        other => panic!("{}: expected a search outcome, got {other:?}", c.user_id),
-    }
+    searching::outcome(c, is_chatter).await
 }
 
 async fn expect_match(c: &mut Client) -> Found {
-    found(outcome(c).await)
+    searching::expect_match(c, is_chatter).await
 }
 
 async fn expect_no_match(c: &mut Client) {

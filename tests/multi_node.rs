@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
+use common::search::{self as searching, is_presence, Found};
 use common::{http_get, Client, Ended};
 use futures_util::{SinkExt, StreamExt};
 use rendezvous_actors::protocol::{ErrorCode, PresenceStatus, ServerFrame};
@@ -35,86 +36,23 @@ const PAST_FULL_RELAX: Duration = Duration::from_millis(1_500);
 
 /// Nothing but `presence` arrives within `wait`.
 async fn expect_quiet(c: &mut Client, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        match c.try_recv(left).await {
-            None => return,
-            Some(ServerFrame::Presence { .. }) => continue,
-            Some(f) => panic!("{}: expected no frame, got {f:?}", c.user_id),
-        }
-    }
+    searching::expect_quiet(c, wait, is_presence).await
 }
 
-/// Send `find_match` with `interests` plus the fields of `extra` (an object) and
-/// require `searching` as the answer.
 async fn search(c: &mut Client, interests: &[&str], extra: Value) {
-    let mut body = json!({"action": "find_match", "interests": interests});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    c.send_json(body).await;
-    match next(c).await {
-        ServerFrame::Searching { ticket } => assert!(!ticket.is_empty(), "empty ticket"),
-        other => panic!("{}: expected searching, got {other:?}", c.user_id),
-    }
+    searching::search(c, interests, extra, is_presence).await
 }
 
-/// The outcome of the running search: `match_found` or `no_match_found`.
 async fn outcome(c: &mut Client) -> ServerFrame {
-    let f = next(c).await;
-    match f {
-        ServerFrame::MatchFound { .. } | ServerFrame::NoMatchFound {} => f,
-        other => panic!("{}: expected a search outcome, got {other:?}", c.user_id),
-    }
-}
-
-/// A `match_found`, with members and shared interests sorted for comparison.
-#[derive(Debug, Clone, PartialEq)]
-struct Found {
-    room: String,
-    partner: Option<String>,
-    members: Vec<String>,
-    shared: Vec<String>,
-    score: u32,
+    searching::outcome(c, is_presence).await
 }
 
 async fn expect_match(c: &mut Client) -> Found {
-    match outcome(c).await {
-        ServerFrame::MatchFound {
-            room_id,
-            partner_id,
-            mut members,
-            mut shared_interests,
-            score,
-        } => {
-            assert!(!room_id.is_empty(), "{}: empty room id", c.user_id);
-            members.sort();
-            shared_interests.sort();
-            Found { room: room_id, partner: partner_id, members, shared: shared_interests, score }
-        }
-        other => panic!("{}: expected match_found, got {other:?}", c.user_id),
-    }
+    searching::expect_match(c, is_presence).await
 }
 
-/// `a` on node `a.0` and `b` on node `b.0` search for chess and go (one after the
-/// other) and are matched with each other; the two clients and the room.
 async fn pair(cluster: &Cluster, a: (usize, &str), b: (usize, &str)) -> (Client, Client, String) {
-    let mut ca = cluster.client(a.0, a.1).await;
-    let mut cb = cluster.client(b.0, b.1).await;
-    search(&mut ca, &["chess", "go"], json!({})).await;
-    search(&mut cb, &["chess", "go"], json!({})).await;
-    let fa = expect_match(&mut ca).await;
-    let fb = expect_match(&mut cb).await;
-    assert_eq!(fa.room, fb.room, "{} and {} were given different rooms", a.1, b.1);
-    assert_eq!(fa.partner.as_deref(), Some(b.1), "{}'s partner", a.1);
-    assert_eq!(fb.partner.as_deref(), Some(a.1), "{}'s partner", b.1);
-    (ca, cb, fa.room)
+    searching::pair(&cluster.nodes, a, b).await
 }
 
 /// The very next frame is this presence change.

@@ -495,6 +495,18 @@ impl Node {
         Client::connect(&self.ws_url(user)).await
     }
 
+    /// [`Node::client`], asserting the welcome names this node.
+    pub async fn client_checked(&self, user: &str) -> Client {
+        let c = self.client(user).await;
+        match &c.welcome {
+            ServerFrame::Welcome { node: served_by, .. } => {
+                assert_eq!(served_by, &self.id, "{user}: welcome from the wrong node")
+            }
+            other => panic!("{user}: not a welcome: {other:?}"),
+        }
+        c
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -613,15 +625,7 @@ impl Cluster {
 
     /// Connect `user` to node `i`; asserts the welcome names that node.
     pub async fn client(&self, i: usize, user: &str) -> Client {
-        let node = &self.nodes[i];
-        let c = node.client(user).await;
-        match &c.welcome {
-            ServerFrame::Welcome { node: served_by, .. } => {
-                assert_eq!(served_by, &node.id, "{user}: welcome from the wrong node")
-            }
-            other => panic!("{user}: not a welcome: {other:?}"),
-        }
-        c
+        self.nodes[i].client_checked(user).await
     }
 }
 

@@ -1,1 +1,143 @@
-//! (filled below)
+//! Searching as a test sees it: send `find_match`, require `searching`, read the
+//! outcome, compare matches. Each suite says which frames may interleave with the
+//! search frames (the `skip` argument): the multi-node suites allow `presence`
+//! only ([`is_presence`]), the matching suite all room chatter ([`is_chatter`]).
+
+use std::time::Duration;
+
+use rendezvous_protocol::ServerFrame;
+use serde_json::{json, Value};
+use tokio::time::Instant;
+
+use crate::cluster::Node;
+use crate::Client;
+
+/// Which frames a helper reads past.
+pub type Skip = fn(&ServerFrame) -> bool;
+
+/// `presence` only.
+pub fn is_presence(f: &ServerFrame) -> bool {
+    matches!(f, ServerFrame::Presence { .. })
+}
+
+/// Frames that may legitimately interleave with matching frames (room chatter).
+pub fn is_chatter(f: &ServerFrame) -> bool {
+    matches!(
+        f,
+        ServerFrame::Presence { .. } | ServerFrame::Typing { .. } | ServerFrame::Read { .. }
+    )
+}
+
+/// The next frame that `skip` does not pass over.
+pub async fn next_except(c: &mut Client, skip: Skip) -> ServerFrame {
+    loop {
+        let f = c.recv().await;
+        if !skip(&f) {
+            return f;
+        }
+    }
+}
+
+/// Nothing but frames `skip` passes over arrives within `wait`.
+pub async fn expect_quiet(c: &mut Client, wait: Duration, skip: Skip) {
+    let deadline = Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        match c.try_recv(left).await {
+            None => return,
+            Some(f) if skip(&f) => continue,
+            Some(f) => panic!("{}: expected no frame, got {f:?}", c.user_id),
+        }
+    }
+}
+
+/// The `find_match` frame for `interests` plus the fields of `extra` (an object).
+pub fn find_match(interests: &[&str], extra: Value) -> Value {
+    let mut body = json!({"action": "find_match", "interests": interests});
+    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            b.insert(k.clone(), v.clone());
+        }
+    }
+    body
+}
+
+/// Send [`find_match`] and require `searching` (with a ticket) as the answer.
+pub async fn search(c: &mut Client, interests: &[&str], extra: Value, skip: Skip) {
+    c.send_json(find_match(interests, extra)).await;
+    match next_except(c, skip).await {
+        ServerFrame::Searching { ticket } => assert!(!ticket.is_empty(), "empty ticket"),
+        other => panic!("{}: expected searching, got {other:?}", c.user_id),
+    }
+}
+
+/// The outcome of the running search: `match_found` or `no_match_found`.
+pub async fn outcome(c: &mut Client, skip: Skip) -> ServerFrame {
+    let f = next_except(c, skip).await;
+    match f {
+        ServerFrame::MatchFound { .. } | ServerFrame::NoMatchFound {} => f,
+        other => panic!("{}: expected a search outcome, got {other:?}", c.user_id),
+    }
+}
+
+/// A `match_found` as one member saw it, with members and shared interests sorted
+/// for comparison.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub room: String,
+    pub partner: Option<String>,
+    pub members: Vec<String>,
+    pub shared: Vec<String>,
+    pub score: u32,
+}
+
+impl Found {
+    /// `f` as `user` received it; panics unless it is a `match_found` with a room.
+    pub fn of(user: &str, f: ServerFrame) -> Found {
+        match f {
+            ServerFrame::MatchFound {
+                room_id,
+                partner_id,
+                mut members,
+                mut shared_interests,
+                score,
+            } => {
+                assert!(!room_id.is_empty(), "{user}: empty room id");
+                members.sort();
+                shared_interests.sort();
+                Found {
+                    room: room_id,
+                    partner: partner_id,
+                    members,
+                    shared: shared_interests,
+                    score,
+                }
+            }
+            other => panic!("{user}: expected match_found, got {other:?}"),
+        }
+    }
+}
+
+/// The outcome of the running search, which must be a match.
+pub async fn expect_match(c: &mut Client, skip: Skip) -> Found {
+    let f = outcome(c, skip).await;
+    Found::of(&c.user_id, f)
+}
+
+/// `a` on node `a.0` and `b` on node `b.0` search for chess and go (one after the
+/// other) and are matched with each other; the two clients and the room.
+pub async fn pair(nodes: &[Node], a: (usize, &str), b: (usize, &str)) -> (Client, Client, String) {
+    let mut ca = nodes[a.0].client_checked(a.1).await;
+    let mut cb = nodes[b.0].client_checked(b.1).await;
+    search(&mut ca, &["chess", "go"], json!({}), is_presence).await;
+    search(&mut cb, &["chess", "go"], json!({}), is_presence).await;
+    let fa = expect_match(&mut ca, is_presence).await;
+    let fb = expect_match(&mut cb, is_presence).await;
+    assert_eq!(fa.room, fb.room, "{} and {} were given different rooms", a.1, b.1);
+    assert_eq!(fa.partner.as_deref(), Some(b.1), "{}'s partner", a.1);
+    assert_eq!(fb.partner.as_deref(), Some(a.1), "{}'s partner", b.1);
+    (ca, cb, fa.room)
+}
