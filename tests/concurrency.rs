@@ -6,21 +6,20 @@
 use rendezvous_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::search::Found;
+use common::storm::{interests_for, Seen, Storm};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use rendezvous::config::Config;
 use rendezvous_actors::protocol::ServerFrame;
 use rendezvous_actors::LadderStep;
 use serde_json::{json, Value};
-use tokio::sync::{watch, Barrier, Semaphore};
+use tokio::sync::Barrier;
 use tokio_tungstenite::tungstenite::Message;
-
-const INTERESTS: [&str; 8] =
-    ["chess", "go", "poker", "music", "films", "books", "hiking", "cooking"];
 
 /// Storm settings: every limit that a crowd on one machine would trip is raised,
 /// and the ladder reaches "anyone in the language" after 400 ms.
@@ -39,148 +38,32 @@ fn storm_config() -> Config {
     c
 }
 
-/// Deterministic, varied interests for client `i`: 1 to 3 of [`INTERESTS`].
-fn interests_for(i: usize) -> Vec<&'static str> {
-    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut pick = || {
-        x ^= x >> 31;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 29;
-        x
-    };
-    let n = 1 + (pick() % 3) as usize;
-    let mut v: Vec<&str> = (0..n).map(|_| INTERESTS[(pick() % 8) as usize]).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
-/// One `match_found` as received.
-#[derive(Debug)]
-struct Matched {
-    room: String,
-    partner: Option<String>,
-    members: Vec<String>,
-    shared: Vec<String>,
-    score: u32,
-}
-
-/// What one storm client saw after its `find_match`.
-struct Seen {
-    user: String,
-    searching: usize,
-    matches: Vec<Matched>,
-    no_match: usize,
-    other: Vec<ServerFrame>,
-}
-
-/// `n` clients connect (bounded parallelism), wait for each other, then all send
-/// `find_match` at once and record every frame until told to stop. Returns what
-/// each saw plus the live clients (kept open so rooms stay open for the checks).
+/// `n` clients (users `{prefix}00000`, …) storm `server` with `find_match` for
+/// groups of `group_size` in one language; see [`Storm::run`].
 async fn storm(
     server: &TestServer,
     prefix: &str,
     n: usize,
     group_size: u8,
 ) -> (Vec<Seen>, Vec<Client>, Duration) {
-    let connect_slots = Arc::new(Semaphore::new(128));
-    let ready = Arc::new(Barrier::new(n + 1));
-    let decided = Arc::new(AtomicUsize::new(0));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let url = server.ws_url(&format!("user={prefix}{i:05}"));
-        let (slots, ready, decided) = (connect_slots.clone(), ready.clone(), decided.clone());
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = {
-                let _slot = slots.acquire().await.expect("semaphore");
-                Client::connect(&url).await
-            };
-            ready.wait().await;
-            let interests = interests_for(i);
-            c.send_json(json!({
-                "action": "find_match",
-                "interests": interests,
-                "language": "en",
-                "group_size": group_size,
-            }))
-            .await;
-            let mut seen = Seen {
-                user: c.user_id.clone(),
-                searching: 0,
-                matches: Vec::new(),
-                no_match: 0,
-                other: Vec::new(),
-            };
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    msg = c.ws.next() => {
-                        let text = match msg {
-                            Some(Ok(Message::Text(t))) => t,
-                            Some(Ok(Message::Close(f))) => panic!("{}: closed {f:?}", seen.user),
-                            Some(Ok(_)) => continue,
-                            Some(Err(e)) => panic!("{}: socket error {e}", seen.user),
-                            None => panic!("{}: stream ended", seen.user),
-                        };
-                        let f: ServerFrame = serde_json::from_str(text.as_str())
-                            .unwrap_or_else(|e| panic!("bad frame {text}: {e}"));
-                        let first_outcome = seen.matches.is_empty() && seen.no_match == 0;
-                        match f {
-                            ServerFrame::Searching { .. } => seen.searching += 1,
-                            ServerFrame::MatchFound {
-                                room_id, partner_id, members, shared_interests, score,
-                            } => seen.matches.push(Matched {
-                                room: room_id,
-                                partner: partner_id,
-                                members,
-                                shared: shared_interests,
-                                score,
-                            }),
-                            ServerFrame::NoMatchFound {} => seen.no_match += 1,
-                            ServerFrame::Presence { .. } => continue,
-                            other => { seen.other.push(other); continue }
-                        }
-                        let outcome_now = !seen.matches.is_empty() || seen.no_match > 0;
-                        if first_outcome && outcome_now {
-                            decided.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                }
-            }
-            (seen, c)
-        }));
-    }
-    ready.wait().await;
-    let started = Instant::now();
+    let urls = (0..n).map(|i| server.ws_url(&format!("user={prefix}{i:05}"))).collect();
     // Everyone has an outcome within the search timeout (10 s) plus slack.
-    let deadline = started + Duration::from_secs(25);
-    while decided.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} clients got an outcome",
-            decided.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = started.elapsed();
-    // Give a stray second match_found the chance to arrive before we stop reading.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_tx.send(true).expect("stop");
-    let mut seen = Vec::with_capacity(n);
-    let mut clients = Vec::with_capacity(n);
-    for t in tasks {
-        let (s, c) = t.await.expect("client task");
-        seen.push(s);
-        clients.push(c);
-    }
-    (seen, clients, took)
+    let plan =
+        Storm { urls, outcome_within: Duration::from_secs(25), linger: Duration::from_millis(500) };
+    plan.run(|i| {
+        json!({
+            "action": "find_match",
+            "interests": interests_for(i),
+            "language": "en",
+            "group_size": group_size,
+        })
+    })
+    .await
 }
 
 /// The invariants every storm must hold; returns (rooms, users without a match).
 fn check_storm(seen: &[Seen], group_size: usize) -> (usize, usize) {
-    let mut by_user: HashMap<&str, &Matched> = HashMap::new();
+    let mut by_user: HashMap<&str, &Found> = HashMap::new();
     let mut rooms: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let mut unmatched = 0;
     for s in seen {
@@ -200,7 +83,7 @@ fn check_storm(seen: &[Seen], group_size: usize) -> (usize, usize) {
             continue;
         }
         let m = &s.matches[0];
-        let Matched { room, partner, members, shared, score } = m;
+        let Found { room, partner, members, shared, score } = m;
         let distinct: BTreeSet<&String> = members.iter().collect();
         assert_eq!(distinct.len(), members.len(), "{}: repeated member {members:?}", s.user);
         assert_eq!(members.len(), group_size, "{}: room {room} has {members:?}", s.user);
@@ -217,7 +100,7 @@ fn check_storm(seen: &[Seen], group_size: usize) -> (usize, usize) {
         rooms.entry(room).or_default().push(&s.user);
     }
     // Symmetry: everyone a user was matched with reports the same room and members.
-    for (user, Matched { room, partner, members, shared, .. }) in &by_user {
+    for (user, Found { room, partner, members, shared, .. }) in &by_user {
         for other in members {
             let theirs = by_user
                 .get(other.as_str())

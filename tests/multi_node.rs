@@ -11,18 +11,19 @@
 use rendezvous_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
 use common::search::{self as searching, is_presence, Found};
+use common::storm::{interests_for, Seen, Storm};
 use common::{http_get, Client, Ended};
 use futures_util::{SinkExt, StreamExt};
 use rendezvous_actors::protocol::{ErrorCode, PresenceStatus, ServerFrame};
 use serde_json::{json, Value};
-use tokio::sync::{watch, Barrier, RwLock, Semaphore};
+use tokio::sync::{Barrier, RwLock};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Shared by every test, taken exclusively by the storm (see the module doc).
@@ -414,140 +415,25 @@ async fn a_public_room_spans_nodes() {
 
 // ---------------------------------------------------------------- storm
 
-const STORM_INTERESTS: [&str; 8] =
-    ["chess", "go", "poker", "music", "films", "books", "hiking", "cooking"];
-
-/// Deterministic, varied interests for client `i`: 1 to 3 of [`STORM_INTERESTS`].
-fn interests_for(i: usize) -> Vec<&'static str> {
-    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut pick = || {
-        x ^= x >> 31;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 29;
-        x
-    };
-    let n = 1 + (pick() % 3) as usize;
-    let mut v: Vec<&str> = (0..n).map(|_| STORM_INTERESTS[(pick() % 8) as usize]).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
 fn storm_user(i: usize) -> String {
     format!("s{i:05}")
 }
 
-/// What one storm client saw after its `find_match`.
-struct Seen {
-    user: String,
-    searching: usize,
-    matches: Vec<Found>,
-    no_match: usize,
-    other: Vec<ServerFrame>,
-}
-
-/// `n` clients connect round-robin to the nodes (bounded parallelism), wait for each
-/// other, then all send `find_match` at once and record every frame until told to
-/// stop. Returns what each saw (index = client number), the live clients (kept
-/// open so rooms stay open for the checks) and how long until the last outcome.
+/// `n` clients connect round-robin to the nodes and search in one language; see
+/// [`Storm::run`]. Members and shared interests come back sorted.
 async fn storm(cluster: &Cluster, n: usize) -> (Vec<Seen>, Vec<Client>, Duration) {
-    let connect_slots = Arc::new(Semaphore::new(128));
-    let ready = Arc::new(Barrier::new(n + 1));
-    let decided = Arc::new(AtomicUsize::new(0));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let url = cluster.node(i % cluster.nodes.len()).ws_url(&storm_user(i));
-        let (slots, ready, decided) = (connect_slots.clone(), ready.clone(), decided.clone());
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = {
-                let _slot = slots.acquire().await.expect("connect semaphore");
-                Client::connect(&url).await
-            };
-            ready.wait().await;
-            c.send_json(json!({
-                "action": "find_match",
-                "interests": interests_for(i),
-                "language": "en",
-            }))
-            .await;
-            let mut seen = Seen {
-                user: c.user_id.clone(),
-                searching: 0,
-                matches: Vec::new(),
-                no_match: 0,
-                other: Vec::new(),
-            };
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    msg = c.ws.next() => {
-                        let text = match msg {
-                            Some(Ok(Message::Text(t))) => t,
-                            Some(Ok(Message::Close(f))) => panic!("{}: closed {f:?}", seen.user),
-                            Some(Ok(_)) => continue,
-                            Some(Err(e)) => panic!("{}: socket error {e}", seen.user),
-                            None => panic!("{}: stream ended", seen.user),
-                        };
-                        let f: ServerFrame = serde_json::from_str(text.as_str())
-                            .unwrap_or_else(|e| panic!("bad frame {text}: {e}"));
-                        let undecided = seen.matches.is_empty() && seen.no_match == 0;
-                        match f {
-                            ServerFrame::Searching { .. } => seen.searching += 1,
-                            ServerFrame::MatchFound {
-                                room_id, partner_id, mut members, mut shared_interests, score,
-                            } => {
-                                members.sort();
-                                shared_interests.sort();
-                                seen.matches.push(Found {
-                                    room: room_id,
-                                    partner: partner_id,
-                                    members,
-                                    shared: shared_interests,
-                                    score,
-                                });
-                            }
-                            ServerFrame::NoMatchFound {} => seen.no_match += 1,
-                            ServerFrame::Presence { .. } => continue,
-                            other => { seen.other.push(other); continue }
-                        }
-                        let decided_now = !seen.matches.is_empty() || seen.no_match > 0;
-                        if undecided && decided_now {
-                            decided.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                }
-            }
-            (seen, c)
-        }));
-    }
-    // Every client connected (or a connect panicked, which fails the wait below).
-    tokio::time::timeout(Duration::from_secs(60), ready.wait())
-        .await
-        .expect("all storm clients connected within 60 s");
-    let started = Instant::now();
-    // Everyone has an outcome within the search timeout (15 s) plus slack.
-    let deadline = started + Duration::from_secs(30);
-    while decided.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} clients got an outcome within 30 s",
-            decided.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = started.elapsed();
-    // Give a stray second match_found (from another node) time to arrive.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    stop_tx.send(true).expect("stop the storm readers");
-    let mut seen = Vec::with_capacity(n);
-    let mut clients = Vec::with_capacity(n);
-    for t in tasks {
-        let (s, c) = t.await.expect("storm client task");
-        seen.push(s);
-        clients.push(c);
-    }
+    let urls = (0..n).map(|i| cluster.node(i % cluster.nodes.len()).ws_url(&storm_user(i)));
+    // Everyone has an outcome within the search timeout (15 s) plus slack; a stray
+    // second match_found (from another node) has a second to arrive.
+    let plan = Storm {
+        urls: urls.collect(),
+        outcome_within: Duration::from_secs(30),
+        linger: Duration::from_millis(1_000),
+    };
+    let (mut seen, clients, took) = plan
+        .run(|i| json!({"action": "find_match", "interests": interests_for(i), "language": "en"}))
+        .await;
+    seen.iter_mut().flat_map(|s| s.matches.iter_mut()).for_each(Found::sort);
     (seen, clients, took)
 }
 

@@ -85,6 +85,16 @@ impl Client {
         }
     }
 
+    /// Next server frame, however long it takes (for a reader that stops on a
+    /// signal of its own).
+    pub async fn recv_any(&mut self) -> ServerFrame {
+        const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
+        match self.try_recv(FOREVER).await {
+            Some(f) => f,
+            None => panic!("{}: no frame within a year", self.user_id),
+        }
+    }
+
     /// Skip frames until one of `kind` (`"match_found"`, …) arrives.
     pub async fn recv_kind(&mut self, kind: &str) -> ServerFrame {
         loop {

@@ -95,29 +95,38 @@ pub struct Found {
 }
 
 impl Found {
-    /// `f` as `user` received it; panics unless it is a `match_found` with a room.
-    pub fn of(user: &str, f: ServerFrame) -> Found {
+    /// A `match_found` with its lists in the server's order; None for other frames.
+    pub fn as_sent(f: ServerFrame) -> Option<Found> {
         match f {
-            ServerFrame::MatchFound {
-                room_id,
-                partner_id,
-                mut members,
-                mut shared_interests,
-                score,
-            } => {
-                assert!(!room_id.is_empty(), "{user}: empty room id");
-                members.sort();
-                shared_interests.sort();
-                Found {
+            ServerFrame::MatchFound { room_id, partner_id, members, shared_interests, score } => {
+                Some(Found {
                     room: room_id,
                     partner: partner_id,
                     members,
                     shared: shared_interests,
                     score,
-                }
+                })
             }
-            other => panic!("{user}: expected match_found, got {other:?}"),
+            _ => None,
         }
+    }
+
+    /// Members and shared interests sorted, for comparison.
+    pub fn sort(&mut self) {
+        self.members.sort();
+        self.shared.sort();
+    }
+
+    /// `f` as `user` received it, sorted; panics unless it is a `match_found` with
+    /// a room.
+    pub fn of(user: &str, f: ServerFrame) -> Found {
+        if !matches!(f, ServerFrame::MatchFound { .. }) {
+            panic!("{user}: expected match_found, got {f:?}");
+        }
+        let mut found = Found::as_sent(f).expect("a match_found");
+        assert!(!found.room.is_empty(), "{user}: empty room id");
+        found.sort();
+        found
     }
 }
 
