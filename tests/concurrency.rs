@@ -7,19 +7,16 @@ use rendezvous_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::chat::{check_one_order, pipeline, Tail};
 use common::search::Found;
 use common::storm::{interests_for, Seen, Storm};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use rendezvous::config::Config;
 use rendezvous_actors::protocol::ServerFrame;
 use rendezvous_actors::LadderStep;
 use serde_json::{json, Value};
-use tokio::sync::Barrier;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Storm settings: every limit that a crowd on one machine would trip is raised,
 /// and the ladder reaches "anyone in the language" after 400 ms.
@@ -183,20 +180,10 @@ async fn group_storm_fills_rooms_of_three_consistently() {
     drop(clients);
 }
 
-/// One member's view of the load room.
-#[derive(Default)]
-struct RoomView {
-    /// (seq, msg_id, sender, text) in arrival order.
-    messages: Vec<(u64, String, String, String)>,
-    /// (client_msg_id, seq, msg_id) in arrival order.
-    acks: Vec<(String, u64, String)>,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_senders_in_one_room_see_one_gap_free_order() {
     const MEMBERS: usize = 10;
     const EACH: usize = 60;
-    const TOTAL: usize = MEMBERS * EACH;
     const ROOM: &str = "pub:load";
     let mut cfg = test_config();
     cfg.engine.send_per_second = 1_000;
@@ -219,112 +206,7 @@ async fn many_senders_in_one_room_see_one_gap_free_order() {
         clients.push(c);
     }
 
-    let go = Arc::new(Barrier::new(MEMBERS));
-    let mut tasks = Vec::new();
-    for c in clients {
-        let go = go.clone();
-        tasks.push(tokio::spawn(async move {
-            let user = c.user_id.clone();
-            let (mut tx, mut rx) = c.ws.split();
-            let reader_user = user.clone();
-            let reader = tokio::spawn(async move {
-                let mut view = RoomView::default();
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                while view.messages.len() < TOTAL || view.acks.len() < EACH {
-                    let msg =
-                        tokio::time::timeout_at(deadline, rx.next()).await.unwrap_or_else(|_| {
-                            panic!(
-                                "{reader_user}: stuck at {} messages, {} acks",
-                                view.messages.len(),
-                                view.acks.len()
-                            )
-                        });
-                    let text = match msg {
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(f))) => panic!("{reader_user}: closed {f:?}"),
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => panic!("{reader_user}: socket error {e}"),
-                        None => panic!("{reader_user}: stream ended"),
-                    };
-                    match serde_json::from_str::<ServerFrame>(text.as_str()).expect("frame") {
-                        ServerFrame::Message(m) => {
-                            assert_eq!(m.room_id, ROOM);
-                            view.messages.push((m.seq, m.msg_id, m.sender, m.text));
-                        }
-                        ServerFrame::Ack { client_msg_id, room_id, seq, msg_id } => {
-                            assert_eq!(room_id, ROOM);
-                            view.acks.push((client_msg_id.expect("client_msg_id"), seq, msg_id));
-                        }
-                        ServerFrame::Presence { .. } => {}
-                        other => panic!("{reader_user}: unexpected {other:?}"),
-                    }
-                }
-                // Nothing more may follow: no duplicates after the full set.
-                if let Ok(Some(Ok(Message::Text(t)))) =
-                    tokio::time::timeout(Duration::from_millis(300), rx.next()).await
-                {
-                    panic!("{reader_user}: extra frame after all messages: {t}");
-                }
-                view
-            });
-            go.wait().await;
-            for i in 0..EACH {
-                let frame = json!({
-                    "action": "send",
-                    "room_id": ROOM,
-                    "text": format!("{user}#{i}"),
-                    "client_msg_id": format!("c{i}"),
-                });
-                tx.send(Message::Text(frame.to_string().into())).await.expect("send");
-            }
-            let view = reader.await.expect("reader");
-            (user, view, tx)
-        }));
-    }
-    let mut views = Vec::new();
-    for t in tasks {
-        let (user, view, tx) = tokio::time::timeout(Duration::from_secs(40), t)
-            .await
-            .expect("member done")
-            .expect("task");
-        views.push((user, view, tx));
-    }
-
-    // Every member: every message exactly once, seq 1..=TOTAL in arrival order.
-    let reference = &views[0].1.messages;
-    for (user, view, _) in &views {
-        let seqs: Vec<u64> = view.messages.iter().map(|m| m.0).collect();
-        let want: Vec<u64> = (1..=TOTAL as u64).collect();
-        assert_eq!(seqs, want, "{user}: seq not gap-free and in order");
-        assert_eq!(&view.messages, reference, "{user} saw a different order");
-    }
-    // Texts unique and exactly the expected set; each sender's own order preserved.
-    let texts: BTreeSet<&str> = reference.iter().map(|m| m.3.as_str()).collect();
-    assert_eq!(texts.len(), TOTAL, "duplicate texts");
-    let mut next_i: HashMap<&str, usize> = HashMap::new();
-    let mut by_text: HashMap<&str, (u64, &str)> = HashMap::new();
-    for (seq, msg_id, sender, text) in reference {
-        let (who, i) = text.split_once('#').expect("text shape");
-        assert_eq!(who, sender, "sender field matches the author");
-        let i: usize = i.parse().expect("index");
-        let expect = next_i.entry(sender.as_str()).or_default();
-        assert_eq!(i, *expect, "{sender}'s messages out of order");
-        *expect += 1;
-        by_text.insert(text.as_str(), (*seq, msg_id.as_str()));
-    }
-    assert_eq!(next_i.len(), MEMBERS);
-    assert!(next_i.values().all(|&n| n == EACH), "{next_i:?}");
-    // Acks: one per message, in send order, seqs increasing and equal to the message's.
-    for (user, view, _) in &views {
-        assert_eq!(view.acks.len(), EACH, "{user}");
-        let mut last = 0;
-        for (i, (cid, seq, msg_id)) in view.acks.iter().enumerate() {
-            assert_eq!(cid, &format!("c{i}"), "{user}: acks out of order");
-            assert!(*seq > last, "{user}: ack seqs not increasing");
-            last = *seq;
-            let text = format!("{user}#{i}");
-            let (mseq, mid) = by_text[text.as_str()];
-            assert_eq!((*seq, msg_id.as_str()), (mseq, mid), "{user}: ack {i} vs message");
-        }
-    }
+    let tail = Tail { quiet: Duration::from_millis(300), presence_after: false };
+    let views = pipeline(clients, ROOM, EACH, tail).await;
+    check_one_order(&views, EACH);
 }

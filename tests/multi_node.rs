@@ -12,7 +12,6 @@ use rendezvous_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::chat::*;
@@ -20,11 +19,9 @@ use common::cluster::*;
 use common::search::{self as searching, is_presence, Found};
 use common::storm::{interests_for, Seen, Storm};
 use common::{http_get, Client, Ended};
-use futures_util::{SinkExt, StreamExt};
 use rendezvous_actors::protocol::{ErrorCode, PresenceStatus, ServerFrame};
 use serde_json::{json, Value};
-use tokio::sync::{Barrier, RwLock};
-use tokio_tungstenite::tungstenite::Message;
+use tokio::sync::RwLock;
 
 /// Shared by every test, taken exclusively by the storm (see the module doc).
 static CPU: RwLock<()> = RwLock::const_new(());
@@ -210,15 +207,6 @@ async fn chat_typing_read_and_signal_cross_nodes() {
     assert_eq!(hb, ha, "history on node-b");
 }
 
-/// One member's view of the load room.
-#[derive(Default)]
-struct RoomView {
-    /// (seq, msg_id, sender, text) in arrival order.
-    messages: Vec<(u64, String, String, String)>,
-    /// (client_msg_id, seq, msg_id) in arrival order.
-    acks: Vec<(String, u64, String)>,
-}
-
 /// Two members on different nodes each pipeline 300 messages at the same moment:
 /// both receive all 600 exactly once, in one identical order, with `seq` 1..=600;
 /// every `ack` names the `seq` of its own message; `history` from either node
@@ -226,117 +214,13 @@ struct RoomView {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_senders_on_two_nodes_see_one_gap_free_order() {
     const EACH: usize = 300;
-    const TOTAL: usize = 2 * EACH;
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
     let (a, b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
 
-    let go = Arc::new(Barrier::new(2));
-    let mut tasks = Vec::new();
-    for c in [a, b] {
-        let (go, room) = (go.clone(), room.clone());
-        tasks.push(tokio::spawn(async move {
-            let Client { ws, user_id: user, welcome } = c;
-            let (mut tx, mut rx) = ws.split();
-            let (reader_user, reader_room) = (user.clone(), room.clone());
-            let reader = tokio::spawn(async move {
-                let mut view = RoomView::default();
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                while view.messages.len() < TOTAL || view.acks.len() < EACH {
-                    let msg =
-                        tokio::time::timeout_at(deadline, rx.next()).await.unwrap_or_else(|_| {
-                            panic!(
-                                "{reader_user}: stuck at {} messages, {} acks",
-                                view.messages.len(),
-                                view.acks.len()
-                            )
-                        });
-                    let text = match msg {
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(f))) => panic!("{reader_user}: closed {f:?}"),
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => panic!("{reader_user}: socket error {e}"),
-                        None => panic!("{reader_user}: stream ended"),
-                    };
-                    match serde_json::from_str::<ServerFrame>(text.as_str())
-                        .unwrap_or_else(|e| panic!("{reader_user}: bad frame {text}: {e}"))
-                    {
-                        ServerFrame::Message(m) => {
-                            assert_eq!(m.room_id, reader_room);
-                            view.messages.push((m.seq, m.msg_id, m.sender, m.text));
-                        }
-                        ServerFrame::Ack { client_msg_id, room_id, seq, msg_id } => {
-                            assert_eq!(room_id, reader_room);
-                            view.acks.push((client_msg_id.expect("client_msg_id"), seq, msg_id));
-                        }
-                        ServerFrame::Presence { .. } => {}
-                        other => panic!("{reader_user}: unexpected {other:?}"),
-                    }
-                }
-                // Nothing more may follow: no duplicates after the full set.
-                let quiet = tokio::time::Instant::now() + Duration::from_millis(500);
-                while let Ok(Some(Ok(m))) = tokio::time::timeout_at(quiet, rx.next()).await {
-                    if let Message::Text(t) = m {
-                        assert!(t.contains("\"presence\""), "{reader_user}: extra frame {t}");
-                    }
-                }
-                (view, rx)
-            });
-            go.wait().await;
-            for i in 0..EACH {
-                let frame = json!({
-                    "action": "send",
-                    "room_id": room,
-                    "text": format!("{user}#{i}"),
-                    "client_msg_id": format!("c{i}"),
-                });
-                tx.send(Message::Text(frame.to_string().into())).await.expect("pipeline a send");
-            }
-            let (view, rx) = reader.await.expect("reader task");
-            let ws = tx.reunite(rx).expect("reunite the halves of one socket");
-            (view, Client { ws, user_id: user, welcome })
-        }));
-    }
-    let mut views = Vec::new();
-    for t in tasks {
-        let done = tokio::time::timeout(Duration::from_secs(40), t).await;
-        views.push(done.expect("member finished in time").expect("member task"));
-    }
-
-    // Both members: every message exactly once, seq 1..=TOTAL, in one order.
-    let reference = views[0].0.messages.clone();
-    let want: Vec<u64> = (1..=TOTAL as u64).collect();
-    for (view, c) in &views {
-        let seqs: Vec<u64> = view.messages.iter().map(|m| m.0).collect();
-        assert_eq!(seqs, want, "{}: seq not gap-free and in order", c.user_id);
-        assert_eq!(view.messages, reference, "{} saw a different order", c.user_id);
-    }
-    // Texts unique; each sender's own order preserved; sender field is the author.
-    let texts: BTreeSet<&str> = reference.iter().map(|m| m.3.as_str()).collect();
-    assert_eq!(texts.len(), TOTAL, "duplicate texts");
-    let mut next_i: HashMap<&str, usize> = HashMap::new();
-    let mut by_text: HashMap<&str, (u64, &str)> = HashMap::new();
-    for (seq, msg_id, sender, text) in &reference {
-        let (who, i) = text.split_once('#').expect("text is USER#I");
-        assert_eq!(who, sender, "sender field matches the author");
-        let i: usize = i.parse().expect("message index");
-        let expect = next_i.entry(sender.as_str()).or_default();
-        assert_eq!(i, *expect, "{sender}'s messages out of order");
-        *expect += 1;
-        by_text.insert(text.as_str(), (*seq, msg_id.as_str()));
-    }
-    assert_eq!(next_i.len(), 2, "{next_i:?}");
-    assert!(next_i.values().all(|&n| n == EACH), "{next_i:?}");
-    // Acks: one per message, in send order, each naming its message's seq and id.
-    for (view, c) in &views {
-        assert_eq!(view.acks.len(), EACH, "{}", c.user_id);
-        for (i, (cid, seq, msg_id)) in view.acks.iter().enumerate() {
-            assert_eq!(cid, &format!("c{i}"), "{}: acks out of order", c.user_id);
-            let text = format!("{}#{i}", c.user_id);
-            let (mseq, mid) = by_text[text.as_str()];
-            assert_eq!((*seq, msg_id.as_str()), (mseq, mid), "{}: ack {i} vs message", c.user_id);
-        }
-    }
+    let tail = Tail { quiet: Duration::from_millis(500), presence_after: true };
+    let mut views = pipeline(vec![a, b], &room, EACH, tail).await;
+    let reference = check_one_order(&views, EACH);
     // History from either node: the first 200 in the same order, then the rest.
     for (_, c) in &mut views {
         let h = history(c, &room, 0, Some(200)).await;

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{SinkExt, Stream, StreamExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -87,9 +87,12 @@ impl fmt::Display for RecvError {
 
 impl std::error::Error for RecvError {}
 
-/// The next server frame before `deadline`. Pings (answered by tungstenite), pongs
-/// and binary frames are skipped.
-pub async fn recv(ws: &mut Ws, deadline: Instant) -> Result<ServerFrame, RecvError> {
+/// The next server frame before `deadline` from a socket (or its read half). Pings
+/// (answered by tungstenite), pongs and binary frames are skipped.
+pub async fn recv<S>(ws: &mut S, deadline: Instant) -> Result<ServerFrame, RecvError>
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
     loop {
         let next = tokio::time::timeout_at(deadline, ws.next()).await;
         match next.map_err(|_| RecvError::Timeout)? {

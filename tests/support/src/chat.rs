@@ -1,10 +1,17 @@
-//! Chat helpers shared by the multi-node suites (tests/multi_node.rs,
-//! tests/cluster_faults.rs): typed waits for the frames a member of a room gets.
+//! Chat helpers: typed waits for the frames a member of a room gets, and many
+//! members pipelining messages into one room at once.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::{SinkExt, StreamExt};
+use rendezvous_protocol::client::{self as wire, RecvError};
 use rendezvous_protocol::{ChatMessage, HistoryItem, ServerFrame};
 use serde_json::json;
+use tokio::sync::Barrier;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::Client;
 
@@ -81,4 +88,148 @@ pub async fn history(
         }
         other => panic!("{}: expected history, got {other:?}", c.user_id),
     }
+}
+
+/// One member's view of a room under load.
+#[derive(Debug, Default)]
+pub struct RoomView {
+    /// (seq, msg_id, sender, text) in arrival order.
+    pub messages: Vec<(u64, String, String, String)>,
+    /// (client_msg_id, seq, msg_id) in arrival order.
+    pub acks: Vec<(String, u64, String)>,
+}
+
+/// What may arrive after a member has seen every message and ack of a
+/// [`pipeline`]: nothing within `quiet`, or only `presence` when
+/// `presence_after` is set.
+pub struct Tail {
+    pub quiet: Duration,
+    pub presence_after: bool,
+}
+
+/// Every client (all members of `room`) pipelines `each` messages (`USER#I`,
+/// client ids `cI`) at the same moment while a reader records what it gets until
+/// it has every message of everyone and its own acks (30 s at most); then the
+/// [`Tail`] holds. Each member's view and its client back, within 40 s.
+pub async fn pipeline(
+    clients: Vec<Client>,
+    room: &str,
+    each: usize,
+    tail: Tail,
+) -> Vec<(RoomView, Client)> {
+    let total = clients.len() * each;
+    let go = Arc::new(Barrier::new(clients.len()));
+    let quiet = tail.quiet;
+    let presence_after = tail.presence_after;
+    let mut tasks = Vec::new();
+    for c in clients {
+        let (go, room) = (go.clone(), room.to_owned());
+        tasks.push(tokio::spawn(async move {
+            let Client { ws, user_id: user, welcome } = c;
+            let (mut tx, mut rx) = ws.split();
+            let (reader_user, reader_room) = (user.clone(), room.clone());
+            let reader = tokio::spawn(async move {
+                let mut view = RoomView::default();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while view.messages.len() < total || view.acks.len() < each {
+                    let f = match wire::recv(&mut rx, deadline).await {
+                        Ok(f) => f,
+                        Err(RecvError::Timeout) => panic!(
+                            "{reader_user}: stuck at {} messages, {} acks",
+                            view.messages.len(),
+                            view.acks.len()
+                        ),
+                        Err(e) => panic!("{reader_user}: {e}"),
+                    };
+                    match f {
+                        ServerFrame::Message(m) => {
+                            assert_eq!(m.room_id, reader_room);
+                            view.messages.push((m.seq, m.msg_id, m.sender, m.text));
+                        }
+                        ServerFrame::Ack { client_msg_id, room_id, seq, msg_id } => {
+                            assert_eq!(room_id, reader_room);
+                            view.acks.push((client_msg_id.expect("client_msg_id"), seq, msg_id));
+                        }
+                        ServerFrame::Presence { .. } => {}
+                        other => panic!("{reader_user}: unexpected {other:?}"),
+                    }
+                }
+                // Nothing more may follow: no duplicates after the full set.
+                let quiet_until = Instant::now() + quiet;
+                while let Ok(f) = wire::recv(&mut rx, quiet_until).await {
+                    if !(presence_after && matches!(f, ServerFrame::Presence { .. })) {
+                        panic!("{reader_user}: extra frame after all messages: {f:?}");
+                    }
+                }
+                (view, rx)
+            });
+            go.wait().await;
+            for i in 0..each {
+                let frame = json!({
+                    "action": "send",
+                    "room_id": room,
+                    "text": format!("{user}#{i}"),
+                    "client_msg_id": format!("c{i}"),
+                });
+                tx.send(Message::Text(frame.to_string().into())).await.expect("pipeline a send");
+            }
+            let (view, rx) = reader.await.expect("reader task");
+            let ws = tx.reunite(rx).expect("reunite the halves of one socket");
+            (view, Client { ws, user_id: user, welcome })
+        }));
+    }
+    let mut views = Vec::new();
+    for t in tasks {
+        let done = tokio::time::timeout(Duration::from_secs(40), t).await;
+        views.push(done.expect("member finished in time").expect("member task"));
+    }
+    views
+}
+
+/// The invariants of a [`pipeline`] of `each` messages per member: every member
+/// got every message exactly once, `seq` 1..=total, in one order; texts are unique,
+/// each sender's own order is kept and the sender field names the author; each
+/// member's acks come in send order, increasing, each naming its message's seq and
+/// id. The order everyone saw.
+pub fn check_one_order(
+    views: &[(RoomView, Client)],
+    each: usize,
+) -> Vec<(u64, String, String, String)> {
+    let total = views.len() * each;
+    let reference = views[0].0.messages.clone();
+    let want: Vec<u64> = (1..=total as u64).collect();
+    for (view, c) in views {
+        let seqs: Vec<u64> = view.messages.iter().map(|m| m.0).collect();
+        assert_eq!(seqs, want, "{}: seq not gap-free and in order", c.user_id);
+        assert_eq!(view.messages, reference, "{} saw a different order", c.user_id);
+    }
+    let texts: BTreeSet<&str> = reference.iter().map(|m| m.3.as_str()).collect();
+    assert_eq!(texts.len(), total, "duplicate texts");
+    let mut next_i: HashMap<&str, usize> = HashMap::new();
+    let mut by_text: HashMap<&str, (u64, &str)> = HashMap::new();
+    for (seq, msg_id, sender, text) in &reference {
+        let (who, i) = text.split_once('#').expect("text is USER#I");
+        assert_eq!(who, sender, "sender field matches the author");
+        let i: usize = i.parse().expect("message index");
+        let expect = next_i.entry(sender.as_str()).or_default();
+        assert_eq!(i, *expect, "{sender}'s messages out of order");
+        *expect += 1;
+        by_text.insert(text.as_str(), (*seq, msg_id.as_str()));
+    }
+    assert_eq!(next_i.len(), views.len(), "{next_i:?}");
+    assert!(next_i.values().all(|&n| n == each), "{next_i:?}");
+    for (view, c) in views {
+        let user = &c.user_id;
+        assert_eq!(view.acks.len(), each, "{user}");
+        let mut last = 0;
+        for (i, (cid, seq, msg_id)) in view.acks.iter().enumerate() {
+            assert_eq!(cid, &format!("c{i}"), "{user}: acks out of order");
+            assert!(*seq > last, "{user}: ack seqs not increasing");
+            last = *seq;
+            let text = format!("{user}#{i}");
+            let (mseq, mid) = by_text[text.as_str()];
+            assert_eq!((*seq, msg_id.as_str()), (mseq, mid), "{user}: ack {i} vs message");
+        }
+    }
+    reference
 }
