@@ -89,6 +89,24 @@ async fn chat_ok(from: &mut Client, to: &mut Client, room: &str, text: &str) -> 
     seq
 }
 
+/// The next frame is `who` going offline.
+async fn expect_offline(c: &mut Client, who: &str) {
+    match recv_strict_presence(c).await {
+        (user, PresenceStatus::Offline) => assert_eq!(user, who),
+        other => panic!("expected {who} offline, got {other:?}"),
+    }
+}
+
+/// After `from` sent `text`: its ack and its own copy, then `to` gets the message.
+async fn delivered(from: &mut Client, to: &mut Client, text: &str) {
+    recv_strict(from, "ack").await;
+    recv_strict(from, "message").await;
+    match recv_strict(to, "message").await {
+        ServerFrame::Message(m) => assert_eq!(m.text, text),
+        _ => unreachable!(),
+    }
+}
+
 /// A session with no search running answers `cancel_match` with `match_cancelled`.
 async fn alive(c: &mut Client) {
     c.send_json(json!({"action":"cancel_match"})).await;
@@ -258,10 +276,7 @@ async fn broken_websocket_framing_ends_only_that_connection_with_1007_or_1002() 
     let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     a.ws.send(Message::Frame(frame)).await.expect("send");
     assert_eq!(a.closed().await, Ended::Closed(1007));
-    match recv_strict_presence(&mut b).await {
-        (user, PresenceStatus::Offline) => assert_eq!(user, "alice"),
-        other => panic!("expected alice offline, got {other:?}"),
-    }
+    expect_offline(&mut b, "alice").await;
     b.send_json(json!({"action":"send","room_id":room,"text":"hello?"})).await;
     recv_strict(&mut b, "ack").await;
     recv_strict(&mut b, "message").await;
@@ -290,12 +305,7 @@ async fn frames_over_64_kib_close_with_1009_and_nobody_else_notices() {
 
     // A frame of exactly 64 KiB is legal (the padding field is ignored).
     a.send_raw(&padded_frame(&room, 64 * 1024)).await;
-    recv_strict(&mut a, "ack").await;
-    recv_strict(&mut a, "message").await;
-    match recv_strict(&mut b, "message").await {
-        ServerFrame::Message(m) => assert_eq!(m.text, "padded"),
-        _ => unreachable!(),
-    }
+    delivered(&mut a, &mut b, "padded").await;
     chat_ok(&mut a, &mut b, &room, "after 64 KiB").await;
 
     // One byte more closes the connection with 1009.
@@ -303,10 +313,7 @@ async fn frames_over_64_kib_close_with_1009_and_nobody_else_notices() {
     assert_eq!(a.closed().await, Ended::Closed(1009));
 
     // The partner sees the seat go offline; nothing else happens to them.
-    match recv_strict_presence(&mut b).await {
-        (user, PresenceStatus::Offline) => assert_eq!(user, "alice"),
-        other => panic!("expected alice offline, got {other:?}"),
-    }
+    expect_offline(&mut b, "alice").await;
     b.send_json(json!({"action":"send","room_id":room,"text":"anyone?"})).await;
     recv_strict(&mut b, "ack").await;
     // Another pair on the same server chats on.
@@ -465,9 +472,7 @@ async fn deeply_nested_json_is_refused_without_harm() {
 
 #[tokio::test]
 async fn history_requests_are_bounded_and_typed() {
-    let mut config = test_config();
-    config.engine.history_limit_max = 3;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.history_limit_max = 3);
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
     for i in 1..=5 {
         chat_ok(&mut a, &mut b, &room, &format!("m{i}")).await;
@@ -740,11 +745,11 @@ async fn sustained_send_flooding_closes_with_4008_and_nobody_else_notices() {
 
 #[tokio::test]
 async fn a_pipelined_frame_flood_closes_with_4008() {
-    let mut config = test_config();
-    config.engine.frames_per_second = 50;
-    config.engine.frames_burst = 100;
-    config.engine.flood_strikes = 20;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| {
+        e.frames_per_second = 50;
+        e.frames_burst = 100;
+        e.flood_strikes = 20;
+    });
     let mut flooder = server.client("flooder").await;
     let (mut c, mut d, room) = matched_pair(&server, "carol", "dave").await;
 
@@ -778,11 +783,11 @@ async fn a_pipelined_frame_flood_closes_with_4008() {
 
 #[tokio::test]
 async fn a_binary_frame_flood_is_rate_limited_and_closed_with_4008() {
-    let mut config = test_config();
-    config.engine.frames_per_second = 50;
-    config.engine.frames_burst = 100;
-    config.engine.flood_strikes = 20;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| {
+        e.frames_per_second = 50;
+        e.frames_burst = 100;
+        e.flood_strikes = 20;
+    });
     let mut flooder = server.client("flooder").await;
     let (mut c, mut d, room) = matched_pair(&server, "carol", "dave").await;
 
@@ -832,21 +837,21 @@ async fn a_client_that_stops_reading_is_cut_off_when_a_write_times_out() {
 /// ack and chat stays prompt throughout (no one waits on the slow socket), what the
 /// slow client did get is a gap-free prefix, and `history` recovers the rest.
 async fn slow_consumer_scenario(outbound_queue: usize, write_timeout_ms: u64) {
-    let mut config = test_config();
-    config.engine.outbound_queue = outbound_queue;
-    config.engine.write_timeout_ms = write_timeout_ms;
-    config.engine.send_per_second = 100_000;
-    config.engine.send_burst = 100_000;
-    config.engine.frames_per_second = 100_000;
-    config.engine.frames_burst = 100_000;
-    config.engine.reconnect_grace_ms = 30_000;
-    config.engine.history_len = 10_000;
-    // 16 KB messages: the byte bound of the ring must hold the gap too, and the
-    // byte budget the catch-up's history pages.
-    config.engine.history_bytes = 1 << 30;
-    config.engine.action_bytes_per_second = 1 << 40;
-    config.engine.action_bytes_burst = 1 << 40;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| {
+        e.outbound_queue = outbound_queue;
+        e.write_timeout_ms = write_timeout_ms;
+        e.send_per_second = 100_000;
+        e.send_burst = 100_000;
+        e.frames_per_second = 100_000;
+        e.frames_burst = 100_000;
+        e.reconnect_grace_ms = 30_000;
+        e.history_len = 10_000;
+        // 16 KB messages: the byte bound of the ring must hold the gap too, and the
+        // byte budget the catch-up's history pages.
+        e.history_bytes = 1 << 30;
+        e.action_bytes_per_second = 1 << 40;
+        e.action_bytes_burst = 1 << 40;
+    });
     let mut a = server.client("alice").await;
     let mut slow = connect_small_rcvbuf(&server, "slowpoke").await;
     let room = pair_up(&mut a, &mut slow).await;
@@ -942,15 +947,15 @@ async fn slow_consumer_scenario(outbound_queue: usize, write_timeout_ms: u64) {
 
 #[tokio::test]
 async fn typing_to_a_full_queue_is_dropped_not_disconnected() {
-    let mut config = test_config();
-    config.engine.outbound_queue = 16;
-    config.engine.write_timeout_ms = 60_000;
-    config.engine.frames_per_second = 1_000_000;
-    config.engine.frames_burst = 1_000_000;
-    // Typing draws on the per-user byte budget too; this test is about the queue.
-    config.engine.action_bytes_per_second = 1 << 40;
-    config.engine.action_bytes_burst = 1 << 40;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| {
+        e.outbound_queue = 16;
+        e.write_timeout_ms = 60_000;
+        e.frames_per_second = 1_000_000;
+        e.frames_burst = 1_000_000;
+        // Typing draws on the per-user byte budget too; this test is about the queue.
+        e.action_bytes_per_second = 1 << 40;
+        e.action_bytes_burst = 1 << 40;
+    });
     // Long names make each typing frame ~200 bytes, so fewer fill the buffers.
     let room = format!("pub:{}", "r".repeat(64));
     let talker = "t".repeat(64);
@@ -1026,12 +1031,7 @@ async fn fragmented_messages_are_capped_at_64_kib_too() {
         let frame = Frame::message(part.as_bytes().to_vec(), op, i == 2);
         a.ws.send(Message::Frame(frame)).await.expect("send");
     }
-    recv_strict(&mut a, "ack").await;
-    recv_strict(&mut a, "message").await;
-    match recv_strict(&mut b, "message").await {
-        ServerFrame::Message(m) => assert_eq!(m.text, "in pieces"),
-        _ => unreachable!(),
-    }
+    delivered(&mut a, &mut b, "in pieces").await;
 
     // Five fragments of 16 KiB, each small, together over the limit: 1009.
     let chunk = "x".repeat(16 * 1024);
@@ -1043,9 +1043,6 @@ async fn fragmented_messages_are_capped_at_64_kib_too() {
         }
     }
     assert_eq!(a.closed().await, Ended::Closed(1009));
-    match recv_strict_presence(&mut b).await {
-        (user, PresenceStatus::Offline) => assert_eq!(user, "alice"),
-        other => panic!("expected alice offline, got {other:?}"),
-    }
+    expect_offline(&mut b, "alice").await;
     alive(&mut b).await;
 }

@@ -42,9 +42,7 @@ async fn browser(server: &TestServer, user: &str, origin: &str) -> Result<Client
 /// frees up is usable again; sessions already open are untouched.
 #[tokio::test]
 async fn sessions_per_ip_are_capped() {
-    let mut config = test_config();
-    config.engine.max_sessions_per_ip = 3;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.max_sessions_per_ip = 3);
     let mut open = Vec::new();
     for i in 0..3 {
         open.push(server.client(&format!("u{i}")).await);
@@ -70,9 +68,7 @@ async fn sessions_per_ip_are_capped() {
 /// with an error frame for browsers.
 #[tokio::test]
 async fn a_full_node_refuses_new_sessions_cleanly() {
-    let mut config = test_config();
-    config.engine.max_sessions = 2;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.max_sessions = 2);
     let _a = server.client("a").await;
     let _b = server.client("b").await;
     assert_eq!(Client::try_connect(&server.ws_url("user=c"), &[]).await.err(), Some(503));
@@ -92,9 +88,7 @@ async fn a_full_node_refuses_new_sessions_cleanly() {
 /// is fine.
 #[tokio::test]
 async fn rooms_per_user_are_capped() {
-    let mut config = test_config();
-    config.engine.max_rooms_per_user = 2;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.max_rooms_per_user = 2);
     let mut u = server.client("u").await;
     for room in ["pub:a", "pub:b"] {
         u.send_json(json!({"action":"join","room_id":room})).await;
@@ -116,9 +110,7 @@ async fn rooms_per_user_are_capped() {
 /// `too_large` and the members carry on.
 #[tokio::test]
 async fn public_rooms_are_capped() {
-    let mut config = test_config();
-    config.engine.max_public_room_members = 2;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.max_public_room_members = 2);
     let mut a = server.client("a").await;
     let mut b = server.client("b").await;
     let mut c = server.client("c").await;

@@ -53,19 +53,6 @@ async fn pair(cluster: &Cluster, a: (usize, &str), b: (usize, &str)) -> (Client,
     searching::pair(&cluster.nodes, a, b).await
 }
 
-/// The very next frame is this presence change.
-async fn expect_presence(c: &mut Client, room: &str, user: &str, status: PresenceStatus) {
-    match c.recv().await {
-        ServerFrame::Presence { room_id, user_id, status: got } => assert_eq!(
-            (room_id.as_str(), user_id.as_str(), got),
-            (room, user, status),
-            "{}: presence",
-            c.user_id
-        ),
-        other => panic!("{}: expected presence {status:?} of {user}, got {other:?}", c.user_id),
-    }
-}
-
 /// Join a public room; the `joined` member list, sorted.
 async fn join(c: &mut Client, room: &str) -> Vec<String> {
     c.send_json(json!({"action":"join","room_id":room})).await;
@@ -76,13 +63,6 @@ async fn join(c: &mut Client, room: &str) -> Vec<String> {
             members
         }
         other => panic!("{}: expected joined, got {other:?}", c.user_id),
-    }
-}
-
-fn welcome_rooms(c: &Client) -> Vec<String> {
-    match &c.welcome {
-        ServerFrame::Welcome { rooms, .. } => rooms.clone(),
-        other => panic!("not a welcome: {other:?}"),
     }
 }
 
@@ -290,10 +270,8 @@ async fn a_public_room_spans_nodes() {
     expect_presence(&mut a, ROOM, "bob", PresenceStatus::Left).await;
     expect_presence(&mut c, ROOM, "bob", PresenceStatus::Left).await;
 
-    send_text(&mut a, ROOM, "bob is gone", "a2").await;
-    let m = sent(&mut a, ROOM, "a2").await;
+    let m = exchange(&mut a, &mut c, ROOM, "bob is gone", "a2").await;
     assert_eq!(m.seq, 4);
-    assert_eq!(expect_message(&mut c).await, m);
     b.expect_silence(Duration::from_millis(500)).await;
 }
 
@@ -434,10 +412,8 @@ async fn reconnecting_to_another_node_within_grace_keeps_the_seat() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(3).await;
     let (mut a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
-    send_text(&mut a, &room, "before", "a1").await;
-    let m1 = sent(&mut a, &room, "a1").await;
+    let m1 = exchange(&mut a, &mut b, &room, "before", "a1").await;
     assert_eq!(m1.seq, 1);
-    assert_eq!(expect_message(&mut b).await, m1);
 
     // alice's connection dies without a close handshake.
     drop(a);
@@ -449,18 +425,14 @@ async fn reconnecting_to_another_node_within_grace_keeps_the_seat() {
         "precondition: back within the 3 s grace, took {:?}",
         dropped.elapsed()
     );
-    assert_eq!(welcome_rooms(&a), vec![room.clone()], "welcome on node-c lists the kept room");
+    assert_eq!(a.welcome_rooms(), vec![room.clone()], "welcome on node-c lists the kept room");
     expect_presence(&mut b, &room, "alice", PresenceStatus::Online).await;
     assert_eq!(history(&mut a, &room, 0, None).await, vec![m1], "history from node-c");
 
-    send_text(&mut a, &room, "now on node-c", "a2").await;
-    let m2 = sent(&mut a, &room, "a2").await;
+    let m2 = exchange(&mut a, &mut b, &room, "now on node-c", "a2").await;
     assert_eq!(m2.seq, 2);
-    assert_eq!(expect_message(&mut b).await, m2);
-    send_text(&mut b, &room, "welcome back", "b1").await;
-    let m3 = sent(&mut b, &room, "b1").await;
+    let m3 = exchange(&mut b, &mut a, &room, "welcome back", "b1").await;
     assert_eq!(m3.seq, 3);
-    assert_eq!(expect_message(&mut a).await, m3);
 }
 
 /// A member who reconnects to the node that created their match (it claimed the
@@ -490,13 +462,11 @@ async fn reconnecting_to_the_node_that_created_the_match_keeps_the_history() {
         pairs += 1;
         let (alice, bob) = (format!("alice{i}"), format!("bob{i}"));
         let (mut a, mut b, room) = pair(&cluster, (0, &alice), (1, &bob)).await;
-        send_text(&mut a, &room, "before", "a1").await;
-        let m1 = sent(&mut a, &room, "a1").await;
-        assert_eq!(expect_message(&mut b).await, m1);
+        let m1 = exchange(&mut a, &mut b, &room, "before", "a1").await;
         drop(a);
         expect_presence(&mut b, &room, &alice, PresenceStatus::Offline).await;
         let mut a = cluster.client(2, &alice).await;
-        assert_eq!(welcome_rooms(&a), vec![room.clone()], "pair {i}: welcome on node-c");
+        assert_eq!(a.welcome_rooms(), vec![room.clone()], "pair {i}: welcome on node-c");
         expect_presence(&mut b, &room, &alice, PresenceStatus::Online).await;
         assert_eq!(history(&mut a, &room, 0, None).await, vec![m1], "pair {i}: history on node-c");
         send_text(&mut a, &room, "after", "a2").await;
@@ -624,10 +594,8 @@ async fn nodes_survive_a_redis_outage_and_rejoin_when_it_returns() {
 
     // Local matching and chat on node-a while Redis is down.
     let (mut x, mut y, room) = pair(&cluster, (0, "xena"), (0, "yuri")).await;
-    send_text(&mut x, &room, "redis is down", "x1").await;
-    let m = sent(&mut x, &room, "x1").await;
+    let m = exchange(&mut x, &mut y, &room, "redis is down", "x1").await;
     assert_eq!(m.seq, 1);
-    assert_eq!(expect_message(&mut y).await, m);
     for node in &mut cluster.nodes {
         assert!(node.try_wait().is_none(), "{} exited while Redis was down", node.id);
         assert_eq!(http_get(node.addr, "/healthz").await.0, 200, "{}: healthz", node.id);
@@ -643,9 +611,7 @@ async fn nodes_survive_a_redis_outage_and_rejoin_when_it_returns() {
     cluster.wait_formed().await;
 
     let (mut p, mut q, room) = pair(&cluster, (0, "pia"), (1, "quin")).await;
-    send_text(&mut p, &room, "redis is back", "p1").await;
-    let m = sent(&mut p, &room, "p1").await;
-    assert_eq!(expect_message(&mut q).await, m);
+    exchange(&mut p, &mut q, &room, "redis is back", "p1").await;
     for node in &mut cluster.nodes {
         assert!(node.try_wait().is_none(), "{} exited", node.id);
     }

@@ -10,42 +10,16 @@
 
 use rendezvous_test_support as common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use common::chat::{expect_presence, history_request, now_ms, send_text, seqs};
 use common::*;
-use futures_util::StreamExt;
 use rendezvous_actors::protocol::{
     ChatMessage, ErrorCode, HistoryItem, PresenceStatus, ServerFrame,
 };
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------- helpers
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64
-}
-
-/// The next frame as raw JSON (to check field names the typed frames hide).
-async fn recv_value(c: &mut Client) -> Value {
-    loop {
-        match tokio::time::timeout(FRAME_TIMEOUT, c.ws.next()).await {
-            Err(_) => panic!("{}: no frame within {FRAME_TIMEOUT:?}", c.user_id),
-            Ok(Some(Ok(Message::Text(t)))) => {
-                return serde_json::from_str(t.as_str()).expect("json frame")
-            }
-            Ok(Some(Ok(Message::Close(f)))) => panic!("{}: closed: {f:?}", c.user_id),
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(e))) => panic!("{}: socket error {e}", c.user_id),
-            Ok(None) => panic!("{}: stream ended", c.user_id),
-        }
-    }
-}
-
-async fn send_text(c: &mut Client, room: &str, text: &str, client_msg_id: &str) {
-    c.send_json(json!({"action":"send","room_id":room,"text":text,"client_msg_id":client_msg_id}))
-        .await;
-}
 
 /// The `ack` for the message just sent: (seq, msg_id). Asserts the echo fields.
 async fn expect_ack(c: &mut Client, room: &str, client_msg_id: &str) -> (u64, String) {
@@ -71,20 +45,6 @@ async fn expect_error(c: &mut Client, code: ErrorCode) {
     match c.recv().await {
         ServerFrame::Error { code: got, .. } if got == code => {}
         other => panic!("{}: expected error {code:?}, got {other:?}", c.user_id),
-    }
-}
-
-async fn expect_presence(c: &mut Client, room: &str, user: &str, status: PresenceStatus) {
-    match c.recv().await {
-        ServerFrame::Presence { room_id, user_id, status: got } => {
-            assert_eq!(
-                (room_id.as_str(), user_id.as_str(), got),
-                (room, user, status),
-                "{}: presence",
-                c.user_id
-            );
-        }
-        other => panic!("{}: expected presence {status:?} of {user}, got {other:?}", c.user_id),
     }
 }
 
@@ -126,12 +86,8 @@ async fn history(
     after_seq: u64,
     limit: Option<u32>,
 ) -> Vec<ChatMessage> {
-    let mut req = json!({"action":"history","room_id":room,"after_seq":after_seq});
-    if let Some(l) = limit {
-        req["limit"] = json!(l);
-    }
-    c.send_json(req).await;
-    let v = recv_value(c).await;
+    c.send_json(history_request(room, after_seq, limit)).await;
+    let v = c.recv_value().await;
     assert_eq!(v["type"], "history", "{}: expected history, got {v}", c.user_id);
     assert_eq!(v["room_id"], room);
     let items = v["messages"].as_array().expect("messages array");
@@ -145,17 +101,6 @@ async fn history(
             messages.into_iter().map(|HistoryItem::Message(m)| m).collect()
         }
         other => panic!("not history: {other:?}"),
-    }
-}
-
-fn seqs(msgs: &[ChatMessage]) -> Vec<u64> {
-    msgs.iter().map(|m| m.seq).collect()
-}
-
-fn welcome_rooms(c: &Client) -> Vec<String> {
-    match &c.welcome {
-        ServerFrame::Welcome { rooms, .. } => rooms.clone(),
-        other => panic!("not a welcome: {other:?}"),
     }
 }
 
@@ -295,7 +240,7 @@ async fn signal_is_relayed_to_every_other_member_with_payload_intact() {
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
     let payload = nested_payload();
     a.send_json(json!({"action":"signal","room_id":room,"payload":payload})).await;
-    let v = recv_value(&mut b).await;
+    let v = b.recv_value().await;
     assert_eq!(v["type"], "signal");
     assert_eq!(v["room_id"], room.as_str());
     assert_eq!(v["from"], "alice");
@@ -474,9 +419,7 @@ async fn sending_to_a_room_you_are_not_in_is_not_in_room() {
 
 #[tokio::test]
 async fn an_empty_public_room_is_recreated_after_its_grace() {
-    let mut cfg = test_config();
-    cfg.engine.empty_room_grace_ms = 200;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.empty_room_grace_ms = 200);
     let mut a = server.client("alice").await;
     let mut b = server.client("bob").await;
     let lobby = "pub:ephemeral";
@@ -498,9 +441,7 @@ async fn an_empty_public_room_is_recreated_after_its_grace() {
 
 #[tokio::test]
 async fn an_empty_public_room_lingers_during_its_grace() {
-    let mut cfg = test_config();
-    cfg.engine.empty_room_grace_ms = 30_000;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.empty_room_grace_ms = 30_000);
     let mut a = server.client("alice").await;
     let mut b = server.client("bob").await;
     let lobby = "pub:lingering";
@@ -587,9 +528,7 @@ async fn history_returns_stored_messages_after_seq_with_limit() {
 
 #[tokio::test]
 async fn history_limit_is_capped_by_the_server() {
-    let mut cfg = test_config();
-    cfg.engine.history_limit_max = 3;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.history_limit_max = 3);
     let (mut a, _b, room) = matched_pair(&server, "alice", "bob").await;
     for i in 1..=5 {
         send_text(&mut a, &room, "x", &format!("c{i}")).await;
@@ -601,9 +540,7 @@ async fn history_limit_is_capped_by_the_server() {
 
 #[tokio::test]
 async fn history_ring_keeps_only_the_newest() {
-    let mut cfg = test_config();
-    cfg.engine.history_len = 3;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.history_len = 3);
     let (mut a, _b, room) = matched_pair(&server, "alice", "bob").await;
     for i in 1..=5u64 {
         send_text(&mut a, &room, &format!("m{i}"), &format!("c{i}")).await;
@@ -635,9 +572,7 @@ async fn history_of_a_room_you_are_not_in_is_not_in_room() {
 
 #[tokio::test]
 async fn reconnect_within_grace_keeps_the_seat_and_loses_nothing() {
-    let mut cfg = test_config();
-    cfg.engine.reconnect_grace_ms = 10_000;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.reconnect_grace_ms = 10_000);
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
 
     send_text(&mut a, &room, "before", "c0").await;
@@ -663,7 +598,7 @@ async fn reconnect_within_grace_keeps_the_seat_and_loses_nothing() {
     }
 
     let mut b = server.client("bob").await;
-    assert_eq!(welcome_rooms(&b), vec![room.clone()], "welcome lists the kept room");
+    assert_eq!(b.welcome_rooms(), vec![room.clone()], "welcome lists the kept room");
     expect_presence(&mut a, &room, "bob", PresenceStatus::Online).await;
 
     let got = history(&mut b, &room, last_seen, None).await;
@@ -678,9 +613,7 @@ async fn reconnect_within_grace_keeps_the_seat_and_loses_nothing() {
 
 #[tokio::test]
 async fn grace_expiry_closes_the_match_room() {
-    let mut cfg = test_config();
-    cfg.engine.reconnect_grace_ms = 300;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.reconnect_grace_ms = 300);
     let (mut a, b, room) = matched_pair(&server, "alice", "bob").await;
 
     drop(b);
@@ -695,7 +628,7 @@ async fn grace_expiry_closes_the_match_room() {
     expect_room_closed(&mut a, &room).await;
 
     let b = server.client("bob").await;
-    assert!(welcome_rooms(&b).is_empty(), "no seat after the grace: {:?}", b.welcome);
+    assert!(b.welcome_rooms().is_empty(), "no seat after the grace: {:?}", b.welcome);
     send_text(&mut a, &room, "gone?", "c1").await;
     expect_error(&mut a, ErrorCode::NotInRoom).await;
 }
@@ -707,7 +640,7 @@ async fn a_second_connection_replaces_the_first() {
 
     let mut b2 = server.client("bob").await;
     assert_eq!(b1.closed().await, Ended::Closed(4009));
-    assert_eq!(welcome_rooms(&b2), vec![room.clone()], "the new connection keeps the seat");
+    assert_eq!(b2.welcome_rooms(), vec![room.clone()], "the new connection keeps the seat");
     // The seat now delivers to b2 (its history request is answered after the room
     // switched it over, since both come from b2's session in order).
     assert!(history(&mut b2, &room, 0, None).await.is_empty());
@@ -735,7 +668,7 @@ async fn a_normal_close_is_cleaned_up() {
     wait_stats(&server, "online == 1", |s| s["online"] == 1).await;
     // The same name can connect again afterwards, as a fresh session.
     let a = server.client("alice").await;
-    assert!(welcome_rooms(&a).is_empty());
+    assert!(a.welcome_rooms().is_empty());
     wait_stats(&server, "online == 2", |s| s["online"] == 2).await;
 }
 
@@ -746,12 +679,12 @@ async fn a_normal_close_is_cleaned_up() {
 /// unmatched (`match_cancelled`) or matched, and every match must close.
 #[tokio::test]
 async fn a_partner_lost_while_the_room_opens_is_released_after_grace() {
-    let mut cfg = test_config();
-    cfg.engine.reconnect_grace_ms = 50;
-    cfg.engine.find_match_per_minute = 100_000;
-    cfg.engine.frames_per_second = 100_000;
-    cfg.engine.frames_burst = 100_000;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| {
+        e.reconnect_grace_ms = 50;
+        e.find_match_per_minute = 100_000;
+        e.frames_per_second = 100_000;
+        e.frames_burst = 100_000;
+    });
     let mut a = server.client("alice").await;
     let mut matches = 0;
     for i in 0..200 {

@@ -87,25 +87,31 @@ impl fmt::Display for RecvError {
 
 impl std::error::Error for RecvError {}
 
-/// The next server frame before `deadline` from a socket (or its read half). Pings
+/// The next text frame before `deadline` from a socket (or its read half). Pings
 /// (answered by tungstenite), pongs and binary frames are skipped.
-pub async fn recv<S>(ws: &mut S, deadline: Instant) -> Result<ServerFrame, RecvError>
+pub async fn recv_text<S>(ws: &mut S, deadline: Instant) -> Result<String, RecvError>
 where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
 {
     loop {
         let next = tokio::time::timeout_at(deadline, ws.next()).await;
         match next.map_err(|_| RecvError::Timeout)? {
-            Some(Ok(Message::Text(t))) => {
-                return serde_json::from_str(t.as_str())
-                    .map_err(|error| RecvError::Unreadable { text: t.to_string(), error })
-            }
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
             Some(Ok(Message::Close(c))) => return Err(RecvError::Closed(c)),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(RecvError::Socket(e)),
             None => return Err(RecvError::Ended),
         }
     }
+}
+
+/// [`recv_text`] parsed as a server frame.
+pub async fn recv<S>(ws: &mut S, deadline: Instant) -> Result<ServerFrame, RecvError>
+where
+    S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
+{
+    let text = recv_text(ws, deadline).await?;
+    serde_json::from_str(&text).map_err(|error| RecvError::Unreadable { text, error })
 }
 
 /// Read frames until one of the kinds in `kinds` (`"match_found"`, …) arrives before

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use rendezvous_protocol::client::{self as wire, RecvError};
-use rendezvous_protocol::{ChatMessage, HistoryItem, ServerFrame};
-use serde_json::json;
+use rendezvous_protocol::{ChatMessage, HistoryItem, PresenceStatus, ServerFrame};
+use serde_json::{json, Value};
 use tokio::sync::Barrier;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -62,11 +62,53 @@ pub async fn sent(c: &mut Client, room: &str, client_msg_id: &str) -> ChatMessag
     m
 }
 
+/// `from` sends `text` (`client_msg_id`) to `room`: it is acknowledged ([`sent`])
+/// and `to` receives it as its next frame other than presence. The message.
+pub async fn exchange(
+    from: &mut Client,
+    to: &mut Client,
+    room: &str,
+    text: &str,
+    client_msg_id: &str,
+) -> ChatMessage {
+    send_text(from, room, text, client_msg_id).await;
+    let m = sent(from, room, client_msg_id).await;
+    assert_eq!(expect_message(to).await, m, "{} got another message", to.user_id);
+    m
+}
+
 pub async fn expect_message(c: &mut Client) -> ChatMessage {
     match next(c).await {
         ServerFrame::Message(m) => m,
         other => panic!("{}: expected message, got {other:?}", c.user_id),
     }
+}
+
+/// The `history` request for `room` after `after_seq`.
+pub fn history_request(room: &str, after_seq: u64, limit: Option<u32>) -> Value {
+    let mut req = json!({"action":"history","room_id":room,"after_seq":after_seq});
+    if let Some(l) = limit {
+        req["limit"] = json!(l);
+    }
+    req
+}
+
+/// The very next frame is this presence change.
+pub async fn expect_presence(c: &mut Client, room: &str, user: &str, status: PresenceStatus) {
+    match c.recv().await {
+        ServerFrame::Presence { room_id, user_id, status: got } => assert_eq!(
+            (room_id.as_str(), user_id.as_str(), got),
+            (room, user, status),
+            "{}: presence",
+            c.user_id
+        ),
+        other => panic!("{}: expected presence {status:?} of {user}, got {other:?}", c.user_id),
+    }
+}
+
+/// The seqs of `messages`, in order.
+pub fn seqs(messages: &[ChatMessage]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
 }
 
 /// Stored messages after `after_seq`.
@@ -76,11 +118,7 @@ pub async fn history(
     after_seq: u64,
     limit: Option<u32>,
 ) -> Vec<ChatMessage> {
-    let mut req = json!({"action":"history","room_id":room,"after_seq":after_seq});
-    if let Some(l) = limit {
-        req["limit"] = json!(l);
-    }
-    c.send_json(req).await;
+    c.send_json(history_request(room, after_seq, limit)).await;
     match next(c).await {
         ServerFrame::History { room_id, messages } => {
             assert_eq!(room_id, room);

@@ -85,6 +85,26 @@ impl Client {
         }
     }
 
+    /// Next frame as raw JSON (to check field names the typed frames hide).
+    pub async fn recv_value(&mut self) -> Value {
+        match wire::recv_text(&mut self.ws, Instant::now() + FRAME_TIMEOUT).await {
+            Ok(text) => serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: not JSON ({e}): {text}", self.user_id)),
+            Err(RecvError::Timeout) => {
+                panic!("{}: no frame within {FRAME_TIMEOUT:?}", self.user_id)
+            }
+            Err(e) => panic!("{}: {e}", self.user_id),
+        }
+    }
+
+    /// The rooms the `welcome` listed.
+    pub fn welcome_rooms(&self) -> Vec<String> {
+        match &self.welcome {
+            ServerFrame::Welcome { rooms, .. } => rooms.clone(),
+            other => panic!("not a welcome: {other:?}"),
+        }
+    }
+
     /// Next server frame, however long it takes (for a reader that stops on a
     /// signal of its own).
     pub async fn recv_any(&mut self) -> ServerFrame {

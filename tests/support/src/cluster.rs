@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rendezvous_protocol::ServerFrame;
 use serde_json::Value;
 
-use crate::{engine_bin, free_port, http_get, Client};
+use crate::{engine_bin, free_port, http_get, Client, TempDir};
 
 /// Log lines kept per node for failure reports.
 const LOG_LINES: usize = 200;
@@ -691,6 +691,16 @@ pub async fn get_json(node: &Node, path: &str) -> (u16, Value) {
     let v = serde_json::from_str(body.trim())
         .unwrap_or_else(|e| panic!("{}: {path} is not JSON ({e}): {body}", node.id));
     (status, v)
+}
+
+/// A fresh directory tagged `tag`, a Redis persisting every write to an append-only
+/// file there ([`RedisServer::start_aof`]) and `n` nodes joined through it
+/// ([`spawn_nodes`]).
+pub async fn aof_cluster(tag: &str, n: usize) -> (TempDir, RedisServer, Vec<Node>) {
+    let dir = TempDir::new(tag);
+    let redis = RedisServer::start_aof(&dir.path_string());
+    let nodes = spawn_nodes(&redis.url(), n).await;
+    (dir, redis, nodes)
 }
 
 /// `n` nodes (`node-a`, …) joined to `redis_url` with [`NODE_DEFAULTS`], once

@@ -23,7 +23,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use rendezvous::config::{AnonymousMode, Config};
-use rendezvous_actors::LadderStep;
+use rendezvous_actors::{EngineConfig, LadderStep};
 use tokio::sync::oneshot;
 
 pub use client::{matched_pair, room_of, Client, Ended, FRAME_TIMEOUT};
@@ -77,6 +77,13 @@ impl TestServer {
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(10)).expect("server started");
         TestServer { addr, stop: Some(stop_tx), thread: Some(thread) }
+    }
+
+    /// A server on [`test_config`] with `edit` applied to its engine settings.
+    pub fn start_with(edit: impl FnOnce(&mut EngineConfig)) -> TestServer {
+        let mut config = test_config();
+        edit(&mut config.engine);
+        TestServer::start(config)
     }
 
     pub fn ws_url(&self, query: &str) -> String {
