@@ -97,6 +97,24 @@ async fn expect_offline(c: &mut Client, who: &str) {
     }
 }
 
+/// `c` sends `text` to `room` and gets the ack and its own copy.
+async fn send_acked(c: &mut Client, room: &str, text: &str) {
+    c.send_json(json!({"action":"send","room_id":room,"text":text})).await;
+    recv_strict(c, "ack").await;
+    recv_strict(c, "message").await;
+}
+
+/// A server on `config` with two matched pairs: alice and bob (whom a test
+/// provokes), carol and dave (bystanders who must not notice).
+async fn two_pairs(
+    config: rendezvous::config::Config,
+) -> (TestServer, (Client, Client, String), (Client, Client, String)) {
+    let server = TestServer::start(config);
+    let ab = matched_pair(&server, "alice", "bob").await;
+    let cd = matched_pair(&server, "carol", "dave").await;
+    (server, ab, cd)
+}
+
 /// After `from` sent `text`: its ack and its own copy, then `to` gets the message.
 async fn delivered(from: &mut Client, to: &mut Client, text: &str) {
     recv_strict(from, "ack").await;
@@ -270,16 +288,12 @@ async fn binary_frames_get_bad_request_and_the_session_goes_on() {
 async fn broken_websocket_framing_ends_only_that_connection_with_1007_or_1002() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-    let server = TestServer::start(test_config());
-    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let (mut c, mut d, room2) = matched_pair(&server, "carol", "dave").await;
+    let (server, (mut a, mut b, room), (mut c, mut d, room2)) = two_pairs(test_config()).await;
     let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     a.ws.send(Message::Frame(frame)).await.expect("send");
     assert_eq!(a.closed().await, Ended::Closed(1007));
     expect_offline(&mut b, "alice").await;
-    b.send_json(json!({"action":"send","room_id":room,"text":"hello?"})).await;
-    recv_strict(&mut b, "ack").await;
-    recv_strict(&mut b, "message").await;
+    send_acked(&mut b, &room, "hello?").await;
     chat_ok(&mut c, &mut d, &room2, "unaffected").await;
 
     // An unmasked frame from a client breaks the framing rules: 1002.
@@ -299,9 +313,7 @@ async fn broken_websocket_framing_ends_only_that_connection_with_1007_or_1002() 
 
 #[tokio::test]
 async fn frames_over_64_kib_close_with_1009_and_nobody_else_notices() {
-    let server = TestServer::start(test_config());
-    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let (mut c, mut d, room2) = matched_pair(&server, "carol", "dave").await;
+    let (server, (mut a, mut b, room), (mut c, mut d, room2)) = two_pairs(test_config()).await;
 
     // A frame of exactly 64 KiB is legal (the padding field is ignored).
     a.send_raw(&padded_frame(&room, 64 * 1024)).await;
@@ -688,10 +700,8 @@ async fn a_reconnect_does_not_refill_the_send_bucket() {
 
 #[tokio::test]
 async fn sustained_send_flooding_closes_with_4008_and_nobody_else_notices() {
-    let server = TestServer::start(test_config());
     let strikes = test_config().engine.flood_strikes as usize;
-    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let (mut c, mut d, room2) = matched_pair(&server, "carol", "dave").await;
+    let (_server, (mut a, mut b, room), (mut c, mut d, room2)) = two_pairs(test_config()).await;
 
     let (mut acks, mut limited, mut sent) = (0usize, 0usize, 0usize);
     let code = 'flood: loop {
@@ -840,17 +850,12 @@ async fn slow_consumer_scenario(outbound_queue: usize, write_timeout_ms: u64) {
     let server = TestServer::start_with(|e| {
         e.outbound_queue = outbound_queue;
         e.write_timeout_ms = write_timeout_ms;
-        e.send_per_second = 100_000;
-        e.send_burst = 100_000;
-        e.frames_per_second = 100_000;
-        e.frames_burst = 100_000;
+        // Sends, frames and the byte budget (for the catch-up's history pages).
+        lift_rate_limits(e, 100_000);
         e.reconnect_grace_ms = 30_000;
         e.history_len = 10_000;
-        // 16 KB messages: the byte bound of the ring must hold the gap too, and the
-        // byte budget the catch-up's history pages.
+        // 16 KB messages: the byte bound of the ring must hold the gap too.
         e.history_bytes = 1 << 30;
-        e.action_bytes_per_second = 1 << 40;
-        e.action_bytes_burst = 1 << 40;
     });
     let mut a = server.client("alice").await;
     let mut slow = connect_small_rcvbuf(&server, "slowpoke").await;
@@ -905,9 +910,7 @@ async fn slow_consumer_scenario(outbound_queue: usize, write_timeout_ms: u64) {
     assert!(worst < Duration::from_millis(2_000), "an ack or chat took {worst:?}");
     // The sender and the other pair are fine after the cut as well.
     for _ in 0..5 {
-        a.send_json(json!({"action":"send","room_id":room,"text":"after"})).await;
-        recv_strict(&mut a, "ack").await;
-        recv_strict(&mut a, "message").await;
+        send_acked(&mut a, &room, "after").await;
     }
     chat_ok(&mut c, &mut d, &room2, "after").await;
 
@@ -950,11 +953,8 @@ async fn typing_to_a_full_queue_is_dropped_not_disconnected() {
     let server = TestServer::start_with(|e| {
         e.outbound_queue = 16;
         e.write_timeout_ms = 60_000;
-        e.frames_per_second = 1_000_000;
-        e.frames_burst = 1_000_000;
         // Typing draws on the per-user byte budget too; this test is about the queue.
-        e.action_bytes_per_second = 1 << 40;
-        e.action_bytes_burst = 1 << 40;
+        lift_rate_limits(e, 1_000_000);
     });
     // Long names make each typing frame ~200 bytes, so fewer fill the buffers.
     let room = format!("pub:{}", "r".repeat(64));
@@ -1006,9 +1006,7 @@ async fn typing_to_a_full_queue_is_dropped_not_disconnected() {
         after - before
     );
     // Still connected, and essential frames flow both ways.
-    slow.send_json(json!({"action":"send","room_id":room,"text":"still here"})).await;
-    recv_strict(&mut slow, "ack").await;
-    recv_strict(&mut slow, "message").await;
+    send_acked(&mut slow, &room, "still here").await;
     match recv_strict(&mut a, "message").await {
         ServerFrame::Message(m) => assert_eq!(m.sender, "slowpoke"),
         _ => unreachable!(),

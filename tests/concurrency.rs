@@ -15,7 +15,6 @@ use common::storm::{interests_for, Seen, Storm};
 use common::*;
 use rendezvous::config::Config;
 use rendezvous_actors::protocol::ServerFrame;
-use rendezvous_actors::LadderStep;
 use serde_json::{json, Value};
 
 /// Storm settings: every limit that a crowd on one machine would trip is raised,
@@ -23,15 +22,9 @@ use serde_json::{json, Value};
 fn storm_config() -> Config {
     let mut c = test_config();
     let e = &mut c.engine;
-    e.ladder = vec![
-        LadderStep { after_ms: 0, same_region: false, min_shared: 2 },
-        LadderStep { after_ms: 200, same_region: false, min_shared: 1 },
-        LadderStep { after_ms: 400, same_region: false, min_shared: 0 },
-    ];
+    e.ladder = vec![step(0, false, 2), step(200, false, 1), step(400, false, 0)];
     e.search_timeout_ms = 10_000;
-    e.find_match_per_minute = 1_000;
-    e.frames_per_second = 1_000;
-    e.frames_burst = 1_000;
+    lift_rate_limits(e, 1_000);
     c
 }
 
@@ -185,12 +178,7 @@ async fn many_senders_in_one_room_see_one_gap_free_order() {
     const MEMBERS: usize = 10;
     const EACH: usize = 60;
     const ROOM: &str = "pub:load";
-    let mut cfg = test_config();
-    cfg.engine.send_per_second = 1_000;
-    cfg.engine.send_burst = 1_000;
-    cfg.engine.frames_per_second = 1_000;
-    cfg.engine.frames_burst = 1_000;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| lift_rate_limits(e, 1_000));
 
     let mut clients = Vec::new();
     for i in 0..MEMBERS {

@@ -13,7 +13,6 @@ use std::time::Duration;
 use common::chat::{history, next, send_text, sent};
 use common::*;
 use rendezvous_actors::protocol::{ErrorCode, ServerFrame};
-use rendezvous_actors::EngineConfig;
 use serde_json::json;
 
 /// The next frame that is not presence; it must be an `error` of `code`.
@@ -50,16 +49,6 @@ async fn samples(server: &TestServer, name: &str) -> Vec<(String, f64)> {
             Some((labels.to_owned(), value.parse().ok()?))
         })
         .collect()
-}
-
-/// Limits on frames, searches and the byte budget lifted, for floods that must
-/// all get through to the limit under test.
-fn lift_flood_limits(e: &mut EngineConfig) {
-    e.frames_per_second = 1_000_000;
-    e.frames_burst = 1_000_000;
-    e.find_match_per_minute = 1_000_000;
-    e.action_bytes_per_second = 1 << 40;
-    e.action_bytes_burst = 1 << 40;
 }
 
 /// A language must be a tag (2–3 letters, then `-` subtags of 1–8 letters or
@@ -108,7 +97,7 @@ fn invented_language(i: usize) -> String {
 async fn per_language_series_are_bounded() {
     const SERIES: usize = 20;
     let server = TestServer::start_with(|e| {
-        lift_flood_limits(e);
+        lift_rate_limits(e, 1_000_000);
         e.language_series = SERIES;
     });
     let mut c = server.client("polyglot").await;
@@ -148,7 +137,7 @@ async fn per_language_series_are_bounded() {
 async fn blocks_are_capped_per_user_oldest_first() {
     const CAP: usize = 1_000;
     let server = TestServer::start_with(|e| {
-        lift_flood_limits(e);
+        lift_rate_limits(e, 1_000_000);
         e.max_blocks_per_user = CAP;
     });
     let mut blocker = server.client("blocker").await;
@@ -193,7 +182,7 @@ async fn blocks_are_capped_per_user_oldest_first() {
 async fn a_burst_of_joins_seats_at_most_the_room_cap() {
     const MAX: usize = 20;
     let server = TestServer::start_with(|e| {
-        lift_flood_limits(e);
+        lift_rate_limits(e, 1_000_000);
         e.max_rooms_per_user = MAX;
     });
     let mut u = server.client("joiner").await;

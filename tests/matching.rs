@@ -23,10 +23,6 @@ fn config_with_ladder(ladder: Vec<LadderStep>) -> Config {
     c
 }
 
-fn step(after_ms: u64, same_region: bool, min_shared: u32) -> LadderStep {
-    LadderStep { after_ms, same_region, min_shared }
-}
-
 /// The next frame that is not room chatter.
 async fn recv_signal(c: &mut Client) -> ServerFrame {
     searching::next_except(c, is_chatter).await

@@ -681,9 +681,7 @@ async fn a_normal_close_is_cleaned_up() {
 async fn a_partner_lost_while_the_room_opens_is_released_after_grace() {
     let server = TestServer::start_with(|e| {
         e.reconnect_grace_ms = 50;
-        e.find_match_per_minute = 100_000;
-        e.frames_per_second = 100_000;
-        e.frames_burst = 100_000;
+        lift_rate_limits(e, 100_000);
     });
     let mut a = server.client("alice").await;
     let mut matches = 0;

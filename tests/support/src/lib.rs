@@ -41,16 +41,28 @@ pub fn test_config() -> Config {
     e.workers = 2;
     e.pool_shards = 2;
     e.match_tick_ms = 20;
-    e.ladder = vec![
-        LadderStep { after_ms: 0, same_region: true, min_shared: 2 },
-        LadderStep { after_ms: 300, same_region: true, min_shared: 1 },
-        LadderStep { after_ms: 600, same_region: false, min_shared: 1 },
-        LadderStep { after_ms: 900, same_region: false, min_shared: 0 },
-    ];
+    e.ladder = vec![step(0, true, 2), step(300, true, 1), step(600, false, 1), step(900, false, 0)];
     e.search_timeout_ms = 10_000;
     e.reconnect_grace_ms = 2_000;
     e.empty_room_grace_ms = 500;
     c
+}
+
+/// One step of the matching ladder.
+pub fn step(after_ms: u64, same_region: bool, min_shared: u32) -> LadderStep {
+    LadderStep { after_ms, same_region, min_shared }
+}
+
+/// Lift the per-connection rate limits (frames, sends, searches; the byte budget
+/// to 2^40) to `to` for a test whose load must get through to what it is about.
+pub fn lift_rate_limits(e: &mut EngineConfig, to: u32) {
+    e.frames_per_second = to;
+    e.frames_burst = to;
+    e.send_per_second = to;
+    e.send_burst = to;
+    e.find_match_per_minute = to;
+    e.action_bytes_per_second = 1 << 40;
+    e.action_bytes_burst = 1 << 40;
 }
 
 /// A running server; stopped (drained) on drop.
