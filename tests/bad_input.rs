@@ -115,6 +115,25 @@ async fn two_pairs(
     (server, ab, cd)
 }
 
+/// A server allowing 50 frames a second (burst 100, 20 strikes), a bystander pair
+/// (carol and dave) and a flooder who has sent `frame` 500 times without reading.
+async fn pipelined_flood(frame: Message) -> (TestServer, Client, (Client, Client, String)) {
+    let server = TestServer::start_with(|e| {
+        e.frames_per_second = 50;
+        e.frames_burst = 100;
+        e.flood_strikes = 20;
+    });
+    let mut flooder = server.client("flooder").await;
+    let bystanders = matched_pair(&server, "carol", "dave").await;
+    for _ in 0..500 {
+        if flooder.ws.feed(frame.clone()).await.is_err() {
+            break;
+        }
+    }
+    let _ = flooder.ws.flush().await;
+    (server, flooder, bystanders)
+}
+
 /// After `from` sent `text`: its ack and its own copy, then `to` gets the message.
 async fn delivered(from: &mut Client, to: &mut Client, text: &str) {
     recv_strict(from, "ack").await;
@@ -755,22 +774,9 @@ async fn sustained_send_flooding_closes_with_4008_and_nobody_else_notices() {
 
 #[tokio::test]
 async fn a_pipelined_frame_flood_closes_with_4008() {
-    let server = TestServer::start_with(|e| {
-        e.frames_per_second = 50;
-        e.frames_burst = 100;
-        e.flood_strikes = 20;
-    });
-    let mut flooder = server.client("flooder").await;
-    let (mut c, mut d, room) = matched_pair(&server, "carol", "dave").await;
-
     // 500 frames without reading a single answer.
-    let frame = json!({"action":"cancel_match"}).to_string();
-    for _ in 0..500 {
-        if flooder.ws.feed(Message::Text(frame.clone().into())).await.is_err() {
-            break;
-        }
-    }
-    let _ = flooder.ws.flush().await;
+    let frame = Message::Text(json!({"action":"cancel_match"}).to_string().into());
+    let (server, mut flooder, (mut c, mut d, room)) = pipelined_flood(frame).await;
     let (mut answered, mut limited) = (0, 0);
     let ended = loop {
         match next_event(&mut flooder).await {
@@ -793,21 +799,9 @@ async fn a_pipelined_frame_flood_closes_with_4008() {
 
 #[tokio::test]
 async fn a_binary_frame_flood_is_rate_limited_and_closed_with_4008() {
-    let server = TestServer::start_with(|e| {
-        e.frames_per_second = 50;
-        e.frames_burst = 100;
-        e.flood_strikes = 20;
-    });
-    let mut flooder = server.client("flooder").await;
-    let (mut c, mut d, room) = matched_pair(&server, "carol", "dave").await;
-
     // Binary frames are frames too: they count against the same limit as text.
-    for _ in 0..500 {
-        if flooder.ws.feed(Message::Binary(vec![1, 2, 3].into())).await.is_err() {
-            break;
-        }
-    }
-    let _ = flooder.ws.flush().await;
+    let (_server, mut flooder, (mut c, mut d, room)) =
+        pipelined_flood(Message::Binary(vec![1, 2, 3].into())).await;
     let (mut refused, mut limited) = (0, 0);
     let ended = loop {
         match next_event(&mut flooder).await {

@@ -88,8 +88,7 @@ fn strings(v: &[&str]) -> Vec<String> {
 async fn a_pair_on_two_nodes_is_matched_into_one_room() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
-    let mut a = cluster.client(0, "alice").await;
-    let mut b = cluster.client(1, "bob").await;
+    let [mut a, mut b] = cluster.clients([(0, "alice"), (1, "bob")]).await;
     search(&mut a, &["chess", "go"], json!({})).await;
     search(&mut b, &["chess", "go"], json!({})).await;
     let fa = expect_match(&mut a).await;
@@ -485,8 +484,7 @@ async fn reconnecting_to_the_node_that_created_the_match_keeps_the_history() {
 async fn a_second_connection_on_another_node_replaces_the_first() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
-    let mut old = cluster.client(0, "alice").await;
-    let mut new = cluster.client(1, "alice").await;
+    let [mut old, mut new] = cluster.clients([(0, "alice"), (1, "alice")]).await;
     assert_eq!(old.closed().await, Ended::Closed(4009));
     alive(&mut new).await;
 }
@@ -623,8 +621,7 @@ async fn nodes_survive_a_redis_outage_and_rejoin_when_it_returns() {
 async fn sigterm_drains_a_node_and_the_cluster_shrinks() {
     let _cpu = CPU.read().await;
     let mut cluster = Cluster::start(2).await;
-    let mut a = cluster.client(0, "alice").await;
-    let mut b = cluster.client(1, "bob").await;
+    let [mut a, mut b] = cluster.clients([(0, "alice"), (1, "bob")]).await;
     cluster.node(0).sigterm();
     assert_eq!(a.closed().await, Ended::Closed(1012));
     assert_eq!(cluster.node_mut(0).wait_exit(Duration::from_secs(10)), 0, "exit code");

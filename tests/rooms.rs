@@ -80,13 +80,8 @@ async fn leave(c: &mut Client, room: &str) {
 
 /// Ask for history and return the messages, checking each raw item is tagged
 /// `"type":"message"` and belongs to the room.
-async fn history(
-    c: &mut Client,
-    room: &str,
-    after_seq: u64,
-    limit: Option<u32>,
-) -> Vec<ChatMessage> {
-    c.send_json(history_request(room, after_seq, limit)).await;
+async fn history(c: &mut Client, room: &str, after: u64, limit: Option<u32>) -> Vec<ChatMessage> {
+    c.send_json(history_request(room, after, limit)).await;
     let v = c.recv_value().await;
     assert_eq!(v["type"], "history", "{}: expected history, got {v}", c.user_id);
     assert_eq!(v["room_id"], room);
@@ -417,19 +412,26 @@ async fn sending_to_a_room_you_are_not_in_is_not_in_room() {
     assert_eq!(expect_ack(&mut d, "pub:other", "c3").await.0, 1);
 }
 
-#[tokio::test]
-async fn an_empty_public_room_is_recreated_after_its_grace() {
-    let server = TestServer::start_with(|e| e.empty_room_grace_ms = 200);
+/// A server keeping empty public rooms for `grace_ms`, where alice opened `lobby`,
+/// posted "old" (seq 1) and left; bob is connected and has not joined. (server,
+/// alice, bob)
+async fn a_room_left_empty(lobby: &str, grace_ms: u64) -> (TestServer, Client, Client) {
+    let server = TestServer::start_with(|e| e.empty_room_grace_ms = grace_ms);
     let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
-    let lobby = "pub:ephemeral";
-
+    let b = server.client("bob").await;
     assert_eq!(join(&mut a, lobby).await, ["alice"]);
     send_text(&mut a, lobby, "old", "c1").await;
     assert_eq!(expect_ack(&mut a, lobby, "c1").await.0, 1);
     expect_message(&mut a).await;
     leave(&mut a, lobby).await;
     expect_left(&mut a, lobby).await;
+    (server, a, b)
+}
+
+#[tokio::test]
+async fn an_empty_public_room_is_recreated_after_its_grace() {
+    let lobby = "pub:ephemeral";
+    let (server, _alice, mut b) = a_room_left_empty(lobby, 200).await;
     // The room is forgotten once the grace has passed.
     wait_stats(&server, "rooms == 0", |s| s["rooms"] == 0).await;
 
@@ -441,17 +443,8 @@ async fn an_empty_public_room_is_recreated_after_its_grace() {
 
 #[tokio::test]
 async fn an_empty_public_room_lingers_during_its_grace() {
-    let server = TestServer::start_with(|e| e.empty_room_grace_ms = 30_000);
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
     let lobby = "pub:lingering";
-
-    assert_eq!(join(&mut a, lobby).await, ["alice"]);
-    send_text(&mut a, lobby, "old", "c1").await;
-    expect_ack(&mut a, lobby, "c1").await;
-    expect_message(&mut a).await;
-    leave(&mut a, lobby).await;
-    expect_left(&mut a, lobby).await;
+    let (_server, _alice, mut b) = a_room_left_empty(lobby, 30_000).await;
 
     assert_eq!(join(&mut b, lobby).await, ["bob"]);
     let h = history(&mut b, lobby, 0, None).await;

@@ -627,6 +627,15 @@ impl Cluster {
     pub async fn client(&self, i: usize, user: &str) -> Client {
         self.nodes[i].client_checked(user).await
     }
+
+    /// [`Cluster::client`] for each (node, user), in order.
+    pub async fn clients<const N: usize>(&self, who: [(usize, &str); N]) -> [Client; N] {
+        let mut out = Vec::with_capacity(N);
+        for (i, user) in who {
+            out.push(self.client(i, user).await);
+        }
+        out.try_into().unwrap_or_else(|_| unreachable!("one client per entry"))
+    }
 }
 
 // ---------------------------------------------------------------- http waits
