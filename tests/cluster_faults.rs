@@ -16,11 +16,14 @@ use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
-use common::search::{self as searching, is_presence, pair, Found};
+use common::search::{pair, Found, Search};
 use common::{http_get, Client, Ended, TempDir};
 use rendezvous_actors::protocol::{ChatMessage, ErrorCode, PresenceStatus, ServerFrame};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
+
+/// How these tests search (see the module doc of `search`).
+const SEARCH: Search = Search::AMID_PRESENCE;
 
 /// Taken by every test (see the module doc).
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -47,10 +50,6 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).expect("copy file");
         }
     }
-}
-
-async fn search(c: &mut Client, interests: &[&str], extra: Value) {
-    searching::search(c, interests, extra, is_presence).await
 }
 
 /// Field names of a hash, from an `HGETALL` reply.
@@ -278,7 +277,7 @@ async fn drain_withdraws_the_nodes_searches_from_redis() {
     let port = cluster.redis.port();
     let entries = "rdv:{pool:en}:entries";
     let mut carol = cluster.client(0, "carol").await;
-    search(&mut carol, &["drain-only-x", "drain-only-y"], json!({})).await;
+    SEARCH.search(&mut carol, &["drain-only-x", "drain-only-y"], json!({})).await;
 
     // No frame tells when the search reached Redis: poll (bounded).
     let started = Instant::now();
@@ -444,7 +443,7 @@ async fn a_skip_with_next_holds_across_nodes() {
             other => panic!("bob: expected presence left and room_closed, got {other:?}"),
         }
     }
-    search(&mut b, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
     // Alone together past the full relaxation: a pair that is not avoided would be
     // matched by now (they share both interests, so even the first step takes them).
     let (mut fa, mut fb) = tokio::join!(
@@ -456,7 +455,7 @@ async fn a_skip_with_next_holds_across_nodes() {
         "alice and bob alone in the pool after the skip: alice {fa:?}, bob {fb:?}"
     );
     let mut c = cluster.client(2, "carol").await;
-    search(&mut c, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut c, &["chess", "go"], json!({})).await;
     let window = Duration::from_secs(3) - PAST_FULL_RELAX;
     let (more_a, more_b, fc) = tokio::join!(
         frames_within(&mut a, window),

@@ -16,12 +16,15 @@ use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
-use common::search::{self as searching, is_presence, Found};
+use common::search::{pair, Found, Search};
 use common::storm::{interests_for, Seen, Storm};
 use common::{http_get, Client, Ended};
 use rendezvous_actors::protocol::{ErrorCode, PresenceStatus, ServerFrame};
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::RwLock;
+
+/// How these tests search (see the module doc of `search`).
+const SEARCH: Search = Search::AMID_PRESENCE;
 
 /// Shared by every test, taken exclusively by the storm (see the module doc).
 static CPU: RwLock<()> = RwLock::const_new(());
@@ -31,27 +34,6 @@ static CPU: RwLock<()> = RwLock::const_new(());
 const PAST_FULL_RELAX: Duration = Duration::from_millis(1_500);
 
 // ---------------------------------------------------------------- helpers
-
-/// Nothing but `presence` arrives within `wait`.
-async fn expect_quiet(c: &mut Client, wait: Duration) {
-    searching::expect_quiet(c, wait, is_presence).await
-}
-
-async fn search(c: &mut Client, interests: &[&str], extra: Value) {
-    searching::search(c, interests, extra, is_presence).await
-}
-
-async fn outcome(c: &mut Client) -> ServerFrame {
-    searching::outcome(c, is_presence).await
-}
-
-async fn expect_match(c: &mut Client) -> Found {
-    searching::expect_match(c, is_presence).await
-}
-
-async fn pair(cluster: &Cluster, a: (usize, &str), b: (usize, &str)) -> (Client, Client, String) {
-    searching::pair(&cluster.nodes, a, b).await
-}
 
 /// Join a public room; the `joined` member list, sorted.
 async fn join(c: &mut Client, room: &str) -> Vec<String> {
@@ -89,10 +71,10 @@ async fn a_pair_on_two_nodes_is_matched_into_one_room() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
     let [mut a, mut b] = cluster.clients([(0, "alice"), (1, "bob")]).await;
-    search(&mut a, &["chess", "go"], json!({})).await;
-    search(&mut b, &["chess", "go"], json!({})).await;
-    let fa = expect_match(&mut a).await;
-    let fb = expect_match(&mut b).await;
+    SEARCH.search(&mut a, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
+    let fa = SEARCH.expect_match(&mut a).await;
+    let fb = SEARCH.expect_match(&mut b).await;
     assert_eq!(fa.room, fb.room, "one room for both");
     assert_eq!(fa.partner.as_deref(), Some("bob"));
     assert_eq!(fb.partner.as_deref(), Some("alice"));
@@ -102,7 +84,7 @@ async fn a_pair_on_two_nodes_is_matched_into_one_room() {
         assert_eq!(f.score, 2, "{f:?}");
     }
     // One match_found per search: nothing follows, on either node.
-    tokio::join!(expect_quiet(&mut a, PAST_FULL_RELAX), expect_quiet(&mut b, PAST_FULL_RELAX));
+    tokio::join!(SEARCH.quiet(&mut a, PAST_FULL_RELAX), SEARCH.quiet(&mut b, PAST_FULL_RELAX));
 }
 
 /// A group search of three users on three different nodes fills one room: everyone
@@ -115,12 +97,12 @@ async fn a_group_of_three_on_three_nodes_gets_one_room() {
     let mut clients = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let mut c = cluster.client(i, name).await;
-        search(&mut c, &["chess", "go"], json!({"group_size": 3})).await;
+        SEARCH.search(&mut c, &["chess", "go"], json!({"group_size": 3})).await;
         clients.push(c);
     }
     let mut found = Vec::new();
     for c in &mut clients {
-        found.push(expect_match(c).await);
+        found.push(SEARCH.expect_match(c).await);
     }
     for f in &found {
         assert_eq!(f.room, found[0].room, "one room for the group: {found:?}");
@@ -128,7 +110,7 @@ async fn a_group_of_three_on_three_nodes_gets_one_room() {
         assert_eq!(f.partner, None, "partner_id in a group: {f:?}");
     }
     for c in &mut clients {
-        expect_quiet(c, Duration::from_millis(300)).await;
+        SEARCH.quiet(c, Duration::from_millis(300)).await;
     }
 }
 
@@ -141,7 +123,7 @@ async fn a_group_of_three_on_three_nodes_gets_one_room() {
 async fn chat_typing_read_and_signal_cross_nodes() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
-    let (mut a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+    let (mut a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
 
     send_text(&mut a, &room, "hello bob", "a1").await;
     let m1 = sent(&mut a, &room, "a1").await;
@@ -195,7 +177,7 @@ async fn concurrent_senders_on_two_nodes_see_one_gap_free_order() {
     const EACH: usize = 300;
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
-    let (a, b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+    let (a, b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
 
     let tail = Tail { quiet: Duration::from_millis(500), presence_after: true };
     let mut views = pipeline(vec![a, b], &room, EACH, tail).await;
@@ -410,7 +392,7 @@ async fn a_storm_over_three_nodes_pairs_everyone_at_most_once() {
 async fn reconnecting_to_another_node_within_grace_keeps_the_seat() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(3).await;
-    let (mut a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+    let (mut a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
     let m1 = exchange(&mut a, &mut b, &room, "before", "a1").await;
     assert_eq!(m1.seq, 1);
 
@@ -460,7 +442,7 @@ async fn reconnecting_to_the_node_that_created_the_match_keeps_the_history() {
         let i = pairs;
         pairs += 1;
         let (alice, bob) = (format!("alice{i}"), format!("bob{i}"));
-        let (mut a, mut b, room) = pair(&cluster, (0, &alice), (1, &bob)).await;
+        let (mut a, mut b, room) = pair(&cluster.nodes, (0, &alice), (1, &bob)).await;
         let m1 = exchange(&mut a, &mut b, &room, "before", "a1").await;
         drop(a);
         expect_presence(&mut b, &room, &alice, PresenceStatus::Offline).await;
@@ -496,16 +478,16 @@ async fn a_replaced_connection_leaves_no_search_behind() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(3).await;
     let mut old = cluster.client(0, "sam").await;
-    search(&mut old, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut old, &["chess", "go"], json!({})).await;
     let mut new = cluster.client(1, "sam").await;
     assert_eq!(old.closed().await, Ended::Closed(4009));
-    search(&mut new, &["chess", "go"], json!({})).await;
-    expect_quiet(&mut new, PAST_FULL_RELAX).await;
+    SEARCH.search(&mut new, &["chess", "go"], json!({})).await;
+    SEARCH.quiet(&mut new, PAST_FULL_RELAX).await;
 
     let mut pat = cluster.client(2, "pat").await;
-    search(&mut pat, &["chess", "go"], json!({})).await;
-    let fs = expect_match(&mut new).await;
-    let fp = expect_match(&mut pat).await;
+    SEARCH.search(&mut pat, &["chess", "go"], json!({})).await;
+    let fs = SEARCH.expect_match(&mut new).await;
+    let fp = SEARCH.expect_match(&mut pat).await;
     assert_eq!(fs.partner.as_deref(), Some("pat"));
     assert_eq!(fp.partner.as_deref(), Some("sam"));
     assert_eq!(fs.room, fp.room);
@@ -519,7 +501,7 @@ async fn a_replaced_connection_leaves_no_search_behind() {
 async fn a_killed_node_is_noticed_by_partners_and_peers_within_five_seconds() {
     let _cpu = CPU.read().await;
     let mut cluster = Cluster::start(3).await;
-    let (a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+    let (a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
     let budget = Duration::from_secs(6); // 5 s plus polling and scheduling slack
 
     cluster.node_mut(0).kill9();
@@ -549,7 +531,7 @@ async fn a_search_on_a_killed_node_is_never_matched() {
     let _cpu = CPU.read().await;
     let mut cluster = Cluster::start(3).await;
     let mut carol = cluster.client(0, "carol").await;
-    search(&mut carol, &["rare-x", "rare-y"], json!({})).await;
+    SEARCH.search(&mut carol, &["rare-x", "rare-y"], json!({})).await;
     // No frame tells when the search is visible to other nodes; give it time to get
     // there, or an early kill would make the test vacuous.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -562,8 +544,8 @@ async fn a_search_on_a_killed_node_is_never_matched() {
     // "Within a few seconds everywhere": search after 5 s.
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed())).await;
     let mut dave = cluster.client(1, "dave").await;
-    search(&mut dave, &["rare-x", "rare-y"], json!({"max_wait_ms": 3_000})).await;
-    match outcome(&mut dave).await {
+    SEARCH.search(&mut dave, &["rare-x", "rare-y"], json!({"max_wait_ms": 3_000})).await;
+    match SEARCH.outcome(&mut dave).await {
         ServerFrame::NoMatchFound {} => {}
         other => panic!("dave was matched after carol's node died: {other:?}"),
     }
@@ -591,7 +573,7 @@ async fn nodes_survive_a_redis_outage_and_rejoin_when_it_returns() {
     }
 
     // Local matching and chat on node-a while Redis is down.
-    let (mut x, mut y, room) = pair(&cluster, (0, "xena"), (0, "yuri")).await;
+    let (mut x, mut y, room) = pair(&cluster.nodes, (0, "xena"), (0, "yuri")).await;
     let m = exchange(&mut x, &mut y, &room, "redis is down", "x1").await;
     assert_eq!(m.seq, 1);
     for node in &mut cluster.nodes {
@@ -608,7 +590,7 @@ async fn nodes_survive_a_redis_outage_and_rejoin_when_it_returns() {
     eprintln!("readyz 200 on both after {:?}", restarted.elapsed());
     cluster.wait_formed().await;
 
-    let (mut p, mut q, room) = pair(&cluster, (0, "pia"), (1, "quin")).await;
+    let (mut p, mut q, room) = pair(&cluster.nodes, (0, "pia"), (1, "quin")).await;
     exchange(&mut p, &mut q, &room, "redis is back", "p1").await;
     for node in &mut cluster.nodes {
         assert!(node.try_wait().is_none(), "{} exited", node.id);
@@ -641,12 +623,12 @@ async fn the_find_match_rate_limit_is_shared_by_all_nodes() {
     let cluster = Cluster::start_with(2, &[("--find-match-per-minute", "3")]).await;
     let mut u = cluster.client(0, "uma").await;
     for _ in 0..2 {
-        search(&mut u, &["chess"], json!({})).await;
+        SEARCH.search(&mut u, &["chess"], json!({})).await;
         alive(&mut u).await; // cancel_match -> match_cancelled
     }
     let mut u2 = cluster.client(1, "uma").await;
     assert_eq!(u.closed().await, Ended::Closed(4009));
-    search(&mut u2, &["chess"], json!({})).await;
+    SEARCH.search(&mut u2, &["chess"], json!({})).await;
     alive(&mut u2).await;
     u2.find_match(&["chess"]).await;
     match next(&mut u2).await {
@@ -670,10 +652,10 @@ async fn trending_is_the_same_on_every_node() {
         let (a, b) = (format!("t{i}{j}a"), format!("t{i}{j}b"));
         let mut ca = cluster.client(i, &a).await;
         let mut cb = cluster.client(j, &b).await;
-        search(&mut ca, &["zither", "yodel"], json!({})).await;
-        search(&mut cb, &["yodel", "zither"], json!({})).await;
-        let fa = expect_match(&mut ca).await;
-        let fb = expect_match(&mut cb).await;
+        SEARCH.search(&mut ca, &["zither", "yodel"], json!({})).await;
+        SEARCH.search(&mut cb, &["yodel", "zither"], json!({})).await;
+        let fa = SEARCH.expect_match(&mut ca).await;
+        let fb = SEARCH.expect_match(&mut cb).await;
         assert_eq!((fa.partner.as_deref(), fa.room.as_str()), (Some(b.as_str()), fb.room.as_str()));
         assert_eq!(fa.shared, strings(&["yodel", "zither"]));
         keep.extend([ca, cb]);
@@ -722,31 +704,31 @@ async fn an_undeliverable_match_puts_the_others_back_at_their_old_place() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
     let mut bob = cluster.client(1, "bob").await;
-    search(&mut bob, &["kite", "loom"], json!({})).await;
+    SEARCH.search(&mut bob, &["kite", "loom"], json!({})).await;
     // bob's search reaches node-a's pool as a replica; then node-b freezes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let frozen = cluster.node(1).pid().to_string();
     let st = std::process::Command::new("kill").args(["-STOP", &frozen]).status().expect("kill");
     assert!(st.success());
     let mut alice = cluster.client(0, "alice").await;
-    search(&mut alice, &["kite", "loom"], json!({})).await;
+    SEARCH.search(&mut alice, &["kite", "loom"], json!({})).await;
     // node-a claims {alice, bob} and offers bob's node, which cannot answer: after
     // the offer times out alice is back in the pool, with her original ticket.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     let mut carol = cluster.client(0, "carol").await;
-    search(&mut carol, &["kite", "loom"], json!({})).await;
+    SEARCH.search(&mut carol, &["kite", "loom"], json!({})).await;
     let mut dave = cluster.client(0, "dave").await;
-    search(&mut dave, &["kite", "loom"], json!({})).await;
-    let fa = expect_match(&mut alice).await;
+    SEARCH.search(&mut dave, &["kite", "loom"], json!({})).await;
+    let fa = SEARCH.expect_match(&mut alice).await;
     assert_eq!(fa.partner.as_deref(), Some("carol"), "alice waited longest: {fa:?}");
-    let fc = expect_match(&mut carol).await;
+    let fc = SEARCH.expect_match(&mut carol).await;
     assert_eq!(fc.room, fa.room);
     let st = std::process::Command::new("kill").args(["-CONT", &frozen]).status().expect("kill");
     assert!(st.success());
     // Once node-b is back, bob (still searching) is matched with dave, never alice.
-    let fd = expect_match(&mut dave).await;
+    let fd = SEARCH.expect_match(&mut dave).await;
     assert_eq!(fd.partner.as_deref(), Some("bob"), "{fd:?}");
-    let fb = expect_match(&mut bob).await;
+    let fb = SEARCH.expect_match(&mut bob).await;
     assert_eq!(fb.room, fd.room);
     cluster.wait_formed().await;
 }

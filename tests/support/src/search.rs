@@ -1,7 +1,8 @@
 //! Searching as a test sees it: send `find_match`, require `searching`, read the
 //! outcome, compare matches. Each suite says which frames may interleave with the
-//! search frames (the `skip` argument): the multi-node suites allow `presence`
-//! only ([`is_presence`]), the matching suite all room chatter ([`is_chatter`]).
+//! search frames by the [`Search`] it uses: the multi-node suites allow `presence`
+//! only ([`Search::AMID_PRESENCE`]), the matching suite all room chatter
+//! ([`Search::AMID_CHATTER`]).
 
 use std::time::Duration;
 
@@ -12,45 +13,78 @@ use tokio::time::Instant;
 use crate::cluster::Node;
 use crate::Client;
 
-/// Which frames a helper reads past.
-pub type Skip = fn(&ServerFrame) -> bool;
-
-/// `presence` only.
-pub fn is_presence(f: &ServerFrame) -> bool {
-    matches!(f, ServerFrame::Presence { .. })
+/// The search helpers, reading past the frames `skip` names.
+#[derive(Clone, Copy)]
+pub struct Search {
+    skip: fn(&ServerFrame) -> bool,
 }
 
-/// Frames that may legitimately interleave with matching frames (room chatter).
-pub fn is_chatter(f: &ServerFrame) -> bool {
-    matches!(
-        f,
-        ServerFrame::Presence { .. } | ServerFrame::Typing { .. } | ServerFrame::Read { .. }
-    )
-}
+impl Search {
+    /// Reads past `presence` only.
+    pub const AMID_PRESENCE: Search =
+        Search { skip: |f| matches!(f, ServerFrame::Presence { .. }) };
 
-/// The next frame that `skip` does not pass over.
-pub async fn next_except(c: &mut Client, skip: Skip) -> ServerFrame {
-    loop {
-        let f = c.recv().await;
-        if !skip(&f) {
-            return f;
+    /// Reads past the room chatter that may interleave with matching frames
+    /// (`presence`, `typing`, `read`).
+    pub const AMID_CHATTER: Search = Search {
+        skip: |f| {
+            matches!(
+                f,
+                ServerFrame::Presence { .. }
+                    | ServerFrame::Typing { .. }
+                    | ServerFrame::Read { .. }
+            )
+        },
+    };
+
+    /// The next frame this search does not read past.
+    pub async fn next(self, c: &mut Client) -> ServerFrame {
+        loop {
+            let f = c.recv().await;
+            if !(self.skip)(&f) {
+                return f;
+            }
         }
     }
-}
 
-/// Nothing but frames `skip` passes over arrives within `wait`.
-pub async fn expect_quiet(c: &mut Client, wait: Duration, skip: Skip) {
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
+    /// Nothing but frames this search reads past arrives within `wait`.
+    pub async fn quiet(self, c: &mut Client, wait: Duration) {
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            match c.try_recv(left).await {
+                None => return,
+                Some(f) if (self.skip)(&f) => continue,
+                Some(f) => panic!("{}: expected no frame, got {f:?}", c.user_id),
+            }
         }
-        match c.try_recv(left).await {
-            None => return,
-            Some(f) if skip(&f) => continue,
-            Some(f) => panic!("{}: expected no frame, got {f:?}", c.user_id),
+    }
+
+    /// Send [`find_match`] and require `searching` (with a ticket) as the answer.
+    pub async fn search(self, c: &mut Client, interests: &[&str], extra: Value) {
+        c.send_json(find_match(interests, extra)).await;
+        match self.next(c).await {
+            ServerFrame::Searching { ticket } => assert!(!ticket.is_empty(), "empty ticket"),
+            other => panic!("{}: expected searching, got {other:?}", c.user_id),
         }
+    }
+
+    /// The outcome of the running search: `match_found` or `no_match_found`.
+    pub async fn outcome(self, c: &mut Client) -> ServerFrame {
+        let f = self.next(c).await;
+        match f {
+            ServerFrame::MatchFound { .. } | ServerFrame::NoMatchFound {} => f,
+            other => panic!("{}: expected a search outcome, got {other:?}", c.user_id),
+        }
+    }
+
+    /// The outcome of the running search, which must be a match.
+    pub async fn expect_match(self, c: &mut Client) -> Found {
+        let f = self.outcome(c).await;
+        Found::of(&c.user_id, f)
     }
 }
 
@@ -63,24 +97,6 @@ pub fn find_match(interests: &[&str], extra: Value) -> Value {
         }
     }
     body
-}
-
-/// Send [`find_match`] and require `searching` (with a ticket) as the answer.
-pub async fn search(c: &mut Client, interests: &[&str], extra: Value, skip: Skip) {
-    c.send_json(find_match(interests, extra)).await;
-    match next_except(c, skip).await {
-        ServerFrame::Searching { ticket } => assert!(!ticket.is_empty(), "empty ticket"),
-        other => panic!("{}: expected searching, got {other:?}", c.user_id),
-    }
-}
-
-/// The outcome of the running search: `match_found` or `no_match_found`.
-pub async fn outcome(c: &mut Client, skip: Skip) -> ServerFrame {
-    let f = next_except(c, skip).await;
-    match f {
-        ServerFrame::MatchFound { .. } | ServerFrame::NoMatchFound {} => f,
-        other => panic!("{}: expected a search outcome, got {other:?}", c.user_id),
-    }
 }
 
 /// A `match_found` as one member saw it, with members and shared interests sorted
@@ -130,21 +146,16 @@ impl Found {
     }
 }
 
-/// The outcome of the running search, which must be a match.
-pub async fn expect_match(c: &mut Client, skip: Skip) -> Found {
-    let f = outcome(c, skip).await;
-    Found::of(&c.user_id, f)
-}
-
 /// `a` on node `a.0` and `b` on node `b.0` search for chess and go (one after the
 /// other) and are matched with each other; the two clients and the room.
 pub async fn pair(nodes: &[Node], a: (usize, &str), b: (usize, &str)) -> (Client, Client, String) {
     let mut ca = nodes[a.0].client_checked(a.1).await;
     let mut cb = nodes[b.0].client_checked(b.1).await;
-    search(&mut ca, &["chess", "go"], json!({}), is_presence).await;
-    search(&mut cb, &["chess", "go"], json!({}), is_presence).await;
-    let fa = expect_match(&mut ca, is_presence).await;
-    let fb = expect_match(&mut cb, is_presence).await;
+    let s = Search::AMID_PRESENCE;
+    s.search(&mut ca, &["chess", "go"], json!({})).await;
+    s.search(&mut cb, &["chess", "go"], json!({})).await;
+    let fa = s.expect_match(&mut ca).await;
+    let fb = s.expect_match(&mut cb).await;
     assert_eq!(fa.room, fb.room, "{} and {} were given different rooms", a.1, b.1);
     assert_eq!(fa.partner.as_deref(), Some(b.1), "{}'s partner", a.1);
     assert_eq!(fb.partner.as_deref(), Some(a.1), "{}'s partner", b.1);
