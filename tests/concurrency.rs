@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use common::chat::{check_one_order, pipeline, Tail};
+use common::http::{stats, wait_stats};
 use common::search::Found;
 use common::storm::{interests_for, Seen, Storm};
 use common::*;
 use rendezvous::config::Config;
 use rendezvous_actors::protocol::ServerFrame;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// Storm settings: every limit that a crowd on one machine would trip is raised,
 /// and the ladder reaches "anyone in the language" after 400 ms.
@@ -113,23 +114,10 @@ fn check_storm(seen: &[Seen], group_size: usize) -> (usize, usize) {
     (rooms.len(), unmatched)
 }
 
-async fn stats(server: &TestServer) -> Value {
-    let (status, body) = http_get(server.addr, "/api/stats").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("stats json {body}: {e}"))
-}
-
 /// Wait (bounded) until `/api/stats` shows `field == want`.
 async fn wait_stat(server: &TestServer, field: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = stats(server).await;
-        if s[field].as_u64() == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{field} never reached {want}: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (what, within) = (format!("{field} == {want}"), Duration::from_secs(5));
+    wait_stats(server.addr, &what, within, |s| s[field].as_u64() == Some(want)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +140,7 @@ async fn storm_of_two_thousand_pairs_up_everyone_exactly_once() {
     assert_eq!(rooms, N / 2);
     wait_stat(&server, "searching", 0).await;
     wait_stat(&server, "rooms", rooms as u64).await;
-    assert_eq!(stats(&server).await["online"].as_u64(), Some(N as u64));
+    assert_eq!(stats(server.addr).await["online"].as_u64(), Some(N as u64));
     drop(clients);
 }
 

@@ -6,6 +6,7 @@ use rendezvous_test_support as common;
 
 use std::time::{Duration, Instant};
 
+use common::http::{stats, wait_stats};
 use common::search::Search;
 use common::*;
 use rendezvous::config::Config;
@@ -42,24 +43,10 @@ fn error_code(f: &ServerFrame) -> Option<ErrorCode> {
     }
 }
 
-/// `/api/stats` as JSON.
-async fn stats(server: &TestServer) -> Value {
-    let (status, body) = http_get(server.addr, "/api/stats").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("stats json {body}: {e}"))
-}
-
 /// Wait (bounded) until `/api/stats` reports `searching == want`.
 async fn wait_searching(server: &TestServer, want: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = stats(server).await;
-        if s["searching"].as_u64() == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "searching did not reach {want} within {within:?}: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("searching == {want}");
+    wait_stats(server.addr, &what, within, |s| s["searching"].as_u64() == Some(want)).await;
 }
 
 fn sorted(v: &[&str]) -> Vec<String> {
@@ -350,7 +337,7 @@ async fn a_second_find_match_while_searching_is_refused() {
     a.find_match(&["poker"]).await;
     let f = SEARCH.next(&mut a).await;
     assert_eq!(error_code(&f), Some(ErrorCode::AlreadySearching), "{f:?}");
-    assert_eq!(stats(&server).await["searching"].as_u64(), Some(1), "still one search");
+    assert_eq!(stats(server.addr).await["searching"].as_u64(), Some(1), "still one search");
 
     // The first search is intact and ends in exactly one match.
     let mut b = server.client("calm").await;
@@ -414,7 +401,7 @@ async fn next_leaves_and_never_rematches_the_skipped_partner() {
     SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
     a.expect_silence(PAST_FULL_RELAX).await;
     b.expect_silence(Duration::from_millis(100)).await;
-    assert_eq!(stats(&server).await["searching"].as_u64(), Some(2));
+    assert_eq!(stats(server.addr).await["searching"].as_u64(), Some(2));
 
     // Fresh users pair with each of them instead.
     let mut c = server.client("c").await;
@@ -489,7 +476,7 @@ async fn a_dropped_connection_leaves_the_pool_at_once() {
     wait_searching(&server, 1, Duration::from_secs(2)).await;
     expect_no_match(&mut b).await;
     wait_searching(&server, 0, Duration::from_secs(2)).await;
-    assert_eq!(stats(&server).await["rooms"].as_u64(), Some(0), "no room was opened");
+    assert_eq!(stats(server.addr).await["rooms"].as_u64(), Some(0), "no room was opened");
 }
 
 #[tokio::test]
@@ -503,7 +490,7 @@ async fn a_user_is_never_matched_with_their_own_old_search() {
     assert_eq!(old.closed().await, Ended::Closed(4009));
     SEARCH.search(&mut new, &["chess", "go"], json!({})).await;
     new.expect_silence(PAST_FULL_RELAX).await;
-    assert_eq!(stats(&server).await["searching"].as_u64(), Some(1), "one search for sam");
+    assert_eq!(stats(server.addr).await["searching"].as_u64(), Some(1), "one search for sam");
 
     // The new search is alive and pairs with someone else.
     let mut other = server.client("pat").await;
@@ -537,7 +524,7 @@ async fn invalid_find_match_inputs_are_refused_and_the_session_keeps_working() {
         let f = SEARCH.next(&mut a).await;
         assert_eq!(error_code(&f), Some(code), "{what}: {f:?}");
     }
-    assert_eq!(stats(&server).await["searching"].as_u64(), Some(0), "no search started");
+    assert_eq!(stats(server.addr).await["searching"].as_u64(), Some(0), "no search started");
 
     // At the limits exactly: 20 interests, one of 32 characters.
     let mut ok: Vec<String> = (0..19).map(|i| format!("i{i}")).collect();

@@ -13,6 +13,7 @@ use rendezvous_test_support as common;
 use std::time::Duration;
 
 use common::chat::{expect_presence, history_request, now_ms, send_text, seqs};
+use common::http::wait_stats;
 use common::*;
 use rendezvous_actors::protocol::{
     ChatMessage, ErrorCode, HistoryItem, PresenceStatus, ServerFrame,
@@ -96,23 +97,6 @@ async fn history(c: &mut Client, room: &str, after: u64, limit: Option<u32>) -> 
             messages.into_iter().map(|HistoryItem::Message(m)| m).collect()
         }
         other => panic!("not history: {other:?}"),
-    }
-}
-
-/// Poll `/api/stats` until `pred` holds (bounded); the last stats.
-async fn wait_stats(server: &TestServer, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
-    loop {
-        let (status, body) = http_get(server.addr, "/api/stats").await;
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).expect("stats json");
-        if pred(&v) {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("stats never satisfied `{what}`: {v}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -433,7 +417,7 @@ async fn an_empty_public_room_is_recreated_after_its_grace() {
     let lobby = "pub:ephemeral";
     let (server, _alice, mut b) = a_room_left_empty(lobby, 200).await;
     // The room is forgotten once the grace has passed.
-    wait_stats(&server, "rooms == 0", |s| s["rooms"] == 0).await;
+    wait_stats(server.addr, "rooms == 0", FRAME_TIMEOUT, |s| s["rooms"] == 0).await;
 
     assert_eq!(join(&mut b, lobby).await, ["bob"], "fresh room: just the joiner");
     assert!(history(&mut b, lobby, 0, None).await.is_empty(), "fresh room has no history");
@@ -475,7 +459,7 @@ async fn leaving_a_match_room_closes_it_for_the_partner() {
         c.send_json(json!({"action":"history","room_id":room})).await;
         expect_error(c, ErrorCode::NotInRoom).await;
     }
-    wait_stats(&server, "rooms == 0", |s| s["rooms"] == 0).await;
+    wait_stats(server.addr, "rooms == 0", FRAME_TIMEOUT, |s| s["rooms"] == 0).await;
 }
 
 // ---------------------------------------------------------------- history
@@ -648,7 +632,7 @@ async fn a_second_connection_replaces_the_first() {
     let m = expect_message(&mut a).await;
     assert_eq!((m.sender.as_str(), m.text.as_str()), ("bob", "yes"));
     // The replacement is not a departure: alice saw no presence change.
-    wait_stats(&server, "online == 2", |s| s["online"] == 2).await;
+    wait_stats(server.addr, "online == 2", FRAME_TIMEOUT, |s| s["online"] == 2).await;
 }
 
 #[tokio::test]
@@ -656,13 +640,13 @@ async fn a_normal_close_is_cleaned_up() {
     let server = TestServer::start(test_config());
     let a = server.client("alice").await;
     let _b = server.client("bob").await;
-    wait_stats(&server, "online == 2", |s| s["online"] == 2).await;
+    wait_stats(server.addr, "online == 2", FRAME_TIMEOUT, |s| s["online"] == 2).await;
     a.close().await;
-    wait_stats(&server, "online == 1", |s| s["online"] == 1).await;
+    wait_stats(server.addr, "online == 1", FRAME_TIMEOUT, |s| s["online"] == 1).await;
     // The same name can connect again afterwards, as a fresh session.
     let a = server.client("alice").await;
     assert!(a.welcome_rooms().is_empty());
-    wait_stats(&server, "online == 2", |s| s["online"] == 2).await;
+    wait_stats(server.addr, "online == 2", FRAME_TIMEOUT, |s| s["online"] == 2).await;
 }
 
 /// A partner whose connection dies while the match room is being opened (between

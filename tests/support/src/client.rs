@@ -153,17 +153,28 @@ pub fn room_of(f: &ServerFrame) -> String {
     }
 }
 
-/// Two clients on `server` matched with each other; returns them and the room id.
+/// Two clients on `server` matched with each other on chess and go; returns them
+/// and the room id.
 pub async fn matched_pair(
     server: &crate::TestServer,
     a: &str,
     b: &str,
 ) -> (Client, Client, String) {
+    matched_pair_on(server, a, b, &["chess", "go"]).await
+}
+
+/// [`matched_pair`] on `interests`.
+pub async fn matched_pair_on(
+    server: &crate::TestServer,
+    a: &str,
+    b: &str,
+    interests: &[&str],
+) -> (Client, Client, String) {
     let mut ca = server.client(a).await;
     let mut cb = server.client(b).await;
-    ca.find_match(&["chess", "go"]).await;
+    ca.find_match(interests).await;
     assert_eq!(ca.recv().await.kind(), "searching");
-    cb.find_match(&["chess", "go"]).await;
+    cb.find_match(interests).await;
     assert_eq!(cb.recv().await.kind(), "searching");
     let ra = room_of(&ca.recv_kind("match_found").await);
     let rb = room_of(&cb.recv_kind("match_found").await);

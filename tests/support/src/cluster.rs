@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use rendezvous_protocol::ServerFrame;
 use serde_json::Value;
 
-use crate::{engine_bin, free_port, http_get, Client, TempDir};
+use crate::{engine_bin, free_port, http, http_get, Client, TempDir};
 
 /// Log lines kept per node for failure reports.
 const LOG_LINES: usize = 200;
@@ -642,14 +642,11 @@ impl Cluster {
 
 /// `GET /api/stats` of `node` as JSON (asserts 200).
 pub async fn stats(node: &Node) -> Value {
-    let (status, body) = http_get(node.addr, "/api/stats").await;
-    assert_eq!(status, 200, "{}: /api/stats answered {status}: {body}", node.id);
-    serde_json::from_str(body.trim())
-        .unwrap_or_else(|e| panic!("{}: /api/stats is not JSON ({e}): {body}", node.id))
+    http::stats(node.addr).await
 }
 
-/// Poll `/api/stats` of `node` every 50 ms until `pred` holds; how long it took.
-/// Panics after `within` with the last stats.
+/// Poll `/api/stats` of `node` until `pred` holds; how long it took. Panics after
+/// `within` with the last stats.
 pub async fn wait_stats(
     node: &Node,
     what: &str,
@@ -657,18 +654,8 @@ pub async fn wait_stats(
     pred: impl Fn(&Value) -> bool,
 ) -> Duration {
     let started = Instant::now();
-    loop {
-        let s = stats(node).await;
-        if pred(&s) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{}: `{what}` not seen within {within:?}: {s}",
-            node.id
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    http::wait_stats(node.addr, &format!("{}: {what}", node.id), within, pred).await;
+    started.elapsed()
 }
 
 /// Wait (bounded) until `node` reports `"nodes": want`; how long it took.
@@ -677,21 +664,11 @@ pub async fn wait_nodes(node: &Node, want: u64, within: Duration) -> Duration {
         .await
 }
 
-/// Poll `GET path` on `node` every 50 ms until it answers `want`; how long it took.
+/// Poll `GET path` on `node` until it answers `want`; how long it took.
 pub async fn wait_http_status(node: &Node, path: &str, want: u16, within: Duration) -> Duration {
     let started = Instant::now();
-    loop {
-        let (status, body) = http_get(node.addr, path).await;
-        if status == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{}: {path} still {status} (want {want}) after {within:?}: {body}",
-            node.id
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    http::wait_status(node.addr, path, want, within).await;
+    started.elapsed()
 }
 
 /// `GET path` on `node` as JSON, with its status.

@@ -26,7 +26,7 @@ use rendezvous::config::{AnonymousMode, Config};
 use rendezvous_actors::{EngineConfig, LadderStep};
 use tokio::sync::oneshot;
 
-pub use client::{matched_pair, room_of, Client, Ended, FRAME_TIMEOUT};
+pub use client::{matched_pair, matched_pair_on, room_of, Client, Ended, FRAME_TIMEOUT};
 pub use http::http_get;
 
 /// Settings for tests: anonymous on loopback, a ladder that relaxes in well under
