@@ -390,8 +390,7 @@ async fn text_limits_are_4096_characters_and_not_blank() {
 #[tokio::test]
 async fn interest_limits_are_20_interests_of_32_characters() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut other = server.client("olga").await;
+    let [mut a, mut other] = server.clients(["alice", "olga"]).await;
 
     let many: Vec<String> = (0..21).map(|i| format!("topic{i}")).collect();
     a.send_json(json!({"action":"find_match","interests":many})).await;
@@ -593,8 +592,7 @@ async fn acting_on_a_room_you_are_not_in_gets_not_in_room() {
 #[tokio::test]
 async fn find_match_is_limited_to_10_per_minute() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
+    let [mut a, mut b] = server.clients(["alice", "bob"]).await;
     for _ in 0..10 {
         a.find_match(&["chess"]).await;
         recv_strict(&mut a, "searching").await;

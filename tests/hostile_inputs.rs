@@ -76,8 +76,7 @@ async fn languages_must_be_tags_from_the_allow_list() {
         recv_strict(&mut c, "match_cancelled").await;
     }
     // Normalised: `PT-br` and `pt-BR` meet in one pool.
-    let mut a = server.client("lang-a").await;
-    let mut b = server.client("lang-b").await;
+    let [mut a, mut b] = server.clients(["lang-a", "lang-b"]).await;
     a.send_json(json!({"action":"find_match","interests":["chess"],"language":"PT-br"})).await;
     recv_strict(&mut a, "searching").await;
     b.send_json(json!({"action":"find_match","interests":["chess"],"language":"pt-BR"})).await;

@@ -251,8 +251,7 @@ async fn trending_counts_interests_shared_in_matches() {
     let _p2 = matched_pair_on(&server, "t-c", "t-d", &["chess"]).await;
     // Interests given but not shared are not counted.
     let _p3 = {
-        let mut e = server.client("t-e").await;
-        let mut f = server.client("t-f").await;
+        let [mut e, mut f] = server.clients(["t-e", "t-f"]).await;
         e.find_match(&["tennis", "opera"]).await;
         assert_eq!(e.recv().await.kind(), "searching");
         f.find_match(&["tennis", "jazz"]).await;

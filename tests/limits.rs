@@ -69,8 +69,7 @@ async fn sessions_per_ip_are_capped() {
 #[tokio::test]
 async fn a_full_node_refuses_new_sessions_cleanly() {
     let server = TestServer::start_with(|e| e.max_sessions = 2);
-    let _a = server.client("a").await;
-    let _b = server.client("b").await;
+    let [_a, _b] = server.clients(["a", "b"]).await;
     assert_eq!(Client::try_connect(&server.ws_url("user=c"), &[]).await.err(), Some(503));
     let mut c = browser(&server, "c", "http://127.0.0.1").await.expect("upgraded");
     match c.try_recv(Duration::from_secs(5)).await {
@@ -111,9 +110,7 @@ async fn rooms_per_user_are_capped() {
 #[tokio::test]
 async fn public_rooms_are_capped() {
     let server = TestServer::start_with(|e| e.max_public_room_members = 2);
-    let mut a = server.client("a").await;
-    let mut b = server.client("b").await;
-    let mut c = server.client("c").await;
+    let [mut a, mut b, mut c] = server.clients(["a", "b", "c"]).await;
     for x in [&mut a, &mut b] {
         x.send_json(json!({"action":"join","room_id":"pub:lobby"})).await;
         assert_eq!(x.recv_kind("joined").await.kind(), "joined");

@@ -58,8 +58,7 @@ fn sorted(v: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn a_pair_gets_searching_then_the_same_match() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
+    let [mut a, mut b] = server.clients(["alice", "bob"]).await;
     SEARCH.search(&mut a, &["Chess", "go", "poker"], json!({})).await;
     SEARCH.search(&mut b, &["go", "chess", "tennis"], json!({})).await;
     let fa = SEARCH.expect_match(&mut a).await;
@@ -85,8 +84,7 @@ async fn the_best_score_wins_over_the_longest_wait() {
     // One shared interest is enough from the start, so both waiters are eligible
     // for the newcomer; they share nothing with each other, so they keep waiting.
     let server = TestServer::start(config_with_ladder(vec![step(0, false, 1)]));
-    let mut one = server.client("zoe").await;
-    let mut three = server.client("amy").await;
+    let [mut one, mut three] = server.clients(["zoe", "amy"]).await;
     SEARCH.search(&mut one, &["x"], json!({})).await; // longest waiter, shares 1
     SEARCH.search(&mut three, &["y", "z", "w"], json!({})).await; // shares 3
     let mut newcomer = server.client("neo").await;
@@ -107,9 +105,7 @@ async fn the_best_score_wins_over_the_longest_wait() {
 async fn ties_go_to_the_longest_waiter() {
     let server = TestServer::start(config_with_ladder(vec![step(0, false, 1)]));
     // Oldest first; names sort the other way so ordering by name would fail.
-    let mut oldest = server.client("zed").await;
-    let mut middle = server.client("mia").await;
-    let mut newest = server.client("abe").await;
+    let [mut oldest, mut middle, mut newest] = server.clients(["zed", "mia", "abe"]).await;
     SEARCH.search(&mut oldest, &["x"], json!({})).await;
     SEARCH.search(&mut middle, &["y"], json!({})).await;
     SEARCH.search(&mut newest, &["z"], json!({})).await;
@@ -134,8 +130,7 @@ async fn ties_go_to_the_longest_waiter() {
 #[tokio::test]
 async fn languages_never_mix_and_the_default_is_en() {
     let server = TestServer::start(test_config());
-    let mut en = server.client("en1").await;
-    let mut de = server.client("de1").await;
+    let [mut en, mut de] = server.clients(["en1", "de1"]).await;
     let started = Instant::now();
     SEARCH.search(&mut en, &["chess", "go"], json!({"language": "en", "max_wait_ms": 1_500})).await;
     SEARCH.search(&mut de, &["chess", "go"], json!({"language": "de", "max_wait_ms": 1_500})).await;
@@ -163,8 +158,7 @@ async fn the_same_region_is_preferred() {
     let server =
         TestServer::start(config_with_ladder(vec![step(0, true, 0), step(3_000, false, 0)]));
     // `far` waits longest and shares more with the newcomer, but is in another region.
-    let mut far = server.client("far").await;
-    let mut near = server.client("near").await;
+    let [mut far, mut near] = server.clients(["far", "near"]).await;
     SEARCH.search(&mut far, &["chess", "go"], json!({"region": "us"})).await;
     SEARCH.search(&mut near, &["chess"], json!({"region": "eu"})).await;
     let mut n = server.client("newbie").await;
@@ -179,8 +173,7 @@ async fn the_same_region_is_preferred() {
 async fn different_regions_match_once_the_server_relaxes() {
     let server =
         TestServer::start(config_with_ladder(vec![step(0, true, 0), step(1_000, false, 0)]));
-    let mut us = server.client("us1").await;
-    let mut eu = server.client("eu1").await;
+    let [mut us, mut eu] = server.clients(["us1", "eu1"]).await;
     let started = Instant::now();
     SEARCH.search(&mut us, &["chess"], json!({"region": "us"})).await;
     SEARCH.search(&mut eu, &["chess"], json!({"region": "eu"})).await;
@@ -204,8 +197,7 @@ async fn no_shared_interests_match_only_at_the_last_step() {
         step(1_000, false, 1),
         step(1_500, false, 0),
     ]));
-    let mut a = server.client("knitter").await;
-    let mut b = server.client("surfer").await;
+    let [mut a, mut b] = server.clients(["knitter", "surfer"]).await;
     let started = Instant::now();
     SEARCH.search(&mut a, &["knitting"], json!({})).await;
     SEARCH.search(&mut b, &["surfing", "diving"], json!({})).await;
@@ -249,8 +241,7 @@ async fn a_group_of_three_gets_one_room() {
 #[tokio::test]
 async fn a_pair_search_never_joins_a_group_search() {
     let server = TestServer::start(test_config());
-    let mut g1 = server.client("g1").await;
-    let mut g2 = server.client("g2").await;
+    let [mut g1, mut g2] = server.clients(["g1", "g2"]).await;
     SEARCH.search(&mut g1, &["chess", "go"], json!({"group_size": 3})).await;
     SEARCH.search(&mut g2, &["chess", "go"], json!({"group_size": 3})).await;
     let mut p = server.client("pair").await;

@@ -252,9 +252,7 @@ async fn signal_is_relayed_to_every_other_member_with_payload_intact() {
 #[tokio::test]
 async fn signal_with_to_reaches_only_that_member() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
-    let mut c = server.client("carol").await;
+    let [mut a, mut b, mut c] = server.clients(["alice", "bob", "carol"]).await;
     let lobby = "pub:signal-to";
     assert_eq!(join(&mut a, lobby).await, ["alice"]);
     join(&mut b, lobby).await;
@@ -301,9 +299,7 @@ async fn signal_to_a_non_member_is_not_in_room() {
 #[tokio::test]
 async fn join_and_leave_public_rooms() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
-    let mut c = server.client("carol").await;
+    let [mut a, mut b, mut c] = server.clients(["alice", "bob", "carol"]).await;
     let lobby = "pub:lobby";
 
     assert_eq!(join(&mut a, lobby).await, ["alice"]);
@@ -362,8 +358,7 @@ async fn joining_a_non_public_room_is_bad_request() {
 async fn leaving_a_room_you_are_not_in_is_not_in_room() {
     let server = TestServer::start(test_config());
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let mut c = server.client("carol").await;
-    let mut d = server.client("dave").await;
+    let [mut c, mut d] = server.clients(["carol", "dave"]).await;
     join(&mut d, "pub:existing").await;
     for id in ["pub:nowhere", "r-does-not-exist", room.as_str(), "pub:existing"] {
         leave(&mut c, id).await;
@@ -380,8 +375,7 @@ async fn leaving_a_room_you_are_not_in_is_not_in_room() {
 async fn sending_to_a_room_you_are_not_in_is_not_in_room() {
     let server = TestServer::start(test_config());
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let mut c = server.client("carol").await;
-    let mut d = server.client("dave").await;
+    let [mut c, mut d] = server.clients(["carol", "dave"]).await;
     join(&mut d, "pub:other").await;
     for id in ["r-does-not-exist", "pub:nowhere", room.as_str(), "pub:other"] {
         send_text(&mut c, id, "intrusion", "c1").await;
@@ -401,8 +395,7 @@ async fn sending_to_a_room_you_are_not_in_is_not_in_room() {
 /// alice, bob)
 async fn a_room_left_empty(lobby: &str, grace_ms: u64) -> (TestServer, Client, Client) {
     let server = TestServer::start_with(|e| e.empty_room_grace_ms = grace_ms);
-    let mut a = server.client("alice").await;
-    let b = server.client("bob").await;
+    let [mut a, b] = server.clients(["alice", "bob"]).await;
     assert_eq!(join(&mut a, lobby).await, ["alice"]);
     send_text(&mut a, lobby, "old", "c1").await;
     assert_eq!(expect_ack(&mut a, lobby, "c1").await.0, 1);
@@ -638,8 +631,7 @@ async fn a_second_connection_replaces_the_first() {
 #[tokio::test]
 async fn a_normal_close_is_cleaned_up() {
     let server = TestServer::start(test_config());
-    let a = server.client("alice").await;
-    let _b = server.client("bob").await;
+    let [a, _b] = server.clients(["alice", "bob"]).await;
     wait_stats(server.addr, "online == 2", FRAME_TIMEOUT, |s| s["online"] == 2).await;
     a.close().await;
     wait_stats(server.addr, "online == 1", FRAME_TIMEOUT, |s| s["online"] == 1).await;

@@ -110,6 +110,15 @@ impl TestServer {
         Client::connect(&self.ws_url(&format!("user={user}"))).await
     }
 
+    /// [`TestServer::client`] for each user, in order.
+    pub async fn clients<const N: usize>(&self, users: [&str; N]) -> [Client; N] {
+        let mut out = Vec::with_capacity(N);
+        for user in users {
+            out.push(self.client(user).await);
+        }
+        out.try_into().unwrap_or_else(|_| unreachable!("one client per user"))
+    }
+
     /// Stop the server (drain) and wait for its thread.
     pub fn stop(&mut self) {
         if let Some(tx) = self.stop.take() {
