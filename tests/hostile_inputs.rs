@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::chat::{history, next, send_text, sent};
 use common::*;
 use rendezvous_actors::protocol::{ErrorCode, ServerFrame};
+use rendezvous_actors::EngineConfig;
 use serde_json::json;
 
 /// The next frame that is not presence; it must be an `error` of `code`.
@@ -49,6 +50,15 @@ async fn samples(server: &TestServer, name: &str) -> Vec<(String, f64)> {
             Some((labels.to_owned(), value.parse().ok()?))
         })
         .collect()
+}
+
+/// A server with the rate limits lifted, so that a flood gets through to the
+/// limit under test, and `edit` applied.
+fn flood_server(edit: impl FnOnce(&mut EngineConfig)) -> TestServer {
+    TestServer::start_with(|e| {
+        lift_rate_limits(e, 1_000_000);
+        edit(e);
+    })
 }
 
 /// A language must be a tag (2–3 letters, then `-` subtags of 1–8 letters or
@@ -95,10 +105,7 @@ fn invented_language(i: usize) -> String {
 #[tokio::test]
 async fn per_language_series_are_bounded() {
     const SERIES: usize = 20;
-    let server = TestServer::start_with(|e| {
-        lift_rate_limits(e, 1_000_000);
-        e.language_series = SERIES;
-    });
+    let server = flood_server(|e| e.language_series = SERIES);
     let mut c = server.client("polyglot").await;
     let languages: BTreeSet<String> = (0..2_000).map(invented_language).collect();
     assert_eq!(languages.len(), 2_000);
@@ -135,10 +142,7 @@ async fn per_language_series_are_bounded() {
 #[tokio::test]
 async fn blocks_are_capped_per_user_oldest_first() {
     const CAP: usize = 1_000;
-    let server = TestServer::start_with(|e| {
-        lift_rate_limits(e, 1_000_000);
-        e.max_blocks_per_user = CAP;
-    });
+    let server = flood_server(|e| e.max_blocks_per_user = CAP);
     let mut blocker = server.client("blocker").await;
     let mut targets = vec!["early".to_owned()];
     targets.extend((0..10_000).map(|i| format!("filler-{i}")));
@@ -180,10 +184,7 @@ async fn blocks_are_capped_per_user_oldest_first() {
 #[tokio::test]
 async fn a_burst_of_joins_seats_at_most_the_room_cap() {
     const MAX: usize = 20;
-    let server = TestServer::start_with(|e| {
-        lift_rate_limits(e, 1_000_000);
-        e.max_rooms_per_user = MAX;
-    });
+    let server = flood_server(|e| e.max_rooms_per_user = MAX);
     let mut u = server.client("joiner").await;
     for i in 0..200 {
         u.send_json(json!({"action":"join","room_id":format!("pub:burst-{i}")})).await;
