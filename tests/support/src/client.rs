@@ -107,7 +107,7 @@ impl Client {
 
     /// Next server frame, however long it takes (for a reader that stops on a
     /// signal of its own).
-    pub async fn recv_any(&mut self) -> ServerFrame {
+    pub(crate) async fn recv_any(&mut self) -> ServerFrame {
         const FOREVER: Duration = Duration::from_secs(365 * 24 * 3600);
         match self.try_recv(FOREVER).await {
             Some(f) => f,

@@ -137,13 +137,6 @@ impl RedisServer {
         try_redis_cmd_auth(self.port, self.password(), args)
     }
 
-    pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
-    }
-
     /// Kill the server (SIGKILL, as a crash would) and reap it. Its port is free
     /// again once this returns; connected clients see their sockets fail.
     pub fn stop(&mut self) {
@@ -289,7 +282,7 @@ pub fn try_redis_cmd(port: u16, args: &[&str]) -> io::Result<Resp> {
 
 /// [`try_redis_cmd`] on one connection that first sends `AUTH password` (when
 /// given); an `AUTH` refusal is returned as the reply.
-pub fn try_redis_cmd_auth(port: u16, password: Option<&str>, args: &[&str]) -> io::Result<Resp> {
+fn try_redis_cmd_auth(port: u16, password: Option<&str>, args: &[&str]) -> io::Result<Resp> {
     let Some(password) = password else { return try_redis_cmd(port, args) };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
@@ -691,7 +684,7 @@ pub async fn aof_cluster(tag: &str, n: usize) -> (TempDir, RedisServer, Vec<Node
 
 /// `n` nodes (`node-a`, …) joined to `redis_url` with [`NODE_DEFAULTS`], once
 /// every one of them counts all `n`.
-pub async fn spawn_nodes(redis_url: &str, n: usize) -> Vec<Node> {
+async fn spawn_nodes(redis_url: &str, n: usize) -> Vec<Node> {
     let nodes: Vec<Node> =
         (0..n).map(|i| Node::spawn(Some(redis_url), &node_name(i), &[])).collect();
     for node in &nodes {

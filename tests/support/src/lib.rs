@@ -102,10 +102,6 @@ impl TestServer {
         format!("ws://{}/ws?{query}", self.addr)
     }
 
-    pub fn http_url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
     pub async fn client(&self, user: &str) -> Client {
         Client::connect(&self.ws_url(&format!("user={user}"))).await
     }

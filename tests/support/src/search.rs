@@ -112,7 +112,7 @@ pub struct Found {
 
 impl Found {
     /// A `match_found` with its lists in the server's order; None for other frames.
-    pub fn as_sent(f: ServerFrame) -> Option<Found> {
+    pub(crate) fn as_sent(f: ServerFrame) -> Option<Found> {
         match f {
             ServerFrame::MatchFound { room_id, partner_id, members, shared_interests, score } => {
                 Some(Found {
