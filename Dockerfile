@@ -21,12 +21,15 @@ COPY actors/Cargo.toml actors/Cargo.toml
 COPY actors/protocol/Cargo.toml actors/protocol/Cargo.toml
 COPY loadtest/Cargo.toml loadtest/Cargo.toml
 COPY loadtest/relay/Cargo.toml loadtest/relay/Cargo.toml
+# The tests' support crate is a member too (only its manifest: nothing here builds it).
+COPY tests/support/Cargo.toml tests/support/Cargo.toml
 RUN mkdir -p src actors/src actors/benches actors/protocol/src loadtest/src loadtest/relay/src \
+ tests/support/src \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > actors/benches/pool.rs \
  && echo 'fn main() {}' > loadtest/src/main.rs \
  && echo 'fn main() {}' > loadtest/relay/src/main.rs \
- && touch src/lib.rs actors/src/lib.rs actors/protocol/src/lib.rs \
+ && touch src/lib.rs actors/src/lib.rs actors/protocol/src/lib.rs tests/support/src/lib.rs \
  && cargo build --release --locked -p rendezvous -p rendezvous-loadtest
 
 # Then the real sources. COPY keeps the files' modification times, which can be

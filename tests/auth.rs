@@ -2,7 +2,7 @@
 //! when a secret is configured, the explicit anonymous modes, and the metric that
 //! counts refusals. Every refusal is an HTTP 401 on the upgrade.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -134,8 +134,7 @@ fn urlencode(s: &str) -> String {
 #[tokio::test]
 async fn a_second_connection_of_the_same_user_replaces_the_first_with_4009() {
     let server = TestServer::start(test_config());
-    let mut first = server.client("alice").await;
-    let mut second = server.client("alice").await;
+    let [mut first, mut second] = server.clients(["alice", "alice"]).await;
     assert_eq!(first.closed().await, Ended::Closed(4009));
     works(&mut second).await;
 

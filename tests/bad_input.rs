@@ -3,7 +3,7 @@
 //! close code), the offending session keeps working whenever the protocol says it
 //! should, and other users on the same server never notice.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::{Duration, Instant};
 
@@ -87,6 +87,61 @@ async fn chat_ok(from: &mut Client, to: &mut Client, room: &str, text: &str) -> 
         _ => unreachable!(),
     }
     seq
+}
+
+/// The next frame is `who` going offline.
+async fn expect_offline(c: &mut Client, who: &str) {
+    match recv_strict_presence(c).await {
+        (user, PresenceStatus::Offline) => assert_eq!(user, who),
+        other => panic!("expected {who} offline, got {other:?}"),
+    }
+}
+
+/// `c` sends `text` to `room` and gets the ack and its own copy.
+async fn send_acked(c: &mut Client, room: &str, text: &str) {
+    c.send_json(json!({"action":"send","room_id":room,"text":text})).await;
+    recv_strict(c, "ack").await;
+    recv_strict(c, "message").await;
+}
+
+/// A server on `config` with two matched pairs: alice and bob (whom a test
+/// provokes), carol and dave (bystanders who must not notice).
+async fn two_pairs(
+    config: rendezvous::config::Config,
+) -> (TestServer, (Client, Client, String), (Client, Client, String)) {
+    let server = TestServer::start(config);
+    let ab = matched_pair(&server, "alice", "bob").await;
+    let cd = matched_pair(&server, "carol", "dave").await;
+    (server, ab, cd)
+}
+
+/// A server allowing 50 frames a second (burst 100, 20 strikes), a bystander pair
+/// (carol and dave) and a flooder who has sent `frame` 500 times without reading.
+async fn pipelined_flood(frame: Message) -> (TestServer, Client, (Client, Client, String)) {
+    let server = TestServer::start_with(|e| {
+        e.frames_per_second = 50;
+        e.frames_burst = 100;
+        e.flood_strikes = 20;
+    });
+    let mut flooder = server.client("flooder").await;
+    let bystanders = matched_pair(&server, "carol", "dave").await;
+    for _ in 0..500 {
+        if flooder.ws.feed(frame.clone()).await.is_err() {
+            break;
+        }
+    }
+    let _ = flooder.ws.flush().await;
+    (server, flooder, bystanders)
+}
+
+/// After `from` sent `text`: its ack and its own copy, then `to` gets the message.
+async fn delivered(from: &mut Client, to: &mut Client, text: &str) {
+    recv_strict(from, "ack").await;
+    recv_strict(from, "message").await;
+    match recv_strict(to, "message").await {
+        ServerFrame::Message(m) => assert_eq!(m.text, text),
+        _ => unreachable!(),
+    }
 }
 
 /// A session with no search running answers `cancel_match` with `match_cancelled`.
@@ -252,19 +307,12 @@ async fn binary_frames_get_bad_request_and_the_session_goes_on() {
 async fn broken_websocket_framing_ends_only_that_connection_with_1007_or_1002() {
     use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
     use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-    let server = TestServer::start(test_config());
-    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let (mut c, mut d, room2) = matched_pair(&server, "carol", "dave").await;
+    let (server, (mut a, mut b, room), (mut c, mut d, room2)) = two_pairs(test_config()).await;
     let frame = Frame::message(vec![b'{', 0xff, 0xfe, b'}'], OpCode::Data(Data::Text), true);
     a.ws.send(Message::Frame(frame)).await.expect("send");
     assert_eq!(a.closed().await, Ended::Closed(1007));
-    match recv_strict_presence(&mut b).await {
-        (user, PresenceStatus::Offline) => assert_eq!(user, "alice"),
-        other => panic!("expected alice offline, got {other:?}"),
-    }
-    b.send_json(json!({"action":"send","room_id":room,"text":"hello?"})).await;
-    recv_strict(&mut b, "ack").await;
-    recv_strict(&mut b, "message").await;
+    expect_offline(&mut b, "alice").await;
+    send_acked(&mut b, &room, "hello?").await;
     chat_ok(&mut c, &mut d, &room2, "unaffected").await;
 
     // An unmasked frame from a client breaks the framing rules: 1002.
@@ -284,18 +332,11 @@ async fn broken_websocket_framing_ends_only_that_connection_with_1007_or_1002() 
 
 #[tokio::test]
 async fn frames_over_64_kib_close_with_1009_and_nobody_else_notices() {
-    let server = TestServer::start(test_config());
-    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let (mut c, mut d, room2) = matched_pair(&server, "carol", "dave").await;
+    let (server, (mut a, mut b, room), (mut c, mut d, room2)) = two_pairs(test_config()).await;
 
     // A frame of exactly 64 KiB is legal (the padding field is ignored).
     a.send_raw(&padded_frame(&room, 64 * 1024)).await;
-    recv_strict(&mut a, "ack").await;
-    recv_strict(&mut a, "message").await;
-    match recv_strict(&mut b, "message").await {
-        ServerFrame::Message(m) => assert_eq!(m.text, "padded"),
-        _ => unreachable!(),
-    }
+    delivered(&mut a, &mut b, "padded").await;
     chat_ok(&mut a, &mut b, &room, "after 64 KiB").await;
 
     // One byte more closes the connection with 1009.
@@ -303,10 +344,7 @@ async fn frames_over_64_kib_close_with_1009_and_nobody_else_notices() {
     assert_eq!(a.closed().await, Ended::Closed(1009));
 
     // The partner sees the seat go offline; nothing else happens to them.
-    match recv_strict_presence(&mut b).await {
-        (user, PresenceStatus::Offline) => assert_eq!(user, "alice"),
-        other => panic!("expected alice offline, got {other:?}"),
-    }
+    expect_offline(&mut b, "alice").await;
     b.send_json(json!({"action":"send","room_id":room,"text":"anyone?"})).await;
     recv_strict(&mut b, "ack").await;
     // Another pair on the same server chats on.
@@ -352,8 +390,7 @@ async fn text_limits_are_4096_characters_and_not_blank() {
 #[tokio::test]
 async fn interest_limits_are_20_interests_of_32_characters() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut other = server.client("olga").await;
+    let [mut a, mut other] = server.clients(["alice", "olga"]).await;
 
     let many: Vec<String> = (0..21).map(|i| format!("topic{i}")).collect();
     a.send_json(json!({"action":"find_match","interests":many})).await;
@@ -465,9 +502,7 @@ async fn deeply_nested_json_is_refused_without_harm() {
 
 #[tokio::test]
 async fn history_requests_are_bounded_and_typed() {
-    let mut config = test_config();
-    config.engine.history_limit_max = 3;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.history_limit_max = 3);
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
     for i in 1..=5 {
         chat_ok(&mut a, &mut b, &room, &format!("m{i}")).await;
@@ -557,8 +592,7 @@ async fn acting_on_a_room_you_are_not_in_gets_not_in_room() {
 #[tokio::test]
 async fn find_match_is_limited_to_10_per_minute() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
+    let [mut a, mut b] = server.clients(["alice", "bob"]).await;
     for _ in 0..10 {
         a.find_match(&["chess"]).await;
         recv_strict(&mut a, "searching").await;
@@ -683,10 +717,8 @@ async fn a_reconnect_does_not_refill_the_send_bucket() {
 
 #[tokio::test]
 async fn sustained_send_flooding_closes_with_4008_and_nobody_else_notices() {
-    let server = TestServer::start(test_config());
     let strikes = test_config().engine.flood_strikes as usize;
-    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let (mut c, mut d, room2) = matched_pair(&server, "carol", "dave").await;
+    let (_server, (mut a, mut b, room), (mut c, mut d, room2)) = two_pairs(test_config()).await;
 
     let (mut acks, mut limited, mut sent) = (0usize, 0usize, 0usize);
     let code = 'flood: loop {
@@ -740,22 +772,9 @@ async fn sustained_send_flooding_closes_with_4008_and_nobody_else_notices() {
 
 #[tokio::test]
 async fn a_pipelined_frame_flood_closes_with_4008() {
-    let mut config = test_config();
-    config.engine.frames_per_second = 50;
-    config.engine.frames_burst = 100;
-    config.engine.flood_strikes = 20;
-    let server = TestServer::start(config);
-    let mut flooder = server.client("flooder").await;
-    let (mut c, mut d, room) = matched_pair(&server, "carol", "dave").await;
-
     // 500 frames without reading a single answer.
-    let frame = json!({"action":"cancel_match"}).to_string();
-    for _ in 0..500 {
-        if flooder.ws.feed(Message::Text(frame.clone().into())).await.is_err() {
-            break;
-        }
-    }
-    let _ = flooder.ws.flush().await;
+    let frame = Message::Text(json!({"action":"cancel_match"}).to_string().into());
+    let (server, mut flooder, (mut c, mut d, room)) = pipelined_flood(frame).await;
     let (mut answered, mut limited) = (0, 0);
     let ended = loop {
         match next_event(&mut flooder).await {
@@ -778,21 +797,9 @@ async fn a_pipelined_frame_flood_closes_with_4008() {
 
 #[tokio::test]
 async fn a_binary_frame_flood_is_rate_limited_and_closed_with_4008() {
-    let mut config = test_config();
-    config.engine.frames_per_second = 50;
-    config.engine.frames_burst = 100;
-    config.engine.flood_strikes = 20;
-    let server = TestServer::start(config);
-    let mut flooder = server.client("flooder").await;
-    let (mut c, mut d, room) = matched_pair(&server, "carol", "dave").await;
-
     // Binary frames are frames too: they count against the same limit as text.
-    for _ in 0..500 {
-        if flooder.ws.feed(Message::Binary(vec![1, 2, 3].into())).await.is_err() {
-            break;
-        }
-    }
-    let _ = flooder.ws.flush().await;
+    let (_server, mut flooder, (mut c, mut d, room)) =
+        pipelined_flood(Message::Binary(vec![1, 2, 3].into())).await;
     let (mut refused, mut limited) = (0, 0);
     let ended = loop {
         match next_event(&mut flooder).await {
@@ -832,21 +839,16 @@ async fn a_client_that_stops_reading_is_cut_off_when_a_write_times_out() {
 /// ack and chat stays prompt throughout (no one waits on the slow socket), what the
 /// slow client did get is a gap-free prefix, and `history` recovers the rest.
 async fn slow_consumer_scenario(outbound_queue: usize, write_timeout_ms: u64) {
-    let mut config = test_config();
-    config.engine.outbound_queue = outbound_queue;
-    config.engine.write_timeout_ms = write_timeout_ms;
-    config.engine.send_per_second = 100_000;
-    config.engine.send_burst = 100_000;
-    config.engine.frames_per_second = 100_000;
-    config.engine.frames_burst = 100_000;
-    config.engine.reconnect_grace_ms = 30_000;
-    config.engine.history_len = 10_000;
-    // 16 KB messages: the byte bound of the ring must hold the gap too, and the
-    // byte budget the catch-up's history pages.
-    config.engine.history_bytes = 1 << 30;
-    config.engine.action_bytes_per_second = 1 << 40;
-    config.engine.action_bytes_burst = 1 << 40;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| {
+        e.outbound_queue = outbound_queue;
+        e.write_timeout_ms = write_timeout_ms;
+        // Sends, frames and the byte budget (for the catch-up's history pages).
+        lift_rate_limits(e, 100_000);
+        e.reconnect_grace_ms = 30_000;
+        e.history_len = 10_000;
+        // 16 KB messages: the byte bound of the ring must hold the gap too.
+        e.history_bytes = 1 << 30;
+    });
     let mut a = server.client("alice").await;
     let mut slow = connect_small_rcvbuf(&server, "slowpoke").await;
     let room = pair_up(&mut a, &mut slow).await;
@@ -900,9 +902,7 @@ async fn slow_consumer_scenario(outbound_queue: usize, write_timeout_ms: u64) {
     assert!(worst < Duration::from_millis(2_000), "an ack or chat took {worst:?}");
     // The sender and the other pair are fine after the cut as well.
     for _ in 0..5 {
-        a.send_json(json!({"action":"send","room_id":room,"text":"after"})).await;
-        recv_strict(&mut a, "ack").await;
-        recv_strict(&mut a, "message").await;
+        send_acked(&mut a, &room, "after").await;
     }
     chat_ok(&mut c, &mut d, &room2, "after").await;
 
@@ -942,15 +942,12 @@ async fn slow_consumer_scenario(outbound_queue: usize, write_timeout_ms: u64) {
 
 #[tokio::test]
 async fn typing_to_a_full_queue_is_dropped_not_disconnected() {
-    let mut config = test_config();
-    config.engine.outbound_queue = 16;
-    config.engine.write_timeout_ms = 60_000;
-    config.engine.frames_per_second = 1_000_000;
-    config.engine.frames_burst = 1_000_000;
-    // Typing draws on the per-user byte budget too; this test is about the queue.
-    config.engine.action_bytes_per_second = 1 << 40;
-    config.engine.action_bytes_burst = 1 << 40;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| {
+        e.outbound_queue = 16;
+        e.write_timeout_ms = 60_000;
+        // Typing draws on the per-user byte budget too; this test is about the queue.
+        lift_rate_limits(e, 1_000_000);
+    });
     // Long names make each typing frame ~200 bytes, so fewer fill the buffers.
     let room = format!("pub:{}", "r".repeat(64));
     let talker = "t".repeat(64);
@@ -1001,9 +998,7 @@ async fn typing_to_a_full_queue_is_dropped_not_disconnected() {
         after - before
     );
     // Still connected, and essential frames flow both ways.
-    slow.send_json(json!({"action":"send","room_id":room,"text":"still here"})).await;
-    recv_strict(&mut slow, "ack").await;
-    recv_strict(&mut slow, "message").await;
+    send_acked(&mut slow, &room, "still here").await;
     match recv_strict(&mut a, "message").await {
         ServerFrame::Message(m) => assert_eq!(m.sender, "slowpoke"),
         _ => unreachable!(),
@@ -1026,12 +1021,7 @@ async fn fragmented_messages_are_capped_at_64_kib_too() {
         let frame = Frame::message(part.as_bytes().to_vec(), op, i == 2);
         a.ws.send(Message::Frame(frame)).await.expect("send");
     }
-    recv_strict(&mut a, "ack").await;
-    recv_strict(&mut a, "message").await;
-    match recv_strict(&mut b, "message").await {
-        ServerFrame::Message(m) => assert_eq!(m.text, "in pieces"),
-        _ => unreachable!(),
-    }
+    delivered(&mut a, &mut b, "in pieces").await;
 
     // Five fragments of 16 KiB, each small, together over the limit: 1009.
     let chunk = "x".repeat(16 * 1024);
@@ -1043,9 +1033,6 @@ async fn fragmented_messages_are_capped_at_64_kib_too() {
         }
     }
     assert_eq!(a.closed().await, Ended::Closed(1009));
-    match recv_strict_presence(&mut b).await {
-        (user, PresenceStatus::Offline) => assert_eq!(user, "alice"),
-        other => panic!("expected alice offline, got {other:?}"),
-    }
+    expect_offline(&mut b, "alice").await;
     alive(&mut b).await;
 }

@@ -7,7 +7,7 @@
 //! in turn: they stop and restart processes and measure time windows, which should
 //! not be measured while another test's cluster owns both cores.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,10 +16,14 @@ use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
-use common::{http_get, Client, Ended};
+use common::search::{pair, Found, Search};
+use common::{http_get, Client, Ended, TempDir};
 use rendezvous_actors::protocol::{ChatMessage, ErrorCode, PresenceStatus, ServerFrame};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
+
+/// How these tests search (see the module doc of `search`).
+const SEARCH: Search = Search::AMID_PRESENCE;
 
 /// Taken by every test (see the module doc).
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -46,77 +50,6 @@ fn copy_tree(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).expect("copy file");
         }
     }
-}
-
-/// Send `find_match` with `interests` plus the fields of `extra` (an object) and
-/// require `searching` as the answer.
-async fn search(c: &mut Client, interests: &[&str], extra: Value) {
-    let mut body = json!({"action": "find_match", "interests": interests});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    c.send_json(body).await;
-    match next(c).await {
-        ServerFrame::Searching { ticket } => assert!(!ticket.is_empty(), "empty ticket"),
-        other => panic!("{}: expected searching, got {other:?}", c.user_id),
-    }
-}
-
-/// A `match_found`, with members and shared interests sorted for comparison.
-#[derive(Debug, Clone, PartialEq)]
-struct Found {
-    room: String,
-    partner: Option<String>,
-    members: Vec<String>,
-}
-
-fn found(c: &Client, f: ServerFrame) -> Found {
-    match f {
-        ServerFrame::MatchFound { room_id, partner_id, mut members, .. } => {
-            assert!(!room_id.is_empty(), "{}: empty room id", c.user_id);
-            members.sort();
-            Found { room: room_id, partner: partner_id, members }
-        }
-        other => panic!("{}: expected match_found, got {other:?}", c.user_id),
-    }
-}
-
-async fn expect_match(c: &mut Client) -> Found {
-    let f = next(c).await;
-    found(c, f)
-}
-
-/// `a` on node `a.0` and `b` on node `b.0` search for chess and go (one after the
-/// other) and are matched with each other; the two clients and the room.
-async fn pair(nodes: &[Node], a: (usize, &str), b: (usize, &str)) -> (Client, Client, String) {
-    let mut ca = client(&nodes[a.0], a.1).await;
-    let mut cb = client(&nodes[b.0], b.1).await;
-    search(&mut ca, &["chess", "go"], json!({})).await;
-    search(&mut cb, &["chess", "go"], json!({})).await;
-    let fa = expect_match(&mut ca).await;
-    let fb = expect_match(&mut cb).await;
-    assert_eq!(fa.room, fb.room, "{} and {} were given different rooms", a.1, b.1);
-    assert_eq!(fa.partner.as_deref(), Some(b.1), "{}'s partner", a.1);
-    assert_eq!(fb.partner.as_deref(), Some(a.1), "{}'s partner", b.1);
-    (ca, cb, fa.room)
-}
-
-/// Connect `user` to `node`; asserts the welcome names that node.
-async fn client(node: &Node, user: &str) -> Client {
-    let c = node.client(user).await;
-    match &c.welcome {
-        ServerFrame::Welcome { node: served_by, .. } => {
-            assert_eq!(served_by, &node.id, "{user}: welcome from the wrong node")
-        }
-        other => panic!("{user}: not a welcome: {other:?}"),
-    }
-    c
-}
-
-fn seqs(messages: &[ChatMessage]) -> Vec<u64> {
-    messages.iter().map(|m| m.seq).collect()
 }
 
 /// Field names of a hash, from an `HGETALL` reply.
@@ -285,11 +218,7 @@ async fn a_room_survives_a_redis_restart_that_lost_everything() {
 #[tokio::test]
 async fn acknowledged_messages_survive_a_redis_restart_with_aof() {
     let _serial = SERIAL.lock().await;
-    let dir = TempDir::new("aof");
-    let dir_s = dir.path_string();
-    let mut redis = RedisServer::start_aof(&dir_s);
-    let url = redis.url();
-    let nodes = spawn_nodes(&url, 2).await;
+    let (dir, mut redis, nodes) = aof_cluster("aof", 2).await;
     let (mut a, mut b, room) = pair(&nodes, (0, "alice"), (1, "bob")).await;
 
     let mut acked: BTreeMap<u64, String> = BTreeMap::new();
@@ -348,7 +277,7 @@ async fn drain_withdraws_the_nodes_searches_from_redis() {
     let port = cluster.redis.port();
     let entries = "rdv:{pool:en}:entries";
     let mut carol = cluster.client(0, "carol").await;
-    search(&mut carol, &["drain-only-x", "drain-only-y"], json!({})).await;
+    SEARCH.search(&mut carol, &["drain-only-x", "drain-only-y"], json!({})).await;
 
     // No frame tells when the search reached Redis: poll (bounded).
     let started = Instant::now();
@@ -472,14 +401,10 @@ async fn rediss_urls_connect_over_tls() {
         wait_nodes(node, 2, Duration::from_secs(10)).await;
     }
     let (mut a, mut b, room) = pair(&nodes, (0, "alice"), (1, "bob")).await;
-    send_text(&mut a, &room, "over tls", "a1").await;
-    let m1 = sent(&mut a, &room, "a1").await;
+    let m1 = exchange(&mut a, &mut b, &room, "over tls", "a1").await;
     assert_eq!(m1.seq, 1);
-    assert_eq!(expect_message(&mut b).await, m1);
-    send_text(&mut b, &room, "and back", "b1").await;
-    let m2 = sent(&mut b, &room, "b1").await;
+    let m2 = exchange(&mut b, &mut a, &room, "and back", "b1").await;
     assert_eq!(m2.seq, 2);
-    assert_eq!(expect_message(&mut a).await, m2);
     assert_eq!(history(&mut b, &room, 0, None).await, vec![m1, m2], "history over TLS");
 }
 
@@ -518,7 +443,7 @@ async fn a_skip_with_next_holds_across_nodes() {
             other => panic!("bob: expected presence left and room_closed, got {other:?}"),
         }
     }
-    search(&mut b, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
     // Alone together past the full relaxation: a pair that is not avoided would be
     // matched by now (they share both interests, so even the first step takes them).
     let (mut fa, mut fb) = tokio::join!(
@@ -530,7 +455,7 @@ async fn a_skip_with_next_holds_across_nodes() {
         "alice and bob alone in the pool after the skip: alice {fa:?}, bob {fb:?}"
     );
     let mut c = cluster.client(2, "carol").await;
-    search(&mut c, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut c, &["chess", "go"], json!({})).await;
     let window = Duration::from_secs(3) - PAST_FULL_RELAX;
     let (more_a, more_b, fc) = tokio::join!(
         frames_within(&mut a, window),
@@ -543,7 +468,7 @@ async fn a_skip_with_next_holds_across_nodes() {
         frames
             .iter()
             .filter(|f| matches!(f, ServerFrame::MatchFound { .. }))
-            .map(|f| found(who, f.clone()))
+            .map(|f| Found::of(&who.user_id, f.clone()))
             .collect()
     };
     let (ma, mb, mc) = (matches(&a, &fa), matches(&b, &fb), matches(&c, &fc));

@@ -3,184 +3,58 @@
 //! invariants (no double or asymmetric matches, consistent rooms, gap-free `seq`
 //! in one order for everyone), computed from what every client actually received.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
+use common::chat::{check_one_order, pipeline, Tail};
+use common::http::{stats, wait_stats};
+use common::search::Found;
+use common::storm::{interests_for, Seen, Storm};
 use common::*;
-use futures_util::{SinkExt, StreamExt};
 use rendezvous::config::Config;
 use rendezvous_actors::protocol::ServerFrame;
-use rendezvous_actors::LadderStep;
-use serde_json::{json, Value};
-use tokio::sync::{watch, Barrier, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
-
-const INTERESTS: [&str; 8] =
-    ["chess", "go", "poker", "music", "films", "books", "hiking", "cooking"];
+use serde_json::json;
 
 /// Storm settings: every limit that a crowd on one machine would trip is raised,
 /// and the ladder reaches "anyone in the language" after 400 ms.
 fn storm_config() -> Config {
     let mut c = test_config();
     let e = &mut c.engine;
-    e.ladder = vec![
-        LadderStep { after_ms: 0, same_region: false, min_shared: 2 },
-        LadderStep { after_ms: 200, same_region: false, min_shared: 1 },
-        LadderStep { after_ms: 400, same_region: false, min_shared: 0 },
-    ];
+    e.ladder = vec![step(0, false, 2), step(200, false, 1), step(400, false, 0)];
     e.search_timeout_ms = 10_000;
-    e.find_match_per_minute = 1_000;
-    e.frames_per_second = 1_000;
-    e.frames_burst = 1_000;
+    lift_rate_limits(e, 1_000);
     c
 }
 
-/// Deterministic, varied interests for client `i`: 1 to 3 of [`INTERESTS`].
-fn interests_for(i: usize) -> Vec<&'static str> {
-    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut pick = || {
-        x ^= x >> 31;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 29;
-        x
-    };
-    let n = 1 + (pick() % 3) as usize;
-    let mut v: Vec<&str> = (0..n).map(|_| INTERESTS[(pick() % 8) as usize]).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
-/// One `match_found` as received.
-#[derive(Debug)]
-struct Matched {
-    room: String,
-    partner: Option<String>,
-    members: Vec<String>,
-    shared: Vec<String>,
-    score: u32,
-}
-
-/// What one storm client saw after its `find_match`.
-struct Seen {
-    user: String,
-    searching: usize,
-    matches: Vec<Matched>,
-    no_match: usize,
-    other: Vec<ServerFrame>,
-}
-
-/// `n` clients connect (bounded parallelism), wait for each other, then all send
-/// `find_match` at once and record every frame until told to stop. Returns what
-/// each saw plus the live clients (kept open so rooms stay open for the checks).
+/// `n` clients (users `{prefix}00000`, …) storm `server` with `find_match` for
+/// groups of `group_size` in one language; see [`Storm::run`].
 async fn storm(
     server: &TestServer,
     prefix: &str,
     n: usize,
     group_size: u8,
 ) -> (Vec<Seen>, Vec<Client>, Duration) {
-    let connect_slots = Arc::new(Semaphore::new(128));
-    let ready = Arc::new(Barrier::new(n + 1));
-    let decided = Arc::new(AtomicUsize::new(0));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let url = server.ws_url(&format!("user={prefix}{i:05}"));
-        let (slots, ready, decided) = (connect_slots.clone(), ready.clone(), decided.clone());
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = {
-                let _slot = slots.acquire().await.expect("semaphore");
-                Client::connect(&url).await
-            };
-            ready.wait().await;
-            let interests = interests_for(i);
-            c.send_json(json!({
-                "action": "find_match",
-                "interests": interests,
-                "language": "en",
-                "group_size": group_size,
-            }))
-            .await;
-            let mut seen = Seen {
-                user: c.user_id.clone(),
-                searching: 0,
-                matches: Vec::new(),
-                no_match: 0,
-                other: Vec::new(),
-            };
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    msg = c.ws.next() => {
-                        let text = match msg {
-                            Some(Ok(Message::Text(t))) => t,
-                            Some(Ok(Message::Close(f))) => panic!("{}: closed {f:?}", seen.user),
-                            Some(Ok(_)) => continue,
-                            Some(Err(e)) => panic!("{}: socket error {e}", seen.user),
-                            None => panic!("{}: stream ended", seen.user),
-                        };
-                        let f: ServerFrame = serde_json::from_str(text.as_str())
-                            .unwrap_or_else(|e| panic!("bad frame {text}: {e}"));
-                        let first_outcome = seen.matches.is_empty() && seen.no_match == 0;
-                        match f {
-                            ServerFrame::Searching { .. } => seen.searching += 1,
-                            ServerFrame::MatchFound {
-                                room_id, partner_id, members, shared_interests, score,
-                            } => seen.matches.push(Matched {
-                                room: room_id,
-                                partner: partner_id,
-                                members,
-                                shared: shared_interests,
-                                score,
-                            }),
-                            ServerFrame::NoMatchFound {} => seen.no_match += 1,
-                            ServerFrame::Presence { .. } => continue,
-                            other => { seen.other.push(other); continue }
-                        }
-                        let outcome_now = !seen.matches.is_empty() || seen.no_match > 0;
-                        if first_outcome && outcome_now {
-                            decided.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                }
-            }
-            (seen, c)
-        }));
-    }
-    ready.wait().await;
-    let started = Instant::now();
+    let urls = (0..n).map(|i| server.ws_url(&format!("user={prefix}{i:05}"))).collect();
     // Everyone has an outcome within the search timeout (10 s) plus slack.
-    let deadline = started + Duration::from_secs(25);
-    while decided.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} clients got an outcome",
-            decided.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = started.elapsed();
-    // Give a stray second match_found the chance to arrive before we stop reading.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_tx.send(true).expect("stop");
-    let mut seen = Vec::with_capacity(n);
-    let mut clients = Vec::with_capacity(n);
-    for t in tasks {
-        let (s, c) = t.await.expect("client task");
-        seen.push(s);
-        clients.push(c);
-    }
-    (seen, clients, took)
+    let plan =
+        Storm { urls, outcome_within: Duration::from_secs(25), linger: Duration::from_millis(500) };
+    plan.run(|i| {
+        json!({
+            "action": "find_match",
+            "interests": interests_for(i),
+            "language": "en",
+            "group_size": group_size,
+        })
+    })
+    .await
 }
 
 /// The invariants every storm must hold; returns (rooms, users without a match).
 fn check_storm(seen: &[Seen], group_size: usize) -> (usize, usize) {
-    let mut by_user: HashMap<&str, &Matched> = HashMap::new();
+    let mut by_user: HashMap<&str, &Found> = HashMap::new();
     let mut rooms: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     let mut unmatched = 0;
     for s in seen {
@@ -200,7 +74,7 @@ fn check_storm(seen: &[Seen], group_size: usize) -> (usize, usize) {
             continue;
         }
         let m = &s.matches[0];
-        let Matched { room, partner, members, shared, score } = m;
+        let Found { room, partner, members, shared, score } = m;
         let distinct: BTreeSet<&String> = members.iter().collect();
         assert_eq!(distinct.len(), members.len(), "{}: repeated member {members:?}", s.user);
         assert_eq!(members.len(), group_size, "{}: room {room} has {members:?}", s.user);
@@ -217,7 +91,7 @@ fn check_storm(seen: &[Seen], group_size: usize) -> (usize, usize) {
         rooms.entry(room).or_default().push(&s.user);
     }
     // Symmetry: everyone a user was matched with reports the same room and members.
-    for (user, Matched { room, partner, members, shared, .. }) in &by_user {
+    for (user, Found { room, partner, members, shared, .. }) in &by_user {
         for other in members {
             let theirs = by_user
                 .get(other.as_str())
@@ -240,23 +114,10 @@ fn check_storm(seen: &[Seen], group_size: usize) -> (usize, usize) {
     (rooms.len(), unmatched)
 }
 
-async fn stats(server: &TestServer) -> Value {
-    let (status, body) = http_get(server.addr, "/api/stats").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("stats json {body}: {e}"))
-}
-
 /// Wait (bounded) until `/api/stats` shows `field == want`.
 async fn wait_stat(server: &TestServer, field: &str, want: u64) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let s = stats(server).await;
-        if s[field].as_u64() == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{field} never reached {want}: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (what, within) = (format!("{field} == {want}"), Duration::from_secs(5));
+    wait_stats(server.addr, &what, within, |s| s[field].as_u64() == Some(want)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +140,7 @@ async fn storm_of_two_thousand_pairs_up_everyone_exactly_once() {
     assert_eq!(rooms, N / 2);
     wait_stat(&server, "searching", 0).await;
     wait_stat(&server, "rooms", rooms as u64).await;
-    assert_eq!(stats(&server).await["online"].as_u64(), Some(N as u64));
+    assert_eq!(stats(server.addr).await["online"].as_u64(), Some(N as u64));
     drop(clients);
 }
 
@@ -300,27 +161,12 @@ async fn group_storm_fills_rooms_of_three_consistently() {
     drop(clients);
 }
 
-/// One member's view of the load room.
-#[derive(Default)]
-struct RoomView {
-    /// (seq, msg_id, sender, text) in arrival order.
-    messages: Vec<(u64, String, String, String)>,
-    /// (client_msg_id, seq, msg_id) in arrival order.
-    acks: Vec<(String, u64, String)>,
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_senders_in_one_room_see_one_gap_free_order() {
     const MEMBERS: usize = 10;
     const EACH: usize = 60;
-    const TOTAL: usize = MEMBERS * EACH;
     const ROOM: &str = "pub:load";
-    let mut cfg = test_config();
-    cfg.engine.send_per_second = 1_000;
-    cfg.engine.send_burst = 1_000;
-    cfg.engine.frames_per_second = 1_000;
-    cfg.engine.frames_burst = 1_000;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| lift_rate_limits(e, 1_000));
 
     let mut clients = Vec::new();
     for i in 0..MEMBERS {
@@ -336,112 +182,7 @@ async fn many_senders_in_one_room_see_one_gap_free_order() {
         clients.push(c);
     }
 
-    let go = Arc::new(Barrier::new(MEMBERS));
-    let mut tasks = Vec::new();
-    for c in clients {
-        let go = go.clone();
-        tasks.push(tokio::spawn(async move {
-            let user = c.user_id.clone();
-            let (mut tx, mut rx) = c.ws.split();
-            let reader_user = user.clone();
-            let reader = tokio::spawn(async move {
-                let mut view = RoomView::default();
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                while view.messages.len() < TOTAL || view.acks.len() < EACH {
-                    let msg =
-                        tokio::time::timeout_at(deadline, rx.next()).await.unwrap_or_else(|_| {
-                            panic!(
-                                "{reader_user}: stuck at {} messages, {} acks",
-                                view.messages.len(),
-                                view.acks.len()
-                            )
-                        });
-                    let text = match msg {
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(f))) => panic!("{reader_user}: closed {f:?}"),
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => panic!("{reader_user}: socket error {e}"),
-                        None => panic!("{reader_user}: stream ended"),
-                    };
-                    match serde_json::from_str::<ServerFrame>(text.as_str()).expect("frame") {
-                        ServerFrame::Message(m) => {
-                            assert_eq!(m.room_id, ROOM);
-                            view.messages.push((m.seq, m.msg_id, m.sender, m.text));
-                        }
-                        ServerFrame::Ack { client_msg_id, room_id, seq, msg_id } => {
-                            assert_eq!(room_id, ROOM);
-                            view.acks.push((client_msg_id.expect("client_msg_id"), seq, msg_id));
-                        }
-                        ServerFrame::Presence { .. } => {}
-                        other => panic!("{reader_user}: unexpected {other:?}"),
-                    }
-                }
-                // Nothing more may follow: no duplicates after the full set.
-                if let Ok(Some(Ok(Message::Text(t)))) =
-                    tokio::time::timeout(Duration::from_millis(300), rx.next()).await
-                {
-                    panic!("{reader_user}: extra frame after all messages: {t}");
-                }
-                view
-            });
-            go.wait().await;
-            for i in 0..EACH {
-                let frame = json!({
-                    "action": "send",
-                    "room_id": ROOM,
-                    "text": format!("{user}#{i}"),
-                    "client_msg_id": format!("c{i}"),
-                });
-                tx.send(Message::Text(frame.to_string().into())).await.expect("send");
-            }
-            let view = reader.await.expect("reader");
-            (user, view, tx)
-        }));
-    }
-    let mut views = Vec::new();
-    for t in tasks {
-        let (user, view, tx) = tokio::time::timeout(Duration::from_secs(40), t)
-            .await
-            .expect("member done")
-            .expect("task");
-        views.push((user, view, tx));
-    }
-
-    // Every member: every message exactly once, seq 1..=TOTAL in arrival order.
-    let reference = &views[0].1.messages;
-    for (user, view, _) in &views {
-        let seqs: Vec<u64> = view.messages.iter().map(|m| m.0).collect();
-        let want: Vec<u64> = (1..=TOTAL as u64).collect();
-        assert_eq!(seqs, want, "{user}: seq not gap-free and in order");
-        assert_eq!(&view.messages, reference, "{user} saw a different order");
-    }
-    // Texts unique and exactly the expected set; each sender's own order preserved.
-    let texts: BTreeSet<&str> = reference.iter().map(|m| m.3.as_str()).collect();
-    assert_eq!(texts.len(), TOTAL, "duplicate texts");
-    let mut next_i: HashMap<&str, usize> = HashMap::new();
-    let mut by_text: HashMap<&str, (u64, &str)> = HashMap::new();
-    for (seq, msg_id, sender, text) in reference {
-        let (who, i) = text.split_once('#').expect("text shape");
-        assert_eq!(who, sender, "sender field matches the author");
-        let i: usize = i.parse().expect("index");
-        let expect = next_i.entry(sender.as_str()).or_default();
-        assert_eq!(i, *expect, "{sender}'s messages out of order");
-        *expect += 1;
-        by_text.insert(text.as_str(), (*seq, msg_id.as_str()));
-    }
-    assert_eq!(next_i.len(), MEMBERS);
-    assert!(next_i.values().all(|&n| n == EACH), "{next_i:?}");
-    // Acks: one per message, in send order, seqs increasing and equal to the message's.
-    for (user, view, _) in &views {
-        assert_eq!(view.acks.len(), EACH, "{user}");
-        let mut last = 0;
-        for (i, (cid, seq, msg_id)) in view.acks.iter().enumerate() {
-            assert_eq!(cid, &format!("c{i}"), "{user}: acks out of order");
-            assert!(*seq > last, "{user}: ack seqs not increasing");
-            last = *seq;
-            let text = format!("{user}#{i}");
-            let (mseq, mid) = by_text[text.as_str()];
-            assert_eq!((*seq, msg_id.as_str()), (mseq, mid), "{user}: ack {i} vs message");
-        }
-    }
+    let tail = Tail { quiet: Duration::from_millis(300), presence_after: false };
+    let views = pipeline(clients, ROOM, EACH, tail).await;
+    check_one_order(&views, EACH);
 }

@@ -19,7 +19,7 @@
 //! Missing tools (redis-server, prometheus, curl) fail the test with a message
 //! naming scripts/test.sh, which installs them; nothing is skipped.
 
-mod common;
+use rendezvous_test_support as common;
 #[path = "deploy_support/mod.rs"]
 mod support;
 
@@ -693,17 +693,7 @@ fn dockerfile_build_and_run_steps_work_by_hand() {
         let mut proc =
             Proc::spawn(&format!("rendezvous (image ENV, try {attempt})"), &mut cmd, tmp.path());
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let up = loop {
-            if let Ok((200, _)) = http_get(addr, "/healthz", Duration::from_secs(2)) {
-                break true;
-            }
-            if proc.exited().is_some() || Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        if up {
+        if proc.wait_ok(addr, "/healthz", Duration::from_secs(20), Duration::from_millis(50)) {
             started = Some((proc, port));
             break;
         }
@@ -1172,17 +1162,7 @@ fn prometheus_answers_every_query(
             .arg("--log.level=warn");
         let mut proc = Proc::spawn(&format!("prometheus-{attempt}"), &mut cmd, tmp.path());
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let ready = loop {
-            if let Ok((200, _)) = http_get(addr, "/-/ready", Duration::from_secs(2)) {
-                break true;
-            }
-            if proc.exited().is_some() || Instant::now() > deadline {
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        };
-        if ready {
+        if proc.wait_ok(addr, "/-/ready", Duration::from_secs(30), Duration::from_millis(100)) {
             started = Some((proc, addr));
             break;
         }

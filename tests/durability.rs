@@ -31,16 +31,16 @@
 //! recovery times, which should not be measured while another test's cluster owns
 //! both cores.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::chat::{expect_message, history, next, send_text, sent};
+use common::chat::{exchange, expect_message, history, next, send_text, sent};
 use common::cluster::*;
-use common::{Client, Ended};
+use common::{Client, Ended, TempDir};
 use futures_util::future::join_all;
 use futures_util::{SinkExt, StreamExt};
 use rendezvous_actors::protocol::{ChatMessage, ErrorCode, HistoryItem, ServerFrame};
@@ -1404,18 +1404,10 @@ fn subscriber_omem(redis: &RedisServer) -> Vec<u64> {
 #[tokio::test]
 async fn a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lagged() {
     let _serial = SERIAL.lock().await;
-    let dir = TempDir::new("durable-lag");
-    let dir_s = dir.path_string();
-    let mut redis = RedisServer::start_aof(&dir_s);
-    let url = redis.url();
-    let nodes = spawn_nodes(&url, 2).await;
+    let (_dir, mut redis, nodes) = aof_cluster("durable-lag", 2).await;
     let (mut a, mut b, room) = pair(&nodes[0], &nodes[1], 0).await;
-    send_text(&mut a, &room, "warm", "w1").await;
-    let w1 = sent(&mut a, &room, "w1").await;
-    assert_eq!(expect_message(&mut b).await, w1);
-    send_text(&mut b, &room, "warm too", "w2").await;
-    let w2 = sent(&mut b, &room, "w2").await;
-    assert_eq!(expect_message(&mut a).await, w2);
+    let w1 = exchange(&mut a, &mut b, &room, "warm", "w1").await;
+    let w2 = exchange(&mut b, &mut a, &room, "warm too", "w2").await;
 
     let frozen = nodes[0].pid().to_string();
     let signal = |sig: &str| {

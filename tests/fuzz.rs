@@ -14,7 +14,7 @@
 //! `RENDEZVOUS_FUZZ_CASES` and `RENDEZVOUS_FUZZ_SECS` set the budget (defaults keep
 //! the suite quick); RELIABILITY.md records the long runs.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::{Duration, Instant};
 
@@ -185,13 +185,7 @@ fn fuzz_config() -> rendezvous::Config {
     let e = &mut c.engine;
     // Generous limits: the fuzzer explores handlers, not the flood protection (which
     // has its own tests); a limit hit is still answered with an error frame.
-    e.frames_per_second = 1_000_000;
-    e.frames_burst = 1_000_000;
-    e.send_per_second = 1_000_000;
-    e.send_burst = 1_000_000;
-    e.find_match_per_minute = 1_000_000;
-    e.action_bytes_per_second = 1 << 40;
-    e.action_bytes_burst = 1 << 40;
+    lift_rate_limits(e, 1_000_000);
     e.flood_strikes = u32::MAX;
     e.outbound_queue = 1 << 16;
     c

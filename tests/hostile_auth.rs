@@ -4,7 +4,7 @@
 //! rule of `auto` mode, and the anonymous namespace that keeps `?user=alice` from
 //! being the token user `alice`. Every test runs against a real server.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,6 +45,11 @@ async fn refused(url: &str, headers: &[(&str, &str)]) {
         Err(status) => assert_eq!(status, 401, "{url}"),
         Ok(c) => panic!("{url} was accepted as {}", c.user_id),
     }
+}
+
+/// `user` connected to `server` with a token valid for `ttl_s` seconds.
+async fn signed_in(server: &TestServer, user: &str, ttl_s: u64) -> Client {
+    accepted_as(&server.ws_url(&format!("token={}", token(user, ttl_s))), user).await
 }
 
 async fn accepted_as(url: &str, user: &str) -> Client {
@@ -347,9 +352,8 @@ async fn an_expired_token_is_refreshed_within_the_grace_and_the_session_chats_on
 #[tokio::test]
 async fn without_a_refresh_the_session_is_closed_with_4001_after_the_grace() {
     let server = TestServer::start(refresh_config(1_500));
-    let mut alice =
-        accepted_as(&server.ws_url(&format!("token={}", token("alice", 1))), "alice").await;
-    let mut bob = accepted_as(&server.ws_url(&format!("token={}", token("bob", 600))), "bob").await;
+    let mut alice = signed_in(&server, "alice", 1).await;
+    let mut bob = signed_in(&server, "bob", 600).await;
     let f = alice.recv().await;
     assert_eq!(error_code(&f), Some(ErrorCode::TokenExpired), "{f:?}");
     let started = std::time::Instant::now();
@@ -362,8 +366,7 @@ async fn without_a_refresh_the_session_is_closed_with_4001_after_the_grace() {
 #[tokio::test]
 async fn a_refresh_with_another_users_or_a_bad_token_is_refused_and_changes_nothing() {
     let server = TestServer::start(refresh_config(1_500));
-    let mut alice =
-        accepted_as(&server.ws_url(&format!("token={}", token("alice", 3))), "alice").await;
+    let mut alice = signed_in(&server, "alice", 3).await;
     for bad in [
         token("mallory", 600),
         "not-a-token".to_owned(),
@@ -388,8 +391,7 @@ async fn a_refresh_with_another_users_or_a_bad_token_is_refused_and_changes_noth
     assert_eq!(error_code(&alice.recv().await), Some(ErrorCode::Unauthorized));
     assert_eq!(alice.closed().await, Ended::Closed(4001));
     // Mallory's own session was never touched by any of it.
-    let mut mallory =
-        accepted_as(&server.ws_url(&format!("token={}", token("mallory", 600))), "mallory").await;
+    let mut mallory = signed_in(&server, "mallory", 600).await;
     works(&mut mallory).await;
 }
 
@@ -406,7 +408,7 @@ async fn refresh_is_bad_request_without_a_token_and_rate_limited_when_hurried() 
     let mut config = jwt_config(AnonymousMode::Deny);
     config.engine.refresh_min_interval_ms = 60_000;
     let server = TestServer::start(config);
-    let mut c = accepted_as(&server.ws_url(&format!("token={}", token("carl", 600))), "carl").await;
+    let mut c = signed_in(&server, "carl", 600).await;
     c.send_json(json!({"action":"refresh","token":token("carl", 900)})).await;
     assert_eq!(c.recv().await.kind(), "refreshed");
     c.send_json(json!({"action":"refresh","token":token("carl", 900)})).await;
@@ -446,9 +448,8 @@ async fn auto_mode_needs_a_token_for_requests_that_came_through_a_proxy() {
 #[tokio::test]
 async fn in_mixed_mode_a_name_without_a_token_is_not_the_token_user() {
     let server = TestServer::start(jwt_config(AnonymousMode::Allow));
-    let mut alice =
-        accepted_as(&server.ws_url(&format!("token={}", token("alice", 600))), "alice").await;
-    let mut bob = accepted_as(&server.ws_url(&format!("token={}", token("bob", 600))), "bob").await;
+    let mut alice = signed_in(&server, "alice", 600).await;
+    let mut bob = signed_in(&server, "bob", 600).await;
     alice.find_match(&["mixed"]).await;
     bob.find_match(&["mixed"]).await;
     let room = room_of(&alice.recv_kind("match_found").await);

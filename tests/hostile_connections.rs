@@ -5,7 +5,7 @@
 //! from their own loopback addresses (127.0.0.2, …: bound before connect); the
 //! users who must notice nothing connect from 127.0.0.1.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -5,7 +5,7 @@
 //! cannot pass the rooms-per-user cap, public rooms per node and history bytes per
 //! room are capped. Each test runs a real server and real WebSocket clients.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,6 +13,7 @@ use std::time::Duration;
 use common::chat::{history, next, send_text, sent};
 use common::*;
 use rendezvous_actors::protocol::{ErrorCode, ServerFrame};
+use rendezvous_actors::EngineConfig;
 use serde_json::json;
 
 /// The next frame that is not presence; it must be an `error` of `code`.
@@ -51,26 +52,21 @@ async fn samples(server: &TestServer, name: &str) -> Vec<(String, f64)> {
         .collect()
 }
 
-/// Limits on frames, searches and the byte budget lifted, for floods that must
-/// all get through to the limit under test.
-fn flood_config() -> rendezvous::config::Config {
-    let mut config = test_config();
-    let e = &mut config.engine;
-    e.frames_per_second = 1_000_000;
-    e.frames_burst = 1_000_000;
-    e.find_match_per_minute = 1_000_000;
-    e.action_bytes_per_second = 1 << 40;
-    e.action_bytes_burst = 1 << 40;
-    config
+/// A server with the rate limits lifted, so that a flood gets through to the
+/// limit under test, and `edit` applied.
+fn flood_server(edit: impl FnOnce(&mut EngineConfig)) -> TestServer {
+    TestServer::start_with(|e| {
+        lift_rate_limits(e, 1_000_000);
+        edit(e);
+    })
 }
 
 /// A language must be a tag (2–3 letters, then `-` subtags of 1–8 letters or
 /// digits), and one of `--languages` when that is set; the refusal names them.
 #[tokio::test]
 async fn languages_must_be_tags_from_the_allow_list() {
-    let mut config = test_config();
-    config.engine.languages = vec!["en".into(), "fr".into(), "pt-BR".into()];
-    let server = TestServer::start(config);
+    let server =
+        TestServer::start_with(|e| e.languages = vec!["en".into(), "fr".into(), "pt-BR".into()]);
     let mut c = server.client("lang").await;
     for bad in ["english", "en_US", "e", "12", "en-", "zh-toolongsubtag", "<script>"] {
         c.send_json(json!({"action":"find_match","interests":["chess"],"language":bad})).await;
@@ -90,8 +86,7 @@ async fn languages_must_be_tags_from_the_allow_list() {
         recv_strict(&mut c, "match_cancelled").await;
     }
     // Normalised: `PT-br` and `pt-BR` meet in one pool.
-    let mut a = server.client("lang-a").await;
-    let mut b = server.client("lang-b").await;
+    let [mut a, mut b] = server.clients(["lang-a", "lang-b"]).await;
     a.send_json(json!({"action":"find_match","interests":["chess"],"language":"PT-br"})).await;
     recv_strict(&mut a, "searching").await;
     b.send_json(json!({"action":"find_match","interests":["chess"],"language":"pt-BR"})).await;
@@ -110,9 +105,7 @@ fn invented_language(i: usize) -> String {
 #[tokio::test]
 async fn per_language_series_are_bounded() {
     const SERIES: usize = 20;
-    let mut config = flood_config();
-    config.engine.language_series = SERIES;
-    let server = TestServer::start(config);
+    let server = flood_server(|e| e.language_series = SERIES);
     let mut c = server.client("polyglot").await;
     let languages: BTreeSet<String> = (0..2_000).map(invented_language).collect();
     assert_eq!(languages.len(), 2_000);
@@ -149,9 +142,7 @@ async fn per_language_series_are_bounded() {
 #[tokio::test]
 async fn blocks_are_capped_per_user_oldest_first() {
     const CAP: usize = 1_000;
-    let mut config = flood_config();
-    config.engine.max_blocks_per_user = CAP;
-    let server = TestServer::start(config);
+    let server = flood_server(|e| e.max_blocks_per_user = CAP);
     let mut blocker = server.client("blocker").await;
     let mut targets = vec!["early".to_owned()];
     targets.extend((0..10_000).map(|i| format!("filler-{i}")));
@@ -193,9 +184,7 @@ async fn blocks_are_capped_per_user_oldest_first() {
 #[tokio::test]
 async fn a_burst_of_joins_seats_at_most_the_room_cap() {
     const MAX: usize = 20;
-    let mut config = flood_config();
-    config.engine.max_rooms_per_user = MAX;
-    let server = TestServer::start(config);
+    let server = flood_server(|e| e.max_rooms_per_user = MAX);
     let mut u = server.client("joiner").await;
     for i in 0..200 {
         u.send_json(json!({"action":"join","room_id":format!("pub:burst-{i}")})).await;
@@ -222,9 +211,7 @@ async fn a_burst_of_joins_seats_at_most_the_room_cap() {
 /// open one still works.
 #[tokio::test]
 async fn public_rooms_per_node_are_capped() {
-    let mut config = test_config();
-    config.engine.max_public_rooms = 3;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.max_public_rooms = 3);
     let mut a = server.client("opener").await;
     for room in ["pub:one", "pub:two", "pub:three"] {
         a.send_json(json!({"action":"join","room_id":room})).await;
@@ -254,9 +241,7 @@ async fn public_rooms_per_node_are_capped() {
 /// messages drop out first and `history` returns the newest that fit.
 #[tokio::test]
 async fn history_keeps_the_newest_messages_within_its_bytes() {
-    let mut config = test_config();
-    config.engine.history_bytes = 1_000;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.history_bytes = 1_000);
     let (mut a, mut b, room) = matched_pair(&server, "hist-a", "hist-b").await;
     let mut last = 0;
     for i in 0..30 {

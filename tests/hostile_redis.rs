@@ -14,7 +14,7 @@
 //! The tests take one lock in turn: each starts its own cluster, and the visit
 //! storm wants both cores.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -363,8 +363,7 @@ async fn a_hundred_thousand_visits_leave_no_per_user_key_behind() {
         assert!(pttl == -2 || (1..=60_000).contains(&pttl), "{k}: PTTL {pttl}");
     }
     // The nodes are still serving.
-    let mut a = cluster.client(0, "after-a").await;
-    let mut b = cluster.client(1, "after-b").await;
+    let [mut a, mut b] = cluster.clients([(0, "after-a"), (1, "after-b")]).await;
     alive(&mut a).await;
     alive(&mut b).await;
 }

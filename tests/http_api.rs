@@ -5,59 +5,16 @@
 //! binary starts, so metric checks look at presence and increases, never exact
 //! values.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::http::{get_json, raw_exchange, raw_request, wait_stats};
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 // ---------------------------------------------------------------- helpers
-
-/// Send a raw HTTP/1.1 request (it must ask for `Connection: close`); (status, body).
-async fn raw_request(addr: SocketAddr, request: &str) -> (u16, String) {
-    let (status, _, body) = raw_exchange(addr, request).await;
-    (status, body)
-}
-
-/// Like [`raw_request`], also returning the response head (status line, headers).
-async fn raw_exchange(addr: SocketAddr, request: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.expect("connect");
-    s.write_all(request.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    tokio::time::timeout(FRAME_TIMEOUT, s.read_to_end(&mut buf))
-        .await
-        .expect("http timeout")
-        .expect("read");
-    let text = String::from_utf8_lossy(&buf).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text.as_str(), ""));
-    (status, head.to_string(), body.to_string())
-}
-
-async fn get_json(addr: SocketAddr, path: &str) -> Value {
-    let (status, body) = http_get(addr, path).await;
-    assert_eq!(status, 200, "GET {path}: {body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
-}
-
-/// Poll `/api/stats` until `pred` holds (bounded); the stats that satisfied it.
-async fn wait_stats(addr: SocketAddr, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
-    loop {
-        let v = get_json(addr, "/api/stats").await;
-        if pred(&v) {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("stats never satisfied `{what}`: {v}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn metrics_text(addr: SocketAddr) -> String {
     let (status, body) = http_get(addr, "/metrics").await;
@@ -97,32 +54,13 @@ fn trending_pairs(v: &Value) -> Vec<(String, u64)> {
         .collect()
 }
 
-async fn match_two(
-    server: &TestServer,
-    a: &str,
-    b: &str,
-    interests: &[&str],
-) -> (Client, Client, String) {
-    let mut ca = server.client(a).await;
-    let mut cb = server.client(b).await;
-    ca.find_match(interests).await;
-    assert_eq!(ca.recv().await.kind(), "searching");
-    cb.find_match(interests).await;
-    let ra = room_of(&ca.recv_kind("match_found").await);
-    let rb = room_of(&cb.recv_kind("match_found").await);
-    assert_eq!(ra, rb);
-    (ca, cb, ra)
-}
-
 // ---------------------------------------------------------------- basics
 
 #[tokio::test]
 async fn health_and_readiness_are_200() {
     let server = TestServer::start(test_config());
-    let (status, _) = http_get(server.addr, "/healthz").await;
-    assert_eq!(status, 200);
-    let (status, _) = http_get(server.addr, "/readyz").await;
-    assert_eq!(status, 200);
+    assert_eq!(http_get(server.addr, "/healthz").await.0, 200, "GET /healthz");
+    assert_eq!(http_get(server.addr, "/readyz").await.0, 200, "GET /readyz");
 }
 
 #[tokio::test]
@@ -169,7 +107,7 @@ async fn metrics_are_prometheus_text_and_count_activity() {
     );
     let before = metrics_text(server.addr).await;
 
-    let (mut a, mut b, room) = match_two(&server, "m-alice", "m-bob", &["chess", "go"]).await;
+    let (mut a, mut b, room) = matched_pair_on(&server, "m-alice", "m-bob", &["chess", "go"]).await;
     a.send_json(json!({"action":"send","room_id":room,"text":"hi","client_msg_id":"c1"})).await;
     assert_eq!(a.recv_kind("ack").await.kind(), "ack");
     assert_eq!(b.recv_kind("message").await.kind(), "message");
@@ -258,19 +196,21 @@ async fn stats_track_connections_searches_and_rooms() {
     assert_eq!(s["trending"], json!([]), "{s}");
 
     let mut a = server.client("s-alice").await;
-    wait_stats(addr, "online == 1", |s| s["online"] == 1).await;
+    wait_stats(addr, "online == 1", FRAME_TIMEOUT, |s| s["online"] == 1).await;
     a.find_match(&["chess"]).await;
     assert_eq!(a.recv().await.kind(), "searching");
-    wait_stats(addr, "searching == 1", |s| s["searching"] == 1 && s["online"] == 1).await;
+    wait_stats(addr, "searching == 1", FRAME_TIMEOUT, |s| s["searching"] == 1 && s["online"] == 1)
+        .await;
 
     let mut b = server.client("s-bob").await;
-    wait_stats(addr, "online == 2", |s| s["online"] == 2).await;
+    wait_stats(addr, "online == 2", FRAME_TIMEOUT, |s| s["online"] == 2).await;
     b.find_match(&["chess"]).await;
     let room = room_of(&a.recv_kind("match_found").await);
     b.recv_kind("match_found").await;
-    let s =
-        wait_stats(addr, "searching == 0, rooms == 1", |s| s["searching"] == 0 && s["rooms"] == 1)
-            .await;
+    let s = wait_stats(addr, "searching == 0, rooms == 1", FRAME_TIMEOUT, |s| {
+        s["searching"] == 0 && s["rooms"] == 1
+    })
+    .await;
     assert_eq!(s["online"], 2);
     assert_eq!(trending_pairs(&s["trending"]), [("chess".to_string(), 1)]);
 
@@ -278,21 +218,24 @@ async fn stats_track_connections_searches_and_rooms() {
     let mut c = server.client("s-carol").await;
     c.send_json(json!({"action":"join","room_id":"pub:stats"})).await;
     assert_eq!(c.recv().await.kind(), "joined");
-    wait_stats(addr, "online == 3, rooms == 2", |s| s["online"] == 3 && s["rooms"] == 2).await;
+    wait_stats(addr, "online == 3, rooms == 2", FRAME_TIMEOUT, |s| {
+        s["online"] == 3 && s["rooms"] == 2
+    })
+    .await;
 
     // Leaving the match room closes it; a cancelled search stops counting.
     a.send_json(json!({"action":"leave","room_id":room})).await;
     assert_eq!(a.recv_kind("left").await.kind(), "left");
-    wait_stats(addr, "rooms == 1", |s| s["rooms"] == 1).await;
+    wait_stats(addr, "rooms == 1", FRAME_TIMEOUT, |s| s["rooms"] == 1).await;
     c.find_match(&["zzz-nobody"]).await;
     assert_eq!(c.recv().await.kind(), "searching");
-    wait_stats(addr, "searching == 1", |s| s["searching"] == 1).await;
+    wait_stats(addr, "searching == 1", FRAME_TIMEOUT, |s| s["searching"] == 1).await;
     c.send_json(json!({"action":"cancel_match"})).await;
     assert_eq!(c.recv_kind("match_cancelled").await.kind(), "match_cancelled");
-    wait_stats(addr, "searching == 0", |s| s["searching"] == 0).await;
+    wait_stats(addr, "searching == 0", FRAME_TIMEOUT, |s| s["searching"] == 0).await;
 
     drop(b);
-    wait_stats(addr, "online == 2", |s| s["online"] == 2).await;
+    wait_stats(addr, "online == 2", FRAME_TIMEOUT, |s| s["online"] == 2).await;
 }
 
 // ---------------------------------------------------------------- trending
@@ -304,12 +247,11 @@ async fn trending_counts_interests_shared_in_matches() {
     assert_eq!(get_json(addr, "/api/trending").await, json!([]));
 
     // chess and go shared once, then chess alone once more.
-    let _p1 = match_two(&server, "t-a", "t-b", &["chess", "go"]).await;
-    let _p2 = match_two(&server, "t-c", "t-d", &["chess"]).await;
+    let _p1 = matched_pair_on(&server, "t-a", "t-b", &["chess", "go"]).await;
+    let _p2 = matched_pair_on(&server, "t-c", "t-d", &["chess"]).await;
     // Interests given but not shared are not counted.
     let _p3 = {
-        let mut e = server.client("t-e").await;
-        let mut f = server.client("t-f").await;
+        let [mut e, mut f] = server.clients(["t-e", "t-f"]).await;
         e.find_match(&["tennis", "opera"]).await;
         assert_eq!(e.recv().await.kind(), "searching");
         f.find_match(&["tennis", "jazz"]).await;
@@ -351,10 +293,8 @@ async fn trending_counts_interests_shared_in_matches() {
 #[tokio::test]
 async fn plain_get_on_ws_is_400() {
     let server = TestServer::start(test_config());
-    let (status, _) = http_get(server.addr, "/ws").await;
-    assert_eq!(status, 400);
-    let (status, _) = http_get(server.addr, "/ws?user=someone").await;
-    assert_eq!(status, 400);
+    assert_eq!(http_get(server.addr, "/ws").await.0, 400, "GET /ws");
+    assert_eq!(http_get(server.addr, "/ws?user=someone").await.0, 400, "GET /ws?user=someone");
     // Upgrade header but no key/version is not a handshake either.
     let req = format!(
         "GET /ws?user=x HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade, close\r\nUpgrade: websocket\r\n\r\n",
@@ -362,7 +302,7 @@ async fn plain_get_on_ws_is_400() {
     );
     let (status, _) = raw_request(server.addr, &req).await;
     assert_eq!(status, 400);
-    wait_stats(server.addr, "online == 0", |s| s["online"] == 0).await;
+    wait_stats(server.addr, "online == 0", FRAME_TIMEOUT, |s| s["online"] == 0).await;
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! programs, a close code for browsers, an error frame inside a session) and
 //! leaves everyone else alone.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::Duration;
 
@@ -42,9 +42,7 @@ async fn browser(server: &TestServer, user: &str, origin: &str) -> Result<Client
 /// frees up is usable again; sessions already open are untouched.
 #[tokio::test]
 async fn sessions_per_ip_are_capped() {
-    let mut config = test_config();
-    config.engine.max_sessions_per_ip = 3;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.max_sessions_per_ip = 3);
     let mut open = Vec::new();
     for i in 0..3 {
         open.push(server.client(&format!("u{i}")).await);
@@ -70,11 +68,8 @@ async fn sessions_per_ip_are_capped() {
 /// with an error frame for browsers.
 #[tokio::test]
 async fn a_full_node_refuses_new_sessions_cleanly() {
-    let mut config = test_config();
-    config.engine.max_sessions = 2;
-    let server = TestServer::start(config);
-    let _a = server.client("a").await;
-    let _b = server.client("b").await;
+    let server = TestServer::start_with(|e| e.max_sessions = 2);
+    let [_a, _b] = server.clients(["a", "b"]).await;
     assert_eq!(Client::try_connect(&server.ws_url("user=c"), &[]).await.err(), Some(503));
     let mut c = browser(&server, "c", "http://127.0.0.1").await.expect("upgraded");
     match c.try_recv(Duration::from_secs(5)).await {
@@ -92,9 +87,7 @@ async fn a_full_node_refuses_new_sessions_cleanly() {
 /// is fine.
 #[tokio::test]
 async fn rooms_per_user_are_capped() {
-    let mut config = test_config();
-    config.engine.max_rooms_per_user = 2;
-    let server = TestServer::start(config);
+    let server = TestServer::start_with(|e| e.max_rooms_per_user = 2);
     let mut u = server.client("u").await;
     for room in ["pub:a", "pub:b"] {
         u.send_json(json!({"action":"join","room_id":room})).await;
@@ -116,12 +109,8 @@ async fn rooms_per_user_are_capped() {
 /// `too_large` and the members carry on.
 #[tokio::test]
 async fn public_rooms_are_capped() {
-    let mut config = test_config();
-    config.engine.max_public_room_members = 2;
-    let server = TestServer::start(config);
-    let mut a = server.client("a").await;
-    let mut b = server.client("b").await;
-    let mut c = server.client("c").await;
+    let server = TestServer::start_with(|e| e.max_public_room_members = 2);
+    let [mut a, mut b, mut c] = server.clients(["a", "b", "c"]).await;
     for x in [&mut a, &mut b] {
         x.send_json(json!({"action":"join","room_id":"pub:lobby"})).await;
         assert_eq!(x.recv_kind("joined").await.kind(), "joined");

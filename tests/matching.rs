@@ -2,46 +2,24 @@
 //! paired with whom, when criteria relax, and how searches end (timeout, cancel,
 //! `next`, `block`, disconnects). Each test runs its own server on a free port.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::time::{Duration, Instant};
 
+use common::http::{stats, wait_stats};
+use common::search::Search;
 use common::*;
 use rendezvous::config::Config;
 use rendezvous_actors::protocol::{ErrorCode, PresenceStatus, ServerFrame};
 use rendezvous_actors::LadderStep;
 use serde_json::{json, Value};
 
+/// How these tests search (see the module doc of `search`).
+const SEARCH: Search = Search::AMID_CHATTER;
+
 /// Longer than the test ladder's full relaxation (900 ms) plus a few ticks: a pair
 /// that is ever going to be matched by relaxation is matched within this window.
 const PAST_FULL_RELAX: Duration = Duration::from_millis(1_300);
-
-/// A match as one member saw it, normalized for comparison.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Found {
-    room: String,
-    partner: Option<String>,
-    members: Vec<String>,
-    shared: Vec<String>,
-    score: u32,
-}
-
-fn found(f: ServerFrame) -> Found {
-    match f {
-        ServerFrame::MatchFound {
-            room_id,
-            partner_id,
-            mut members,
-            mut shared_interests,
-            score,
-        } => {
-            members.sort();
-            shared_interests.sort();
-            Found { room: room_id, partner: partner_id, members, shared: shared_interests, score }
-        }
-        other => panic!("expected match_found, got {other:?}"),
-    }
-}
 
 fn config_with_ladder(ladder: Vec<LadderStep>) -> Config {
     let mut c = test_config();
@@ -49,59 +27,8 @@ fn config_with_ladder(ladder: Vec<LadderStep>) -> Config {
     c
 }
 
-fn step(after_ms: u64, same_region: bool, min_shared: u32) -> LadderStep {
-    LadderStep { after_ms, same_region, min_shared }
-}
-
-/// Frames that may legitimately interleave with matching frames (room chatter).
-fn is_noise(f: &ServerFrame) -> bool {
-    matches!(
-        f,
-        ServerFrame::Presence { .. } | ServerFrame::Typing { .. } | ServerFrame::Read { .. }
-    )
-}
-
-/// The next frame that is not room chatter.
-async fn recv_signal(c: &mut Client) -> ServerFrame {
-    loop {
-        let f = c.recv().await;
-        if !is_noise(&f) {
-            return f;
-        }
-    }
-}
-
-/// Send `find_match` with `interests` plus the extra fields of `extra` (an object),
-/// and require `searching` as the answer.
-async fn search(c: &mut Client, interests: &[&str], extra: Value) {
-    let mut body = json!({"action": "find_match", "interests": interests});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    c.send_json(body).await;
-    match recv_signal(c).await {
-        ServerFrame::Searching { ticket } => assert!(!ticket.is_empty()),
-        other => panic!("{}: expected searching, got {other:?}", c.user_id),
-    }
-}
-
-/// The outcome of the running search: `match_found` or `no_match_found`.
-async fn outcome(c: &mut Client) -> ServerFrame {
-    let f = recv_signal(c).await;
-    match f {
-        ServerFrame::MatchFound { .. } | ServerFrame::NoMatchFound {} => f,
-        other => panic!("{}: expected a search outcome, got {other:?}", c.user_id),
-    }
-}
-
-async fn expect_match(c: &mut Client) -> Found {
-    found(outcome(c).await)
-}
-
 async fn expect_no_match(c: &mut Client) {
-    let f = outcome(c).await;
+    let f = SEARCH.outcome(c).await;
     assert!(
         matches!(f, ServerFrame::NoMatchFound {}),
         "{}: expected no_match_found, got {f:?}",
@@ -116,24 +43,10 @@ fn error_code(f: &ServerFrame) -> Option<ErrorCode> {
     }
 }
 
-/// `/api/stats` as JSON.
-async fn stats(server: &TestServer) -> Value {
-    let (status, body) = http_get(server.addr, "/api/stats").await;
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str(body.trim()).unwrap_or_else(|e| panic!("stats json {body}: {e}"))
-}
-
 /// Wait (bounded) until `/api/stats` reports `searching == want`.
 async fn wait_searching(server: &TestServer, want: u64, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let s = stats(server).await;
-        if s["searching"].as_u64() == Some(want) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "searching did not reach {want} within {within:?}: {s}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("searching == {want}");
+    wait_stats(server.addr, &what, within, |s| s["searching"].as_u64() == Some(want)).await;
 }
 
 fn sorted(v: &[&str]) -> Vec<String> {
@@ -145,12 +58,11 @@ fn sorted(v: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn a_pair_gets_searching_then_the_same_match() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
-    search(&mut a, &["Chess", "go", "poker"], json!({})).await;
-    search(&mut b, &["go", "chess", "tennis"], json!({})).await;
-    let fa = expect_match(&mut a).await;
-    let fb = expect_match(&mut b).await;
+    let [mut a, mut b] = server.clients(["alice", "bob"]).await;
+    SEARCH.search(&mut a, &["Chess", "go", "poker"], json!({})).await;
+    SEARCH.search(&mut b, &["go", "chess", "tennis"], json!({})).await;
+    let fa = SEARCH.expect_match(&mut a).await;
+    let fb = SEARCH.expect_match(&mut b).await;
 
     assert_eq!(fa.room, fb.room);
     assert!(!fa.room.is_empty());
@@ -172,18 +84,17 @@ async fn the_best_score_wins_over_the_longest_wait() {
     // One shared interest is enough from the start, so both waiters are eligible
     // for the newcomer; they share nothing with each other, so they keep waiting.
     let server = TestServer::start(config_with_ladder(vec![step(0, false, 1)]));
-    let mut one = server.client("zoe").await;
-    let mut three = server.client("amy").await;
-    search(&mut one, &["x"], json!({})).await; // longest waiter, shares 1
-    search(&mut three, &["y", "z", "w"], json!({})).await; // shares 3
+    let [mut one, mut three] = server.clients(["zoe", "amy"]).await;
+    SEARCH.search(&mut one, &["x"], json!({})).await; // longest waiter, shares 1
+    SEARCH.search(&mut three, &["y", "z", "w"], json!({})).await; // shares 3
     let mut newcomer = server.client("neo").await;
-    search(&mut newcomer, &["x", "y", "z", "w"], json!({})).await;
+    SEARCH.search(&mut newcomer, &["x", "y", "z", "w"], json!({})).await;
 
-    let f = expect_match(&mut newcomer).await;
+    let f = SEARCH.expect_match(&mut newcomer).await;
     assert_eq!(f.partner.as_deref(), Some("amy"), "the 3-share candidate is chosen: {f:?}");
     assert_eq!(f.shared, sorted(&["w", "y", "z"]));
     assert_eq!(f.score, 3);
-    let g = expect_match(&mut three).await;
+    let g = SEARCH.expect_match(&mut three).await;
     assert_eq!(g.room, f.room);
     assert_eq!(g.partner.as_deref(), Some("neo"));
     // The 1-share waiter was passed over and still waits.
@@ -194,38 +105,35 @@ async fn the_best_score_wins_over_the_longest_wait() {
 async fn ties_go_to_the_longest_waiter() {
     let server = TestServer::start(config_with_ladder(vec![step(0, false, 1)]));
     // Oldest first; names sort the other way so ordering by name would fail.
-    let mut oldest = server.client("zed").await;
-    let mut middle = server.client("mia").await;
-    let mut newest = server.client("abe").await;
-    search(&mut oldest, &["x"], json!({})).await;
-    search(&mut middle, &["y"], json!({})).await;
-    search(&mut newest, &["z"], json!({})).await;
+    let [mut oldest, mut middle, mut newest] = server.clients(["zed", "mia", "abe"]).await;
+    SEARCH.search(&mut oldest, &["x"], json!({})).await;
+    SEARCH.search(&mut middle, &["y"], json!({})).await;
+    SEARCH.search(&mut newest, &["z"], json!({})).await;
 
     let mut n = server.client("neo").await;
-    search(&mut n, &["z", "y", "x"], json!({})).await; // shares exactly 1 with each
-    let f = expect_match(&mut n).await;
+    SEARCH.search(&mut n, &["z", "y", "x"], json!({})).await; // shares exactly 1 with each
+    let f = SEARCH.expect_match(&mut n).await;
     assert_eq!(f.partner.as_deref(), Some("zed"), "equal scores: the longest waiter wins: {f:?}");
     assert_eq!(f.score, 1);
     assert_eq!(f.shared, sorted(&["x"]));
-    assert_eq!(expect_match(&mut oldest).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut oldest).await.room, f.room);
 
     // Next tie: the remaining oldest is mia.
     let mut m = server.client("max").await;
-    search(&mut m, &["y", "z"], json!({})).await;
-    let f = expect_match(&mut m).await;
+    SEARCH.search(&mut m, &["y", "z"], json!({})).await;
+    let f = SEARCH.expect_match(&mut m).await;
     assert_eq!(f.partner.as_deref(), Some("mia"), "{f:?}");
-    assert_eq!(expect_match(&mut middle).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut middle).await.room, f.room);
     newest.expect_silence(Duration::from_millis(200)).await;
 }
 
 #[tokio::test]
 async fn languages_never_mix_and_the_default_is_en() {
     let server = TestServer::start(test_config());
-    let mut en = server.client("en1").await;
-    let mut de = server.client("de1").await;
+    let [mut en, mut de] = server.clients(["en1", "de1"]).await;
     let started = Instant::now();
-    search(&mut en, &["chess", "go"], json!({"language": "en", "max_wait_ms": 1_500})).await;
-    search(&mut de, &["chess", "go"], json!({"language": "de", "max_wait_ms": 1_500})).await;
+    SEARCH.search(&mut en, &["chess", "go"], json!({"language": "en", "max_wait_ms": 1_500})).await;
+    SEARCH.search(&mut de, &["chess", "go"], json!({"language": "de", "max_wait_ms": 1_500})).await;
     // The ladder fully relaxes at 900 ms; still no match across languages.
     expect_no_match(&mut en).await;
     expect_no_match(&mut de).await;
@@ -233,15 +141,15 @@ async fn languages_never_mix_and_the_default_is_en() {
 
     // No language: the default ("en"), not a wildcard.
     let mut de2 = server.client("de2").await;
-    search(&mut de2, &["chess", "go"], json!({"language": "de"})).await;
+    SEARCH.search(&mut de2, &["chess", "go"], json!({"language": "de"})).await;
     let mut none = server.client("nolang").await;
-    search(&mut none, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut none, &["chess", "go"], json!({})).await;
     none.expect_silence(Duration::from_millis(300)).await;
     let mut en2 = server.client("en2").await;
-    search(&mut en2, &["chess", "go"], json!({"language": " EN "})).await;
-    let f = expect_match(&mut en2).await;
+    SEARCH.search(&mut en2, &["chess", "go"], json!({"language": " EN "})).await;
+    let f = SEARCH.expect_match(&mut en2).await;
     assert_eq!(f.partner.as_deref(), Some("nolang"));
-    assert_eq!(expect_match(&mut none).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut none).await.room, f.room);
     de2.expect_silence(PAST_FULL_RELAX).await;
 }
 
@@ -250,15 +158,14 @@ async fn the_same_region_is_preferred() {
     let server =
         TestServer::start(config_with_ladder(vec![step(0, true, 0), step(3_000, false, 0)]));
     // `far` waits longest and shares more with the newcomer, but is in another region.
-    let mut far = server.client("far").await;
-    let mut near = server.client("near").await;
-    search(&mut far, &["chess", "go"], json!({"region": "us"})).await;
-    search(&mut near, &["chess"], json!({"region": "eu"})).await;
+    let [mut far, mut near] = server.clients(["far", "near"]).await;
+    SEARCH.search(&mut far, &["chess", "go"], json!({"region": "us"})).await;
+    SEARCH.search(&mut near, &["chess"], json!({"region": "eu"})).await;
     let mut n = server.client("newbie").await;
-    search(&mut n, &["chess", "go"], json!({"region": "EU"})).await;
-    let f = expect_match(&mut n).await;
+    SEARCH.search(&mut n, &["chess", "go"], json!({"region": "EU"})).await;
+    let f = SEARCH.expect_match(&mut n).await;
     assert_eq!(f.partner.as_deref(), Some("near"), "same region first: {f:?}");
-    assert_eq!(expect_match(&mut near).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut near).await.room, f.room);
     far.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -266,15 +173,14 @@ async fn the_same_region_is_preferred() {
 async fn different_regions_match_once_the_server_relaxes() {
     let server =
         TestServer::start(config_with_ladder(vec![step(0, true, 0), step(1_000, false, 0)]));
-    let mut us = server.client("us1").await;
-    let mut eu = server.client("eu1").await;
+    let [mut us, mut eu] = server.clients(["us1", "eu1"]).await;
     let started = Instant::now();
-    search(&mut us, &["chess"], json!({"region": "us"})).await;
-    search(&mut eu, &["chess"], json!({"region": "eu"})).await;
+    SEARCH.search(&mut us, &["chess"], json!({"region": "us"})).await;
+    SEARCH.search(&mut eu, &["chess"], json!({"region": "eu"})).await;
     us.expect_silence(Duration::from_millis(600)).await;
     // No resubmission: the server's own relaxation pairs them.
-    let f = expect_match(&mut us).await;
-    let g = expect_match(&mut eu).await;
+    let f = SEARCH.expect_match(&mut us).await;
+    let g = SEARCH.expect_match(&mut eu).await;
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(1_000), "matched before relaxing: {waited:?}");
     assert!(waited < Duration::from_millis(5_000), "relaxation too slow: {waited:?}");
@@ -291,14 +197,13 @@ async fn no_shared_interests_match_only_at_the_last_step() {
         step(1_000, false, 1),
         step(1_500, false, 0),
     ]));
-    let mut a = server.client("knitter").await;
-    let mut b = server.client("surfer").await;
+    let [mut a, mut b] = server.clients(["knitter", "surfer"]).await;
     let started = Instant::now();
-    search(&mut a, &["knitting"], json!({})).await;
-    search(&mut b, &["surfing", "diving"], json!({})).await;
+    SEARCH.search(&mut a, &["knitting"], json!({})).await;
+    SEARCH.search(&mut b, &["surfing", "diving"], json!({})).await;
     a.expect_silence(Duration::from_millis(1_100)).await;
-    let f = expect_match(&mut a).await;
-    let g = expect_match(&mut b).await;
+    let f = SEARCH.expect_match(&mut a).await;
+    let g = SEARCH.expect_match(&mut b).await;
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(1_500), "matched before the last step: {waited:?}");
     assert!(waited < Duration::from_millis(5_000), "relaxation too slow: {waited:?}");
@@ -314,12 +219,12 @@ async fn a_group_of_three_gets_one_room() {
     let mut cs = Vec::new();
     for name in ["g1", "g2", "g3"] {
         let mut c = server.client(name).await;
-        search(&mut c, &["chess", "go"], json!({"group_size": 3})).await;
+        SEARCH.search(&mut c, &["chess", "go"], json!({"group_size": 3})).await;
         cs.push(c);
     }
     let mut seen = Vec::new();
     for c in &mut cs {
-        seen.push(expect_match(c).await);
+        seen.push(SEARCH.expect_match(c).await);
     }
     for f in &seen {
         assert_eq!(f.room, seen[0].room);
@@ -336,24 +241,23 @@ async fn a_group_of_three_gets_one_room() {
 #[tokio::test]
 async fn a_pair_search_never_joins_a_group_search() {
     let server = TestServer::start(test_config());
-    let mut g1 = server.client("g1").await;
-    let mut g2 = server.client("g2").await;
-    search(&mut g1, &["chess", "go"], json!({"group_size": 3})).await;
-    search(&mut g2, &["chess", "go"], json!({"group_size": 3})).await;
+    let [mut g1, mut g2] = server.clients(["g1", "g2"]).await;
+    SEARCH.search(&mut g1, &["chess", "go"], json!({"group_size": 3})).await;
+    SEARCH.search(&mut g2, &["chess", "go"], json!({"group_size": 3})).await;
     let mut p = server.client("pair").await;
-    search(&mut p, &["chess", "go"], json!({"group_size": 2, "max_wait_ms": 1_500})).await;
+    SEARCH.search(&mut p, &["chess", "go"], json!({"group_size": 2, "max_wait_ms": 1_500})).await;
     expect_no_match(&mut p).await;
     g1.expect_silence(Duration::from_millis(100)).await;
     g2.expect_silence(Duration::from_millis(100)).await;
 
     // The two group searches were waiting all along: a third completes them.
     let mut g3 = server.client("g3").await;
-    search(&mut g3, &["chess"], json!({"group_size": 3})).await;
-    let f = expect_match(&mut g3).await;
+    SEARCH.search(&mut g3, &["chess"], json!({"group_size": 3})).await;
+    let f = SEARCH.expect_match(&mut g3).await;
     assert_eq!(f.members, sorted(&["g1", "g2", "g3"]));
     assert_eq!(f.partner, None);
-    assert_eq!(expect_match(&mut g1).await.room, f.room);
-    assert_eq!(expect_match(&mut g2).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut g1).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut g2).await.room, f.room);
 }
 
 #[tokio::test]
@@ -361,7 +265,7 @@ async fn a_search_times_out_with_no_match_found() {
     let server = TestServer::start(test_config());
     let mut a = server.client("lonely").await;
     let started = Instant::now();
-    search(&mut a, &["chess"], json!({"max_wait_ms": 600})).await;
+    SEARCH.search(&mut a, &["chess"], json!({"max_wait_ms": 600})).await;
     expect_no_match(&mut a).await;
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(600), "expired early: {waited:?}");
@@ -375,7 +279,7 @@ async fn a_search_times_out_with_no_match_found() {
     let server = TestServer::start(cfg);
     let mut b = server.client("capped").await;
     let started = Instant::now();
-    search(&mut b, &["chess"], json!({"max_wait_ms": 60_000})).await;
+    SEARCH.search(&mut b, &["chess"], json!({"max_wait_ms": 60_000})).await;
     expect_no_match(&mut b).await;
     assert!(started.elapsed() < Duration::from_millis(3_000), "cap ignored");
 }
@@ -384,22 +288,22 @@ async fn a_search_times_out_with_no_match_found() {
 async fn cancel_match_withdraws_the_search() {
     let server = TestServer::start(test_config());
     let mut a = server.client("quitter").await;
-    search(&mut a, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut a, &["chess", "go"], json!({})).await;
     a.send_json(json!({"action": "cancel_match"})).await;
-    let f = recv_signal(&mut a).await;
+    let f = SEARCH.next(&mut a).await;
     assert_eq!(f.kind(), "match_cancelled", "{f:?}");
     wait_searching(&server, 0, Duration::from_secs(2)).await;
 
     let mut b = server.client("stayer").await;
-    search(&mut b, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
     b.expect_silence(PAST_FULL_RELAX).await;
     a.expect_silence(Duration::from_millis(100)).await;
 
     // The canceller can search again and is matched with the waiting user.
-    search(&mut a, &["chess", "go"], json!({})).await;
-    let f = expect_match(&mut a).await;
+    SEARCH.search(&mut a, &["chess", "go"], json!({})).await;
+    let f = SEARCH.expect_match(&mut a).await;
     assert_eq!(f.partner.as_deref(), Some("stayer"));
-    assert_eq!(expect_match(&mut b).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut b).await.room, f.room);
 }
 
 #[tokio::test]
@@ -407,12 +311,12 @@ async fn cancel_without_a_search_is_acknowledged() {
     let server = TestServer::start(test_config());
     let mut a = server.client("idle").await;
     a.send_json(json!({"action": "cancel_match"})).await;
-    assert_eq!(recv_signal(&mut a).await.kind(), "match_cancelled");
+    assert_eq!(SEARCH.next(&mut a).await.kind(), "match_cancelled");
     // And after a search has ended (timed out) too.
-    search(&mut a, &["chess"], json!({"max_wait_ms": 300})).await;
+    SEARCH.search(&mut a, &["chess"], json!({"max_wait_ms": 300})).await;
     expect_no_match(&mut a).await;
     a.send_json(json!({"action": "cancel_match"})).await;
-    assert_eq!(recv_signal(&mut a).await.kind(), "match_cancelled");
+    assert_eq!(SEARCH.next(&mut a).await.kind(), "match_cancelled");
     a.expect_silence(Duration::from_millis(200)).await;
 }
 
@@ -420,19 +324,19 @@ async fn cancel_without_a_search_is_acknowledged() {
 async fn a_second_find_match_while_searching_is_refused() {
     let server = TestServer::start(test_config());
     let mut a = server.client("eager").await;
-    search(&mut a, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut a, &["chess", "go"], json!({})).await;
     a.find_match(&["poker"]).await;
-    let f = recv_signal(&mut a).await;
+    let f = SEARCH.next(&mut a).await;
     assert_eq!(error_code(&f), Some(ErrorCode::AlreadySearching), "{f:?}");
-    assert_eq!(stats(&server).await["searching"].as_u64(), Some(1), "still one search");
+    assert_eq!(stats(server.addr).await["searching"].as_u64(), Some(1), "still one search");
 
     // The first search is intact and ends in exactly one match.
     let mut b = server.client("calm").await;
-    search(&mut b, &["chess", "go"], json!({})).await;
-    let f = expect_match(&mut a).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
+    let f = SEARCH.expect_match(&mut a).await;
     assert_eq!(f.partner.as_deref(), Some("calm"));
     assert_eq!(f.shared, sorted(&["chess", "go"]), "the first search's criteria were kept");
-    assert_eq!(expect_match(&mut b).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut b).await.room, f.room);
     a.expect_silence(Duration::from_millis(300)).await;
 }
 
@@ -467,11 +371,11 @@ async fn next_leaves_and_never_rematches_the_skipped_partner() {
     let (mut a, mut b, room) = matched_pair(&server, "a", "b").await;
 
     a.send_json(json!({"action": "next"})).await;
-    match recv_signal(&mut a).await {
+    match SEARCH.next(&mut a).await {
         ServerFrame::Left { room_id } => assert_eq!(room_id, room),
         other => panic!("expected left, got {other:?}"),
     }
-    assert_eq!(recv_signal(&mut a).await.kind(), "searching");
+    assert_eq!(SEARCH.next(&mut a).await.kind(), "searching");
     match b.recv().await {
         ServerFrame::Presence { room_id, user_id, status } => {
             assert_eq!((room_id.as_str(), user_id.as_str()), (room.as_str(), "a"));
@@ -485,24 +389,24 @@ async fn next_leaves_and_never_rematches_the_skipped_partner() {
     }
 
     // B searches too, with the very same interests: both wait past full relaxation.
-    search(&mut b, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
     a.expect_silence(PAST_FULL_RELAX).await;
     b.expect_silence(Duration::from_millis(100)).await;
-    assert_eq!(stats(&server).await["searching"].as_u64(), Some(2));
+    assert_eq!(stats(server.addr).await["searching"].as_u64(), Some(2));
 
     // Fresh users pair with each of them instead.
     let mut c = server.client("c").await;
-    search(&mut c, &["chess", "go"], json!({})).await;
-    let fc = expect_match(&mut c).await;
+    SEARCH.search(&mut c, &["chess", "go"], json!({})).await;
+    let fc = SEARCH.expect_match(&mut c).await;
     let first = fc.partner.clone().expect("partner");
     assert!(first == "a" || first == "b", "{fc:?}");
     let mut d = server.client("d").await;
-    search(&mut d, &["chess", "go"], json!({})).await;
-    let fd = expect_match(&mut d).await;
+    SEARCH.search(&mut d, &["chess", "go"], json!({})).await;
+    let fd = SEARCH.expect_match(&mut d).await;
     let second = fd.partner.clone().expect("partner");
     assert_ne!(first, second);
     assert!(second == "a" || second == "b", "{fd:?}");
-    let (fa, fb) = (expect_match(&mut a).await, expect_match(&mut b).await);
+    let (fa, fb) = (SEARCH.expect_match(&mut a).await, SEARCH.expect_match(&mut b).await);
     assert_ne!(fa.partner.as_deref(), Some("b"));
     assert_ne!(fb.partner.as_deref(), Some("a"));
     assert_ne!(fa.room, fb.room);
@@ -517,33 +421,33 @@ async fn block_closes_the_room_and_keeps_the_two_apart() {
     let (mut a, mut b, room) = matched_pair(&server, "a", "b").await;
 
     a.send_json(json!({"action": "block", "user_id": "b"})).await;
-    match recv_signal(&mut a).await {
+    match SEARCH.next(&mut a).await {
         ServerFrame::Blocked { user_id } => assert_eq!(user_id, "b"),
         other => panic!("expected blocked, got {other:?}"),
     }
     for c in [&mut a, &mut b] {
-        match recv_signal(c).await {
+        match SEARCH.next(c).await {
             ServerFrame::RoomClosed { room_id, .. } => assert_eq!(room_id, room),
             other => panic!("{}: expected room_closed, got {other:?}", c.user_id),
         }
     }
 
     // Same interests, full relaxation: never each other.
-    search(&mut a, &["chess", "go"], json!({"max_wait_ms": 1_500})).await;
-    search(&mut b, &["chess", "go"], json!({"max_wait_ms": 1_500})).await;
+    SEARCH.search(&mut a, &["chess", "go"], json!({"max_wait_ms": 1_500})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({"max_wait_ms": 1_500})).await;
     expect_no_match(&mut a).await;
     expect_no_match(&mut b).await;
 
     // The block outlives B's session.
     b.close().await;
     let mut b = server.client("b").await;
-    search(&mut b, &["chess", "go"], json!({})).await;
-    search(&mut a, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut a, &["chess", "go"], json!({})).await;
     a.expect_silence(PAST_FULL_RELAX).await;
     // Someone else is still welcome.
     let mut c = server.client("c").await;
-    search(&mut c, &["chess", "go"], json!({})).await;
-    let fc = expect_match(&mut c).await;
+    SEARCH.search(&mut c, &["chess", "go"], json!({})).await;
+    let fc = SEARCH.expect_match(&mut c).await;
     let p = fc.partner.clone().expect("partner");
     assert!(p == "a" || p == "b", "{fc:?}");
 }
@@ -552,40 +456,40 @@ async fn block_closes_the_room_and_keeps_the_two_apart() {
 async fn a_dropped_connection_leaves_the_pool_at_once() {
     let server = TestServer::start(test_config());
     let mut a = server.client("dropper").await;
-    search(&mut a, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut a, &["chess", "go"], json!({})).await;
     wait_searching(&server, 1, Duration::from_secs(2)).await;
     // Drop the socket without a close handshake.
     drop(a);
     wait_searching(&server, 0, Duration::from_secs(2)).await;
 
     let mut b = server.client("survivor").await;
-    search(&mut b, &["chess", "go"], json!({"max_wait_ms": 1_500})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({"max_wait_ms": 1_500})).await;
     wait_searching(&server, 1, Duration::from_secs(2)).await;
     expect_no_match(&mut b).await;
     wait_searching(&server, 0, Duration::from_secs(2)).await;
-    assert_eq!(stats(&server).await["rooms"].as_u64(), Some(0), "no room was opened");
+    assert_eq!(stats(server.addr).await["rooms"].as_u64(), Some(0), "no room was opened");
 }
 
 #[tokio::test]
 async fn a_user_is_never_matched_with_their_own_old_search() {
     let server = TestServer::start(test_config());
     let mut old = server.client("sam").await;
-    search(&mut old, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut old, &["chess", "go"], json!({})).await;
     wait_searching(&server, 1, Duration::from_secs(2)).await;
 
     let mut new = server.client("sam").await;
     assert_eq!(old.closed().await, Ended::Closed(4009));
-    search(&mut new, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut new, &["chess", "go"], json!({})).await;
     new.expect_silence(PAST_FULL_RELAX).await;
-    assert_eq!(stats(&server).await["searching"].as_u64(), Some(1), "one search for sam");
+    assert_eq!(stats(server.addr).await["searching"].as_u64(), Some(1), "one search for sam");
 
     // The new search is alive and pairs with someone else.
     let mut other = server.client("pat").await;
-    search(&mut other, &["chess", "go"], json!({})).await;
-    let f = expect_match(&mut new).await;
+    SEARCH.search(&mut other, &["chess", "go"], json!({})).await;
+    let f = SEARCH.expect_match(&mut new).await;
     assert_eq!(f.partner.as_deref(), Some("pat"));
     assert_eq!(f.members, sorted(&["pat", "sam"]));
-    assert_eq!(expect_match(&mut other).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut other).await.room, f.room);
     new.expect_silence(Duration::from_millis(200)).await;
 }
 
@@ -608,22 +512,22 @@ async fn invalid_find_match_inputs_are_refused_and_the_session_keeps_working() {
     for (what, mut body, code) in cases {
         body["action"] = json!("find_match");
         a.send_json(body).await;
-        let f = recv_signal(&mut a).await;
+        let f = SEARCH.next(&mut a).await;
         assert_eq!(error_code(&f), Some(code), "{what}: {f:?}");
     }
-    assert_eq!(stats(&server).await["searching"].as_u64(), Some(0), "no search started");
+    assert_eq!(stats(server.addr).await["searching"].as_u64(), Some(0), "no search started");
 
     // At the limits exactly: 20 interests, one of 32 characters.
     let mut ok: Vec<String> = (0..19).map(|i| format!("i{i}")).collect();
     ok.push("y".repeat(32));
     let ok_refs: Vec<&str> = ok.iter().map(String::as_str).collect();
-    search(&mut a, &ok_refs, json!({"group_size": 2})).await;
+    SEARCH.search(&mut a, &ok_refs, json!({"group_size": 2})).await;
     let mut b = server.client("steady").await;
-    search(&mut b, &ok_refs, json!({})).await;
-    let f = expect_match(&mut a).await;
+    SEARCH.search(&mut b, &ok_refs, json!({})).await;
+    let f = SEARCH.expect_match(&mut a).await;
     assert_eq!(f.partner.as_deref(), Some("steady"));
     assert_eq!(f.score, 20);
-    assert_eq!(expect_match(&mut b).await.room, f.room);
+    assert_eq!(SEARCH.expect_match(&mut b).await.room, f.room);
 }
 
 /// `next` from a new connection of the same user (a reload within the grace period)
@@ -639,12 +543,12 @@ async fn next_works_after_a_reconnect() {
         other => panic!("{other:?}"),
     }
     a.send_json(json!({"action": "next"})).await;
-    match recv_signal(&mut a).await {
+    match SEARCH.next(&mut a).await {
         ServerFrame::Left { room_id } => assert_eq!(room_id, room),
         other => panic!("expected left, got {other:?}"),
     }
-    assert_eq!(recv_signal(&mut a).await.kind(), "searching");
+    assert_eq!(SEARCH.next(&mut a).await.kind(), "searching");
     assert_eq!(b.recv_kind("room_closed").await.kind(), "room_closed");
-    search(&mut b, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
     a.expect_silence(PAST_FULL_RELAX).await;
 }

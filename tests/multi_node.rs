@@ -8,21 +8,23 @@
 //! lock exclusively, so that the timing bounds of the other tests (a dead node is
 //! noticed within 5 s, …) are never measured while 2,100 storm clients own both cores.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+
 use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
+use common::search::{pair, Found, Search};
+use common::storm::{interests_for, Seen, Storm};
 use common::{http_get, Client, Ended};
-use futures_util::{SinkExt, StreamExt};
 use rendezvous_actors::protocol::{ErrorCode, PresenceStatus, ServerFrame};
-use serde_json::{json, Value};
-use tokio::sync::{watch, Barrier, RwLock, Semaphore};
-use tokio_tungstenite::tungstenite::Message;
+use serde_json::json;
+use tokio::sync::RwLock;
+
+/// How these tests search (see the module doc of `search`).
+const SEARCH: Search = Search::AMID_PRESENCE;
 
 /// Shared by every test, taken exclusively by the storm (see the module doc).
 static CPU: RwLock<()> = RwLock::const_new(());
@@ -32,103 +34,6 @@ static CPU: RwLock<()> = RwLock::const_new(());
 const PAST_FULL_RELAX: Duration = Duration::from_millis(1_500);
 
 // ---------------------------------------------------------------- helpers
-
-/// Nothing but `presence` arrives within `wait`.
-async fn expect_quiet(c: &mut Client, wait: Duration) {
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return;
-        }
-        match c.try_recv(left).await {
-            None => return,
-            Some(ServerFrame::Presence { .. }) => continue,
-            Some(f) => panic!("{}: expected no frame, got {f:?}", c.user_id),
-        }
-    }
-}
-
-/// Send `find_match` with `interests` plus the fields of `extra` (an object) and
-/// require `searching` as the answer.
-async fn search(c: &mut Client, interests: &[&str], extra: Value) {
-    let mut body = json!({"action": "find_match", "interests": interests});
-    if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
-        for (k, v) in e {
-            b.insert(k.clone(), v.clone());
-        }
-    }
-    c.send_json(body).await;
-    match next(c).await {
-        ServerFrame::Searching { ticket } => assert!(!ticket.is_empty(), "empty ticket"),
-        other => panic!("{}: expected searching, got {other:?}", c.user_id),
-    }
-}
-
-/// The outcome of the running search: `match_found` or `no_match_found`.
-async fn outcome(c: &mut Client) -> ServerFrame {
-    let f = next(c).await;
-    match f {
-        ServerFrame::MatchFound { .. } | ServerFrame::NoMatchFound {} => f,
-        other => panic!("{}: expected a search outcome, got {other:?}", c.user_id),
-    }
-}
-
-/// A `match_found`, with members and shared interests sorted for comparison.
-#[derive(Debug, Clone, PartialEq)]
-struct Found {
-    room: String,
-    partner: Option<String>,
-    members: Vec<String>,
-    shared: Vec<String>,
-    score: u32,
-}
-
-async fn expect_match(c: &mut Client) -> Found {
-    match outcome(c).await {
-        ServerFrame::MatchFound {
-            room_id,
-            partner_id,
-            mut members,
-            mut shared_interests,
-            score,
-        } => {
-            assert!(!room_id.is_empty(), "{}: empty room id", c.user_id);
-            members.sort();
-            shared_interests.sort();
-            Found { room: room_id, partner: partner_id, members, shared: shared_interests, score }
-        }
-        other => panic!("{}: expected match_found, got {other:?}", c.user_id),
-    }
-}
-
-/// `a` on node `a.0` and `b` on node `b.0` search for chess and go (one after the
-/// other) and are matched with each other; the two clients and the room.
-async fn pair(cluster: &Cluster, a: (usize, &str), b: (usize, &str)) -> (Client, Client, String) {
-    let mut ca = cluster.client(a.0, a.1).await;
-    let mut cb = cluster.client(b.0, b.1).await;
-    search(&mut ca, &["chess", "go"], json!({})).await;
-    search(&mut cb, &["chess", "go"], json!({})).await;
-    let fa = expect_match(&mut ca).await;
-    let fb = expect_match(&mut cb).await;
-    assert_eq!(fa.room, fb.room, "{} and {} were given different rooms", a.1, b.1);
-    assert_eq!(fa.partner.as_deref(), Some(b.1), "{}'s partner", a.1);
-    assert_eq!(fb.partner.as_deref(), Some(a.1), "{}'s partner", b.1);
-    (ca, cb, fa.room)
-}
-
-/// The very next frame is this presence change.
-async fn expect_presence(c: &mut Client, room: &str, user: &str, status: PresenceStatus) {
-    match c.recv().await {
-        ServerFrame::Presence { room_id, user_id, status: got } => assert_eq!(
-            (room_id.as_str(), user_id.as_str(), got),
-            (room, user, status),
-            "{}: presence",
-            c.user_id
-        ),
-        other => panic!("{}: expected presence {status:?} of {user}, got {other:?}", c.user_id),
-    }
-}
 
 /// Join a public room; the `joined` member list, sorted.
 async fn join(c: &mut Client, room: &str) -> Vec<String> {
@@ -140,13 +45,6 @@ async fn join(c: &mut Client, room: &str) -> Vec<String> {
             members
         }
         other => panic!("{}: expected joined, got {other:?}", c.user_id),
-    }
-}
-
-fn welcome_rooms(c: &Client) -> Vec<String> {
-    match &c.welcome {
-        ServerFrame::Welcome { rooms, .. } => rooms.clone(),
-        other => panic!("not a welcome: {other:?}"),
     }
 }
 
@@ -172,12 +70,11 @@ fn strings(v: &[&str]) -> Vec<String> {
 async fn a_pair_on_two_nodes_is_matched_into_one_room() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
-    let mut a = cluster.client(0, "alice").await;
-    let mut b = cluster.client(1, "bob").await;
-    search(&mut a, &["chess", "go"], json!({})).await;
-    search(&mut b, &["chess", "go"], json!({})).await;
-    let fa = expect_match(&mut a).await;
-    let fb = expect_match(&mut b).await;
+    let [mut a, mut b] = cluster.clients([(0, "alice"), (1, "bob")]).await;
+    SEARCH.search(&mut a, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
+    let fa = SEARCH.expect_match(&mut a).await;
+    let fb = SEARCH.expect_match(&mut b).await;
     assert_eq!(fa.room, fb.room, "one room for both");
     assert_eq!(fa.partner.as_deref(), Some("bob"));
     assert_eq!(fb.partner.as_deref(), Some("alice"));
@@ -187,7 +84,7 @@ async fn a_pair_on_two_nodes_is_matched_into_one_room() {
         assert_eq!(f.score, 2, "{f:?}");
     }
     // One match_found per search: nothing follows, on either node.
-    tokio::join!(expect_quiet(&mut a, PAST_FULL_RELAX), expect_quiet(&mut b, PAST_FULL_RELAX));
+    tokio::join!(SEARCH.quiet(&mut a, PAST_FULL_RELAX), SEARCH.quiet(&mut b, PAST_FULL_RELAX));
 }
 
 /// A group search of three users on three different nodes fills one room: everyone
@@ -200,12 +97,12 @@ async fn a_group_of_three_on_three_nodes_gets_one_room() {
     let mut clients = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let mut c = cluster.client(i, name).await;
-        search(&mut c, &["chess", "go"], json!({"group_size": 3})).await;
+        SEARCH.search(&mut c, &["chess", "go"], json!({"group_size": 3})).await;
         clients.push(c);
     }
     let mut found = Vec::new();
     for c in &mut clients {
-        found.push(expect_match(c).await);
+        found.push(SEARCH.expect_match(c).await);
     }
     for f in &found {
         assert_eq!(f.room, found[0].room, "one room for the group: {found:?}");
@@ -213,7 +110,7 @@ async fn a_group_of_three_on_three_nodes_gets_one_room() {
         assert_eq!(f.partner, None, "partner_id in a group: {f:?}");
     }
     for c in &mut clients {
-        expect_quiet(c, Duration::from_millis(300)).await;
+        SEARCH.quiet(c, Duration::from_millis(300)).await;
     }
 }
 
@@ -226,7 +123,7 @@ async fn a_group_of_three_on_three_nodes_gets_one_room() {
 async fn chat_typing_read_and_signal_cross_nodes() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
-    let (mut a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+    let (mut a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
 
     send_text(&mut a, &room, "hello bob", "a1").await;
     let m1 = sent(&mut a, &room, "a1").await;
@@ -271,15 +168,6 @@ async fn chat_typing_read_and_signal_cross_nodes() {
     assert_eq!(hb, ha, "history on node-b");
 }
 
-/// One member's view of the load room.
-#[derive(Default)]
-struct RoomView {
-    /// (seq, msg_id, sender, text) in arrival order.
-    messages: Vec<(u64, String, String, String)>,
-    /// (client_msg_id, seq, msg_id) in arrival order.
-    acks: Vec<(String, u64, String)>,
-}
-
 /// Two members on different nodes each pipeline 300 messages at the same moment:
 /// both receive all 600 exactly once, in one identical order, with `seq` 1..=600;
 /// every `ack` names the `seq` of its own message; `history` from either node
@@ -287,117 +175,13 @@ struct RoomView {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_senders_on_two_nodes_see_one_gap_free_order() {
     const EACH: usize = 300;
-    const TOTAL: usize = 2 * EACH;
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
-    let (a, b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+    let (a, b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
 
-    let go = Arc::new(Barrier::new(2));
-    let mut tasks = Vec::new();
-    for c in [a, b] {
-        let (go, room) = (go.clone(), room.clone());
-        tasks.push(tokio::spawn(async move {
-            let Client { ws, user_id: user, welcome } = c;
-            let (mut tx, mut rx) = ws.split();
-            let (reader_user, reader_room) = (user.clone(), room.clone());
-            let reader = tokio::spawn(async move {
-                let mut view = RoomView::default();
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-                while view.messages.len() < TOTAL || view.acks.len() < EACH {
-                    let msg =
-                        tokio::time::timeout_at(deadline, rx.next()).await.unwrap_or_else(|_| {
-                            panic!(
-                                "{reader_user}: stuck at {} messages, {} acks",
-                                view.messages.len(),
-                                view.acks.len()
-                            )
-                        });
-                    let text = match msg {
-                        Some(Ok(Message::Text(t))) => t,
-                        Some(Ok(Message::Close(f))) => panic!("{reader_user}: closed {f:?}"),
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => panic!("{reader_user}: socket error {e}"),
-                        None => panic!("{reader_user}: stream ended"),
-                    };
-                    match serde_json::from_str::<ServerFrame>(text.as_str())
-                        .unwrap_or_else(|e| panic!("{reader_user}: bad frame {text}: {e}"))
-                    {
-                        ServerFrame::Message(m) => {
-                            assert_eq!(m.room_id, reader_room);
-                            view.messages.push((m.seq, m.msg_id, m.sender, m.text));
-                        }
-                        ServerFrame::Ack { client_msg_id, room_id, seq, msg_id } => {
-                            assert_eq!(room_id, reader_room);
-                            view.acks.push((client_msg_id.expect("client_msg_id"), seq, msg_id));
-                        }
-                        ServerFrame::Presence { .. } => {}
-                        other => panic!("{reader_user}: unexpected {other:?}"),
-                    }
-                }
-                // Nothing more may follow: no duplicates after the full set.
-                let quiet = tokio::time::Instant::now() + Duration::from_millis(500);
-                while let Ok(Some(Ok(m))) = tokio::time::timeout_at(quiet, rx.next()).await {
-                    if let Message::Text(t) = m {
-                        assert!(t.contains("\"presence\""), "{reader_user}: extra frame {t}");
-                    }
-                }
-                (view, rx)
-            });
-            go.wait().await;
-            for i in 0..EACH {
-                let frame = json!({
-                    "action": "send",
-                    "room_id": room,
-                    "text": format!("{user}#{i}"),
-                    "client_msg_id": format!("c{i}"),
-                });
-                tx.send(Message::Text(frame.to_string().into())).await.expect("pipeline a send");
-            }
-            let (view, rx) = reader.await.expect("reader task");
-            let ws = tx.reunite(rx).expect("reunite the halves of one socket");
-            (view, Client { ws, user_id: user, welcome })
-        }));
-    }
-    let mut views = Vec::new();
-    for t in tasks {
-        let done = tokio::time::timeout(Duration::from_secs(40), t).await;
-        views.push(done.expect("member finished in time").expect("member task"));
-    }
-
-    // Both members: every message exactly once, seq 1..=TOTAL, in one order.
-    let reference = views[0].0.messages.clone();
-    let want: Vec<u64> = (1..=TOTAL as u64).collect();
-    for (view, c) in &views {
-        let seqs: Vec<u64> = view.messages.iter().map(|m| m.0).collect();
-        assert_eq!(seqs, want, "{}: seq not gap-free and in order", c.user_id);
-        assert_eq!(view.messages, reference, "{} saw a different order", c.user_id);
-    }
-    // Texts unique; each sender's own order preserved; sender field is the author.
-    let texts: BTreeSet<&str> = reference.iter().map(|m| m.3.as_str()).collect();
-    assert_eq!(texts.len(), TOTAL, "duplicate texts");
-    let mut next_i: HashMap<&str, usize> = HashMap::new();
-    let mut by_text: HashMap<&str, (u64, &str)> = HashMap::new();
-    for (seq, msg_id, sender, text) in &reference {
-        let (who, i) = text.split_once('#').expect("text is USER#I");
-        assert_eq!(who, sender, "sender field matches the author");
-        let i: usize = i.parse().expect("message index");
-        let expect = next_i.entry(sender.as_str()).or_default();
-        assert_eq!(i, *expect, "{sender}'s messages out of order");
-        *expect += 1;
-        by_text.insert(text.as_str(), (*seq, msg_id.as_str()));
-    }
-    assert_eq!(next_i.len(), 2, "{next_i:?}");
-    assert!(next_i.values().all(|&n| n == EACH), "{next_i:?}");
-    // Acks: one per message, in send order, each naming its message's seq and id.
-    for (view, c) in &views {
-        assert_eq!(view.acks.len(), EACH, "{}", c.user_id);
-        for (i, (cid, seq, msg_id)) in view.acks.iter().enumerate() {
-            assert_eq!(cid, &format!("c{i}"), "{}: acks out of order", c.user_id);
-            let text = format!("{}#{i}", c.user_id);
-            let (mseq, mid) = by_text[text.as_str()];
-            assert_eq!((*seq, msg_id.as_str()), (mseq, mid), "{}: ack {i} vs message", c.user_id);
-        }
-    }
+    let tail = Tail { quiet: Duration::from_millis(500), presence_after: true };
+    let mut views = pipeline(vec![a, b], &room, EACH, tail).await;
+    let reference = check_one_order(&views, EACH);
     // History from either node: the first 200 in the same order, then the rest.
     for (_, c) in &mut views {
         let h = history(c, &room, 0, Some(200)).await;
@@ -467,149 +251,32 @@ async fn a_public_room_spans_nodes() {
     expect_presence(&mut a, ROOM, "bob", PresenceStatus::Left).await;
     expect_presence(&mut c, ROOM, "bob", PresenceStatus::Left).await;
 
-    send_text(&mut a, ROOM, "bob is gone", "a2").await;
-    let m = sent(&mut a, ROOM, "a2").await;
+    let m = exchange(&mut a, &mut c, ROOM, "bob is gone", "a2").await;
     assert_eq!(m.seq, 4);
-    assert_eq!(expect_message(&mut c).await, m);
     b.expect_silence(Duration::from_millis(500)).await;
 }
 
 // ---------------------------------------------------------------- storm
 
-const STORM_INTERESTS: [&str; 8] =
-    ["chess", "go", "poker", "music", "films", "books", "hiking", "cooking"];
-
-/// Deterministic, varied interests for client `i`: 1 to 3 of [`STORM_INTERESTS`].
-fn interests_for(i: usize) -> Vec<&'static str> {
-    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
-    let mut pick = || {
-        x ^= x >> 31;
-        x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x ^= x >> 29;
-        x
-    };
-    let n = 1 + (pick() % 3) as usize;
-    let mut v: Vec<&str> = (0..n).map(|_| STORM_INTERESTS[(pick() % 8) as usize]).collect();
-    v.sort_unstable();
-    v.dedup();
-    v
-}
-
 fn storm_user(i: usize) -> String {
     format!("s{i:05}")
 }
 
-/// What one storm client saw after its `find_match`.
-struct Seen {
-    user: String,
-    searching: usize,
-    matches: Vec<Found>,
-    no_match: usize,
-    other: Vec<ServerFrame>,
-}
-
-/// `n` clients connect round-robin to the nodes (bounded parallelism), wait for each
-/// other, then all send `find_match` at once and record every frame until told to
-/// stop. Returns what each saw (index = client number), the live clients (kept
-/// open so rooms stay open for the checks) and how long until the last outcome.
+/// `n` clients connect round-robin to the nodes and search in one language; see
+/// [`Storm::run`]. Members and shared interests come back sorted.
 async fn storm(cluster: &Cluster, n: usize) -> (Vec<Seen>, Vec<Client>, Duration) {
-    let connect_slots = Arc::new(Semaphore::new(128));
-    let ready = Arc::new(Barrier::new(n + 1));
-    let decided = Arc::new(AtomicUsize::new(0));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
-        let url = cluster.node(i % cluster.nodes.len()).ws_url(&storm_user(i));
-        let (slots, ready, decided) = (connect_slots.clone(), ready.clone(), decided.clone());
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut c = {
-                let _slot = slots.acquire().await.expect("connect semaphore");
-                Client::connect(&url).await
-            };
-            ready.wait().await;
-            c.send_json(json!({
-                "action": "find_match",
-                "interests": interests_for(i),
-                "language": "en",
-            }))
-            .await;
-            let mut seen = Seen {
-                user: c.user_id.clone(),
-                searching: 0,
-                matches: Vec::new(),
-                no_match: 0,
-                other: Vec::new(),
-            };
-            loop {
-                tokio::select! {
-                    _ = stop.changed() => break,
-                    msg = c.ws.next() => {
-                        let text = match msg {
-                            Some(Ok(Message::Text(t))) => t,
-                            Some(Ok(Message::Close(f))) => panic!("{}: closed {f:?}", seen.user),
-                            Some(Ok(_)) => continue,
-                            Some(Err(e)) => panic!("{}: socket error {e}", seen.user),
-                            None => panic!("{}: stream ended", seen.user),
-                        };
-                        let f: ServerFrame = serde_json::from_str(text.as_str())
-                            .unwrap_or_else(|e| panic!("bad frame {text}: {e}"));
-                        let undecided = seen.matches.is_empty() && seen.no_match == 0;
-                        match f {
-                            ServerFrame::Searching { .. } => seen.searching += 1,
-                            ServerFrame::MatchFound {
-                                room_id, partner_id, mut members, mut shared_interests, score,
-                            } => {
-                                members.sort();
-                                shared_interests.sort();
-                                seen.matches.push(Found {
-                                    room: room_id,
-                                    partner: partner_id,
-                                    members,
-                                    shared: shared_interests,
-                                    score,
-                                });
-                            }
-                            ServerFrame::NoMatchFound {} => seen.no_match += 1,
-                            ServerFrame::Presence { .. } => continue,
-                            other => { seen.other.push(other); continue }
-                        }
-                        let decided_now = !seen.matches.is_empty() || seen.no_match > 0;
-                        if undecided && decided_now {
-                            decided.fetch_add(1, Ordering::SeqCst);
-                        }
-                    }
-                }
-            }
-            (seen, c)
-        }));
-    }
-    // Every client connected (or a connect panicked, which fails the wait below).
-    tokio::time::timeout(Duration::from_secs(60), ready.wait())
-        .await
-        .expect("all storm clients connected within 60 s");
-    let started = Instant::now();
-    // Everyone has an outcome within the search timeout (15 s) plus slack.
-    let deadline = started + Duration::from_secs(30);
-    while decided.load(Ordering::SeqCst) < n {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {n} clients got an outcome within 30 s",
-            decided.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let took = started.elapsed();
-    // Give a stray second match_found (from another node) time to arrive.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
-    stop_tx.send(true).expect("stop the storm readers");
-    let mut seen = Vec::with_capacity(n);
-    let mut clients = Vec::with_capacity(n);
-    for t in tasks {
-        let (s, c) = t.await.expect("storm client task");
-        seen.push(s);
-        clients.push(c);
-    }
+    let urls = (0..n).map(|i| cluster.node(i % cluster.nodes.len()).ws_url(&storm_user(i)));
+    // Everyone has an outcome within the search timeout (15 s) plus slack; a stray
+    // second match_found (from another node) has a second to arrive.
+    let plan = Storm {
+        urls: urls.collect(),
+        outcome_within: Duration::from_secs(30),
+        linger: Duration::from_millis(1_000),
+    };
+    let (mut seen, clients, took) = plan
+        .run(|i| json!({"action": "find_match", "interests": interests_for(i), "language": "en"}))
+        .await;
+    seen.iter_mut().flat_map(|s| s.matches.iter_mut()).for_each(Found::sort);
     (seen, clients, took)
 }
 
@@ -725,11 +392,9 @@ async fn a_storm_over_three_nodes_pairs_everyone_at_most_once() {
 async fn reconnecting_to_another_node_within_grace_keeps_the_seat() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(3).await;
-    let (mut a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
-    send_text(&mut a, &room, "before", "a1").await;
-    let m1 = sent(&mut a, &room, "a1").await;
+    let (mut a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
+    let m1 = exchange(&mut a, &mut b, &room, "before", "a1").await;
     assert_eq!(m1.seq, 1);
-    assert_eq!(expect_message(&mut b).await, m1);
 
     // alice's connection dies without a close handshake.
     drop(a);
@@ -741,18 +406,14 @@ async fn reconnecting_to_another_node_within_grace_keeps_the_seat() {
         "precondition: back within the 3 s grace, took {:?}",
         dropped.elapsed()
     );
-    assert_eq!(welcome_rooms(&a), vec![room.clone()], "welcome on node-c lists the kept room");
+    assert_eq!(a.welcome_rooms(), vec![room.clone()], "welcome on node-c lists the kept room");
     expect_presence(&mut b, &room, "alice", PresenceStatus::Online).await;
     assert_eq!(history(&mut a, &room, 0, None).await, vec![m1], "history from node-c");
 
-    send_text(&mut a, &room, "now on node-c", "a2").await;
-    let m2 = sent(&mut a, &room, "a2").await;
+    let m2 = exchange(&mut a, &mut b, &room, "now on node-c", "a2").await;
     assert_eq!(m2.seq, 2);
-    assert_eq!(expect_message(&mut b).await, m2);
-    send_text(&mut b, &room, "welcome back", "b1").await;
-    let m3 = sent(&mut b, &room, "b1").await;
+    let m3 = exchange(&mut b, &mut a, &room, "welcome back", "b1").await;
     assert_eq!(m3.seq, 3);
-    assert_eq!(expect_message(&mut a).await, m3);
 }
 
 /// A member who reconnects to the node that created their match (it claimed the
@@ -781,14 +442,12 @@ async fn reconnecting_to_the_node_that_created_the_match_keeps_the_history() {
         let i = pairs;
         pairs += 1;
         let (alice, bob) = (format!("alice{i}"), format!("bob{i}"));
-        let (mut a, mut b, room) = pair(&cluster, (0, &alice), (1, &bob)).await;
-        send_text(&mut a, &room, "before", "a1").await;
-        let m1 = sent(&mut a, &room, "a1").await;
-        assert_eq!(expect_message(&mut b).await, m1);
+        let (mut a, mut b, room) = pair(&cluster.nodes, (0, &alice), (1, &bob)).await;
+        let m1 = exchange(&mut a, &mut b, &room, "before", "a1").await;
         drop(a);
         expect_presence(&mut b, &room, &alice, PresenceStatus::Offline).await;
         let mut a = cluster.client(2, &alice).await;
-        assert_eq!(welcome_rooms(&a), vec![room.clone()], "pair {i}: welcome on node-c");
+        assert_eq!(a.welcome_rooms(), vec![room.clone()], "pair {i}: welcome on node-c");
         expect_presence(&mut b, &room, &alice, PresenceStatus::Online).await;
         assert_eq!(history(&mut a, &room, 0, None).await, vec![m1], "pair {i}: history on node-c");
         send_text(&mut a, &room, "after", "a2").await;
@@ -807,8 +466,7 @@ async fn reconnecting_to_the_node_that_created_the_match_keeps_the_history() {
 async fn a_second_connection_on_another_node_replaces_the_first() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
-    let mut old = cluster.client(0, "alice").await;
-    let mut new = cluster.client(1, "alice").await;
+    let [mut old, mut new] = cluster.clients([(0, "alice"), (1, "alice")]).await;
     assert_eq!(old.closed().await, Ended::Closed(4009));
     alive(&mut new).await;
 }
@@ -820,16 +478,16 @@ async fn a_replaced_connection_leaves_no_search_behind() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(3).await;
     let mut old = cluster.client(0, "sam").await;
-    search(&mut old, &["chess", "go"], json!({})).await;
+    SEARCH.search(&mut old, &["chess", "go"], json!({})).await;
     let mut new = cluster.client(1, "sam").await;
     assert_eq!(old.closed().await, Ended::Closed(4009));
-    search(&mut new, &["chess", "go"], json!({})).await;
-    expect_quiet(&mut new, PAST_FULL_RELAX).await;
+    SEARCH.search(&mut new, &["chess", "go"], json!({})).await;
+    SEARCH.quiet(&mut new, PAST_FULL_RELAX).await;
 
     let mut pat = cluster.client(2, "pat").await;
-    search(&mut pat, &["chess", "go"], json!({})).await;
-    let fs = expect_match(&mut new).await;
-    let fp = expect_match(&mut pat).await;
+    SEARCH.search(&mut pat, &["chess", "go"], json!({})).await;
+    let fs = SEARCH.expect_match(&mut new).await;
+    let fp = SEARCH.expect_match(&mut pat).await;
     assert_eq!(fs.partner.as_deref(), Some("pat"));
     assert_eq!(fp.partner.as_deref(), Some("sam"));
     assert_eq!(fs.room, fp.room);
@@ -843,7 +501,7 @@ async fn a_replaced_connection_leaves_no_search_behind() {
 async fn a_killed_node_is_noticed_by_partners_and_peers_within_five_seconds() {
     let _cpu = CPU.read().await;
     let mut cluster = Cluster::start(3).await;
-    let (a, mut b, room) = pair(&cluster, (0, "alice"), (1, "bob")).await;
+    let (a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
     let budget = Duration::from_secs(6); // 5 s plus polling and scheduling slack
 
     cluster.node_mut(0).kill9();
@@ -873,7 +531,7 @@ async fn a_search_on_a_killed_node_is_never_matched() {
     let _cpu = CPU.read().await;
     let mut cluster = Cluster::start(3).await;
     let mut carol = cluster.client(0, "carol").await;
-    search(&mut carol, &["rare-x", "rare-y"], json!({})).await;
+    SEARCH.search(&mut carol, &["rare-x", "rare-y"], json!({})).await;
     // No frame tells when the search is visible to other nodes; give it time to get
     // there, or an early kill would make the test vacuous.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -886,8 +544,8 @@ async fn a_search_on_a_killed_node_is_never_matched() {
     // "Within a few seconds everywhere": search after 5 s.
     tokio::time::sleep(Duration::from_secs(5).saturating_sub(killed.elapsed())).await;
     let mut dave = cluster.client(1, "dave").await;
-    search(&mut dave, &["rare-x", "rare-y"], json!({"max_wait_ms": 3_000})).await;
-    match outcome(&mut dave).await {
+    SEARCH.search(&mut dave, &["rare-x", "rare-y"], json!({"max_wait_ms": 3_000})).await;
+    match SEARCH.outcome(&mut dave).await {
         ServerFrame::NoMatchFound {} => {}
         other => panic!("dave was matched after carol's node died: {other:?}"),
     }
@@ -915,11 +573,9 @@ async fn nodes_survive_a_redis_outage_and_rejoin_when_it_returns() {
     }
 
     // Local matching and chat on node-a while Redis is down.
-    let (mut x, mut y, room) = pair(&cluster, (0, "xena"), (0, "yuri")).await;
-    send_text(&mut x, &room, "redis is down", "x1").await;
-    let m = sent(&mut x, &room, "x1").await;
+    let (mut x, mut y, room) = pair(&cluster.nodes, (0, "xena"), (0, "yuri")).await;
+    let m = exchange(&mut x, &mut y, &room, "redis is down", "x1").await;
     assert_eq!(m.seq, 1);
-    assert_eq!(expect_message(&mut y).await, m);
     for node in &mut cluster.nodes {
         assert!(node.try_wait().is_none(), "{} exited while Redis was down", node.id);
         assert_eq!(http_get(node.addr, "/healthz").await.0, 200, "{}: healthz", node.id);
@@ -934,10 +590,8 @@ async fn nodes_survive_a_redis_outage_and_rejoin_when_it_returns() {
     eprintln!("readyz 200 on both after {:?}", restarted.elapsed());
     cluster.wait_formed().await;
 
-    let (mut p, mut q, room) = pair(&cluster, (0, "pia"), (1, "quin")).await;
-    send_text(&mut p, &room, "redis is back", "p1").await;
-    let m = sent(&mut p, &room, "p1").await;
-    assert_eq!(expect_message(&mut q).await, m);
+    let (mut p, mut q, room) = pair(&cluster.nodes, (0, "pia"), (1, "quin")).await;
+    exchange(&mut p, &mut q, &room, "redis is back", "p1").await;
     for node in &mut cluster.nodes {
         assert!(node.try_wait().is_none(), "{} exited", node.id);
     }
@@ -949,8 +603,7 @@ async fn nodes_survive_a_redis_outage_and_rejoin_when_it_returns() {
 async fn sigterm_drains_a_node_and_the_cluster_shrinks() {
     let _cpu = CPU.read().await;
     let mut cluster = Cluster::start(2).await;
-    let mut a = cluster.client(0, "alice").await;
-    let mut b = cluster.client(1, "bob").await;
+    let [mut a, mut b] = cluster.clients([(0, "alice"), (1, "bob")]).await;
     cluster.node(0).sigterm();
     assert_eq!(a.closed().await, Ended::Closed(1012));
     assert_eq!(cluster.node_mut(0).wait_exit(Duration::from_secs(10)), 0, "exit code");
@@ -970,12 +623,12 @@ async fn the_find_match_rate_limit_is_shared_by_all_nodes() {
     let cluster = Cluster::start_with(2, &[("--find-match-per-minute", "3")]).await;
     let mut u = cluster.client(0, "uma").await;
     for _ in 0..2 {
-        search(&mut u, &["chess"], json!({})).await;
+        SEARCH.search(&mut u, &["chess"], json!({})).await;
         alive(&mut u).await; // cancel_match -> match_cancelled
     }
     let mut u2 = cluster.client(1, "uma").await;
     assert_eq!(u.closed().await, Ended::Closed(4009));
-    search(&mut u2, &["chess"], json!({})).await;
+    SEARCH.search(&mut u2, &["chess"], json!({})).await;
     alive(&mut u2).await;
     u2.find_match(&["chess"]).await;
     match next(&mut u2).await {
@@ -999,10 +652,10 @@ async fn trending_is_the_same_on_every_node() {
         let (a, b) = (format!("t{i}{j}a"), format!("t{i}{j}b"));
         let mut ca = cluster.client(i, &a).await;
         let mut cb = cluster.client(j, &b).await;
-        search(&mut ca, &["zither", "yodel"], json!({})).await;
-        search(&mut cb, &["yodel", "zither"], json!({})).await;
-        let fa = expect_match(&mut ca).await;
-        let fb = expect_match(&mut cb).await;
+        SEARCH.search(&mut ca, &["zither", "yodel"], json!({})).await;
+        SEARCH.search(&mut cb, &["yodel", "zither"], json!({})).await;
+        let fa = SEARCH.expect_match(&mut ca).await;
+        let fb = SEARCH.expect_match(&mut cb).await;
         assert_eq!((fa.partner.as_deref(), fa.room.as_str()), (Some(b.as_str()), fb.room.as_str()));
         assert_eq!(fa.shared, strings(&["yodel", "zither"]));
         keep.extend([ca, cb]);
@@ -1051,31 +704,31 @@ async fn an_undeliverable_match_puts_the_others_back_at_their_old_place() {
     let _cpu = CPU.read().await;
     let cluster = Cluster::start(2).await;
     let mut bob = cluster.client(1, "bob").await;
-    search(&mut bob, &["kite", "loom"], json!({})).await;
+    SEARCH.search(&mut bob, &["kite", "loom"], json!({})).await;
     // bob's search reaches node-a's pool as a replica; then node-b freezes.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let frozen = cluster.node(1).pid().to_string();
     let st = std::process::Command::new("kill").args(["-STOP", &frozen]).status().expect("kill");
     assert!(st.success());
     let mut alice = cluster.client(0, "alice").await;
-    search(&mut alice, &["kite", "loom"], json!({})).await;
+    SEARCH.search(&mut alice, &["kite", "loom"], json!({})).await;
     // node-a claims {alice, bob} and offers bob's node, which cannot answer: after
     // the offer times out alice is back in the pool, with her original ticket.
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     let mut carol = cluster.client(0, "carol").await;
-    search(&mut carol, &["kite", "loom"], json!({})).await;
+    SEARCH.search(&mut carol, &["kite", "loom"], json!({})).await;
     let mut dave = cluster.client(0, "dave").await;
-    search(&mut dave, &["kite", "loom"], json!({})).await;
-    let fa = expect_match(&mut alice).await;
+    SEARCH.search(&mut dave, &["kite", "loom"], json!({})).await;
+    let fa = SEARCH.expect_match(&mut alice).await;
     assert_eq!(fa.partner.as_deref(), Some("carol"), "alice waited longest: {fa:?}");
-    let fc = expect_match(&mut carol).await;
+    let fc = SEARCH.expect_match(&mut carol).await;
     assert_eq!(fc.room, fa.room);
     let st = std::process::Command::new("kill").args(["-CONT", &frozen]).status().expect("kill");
     assert!(st.success());
     // Once node-b is back, bob (still searching) is matched with dave, never alice.
-    let fd = expect_match(&mut dave).await;
+    let fd = SEARCH.expect_match(&mut dave).await;
     assert_eq!(fd.partner.as_deref(), Some("bob"), "{fd:?}");
-    let fb = expect_match(&mut bob).await;
+    let fb = SEARCH.expect_match(&mut bob).await;
     assert_eq!(fb.room, fd.room);
     cluster.wait_formed().await;
 }

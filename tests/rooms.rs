@@ -8,44 +8,19 @@
 //! member's next frame after some relay is the `ack`/`message`/`history` that a later
 //! request caused, the relay was not sent to them.
 
-mod common;
+use rendezvous_test_support as common;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use common::chat::{expect_presence, history_request, now_ms, send_text, seqs};
+use common::http::wait_stats;
 use common::*;
-use futures_util::StreamExt;
 use rendezvous_actors::protocol::{
     ChatMessage, ErrorCode, HistoryItem, PresenceStatus, ServerFrame,
 };
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
 
 // ---------------------------------------------------------------- helpers
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_millis() as u64
-}
-
-/// The next frame as raw JSON (to check field names the typed frames hide).
-async fn recv_value(c: &mut Client) -> Value {
-    loop {
-        match tokio::time::timeout(FRAME_TIMEOUT, c.ws.next()).await {
-            Err(_) => panic!("{}: no frame within {FRAME_TIMEOUT:?}", c.user_id),
-            Ok(Some(Ok(Message::Text(t)))) => {
-                return serde_json::from_str(t.as_str()).expect("json frame")
-            }
-            Ok(Some(Ok(Message::Close(f)))) => panic!("{}: closed: {f:?}", c.user_id),
-            Ok(Some(Ok(_))) => continue,
-            Ok(Some(Err(e))) => panic!("{}: socket error {e}", c.user_id),
-            Ok(None) => panic!("{}: stream ended", c.user_id),
-        }
-    }
-}
-
-async fn send_text(c: &mut Client, room: &str, text: &str, client_msg_id: &str) {
-    c.send_json(json!({"action":"send","room_id":room,"text":text,"client_msg_id":client_msg_id}))
-        .await;
-}
 
 /// The `ack` for the message just sent: (seq, msg_id). Asserts the echo fields.
 async fn expect_ack(c: &mut Client, room: &str, client_msg_id: &str) -> (u64, String) {
@@ -71,20 +46,6 @@ async fn expect_error(c: &mut Client, code: ErrorCode) {
     match c.recv().await {
         ServerFrame::Error { code: got, .. } if got == code => {}
         other => panic!("{}: expected error {code:?}, got {other:?}", c.user_id),
-    }
-}
-
-async fn expect_presence(c: &mut Client, room: &str, user: &str, status: PresenceStatus) {
-    match c.recv().await {
-        ServerFrame::Presence { room_id, user_id, status: got } => {
-            assert_eq!(
-                (room_id.as_str(), user_id.as_str(), got),
-                (room, user, status),
-                "{}: presence",
-                c.user_id
-            );
-        }
-        other => panic!("{}: expected presence {status:?} of {user}, got {other:?}", c.user_id),
     }
 }
 
@@ -120,18 +81,9 @@ async fn leave(c: &mut Client, room: &str) {
 
 /// Ask for history and return the messages, checking each raw item is tagged
 /// `"type":"message"` and belongs to the room.
-async fn history(
-    c: &mut Client,
-    room: &str,
-    after_seq: u64,
-    limit: Option<u32>,
-) -> Vec<ChatMessage> {
-    let mut req = json!({"action":"history","room_id":room,"after_seq":after_seq});
-    if let Some(l) = limit {
-        req["limit"] = json!(l);
-    }
-    c.send_json(req).await;
-    let v = recv_value(c).await;
+async fn history(c: &mut Client, room: &str, after: u64, limit: Option<u32>) -> Vec<ChatMessage> {
+    c.send_json(history_request(room, after, limit)).await;
+    let v = c.recv_value().await;
     assert_eq!(v["type"], "history", "{}: expected history, got {v}", c.user_id);
     assert_eq!(v["room_id"], room);
     let items = v["messages"].as_array().expect("messages array");
@@ -145,34 +97,6 @@ async fn history(
             messages.into_iter().map(|HistoryItem::Message(m)| m).collect()
         }
         other => panic!("not history: {other:?}"),
-    }
-}
-
-fn seqs(msgs: &[ChatMessage]) -> Vec<u64> {
-    msgs.iter().map(|m| m.seq).collect()
-}
-
-fn welcome_rooms(c: &Client) -> Vec<String> {
-    match &c.welcome {
-        ServerFrame::Welcome { rooms, .. } => rooms.clone(),
-        other => panic!("not a welcome: {other:?}"),
-    }
-}
-
-/// Poll `/api/stats` until `pred` holds (bounded); the last stats.
-async fn wait_stats(server: &TestServer, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + FRAME_TIMEOUT;
-    loop {
-        let (status, body) = http_get(server.addr, "/api/stats").await;
-        assert_eq!(status, 200, "{body}");
-        let v: Value = serde_json::from_str(&body).expect("stats json");
-        if pred(&v) {
-            return v;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("stats never satisfied `{what}`: {v}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -295,7 +219,7 @@ async fn signal_is_relayed_to_every_other_member_with_payload_intact() {
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
     let payload = nested_payload();
     a.send_json(json!({"action":"signal","room_id":room,"payload":payload})).await;
-    let v = recv_value(&mut b).await;
+    let v = b.recv_value().await;
     assert_eq!(v["type"], "signal");
     assert_eq!(v["room_id"], room.as_str());
     assert_eq!(v["from"], "alice");
@@ -328,9 +252,7 @@ async fn signal_is_relayed_to_every_other_member_with_payload_intact() {
 #[tokio::test]
 async fn signal_with_to_reaches_only_that_member() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
-    let mut c = server.client("carol").await;
+    let [mut a, mut b, mut c] = server.clients(["alice", "bob", "carol"]).await;
     let lobby = "pub:signal-to";
     assert_eq!(join(&mut a, lobby).await, ["alice"]);
     join(&mut b, lobby).await;
@@ -377,9 +299,7 @@ async fn signal_to_a_non_member_is_not_in_room() {
 #[tokio::test]
 async fn join_and_leave_public_rooms() {
     let server = TestServer::start(test_config());
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
-    let mut c = server.client("carol").await;
+    let [mut a, mut b, mut c] = server.clients(["alice", "bob", "carol"]).await;
     let lobby = "pub:lobby";
 
     assert_eq!(join(&mut a, lobby).await, ["alice"]);
@@ -438,8 +358,7 @@ async fn joining_a_non_public_room_is_bad_request() {
 async fn leaving_a_room_you_are_not_in_is_not_in_room() {
     let server = TestServer::start(test_config());
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let mut c = server.client("carol").await;
-    let mut d = server.client("dave").await;
+    let [mut c, mut d] = server.clients(["carol", "dave"]).await;
     join(&mut d, "pub:existing").await;
     for id in ["pub:nowhere", "r-does-not-exist", room.as_str(), "pub:existing"] {
         leave(&mut c, id).await;
@@ -456,8 +375,7 @@ async fn leaving_a_room_you_are_not_in_is_not_in_room() {
 async fn sending_to_a_room_you_are_not_in_is_not_in_room() {
     let server = TestServer::start(test_config());
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let mut c = server.client("carol").await;
-    let mut d = server.client("dave").await;
+    let [mut c, mut d] = server.clients(["carol", "dave"]).await;
     join(&mut d, "pub:other").await;
     for id in ["r-does-not-exist", "pub:nowhere", room.as_str(), "pub:other"] {
         send_text(&mut c, id, "intrusion", "c1").await;
@@ -472,23 +390,27 @@ async fn sending_to_a_room_you_are_not_in_is_not_in_room() {
     assert_eq!(expect_ack(&mut d, "pub:other", "c3").await.0, 1);
 }
 
-#[tokio::test]
-async fn an_empty_public_room_is_recreated_after_its_grace() {
-    let mut cfg = test_config();
-    cfg.engine.empty_room_grace_ms = 200;
-    let server = TestServer::start(cfg);
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
-    let lobby = "pub:ephemeral";
-
+/// A server keeping empty public rooms for `grace_ms`, where alice opened `lobby`,
+/// posted "old" (seq 1) and left; bob is connected and has not joined. (server,
+/// alice, bob)
+async fn a_room_left_empty(lobby: &str, grace_ms: u64) -> (TestServer, Client, Client) {
+    let server = TestServer::start_with(|e| e.empty_room_grace_ms = grace_ms);
+    let [mut a, b] = server.clients(["alice", "bob"]).await;
     assert_eq!(join(&mut a, lobby).await, ["alice"]);
     send_text(&mut a, lobby, "old", "c1").await;
     assert_eq!(expect_ack(&mut a, lobby, "c1").await.0, 1);
     expect_message(&mut a).await;
     leave(&mut a, lobby).await;
     expect_left(&mut a, lobby).await;
+    (server, a, b)
+}
+
+#[tokio::test]
+async fn an_empty_public_room_is_recreated_after_its_grace() {
+    let lobby = "pub:ephemeral";
+    let (server, _alice, mut b) = a_room_left_empty(lobby, 200).await;
     // The room is forgotten once the grace has passed.
-    wait_stats(&server, "rooms == 0", |s| s["rooms"] == 0).await;
+    wait_stats(server.addr, "rooms == 0", FRAME_TIMEOUT, |s| s["rooms"] == 0).await;
 
     assert_eq!(join(&mut b, lobby).await, ["bob"], "fresh room: just the joiner");
     assert!(history(&mut b, lobby, 0, None).await.is_empty(), "fresh room has no history");
@@ -498,19 +420,8 @@ async fn an_empty_public_room_is_recreated_after_its_grace() {
 
 #[tokio::test]
 async fn an_empty_public_room_lingers_during_its_grace() {
-    let mut cfg = test_config();
-    cfg.engine.empty_room_grace_ms = 30_000;
-    let server = TestServer::start(cfg);
-    let mut a = server.client("alice").await;
-    let mut b = server.client("bob").await;
     let lobby = "pub:lingering";
-
-    assert_eq!(join(&mut a, lobby).await, ["alice"]);
-    send_text(&mut a, lobby, "old", "c1").await;
-    expect_ack(&mut a, lobby, "c1").await;
-    expect_message(&mut a).await;
-    leave(&mut a, lobby).await;
-    expect_left(&mut a, lobby).await;
+    let (_server, _alice, mut b) = a_room_left_empty(lobby, 30_000).await;
 
     assert_eq!(join(&mut b, lobby).await, ["bob"]);
     let h = history(&mut b, lobby, 0, None).await;
@@ -541,7 +452,7 @@ async fn leaving_a_match_room_closes_it_for_the_partner() {
         c.send_json(json!({"action":"history","room_id":room})).await;
         expect_error(c, ErrorCode::NotInRoom).await;
     }
-    wait_stats(&server, "rooms == 0", |s| s["rooms"] == 0).await;
+    wait_stats(server.addr, "rooms == 0", FRAME_TIMEOUT, |s| s["rooms"] == 0).await;
 }
 
 // ---------------------------------------------------------------- history
@@ -587,9 +498,7 @@ async fn history_returns_stored_messages_after_seq_with_limit() {
 
 #[tokio::test]
 async fn history_limit_is_capped_by_the_server() {
-    let mut cfg = test_config();
-    cfg.engine.history_limit_max = 3;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.history_limit_max = 3);
     let (mut a, _b, room) = matched_pair(&server, "alice", "bob").await;
     for i in 1..=5 {
         send_text(&mut a, &room, "x", &format!("c{i}")).await;
@@ -601,9 +510,7 @@ async fn history_limit_is_capped_by_the_server() {
 
 #[tokio::test]
 async fn history_ring_keeps_only_the_newest() {
-    let mut cfg = test_config();
-    cfg.engine.history_len = 3;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.history_len = 3);
     let (mut a, _b, room) = matched_pair(&server, "alice", "bob").await;
     for i in 1..=5u64 {
         send_text(&mut a, &room, &format!("m{i}"), &format!("c{i}")).await;
@@ -635,9 +542,7 @@ async fn history_of_a_room_you_are_not_in_is_not_in_room() {
 
 #[tokio::test]
 async fn reconnect_within_grace_keeps_the_seat_and_loses_nothing() {
-    let mut cfg = test_config();
-    cfg.engine.reconnect_grace_ms = 10_000;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.reconnect_grace_ms = 10_000);
     let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
 
     send_text(&mut a, &room, "before", "c0").await;
@@ -663,7 +568,7 @@ async fn reconnect_within_grace_keeps_the_seat_and_loses_nothing() {
     }
 
     let mut b = server.client("bob").await;
-    assert_eq!(welcome_rooms(&b), vec![room.clone()], "welcome lists the kept room");
+    assert_eq!(b.welcome_rooms(), vec![room.clone()], "welcome lists the kept room");
     expect_presence(&mut a, &room, "bob", PresenceStatus::Online).await;
 
     let got = history(&mut b, &room, last_seen, None).await;
@@ -678,9 +583,7 @@ async fn reconnect_within_grace_keeps_the_seat_and_loses_nothing() {
 
 #[tokio::test]
 async fn grace_expiry_closes_the_match_room() {
-    let mut cfg = test_config();
-    cfg.engine.reconnect_grace_ms = 300;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| e.reconnect_grace_ms = 300);
     let (mut a, b, room) = matched_pair(&server, "alice", "bob").await;
 
     drop(b);
@@ -695,7 +598,7 @@ async fn grace_expiry_closes_the_match_room() {
     expect_room_closed(&mut a, &room).await;
 
     let b = server.client("bob").await;
-    assert!(welcome_rooms(&b).is_empty(), "no seat after the grace: {:?}", b.welcome);
+    assert!(b.welcome_rooms().is_empty(), "no seat after the grace: {:?}", b.welcome);
     send_text(&mut a, &room, "gone?", "c1").await;
     expect_error(&mut a, ErrorCode::NotInRoom).await;
 }
@@ -707,7 +610,7 @@ async fn a_second_connection_replaces_the_first() {
 
     let mut b2 = server.client("bob").await;
     assert_eq!(b1.closed().await, Ended::Closed(4009));
-    assert_eq!(welcome_rooms(&b2), vec![room.clone()], "the new connection keeps the seat");
+    assert_eq!(b2.welcome_rooms(), vec![room.clone()], "the new connection keeps the seat");
     // The seat now delivers to b2 (its history request is answered after the room
     // switched it over, since both come from b2's session in order).
     assert!(history(&mut b2, &room, 0, None).await.is_empty());
@@ -722,21 +625,20 @@ async fn a_second_connection_replaces_the_first() {
     let m = expect_message(&mut a).await;
     assert_eq!((m.sender.as_str(), m.text.as_str()), ("bob", "yes"));
     // The replacement is not a departure: alice saw no presence change.
-    wait_stats(&server, "online == 2", |s| s["online"] == 2).await;
+    wait_stats(server.addr, "online == 2", FRAME_TIMEOUT, |s| s["online"] == 2).await;
 }
 
 #[tokio::test]
 async fn a_normal_close_is_cleaned_up() {
     let server = TestServer::start(test_config());
-    let a = server.client("alice").await;
-    let _b = server.client("bob").await;
-    wait_stats(&server, "online == 2", |s| s["online"] == 2).await;
+    let [a, _b] = server.clients(["alice", "bob"]).await;
+    wait_stats(server.addr, "online == 2", FRAME_TIMEOUT, |s| s["online"] == 2).await;
     a.close().await;
-    wait_stats(&server, "online == 1", |s| s["online"] == 1).await;
+    wait_stats(server.addr, "online == 1", FRAME_TIMEOUT, |s| s["online"] == 1).await;
     // The same name can connect again afterwards, as a fresh session.
     let a = server.client("alice").await;
-    assert!(welcome_rooms(&a).is_empty());
-    wait_stats(&server, "online == 2", |s| s["online"] == 2).await;
+    assert!(a.welcome_rooms().is_empty());
+    wait_stats(server.addr, "online == 2", FRAME_TIMEOUT, |s| s["online"] == 2).await;
 }
 
 /// A partner whose connection dies while the match room is being opened (between
@@ -746,12 +648,10 @@ async fn a_normal_close_is_cleaned_up() {
 /// unmatched (`match_cancelled`) or matched, and every match must close.
 #[tokio::test]
 async fn a_partner_lost_while_the_room_opens_is_released_after_grace() {
-    let mut cfg = test_config();
-    cfg.engine.reconnect_grace_ms = 50;
-    cfg.engine.find_match_per_minute = 100_000;
-    cfg.engine.frames_per_second = 100_000;
-    cfg.engine.frames_burst = 100_000;
-    let server = TestServer::start(cfg);
+    let server = TestServer::start_with(|e| {
+        e.reconnect_grace_ms = 50;
+        lift_rate_limits(e, 100_000);
+    });
     let mut a = server.client("alice").await;
     let mut matches = 0;
     for i in 0..200 {

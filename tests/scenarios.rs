@@ -5,7 +5,7 @@
 //! met), and its JSON result must show that the scenario really did its work.
 //! Also: a missed threshold exits 1, and a file nobody can run exits 2.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,6 +1,6 @@
-mod common;
 use common::*;
 use rendezvous_actors::protocol::ServerFrame;
+use rendezvous_test_support as common;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,30 +1,17 @@
-//! WebSocket plumbing shared by the modes: connecting, waiting for one frame type,
-//! and matching one pair of users (each possibly on its own node).
+//! What the load tester adds to the protocol's client (`rendezvous_protocol::client`,
+//! shared with the integration tests): failures as counted values, connected members,
+//! matching one pair of users (each possibly on its own node), bounded concurrency.
 
 use std::fmt;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use rendezvous_protocol::client::{self as wire, RecvError};
 use rendezvous_protocol::ServerFrame;
 use serde_json::json;
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// Bytes one read of a client socket takes at most. tungstenite zeroes this much
-/// of its input buffer before every read, so its 128 KiB default made the load
-/// tester spend about half its CPU in `memset` (perf); frames here are small.
-const READ_BUFFER_BYTES: usize = 8 * 1024;
-
-/// The WebSocket settings every connection of the load tester uses.
-pub fn ws_config() -> WebSocketConfig {
-    WebSocketConfig::default().read_buffer_size(READ_BUFFER_BYTES)
-}
+pub use rendezvous_protocol::client::{ws_config, Ws};
 
 /// Why one pair (or one chat member) failed, with enough context to act on.
 #[derive(Debug)]
@@ -73,21 +60,17 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Open a session for `user`. Nagle is off: chat mode writes many small frames
-/// back to back, and a delayed ACK on loopback would add up to 40 ms to some.
+/// Open a session for `user`.
 pub async fn connect(url: &str, user: &str) -> Result<Ws, Failure> {
     connect_to(&format!("{url}?user={user}")).await
 }
 
-/// Open a WebSocket to `target` (a full URL, query included), Nagle off.
+/// Open a WebSocket to `target` (a full URL, query included).
 pub async fn connect_to(target: &str) -> Result<Ws, Failure> {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(target, Some(ws_config()), true)
-        .await
-        .map_err(|e| {
-            crate::telemetry::error("connect");
-            Failure::Connect { url: target.to_owned(), error: e.to_string() }
-        })?;
-    Ok(ws)
+    wire::connect(target).await.map_err(|e| {
+        crate::telemetry::error("connect");
+        Failure::Connect { url: target.to_owned(), error: e.to_string() }
+    })
 }
 
 /// Read frames until one of type `kind` arrives, within `wait`. An `error` frame
@@ -108,36 +91,21 @@ pub async fn until_one_of(
     kinds: &[&'static str],
     wait: Duration,
 ) -> Result<ServerFrame, Failure> {
-    let kind = kinds.first().copied().unwrap_or("a frame");
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let next = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .map_err(|_| Failure::Timeout { user: user.to_owned(), waiting_for: kind })?;
-        let text = match next {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | None => {
-                return Err(Failure::Closed { user: user.to_owned(), waiting_for: kind })
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                return Err(Failure::Protocol { user: user.to_owned(), error: e.to_string() })
-            }
-        };
-        let frame: ServerFrame = serde_json::from_str(text.as_str())
-            .map_err(|e| Failure::Protocol { user: user.to_owned(), error: e.to_string() })?;
-        if kinds.contains(&frame.kind()) {
-            return Ok(frame);
+    let waiting_for = kinds.first().copied().unwrap_or("a frame");
+    let user = user.to_owned();
+    wire::until(ws, kinds, tokio::time::Instant::now() + wait).await.map_err(|e| match e {
+        RecvError::Timeout => Failure::Timeout { user, waiting_for },
+        RecvError::Closed(_) | RecvError::Ended => Failure::Closed { user, waiting_for },
+        RecvError::ErrorFrame(frame) => Failure::Server { user, frame: frame.to_json() },
+        RecvError::Socket(_) | RecvError::Unreadable { .. } => {
+            Failure::Protocol { user, error: e.to_string() }
         }
-        if frame.kind() == "error" {
-            return Err(Failure::Server { user: user.to_owned(), frame: text.to_string() });
-        }
-    }
+    })
 }
 
 /// Send one JSON text frame.
 pub async fn send_text(ws: &mut Ws, user: &str, text: String) -> Result<(), Failure> {
-    ws.send(Message::Text(text.into()))
+    wire::send_text(ws, text)
         .await
         .map_err(|e| Failure::Send { user: user.to_owned(), error: e.to_string() })
 }

@@ -132,16 +132,16 @@ pub fn env(i: &Instruction) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-/// A HEALTHCHECK: its options and command (shell form: run with `/bin/sh -c`).
+/// A HEALTHCHECK's command (shell form: run with `/bin/sh -c`); its options
+/// (`--interval=…`) are skipped.
 #[derive(Debug, Clone)]
 pub struct Healthcheck {
-    pub options: Vec<(String, String)>,
     /// The argv Docker runs: `["/bin/sh", "-c", CMD]` for the shell form.
     pub argv: Vec<String>,
 }
 
 pub fn healthcheck(i: &Instruction) -> Result<Healthcheck, String> {
-    let (options, rest) = options(&i.args);
+    let (_, rest) = options(&i.args);
     let cmd = rest
         .strip_prefix("CMD")
         .ok_or(format!("line {}: HEALTHCHECK without CMD (NONE?)", i.line))?
@@ -151,7 +151,7 @@ pub fn healthcheck(i: &Instruction) -> Result<Healthcheck, String> {
     } else {
         vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd.to_owned()]
     };
-    Ok(Healthcheck { options, argv })
+    Ok(Healthcheck { argv })
 }
 
 /// ENTRYPOINT / CMD words (JSON or shell form).

@@ -1,20 +1,22 @@
 //! Helpers of tests/deploy.rs: the repository's deployment files, the image's
 //! build step run by hand, child processes that die with the test, blocking HTTP,
 //! and Prometheus' text format.
-#![allow(dead_code)]
 
 pub mod dockerfile;
 pub mod promql;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+pub use rendezvous_test_support::http::parse_response;
+pub use rendezvous_test_support::{engine_bin, free_port, TempDir};
 
 /// The datasource every panel and target names: the uid is fixed by
 /// dashboards/provisioning/datasources/prometheus.yml.
@@ -44,11 +46,6 @@ pub fn repo() -> &'static Path {
 pub fn read(rel: &str) -> String {
     let p = repo().join(rel);
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()))
-}
-
-/// `rendezvous` as cargo built it for this test run.
-pub fn engine_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_rendezvous"))
 }
 
 /// `rendezvous-loadtest`. Cargo sets `CARGO_BIN_EXE_*` only for the binaries of
@@ -378,6 +375,27 @@ impl Proc {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Poll `GET path` on `addr` (every `poll`) until it answers 200: true; false
+    /// once the process has exited or `within` has passed.
+    pub fn wait_ok(
+        &mut self,
+        addr: SocketAddr,
+        path: &str,
+        within: Duration,
+        poll: Duration,
+    ) -> bool {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok((200, _)) = http_get(addr, path, Duration::from_secs(2)) {
+                return true;
+            }
+            if self.exited().is_some() || Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(poll);
+        }
+    }
+
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -402,35 +420,6 @@ impl Drop for Proc {
             eprintln!("---- last output of {} ----\n{}", self.name, self.tail(60));
         }
     }
-}
-
-/// A fresh directory under the temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p = std::env::temp_dir().join(format!("rdv-deploy-{}-{tag}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
-        TempDir(p)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A loopback port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("probe a free port").port()
 }
 
 /// Is `program` on PATH (or an existing path)?
@@ -461,9 +450,7 @@ pub fn http_get(addr: SocketAddr, path: &str, limit: Duration) -> io::Result<(u1
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: */*\r\n\r\n")?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let (status, _, body) = parse_response(&buf);
     Ok((status, body))
 }
 
@@ -526,10 +513,6 @@ impl Scrape {
 
     pub fn value(&self, series: &str) -> f64 {
         self.samples.get(series).copied().unwrap_or(0.0)
-    }
-
-    pub fn names(&self) -> BTreeSet<String> {
-        self.samples.keys().cloned().collect()
     }
 }
 

@@ -15,6 +15,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+#[cfg(feature = "client")]
+pub mod client;
+
 /// A frame sent by a client. Unknown actions fail to parse and are answered with an
 /// `error` frame of code `bad_request`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,18 +7,16 @@
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::{self, BufRead, BufReader, ErrorKind, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rendezvous_actors::protocol::ServerFrame;
+use rendezvous_protocol::ServerFrame;
 use serde_json::Value;
 
-use super::{http_get, Client};
-
-const BIN: &str = env!("CARGO_BIN_EXE_rendezvous");
+use crate::{engine_bin, free_port, http, http_get, Client, TempDir};
 
 /// Log lines kept per node for failure reports.
 const LOG_LINES: usize = 200;
@@ -137,13 +135,6 @@ impl RedisServer {
             return Ok(if text == "PONG" { Resp::Simple(text) } else { Resp::Bulk(Some(text)) });
         }
         try_redis_cmd_auth(self.port, self.password(), args)
-    }
-
-    pub fn is_running(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
     }
 
     /// Kill the server (SIGKILL, as a crash would) and reap it. Its port is free
@@ -291,7 +282,7 @@ pub fn try_redis_cmd(port: u16, args: &[&str]) -> io::Result<Resp> {
 
 /// [`try_redis_cmd`] on one connection that first sends `AUTH password` (when
 /// given); an `AUTH` refusal is returned as the reply.
-pub fn try_redis_cmd_auth(port: u16, password: Option<&str>, args: &[&str]) -> io::Result<Resp> {
+fn try_redis_cmd_auth(port: u16, password: Option<&str>, args: &[&str]) -> io::Result<Resp> {
     let Some(password) = password else { return try_redis_cmd(port, args) };
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
@@ -377,12 +368,6 @@ fn read_resp(r: &mut impl BufRead) -> io::Result<Resp> {
     })
 }
 
-/// A loopback port nobody listens on right now.
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind a probe socket on 127.0.0.1:0");
-    l.local_addr().expect("probe socket address").port()
-}
-
 // ---------------------------------------------------------------- nodes
 
 /// One `rendezvous` process; killed on drop (its recent log printed if the test is
@@ -430,10 +415,10 @@ impl Node {
         let mut cmd = match files {
             Some(n) => {
                 let mut c = Command::new("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(BIN);
+                c.arg(format!("--nofile={n}:{n}")).arg("--").arg(engine_bin());
                 c
             }
-            None => Command::new(BIN),
+            None => Command::new(engine_bin()),
         };
         for (k, v) in &args {
             cmd.arg(k).arg(v);
@@ -501,6 +486,18 @@ impl Node {
     /// Connect as `user` and read the `welcome`.
     pub async fn client(&self, user: &str) -> Client {
         Client::connect(&self.ws_url(user)).await
+    }
+
+    /// [`Node::client`], asserting the welcome names this node.
+    pub async fn client_checked(&self, user: &str) -> Client {
+        let c = self.client(user).await;
+        match &c.welcome {
+            ServerFrame::Welcome { node: served_by, .. } => {
+                assert_eq!(served_by, &self.id, "{user}: welcome from the wrong node")
+            }
+            other => panic!("{user}: not a welcome: {other:?}"),
+        }
+        c
     }
 
     pub fn pid(&self) -> u32 {
@@ -621,15 +618,16 @@ impl Cluster {
 
     /// Connect `user` to node `i`; asserts the welcome names that node.
     pub async fn client(&self, i: usize, user: &str) -> Client {
-        let node = &self.nodes[i];
-        let c = node.client(user).await;
-        match &c.welcome {
-            ServerFrame::Welcome { node: served_by, .. } => {
-                assert_eq!(served_by, &node.id, "{user}: welcome from the wrong node")
-            }
-            other => panic!("{user}: not a welcome: {other:?}"),
+        self.nodes[i].client_checked(user).await
+    }
+
+    /// [`Cluster::client`] for each (node, user), in order.
+    pub async fn clients<const N: usize>(&self, who: [(usize, &str); N]) -> [Client; N] {
+        let mut out = Vec::with_capacity(N);
+        for (i, user) in who {
+            out.push(self.client(i, user).await);
         }
-        c
+        out.try_into().unwrap_or_else(|_| unreachable!("one client per entry"))
     }
 }
 
@@ -637,14 +635,11 @@ impl Cluster {
 
 /// `GET /api/stats` of `node` as JSON (asserts 200).
 pub async fn stats(node: &Node) -> Value {
-    let (status, body) = http_get(node.addr, "/api/stats").await;
-    assert_eq!(status, 200, "{}: /api/stats answered {status}: {body}", node.id);
-    serde_json::from_str(body.trim())
-        .unwrap_or_else(|e| panic!("{}: /api/stats is not JSON ({e}): {body}", node.id))
+    http::stats(node.addr).await
 }
 
-/// Poll `/api/stats` of `node` every 50 ms until `pred` holds; how long it took.
-/// Panics after `within` with the last stats.
+/// Poll `/api/stats` of `node` until `pred` holds; how long it took. Panics after
+/// `within` with the last stats.
 pub async fn wait_stats(
     node: &Node,
     what: &str,
@@ -652,18 +647,8 @@ pub async fn wait_stats(
     pred: impl Fn(&Value) -> bool,
 ) -> Duration {
     let started = Instant::now();
-    loop {
-        let s = stats(node).await;
-        if pred(&s) {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{}: `{what}` not seen within {within:?}: {s}",
-            node.id
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    http::wait_stats(node.addr, &format!("{}: {what}", node.id), within, pred).await;
+    started.elapsed()
 }
 
 /// Wait (bounded) until `node` reports `"nodes": want`; how long it took.
@@ -672,21 +657,11 @@ pub async fn wait_nodes(node: &Node, want: u64, within: Duration) -> Duration {
         .await
 }
 
-/// Poll `GET path` on `node` every 50 ms until it answers `want`; how long it took.
+/// Poll `GET path` on `node` until it answers `want`; how long it took.
 pub async fn wait_http_status(node: &Node, path: &str, want: u16, within: Duration) -> Duration {
     let started = Instant::now();
-    loop {
-        let (status, body) = http_get(node.addr, path).await;
-        if status == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < within,
-            "{}: {path} still {status} (want {want}) after {within:?}: {body}",
-            node.id
-        );
-        tokio::time::sleep(POLL).await;
-    }
+    http::wait_status(node.addr, path, want, within).await;
+    started.elapsed()
 }
 
 /// `GET path` on `node` as JSON, with its status.
@@ -697,52 +672,23 @@ pub async fn get_json(node: &Node, path: &str) -> (u16, Value) {
     (status, v)
 }
 
+/// A fresh directory tagged `tag`, a Redis persisting every write to an append-only
+/// file there ([`RedisServer::start_aof`]) and `n` nodes joined through it
+/// ([`spawn_nodes`]).
+pub async fn aof_cluster(tag: &str, n: usize) -> (TempDir, RedisServer, Vec<Node>) {
+    let dir = TempDir::new(tag);
+    let redis = RedisServer::start_aof(&dir.path_string());
+    let nodes = spawn_nodes(&redis.url(), n).await;
+    (dir, redis, nodes)
+}
+
 /// `n` nodes (`node-a`, …) joined to `redis_url` with [`NODE_DEFAULTS`], once
 /// every one of them counts all `n`.
-pub async fn spawn_nodes(redis_url: &str, n: usize) -> Vec<Node> {
+async fn spawn_nodes(redis_url: &str, n: usize) -> Vec<Node> {
     let nodes: Vec<Node> =
         (0..n).map(|i| Node::spawn(Some(redis_url), &node_name(i), &[])).collect();
     for node in &nodes {
         wait_nodes(node, n as u64, FORM_TIMEOUT).await;
     }
     nodes
-}
-
-/// A directory under the temp dir for one test (Redis data, certificates); removed
-/// on drop, unless the test is failing, when it is kept and named for inspection.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock")
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!("rdv-{tag}-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-
-    pub fn path_string(&self) -> String {
-        self.0.to_string_lossy().into_owned()
-    }
-
-    /// The path of `name` inside, as a string.
-    pub fn join(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("---- kept {} for inspection ----", self.0.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
