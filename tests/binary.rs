@@ -2,7 +2,7 @@
 //! environment variables, the ready log line, TOML config, `--print-config`,
 //! graceful drain on SIGTERM/SIGINT with close 1012 and exit code 0.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

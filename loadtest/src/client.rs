@@ -1,6 +1,6 @@
 //! What the load tester adds to the protocol's client (`rendezvous_protocol::client`,
 //! shared with the integration tests): failures as counted values, connected members,
-//! matching one pair of users (each possibly on its own node), bounded concurrency.
+//! bounded concurrency.
 
 use std::fmt;
 use std::future::Future;
@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use rendezvous_protocol::client::{self as wire, RecvError};
 use rendezvous_protocol::ServerFrame;
-use serde_json::json;
 use tokio::task::JoinSet;
 
 pub use rendezvous_protocol::client::{ws_config, Ws};
@@ -58,11 +57,6 @@ impl fmt::Display for Failure {
             }
         }
     }
-}
-
-/// Open a session for `user`.
-pub async fn connect(url: &str, user: &str) -> Result<Ws, Failure> {
-    connect_to(&format!("{url}?user={user}")).await
 }
 
 /// Open a WebSocket to `target` (a full URL, query included).
@@ -116,74 +110,6 @@ pub struct Member {
     pub ws: Ws,
     /// Counted in the open-sockets gauge while the member lives.
     pub _open: crate::telemetry::OpenSocket,
-}
-
-/// A matched pair: A searched first on `url_a`, B second on `url_b`.
-pub struct Pair {
-    pub a: Member,
-    pub b: Member,
-    pub room_id: String,
-    /// B's time from sending `find_match` to receiving `match_found`.
-    pub latency: Duration,
-}
-
-/// Where and how to match pair number `id`.
-#[derive(Clone)]
-pub struct PairSpec {
-    pub url_a: String,
-    pub url_b: String,
-    pub wait: Duration,
-}
-
-/// User names unique to this run, so leftovers of an earlier run (seats kept for
-/// the reconnect grace) cannot interfere.
-fn user_name(id: usize, side: char) -> String {
-    format!("lt{}-{id}-{side}", std::process::id())
-}
-
-/// `find_match` with two interests unique to this pair and run, so concurrent
-/// pairs never cross-match and every pair forms at the first ladder step.
-fn find_match_frame(id: usize) -> String {
-    let run = std::process::id();
-    let interests = [format!("bench-{run}-{id}-a"), format!("bench-{run}-{id}-b")];
-    json!({"action": "find_match", "interests": interests, "language": "en"}).to_string()
-}
-
-async fn open(url: &str, user: String, wait: Duration) -> Result<Member, Failure> {
-    let mut ws = connect(url, &user).await?;
-    until(&mut ws, &user, "welcome", wait).await?;
-    Ok(Member { user, ws, _open: crate::telemetry::OpenSocket::new() })
-}
-
-/// Connect both users, let A search, then B; time B's search.
-pub async fn match_pair(spec: PairSpec, id: usize) -> Result<Pair, Failure> {
-    let mut a = open(&spec.url_a, user_name(id, 'a'), spec.wait).await?;
-    let mut b = open(&spec.url_b, user_name(id, 'b'), spec.wait).await?;
-    let find = find_match_frame(id);
-    send_text(&mut a.ws, &a.user, find.clone()).await?;
-    until(&mut a.ws, &a.user, "searching", spec.wait).await?;
-    let t0 = Instant::now();
-    send_text(&mut b.ws, &b.user, find).await?;
-    let found = until(&mut b.ws, &b.user, "match_found", spec.wait).await?;
-    let latency = t0.elapsed();
-    metrics::histogram!(crate::telemetry::MATCH_LATENCY_SECONDS).record(latency.as_secs_f64());
-    metrics::counter!(crate::telemetry::MATCHES_TOTAL).increment(1);
-    let found_a = until(&mut a.ws, &a.user, "match_found", spec.wait).await?;
-    let (
-        ServerFrame::MatchFound { partner_id, room_id, .. },
-        ServerFrame::MatchFound { room_id: room_a, .. },
-    ) = (found, found_a)
-    else {
-        return Err(Failure::Server { user: b.user, frame: "not a match_found".into() });
-    };
-    if partner_id.as_deref() != Some(a.user.as_str()) {
-        return Err(Failure::WrongPartner { user: b.user, got: partner_id, want: a.user });
-    }
-    if room_a != room_id {
-        let frame = format!("room {room_a} for A but {room_id} for B");
-        return Err(Failure::Server { user: b.user, frame });
-    }
-    Ok(Pair { a, b, room_id, latency })
 }
 
 /// Run `job(i)` for every `i` in `0..count`, at most `concurrency` at a time, and

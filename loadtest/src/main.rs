@@ -8,7 +8,6 @@
 // `match_pair`, `Pair` and `PairSpec` served only the removed `pairs` and `chat`
 // modes; they leave client.rs when it becomes the client module shared with the
 // tests, and this expectation with them.
-#[expect(dead_code, reason = "helpers of the removed legacy modes, dropped with client.rs")]
 mod client;
 mod scenario;
 mod stats;
