@@ -3,7 +3,8 @@
 //! * Commands go through the ordered pipe in [`conn`]; scripts live in
 //!   `scripts/*.lua`, each with a KEYS/ARGV header.
 //! * One pub/sub connection subscribes to `rdv:cluster` (every node) and
-//!   `rdv:node:{id}` (this node); events are routed by [`super::inbound`].
+//!   `rdv:node:{id}` (this node); events go to the [`ClusterSink`] the engine
+//!   attached (the engine's inbound router).
 //! * A heartbeat task writes this node's liveness (`rdv:nodes`, a sorted set of
 //!   last-beat times), publishes a probe to its own channel (a dead subscription
 //!   counts as down), and declares peers dead when their beat is older than
@@ -19,7 +20,7 @@
 //!   and rooms expire on their own. The same task drops languages whose pool is
 //!   empty from `rdv:pool:langs`.
 //!
-//! Key layout (see DESIGN.md for the full table): `rdv:{pool:LANG}:search:USER`,
+//! Key layout (see CLUSTER.md, "Key layout", for the full table): `rdv:{pool:LANG}:search:USER`,
 //! `rdv:{pool:LANG}:entries`, `rdv:pool:langs`, `rdv:nodes`, `rdv:trending`,
 //! `rdv:user:{USER}:node|rooms|rl:*`, `rdv:room:{ROOM}:members|seq|log|meta`. The
 //! braces are Redis Cluster hash tags: every script's keys share one slot.
@@ -28,7 +29,7 @@ pub mod conn;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -42,11 +43,10 @@ use self::conn::Pipe;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
 use super::{
-    inbound, BoxFut, Bridge, BridgeError, ClaimMember, ClaimOutcome, RoomSeed, RoomSnapshot,
-    SearchAd, Seats, StoredKind, Ticket,
+    Attachment, BoxFut, Bridge, BridgeError, BridgeSettings, ClaimMember, ClaimOutcome,
+    ClusterSink, RoomSeed, RoomSnapshot, SearchAd, Seats, StoredKind, Ticket,
 };
 use crate::clock::now_ms;
-use crate::engine::Engine;
 use crate::ids::{Interest, RoomId, UserId};
 use crate::metrics as m;
 
@@ -225,8 +225,8 @@ struct Health {
     lost: Mutex<HashSet<String>>,
 }
 
-/// The bridge. Construct with [`RedisBridge::connect`], then [`RedisBridge::attach`]
-/// the engine (inbound events need it; nothing reaches Redis before).
+/// The bridge. Construct with [`RedisBridge::connect`]; the engine then
+/// [`Bridge::attach`]es its sink (nothing reaches Redis before).
 pub struct RedisBridge {
     node: String,
     pipe: Pipe,
@@ -234,7 +234,10 @@ pub struct RedisBridge {
     health: Arc<Health>,
     /// Local searches, for claims of all-local groups while Redis is down.
     mirror: Arc<MemoryBridge>,
-    engine: OnceLock<Engine>,
+    /// Where inbound events go (the engine's router, held weakly).
+    sink: OnceLock<Weak<dyn ClusterSink>>,
+    /// The engine's settings, from [`Bridge::attach`] (defaults before).
+    settings: OnceLock<BridgeSettings>,
     /// Bumped on every reconnect of the command connection.
     connected: watch::Receiver<u64>,
     client: redis::Client,
@@ -244,12 +247,12 @@ pub struct RedisBridge {
     resync_again: AtomicBool,
     /// The last resync has finished (pools and rooms agree with Redis again).
     synced: AtomicBool,
-    /// The pipe's task until [`RedisBridge::attach`] spawns it.
+    /// The pipe's task until [`Bridge::attach`] spawns it.
     runner: Mutex<Option<conn::Runner>>,
 }
 
 impl RedisBridge {
-    /// Make the bridge. Its connections are made once [`RedisBridge::attach`] has
+    /// Make the bridge. Its connections are made once [`Bridge::attach`] has
     /// started its tasks, in the background and retried for ever.
     pub fn connect(url: &str, node: &str) -> Result<Arc<RedisBridge>, BridgeError> {
         // rediss:// needs a process-wide TLS crypto provider; a second install fails
@@ -275,7 +278,8 @@ impl RedisBridge {
                 lost: Mutex::new(HashSet::new()),
             }),
             mirror: Arc::new(MemoryBridge::new(node)),
-            engine: OnceLock::new(),
+            sink: OnceLock::new(),
+            settings: OnceLock::new(),
             connected: rx,
             client,
             resyncing: AtomicBool::new(false),
@@ -285,64 +289,31 @@ impl RedisBridge {
         }))
     }
 
-    /// Hand the bridge the engine and start the pipe, subscriber, heartbeat and
-    /// resync tasks. They run on the engine's first worker arbiter, beside
-    /// sessions, rooms and shards, not on the main thread: with one worker a
-    /// message then crosses no thread between its `send` and the Redis socket,
-    /// nor between the subscription and a member's socket. Each crossing is a
-    /// wake-up through the kernel; doing without them saved 8–9 % of each node's
-    /// CPU at 21,000 cross-node messages/s (BENCHMARKS.md).
-    pub fn attach(self: &Arc<Self>, engine: Engine) {
-        let Some(worker) = engine.shared.workers.first().cloned() else {
-            warn!("the engine has no worker arbiter; the Redis bridge is not started");
-            return;
-        };
-        let _ = self.engine.set(engine);
-        let runner = self.runner.lock().ok().and_then(|mut r| r.take());
-        if let Some(runner) = runner {
-            worker.spawn(runner.run());
-        }
-        worker.spawn(self.clone().subscriber());
-        worker.spawn(self.clone().heartbeat());
-        worker.spawn(self.clone().resync_on_connect());
-        worker.spawn(self.clone().refresher());
+    /// The engine's router, while the engine lives.
+    fn sink(&self) -> Option<Arc<dyn ClusterSink>> {
+        self.sink.get().and_then(Weak::upgrade)
     }
 
-    fn engine(&self) -> Option<&Engine> {
-        self.engine.get()
-    }
-
-    /// (reconnect grace, key margin, history bytes) of the engine's settings.
-    fn settings(&self) -> (u64, u64, usize) {
-        match self.engine() {
-            Some(e) => {
-                let c = &e.shared.config;
-                (c.reconnect_grace_ms, c.cluster_key_margin_ms, c.history_bytes)
-            }
-            None => {
-                let c = crate::config::EngineConfig::default();
-                (c.reconnect_grace_ms, c.cluster_key_margin_ms, c.history_bytes)
-            }
-        }
+    fn settings(&self) -> BridgeSettings {
+        self.settings.get().copied().unwrap_or_default()
     }
 
     /// Lifetime (ms) of a per-user or per-room key without a refresh, and of a
     /// closed room's `seq` and stream: the reconnect grace plus the margin.
     fn key_ttl_ms(&self) -> u64 {
-        let (grace, margin, _) = self.settings();
-        grace.saturating_add(margin).max(1)
+        let s = self.settings();
+        s.reconnect_grace_ms.saturating_add(s.key_margin_ms).max(1)
     }
 
     /// How often this node renews its keys: a third of the margin, so two missed
     /// or late rounds still leave a live key alive.
     fn refresh_every(&self) -> Duration {
-        let (_, margin, _) = self.settings();
-        Duration::from_millis(margin / 3).max(MIN_REFRESH)
+        Duration::from_millis(self.settings().key_margin_ms / 3).max(MIN_REFRESH)
     }
 
     /// Byte cap of a room's stream (`history_bytes`).
     fn history_bytes(&self) -> usize {
-        self.settings().2.max(1)
+        self.settings().history_bytes.max(1)
     }
 
     /// Renew this node's keys, then drop empty languages, every
@@ -369,13 +340,11 @@ impl RedisBridge {
     /// of those rooms: one script per room and per user, sent in pipelined chunks
     /// (one round trip per [`conn::MANY_CHUNK`], not one per key).
     async fn refresh_keys(&self) -> Result<(), BridgeError> {
-        let Some(engine) = self.engine() else { return Ok(()) };
-        let shared = &engine.shared;
+        let Some(held) = self.sink().map(|s| s.held()) else { return Ok(()) };
         let ttl = self.key_ttl_ms().to_string();
-        let rooms: Vec<RoomId> = shared.rooms.iter().map(|r| r.key().clone()).collect();
-        let here: HashSet<UserId> = shared.registry.users().into_iter().collect();
-        let mut seated: HashSet<UserId> =
-            shared.memberships.iter().map(|e| e.key().clone()).collect();
+        let rooms = held.rooms;
+        let here: HashSet<UserId> = held.sessions.into_iter().collect();
+        let mut seated: HashSet<UserId> = held.seated.into_iter().collect();
         for chunk in rooms.chunks(conn::MANY_CHUNK) {
             let cmds = chunk
                 .iter()
@@ -508,8 +477,8 @@ impl RedisBridge {
                         self.health.sub_seen_ms.store(now_ms(), Ordering::Release);
                     }
                     Ok(ev) => {
-                        if let Some(engine) = self.engine() {
-                            inbound::dispatch(engine, ev);
+                        if let Some(sink) = self.sink() {
+                            sink.deliver(ev);
                         }
                     }
                     Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
@@ -581,8 +550,8 @@ impl RedisBridge {
     async fn peer_lost(&self, node: &str, purge: bool) {
         warn!(peer = node, "node lost");
         metrics::counter!(m::BRIDGE_NODES_LOST_TOTAL).increment(1);
-        if let Some(engine) = self.engine() {
-            inbound::node_lost(engine, node);
+        if let Some(sink) = self.sink() {
+            sink.node_lost(node);
         }
         if !purge {
             return;
@@ -677,23 +646,23 @@ impl RedisBridge {
     }
 
     async fn resync(&self) {
-        let Some(engine) = self.engine() else { return };
+        let Some(sink) = self.sink() else { return };
         info!(node = %self.node, "resyncing with redis");
         self.pipe
             .fire("zadd", redis::cmd("ZADD").arg(NODES_KEY).arg(now_ms()).arg(&self.node).clone());
         // 1. This node's searches: replace whatever Redis holds with what waits now.
         self.purge_searches_of(&self.node).await;
-        inbound::republish_and_drop_replicas(engine);
+        sink.reconnected();
         // 2. Replicas of every live peer's searches.
         let live: HashSet<String> =
             self.health.peers.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         for (_, _, ad) in self.stored_searches().await {
             if ad.node != self.node && (live.is_empty() || live.contains(&ad.node)) {
-                inbound::dispatch(engine, ClusterEvent::PoolAdd { ad });
+                sink.deliver(ClusterEvent::PoolAdd { ad });
             }
         }
         // 3. Rooms: restore and catch up.
-        inbound::resync_rooms(engine);
+        sink.resync_rooms();
     }
 
     /// Add `room` to the user's membership set, which lives as long as any key of
@@ -757,6 +726,27 @@ impl Bridge for RedisBridge {
 
     fn clustered(&self) -> bool {
         true
+    }
+
+    /// Start the pipe, subscriber, heartbeat, resync and refresh tasks on the
+    /// engine's first worker arbiter, beside sessions, rooms and shards, not on the
+    /// main thread: with one worker a message then crosses no thread between its
+    /// `send` and the Redis socket, nor between the subscription and a member's
+    /// socket. Each crossing is a wake-up through the kernel; doing without them
+    /// saved 8–9 % of each node's CPU at 21,000 cross-node messages/s
+    /// (BENCHMARKS.md).
+    fn attach(self: Arc<Self>, attachment: Attachment) {
+        let Attachment { sink, worker, settings } = attachment;
+        let _ = self.sink.set(sink);
+        let _ = self.settings.set(settings);
+        let runner = self.runner.lock().ok().and_then(|mut r| r.take());
+        if let Some(runner) = runner {
+            worker.spawn(runner.run());
+        }
+        worker.spawn(self.clone().subscriber());
+        worker.spawn(self.clone().heartbeat());
+        worker.spawn(self.clone().resync_on_connect());
+        worker.spawn(self.refresher());
     }
 
     fn begin_search(&self, ad: SearchAd) {
