@@ -1,7 +1,9 @@
 //! The Redis bridge: several nodes act as one through one Redis.
 //!
 //! * Commands go through the ordered pipe in [`conn`]; scripts live in
-//!   `scripts/*.lua`, each with a KEYS/ARGV header.
+//!   `scripts/*.lua`, each with a KEYS/ARGV header. Two files are fragments, not
+//!   scripts: `trim_bytes.lua` (the stream's byte cap) and `tell_nodes.lua` (publish
+//!   to every other node of a room), prepended with `concat!` where used.
 //! * One pub/sub connection subscribes to `rdv:cluster` (every node) and
 //!   `rdv:node:{id}` (this node); events go to the [`ClusterSink`] the engine
 //!   attached (the engine's inbound router).
@@ -87,12 +89,16 @@ const SOURCES: [&str; 15] = [
     include_str!("scripts/connect.lua"),
     include_str!("scripts/count.lua"),
     include_str!("scripts/room_open.lua"),
-    concat!(include_str!("scripts/trim_bytes.lua"), include_str!("scripts/append.lua")),
-    include_str!("scripts/event.lua"),
-    include_str!("scripts/join.lua"),
-    include_str!("scripts/leave.lua"),
-    include_str!("scripts/close.lua"),
-    include_str!("scripts/rehome.lua"),
+    concat!(
+        include_str!("scripts/trim_bytes.lua"),
+        include_str!("scripts/tell_nodes.lua"),
+        include_str!("scripts/append.lua")
+    ),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/event.lua")),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/join.lua")),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/leave.lua")),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/close.lua")),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/rehome.lua")),
     concat!(include_str!("scripts/trim_bytes.lua"), include_str!("scripts/reseed.lua")),
     include_str!("scripts/touch_user.lua"),
     include_str!("scripts/touch_room.lua"),
@@ -703,6 +709,12 @@ impl RedisBridge {
     fn room_event_json(&self, room: &RoomId, ev: RoomEv) -> String {
         ClusterEvent::Room { room: room.to_string(), origin: self.node.clone(), ev }.to_json()
     }
+
+    /// The room event "`user`, on this node, is now `status`".
+    fn member_here_json(&self, room: &RoomId, user: &UserId, status: MemberStatus) -> String {
+        let ev = RoomEv::Member { user: user.to_string(), node: self.node.clone(), status };
+        self.room_event_json(room, ev)
+    }
 }
 
 /// Drop `room` from each user's membership set (the room closed under them).
@@ -1025,17 +1037,12 @@ impl Bridge for RedisBridge {
 
     fn room_join(&self, room: &RoomId, user: &UserId) -> BoxFut<RoomSnapshot> {
         let r = room.as_str();
-        let ev = RoomEv::Member {
-            user: user.to_string(),
-            node: self.node.clone(),
-            status: MemberStatus::Joined,
-        };
-        let payload = self.room_event_json(room, ev);
+        let payload = self.member_here_json(room, user, MemberStatus::Joined);
         let ttl = self.key_ttl_ms();
         self.seat_user(user, r, ttl);
         let cmd = evalsha(
             &self.scripts.join,
-            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta"), room_key(r, "log")],
+            &room_keys(r),
             &[user.to_string(), self.node.clone(), payload, "public".into(), ttl.to_string()],
         );
         let fut = self.pipe.call("join", cmd);
@@ -1110,15 +1117,10 @@ impl Bridge for RedisBridge {
 
     fn room_rehome(&self, room: &RoomId, user: &UserId) -> BoxFut<Option<RoomSnapshot>> {
         let r = room.as_str();
-        let ev = RoomEv::Member {
-            user: user.to_string(),
-            node: self.node.clone(),
-            status: MemberStatus::Online,
-        };
-        let payload = self.room_event_json(room, ev);
+        let payload = self.member_here_json(room, user, MemberStatus::Online);
         let cmd = evalsha(
             &self.scripts.rehome,
-            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta"), room_key(r, "log")],
+            &room_keys(r),
             &[user.to_string(), self.node.clone(), payload, self.key_ttl_ms().to_string()],
         );
         let fut = self.pipe.call("rehome", cmd);
