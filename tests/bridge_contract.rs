@@ -251,6 +251,18 @@ async fn keeps_rooms(fx: &Fixture) -> bool {
     false
 }
 
+/// Open match room `name` with x on node a and y on node b; `None` (after
+/// [`keeps_rooms`] checked the refusals) on a bridge that keeps no rooms.
+async fn pair_room(fx: &Fixture, name: &str) -> Option<RoomId> {
+    if !keeps_rooms(fx).await {
+        return None;
+    }
+    let r = RoomId::from(name);
+    let members = vec![(user("x"), Arc::from("a")), (user("y"), Arc::from("b"))];
+    fx.a().bridge.room_open(&r, StoredKind::Match, members);
+    Some(r)
+}
+
 // ---------------------------------------------------------------- searches and claims
 
 async fn a_newer_search_supersedes_the_older(fx: Arc<Fixture>) {
@@ -380,12 +392,8 @@ async fn count_action_counts_per_user_action_and_window(fx: Arc<Fixture>) {
 // ---------------------------------------------------------------- rooms
 
 async fn appends_get_consecutive_seqs_and_history_returns_them(fx: Arc<Fixture>) {
-    if !keeps_rooms(&fx).await {
-        return;
-    }
-    let (a, b, r) = (fx.a(), fx.b(), RoomId::from("m1"));
-    let members = vec![(user("x"), Arc::from("a")), (user("y"), Arc::from("b"))];
-    a.bridge.room_open(&r, StoredKind::Match, members);
+    let Some(r) = pair_room(&fx, "m1").await else { return };
+    let (a, b) = (fx.a(), fx.b());
     // Sent together from one node: stored in the order sent.
     let sent = futures_util::future::join_all(
         ["one", "two", "three"].map(|t| a.bridge.room_append(&msg(&r, "x", t))),
@@ -487,12 +495,8 @@ async fn seats_join_move_leave_and_close(fx: Arc<Fixture>) {
 }
 
 async fn a_match_room_left_by_one_of_two_closes(fx: Arc<Fixture>) {
-    if !keeps_rooms(&fx).await {
-        return;
-    }
-    let (a, b, r) = (fx.a(), fx.b(), RoomId::from("m3"));
-    let members = vec![(user("x"), Arc::from("a")), (user("y"), Arc::from("b"))];
-    a.bridge.room_open(&r, StoredKind::Match, members);
+    let Some(r) = pair_room(&fx, "m3").await else { return };
+    let (a, b) = (fx.a(), fx.b());
     settle(a).await;
     assert_eq!(a.bridge.user_rooms(&user("x")).await.expect("rooms"), vec![r.clone()]);
     assert!(b.bridge.room_leave(&r, &user("y"), None, StoredKind::Match).await.expect("leave"));
@@ -584,12 +588,7 @@ async fn broadcasts_and_room_events_reach_the_other_nodes(fx: Arc<Fixture>) {
     }
     assert_eq!(b.sink.wait_event("the avoid", |e| *e == avoid).await, avoid);
 
-    let r = RoomId::from("m5");
-    a.bridge.room_open(
-        &r,
-        StoredKind::Match,
-        vec![(user("x"), "a".into()), (user("y"), "b".into())],
-    );
+    let Some(r) = pair_room(&fx, "m5").await else { return };
     let typing = RoomEv::Typing { user: "x".into(), active: true };
     a.bridge.room_event(&r, typing.clone());
     // Sent after the room event, on the same channel: when a hears it, it would
