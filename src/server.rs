@@ -56,8 +56,7 @@ pub async fn run(
     // The recorder first: the engine takes its per-message metric handles from it.
     let metrics = telemetry::metrics_handle();
     let engine = Engine::start(config.engine.clone(), bridge);
-    if let Some(r) = &redis {
-        r.attach(engine.clone());
+    if redis.is_some() {
         info!(node = %node, redis = %redacted(config.redis_url.as_deref().unwrap_or_default()), "cluster mode: Redis bridge");
     }
     let auth = Authenticator::from_config(&config);

@@ -229,6 +229,15 @@ pub struct Engine {
     pub shared: Arc<Shared>,
     pub shards: Arc<[Addr<MatchShard>]>,
     pub supervisor: Addr<RoomSupervisor>,
+    /// The bridge's sink, owned here: the bridge holds it weakly.
+    _inbound: Arc<crate::inbound::Inbound>,
+}
+
+/// The shard of `shards` that owns searches in `language`.
+pub fn shard_for<'a>(shards: &'a [Addr<MatchShard>], language: &str) -> &'a Addr<MatchShard> {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    language.hash(&mut h);
+    &shards[(h.finish() as usize) % shards.len()]
 }
 
 fn per_minute(n: u32) -> Quota {
@@ -295,7 +304,9 @@ impl Engine {
                 MatchShard::start_in_arbiter(arbiter, move |_| MatchShard::new(i, s, sup))
             })
             .collect();
-        let engine = Engine { shared, shards: shards.into(), supervisor };
+        let shards: Arc<[Addr<MatchShard>]> = shards.into();
+        let _inbound = crate::inbound::Inbound::install(&shared, &shards);
+        let engine = Engine { shared, shards, supervisor, _inbound };
         engine.spawn_housekeeping();
         engine
     }
@@ -308,9 +319,7 @@ impl Engine {
 
     /// The shard that owns searches in `language`.
     pub fn shard_for(&self, language: &str) -> &Addr<MatchShard> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        language.hash(&mut h);
-        &self.shards[(h.finish() as usize) % self.shards.len()]
+        shard_for(&self.shards, language)
     }
 
     /// Periodic sweeps of the avoid list and rate-limiter state (30 s), and the

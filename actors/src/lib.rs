@@ -27,6 +27,8 @@
 //! * [`rooms`]: supervisor, room actor, [`rooms::room`] the pure room state.
 //! * [`outbox`]: bounded outbound queue and the socket writer.
 //! * [`engine`]: shared state and start-up.
+//! * [`inbound`]: routes what the bridge hears from other nodes to shards, rooms
+//!   and sessions (the bridge's [`bridge::ClusterSink`]).
 //! * [`budget`]: the per-user byte budget of actions (pure core + shared handle).
 //! * [`language`]: language tags and the bounded set of per-language series.
 //! * [`avoid`]: skipped and blocked pairs, capped per user.
@@ -39,6 +41,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod ids;
+pub mod inbound;
 pub mod language;
 pub mod matching;
 pub mod metrics;

@@ -99,6 +99,34 @@ pub enum MemberStatus {
     Left,
 }
 
+/// `ClusterEvent::kind`: each variant's wire tag, written once per variant.
+macro_rules! event_kinds {
+    ($($variant:ident = $tag:literal),+ $(,)?) => {
+        impl ClusterEvent {
+            /// The event's wire tag (`t`), for metric labels.
+            pub fn kind(&self) -> &'static str {
+                match self {
+                    $(ClusterEvent::$variant { .. } => $tag,)+
+                }
+            }
+        }
+    };
+}
+
+event_kinds!(
+    PoolAdd = "pool_add",
+    PoolRemove = "pool_remove",
+    NodeBye = "node_bye",
+    Avoid = "avoid",
+    Beat = "beat",
+    Offer = "offer",
+    OfferReply = "offer_reply",
+    OfferConfirm = "offer_confirm",
+    OfferAbort = "offer_abort",
+    Kick = "kick",
+    Room = "room",
+);
+
 impl ClusterEvent {
     pub fn to_json(&self) -> String {
         // unwrap-free: these types always serialize (no maps with non-string keys).
@@ -123,8 +151,10 @@ mod tests {
                 ts: 9,
             },
         };
-        let back: ClusterEvent = serde_json::from_str(&ev.to_json()).expect("parses");
+        let json = ev.to_json();
+        let back: ClusterEvent = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, ev);
+        assert!(json.starts_with(&format!("{{\"t\":\"{}\"", ev.kind())), "{json}");
         assert!(serde_json::from_str::<ClusterEvent>(r#"{"t":"from_the_future"}"#).is_err());
     }
 }

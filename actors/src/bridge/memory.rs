@@ -1,20 +1,25 @@
 //! The in-process bridge: the embedded single-node default. Claims are decided with
 //! per-user entries in a DashMap; trending counts sit behind a mutex that is only
 //! touched once per match and once per `/api/trending` request.
+//!
+//! There are no other nodes: `broadcast` and `room_event` reach nobody, and
+//! `send_to_node` reaches this node's sink only when it names this node (the one
+//! node a single node can send to), delivered at once on the caller's thread.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use dashmap::DashMap;
 
-use super::{BoxFut, Bridge, ClaimMember, ClaimOutcome, SearchAd, Ticket};
+use super::events::ClusterEvent;
+use super::{Attachment, BoxFut, Bridge, ClaimMember, ClaimOutcome, ClusterSink, SearchAd, Ticket};
 use crate::ids::{Interest, UserId};
 
-/// Single-node facts.
 /// Interests kept by the trending counts (the most counted); the rest are
 /// forgotten, so one-off interests cannot grow the table without bound.
 pub const TRENDING_CAP: usize = 10_000;
 
+/// Single-node facts.
 pub struct MemoryBridge {
     node_id: String,
     /// user → their one valid search ticket.
@@ -25,6 +30,8 @@ pub struct MemoryBridge {
     claim_lock: Mutex<()>,
     /// interest → matches it was shared in.
     trending: Mutex<HashMap<Interest, u64>>,
+    /// Where events sent to this node go, once attached.
+    sink: OnceLock<Weak<dyn ClusterSink>>,
 }
 
 impl MemoryBridge {
@@ -34,6 +41,7 @@ impl MemoryBridge {
             searches: DashMap::new(),
             claim_lock: Mutex::new(()),
             trending: Mutex::new(HashMap::new()),
+            sink: OnceLock::new(),
         }
     }
 
@@ -79,6 +87,18 @@ impl MemoryBridge {
 impl Bridge for MemoryBridge {
     fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    fn attach(self: Arc<Self>, attachment: Attachment) {
+        let _ = self.sink.set(attachment.sink);
+    }
+
+    fn send_to_node(&self, node: &str, event: ClusterEvent) {
+        if node == self.node_id {
+            if let Some(sink) = self.sink.get().and_then(Weak::upgrade) {
+                sink.deliver(event);
+            }
+        }
     }
 
     fn begin_search(&self, ad: SearchAd) {

@@ -20,21 +20,95 @@
 //!
 //! The room methods (`room_*`) are only called when [`Bridge::clustered`] is true;
 //! the in-process bridge keeps their defaults, which refuse.
+//!
+//! A bridge imports nothing above the leaf modules: what it hears from other nodes
+//! it hands up through a [`ClusterSink`] it is given once the engine runs
+//! ([`Bridge::attach`]), and holds that sink weakly, so the bridge never keeps the
+//! engine alive. `tests/bridge_contract.rs` runs one suite against both bridges.
 
 pub mod events;
-pub mod inbound;
 pub mod memory;
 pub mod redis;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
+use actix::ArbiterHandle;
 use rendezvous_protocol::ChatMessage;
 use serde::{Deserialize, Serialize};
 
 pub use self::events::{ClusterEvent, RoomEv};
+use crate::config::EngineConfig;
 use crate::ids::{Interest, RoomId, UserId};
+
+/// Where a bridge hands up what it hears: the engine's inbound router implements it
+/// (`crate::inbound`). Every method runs on the bridge's task, so an implementation
+/// only routes (`do_send`, map look-ups) and never waits.
+pub trait ClusterSink: Send + Sync + 'static {
+    /// One event from another node (or one a node sent to itself).
+    fn deliver(&self, event: ClusterEvent);
+    /// `node` stopped beating: forget its searches, start the grace of its members.
+    fn node_lost(&self, node: &str);
+    /// The store is reachable again after a (re)connect: drop every replica of other
+    /// nodes' searches (the bridge reloads them) and announce every local one again.
+    fn reconnected(&self);
+    /// After a reconnect: every room this node holds restores what the store lacks
+    /// and catches up on what it missed.
+    fn resync_rooms(&self);
+    /// What this node holds, so the bridge can keep its keys in the store alive.
+    fn held(&self) -> Held;
+}
+
+/// What a node holds, as [`ClusterSink::held`] reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Held {
+    /// Rooms this node holds (its own or a replica).
+    pub rooms: Vec<RoomId>,
+    /// Users with a live session on this node.
+    pub sessions: Vec<UserId>,
+    /// Users with a seat in a room on this node (possibly offline, in their grace).
+    pub seated: Vec<UserId>,
+}
+
+/// The engine's settings a bridge reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BridgeSettings {
+    /// How long a member who went offline keeps their seat.
+    pub reconnect_grace_ms: u64,
+    /// How long past the grace a user's and a room's keys live without a refresh.
+    pub key_margin_ms: u64,
+    /// Byte cap of a room's stored history.
+    pub history_bytes: usize,
+}
+
+impl From<&EngineConfig> for BridgeSettings {
+    fn from(c: &EngineConfig) -> Self {
+        Self {
+            reconnect_grace_ms: c.reconnect_grace_ms,
+            key_margin_ms: c.cluster_key_margin_ms,
+            history_bytes: c.history_bytes,
+        }
+    }
+}
+
+impl Default for BridgeSettings {
+    fn default() -> Self {
+        Self::from(&EngineConfig::default())
+    }
+}
+
+/// What the engine hands a bridge once it runs ([`Bridge::attach`]).
+pub struct Attachment {
+    /// Where inbound events go. Weak: the engine owns its router, the bridge only
+    /// reaches it while the engine lives (no `Arc` cycle through `Shared`).
+    pub sink: Weak<dyn ClusterSink>,
+    /// Where the bridge runs its tasks: the engine's first worker, beside sessions,
+    /// rooms and shards, so a message crosses no thread between an actor and the
+    /// store's socket.
+    pub worker: ArbiterHandle,
+    pub settings: BridgeSettings,
+}
 
 /// A search ticket: unique per node and increasing with arrival time, so ordering by
 /// ticket is ordering by wait ("ties go to the longest wait").
@@ -130,6 +204,9 @@ pub struct RoomSeed {
 pub trait Bridge: Send + Sync + 'static {
     /// Name of this node.
     fn node_id(&self) -> &str;
+    /// Hand the bridge its sink and start its background work (connections,
+    /// subscriber, heartbeat). Nothing is received before; called once.
+    fn attach(self: Arc<Self>, attachment: Attachment);
     /// True when other nodes exist (rooms are then replicated through the bridge).
     fn clustered(&self) -> bool {
         false

@@ -1,9 +1,12 @@
 //! The Redis bridge: several nodes act as one through one Redis.
 //!
 //! * Commands go through the ordered pipe in [`conn`]; scripts live in
-//!   `scripts/*.lua`, each with a KEYS/ARGV header.
+//!   `scripts/*.lua`, each with a KEYS/ARGV header. Two files are fragments, not
+//!   scripts: `trim_bytes.lua` (the stream's byte cap) and `tell_nodes.lua` (publish
+//!   to every other node of a room), prepended with `concat!` where used.
 //! * One pub/sub connection subscribes to `rdv:cluster` (every node) and
-//!   `rdv:node:{id}` (this node); events are routed by [`super::inbound`].
+//!   `rdv:node:{id}` (this node); events go to the [`ClusterSink`] the engine
+//!   attached (the engine's inbound router).
 //! * A heartbeat task writes this node's liveness (`rdv:nodes`, a sorted set of
 //!   last-beat times), publishes a probe to its own channel (a dead subscription
 //!   counts as down), and declares peers dead when their beat is older than
@@ -19,7 +22,7 @@
 //!   and rooms expire on their own. The same task drops languages whose pool is
 //!   empty from `rdv:pool:langs`.
 //!
-//! Key layout (see DESIGN.md for the full table): `rdv:{pool:LANG}:search:USER`,
+//! Key layout (see CLUSTER.md, "Key layout", for the full table): `rdv:{pool:LANG}:search:USER`,
 //! `rdv:{pool:LANG}:entries`, `rdv:pool:langs`, `rdv:nodes`, `rdv:trending`,
 //! `rdv:user:{USER}:node|rooms|rl:*`, `rdv:room:{ROOM}:members|seq|log|meta`. The
 //! braces are Redis Cluster hash tags: every script's keys share one slot.
@@ -28,7 +31,7 @@ pub mod conn;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -42,11 +45,10 @@ use self::conn::Pipe;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
 use super::{
-    inbound, BoxFut, Bridge, BridgeError, ClaimMember, ClaimOutcome, RoomSeed, RoomSnapshot,
-    SearchAd, Seats, StoredKind, Ticket,
+    Attachment, BoxFut, Bridge, BridgeError, BridgeSettings, ClaimMember, ClaimOutcome,
+    ClusterSink, RoomSeed, RoomSnapshot, SearchAd, Seats, StoredKind, Ticket,
 };
 use crate::clock::now_ms;
-use crate::engine::Engine;
 use crate::ids::{Interest, RoomId, UserId};
 use crate::metrics as m;
 
@@ -87,12 +89,16 @@ const SOURCES: [&str; 15] = [
     include_str!("scripts/connect.lua"),
     include_str!("scripts/count.lua"),
     include_str!("scripts/room_open.lua"),
-    concat!(include_str!("scripts/trim_bytes.lua"), include_str!("scripts/append.lua")),
-    include_str!("scripts/event.lua"),
-    include_str!("scripts/join.lua"),
-    include_str!("scripts/leave.lua"),
-    include_str!("scripts/close.lua"),
-    include_str!("scripts/rehome.lua"),
+    concat!(
+        include_str!("scripts/trim_bytes.lua"),
+        include_str!("scripts/tell_nodes.lua"),
+        include_str!("scripts/append.lua")
+    ),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/event.lua")),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/join.lua")),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/leave.lua")),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/close.lua")),
+    concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/rehome.lua")),
     concat!(include_str!("scripts/trim_bytes.lua"), include_str!("scripts/reseed.lua")),
     include_str!("scripts/touch_user.lua"),
     include_str!("scripts/touch_room.lua"),
@@ -225,8 +231,8 @@ struct Health {
     lost: Mutex<HashSet<String>>,
 }
 
-/// The bridge. Construct with [`RedisBridge::connect`], then [`RedisBridge::attach`]
-/// the engine (inbound events need it; nothing reaches Redis before).
+/// The bridge. Construct with [`RedisBridge::connect`]; the engine then
+/// [`Bridge::attach`]es its sink (nothing reaches Redis before).
 pub struct RedisBridge {
     node: String,
     pipe: Pipe,
@@ -234,7 +240,10 @@ pub struct RedisBridge {
     health: Arc<Health>,
     /// Local searches, for claims of all-local groups while Redis is down.
     mirror: Arc<MemoryBridge>,
-    engine: OnceLock<Engine>,
+    /// Where inbound events go (the engine's router, held weakly).
+    sink: OnceLock<Weak<dyn ClusterSink>>,
+    /// The engine's settings, from [`Bridge::attach`] (defaults before).
+    settings: OnceLock<BridgeSettings>,
     /// Bumped on every reconnect of the command connection.
     connected: watch::Receiver<u64>,
     client: redis::Client,
@@ -244,12 +253,12 @@ pub struct RedisBridge {
     resync_again: AtomicBool,
     /// The last resync has finished (pools and rooms agree with Redis again).
     synced: AtomicBool,
-    /// The pipe's task until [`RedisBridge::attach`] spawns it.
+    /// The pipe's task until [`Bridge::attach`] spawns it.
     runner: Mutex<Option<conn::Runner>>,
 }
 
 impl RedisBridge {
-    /// Make the bridge. Its connections are made once [`RedisBridge::attach`] has
+    /// Make the bridge. Its connections are made once [`Bridge::attach`] has
     /// started its tasks, in the background and retried for ever.
     pub fn connect(url: &str, node: &str) -> Result<Arc<RedisBridge>, BridgeError> {
         // rediss:// needs a process-wide TLS crypto provider; a second install fails
@@ -275,7 +284,8 @@ impl RedisBridge {
                 lost: Mutex::new(HashSet::new()),
             }),
             mirror: Arc::new(MemoryBridge::new(node)),
-            engine: OnceLock::new(),
+            sink: OnceLock::new(),
+            settings: OnceLock::new(),
             connected: rx,
             client,
             resyncing: AtomicBool::new(false),
@@ -285,64 +295,31 @@ impl RedisBridge {
         }))
     }
 
-    /// Hand the bridge the engine and start the pipe, subscriber, heartbeat and
-    /// resync tasks. They run on the engine's first worker arbiter, beside
-    /// sessions, rooms and shards, not on the main thread: with one worker a
-    /// message then crosses no thread between its `send` and the Redis socket,
-    /// nor between the subscription and a member's socket. Each crossing is a
-    /// wake-up through the kernel; doing without them saved 8–9 % of each node's
-    /// CPU at 21,000 cross-node messages/s (BENCHMARKS.md).
-    pub fn attach(self: &Arc<Self>, engine: Engine) {
-        let Some(worker) = engine.shared.workers.first().cloned() else {
-            warn!("the engine has no worker arbiter; the Redis bridge is not started");
-            return;
-        };
-        let _ = self.engine.set(engine);
-        let runner = self.runner.lock().ok().and_then(|mut r| r.take());
-        if let Some(runner) = runner {
-            worker.spawn(runner.run());
-        }
-        worker.spawn(self.clone().subscriber());
-        worker.spawn(self.clone().heartbeat());
-        worker.spawn(self.clone().resync_on_connect());
-        worker.spawn(self.clone().refresher());
+    /// The engine's router, while the engine lives.
+    fn sink(&self) -> Option<Arc<dyn ClusterSink>> {
+        self.sink.get().and_then(Weak::upgrade)
     }
 
-    fn engine(&self) -> Option<&Engine> {
-        self.engine.get()
-    }
-
-    /// (reconnect grace, key margin, history bytes) of the engine's settings.
-    fn settings(&self) -> (u64, u64, usize) {
-        match self.engine() {
-            Some(e) => {
-                let c = &e.shared.config;
-                (c.reconnect_grace_ms, c.cluster_key_margin_ms, c.history_bytes)
-            }
-            None => {
-                let c = crate::config::EngineConfig::default();
-                (c.reconnect_grace_ms, c.cluster_key_margin_ms, c.history_bytes)
-            }
-        }
+    fn settings(&self) -> BridgeSettings {
+        self.settings.get().copied().unwrap_or_default()
     }
 
     /// Lifetime (ms) of a per-user or per-room key without a refresh, and of a
     /// closed room's `seq` and stream: the reconnect grace plus the margin.
     fn key_ttl_ms(&self) -> u64 {
-        let (grace, margin, _) = self.settings();
-        grace.saturating_add(margin).max(1)
+        let s = self.settings();
+        s.reconnect_grace_ms.saturating_add(s.key_margin_ms).max(1)
     }
 
     /// How often this node renews its keys: a third of the margin, so two missed
     /// or late rounds still leave a live key alive.
     fn refresh_every(&self) -> Duration {
-        let (_, margin, _) = self.settings();
-        Duration::from_millis(margin / 3).max(MIN_REFRESH)
+        Duration::from_millis(self.settings().key_margin_ms / 3).max(MIN_REFRESH)
     }
 
     /// Byte cap of a room's stream (`history_bytes`).
     fn history_bytes(&self) -> usize {
-        self.settings().2.max(1)
+        self.settings().history_bytes.max(1)
     }
 
     /// Renew this node's keys, then drop empty languages, every
@@ -369,13 +346,11 @@ impl RedisBridge {
     /// of those rooms: one script per room and per user, sent in pipelined chunks
     /// (one round trip per [`conn::MANY_CHUNK`], not one per key).
     async fn refresh_keys(&self) -> Result<(), BridgeError> {
-        let Some(engine) = self.engine() else { return Ok(()) };
-        let shared = &engine.shared;
+        let Some(held) = self.sink().map(|s| s.held()) else { return Ok(()) };
         let ttl = self.key_ttl_ms().to_string();
-        let rooms: Vec<RoomId> = shared.rooms.iter().map(|r| r.key().clone()).collect();
-        let here: HashSet<UserId> = shared.registry.users().into_iter().collect();
-        let mut seated: HashSet<UserId> =
-            shared.memberships.iter().map(|e| e.key().clone()).collect();
+        let rooms = held.rooms;
+        let here: HashSet<UserId> = held.sessions.into_iter().collect();
+        let mut seated: HashSet<UserId> = held.seated.into_iter().collect();
         for chunk in rooms.chunks(conn::MANY_CHUNK) {
             let cmds = chunk
                 .iter()
@@ -508,8 +483,8 @@ impl RedisBridge {
                         self.health.sub_seen_ms.store(now_ms(), Ordering::Release);
                     }
                     Ok(ev) => {
-                        if let Some(engine) = self.engine() {
-                            inbound::dispatch(engine, ev);
+                        if let Some(sink) = self.sink() {
+                            sink.deliver(ev);
                         }
                     }
                     Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
@@ -581,8 +556,8 @@ impl RedisBridge {
     async fn peer_lost(&self, node: &str, purge: bool) {
         warn!(peer = node, "node lost");
         metrics::counter!(m::BRIDGE_NODES_LOST_TOTAL).increment(1);
-        if let Some(engine) = self.engine() {
-            inbound::node_lost(engine, node);
+        if let Some(sink) = self.sink() {
+            sink.node_lost(node);
         }
         if !purge {
             return;
@@ -677,23 +652,23 @@ impl RedisBridge {
     }
 
     async fn resync(&self) {
-        let Some(engine) = self.engine() else { return };
+        let Some(sink) = self.sink() else { return };
         info!(node = %self.node, "resyncing with redis");
         self.pipe
             .fire("zadd", redis::cmd("ZADD").arg(NODES_KEY).arg(now_ms()).arg(&self.node).clone());
         // 1. This node's searches: replace whatever Redis holds with what waits now.
         self.purge_searches_of(&self.node).await;
-        inbound::republish_and_drop_replicas(engine);
+        sink.reconnected();
         // 2. Replicas of every live peer's searches.
         let live: HashSet<String> =
             self.health.peers.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         for (_, _, ad) in self.stored_searches().await {
             if ad.node != self.node && (live.is_empty() || live.contains(&ad.node)) {
-                inbound::dispatch(engine, ClusterEvent::PoolAdd { ad });
+                sink.deliver(ClusterEvent::PoolAdd { ad });
             }
         }
         // 3. Rooms: restore and catch up.
-        inbound::resync_rooms(engine);
+        sink.resync_rooms();
     }
 
     /// Add `room` to the user's membership set, which lives as long as any key of
@@ -734,6 +709,12 @@ impl RedisBridge {
     fn room_event_json(&self, room: &RoomId, ev: RoomEv) -> String {
         ClusterEvent::Room { room: room.to_string(), origin: self.node.clone(), ev }.to_json()
     }
+
+    /// The room event "`user`, on this node, is now `status`".
+    fn member_here_json(&self, room: &RoomId, user: &UserId, status: MemberStatus) -> String {
+        let ev = RoomEv::Member { user: user.to_string(), node: self.node.clone(), status };
+        self.room_event_json(room, ev)
+    }
 }
 
 /// Drop `room` from each user's membership set (the room closed under them).
@@ -757,6 +738,27 @@ impl Bridge for RedisBridge {
 
     fn clustered(&self) -> bool {
         true
+    }
+
+    /// Start the pipe, subscriber, heartbeat, resync and refresh tasks on the
+    /// engine's first worker arbiter, beside sessions, rooms and shards, not on the
+    /// main thread: with one worker a message then crosses no thread between its
+    /// `send` and the Redis socket, nor between the subscription and a member's
+    /// socket. Each crossing is a wake-up through the kernel; doing without them
+    /// saved 8–9 % of each node's CPU at 21,000 cross-node messages/s
+    /// (BENCHMARKS.md).
+    fn attach(self: Arc<Self>, attachment: Attachment) {
+        let Attachment { sink, worker, settings } = attachment;
+        let _ = self.sink.set(sink);
+        let _ = self.settings.set(settings);
+        let runner = self.runner.lock().ok().and_then(|mut r| r.take());
+        if let Some(runner) = runner {
+            worker.spawn(runner.run());
+        }
+        worker.spawn(self.clone().subscriber());
+        worker.spawn(self.clone().heartbeat());
+        worker.spawn(self.clone().resync_on_connect());
+        worker.spawn(self.refresher());
     }
 
     fn begin_search(&self, ad: SearchAd) {
@@ -1035,17 +1037,12 @@ impl Bridge for RedisBridge {
 
     fn room_join(&self, room: &RoomId, user: &UserId) -> BoxFut<RoomSnapshot> {
         let r = room.as_str();
-        let ev = RoomEv::Member {
-            user: user.to_string(),
-            node: self.node.clone(),
-            status: MemberStatus::Joined,
-        };
-        let payload = self.room_event_json(room, ev);
+        let payload = self.member_here_json(room, user, MemberStatus::Joined);
         let ttl = self.key_ttl_ms();
         self.seat_user(user, r, ttl);
         let cmd = evalsha(
             &self.scripts.join,
-            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta"), room_key(r, "log")],
+            &room_keys(r),
             &[user.to_string(), self.node.clone(), payload, "public".into(), ttl.to_string()],
         );
         let fut = self.pipe.call("join", cmd);
@@ -1120,15 +1117,10 @@ impl Bridge for RedisBridge {
 
     fn room_rehome(&self, room: &RoomId, user: &UserId) -> BoxFut<Option<RoomSnapshot>> {
         let r = room.as_str();
-        let ev = RoomEv::Member {
-            user: user.to_string(),
-            node: self.node.clone(),
-            status: MemberStatus::Online,
-        };
-        let payload = self.room_event_json(room, ev);
+        let payload = self.member_here_json(room, user, MemberStatus::Online);
         let cmd = evalsha(
             &self.scripts.rehome,
-            &[room_key(r, "members"), room_key(r, "seq"), room_key(r, "meta"), room_key(r, "log")],
+            &room_keys(r),
             &[user.to_string(), self.node.clone(), payload, self.key_ttl_ms().to_string()],
         );
         let fut = self.pipe.call("rehome", cmd);

@@ -8,8 +8,8 @@
 -- ARGV[6] the sending node (not published to)   ARGV[7] byte cap of the stream
 -- ARGV[8] ttl of a new room's seq and log (ms)
 -- Returns the new seq, or -1 when the sender is not a member.
--- The byte cap's functions (`trim`, `byte_marks`, `field`) come from trim_bytes.lua,
--- prepended to this file.
+-- The byte cap's functions (`trim`, `byte_marks`, `field`) come from trim_bytes.lua
+-- and `tell_nodes` from tell_nodes.lua, both prepended to this file.
 if redis.call('HEXISTS', KEYS[3], ARGV[5]) == 0 then
   return -1
 end
@@ -25,12 +25,5 @@ if seq == 1 then
 end
 trim(KEYS[2], KEYS[4], bend, bstart, tonumber(ARGV[7]))
 
-local payload = ARGV[1] .. seq .. ARGV[2]
-local seen = {[ARGV[6]] = true}
-for _, node in ipairs(redis.call('HVALS', KEYS[3])) do
-  if not seen[node] then
-    seen[node] = true
-    redis.call('PUBLISH', 'rdv:node:' .. node, payload)
-  end
-end
+tell_nodes(KEYS[3], ARGV[6], ARGV[1] .. seq .. ARGV[2])
 return seq

@@ -5,27 +5,18 @@
 -- ARGV[4] Closed event JSON   ARGV[5] kind   ARGV[6] ttl of a closed room's seq and log (ms)
 -- ARGV[7] origin node (its replica acts on its own)
 -- Returns { 1, users whose seat went with the room's close ... } when this call
--- removed the member, else { 0 }.
+-- removed the member, else { 0 }. `tell_nodes` comes from tell_nodes.lua, prepended.
 local node = redis.call('HGET', KEYS[1], ARGV[1])
 if not node or (ARGV[2] ~= '' and node ~= ARGV[2]) then
   return { 0 }
 end
-local function tell(payload)
-  local seen = { [ARGV[7]] = true }
-  for _, n in ipairs(redis.call('HVALS', KEYS[1])) do
-    if not seen[n] then
-      seen[n] = true
-      redis.call('PUBLISH', 'rdv:node:' .. n, payload)
-    end
-  end
-end
-tell(ARGV[3])
+tell_nodes(KEYS[1], ARGV[7], ARGV[3])
 redis.call('HDEL', KEYS[1], ARGV[1])
 local left = redis.call('HLEN', KEYS[1])
 local out = { 1 }
 if (ARGV[5] == 'match' and left <= 1) or left == 0 then
   if ARGV[5] == 'match' then
-    tell(ARGV[4])
+    tell_nodes(KEYS[1], ARGV[7], ARGV[4])
   end
   for _, u in ipairs(redis.call('HKEYS', KEYS[1])) do
     out[#out + 1] = u
