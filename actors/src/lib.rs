@@ -36,6 +36,7 @@ pub mod bridge;
 pub mod budget;
 pub mod clock;
 pub mod config;
+pub mod directory;
 pub mod engine;
 pub mod error;
 pub mod ids;
@@ -46,6 +47,8 @@ pub mod outbox;
 pub mod registry;
 pub mod rooms;
 pub mod session;
+pub mod state;
+pub mod token;
 
 pub use config::{EngineConfig, LadderStep};
 pub use engine::Engine;

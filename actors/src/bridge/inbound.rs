@@ -15,7 +15,6 @@ use crate::ids::{Interest, RoomId, UserId};
 use crate::matching::messages::*;
 use crate::metrics as m;
 use crate::rooms::messages::{NodeLost, ResyncRoom, RoomInbound};
-use crate::rooms::open_replica;
 
 fn kind(ev: &ClusterEvent) -> &'static str {
     match ev {
@@ -90,7 +89,7 @@ pub fn dispatch(engine: &Engine, ev: ClusterEvent) {
                     .collect(),
             };
             // The replica exists before the members hear of the room (and post).
-            open_replica(shared, &room_id, &snapshot);
+            engine.rooms.open_replica(&room_id, &snapshot);
             let members = members.into_iter().map(|(u, _)| UserId::from(u)).collect();
             let interests = interests.into_iter().map(Interest::from).collect();
             engine.shard_for(&language).do_send(OfferSettled {
@@ -114,7 +113,7 @@ pub fn dispatch(engine: &Engine, ev: ClusterEvent) {
             }
         }
         ClusterEvent::Room { room, origin, ev } => {
-            if let Some(addr) = shared.rooms.get(room.as_str()).map(|r| r.value().clone()) {
+            if let Some(addr) = engine.rooms.directory.get(room.as_str()) {
                 addr.do_send(RoomInbound { origin: Arc::from(origin), ev });
             }
         }
@@ -127,8 +126,8 @@ pub fn node_lost(engine: &Engine, node: &str) {
     for shard in engine.shards.iter() {
         shard.do_send(DropRemoteSearches { node: Some(node.clone()) });
     }
-    for room in engine.shared.rooms.iter() {
-        room.value().do_send(NodeLost { node: node.clone() });
+    for room in engine.rooms.directory.handles() {
+        room.do_send(NodeLost { node: node.clone() });
     }
 }
 
@@ -143,7 +142,7 @@ pub fn republish_and_drop_replicas(engine: &Engine) {
 
 /// After a reconnect: every room replica restores and catches up.
 pub fn resync_rooms(engine: &Engine) {
-    for room in engine.shared.rooms.iter() {
-        room.value().do_send(ResyncRoom);
+    for room in engine.rooms.directory.handles() {
+        room.do_send(ResyncRoom);
     }
 }

@@ -372,7 +372,7 @@ impl RedisBridge {
         let Some(engine) = self.engine() else { return Ok(()) };
         let shared = &engine.shared;
         let ttl = self.key_ttl_ms().to_string();
-        let rooms: Vec<RoomId> = shared.rooms.iter().map(|r| r.key().clone()).collect();
+        let rooms: Vec<RoomId> = engine.rooms.directory.ids();
         let here: HashSet<UserId> = shared.registry.users().into_iter().collect();
         let mut seated: HashSet<UserId> =
             shared.memberships.iter().map(|e| e.key().clone()).collect();
