@@ -391,7 +391,7 @@ impl SessionActor {
             ad_for(shared.bridge.node_id(), ticket, &self.user, &criteria, joined, joined + wait);
         shared.bridge.begin_search(ad);
         // `searching` before the shard can see the search: its `match_found` is
-        // queued on the outbox directly (`announce_match`) and must come after.
+        // queued on the outbox directly (by the room supervisor) and must come after.
         self.send(&ServerFrame::Searching { ticket: format!("t{ticket}") });
         self.engine.shard_for(&criteria.language).do_send(EnqueueSearch {
             ticket,
