@@ -363,3 +363,125 @@ fn announce_match(
 fn new_state(shared: &Shared, id: RoomId, kind: RoomKind) -> RoomState {
     RoomState::new(id, kind, shared.config.history_len, shared.config.history_bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use actix::{Arbiter, Context as ActorContext};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::budget::Budget;
+    use crate::config::EngineConfig;
+    use crate::outbox::OutboxReceiver;
+    use crate::registry::SessionEntry;
+
+    /// Stands in for a session actor: forwards what it is told.
+    struct Listener(mpsc::UnboundedSender<SessionEvent>);
+
+    impl Actor for Listener {
+        type Context = ActorContext<Self>;
+    }
+
+    impl Handler<SessionEvent> for Listener {
+        type Result = ();
+
+        fn handle(&mut self, msg: SessionEvent, _ctx: &mut Self::Context) {
+            let _ = self.0.send(msg);
+        }
+    }
+
+    fn rooms(max_public_rooms: usize) -> Rooms {
+        let config = EngineConfig { max_public_rooms, ..EngineConfig::default() };
+        let bridge = Arc::new(crate::bridge::memory::MemoryBridge::new("n1"));
+        Rooms::start(Arc::new(Shared::new(config, bridge, vec![Arbiter::current()])))
+    }
+
+    fn join(room: &str, user: &str) -> (JoinPublicRoom, Outbox, OutboxReceiver) {
+        let (outbox, rx) = Outbox::new(16, 1 << 20);
+        let join = JoinPublicRoom {
+            room_id: RoomId::from(room),
+            user: UserId::from(user),
+            session_id: 1,
+            outbox: outbox.clone(),
+            budget: Budget::new(1 << 20, 1 << 20),
+        };
+        (join, outbox, rx)
+    }
+
+    #[test]
+    fn every_opener_counts_public_rooms_and_only_a_first_join_is_refused() {
+        actix::System::new().block_on(async {
+            let rooms = rooms(1);
+            let shared = rooms.shared.clone();
+            let (first, _, _rx) = join("pub-a", "ann");
+            rooms.supervisor.send(first).await.expect("supervisor");
+            assert!(rooms.directory.contains("pub-a"));
+            assert_eq!(shared.public_rooms.load(Ordering::Relaxed), 1);
+
+            // Over the cap: refused, nothing registered, the reserved seat given back.
+            let user = UserId::from("bob");
+            let (second, refused, _refused_rx) = join("pub-b", "bob");
+            shared.add_membership(&user, &second.room_id);
+            rooms.supervisor.send(second).await.expect("supervisor");
+            assert!(!rooms.directory.contains("pub-b"));
+            assert!(shared.rooms_of(&user).is_empty());
+            assert_eq!(refused.queued(), 1, "the refusal is queued for the joiner");
+
+            // A replica exists in the cluster already: counted, never refused, and
+            // opened once however often it is asked for.
+            let snapshot = RoomSnapshot {
+                kind: StoredKind::Public,
+                last_seq: 7,
+                members: vec![(UserId::from("cy"), Arc::from("n2"))],
+            };
+            let id = RoomId::from("pub-c");
+            let one = rooms.open_replica(&id, &snapshot);
+            let two = rooms.open_replica(&id, &snapshot);
+            assert!(one == two);
+            assert_eq!(shared.public_rooms.load(Ordering::Relaxed), 2);
+        });
+    }
+
+    #[test]
+    fn a_match_settled_elsewhere_is_announced_to_the_sessions_that_searched() {
+        actix::System::new().block_on(async {
+            let rooms = rooms(10);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            let events = Listener(tx).start().recipient();
+            let (live, _live_rx) = Outbox::new(16, 1 << 20);
+            let (newer, _newer_rx) = Outbox::new(16, 1 << 20);
+            let registry = &rooms.shared.registry;
+            let entry = |session_id, outbox: &Outbox| SessionEntry {
+                session_id,
+                outbox: outbox.clone(),
+                events: events.clone(),
+                worker: None,
+            };
+            registry.insert(UserId::from("ann"), entry(1, &live));
+            // Bob searched from session 1; session 2 replaced it since.
+            registry.insert(UserId::from("bob"), entry(2, &newer));
+            let member = |user: &str, ticket| MatchedMember {
+                user: UserId::from(user),
+                session_id: 1,
+                ticket,
+                events: events.clone(),
+            };
+            let settled = MatchSettled {
+                room_id: RoomId::from("r1"),
+                members: vec![member("ann", 10), member("bob", 11)],
+                all: ["ann", "bob", "cy"].into_iter().map(UserId::from).collect(),
+                shared: vec![Interest::from("chess")],
+            };
+            rooms.supervisor.send(settled).await.expect("supervisor");
+            let mut told = Vec::new();
+            for _ in 0..2 {
+                if let Some(SessionEvent::Matched { ticket }) = rx.recv().await {
+                    told.push(ticket);
+                }
+            }
+            assert_eq!(told, vec![10, 11], "both searches end");
+            assert_eq!(live.queued(), 1, "match_found for the live session");
+            assert_eq!(newer.queued(), 0, "nothing for a session that did not search");
+        });
+    }
+}
