@@ -14,7 +14,7 @@
 //!   there are no token users, and names stay as given.
 //!
 //! Not here: the handshake itself (`http.rs`) and what a session does with the
-//! expiry (`rendezvous_actors::session::token`).
+//! expiry (`rendezvous_actors::token`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use hyper::header::{HeaderName, AUTHORIZATION, FORWARDED};
 use hyper::HeaderMap;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use rendezvous_actors::ids::{random_id, UserId};
-use rendezvous_actors::session::token::{Identity, TokenVerifier};
+use rendezvous_actors::token::{Identity, TokenVerifier};
 use serde::Deserialize;
 
 use crate::config::{AnonymousMode, Config};

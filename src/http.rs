@@ -254,7 +254,7 @@ async fn stats(app: &App) -> Response<Body> {
             "node": shared.config.node_id,
             "online": shared.registry.len(),
             "searching": shared.searching.load(Ordering::Relaxed),
-            "rooms": shared.rooms.len(),
+            "rooms": app.engine.rooms.directory.len(),
             "nodes": nodes,
             "trending": trending_json(trending),
             "uptime_secs": shared.started_at.elapsed().as_secs(),

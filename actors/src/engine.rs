@@ -1,234 +1,28 @@
-//! Wiring: the state every actor shares ([`Shared`]) and the handle the server holds
-//! ([`Engine`]). `Engine::start` must run inside an actix `System`.
+//! Wiring, the top of the engine: starts the worker arbiters, the pool shards and
+//! the room supervisor over one [`Shared`], and hands out the [`Engine`] handle the
+//! server (and the sessions it starts) hold. Nothing below imports this file.
+//! `Engine::start` must run inside an actix `System`.
 
 use std::hash::{Hash, Hasher};
-use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter, ArbiterHandle};
-use dashmap::DashMap;
-use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-use crate::avoid::AvoidList;
-use crate::bridge::{Bridge, Ticket};
+use crate::bridge::Bridge;
 use crate::config::EngineConfig;
-use crate::ids::{RoomId, UserId};
 use crate::matching::MatchShard;
-use crate::registry::Registry;
-use crate::rooms::actor::RoomActor;
-use crate::rooms::messages::JoinPublicRoom;
-use crate::rooms::RoomSupervisor;
-use crate::session::token::TokenVerifier;
-
-/// State shared by sessions, shards and rooms. Every map is a DashMap because
-/// actors on different arbiter threads use it; no guard is held across an await.
-pub struct Shared {
-    pub config: EngineConfig,
-    /// user → live session on this node.
-    pub registry: Registry,
-    /// user → rooms they hold a seat in, in join order (welcome, next, block).
-    pub memberships: DashMap<UserId, Vec<RoomId>>,
-    /// room → its actor; a room removes itself when it closes.
-    pub rooms: DashMap<RoomId, Addr<RoomActor>>,
-    /// Skips (`next`) and blocks, capped per user.
-    pub avoid: AvoidList,
-    /// Languages with their own per-language pool series (one set for all shards).
-    pub language_series: crate::language::LanguageSeries,
-    /// Public rooms open on this node (replicas included), against
-    /// `max_public_rooms`. Raised by the supervisor when it opens one (so the check
-    /// and the raise are one step in one actor) and by `open_replica`, lowered when
-    /// the room forgets itself.
-    pub public_rooms: AtomicUsize,
-    /// Each user's byte budget of actions ([`crate::budget`]), shared by their
-    /// sessions and charged by rooms after the fact; swept like `send_limits`, but
-    /// one still in debt is kept (a reconnect does not clear it).
-    budgets: DashMap<UserId, crate::budget::Budget>,
-    /// Open sessions per client IP address (the per-IP cap).
-    pub per_ip: DashMap<std::net::IpAddr, usize>,
-    /// Each user's last search criteria, so `next` works on a new connection too
-    /// (a reload within the grace period). Swept with the user's last seat.
-    pub last_search: DashMap<UserId, (crate::matching::pool::Criteria, Duration)>,
-    pub bridge: Arc<dyn Bridge>,
-    /// Worker arbiters (one thread each) that run sessions, rooms and shards.
-    pub workers: Vec<ArbiterHandle>,
-    /// Set once at start; rooms use it to bounce joins that raced a close.
-    supervisor: OnceLock<Addr<RoomSupervisor>>,
-    /// Checks tokens sent with `refresh`; installed once by the server (which owns
-    /// the keys). Unset: token sessions cannot refresh (`unauthorized`).
-    token_verifier: OnceLock<Arc<dyn TokenVerifier>>,
-    /// `find_match` and `next` per user (per minute quota).
-    pub find_match_limiter: DefaultKeyedRateLimiter<UserId>,
-    /// `send` per user (per second with burst).
-    /// A session takes its user's bucket at its first `send` and checks it with
-    /// one atomic operation per `send` after that, instead of a keyed lookup
-    /// (hash, shard lock) per message. A reconnect finds the same bucket until the sweep drops the
-    /// ones no session holds.
-    send_limits: DashMap<UserId, Arc<DefaultDirectRateLimiter>>,
-    send_quota: Quota,
-    /// The one clock every rate limiter reads. Making a clock is expensive (it
-    /// probes the CPU for a usable TSC), so sessions share this one instead of
-    /// making their own per connection.
-    pub clock: governor::clock::DefaultClock,
-    /// Searches waiting in all shards (for `/api/stats`).
-    pub searching: AtomicU64,
-    next_ticket: AtomicU64,
-    next_session: AtomicU64,
-    next_worker: AtomicUsize,
-    pub started_at: Instant,
-    /// Per-message metric handles.
-    pub hot: crate::metrics::Hot,
-}
-
-impl Shared {
-    pub fn next_ticket(&self) -> Ticket {
-        self.next_ticket.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn next_session_id(&self) -> u64 {
-        self.next_session.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Round-robin over worker arbiters.
-    pub fn next_worker(&self) -> ArbiterHandle {
-        let i = self.next_worker.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-        self.workers[i].clone()
-    }
-
-    /// The worker most of these members' sessions run on (the first one's on a
-    /// tie), else the next one round-robin. A room placed there reaches those
-    /// members' outboxes, and hears their posts, without waking another thread.
-    pub fn worker_near<'a>(&self, members: impl IntoIterator<Item = &'a str>) -> ArbiterHandle {
-        let placed =
-            members.into_iter().filter_map(|u| self.registry.get(u).and_then(|e| e.worker));
-        match most_common(placed, self.workers.len()) {
-            Some(i) => self.workers[i].clone(),
-            None => self.next_worker(),
-        }
-    }
-
-    /// The `send` rate-limit bucket of `user`, shared by their sessions.
-    pub fn send_limit(&self, user: &UserId) -> Arc<DefaultDirectRateLimiter> {
-        self.send_limits
-            .entry(user.clone())
-            .or_insert_with(|| {
-                Arc::new(RateLimiter::direct_with_clock(self.send_quota, self.clock.clone()))
-            })
-            .clone()
-    }
-
-    /// The action byte budget of `user`, shared by their sessions.
-    pub fn budget(&self, user: &UserId) -> crate::budget::Budget {
-        self.budgets
-            .entry(user.clone())
-            .or_insert_with(|| {
-                crate::budget::Budget::new(
-                    self.config.action_bytes_per_second,
-                    self.config.action_bytes_burst,
-                )
-            })
-            .clone()
-    }
-
-    /// Take a seat for `user` in `room` before the join reaches the room, so that
-    /// a burst of joins cannot all pass the count: checked and recorded under the
-    /// user's map entry in one step. Ok when reserved (or already held); Err with
-    /// the rooms held when `max` are. The room keeps the seat when it seats the
-    /// user and gives it back ([`Self::remove_membership`]) when it refuses.
-    pub fn reserve_room(&self, user: &UserId, room: &RoomId, max: usize) -> Result<(), usize> {
-        let mut rooms = self.memberships.entry(user.clone()).or_default();
-        if rooms.contains(room) {
-            return Ok(());
-        }
-        if rooms.len() >= max {
-            let held = rooms.len();
-            drop(rooms);
-            self.memberships.remove_if(user, |_, rooms| rooms.is_empty());
-            return Err(held);
-        }
-        rooms.push(room.clone());
-        Ok(())
-    }
-
-    pub fn add_membership(&self, user: &UserId, room: &RoomId) {
-        let mut rooms = self.memberships.entry(user.clone()).or_default();
-        if !rooms.contains(room) {
-            rooms.push(room.clone());
-        }
-    }
-
-    pub fn remove_membership(&self, user: &UserId, room: &RoomId) {
-        if let Some(mut rooms) = self.memberships.get_mut(user) {
-            rooms.retain(|r| r != room);
-        }
-        self.memberships.remove_if(user, |_, rooms| rooms.is_empty());
-    }
-
-    /// Rooms the user holds a seat in, oldest first.
-    pub fn rooms_of(&self, user: &UserId) -> Vec<RoomId> {
-        self.memberships.get(user).map(|r| r.clone()).unwrap_or_default()
-    }
-
-    /// Keep `a` and `b` apart for `ttl` here and on every other node.
-    pub fn avoid_pair(&self, a: &UserId, b: &UserId, ttl: Duration) {
-        self.avoid.add(a, b, ttl);
-        if self.bridge.clustered() {
-            self.bridge.broadcast(crate::bridge::ClusterEvent::Avoid {
-                a: a.to_string(),
-                b: b.to_string(),
-                ttl_ms: ttl.as_millis() as u64,
-            });
-        }
-    }
-
-    /// Re-route a join that reached a room as it closed.
-    pub fn supervisor_bounce(&self, join: JoinPublicRoom) {
-        if let Some(s) = self.supervisor.get() {
-            s.do_send(join);
-        }
-    }
-
-    pub fn supervisor(&self) -> Option<&Addr<RoomSupervisor>> {
-        self.supervisor.get()
-    }
-
-    /// The verifier for `refresh` tokens, if the server installed one.
-    pub fn token_verifier(&self) -> Option<&Arc<dyn TokenVerifier>> {
-        self.token_verifier.get()
-    }
-}
-
-/// The index below `n` that occurs most often in `indices`, the earliest seen on a
-/// tie; `None` when none is below `n`.
-fn most_common(indices: impl Iterator<Item = usize>, n: usize) -> Option<usize> {
-    let mut counts = vec![0usize; n];
-    let mut first = None;
-    for i in indices.filter(|&i| i < n) {
-        counts[i] += 1;
-        first.get_or_insert(i);
-    }
-    let first = first?;
-    (0..n).max_by_key(|&i| (counts[i], i == first))
-}
-
-thread_local! {
-    /// Which of [`Shared::workers`] this thread is, if it is one.
-    static WORKER_INDEX: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
-}
-
-/// The index in [`Shared::workers`] of the worker arbiter running the caller, or
-/// `None` off the workers (the main thread, tests).
-pub fn current_worker() -> Option<usize> {
-    WORKER_INDEX.get()
-}
+use crate::rooms::Rooms;
+use crate::state::{set_current_worker, Shared};
+use crate::token::TokenVerifier;
 
 /// The handle the server and sessions hold. Cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     pub shared: Arc<Shared>,
     pub shards: Arc<[Addr<MatchShard>]>,
-    pub supervisor: Addr<RoomSupervisor>,
+    /// The room directory and the supervisor that opens rooms.
+    pub rooms: Rooms,
     /// The bridge's sink, owned here: the bridge holds it weakly.
     _inbound: Arc<crate::inbound::Inbound>,
 }
@@ -240,15 +34,6 @@ pub fn shard_for<'a>(shards: &'a [Addr<MatchShard>], language: &str) -> &'a Addr
     &shards[(h.finish() as usize) % shards.len()]
 }
 
-fn per_minute(n: u32) -> Quota {
-    Quota::per_minute(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
-}
-
-fn per_second(n: u32, burst: u32) -> Quota {
-    Quota::per_second(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
-        .allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN))
-}
-
 impl Engine {
     /// Start worker arbiters, pool shards and the room supervisor. Call inside a
     /// running actix `System`.
@@ -256,57 +41,22 @@ impl Engine {
         let workers: Vec<ArbiterHandle> = (0..config.worker_count())
             .map(|i| {
                 let handle = Arbiter::new().handle();
-                handle.spawn_fn(move || WORKER_INDEX.set(Some(i)));
+                handle.spawn_fn(move || set_current_worker(i));
                 handle
             })
             .collect();
-        let clock = governor::clock::DefaultClock::default();
-        let shared = Arc::new(Shared {
-            find_match_limiter: RateLimiter::dashmap_with_clock(
-                per_minute(config.find_match_per_minute),
-                clock.clone(),
-            ),
-            send_limits: DashMap::new(),
-            send_quota: per_second(config.send_per_second, config.send_burst),
-            clock,
-            registry: Registry::default(),
-            memberships: DashMap::new(),
-            rooms: DashMap::new(),
-            avoid: AvoidList::new(config.max_blocks_per_user),
-            language_series: crate::language::LanguageSeries::new(
-                config.language_series,
-                std::iter::once(config.default_language.as_str())
-                    .filter(|l| !l.is_empty())
-                    .chain(config.languages.iter().map(String::as_str)),
-            ),
-            public_rooms: AtomicUsize::new(0),
-            budgets: DashMap::new(),
-            last_search: DashMap::new(),
-            per_ip: DashMap::new(),
-            bridge,
-            workers,
-            supervisor: OnceLock::new(),
-            token_verifier: OnceLock::new(),
-            searching: AtomicU64::new(0),
-            next_ticket: AtomicU64::new(1),
-            next_session: AtomicU64::new(1),
-            next_worker: AtomicUsize::new(0),
-            started_at: Instant::now(),
-            hot: crate::metrics::Hot::new(),
-            config,
-        });
-        let supervisor = RoomSupervisor::new(shared.clone()).start();
-        let _ = shared.supervisor.set(supervisor.clone());
+        let shared = Arc::new(Shared::new(config, bridge, workers));
+        let rooms = Rooms::start(shared.clone());
         let shards: Vec<Addr<MatchShard>> = (0..shared.config.shard_count())
             .map(|i| {
-                let (s, sup) = (shared.clone(), supervisor.clone());
+                let (s, sup) = (shared.clone(), rooms.supervisor.clone());
                 let arbiter = &shared.workers[i % shared.workers.len()];
                 MatchShard::start_in_arbiter(arbiter, move |_| MatchShard::new(i, s, sup))
             })
             .collect();
         let shards: Arc<[Addr<MatchShard>]> = shards.into();
-        let _inbound = crate::inbound::Inbound::install(&shared, &shards);
-        let engine = Engine { shared, shards, supervisor, _inbound };
+        let _inbound = crate::inbound::Inbound::install(&shared, &shards, &rooms);
+        let engine = Engine { shared, shards, rooms, _inbound };
         engine.spawn_housekeeping();
         engine
     }
@@ -314,7 +64,7 @@ impl Engine {
     /// Install the verifier for tokens sent with `refresh` (once; later calls are
     /// ignored). Call before the first session starts.
     pub fn install_token_verifier(&self, verifier: Arc<dyn TokenVerifier>) {
-        let _ = self.shared.token_verifier.set(verifier);
+        self.shared.install_token_verifier(verifier);
     }
 
     /// The shard that owns searches in `language`.
@@ -330,17 +80,7 @@ impl Engine {
             let mut every = tokio::time::interval(Duration::from_secs(30));
             loop {
                 every.tick().await;
-                shared.avoid.sweep();
-                shared.last_search.retain(|user, _| {
-                    shared.registry.get(user.as_str()).is_some()
-                        || shared.memberships.contains_key(user)
-                });
-                shared.find_match_limiter.retain_recent();
-                shared.send_limits.retain(|_, bucket| Arc::strong_count(bucket) > 1);
-                shared.budgets.retain(|_, budget| budget.in_use());
-                shared.find_match_limiter.shrink_to_fit();
-                shared.send_limits.shrink_to_fit();
-                shared.budgets.shrink_to_fit();
+                shared.sweep();
             }
         });
         let engine = self.clone();
@@ -359,7 +99,7 @@ impl Engine {
                     }
                 }
                 let t0 = Instant::now();
-                if engine.supervisor.send(crate::matching::messages::Probe).await.is_ok() {
+                if engine.rooms.supervisor.send(crate::matching::messages::Probe).await.is_ok() {
                     metrics::gauge!(crate::metrics::ACTOR_MAILBOX_DELAY_SECONDS, "actor" => "rooms")
                         .set(t0.elapsed().as_secs_f64());
                 }
@@ -388,17 +128,7 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_room_goes_where_most_of_its_members_are() {
-        assert_eq!(most_common([1, 0, 1].into_iter(), 2), Some(1));
-        // A tie goes to the first member's worker.
-        assert_eq!(most_common([1, 0].into_iter(), 2), Some(1));
-        assert_eq!(most_common([0, 1, 1, 0].into_iter(), 2), Some(0));
-        // Nobody placed (all remote, or offline), or an index from a bigger pool.
-        assert_eq!(most_common(std::iter::empty(), 2), None);
-        assert_eq!(most_common([5].into_iter(), 2), None);
-    }
+    use crate::state::current_worker;
 
     #[test]
     fn each_worker_thread_knows_its_index() {

@@ -17,25 +17,35 @@ use rendezvous_protocol::close;
 use crate::bridge::{
     Attachment, BridgeSettings, ClusterEvent, ClusterSink, Held, RoomSnapshot, StoredKind,
 };
-use crate::engine::{shard_for, Shared};
+use crate::engine::shard_for;
+use crate::state::Shared;
 use crate::ids::{Interest, RoomId, UserId};
 use crate::matching::messages::*;
 use crate::matching::MatchShard;
 use crate::metrics as m;
 use crate::rooms::messages::{NodeLost, ResyncRoom, RoomInbound};
-use crate::rooms::open_replica;
+use crate::rooms::Rooms;
 
 /// Routes what the bridge hears to the actors of this node.
 pub struct Inbound {
     shared: Arc<Shared>,
     shards: Arc<[Addr<MatchShard>]>,
+    rooms: Rooms,
 }
 
 impl Inbound {
     /// Make the router and hand it to the engine's bridge, which starts its work on
     /// the first worker. The caller keeps the returned `Arc` (the bridge's is weak).
-    pub fn install(shared: &Arc<Shared>, shards: &Arc<[Addr<MatchShard>]>) -> Arc<Inbound> {
-        let inbound = Arc::new(Inbound { shared: shared.clone(), shards: shards.clone() });
+    pub fn install(
+        shared: &Arc<Shared>,
+        shards: &Arc<[Addr<MatchShard>]>,
+        rooms: &Rooms,
+    ) -> Arc<Inbound> {
+        let inbound = Arc::new(Inbound {
+            shared: shared.clone(),
+            shards: shards.clone(),
+            rooms: rooms.clone(),
+        });
         match shared.workers.first() {
             Some(worker) => {
                 let sink: Weak<dyn ClusterSink> = Arc::downgrade(&inbound) as Weak<dyn ClusterSink>;
@@ -116,7 +126,7 @@ impl ClusterSink for Inbound {
                         .collect(),
                 };
                 // The replica exists before the members hear of the room (and post).
-                open_replica(shared, &room_id, &snapshot);
+                self.rooms.open_replica(&room_id, &snapshot);
                 let members = members.into_iter().map(|(u, _)| UserId::from(u)).collect();
                 let interests = interests.into_iter().map(Interest::from).collect();
                 self.shard(&language).do_send(OfferSettled {
@@ -140,7 +150,7 @@ impl ClusterSink for Inbound {
                 }
             }
             ClusterEvent::Room { room, origin, ev } => {
-                if let Some(addr) = shared.rooms.get(room.as_str()).map(|r| r.value().clone()) {
+                if let Some(addr) = self.rooms.directory.get(room.as_str()) {
                     addr.do_send(RoomInbound { origin: Arc::from(origin), ev });
                 }
             }
@@ -153,8 +163,8 @@ impl ClusterSink for Inbound {
         for shard in self.shards.iter() {
             shard.do_send(DropRemoteSearches { node: Some(node.clone()) });
         }
-        for room in self.shared.rooms.iter() {
-            room.value().do_send(NodeLost { node: node.clone() });
+        for room in self.rooms.directory.handles() {
+            room.do_send(NodeLost { node: node.clone() });
         }
     }
 
@@ -169,15 +179,15 @@ impl ClusterSink for Inbound {
 
     /// After a reconnect: every room replica restores and catches up.
     fn resync_rooms(&self) {
-        for room in self.shared.rooms.iter() {
-            room.value().do_send(ResyncRoom);
+        for room in self.rooms.directory.handles() {
+            room.do_send(ResyncRoom);
         }
     }
 
     fn held(&self) -> Held {
         let shared = &self.shared;
         Held {
-            rooms: shared.rooms.iter().map(|r| r.key().clone()).collect(),
+            rooms: self.rooms.directory.ids(),
             sessions: shared.registry.users(),
             seated: shared.memberships.iter().map(|e| e.key().clone()).collect(),
         }

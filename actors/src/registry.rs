@@ -16,7 +16,7 @@ pub struct SessionEntry {
     pub session_id: u64,
     pub outbox: Outbox,
     pub events: Recipient<SessionEvent>,
-    /// The worker arbiter the session runs on ([`crate::engine::current_worker`]),
+    /// The worker arbiter the session runs on ([`crate::state::current_worker`]),
     /// so a room can be placed beside its members.
     pub worker: Option<usize>,
 }

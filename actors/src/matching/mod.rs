@@ -28,13 +28,13 @@ use self::timeouts::Timeouts;
 use crate::bridge::events::{ClusterEvent, OfferMember};
 use crate::bridge::{ClaimMember, ClaimOutcome, SearchAd, Ticket};
 use crate::clock;
-use crate::engine::Shared;
 use crate::ids::{random_id, Interest, RoomId, UserId};
 use crate::language::OTHER as OTHER_LANGUAGES;
 use crate::metrics as m;
-use crate::rooms::messages::{CreateMatchRoom, MatchedMember, OfferConfirmation};
+use crate::rooms::messages::{CreateMatchRoom, MatchSettled, MatchedMember, OfferConfirmation};
 use crate::rooms::RoomSupervisor;
 use crate::session::messages::SessionEvent;
+use crate::state::Shared;
 
 /// How long a creator waits for member nodes to answer an offer.
 const OFFER_TIMEOUT: Duration = Duration::from_secs(3);
@@ -823,23 +823,21 @@ impl Handler<OfferSettled> for MatchShard {
             return;
         };
         match msg.room {
-            Some((room_id, members, shared)) => {
+            Some((room_id, all, shared)) => {
+                let mut members = Vec::with_capacity(entries.len());
                 for e in entries {
                     self.withdrawn.remove(&e.ticket);
                     self.shared.searching.fetch_sub(1, Ordering::Relaxed);
                     if let Link::Local(link) = e.link {
-                        crate::session::announce_match(
-                            &self.shared,
-                            &e.user,
-                            link.session_id,
-                            &link.events,
-                            e.ticket,
-                            &room_id,
-                            &members,
-                            &shared,
-                        );
+                        members.push(MatchedMember {
+                            user: e.user,
+                            session_id: link.session_id,
+                            ticket: e.ticket,
+                            events: link.events,
+                        });
                     }
                 }
+                self.supervisor.do_send(MatchSettled { room_id, members, all, shared });
             }
             None => self.requeue(entries, true, ctx),
         }

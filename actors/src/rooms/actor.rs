@@ -19,7 +19,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipient,
+    WrapFuture,
+};
 use rendezvous_protocol::{
     ChatMessage, ErrorCode, FrameRef, HistoryItem, PresenceStatus, ServerFrame,
 };
@@ -32,10 +35,11 @@ use crate::bridge::events::{MemberStatus, RoomEv};
 use crate::bridge::{RoomSeed, StoredKind};
 use crate::budget::Budget;
 use crate::clock::now_ms;
-use crate::engine::Shared;
+use crate::directory::Directory;
 use crate::ids::{random_id, UserId};
 use crate::metrics as m;
 use crate::outbox::{Class, Outbox};
+use crate::state::Shared;
 
 /// How long a closed room keeps answering `not_in_room` to late frames before the
 /// actor stops. Sessions find rooms through the directory, which forgets a room the
@@ -47,6 +51,10 @@ const GAP_WAIT: Duration = Duration::from_millis(250);
 pub struct RoomActor {
     state: RoomState,
     shared: Arc<Shared>,
+    /// The directory this room is registered in; it removes itself when it closes.
+    directory: Arc<Directory<Addr<RoomActor>>>,
+    /// The supervisor, for joins that reached this room as it closed.
+    bounce: Recipient<JoinPublicRoom>,
     closed: bool,
     /// This is a cluster replica (see the module doc).
     clustered: bool,
@@ -62,13 +70,21 @@ pub struct RoomActor {
 }
 
 impl RoomActor {
-    pub fn new(state: RoomState, shared: Arc<Shared>, clustered: bool) -> Self {
+    pub fn new(
+        state: RoomState,
+        shared: Arc<Shared>,
+        clustered: bool,
+        directory: Arc<Directory<Addr<RoomActor>>>,
+        bounce: Recipient<JoinPublicRoom>,
+    ) -> Self {
         // A fresh match room starts at seq 0; a public replica learns its seq from
         // the first join's answer.
         let loaded = !clustered || state.kind == RoomKind::Match;
         Self {
             state,
             shared,
+            directory,
+            bounce,
             closed: false,
             clustered,
             loaded,
@@ -102,15 +118,14 @@ impl Actor for RoomActor {
         metrics::gauge!(m::ROOMS_OPEN).increment(1.0);
         // A member whose session ended between the claim and now holds an offline
         // seat, so the grace timer runs for them like for any dropped connection.
+        // The seat carries the outbox the opener looked up: none, or one closed
+        // since (a session closes its outbox as it stops or is replaced).
         let stale: Vec<(UserId, u64)> = self
             .state
             .members
             .iter()
             .filter(|mb| mb.node.is_none())
-            .filter(|mb| {
-                self.shared.registry.get(mb.user.as_str()).map(|e| e.session_id)
-                    != Some(mb.session_id)
-            })
+            .filter(|mb| mb.outbox.as_ref().is_none_or(|o| o.close_code() != 0))
             .map(|mb| (mb.user.clone(), mb.session_id))
             .collect();
         ctx.run_interval(DEAD_SEAT_SWEEP, |act, ctx| act.sweep_dead_seats(ctx));
@@ -363,7 +378,7 @@ impl Handler<JoinRoom> for RoomActor {
         let j = msg.join;
         if self.closed {
             // Closed while the join was in flight: the supervisor opens a fresh room.
-            self.shared.supervisor_bounce(j);
+            self.bounce.do_send(j);
             return;
         }
         if !self.clustered {
@@ -641,7 +656,7 @@ impl RoomActor {
                 self.leave_everywhere(&j.user, None);
             }
             let message = format!("room {} is full ({max} members)", self.state.id);
-            return super::refuse_join(&self.shared, &j, message);
+            return super::replies::refuse_join(&self.shared, &j, message);
         }
         let new = self.state.seat(j.user.clone(), j.session_id, Some(j.outbox.clone()));
         if new {
@@ -898,7 +913,7 @@ impl RoomActor {
             }
         }
         let me = ctx.address();
-        self.shared.rooms.remove_if(&self.state.id, |_, addr| *addr == me);
+        self.directory.remove_if_current(&self.state.id, &me);
         ctx.run_later(TOMBSTONE, |_, ctx| ctx.stop());
     }
 }

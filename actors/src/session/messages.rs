@@ -3,14 +3,14 @@
 use actix::Message;
 
 use crate::bridge::Ticket;
-use crate::ids::{Interest, RoomId, UserId};
 
 /// MatchShard / RoomSupervisor → Session: how the session's search ended.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub enum SessionEvent {
-    /// The search `ticket` was matched; the room already exists.
-    Matched { ticket: Ticket, room_id: RoomId, members: Vec<UserId>, shared: Vec<Interest> },
+    /// The search `ticket` was matched; the room already exists (and `match_found`
+    /// is queued on the session's outbox right after this).
+    Matched { ticket: Ticket },
     /// The search `ticket` waited its longest without a match.
     SearchExpired { ticket: Ticket },
     /// The search `ticket` was cancelled while a match for it was being claimed,

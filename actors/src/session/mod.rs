@@ -6,7 +6,6 @@
 //! for `cancel_match`, whose answer depends on the shard.
 
 pub mod messages;
-pub mod token;
 pub mod validate;
 
 use std::time::{Duration, Instant};
@@ -25,7 +24,6 @@ use tokio_tungstenite::WebSocketStream;
 use tracing::debug;
 
 use self::messages::*;
-use self::token::{Identity, LeaseStep, TokenLease};
 use crate::bridge::Ticket;
 use crate::budget::{cost, Budget};
 use crate::engine::Engine;
@@ -41,6 +39,7 @@ use crate::outbox::{run_writer, Class, Outbox};
 use crate::registry::SessionEntry;
 use crate::rooms::actor::RoomActor;
 use crate::rooms::messages::*;
+use crate::token::{Identity, LeaseStep, TokenLease};
 
 /// Window in which rate-limit refusals are counted towards a flood close.
 const STRIKE_WINDOW: Duration = Duration::from_secs(10);
@@ -62,16 +61,12 @@ pub struct SessionActor {
     search: Option<ActiveSearch>,
     /// A search waits for the cluster-wide rate limit's answer.
     search_pending: bool,
-    /// Criteria of the last `find_match`, reused by `next`.
-    last_criteria: Option<(Criteria, Duration)>,
-    /// Room and members of the last match, so `next` can skip them at once.
-    last_match: Option<(RoomId, Vec<UserId>)>,
     /// All frames from this connection (per session: a flood is per socket).
     frame_limiter: DefaultDirectRateLimiter,
-    /// The user's `send` bucket ([`crate::engine::Shared::send_limit`]), taken at
+    /// The user's `send` bucket ([`crate::state::Shared::send_limit`]), taken at
     /// the first `send` so that idle sessions hold none.
     send_limit: Option<std::sync::Arc<DefaultDirectRateLimiter>>,
-    /// The user's action byte budget ([`crate::engine::Shared::budget`]), taken at
+    /// The user's action byte budget ([`crate::state::Shared::budget`]), taken at
     /// the first budgeted action.
     budget: Option<Budget>,
     last_seen: Instant,
@@ -139,8 +134,6 @@ impl SessionActor {
                 outbox,
                 search: None,
                 search_pending: false,
-                last_criteria: None,
-                last_match: None,
                 frame_limiter: RateLimiter::direct_with_clock(quota, engine_clock),
                 send_limit: None,
                 budget: None,
@@ -293,7 +286,7 @@ impl SessionActor {
                 if let Err(held) = self.engine.shared.reserve_room(&self.user, &id, max) {
                     return Err(too_many_rooms(held, max));
                 }
-                self.engine.supervisor.do_send(JoinPublicRoom {
+                self.engine.rooms.supervisor.do_send(JoinPublicRoom {
                     room_id: id,
                     user: self.user.clone(),
                     session_id: self.session_id,
@@ -365,10 +358,9 @@ impl SessionActor {
     fn room(&self, room_id: &str) -> Result<Addr<RoomActor>, EngineError> {
         validate::room_id(room_id, &self.engine.shared.config)?;
         self.engine
-            .shared
             .rooms
+            .directory
             .get(room_id)
-            .map(|r| r.value().clone())
             .ok_or_else(|| EngineError::NotInRoom(room_id.to_owned()))
     }
 
@@ -399,7 +391,7 @@ impl SessionActor {
             ad_for(shared.bridge.node_id(), ticket, &self.user, &criteria, joined, joined + wait);
         shared.bridge.begin_search(ad);
         // `searching` before the shard can see the search: its `match_found` is
-        // queued on the outbox directly (`announce_match`) and must come after.
+        // queued on the outbox directly (by the room supervisor) and must come after.
         self.send(&ServerFrame::Searching { ticket: format!("t{ticket}") });
         self.engine.shard_for(&criteria.language).do_send(EnqueueSearch {
             ticket,
@@ -411,8 +403,7 @@ impl SessionActor {
         });
         metrics::counter!(m::SEARCHES_STARTED_TOTAL).increment(1);
         self.search = Some(ActiveSearch { ticket, language: criteria.language.clone() });
-        shared.last_search.insert(self.user.clone(), (criteria.clone(), wait));
-        self.last_criteria = Some((criteria, wait));
+        shared.last_search.insert(self.user.clone(), (criteria, wait));
     }
 
     /// `cancel_match`: answered with `match_cancelled` when the search was withdrawn
@@ -446,11 +437,15 @@ impl SessionActor {
         }));
     }
 
-    /// `next`: leave the current match room, skip its members, search again.
+    /// `next`: leave the current match room, skip its members, search again. The
+    /// room records the skip (the one place that does) before it answers the leave;
+    /// the new search starts only after that answer, so it cannot rematch a partner
+    /// just skipped. The session waits for it (`ctx.wait`, one mailbox hop), so
+    /// frames behind `next` see the new search.
     fn next(&mut self, ctx: &mut Context<Self>) -> Result<(), EngineError> {
-        let remembered =
-            || self.engine.shared.last_search.get(&self.user).map(|e| e.value().clone());
-        let Some((criteria, wait)) = self.last_criteria.clone().or_else(remembered) else {
+        let shared = self.engine.shared.clone();
+        let Some((criteria, wait)) = shared.last_search.get(&self.user).map(|e| e.value().clone())
+        else {
             return Err(EngineError::BadRequest("next needs an earlier find_match".into()));
         };
         if let Some(s) = &self.search {
@@ -462,28 +457,27 @@ impl SessionActor {
         if self.search_pending {
             return Err(EngineError::AlreadySearching);
         }
-        let shared = self.engine.shared.clone();
         let current = shared.rooms_of(&self.user).into_iter().rev().find(|r| !r.is_public());
-        if let Some(room_id) = current {
-            if let Some((last, members)) = &self.last_match {
-                if *last == room_id {
-                    let ttl = Duration::from_secs(shared.config.skip_ttl_secs);
-                    for other in members.iter().filter(|u| **u != self.user) {
-                        shared.avoid_pair(&self.user, other, ttl);
-                    }
-                }
-            }
-            if let Some(room) = shared.rooms.get(&room_id).map(|r| r.value().clone()) {
-                room.do_send(LeaveRoom {
-                    user: self.user.clone(),
-                    reason: LeaveReason::Next,
-                    reply: self.outbox.clone(),
-                    budget: shared.budget(&self.user),
-                });
-            }
-            self.send(&ServerFrame::Left { room_id: room_id.to_string() });
+        let Some(room_id) = current else {
+            self.start_search_checked(criteria, wait, "next", ctx);
+            return Ok(());
+        };
+        let left = self.engine.rooms.directory.get(&room_id).map(|room| {
+            room.send(LeaveRoom {
+                user: self.user.clone(),
+                reason: LeaveReason::Next,
+                reply: self.outbox.clone(),
+                budget: shared.budget(&self.user),
+            })
+        });
+        self.send(&ServerFrame::Left { room_id: room_id.to_string() });
+        match left {
+            Some(left) => ctx.wait(
+                left.into_actor(self)
+                    .map(move |_, act, ctx| act.start_search_checked(criteria, wait, "next", ctx)),
+            ),
+            None => self.start_search_checked(criteria, wait, "next", ctx),
         }
-        self.start_search_checked(criteria, wait, "next", ctx);
         Ok(())
     }
 
@@ -526,7 +520,7 @@ impl SessionActor {
             if room_id.is_public() || !theirs.contains(&room_id) {
                 continue;
             }
-            if let Some(room) = shared.rooms.get(&room_id) {
+            if let Some(room) = self.engine.rooms.directory.get(&room_id) {
                 room.do_send(CloseRoom { reason: "blocked" });
             }
         }
@@ -542,7 +536,7 @@ impl SessionActor {
             rooms: rooms.iter().map(|r| r.to_string()).collect(),
         });
         for room_id in rooms {
-            if let Some(room) = shared.rooms.get(&room_id) {
+            if let Some(room) = self.engine.rooms.directory.get(&room_id) {
                 room.do_send(MemberOnline {
                     user: self.user.clone(),
                     session_id: self.session_id,
@@ -558,6 +552,7 @@ impl SessionActor {
     /// the rooms this node holds are all there is.
     fn welcome_from_cluster(&mut self, ctx: &mut Context<Self>) {
         let shared = self.engine.shared.clone();
+        let rooms_here = self.engine.rooms.clone();
         shared.bridge.user_connected(&self.user);
         let user = self.user.clone();
         let fut = async move {
@@ -567,7 +562,7 @@ impl SessionActor {
                     if rooms.contains(&room) {
                         continue;
                     }
-                    if shared.rooms.contains_key(&room) {
+                    if rooms_here.directory.contains(&room) {
                         // A replica is here (other local members); just take the seat.
                         if let Ok(Some(_)) = shared.bridge.room_rehome(&room, &user).await {
                             rooms.push(room);
@@ -575,7 +570,7 @@ impl SessionActor {
                         continue;
                     }
                     if let Ok(Some(snapshot)) = shared.bridge.room_rehome(&room, &user).await {
-                        crate::rooms::open_replica(&shared, &room, &snapshot);
+                        rooms_here.open_replica(&room, &snapshot);
                         rooms.push(room);
                     }
                 }
@@ -675,7 +670,7 @@ impl Actor for SessionActor {
             session_id: self.session_id,
             outbox: self.outbox.clone(),
             events: ctx.address().recipient(),
-            worker: crate::engine::current_worker(),
+            worker: crate::state::current_worker(),
         };
         if let Some(ip) = self.peer_ip {
             *shared.per_ip.entry(ip).or_default() += 1;
@@ -713,7 +708,7 @@ impl Actor for SessionActor {
         }
         if shared.registry.remove_if_current(&self.user, self.session_id) {
             for room_id in shared.rooms_of(&self.user) {
-                if let Some(room) = shared.rooms.get(&room_id) {
+                if let Some(room) = self.engine.rooms.directory.get(&room_id) {
                     room.do_send(MemberOffline {
                         user: self.user.clone(),
                         session_id: self.session_id,
@@ -771,61 +766,16 @@ impl StreamHandler<Result<Message, WsError>> for SessionActor {
     }
 }
 
-/// Tell a session on this node that its search ended in `room_id`: the session
-/// actor learns it (search over, last match) and, right after, `match_found` is
-/// queued straight on the session's outbox. Straight, not through the actor: the
-/// other members may post to the room as soon as they read their own
-/// `match_found`, and the room writes to this outbox directly; were `match_found`
-/// still waiting in the actor's mailbox, a member could read a message of a room it
-/// has not heard of yet.
-#[allow(clippy::too_many_arguments)]
-pub fn announce_match(
-    shared: &crate::engine::Shared,
-    user: &UserId,
-    session_id: u64,
-    events: &actix::Recipient<SessionEvent>,
-    ticket: crate::bridge::Ticket,
-    room_id: &RoomId,
-    members: &[UserId],
-    interests: &[crate::ids::Interest],
-) {
-    events.do_send(SessionEvent::Matched {
-        ticket,
-        room_id: room_id.clone(),
-        members: members.to_vec(),
-        shared: interests.to_vec(),
-    });
-    let Some(entry) = shared.registry.get(user.as_str()).filter(|e| e.session_id == session_id)
-    else {
-        return;
-    };
-    let partner_id = match members {
-        [a, b] => Some(if a == user { b } else { a }.to_string()),
-        _ => None,
-    };
-    entry.outbox.push_frame(
-        &ServerFrame::MatchFound {
-            room_id: room_id.to_string(),
-            partner_id,
-            members: members.iter().map(|u| u.to_string()).collect(),
-            shared_interests: interests.iter().map(|i| i.to_string()).collect(),
-            score: interests.len() as u32,
-        },
-        Class::Essential,
-    );
-}
-
 impl Handler<SessionEvent> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionEvent, _ctx: &mut Self::Context) {
         match msg {
-            // `match_found` itself is queued by `announce_match`.
-            SessionEvent::Matched { ticket, room_id, members, shared: _ } => {
+            // `match_found` itself is queued by the room supervisor (`rooms`).
+            SessionEvent::Matched { ticket } => {
                 if self.search.as_ref().map(|s| s.ticket) == Some(ticket) {
                     self.search = None;
                 }
-                self.last_match = Some((room_id, members));
             }
             SessionEvent::SearchExpired { ticket } => {
                 if self.search.as_ref().map(|s| s.ticket) == Some(ticket) {
