@@ -292,7 +292,9 @@ impl Engine {
             .map(|i| {
                 let (s, sup) = (shared.clone(), supervisor.clone());
                 let arbiter = &shared.workers[i % shared.workers.len()];
-                MatchShard::start_in_arbiter(arbiter, move |_| MatchShard::new(i, s, sup))
+                MatchShard::start_in_arbiter(arbiter, move |_| {
+                    MatchShard::new(i, s, sup.clone().recipient(), sup.recipient())
+                })
             })
             .collect();
         let engine = Engine { shared, shards: shards.into(), supervisor };

@@ -178,3 +178,16 @@ pub struct NodeLost {
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct ResyncRoom;
+
+/// A match settled on another node (this node holds some of its members): the
+/// supervisor announces it to them, the one path that writes `match_found`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MatchSettled {
+    pub room_id: RoomId,
+    /// This node's members, with the sessions that searched.
+    pub members: Vec<MatchedMember>,
+    /// Every member of the room, for `match_found`.
+    pub all: Vec<UserId>,
+    pub shared: Vec<Interest>,
+}

@@ -167,6 +167,27 @@ impl Handler<CreateMatchRoom> for RoomSupervisor {
     }
 }
 
+// Temporary (issue 14, offers branch): the lead replaces this with the supervisor's
+// real `MatchSettled` handler when the branches merge.
+impl Handler<MatchSettled> for RoomSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MatchSettled, _ctx: &mut Self::Context) {
+        for member in &msg.members {
+            crate::session::announce_match(
+                &self.shared,
+                &member.user,
+                member.session_id,
+                &member.events,
+                member.ticket,
+                &msg.room_id,
+                &msg.all,
+                &msg.shared,
+            );
+        }
+    }
+}
+
 /// Open this node's replica of a cluster room, unless one is open already. Callable
 /// from any thread (the bridge's inbound task, sessions). Members of this node are
 /// seated with their live session's outbox.
