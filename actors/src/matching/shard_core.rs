@@ -362,13 +362,7 @@ impl<L: LocalLink> ShardCore<L> {
             self.out.push(Effect::BeginSearch(announce(&entry)));
         }
         let ticket = entry.ticket;
-        if let Some(old) = self.insert(entry, now) {
-            match &old.link {
-                // The same user's older search, from a session that was replaced.
-                Link::Local(_) => self.out.push(Effect::Searching(-1)),
-                Link::Remote { .. } => self.forget_replica(&old),
-            }
-        }
+        self.insert(entry, now);
         self.attempt(ticket, now);
     }
 
@@ -444,9 +438,7 @@ impl<L: LocalLink> ShardCore<L> {
             step: 0,
             link: Link::Remote { node: node.clone(), ticket: ad.ticket },
         };
-        if let Some(old) = self.insert(entry, now) {
-            self.forget_replica(&old);
-        }
+        self.insert(entry, now);
         self.remote.insert((node, ad.ticket), ticket);
         self.attempt(ticket, now);
     }
@@ -688,9 +680,17 @@ impl<L: LocalLink> ShardCore<L> {
 
     // ---- steps ----
 
-    fn insert(&mut self, e: Entry<Link<L>>, now: Instant) -> Option<Entry<Link<L>>> {
+    /// Add an entry to the pool. A user waits at most once: the same user's entry
+    /// it displaces is gone (a local one stops counting, a replica is forgotten).
+    fn insert(&mut self, e: Entry<Link<L>>, now: Instant) {
         self.pool_changed = true;
-        self.pool.insert(e, now)
+        if let Some(old) = self.pool.insert(e, now) {
+            match &old.link {
+                // The same user's older search, from a session that was replaced.
+                Link::Local(_) => self.out.push(Effect::Searching(-1)),
+                Link::Remote { .. } => self.forget_replica(&old),
+            }
+        }
     }
 
     fn remove(&mut self, ticket: Ticket) -> Option<Entry<Link<L>>> {
@@ -926,6 +926,75 @@ impl<L: LocalLink> ShardCore<L> {
         for msg in std::mem::take(&mut self.deferred) {
             self.offer_received(msg, now);
         }
+    }
+}
+
+#[cfg(test)]
+impl<L: LocalLink> ShardCore<L> {
+    /// Panic unless the state is consistent: each ticket in at most one place,
+    /// `claiming` is exactly the claims' tickets, every replica is waiting or being
+    /// claimed, and each timeout belongs to what it guards.
+    pub(crate) fn check(&self) {
+        let mut seen: HashMap<Ticket, &str> = HashMap::new();
+        let mut put = |t: Ticket, place: &'static str| {
+            if let Some(before) = seen.insert(t, place) {
+                panic!("ticket {t} is in {before} and in {place}");
+            }
+        };
+        self.pool.iter().for_each(|e| put(e.ticket, "pool"));
+        self.claims.values().flat_map(|m| &m.members).for_each(|e| put(e.ticket, "claims"));
+        self.offers.values().flat_map(|p| &p.found.members).for_each(|e| put(e.ticket, "offers"));
+        self.held.values().flatten().for_each(|e| put(e.ticket, "held"));
+        self.parked.values().for_each(|e| put(e.ticket, "parked"));
+        let claimed: HashSet<Ticket> =
+            self.claims.values().flat_map(|m| &m.members).map(|e| e.ticket).collect();
+        assert_eq!(self.claiming, claimed, "claiming is the claims' tickets");
+        for ((node, origin), local) in &self.remote {
+            let link = self
+                .pool
+                .get(*local)
+                .or_else(|| {
+                    self.claims.values().flat_map(|m| &m.members).find(|e| e.ticket == *local)
+                })
+                .map(|e| &e.link);
+            assert!(
+                matches!(link, Some(Link::Remote { node: n, ticket }) if n == node && ticket == origin),
+                "replica ({node}, {origin}) → {local} is neither waiting nor claimed"
+            );
+        }
+        for e in self.held.values().flatten().chain(self.parked.values()) {
+            assert!(e.link.is_local(), "only local searches are held or parked");
+        }
+        assert_eq!(self.parked_timeouts.len(), self.parked.len(), "a timeout per parked search");
+        assert_eq!(self.held_timeouts.len(), self.held.len(), "a timeout per held offer");
+        assert_eq!(self.offer_timeouts.len(), self.offers.len(), "a timeout per offer");
+    }
+
+    /// Local searches anywhere in the shard (what the `searching` gauge counts).
+    pub(crate) fn local_searches(&self) -> usize {
+        let pool = self.pool.iter();
+        let claims = self.claims.values().flat_map(|m| &m.members);
+        let offers = self.offers.values().flat_map(|p| &p.found.members);
+        let held = self.held.values().flatten();
+        let parked = self.parked.values();
+        pool.chain(claims)
+            .chain(offers)
+            .chain(held)
+            .chain(parked)
+            .filter(|e| e.link.is_local())
+            .count()
+    }
+
+    pub(crate) fn is_parked(&self, ticket: Ticket) -> bool {
+        self.parked.contains_key(&ticket)
+    }
+
+    pub(crate) fn is_held(&self, ticket: Ticket) -> bool {
+        self.held.values().flatten().any(|e| e.ticket == ticket)
+    }
+
+    pub(crate) fn is_withdrawn(&self, ticket: Ticket) -> bool {
+        self.withdrawn.contains_key(&ticket)
     }
 }
 
