@@ -22,7 +22,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture};
-use tracing::debug;
 
 use self::messages::*;
 use self::pool::Criteria;
@@ -66,7 +65,7 @@ pub fn ad_for(
 /// One shard of the waiting pool: a [`ShardCore`] and the hands that carry out its
 /// effects.
 pub struct MatchShard {
-    index: usize,
+    /// The shard's index, as the `shard` label of the pool gauge.
     label: String,
     node: Arc<str>,
     core: ShardCore<SearchLink>,
@@ -98,7 +97,6 @@ impl MatchShard {
             Box::new(move |a, b| avoid.avoid.avoids(a, b)),
         );
         Self {
-            index,
             label: index.to_string(),
             node,
             core,
@@ -308,59 +306,29 @@ impl Handler<AddRemoteSearch> for MatchShard {
     }
 }
 
-impl Handler<RemoveRemoteSearches> for MatchShard {
-    type Result = ();
+/// Handlers that only feed their message to the core (at `now`) and carry out
+/// what it asks for: `Message => |message, core, now| input;`.
+macro_rules! feed_core {
+    ($($msg:ty => |$m:ident, $core:ident, $now:ident| $input:expr;)*) => {$(
+        impl Handler<$msg> for MatchShard {
+            type Result = ();
 
-    fn handle(&mut self, msg: RemoveRemoteSearches, ctx: &mut Self::Context) {
-        self.core.remote_removed(&msg.node, &msg.tickets);
-        self.run(ctx);
-    }
+            fn handle(&mut self, $m: $msg, ctx: &mut Self::Context) {
+                let ($core, $now) = (&mut self.core, Instant::now());
+                $input;
+                self.run(ctx);
+            }
+        }
+    )*};
 }
 
-impl Handler<DropRemoteSearches> for MatchShard {
-    type Result = ();
-
-    fn handle(&mut self, msg: DropRemoteSearches, ctx: &mut Self::Context) {
-        self.core.remote_dropped(msg.node.as_ref());
-        debug!(shard = self.index, node = ?msg.node, "dropped replicas");
-        self.run(ctx);
-    }
-}
-
-impl Handler<RepublishSearches> for MatchShard {
-    type Result = ();
-
-    fn handle(&mut self, _msg: RepublishSearches, ctx: &mut Self::Context) {
-        self.core.republish();
-        self.run(ctx);
-    }
-}
-
-impl Handler<OfferReceived> for MatchShard {
-    type Result = ();
-
-    fn handle(&mut self, msg: OfferReceived, ctx: &mut Self::Context) {
-        self.core.offer_received(msg, Instant::now());
-        self.run(ctx);
-    }
-}
-
-impl Handler<OfferAnswered> for MatchShard {
-    type Result = ();
-
-    fn handle(&mut self, msg: OfferAnswered, ctx: &mut Self::Context) {
-        self.core.offer_answered(msg, Instant::now());
-        self.run(ctx);
-    }
-}
-
-impl Handler<OfferSettled> for MatchShard {
-    type Result = ();
-
-    fn handle(&mut self, msg: OfferSettled, ctx: &mut Self::Context) {
-        self.core.offer_settled(msg, Instant::now());
-        self.run(ctx);
-    }
+feed_core! {
+    RemoveRemoteSearches => |msg, core, _now| core.remote_removed(&msg.node, &msg.tickets);
+    DropRemoteSearches => |msg, core, _now| core.remote_dropped(msg.node.as_ref());
+    RepublishSearches => |_msg, core, _now| core.republish();
+    OfferReceived => |msg, core, now| core.offer_received(msg, now);
+    OfferAnswered => |msg, core, now| core.offer_answered(msg, now);
+    OfferSettled => |msg, core, now| core.offer_settled(msg, now);
 }
 
 impl Handler<Probe> for MatchShard {

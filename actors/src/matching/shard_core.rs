@@ -255,6 +255,9 @@ struct PendingOffer<L> {
     failed: bool,
 }
 
+/// An offer as a member node knows it: (creator node, the creator's offer id).
+type OfferKey = (Arc<str>, u64);
+
 /// The skip/block check between two users.
 pub type Avoids = Box<dyn Fn(&UserId, &UserId) -> bool>;
 
@@ -278,19 +281,19 @@ pub struct ShardCore<L> {
     offers: HashMap<u64, PendingOffer<L>>,
     next_offer: u64,
     /// Local searches held for another node's offer: (creator, offer) → entries.
-    held: HashMap<(Arc<str>, u64), Vec<Entry<Link<L>>>>,
+    held: HashMap<OfferKey, Vec<Entry<Link<L>>>>,
     /// Offers that named a search whose own claim was running; retried after it.
     deferred: Vec<OfferReceived>,
     /// Local searches that lost a claim to another node's, waiting for its offer.
     parked: HashMap<Ticket, Entry<Link<L>>>,
     /// Offers settled (aborted) before they were looked at here, newest last.
-    settled_early: VecDeque<(Arc<str>, u64)>,
+    settled_early: VecDeque<OfferKey>,
     /// Local tickets an offer named before their search reached this shard.
     overtaken: VecDeque<Ticket>,
     /// When offers made here give up on their member nodes.
     offer_timeouts: Timeouts<u64>,
     /// When held searches of an offer that was never settled go back to the pool.
-    held_timeouts: Timeouts<(Arc<str>, u64)>,
+    held_timeouts: Timeouts<OfferKey>,
     /// When parked searches stop waiting for the winning claim's offer.
     parked_timeouts: Timeouts<Ticket>,
     /// Effects not yet taken by the caller.
@@ -465,6 +468,7 @@ impl<L: LocalLink> ShardCore<L> {
             self.remote.remove(&key);
             self.remove(local);
         }
+        debug!(node = ?node, "dropped replicas");
     }
 
     /// Announce every waiting local search again (after a reconnect).

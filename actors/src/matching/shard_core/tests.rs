@@ -235,6 +235,21 @@ fn searching(fx: &Fx) -> i64 {
     fx.iter().map(|f| if let Effect::Searching(n) = f { *n } else { 0 }).sum()
 }
 
+/// A cancel lost the race: the match answers it, and nothing is left withdrawn.
+fn match_wins(w: &World, fx: &Fx, tickets: &[Ticket]) {
+    assert_eq!(room_members(fx).as_deref(), Some(tickets), "match_found answers the cancel");
+    assert!(cancelled(fx).is_empty());
+    assert!(tickets.iter().all(|t| !w.core.is_withdrawn(*t)));
+}
+
+/// A cancel won: the pick fell through, the session hears `SearchCancelled`, and
+/// the search is neither announced again nor waiting.
+fn cancel_wins(w: &World, fx: &Fx, ticket: Ticket) {
+    assert_eq!(cancelled(fx), vec![ticket]);
+    assert!(!announced(fx).contains(&ticket), "a cancelled search is not announced again");
+    assert!(!w.waiting(ticket));
+}
+
 fn has(fx: &Fx, want: impl Fn(&Effect<Fake>) -> bool) -> bool {
     fx.iter().any(want)
 }
@@ -246,6 +261,14 @@ fn cross_pair(w: &mut World) -> u64 {
     assert!(fx.iter().all(|f| !matches!(f, Effect::Claim { .. })));
     let fx = w.replica("b", 20, "u2");
     claim_of(&fx).0
+}
+
+/// Local `u1` (ticket 1) and `u2` (ticket 2) pair up: the claim runs. Returns
+/// u2's link and the claim id.
+fn local_pair(w: &mut World) -> (Fake, u64) {
+    w.local(1, "u1");
+    let (u2, fx) = w.local(2, "u2");
+    (u2, claim_of(&fx).0)
 }
 
 // ---- single node ----
@@ -268,11 +291,9 @@ fn a_local_pair_is_claimed_then_opens_a_room() {
 #[test]
 fn a_lost_claim_on_one_node_drops_the_superseded_search() {
     let mut w = world(false);
-    w.local(1, "u1");
-    let (_, fx) = w.local(2, "u2");
-    let (id, _) = claim_of(&fx);
+    let (_, id) = local_pair(&mut w);
     // u1 searched again elsewhere (a newer session): its ticket is no longer valid.
-    let fx = w.claim_result(id, Ok(ClaimOutcome::Lost(vec![uid("u1")])));
+    let fx = u1_lost(&mut w, id);
     assert!(has(&fx, |f| matches!(f, Effect::ClaimConflict)));
     assert_eq!(searching(&fx), -1);
     assert!(!w.core.is_parked(1) && !w.waiting(1));
@@ -283,9 +304,7 @@ fn a_lost_claim_on_one_node_drops_the_superseded_search() {
 #[test]
 fn a_failed_claim_puts_every_member_back() {
     let mut w = world(false);
-    w.local(1, "u1");
-    let (_, fx) = w.local(2, "u2");
-    let (id, _) = claim_of(&fx);
+    let (_, id) = local_pair(&mut w);
     let fx = w.claim_result(id, Err(BridgeError::Unavailable("down".into())));
     // Back together, so they are picked again at once.
     let (again, _) = claim_of(&fx);
@@ -295,9 +314,7 @@ fn a_failed_claim_puts_every_member_back() {
 #[test]
 fn a_member_that_vanished_before_delivery_sends_the_others_back() {
     let mut w = world(false);
-    w.local(1, "u1");
-    let (u2, fx) = w.local(2, "u2");
-    let (id, _) = claim_of(&fx);
+    let (u2, id) = local_pair(&mut w);
     u2.kill();
     let fx = w.claim_result(id, Ok(ClaimOutcome::Claimed));
     assert_eq!(room_members(&fx), None);
@@ -309,29 +326,23 @@ fn a_member_that_vanished_before_delivery_sends_the_others_back() {
 #[test]
 fn cancel_while_claiming_ends_the_search_if_the_claim_fails() {
     let mut w = world(false);
-    w.local(1, "u1");
-    let (_, fx) = w.local(2, "u2");
-    let (id, _) = claim_of(&fx);
+    let (_, id) = local_pair(&mut w);
     assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Cancelled), "not waiting");
     assert!(w.core.is_withdrawn(1));
     let fx = w.claim_result(id, Err(BridgeError::Unavailable("down".into())));
-    assert_eq!(cancelled(&fx), vec![1]);
+    cancel_wins(&w, &fx, 1);
     assert!(has(&fx, |f| matches!(f, Effect::EndSearch { ticket: 1, .. })));
     assert!(has(&fx, |f| matches!(f, Effect::Ended(EndReason::Cancelled))));
-    assert!(!w.waiting(1) && w.waiting(2));
+    assert!(w.waiting(2));
 }
 
 #[test]
 fn cancel_while_claiming_loses_to_a_claim_that_succeeds() {
     let mut w = world(false);
-    w.local(1, "u1");
-    let (_, fx) = w.local(2, "u2");
-    let (id, _) = claim_of(&fx);
+    let (_, id) = local_pair(&mut w);
     assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Disconnected));
     let fx = w.claim_result(id, Ok(ClaimOutcome::Claimed));
-    assert_eq!(room_members(&fx), Some(vec![2, 1]), "match_found answers the cancel");
-    assert!(cancelled(&fx).is_empty());
-    assert!(!w.core.is_withdrawn(1));
+    match_wins(&w, &fx, &[2, 1]);
 }
 
 #[test]
@@ -509,9 +520,7 @@ fn cancel_while_offered_ends_the_search_if_the_offer_fails() {
     let offer = offer_id(&w.claim_result(id, Ok(ClaimOutcome::Claimed)));
     assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Cancelled));
     let fx = w.answer("b", offer, false);
-    assert_eq!(cancelled(&fx), vec![1]);
-    assert!(announced(&fx).is_empty(), "a cancelled search is not announced again");
-    assert!(!w.waiting(1));
+    cancel_wins(&w, &fx, 1);
 }
 
 #[test]
@@ -521,8 +530,7 @@ fn cancel_while_offered_loses_to_an_offer_that_holds() {
     let offer = offer_id(&w.claim_result(id, Ok(ClaimOutcome::Claimed)));
     assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Cancelled));
     let fx = w.answer("b", offer, true);
-    assert_eq!(room_members(&fx), Some(vec![1]));
-    assert!(cancelled(&fx).is_empty() && !w.core.is_withdrawn(1));
+    match_wins(&w, &fx, &[1]);
 }
 
 // ---- member side ----
@@ -558,7 +566,7 @@ fn claim_lost_parks_then_the_winners_offer_holds_it() {
     let mut w = world(true);
     let id = cross_pair(&mut w);
     // c's claim took u1 first.
-    let fx = w.claim_result(id, Ok(ClaimOutcome::Lost(vec![uid("u1")])));
+    let fx = u1_lost(&mut w, id);
     assert!(has(&fx, |f| matches!(f, Effect::ClaimConflict)));
     assert!(w.core.is_parked(1) && !w.waiting(1), "parked, out of the pool");
     assert_eq!(w.core.pool().len(), 1, "b's replica waits again");
@@ -574,7 +582,7 @@ fn claim_lost_parks_then_the_winners_offer_holds_it() {
 fn a_park_times_out_back_to_the_pool_announced_again() {
     let mut w = world(true);
     let id = cross_pair(&mut w);
-    w.claim_result(id, Ok(ClaimOutcome::Lost(vec![uid("u1")])));
+    u1_lost(&mut w, id);
     assert!(w.sweep(PARKED_TIMEOUT - Duration::from_millis(1)).is_empty());
     let fx = w.sweep(PARKED_TIMEOUT);
     assert_eq!(announced(&fx)[0], 1, "re-announced so the next claim can take it");
@@ -586,14 +594,12 @@ fn a_park_times_out_back_to_the_pool_announced_again() {
 fn cancel_while_parked_then_held_then_aborted_ends_the_search() {
     let mut w = world(true);
     let id = cross_pair(&mut w);
-    w.claim_result(id, Ok(ClaimOutcome::Lost(vec![uid("u1")])));
+    u1_lost(&mut w, id);
     assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Cancelled));
     w.offer("c", 7, &[("u1", 1)]);
     assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Cancelled), "held: still not waiting");
     let fx = w.settle("c", 7, false);
-    assert_eq!(cancelled(&fx), vec![1]);
-    assert!(announced(&fx).is_empty());
-    assert!(!w.waiting(1));
+    cancel_wins(&w, &fx, 1);
 }
 
 #[test]
@@ -603,8 +609,7 @@ fn cancel_while_held_loses_to_a_confirm() {
     w.offer("c", 7, &[("u1", 1)]);
     assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Cancelled));
     let fx = w.settle("c", 7, true);
-    assert_eq!(room_members(&fx), Some(vec![1]));
-    assert!(cancelled(&fx).is_empty() && !w.core.is_withdrawn(1));
+    match_wins(&w, &fx, &[1]);
 }
 
 #[test]
@@ -647,39 +652,52 @@ fn a_search_whose_claim_loses_after_a_refused_offer_is_not_parked() {
     let (_, fx) = w.local(1, "u1");
     assert_eq!(announced(&fx), vec![1], "announced again on arrival");
     let (id, _) = claim_of(&fx);
-    let fx = w.claim_result(id, Ok(ClaimOutcome::Lost(vec![uid("u1")])));
+    let fx = u1_lost(&mut w, id);
     assert!(!w.core.is_parked(1));
     assert_eq!(announced(&fx), vec![1]);
     // Back with b's replica: picked again at once.
     claim_of(&fx);
 }
 
-#[test]
-fn an_offer_during_our_own_claim_of_the_ticket_waits_for_it() {
-    // Lost: the creator's claim won; parked, then the deferred offer holds it.
+/// c's offer for u1 arrives while u1's own claim (with b's replica) runs: it
+/// waits. Returns the world and the running claim.
+fn offer_behind_our_claim() -> (World, u64) {
     let mut w = world(true);
     let id = cross_pair(&mut w);
     assert!(w.offer("c", 7, &[("u1", 1)]).is_empty(), "deferred: no answer yet");
-    let fx = w.claim_result(id, Ok(ClaimOutcome::Lost(vec![uid("u1")])));
+    (w, id)
+}
+
+/// The claim `id` lost u1 to another node's claim.
+fn u1_lost(w: &mut World, id: u64) -> Fx {
+    w.claim_result(id, Ok(ClaimOutcome::Lost(vec![uid("u1")])))
+}
+
+#[test]
+fn an_offer_during_our_own_claim_is_looked_at_when_the_claim_loses() {
+    // The creator's claim won: u1 is parked, then the deferred offer holds it.
+    let (mut w, id) = offer_behind_our_claim();
+    let fx = u1_lost(&mut w, id);
     assert_eq!(reply(&fx), ("c", true, vec![]));
     assert!(w.core.is_held(1));
+}
 
-    // Failed: back in the pool and picked again at once, so the offer waits for
-    // that claim too; when it loses, the offer holds the parked search.
-    let mut w = world(true);
-    let id = cross_pair(&mut w);
-    w.offer("c", 7, &[("u1", 1)]);
+#[test]
+fn an_offer_during_our_own_claim_waits_for_the_retry_of_a_failed_one() {
+    // Back in the pool and picked again at once, so the offer waits for that claim
+    // too; when it loses, the offer holds the parked search.
+    let (mut w, id) = offer_behind_our_claim();
     let fx = w.claim_result(id, Err(BridgeError::Unavailable("down".into())));
     assert!(sent(&fx).is_empty(), "still deferred");
     let (again, _) = claim_of(&fx);
-    let fx = w.claim_result(again, Ok(ClaimOutcome::Lost(vec![uid("u1")])));
+    let fx = u1_lost(&mut w, again);
     assert_eq!(reply(&fx), ("c", true, vec![]));
     assert!(w.core.is_held(1));
+}
 
-    // Claimed: ours won, so the deferred offer is refused.
-    let mut w = world(true);
-    let id = cross_pair(&mut w);
-    w.offer("c", 7, &[("u1", 1)]);
+#[test]
+fn an_offer_during_our_own_claim_is_refused_when_the_claim_wins() {
+    let (mut w, id) = offer_behind_our_claim();
     let fx = w.claim_result(id, Ok(ClaimOutcome::Claimed));
     let replies: Vec<_> = sent(&fx)
         .into_iter()
@@ -705,11 +723,9 @@ fn an_offer_settled_before_it_was_looked_at_is_refused() {
 
 #[test]
 fn an_abort_of_a_deferred_offer_drops_it() {
-    let mut w = world(true);
-    let id = cross_pair(&mut w);
-    w.offer("c", 7, &[("u1", 1)]);
+    let (mut w, id) = offer_behind_our_claim();
     assert!(w.settle("c", 7, false).is_empty());
-    let fx = w.claim_result(id, Ok(ClaimOutcome::Lost(vec![uid("u1")])));
+    let fx = u1_lost(&mut w, id);
     assert!(sent(&fx).is_empty(), "no answer to an offer that is over");
     assert!(w.core.is_parked(1));
 }
