@@ -22,14 +22,17 @@
 //!
 //! # The offer protocol
 //! ```text
-//!  creator node                                  member node
-//!  pool ─pick─► claiming ──Claimed, remote members──► offers ──Offer──► pool|parked ─► held
-//!                  │  └─Lost: local loser─► parked (waits for the winner's Offer)    │
-//!                  │  └─Err / other members─► pool                                    │
-//!   offers ◄──OfferReply(ok | gone)─────────────────────────────────────────────────┘
-//!   all ok ──► OpenRoom (supervisor sends OfferConfirm) ──► Settled(room) ─► MatchSettled
-//!   any gone / OFFER_TIMEOUT ──► OfferAbort to every offered node, locals back to pool
-//!                                 member: Settled(None) ─► held back to pool (re-announced)
+//!  creator shard (node A)                        member shard (node B)
+//!  pool ─pick─► claims ─Claimed, all local──► OpenRoom
+//!                 │ Claimed, members on B
+//!                 ▼
+//!               offers ──────Offer──────────────► pool | parked ──► held ─┐
+//!                 ▲                               (own claim runs: deferred)│
+//!                 └────────OfferReply ok | gone ◄───────────────────────────┘
+//!  every node ok ─► OpenRoom ─OfferConfirm─► held ─► Settled ─► MatchSettled
+//!  refused | OFFER_TIMEOUT ─► OfferAbort (every offered node), locals to pool
+//!                              OfferAbort ─► held back to pool (announced again)
+//!  claim Lost ─► local loser parked ─PARKED_TIMEOUT─► pool;  held ─HELD_TIMEOUT─► pool
 //! ```
 //! Races it absorbs: an offer for a ticket whose own claim still runs here waits
 //! (`deferred`) until that claim ends; an abort that arrives before its offer is
