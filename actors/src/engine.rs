@@ -51,7 +51,9 @@ impl Engine {
             .map(|i| {
                 let (s, sup) = (shared.clone(), rooms.supervisor.clone());
                 let arbiter = &shared.workers[i % shared.workers.len()];
-                MatchShard::start_in_arbiter(arbiter, move |_| MatchShard::new(i, s, sup))
+                MatchShard::start_in_arbiter(arbiter, move |_| {
+                    MatchShard::new(i, s, sup.clone().recipient(), sup.recipient())
+                })
             })
             .collect();
         let shards: Arc<[Addr<MatchShard>]> = shards.into();

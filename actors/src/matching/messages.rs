@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use actix::{Message, Recipient};
 
 use super::pool::Criteria;
-use crate::bridge::events::OfferMember;
+use super::shard_core::LocalLink;
+pub use super::shard_core::{CancelReason, OfferAnswered, OfferReceived, OfferSettled};
 use crate::bridge::{SearchAd, Ticket};
 use crate::ids::UserId;
 use crate::session::messages::SessionEvent;
@@ -18,22 +19,9 @@ pub struct SearchLink {
     pub events: Recipient<SessionEvent>,
 }
 
-/// Who a pool entry belongs to: a session on this node, or a replica of a search
-/// waiting on another node (that node's ticket, so claims and offers can name it).
-#[derive(Debug, Clone)]
-pub enum Link {
-    Local(SearchLink),
-    Remote { node: Arc<str>, ticket: Ticket },
-}
-
-impl Link {
-    /// Whether the searcher can still be told about a match. Remote searches count
-    /// as alive: their own node answers for them when offered.
-    pub fn alive(&self) -> bool {
-        match self {
-            Link::Local(l) => l.events.connected(),
-            Link::Remote { .. } => true,
-        }
+impl LocalLink for SearchLink {
+    fn alive(&self) -> bool {
+        self.events.connected()
     }
 }
 
@@ -48,13 +36,6 @@ pub struct EnqueueSearch {
     pub joined: Instant,
     pub max_wait: Duration,
     pub link: SearchLink,
-}
-
-/// Why a search is withdrawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CancelReason {
-    Cancelled,
-    Disconnected,
 }
 
 /// Session → MatchShard: leave the pool. Reply: whether it was still waiting.
@@ -105,33 +86,19 @@ pub struct DropRemoteSearches {
 pub struct RepublishSearches;
 
 /// Bridge → MatchShard (member node): the creator claimed these local searches.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct OfferReceived {
-    pub creator: Arc<str>,
-    pub offer: u64,
-    pub language: String,
-    pub members: Vec<OfferMember>,
+impl Message for OfferReceived {
+    type Result = ();
 }
 
 /// Bridge → MatchShard (creator): a member node's answer to an offer.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct OfferAnswered {
-    pub from: Arc<str>,
-    pub offer: u64,
-    pub ok: bool,
-    pub gone: Vec<UserId>,
+impl Message for OfferAnswered {
+    type Result = ();
 }
 
-/// Bridge → MatchShard (member node): the offer's room exists (`Some`), or the match
-/// fell through (`None`) and the held searches go back to the pool.
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct OfferSettled {
-    pub creator: Arc<str>,
-    pub offer: u64,
-    pub room: Option<(crate::ids::RoomId, Vec<UserId>, Vec<crate::ids::Interest>)>,
+/// Bridge → MatchShard (member node): the offer's room exists, or the match fell
+/// through and the held searches go back to the pool.
+impl Message for OfferSettled {
+    type Result = ();
 }
 
 /// Housekeeping → any actor: answered at once; the round trip measures how long
