@@ -16,6 +16,8 @@
 
 pub mod actor;
 pub mod messages;
+pub mod ordering;
+mod replica;
 pub mod room;
 
 use std::sync::atomic::Ordering;
