@@ -13,7 +13,7 @@
 //!   a node's sink on both (in process: only this node's own);
 //! * only the Redis bridge connects, so only it reports reconnects and lost peers.
 
-mod common;
+use rendezvous_test_support as common;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -2,111 +2,72 @@
 //! frames out to members' outboxes. A frame for many members is serialized once and
 //! the same bytes are queued for each.
 //!
-//! In a cluster (`clustered`) the actor is this node's *replica* of the room. The
-//! store assigns `seq` and keeps the history; a message sent here is delivered
-//! when the store answers with its `seq`, and one sent on another node arrives as
-//! a [`RoomEv::Message`]. Either way the replica delivers only the next expected
-//! `seq` (a gap waits briefly, then is filled from the store's history). Typing,
-//! reads, signals and presence are delivered here first and published to the
-//! other member nodes. While the store is unreachable,
-//! a replica whose members are all on this node goes on alone (local `seq`, local
-//! history) and restores the store from what it holds when the connection returns
-//! ([`ResyncRoom`]); a room with members on other nodes refuses `send` instead
-//! (`internal`, `retry_after_ms`), because the other replicas would hand out the
-//! same local seqs and one of two acknowledged messages would be lost.
+//! A room is either of this node alone or this node's *replica* of a cluster room;
+//! its [`Replication`] says which, and every place where the two differ is in
+//! [`super::replica`] (storing a message, seating a joiner, history the ring lacks,
+//! publishing to other nodes, resync). The handlers here are the same for both.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipient,
-    WrapFuture,
-};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use rendezvous_protocol::{
     ChatMessage, ErrorCode, FrameRef, HistoryItem, PresenceStatus, ServerFrame,
 };
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::{debug, warn};
 
 use super::messages::*;
+use super::replica::{Replication, Sender};
 use super::room::{RoomKind, RoomState};
 use crate::bridge::events::{MemberStatus, RoomEv};
-use crate::bridge::{RoomSeed, StoredKind};
 use crate::budget::Budget;
 use crate::clock::now_ms;
-use crate::directory::Directory;
-use crate::ids::{random_id, UserId};
+use crate::state::Shared;
+use crate::ids::{random_id, RoomId, UserId};
 use crate::metrics as m;
 use crate::outbox::{Class, Outbox};
-use crate::state::Shared;
+use crate::directory::Directory;
 
 /// How long a closed room keeps answering `not_in_room` to late frames before the
 /// actor stops. Sessions find rooms through the directory, which forgets a room the
 /// moment it closes, so only frames already in flight can arrive here.
 const TOMBSTONE: Duration = Duration::from_secs(5);
-/// How long a replica waits for a missing `seq` before it reads the store.
-const GAP_WAIT: Duration = Duration::from_millis(250);
 
 pub struct RoomActor {
-    state: RoomState,
-    shared: Arc<Shared>,
-    /// The directory this room is registered in; it removes itself when it closes.
-    directory: Arc<Directory<Addr<RoomActor>>>,
-    /// The supervisor, for joins that reached this room as it closed.
-    bounce: Recipient<JoinPublicRoom>,
-    closed: bool,
-    /// This is a cluster replica (see the module doc).
-    clustered: bool,
-    /// The replica knows the room's `seq` (messages before it are buffered).
-    loaded: bool,
-    /// Messages past the next expected `seq`, waiting for the gap to fill.
-    pending: BTreeMap<u64, ChatMessage>,
-    /// A gap check is scheduled.
-    gap_check: bool,
-    /// Appends under way, by arrival.
-    appends: BTreeMap<u64, PendingAppend>,
-    next_append: u64,
+    pub(super) state: RoomState,
+    pub(super) shared: Arc<Shared>,
+    pub(super) closed: bool,
+    /// A room of this node alone, or a cluster replica (with its ordering).
+    pub(super) replication: Replication,
+    /// Where the room is listed and who takes bounced joins.
+    links: RoomLinks,
+}
+
+/// What a room reaches besides the shared state: the directory it is listed in
+/// (it removes itself when it closes) and the supervisor, for joins that reached
+/// it as it closed.
+pub struct RoomLinks {
+    pub directory: Arc<Directory<actix::Addr<RoomActor>>>,
+    pub bounce: actix::Recipient<JoinPublicRoom>,
 }
 
 impl RoomActor {
-    pub fn new(
-        state: RoomState,
-        shared: Arc<Shared>,
-        clustered: bool,
-        directory: Arc<Directory<Addr<RoomActor>>>,
-        bounce: Recipient<JoinPublicRoom>,
-    ) -> Self {
-        // A fresh match room starts at seq 0; a public replica learns its seq from
-        // the first join's answer.
-        let loaded = !clustered || state.kind == RoomKind::Match;
-        Self {
-            state,
-            shared,
-            directory,
-            bounce,
-            closed: false,
-            clustered,
-            loaded,
-            pending: BTreeMap::new(),
-            gap_check: false,
-            appends: BTreeMap::new(),
-            next_append: 0,
-        }
+    /// A room whose members are all on this node, without a cluster: it assigns
+    /// `seq` itself.
+    pub fn local(state: RoomState, shared: Arc<Shared>, links: RoomLinks) -> Self {
+        Self { state, shared, closed: false, replication: Replication::Local, links }
     }
 
-    pub fn mark_loaded(&mut self) {
-        self.loaded = true;
+    /// This node's replica of a cluster room. `loaded`: `state.last_seq` is the
+    /// room's seq (a fresh match room, a snapshot); a public replica opened by a
+    /// join learns it from the join's answer.
+    pub fn replica(state: RoomState, shared: Arc<Shared>, loaded: bool, links: RoomLinks) -> Self {
+        let replication = Replication::cluster(state.last_seq, loaded);
+        Self { state, shared, closed: false, replication, links }
     }
 
-    fn stored_kind(&self) -> StoredKind {
-        match self.state.kind {
-            RoomKind::Match => StoredKind::Match,
-            RoomKind::Public => StoredKind::Public,
-        }
-    }
-
-    fn node(&self) -> Arc<str> {
+    /// This node's id (where its members' seats are in the store).
+    pub(super) fn node(&self) -> Arc<str> {
         Arc::from(self.shared.bridge.node_id())
     }
 }
@@ -118,13 +79,13 @@ impl Actor for RoomActor {
         metrics::gauge!(m::ROOMS_OPEN).increment(1.0);
         // A member whose session ended between the claim and now holds an offline
         // seat, so the grace timer runs for them like for any dropped connection.
-        // The seat carries the outbox the opener looked up: none, or one closed
-        // since (a session closes its outbox as it stops or is replaced).
         let stale: Vec<(UserId, u64)> = self
             .state
             .members
             .iter()
             .filter(|mb| mb.node.is_none())
+            // The outbox was carried from the match: none, or closed, means the
+            // session is gone (one registry look-up per member, at the match).
             .filter(|mb| mb.outbox.as_ref().is_none_or(|o| o.close_code() != 0))
             .map(|mb| (mb.user.clone(), mb.session_id))
             .collect();
@@ -151,23 +112,23 @@ const DEAD_SEAT_SWEEP: Duration = Duration::from_secs(1);
 
 impl RoomActor {
     fn sweep_dead_seats(&mut self, ctx: &mut Context<Self>) {
-        let dead: Vec<(UserId, u64)> =
-            self.state
-                .members
-                .iter()
-                .filter(|mb| mb.node.is_none())
-                .filter(|mb| mb.outbox.as_ref().is_some_and(|o| o.close_code() != 0))
-                // A newer session of the same user replaced this one (4009): it closed
-                // the old outbox a moment before its `MemberOnline` reaches this room.
-                // Marking the seat offline in between would tell the others `offline`
-                // and at once `online` again for what is not a departure.
-                .filter(|mb| {
-                    !self.shared.registry.get(mb.user.as_str()).is_some_and(|e| {
-                        e.session_id != mb.session_id && e.outbox.close_code() == 0
-                    })
-                })
-                .map(|mb| (mb.user.clone(), mb.session_id))
-                .collect();
+        let dead: Vec<(UserId, u64)> = self
+            .state
+            .members
+            .iter()
+            .filter(|mb| mb.node.is_none())
+            .filter(|mb| mb.outbox.as_ref().is_some_and(|o| o.close_code() != 0))
+            // A newer session of the same user replaced this one (4009): it closed
+            // the old outbox a moment before its `MemberOnline` reaches this room.
+            // Marking the seat offline in between would tell the others `offline`
+            // and at once `online` again for what is not a departure.
+            .filter(|mb| {
+                !self
+                    .live_session(&mb.user)
+                    .is_some_and(|e| e.session_id != mb.session_id && e.outbox.close_code() == 0)
+            })
+            .map(|mb| (mb.user.clone(), mb.session_id))
+            .collect();
         for (user, session_id) in dead {
             self.go_offline(user, session_id, ctx);
         }
@@ -183,13 +144,6 @@ impl Handler<PostMessage> for RoomActor {
         }
         let ts = now_ms();
         self.shared.hot.messages.increment(1);
-        if !self.clustered {
-            let stored = self.state.append(random_id("m"), &msg.user, msg.text, ts);
-            // Stored first, then acknowledged: an ack always means `history` has it.
-            ack(&msg.reply, msg.client_msg_id, &stored);
-            self.deliver_message(&stored);
-            return;
-        }
         let draft = ChatMessage {
             room_id: self.state.id.to_string(),
             seq: 0,
@@ -198,104 +152,20 @@ impl Handler<PostMessage> for RoomActor {
             text: msg.text,
             ts,
         };
-        let fut = self.shared.bridge.room_append(&draft);
-        let id = self.next_append;
-        self.next_append += 1;
-        self.appends.insert(
-            id,
-            PendingAppend {
-                draft,
-                reply: msg.reply,
-                client_msg_id: msg.client_msg_id,
-                result: None,
-            },
-        );
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            if let Some(p) = act.appends.get_mut(&id) {
-                p.result = Some(res);
-            }
-            act.finish_appends(ctx);
-        }));
+        let sender = Sender { reply: msg.reply, client_msg_id: msg.client_msg_id };
+        self.store_message(draft, sender, ctx);
     }
 }
 
-/// A `send` whose append to the store is under way. Answers go out in the order
-/// the sends came in, whatever order the replies are polled in.
-struct PendingAppend {
-    draft: ChatMessage,
-    reply: Outbox,
-    client_msg_id: Option<String>,
-    result: Option<Result<Option<u64>, crate::bridge::BridgeError>>,
-}
-
-impl RoomActor {
-    /// Answer every finished append at the front of the queue, in order.
-    fn finish_appends(&mut self, ctx: &mut Context<Self>) {
-        while let Some(mut entry) = self.appends.first_entry() {
-            let Some(result) = entry.get_mut().result.take() else { break };
-            let p = entry.remove();
-            match result {
-                // Stored in the room's stream: acknowledged, then delivered here in
-                // seq order among the messages other nodes stored (their feed
-                // brings those; this node's own are not published back to it).
-                Ok(Some(seq)) => {
-                    let stored = ChatMessage { seq, ..p.draft };
-                    ack(&p.reply, p.client_msg_id, &stored);
-                    self.on_message(stored, ctx);
-                }
-                Ok(None) => error(
-                    &p.reply,
-                    ErrorCode::NotInRoom,
-                    format!("not a member of room {}", self.state.id),
-                ),
-                Err(e) if self.has_remote_members() => {
-                    // Members on other nodes take their seqs from the store too: a
-                    // local seq now could be handed out twice, once here and once
-                    // there, and one of the two acknowledged messages would be lost
-                    // when the store comes back. Not stored, so not acknowledged.
-                    debug!(room = %self.state.id, error = %e, "append while the store is down; refused");
-                    metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Internal.as_str())
-                        .increment(1);
-                    p.reply.push_frame(
-                        &ServerFrame::Error {
-                            code: ErrorCode::Internal,
-                            message: format!(
-                                "room {} spans nodes and the shared store is unreachable: \
-                                 the message was not stored; send it again",
-                                self.state.id
-                            ),
-                            retry_after_ms: Some(STORE_DOWN_RETRY_MS),
-                            action: Some("send".into()),
-                        },
-                        Class::Essential,
-                    );
-                }
-                Err(e) => {
-                    // The store is unreachable and every member is on this node: carry
-                    // on alone (see the module doc); the reseed stores it later.
-                    debug!(room = %self.state.id, error = %e, "append while the store is down; local seq");
-                    let sender = UserId::from(p.draft.sender.as_str());
-                    let stored =
-                        self.state.append(p.draft.msg_id, &sender, p.draft.text, p.draft.ts);
-                    ack(&p.reply, p.client_msg_id, &stored);
-                    self.deliver_message(&stored);
-                }
-            }
-        }
-    }
-}
-
-/// When a client refused for an unreachable store should try again.
-const STORE_DOWN_RETRY_MS: u64 = 1_000;
-
-fn ack(reply: &Outbox, client_msg_id: Option<String>, stored: &ChatMessage) {
+/// Acknowledge a send: stored in `room` as `seq`.
+pub(super) fn ack(to: &Sender, room: &RoomId, seq: u64, msg_id: &str) {
     let frame = FrameRef::Ack {
-        client_msg_id: client_msg_id.as_deref(),
-        room_id: &stored.room_id,
-        seq: stored.seq,
-        msg_id: &stored.msg_id,
+        client_msg_id: to.client_msg_id.as_deref(),
+        room_id: room.as_str(),
+        seq,
+        msg_id,
     };
-    reply.push(Utf8Bytes::from(frame.to_json()), Class::Essential);
+    to.reply.push(Utf8Bytes::from(frame.to_json()), Class::Essential);
 }
 
 impl Handler<RelayEvent> for RoomActor {
@@ -342,9 +212,7 @@ impl Handler<RelayEvent> for RoomActor {
         let frame_bytes = self.deliver_relay(&ev);
         // The session charged one recipient; the rest of the fan-out is charged here.
         msg.budget.charge((frame_bytes as u64) * recipients.saturating_sub(1) as u64);
-        if self.clustered && self.has_remote_members() {
-            self.shared.bridge.room_event(&self.state.id, ev);
-        }
+        self.publish(ev);
     }
 }
 
@@ -360,14 +228,10 @@ impl Handler<FetchHistory> for RoomActor {
         // stream, which keeps more (and what this replica never saw).
         let covered = self.state.last_seq == msg.after_seq
             || local.first().is_some_and(|m| m.seq == msg.after_seq + 1);
-        if !self.clustered || covered {
+        if covered {
             return self.send_history(&msg.reply, local, &msg.budget);
         }
-        let fut = self.shared.bridge.room_history(&self.state.id, msg.after_seq, msg.limit);
-        ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
-            Ok(stored) => act.send_history(&msg.reply, stored, &msg.budget),
-            Err(_) => act.send_history(&msg.reply, local, &msg.budget),
-        }));
+        self.history_beyond_ring(msg, local, ctx);
     }
 }
 
@@ -378,36 +242,9 @@ impl Handler<JoinRoom> for RoomActor {
         let j = msg.join;
         if self.closed {
             // Closed while the join was in flight: the supervisor opens a fresh room.
-            self.bounce.do_send(j);
-            return;
+            return self.bounce_join(j);
         }
-        if !self.clustered {
-            return self.seat_joiner(j);
-        }
-        let fut = self.shared.bridge.room_join(&self.state.id, &j.user);
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            match res {
-                Ok(snapshot) => {
-                    let me = act.node();
-                    for (user, node) in snapshot.members {
-                        if node != me && user != j.user {
-                            act.state.seat_remote(user, node);
-                        }
-                    }
-                    if !act.loaded {
-                        act.state.last_seq = act.state.last_seq.max(snapshot.last_seq);
-                        act.loaded = true;
-                        act.pending.retain(|seq, _| *seq > snapshot.last_seq);
-                        act.drain_pending(ctx);
-                    }
-                }
-                Err(e) => {
-                    warn!(room = %act.state.id, error = %e, "join while the store is down; local only");
-                    act.loaded = true;
-                }
-            }
-            act.seat_joiner(j);
-        }));
+        self.join_through_store(j, ctx);
     }
 }
 
@@ -426,10 +263,7 @@ impl Handler<LeaveRoom> for RoomActor {
             return;
         }
         if msg.reason == LeaveReason::Next {
-            let ttl = Duration::from_secs(self.shared.config.skip_ttl_secs);
-            for other in self.state.members.iter().filter(|o| o.user != msg.user) {
-                self.shared.avoid_pair(&msg.user, &other.user, ttl);
-            }
+            self.record_skip(&msg.user);
         }
         if msg.reason == LeaveReason::Leave {
             msg.reply.push_frame(
@@ -474,8 +308,8 @@ impl Handler<CloseRoom> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: CloseRoom, ctx: &mut Self::Context) {
-        if self.clustered && !self.closed {
-            self.shared.bridge.room_close(&self.state.id, msg.reason);
+        if !self.closed {
+            self.close_everywhere(msg.reason);
         }
         self.close(msg.reason, ctx);
     }
@@ -491,7 +325,7 @@ impl Handler<RoomInbound> for RoomActor {
         match msg.ev {
             RoomEv::Message { seq, msg_id, sender, text, ts } => {
                 let room_id = self.state.id.to_string();
-                self.on_message(ChatMessage { room_id, seq, msg_id, sender, text, ts }, ctx);
+                self.on_feed_message(ChatMessage { room_id, seq, msg_id, sender, text, ts }, ctx);
             }
             ev @ (RoomEv::Typing { .. } | RoomEv::Read { .. } | RoomEv::Signal { .. }) => {
                 self.deliver_relay(&ev);
@@ -510,7 +344,7 @@ impl Handler<RoomInbound> for RoomActor {
                         self.state.seat_remote(user.clone(), node);
                         if had_local {
                             // The user moved to another node (this session is kicked).
-                            self.shared.remove_membership(&user, &self.state.id);
+                            self.remove_membership(&user);
                         }
                         if !same {
                             self.presence(&user, PresenceStatus::Online);
@@ -577,57 +411,15 @@ impl Handler<ResyncRoom> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, _msg: ResyncRoom, ctx: &mut Self::Context) {
-        if !self.clustered || self.closed {
-            return;
+        if !self.closed {
+            self.resync(ctx);
         }
-        let me = self.node();
-        let seed = RoomSeed {
-            kind: self.stored_kind(),
-            members: self
-                .state
-                .members
-                .iter()
-                .map(|mb| (mb.user.clone(), mb.node.clone().unwrap_or_else(|| me.clone())))
-                .collect(),
-            last_seq: self.state.last_seq,
-            messages: self.state.held_messages(),
-        };
-        let ours = self.state.last_seq;
-        let fut = self.shared.bridge.room_reseed(&self.state.id, seed);
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| match res {
-            Ok((store_seq, stored)) => {
-                // Seats of other nodes that the store no longer has left while this
-                // node was cut off (their `left` event was missed).
-                let gone: Vec<UserId> = act
-                    .state
-                    .members
-                    .iter()
-                    .filter(|mb| mb.node.is_some() && !stored.iter().any(|(u, _)| *u == mb.user))
-                    .map(|mb| mb.user.clone())
-                    .collect();
-                for user in gone {
-                    act.remove_member(&user, ctx);
-                }
-                let me = act.node();
-                for (user, node) in stored {
-                    if node != me {
-                        act.state.seat_remote(user, node);
-                    }
-                }
-                if store_seq > ours {
-                    // Others went on meanwhile: fetch what this replica missed.
-                    act.loaded = true;
-                    act.fill_gap(ctx);
-                }
-            }
-            Err(e) => debug!(room = %act.state.id, error = %e, "reseed failed; retried at the next reconnect"),
-        }));
     }
 }
 
 impl RoomActor {
     /// True when `user` is a member; otherwise answers `not_in_room`.
-    fn check_member(&self, user: &UserId, reply: &Outbox) -> bool {
+    pub(super) fn check_member(&self, user: &UserId, reply: &Outbox) -> bool {
         if !self.closed && self.state.is_member(user) {
             return true;
         }
@@ -635,33 +427,27 @@ impl RoomActor {
         false
     }
 
-    fn has_remote_members(&self) -> bool {
-        self.state.members.iter().any(|mb| mb.node.is_some())
-    }
-
     /// Answer a `history` request and charge its bytes to the requester's budget
     /// (after the fact: the page's size is known only now).
-    fn send_history(&self, reply: &Outbox, messages: Vec<ChatMessage>, budget: &Budget) {
+    pub(super) fn send_history(&self, reply: &Outbox, messages: Vec<ChatMessage>, budget: &Budget) {
         let messages = messages.into_iter().map(HistoryItem::Message).collect();
         let json = ServerFrame::History { room_id: self.state.id.to_string(), messages }.to_json();
         budget.charge(json.len() as u64);
         reply.push(Utf8Bytes::from(json), Class::Essential);
     }
 
-    fn seat_joiner(&mut self, j: JoinPublicRoom) {
+    pub(super) fn seat_joiner(&mut self, j: JoinPublicRoom) {
         let max = self.shared.config.max_public_room_members;
         if !self.state.is_member(&j.user) && self.state.members.len() >= max {
-            if self.clustered {
-                // The store seated them already; take the seat back.
-                self.leave_everywhere(&j.user, None);
-            }
+            // A replica's store seated them already; take the seat back.
+            self.leave_everywhere(&j.user, None);
             let message = format!("room {} is full ({max} members)", self.state.id);
             return super::replies::refuse_join(&self.shared, &j, message);
         }
         let new = self.state.seat(j.user.clone(), j.session_id, Some(j.outbox.clone()));
         if new {
             // Usually reserved by the session already (then this changes nothing).
-            self.shared.add_membership(&j.user, &self.state.id);
+            self.add_membership(&j.user);
         }
         let joined = ServerFrame::Joined {
             room_id: self.state.id.to_string(),
@@ -714,62 +500,8 @@ impl RoomActor {
         }
     }
 
-    /// A stored message from the store's feed: deliver in `seq` order.
-    fn on_message(&mut self, msg: ChatMessage, ctx: &mut Context<Self>) {
-        if self.loaded && msg.seq <= self.state.last_seq {
-            return; // already delivered (a resync overlap)
-        }
-        self.pending.insert(msg.seq, msg);
-        if self.loaded {
-            self.drain_pending(ctx);
-        }
-    }
-
-    fn drain_pending(&mut self, ctx: &mut Context<Self>) {
-        while let Some(entry) = self.pending.first_entry() {
-            let seq = *entry.key();
-            if seq <= self.state.last_seq {
-                entry.remove();
-                continue;
-            }
-            if seq != self.state.last_seq + 1 {
-                break;
-            }
-            let stored = self.state.push_stored(entry.remove());
-            self.deliver_message(&stored);
-        }
-        if !self.pending.is_empty() && !self.gap_check {
-            self.gap_check = true;
-            ctx.run_later(GAP_WAIT, |act, ctx| {
-                act.gap_check = false;
-                if !act.pending.is_empty() {
-                    metrics::counter!(m::BRIDGE_SEQ_GAPS_TOTAL).increment(1);
-                    act.fill_gap(ctx);
-                }
-            });
-        }
-    }
-
-    /// Read what follows `last_seq` from the store and deliver it.
-    fn fill_gap(&mut self, ctx: &mut Context<Self>) {
-        let fut = self.shared.bridge.room_history(&self.state.id, self.state.last_seq, 200);
-        ctx.spawn(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(messages) => {
-                let more = messages.len() == 200;
-                for m in messages {
-                    act.pending.insert(m.seq, m);
-                }
-                act.drain_pending(ctx);
-                if more {
-                    act.fill_gap(ctx);
-                }
-            }
-            Err(e) => debug!(room = %act.state.id, error = %e, "gap fill failed; retried"),
-        }));
-    }
-
     /// Fan a stored message out to this node's members, with its metrics.
-    fn deliver_message(&self, stored: &ChatMessage) {
+    pub(super) fn deliver_message(&self, stored: &ChatMessage) {
         let bytes = Utf8Bytes::from(FrameRef::Message(stored).to_json());
         let n = self.fan_out_bytes(bytes, None, Class::Essential);
         self.shared.hot.delivered.increment(n as u64);
@@ -811,26 +543,6 @@ impl RoomActor {
         self.fan_out(&f, Some(user), Class::Droppable);
     }
 
-    /// Tell the other member nodes about a local member's presence.
-    fn publish_member(&self, user: &UserId, status: MemberStatus) {
-        if self.clustered && self.has_remote_members() {
-            let ev =
-                RoomEv::Member { user: user.to_string(), node: self.node().to_string(), status };
-            self.shared.bridge.room_event(&self.state.id, ev);
-        }
-    }
-
-    /// Remove the seat in the store too (which tells the other nodes).
-    fn leave_everywhere(&self, user: &UserId, on_node: Option<Arc<str>>) {
-        if self.clustered {
-            let fut =
-                self.shared.bridge.room_leave(&self.state.id, user, on_node, self.stored_kind());
-            actix::spawn(async move {
-                let _ = fut.await;
-            });
-        }
-    }
-
     fn go_offline(&mut self, user: UserId, session_id: u64, ctx: &mut Context<Self>) {
         let Some(member) = self.state.member_mut(&user) else { return };
         if member.node.is_some()
@@ -855,13 +567,13 @@ impl RoomActor {
         });
     }
 
-    fn remove_member(&mut self, user: &UserId, ctx: &mut Context<Self>) {
+    pub(super) fn remove_member(&mut self, user: &UserId, ctx: &mut Context<Self>) {
         if !self.state.unseat(user) {
             return;
         }
-        self.shared.remove_membership(user, &self.state.id);
+        self.remove_membership(user);
         self.presence(user, PresenceStatus::Left);
-        if self.clustered && !self.state.has_local_members() && self.state.members.len() > 1 {
+        if self.goes_on_elsewhere() {
             // The room goes on elsewhere; this node has nobody left in it.
             return self.forget(ctx);
         }
@@ -879,13 +591,6 @@ impl RoomActor {
         }
     }
 
-    /// A replica with no members on this node has nothing to do here.
-    fn detach_if_unused(&mut self, ctx: &mut Context<Self>) {
-        if self.clustered && self.state.kind == RoomKind::Match && !self.state.has_local_members() {
-            self.forget(ctx);
-        }
-    }
-
     /// Tell everyone, forget the room everywhere, and stop after the tombstone time.
     fn close(&mut self, reason: &'static str, ctx: &mut Context<Self>) {
         if self.closed {
@@ -899,7 +604,9 @@ impl RoomActor {
         self.forget(ctx);
     }
 
-    fn forget(&mut self, ctx: &mut Context<Self>) {
+    /// Stop being this room here: seats and memberships go, the directory forgets
+    /// it, and the actor stops after the tombstone time.
+    pub(super) fn forget(&mut self, ctx: &mut Context<Self>) {
         if self.closed {
             return;
         }
@@ -909,16 +616,55 @@ impl RoomActor {
         }
         for member in std::mem::take(&mut self.state.members) {
             if member.node.is_none() {
-                self.shared.remove_membership(&member.user, &self.state.id);
+                self.remove_membership(&member.user);
             }
         }
-        let me = ctx.address();
-        self.directory.remove_if_current(&self.state.id, &me);
+        self.unlist(ctx);
         ctx.run_later(TOMBSTONE, |_, ctx| ctx.stop());
     }
 }
 
-fn error(out: &Outbox, code: ErrorCode, message: String) {
+/// What the room reaches outside itself, one small method each: the directory,
+/// the supervisor, the registry of live sessions, users' memberships and skips.
+impl RoomActor {
+    /// Remove this room from the directory (unless a newer room took its id).
+    fn unlist(&self, ctx: &mut Context<Self>) {
+        let me = ctx.address();
+        self.links.directory.remove_if_current(&self.state.id, &me);
+    }
+
+    /// Hand a join that raced this room's close back to the supervisor, which
+    /// opens a fresh room.
+    fn bounce_join(&self, join: JoinPublicRoom) {
+        self.links.bounce.do_send(join);
+    }
+
+    /// The live session of `user` on this node, if any.
+    fn live_session(&self, user: &UserId) -> Option<crate::registry::SessionEntry> {
+        self.shared.registry.get(user.as_str())
+    }
+
+    /// Record that `user` holds a seat in this room.
+    pub(super) fn add_membership(&self, user: &UserId) {
+        self.shared.add_membership(user, &self.state.id);
+    }
+
+    /// Record that `user` no longer holds a seat in this room.
+    pub(super) fn remove_membership(&self, user: &UserId) {
+        self.shared.remove_membership(user, &self.state.id);
+    }
+
+    /// `leaver` skipped (`next`) this room's other members: neither is matched
+    /// with the other for `skip_ttl_secs`.
+    fn record_skip(&self, leaver: &UserId) {
+        let ttl = Duration::from_secs(self.shared.config.skip_ttl_secs);
+        for other in self.state.members.iter().filter(|o| &o.user != leaver) {
+            self.shared.avoid_pair(leaver, &other.user, ttl);
+        }
+    }
+}
+
+pub(super) fn error(out: &Outbox, code: ErrorCode, message: String) {
     metrics::counter!(m::ERRORS_TOTAL, "code" => code.as_str()).increment(1);
     out.push_frame(
         &ServerFrame::Error { code, message, retry_after_ms: None, action: None },

@@ -23,7 +23,9 @@
 
 pub mod actor;
 pub mod messages;
+pub mod ordering;
 pub mod replies;
+mod replica;
 pub mod room;
 
 use std::convert::Infallible;
@@ -33,7 +35,7 @@ use std::sync::Arc;
 use actix::{Actor, Addr, ArbiterHandle, AsyncContext, Context, Handler, Recipient};
 use rendezvous_protocol::ServerFrame;
 
-use self::actor::RoomActor;
+use self::actor::{RoomActor, RoomLinks};
 use self::messages::*;
 use self::replies::refuse_join;
 use self::room::{RoomKind, RoomState};
@@ -82,10 +84,15 @@ impl Unstarted {
         let Unstarted { plan, rx, shared, directory, bounce } = self;
         let Plan { state, clustered, loaded, worker } = plan;
         worker.spawn_fn(move || {
-            let mut room = RoomActor::new(state, shared, clustered, directory, bounce);
-            if loaded {
-                room.mark_loaded();
-            }
+            let links = RoomLinks { directory, bounce };
+            // A fresh match room starts at seq 0: a replica of it is loaded at once;
+            // a public replica opened by a join learns its seq from the join's answer.
+            let room = if clustered {
+                let loaded = loaded || state.kind == RoomKind::Match;
+                RoomActor::replica(state, shared, loaded, links)
+            } else {
+                RoomActor::local(state, shared, links)
+            };
             let ctx = Context::with_receiver(rx);
             actix_rt::spawn(ctx.into_future(room));
         });

@@ -133,6 +133,11 @@ impl RoomState {
         self.members.iter().any(|m| m.node.is_none())
     }
 
+    /// Members connected to other nodes.
+    pub fn has_remote_members(&self) -> bool {
+        self.members.iter().any(|m| m.node.is_some())
+    }
+
     /// Store a message whose `seq` was assigned elsewhere (the cluster), the next
     /// one after `last_seq`.
     pub fn push_stored(&mut self, msg: ChatMessage) -> Arc<ChatMessage> {
@@ -162,15 +167,22 @@ impl RoomState {
         text: String,
         ts: u64,
     ) -> Arc<ChatMessage> {
-        self.last_seq += 1;
-        let msg = Arc::new(ChatMessage {
+        self.append_draft(ChatMessage {
             room_id: self.id.to_string(),
-            seq: self.last_seq,
+            seq: 0,
             msg_id,
             sender: sender.to_string(),
             text,
             ts,
-        });
+        })
+    }
+
+    /// Store a message written out already: assign it the next seq and push it
+    /// into the ring.
+    pub fn append_draft(&mut self, mut msg: ChatMessage) -> Arc<ChatMessage> {
+        self.last_seq += 1;
+        msg.seq = self.last_seq;
+        let msg = Arc::new(msg);
         self.keep(msg.clone());
         msg
     }
