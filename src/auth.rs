@@ -16,7 +16,6 @@
 //! Not here: the handshake itself (`http.rs`) and what a session does with the
 //! expiry (`rendezvous_actors::token`).
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hyper::header::{HeaderName, AUTHORIZATION, FORWARDED};
@@ -27,6 +26,7 @@ use rendezvous_actors::token::{Identity, TokenVerifier};
 use serde::Deserialize;
 
 use crate::config::{AnonymousMode, Config};
+pub use crate::public_key::{KeyError, PublicKey};
 
 /// Longest token accepted; anything larger is refused unread.
 const MAX_TOKEN_BYTES: usize = 4096;
@@ -37,8 +37,6 @@ const MAX_USER_CHARS: usize = 64;
 pub const ANON_PREFIX: char = '~';
 /// Seconds of clock skew tolerated on `exp` and `nbf`.
 const LEEWAY_SECS: u64 = 5;
-/// Shortest RSA public key accepted, in bits.
-const MIN_RSA_BITS: usize = 2048;
 
 /// Why a connection is refused (HTTP 401).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -53,62 +51,6 @@ pub enum AuthError {
     NoSecret,
     #[error("invalid user name: use 1-64 letters, digits, '-', '_', '.', '@' or ':'")]
     BadName,
-}
-
-/// Why `--jwt-public-key` cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("cannot read the key file: {0}")]
-    Read(#[from] std::io::Error),
-    #[error("not a supported public key: expected a PEM `PUBLIC KEY` (RSA, or EC on curve P-256) or `RSA PUBLIC KEY`")]
-    Unsupported,
-    #[error("the RSA key has {0} bits; at least {MIN_RSA_BITS} are required")]
-    WeakRsa(usize),
-}
-
-/// A public key for RS256 (RSA) or ES256 (EC P-256) tokens, read from a PEM file.
-#[derive(Clone, Debug)]
-pub struct PublicKey {
-    /// Where it was read from (for `--print-config` and logs).
-    pub path: PathBuf,
-    alg: Algorithm,
-    key: DecodingKey,
-}
-
-impl PublicKey {
-    /// Read and parse a PEM file; the key type decides the algorithm.
-    pub fn from_file(path: &Path) -> Result<Self, KeyError> {
-        let pem = std::fs::read_to_string(path)?;
-        let (alg, key) = Self::parse(&pem)?;
-        Ok(PublicKey { path: path.to_owned(), alg, key })
-    }
-
-    /// The algorithm tokens must be signed with to be checked against this key.
-    pub fn algorithm(&self) -> Algorithm {
-        self.alg
-    }
-
-    fn parse(pem: &str) -> Result<(Algorithm, DecodingKey), KeyError> {
-        use rsa::pkcs1::DecodeRsaPublicKey;
-        use rsa::pkcs8::DecodePublicKey;
-        use rsa::traits::PublicKeyParts;
-        let rsa = rsa::RsaPublicKey::from_public_key_pem(pem)
-            .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(pem));
-        if let Ok(k) = rsa {
-            let bits = k.size() * 8;
-            if bits < MIN_RSA_BITS {
-                return Err(KeyError::WeakRsa(bits));
-            }
-            let key =
-                DecodingKey::from_rsa_raw_components(&k.n().to_bytes_be(), &k.e().to_bytes_be());
-            return Ok((Algorithm::RS256, key));
-        }
-        if let Ok(k) = p256::PublicKey::from_public_key_pem(pem) {
-            let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&k, false);
-            return Ok((Algorithm::ES256, DecodingKey::from_ec_der(point.as_bytes())));
-        }
-        Err(KeyError::Unsupported)
-    }
 }
 
 #[derive(Deserialize)]
@@ -167,8 +109,10 @@ impl Authenticator {
             .jwt_secret
             .as_deref()
             .map(|s| (DecodingKey::from_secret(s.as_bytes()), validation(Algorithm::HS256)));
-        let public =
-            config.jwt_public_key.as_ref().map(|k| (k.key.clone(), validation(k.algorithm())));
+        let public = config
+            .jwt_public_key
+            .as_ref()
+            .map(|k| (k.decoding_key().clone(), validation(k.algorithm())));
         let verifies = hmac.is_some() || public.is_some();
         let anonymous = match config.anonymous {
             AnonymousMode::Allow => Anonymous::Always,

@@ -38,8 +38,8 @@ use rendezvous_actors::config::declared_defaults;
 use rendezvous_actors::EngineConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::auth::PublicKey;
 use crate::front::parse_proxy;
+use crate::public_key::PublicKey;
 
 /// Shortest HS256 secret accepted, in bytes (RFC 7518 §3.2: a key of at least the
 /// hash's size).

@@ -10,7 +10,8 @@
 //! * [`http`]: `/ws` upgrade and the HTTP endpoints on the same port.
 //! * [`front`]: admission before the upgrade: pending-connection caps, handshake
 //!   and idle deadlines, the client address behind trusted proxies.
-//! * [`auth`]: JWT and anonymous identities.
+//! * [`auth`]: JWT and anonymous identities; [`public_key`]: the PEM key of
+//!   `--jwt-public-key`.
 //! * [`telemetry`]: logging and the Prometheus recorder.
 //! * [`shutdown`]: the SIGTERM/SIGINT future.
 
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod config;
 pub mod front;
 pub mod http;
+pub mod public_key;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;

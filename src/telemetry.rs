@@ -94,79 +94,85 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Every counter with its help line (the `# HELP` of `/metrics`).
-const COUNTERS: &[(&str, &str)] = &[
-    (m::SESSIONS_OPENED_TOTAL, "Sessions opened"),
-    (m::SESSIONS_CLOSED_TOTAL, "Sessions closed, by reason"),
-    (m::SEARCHES_STARTED_TOTAL, "Searches started (find_match and next)"),
-    (m::SEARCHES_ENDED_TOTAL, "Searches ended without a match, by reason"),
-    (m::MATCHES_TOTAL, "Matches made, by group size"),
-    (m::CLAIM_CONFLICTS_TOTAL, "Match claims lost to a concurrent claim"),
-    (m::FRAMES_IN_TOTAL, "Frames received from clients"),
-    (m::FRAMES_OUT_TOTAL, "Frames written to clients"),
-    (m::MESSAGES_TOTAL, "Chat messages stored and acknowledged"),
-    (m::FRAMES_DROPPED_TOTAL, "Droppable frames dropped for a full client queue"),
-    (m::SLOW_CONSUMER_DISCONNECTS_TOTAL, "Clients disconnected for not reading"),
-    (m::RATE_LIMITED_TOTAL, "Actions refused by a rate limit, by action"),
-    (m::ERRORS_TOTAL, "Error frames sent, by code"),
-    (m::HANDSHAKES_REFUSED_TOTAL, "WebSocket upgrades refused, by reason"),
+/// What kind of metric a name is.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric with its kind and help line (the `# HELP` of `/metrics`).
+const METRICS: &[(Kind, &str, &str)] = &[
+    (Kind::Counter, m::SESSIONS_OPENED_TOTAL, "Sessions opened"),
+    (Kind::Counter, m::SESSIONS_CLOSED_TOTAL, "Sessions closed, by reason"),
+    (Kind::Counter, m::SEARCHES_STARTED_TOTAL, "Searches started (find_match and next)"),
+    (Kind::Counter, m::SEARCHES_ENDED_TOTAL, "Searches ended without a match, by reason"),
+    (Kind::Counter, m::MATCHES_TOTAL, "Matches made, by group size"),
+    (Kind::Counter, m::CLAIM_CONFLICTS_TOTAL, "Match claims lost to a concurrent claim"),
+    (Kind::Counter, m::FRAMES_IN_TOTAL, "Frames received from clients"),
+    (Kind::Counter, m::FRAMES_OUT_TOTAL, "Frames written to clients"),
+    (Kind::Counter, m::MESSAGES_TOTAL, "Chat messages stored and acknowledged"),
+    (Kind::Counter, m::FRAMES_DROPPED_TOTAL, "Droppable frames dropped for a full client queue"),
+    (Kind::Counter, m::SLOW_CONSUMER_DISCONNECTS_TOTAL, "Clients disconnected for not reading"),
+    (Kind::Counter, m::RATE_LIMITED_TOTAL, "Actions refused by a rate limit, by action"),
+    (Kind::Counter, m::ERRORS_TOTAL, "Error frames sent, by code"),
+    (Kind::Counter, m::HANDSHAKES_REFUSED_TOTAL, "WebSocket upgrades refused, by reason"),
     (
+        Kind::Counter,
         m::CONNECTIONS_REFUSED_TOTAL,
         "Sockets closed for a pending-connection cap, by reason: a newcomer refused, \
          or the oldest stalled one displaced",
     ),
     (
+        Kind::Counter,
         m::CONNECTIONS_TIMED_OUT_TOTAL,
         "Connections closed by the handshake or keep-alive idle deadline, by phase",
     ),
-    (m::MESSAGES_DELIVERED_TOTAL, "Chat message frames queued to members"),
-    (m::BRIDGE_COMMANDS_TOTAL, "Commands sent to Redis, by kind"),
-    (m::BRIDGE_RECEIVED_TOTAL, "Events received from other nodes, by kind"),
-    (m::BRIDGE_RECONNECTS_TOTAL, "Reconnections to Redis after a failure"),
-    (m::BRIDGE_NODES_LOST_TOTAL, "Peers declared dead or gone"),
-    (m::BRIDGE_SEQ_GAPS_TOTAL, "Gaps in a room's seq filled from the stream"),
-    (m::TOKEN_REFRESHES_TOTAL, "Token refresh actions, by result"),
-];
-
-/// Every gauge with its help line.
-const GAUGES: &[(&str, &str)] = &[
-    (m::CONNECTIONS, "Open WebSocket sessions on this node"),
-    (m::POOL_WAITING, "Searches waiting, per pool shard"),
-    (m::ROOMS_OPEN, "Rooms open on this node"),
-    (m::CONNECTIONS_PENDING, "Connections accepted and not yet upgraded"),
+    (Kind::Counter, m::MESSAGES_DELIVERED_TOTAL, "Chat message frames queued to members"),
+    (Kind::Counter, m::BRIDGE_COMMANDS_TOTAL, "Commands sent to Redis, by kind"),
+    (Kind::Counter, m::BRIDGE_RECEIVED_TOTAL, "Events received from other nodes, by kind"),
+    (Kind::Counter, m::BRIDGE_RECONNECTS_TOTAL, "Reconnections to Redis after a failure"),
+    (Kind::Counter, m::BRIDGE_NODES_LOST_TOTAL, "Peers declared dead or gone"),
+    (Kind::Counter, m::BRIDGE_SEQ_GAPS_TOTAL, "Gaps in a room's seq filled from the stream"),
+    (Kind::Counter, m::TOKEN_REFRESHES_TOTAL, "Token refresh actions, by result"),
+    (Kind::Gauge, m::CONNECTIONS, "Open WebSocket sessions on this node"),
+    (Kind::Gauge, m::POOL_WAITING, "Searches waiting, per pool shard"),
+    (Kind::Gauge, m::ROOMS_OPEN, "Rooms open on this node"),
+    (Kind::Gauge, m::CONNECTIONS_PENDING, "Connections accepted and not yet upgraded"),
     (
+        Kind::Gauge,
         m::POOL_WAITING_BY_LANGUAGE,
         "Searches waiting, per language (at most --language-series of them, the rest as other)",
     ),
-    (m::AVOID_PAIRS, "Pairs of users kept apart (blocks, skips), per asking user"),
-    (m::OUTBOUND_QUEUED_FRAMES, "Frames waiting in all outbound queues"),
-    (m::OUTBOUND_QUEUE_MAX_FRAMES, "The fullest outbound queue, in frames"),
-    (m::ACTOR_MAILBOX_DELAY_SECONDS, "Mailbox wait of a probe, by actor"),
-    (m::BRIDGE_UP, "1 while Redis and the cluster subscription are healthy"),
-    (m::BRIDGE_PEER_HEARTBEAT_AGE_SECONDS, "Age of each peer's last heartbeat"),
-];
-
-/// Every histogram with its help line.
-const HISTOGRAMS: &[(&str, &str)] = &[
-    (m::MATCH_LATENCY_SECONDS, "Wait of each matched member, by relaxation level"),
-    (m::MATCH_SHARED_INTERESTS, "Interests shared by all members of a match"),
-    (m::DELIVERY_LATENCY_SECONDS, "From a message's acceptance to its fan-out on this node"),
-    (m::BRIDGE_REDIS_SECONDS, "Round trip of one pipeline to Redis"),
-    (m::BRIDGE_RESYNC_SECONDS, "Duration of a resync with Redis"),
+    (Kind::Gauge, m::AVOID_PAIRS, "Pairs of users kept apart (blocks, skips), per asking user"),
+    (Kind::Gauge, m::OUTBOUND_QUEUED_FRAMES, "Frames waiting in all outbound queues"),
+    (Kind::Gauge, m::OUTBOUND_QUEUE_MAX_FRAMES, "The fullest outbound queue, in frames"),
+    (Kind::Gauge, m::ACTOR_MAILBOX_DELAY_SECONDS, "Mailbox wait of a probe, by actor"),
+    (Kind::Gauge, m::BRIDGE_UP, "1 while Redis and the cluster subscription are healthy"),
+    (Kind::Gauge, m::BRIDGE_PEER_HEARTBEAT_AGE_SECONDS, "Age of each peer's last heartbeat"),
+    (Kind::Histogram, m::MATCH_LATENCY_SECONDS, "Wait of each matched member, by relaxation level"),
+    (Kind::Histogram, m::MATCH_SHARED_INTERESTS, "Interests shared by all members of a match"),
+    (
+        Kind::Histogram,
+        m::DELIVERY_LATENCY_SECONDS,
+        "From a message's acceptance to its fan-out on this node",
+    ),
+    (Kind::Histogram, m::BRIDGE_REDIS_SECONDS, "Round trip of one pipeline to Redis"),
+    (Kind::Histogram, m::BRIDGE_RESYNC_SECONDS, "Duration of a resync with Redis"),
 ];
 
 fn describe() {
     // Prometheus names carry their unit: `_seconds` is the only one used here.
     let unit = |name: &str| name.ends_with("_seconds").then_some(Unit::Seconds);
     metrics::with_recorder(|r| {
-        for &(name, help) in COUNTERS {
-            r.describe_counter(name.into(), unit(name), help.into());
-        }
-        for &(name, help) in GAUGES {
-            r.describe_gauge(name.into(), unit(name), help.into());
-        }
-        for &(name, help) in HISTOGRAMS {
-            r.describe_histogram(name.into(), unit(name), help.into());
+        for &(kind, name, help) in METRICS {
+            let (key, unit, help) = (name.into(), unit(name), help.into());
+            match kind {
+                Kind::Counter => r.describe_counter(key, unit, help),
+                Kind::Gauge => r.describe_gauge(key, unit, help),
+                Kind::Histogram => r.describe_histogram(key, unit, help),
+            }
         }
     });
     // Exported at zero from start-up, before anything happens to them.

@@ -680,18 +680,7 @@ async fn a_reconnect_does_not_refill_the_send_bucket() {
     for i in 0..n {
         a.send_json(json!({"action":"send","room_id":room,"text":format!("m{i}")})).await;
     }
-    let (mut answered, mut limited) = (0, 0);
-    while answered < n {
-        match a.recv().await {
-            ServerFrame::Ack { .. } => answered += 1,
-            ServerFrame::Message(_) => {}
-            ServerFrame::Error { code: ErrorCode::RateLimited, .. } => {
-                answered += 1;
-                limited += 1;
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
+    let limited = send_answers(&mut a, n, |other| panic!("unexpected {other:?}")).await;
     assert!(limited > 0, "the burst of {n} went past the limit");
     // A new connection of the same user (replacing the old one) finds the bucket
     // still empty: a token comes back every 50 ms, so of a burst's worth of sends
@@ -703,19 +692,28 @@ async fn a_reconnect_does_not_refill_the_send_bucket() {
     for i in 0..burst {
         a2.send_json(json!({"action":"send","room_id":room,"text":format!("again {i}")})).await;
     }
+    let limited = send_answers(&mut a2, burst, |_| {}).await;
+    assert!(limited >= 1, "the reconnected session had a full bucket");
+}
+
+/// Read until `n` sends are answered (acked or refused by the send limit, which
+/// must name `send`), passing any other frame but a message to `other`; returns
+/// how many were refused.
+async fn send_answers(c: &mut Client, n: usize, other: impl Fn(ServerFrame)) -> usize {
     let (mut answered, mut limited) = (0, 0);
-    while answered < burst {
-        match a2.recv().await {
+    while answered < n {
+        match c.recv().await {
             ServerFrame::Ack { .. } => answered += 1,
+            ServerFrame::Message(_) => {}
             ServerFrame::Error { code: ErrorCode::RateLimited, action, .. } => {
                 assert_eq!(action.as_deref(), Some("send"));
                 answered += 1;
                 limited += 1;
             }
-            _ => {}
+            frame => other(frame),
         }
     }
-    assert!(limited >= 1, "the reconnected session had a full bucket");
+    limited
 }
 
 #[tokio::test]

@@ -354,12 +354,18 @@ async fn joining_a_non_public_room_is_bad_request() {
     assert_eq!(expect_ack(&mut a, &room, "c2").await.0, 1);
 }
 
+/// alice and bob matched, dave alone in `public`, and carol in no room at all.
+async fn outsider_beside(public: &str) -> (TestServer, Client, Client, String, Client, Client) {
+    let server = TestServer::start(test_config());
+    let (a, b, room) = matched_pair(&server, "alice", "bob").await;
+    let [c, mut d] = server.clients(["carol", "dave"]).await;
+    join(&mut d, public).await;
+    (server, a, b, room, c, d)
+}
+
 #[tokio::test]
 async fn leaving_a_room_you_are_not_in_is_not_in_room() {
-    let server = TestServer::start(test_config());
-    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let [mut c, mut d] = server.clients(["carol", "dave"]).await;
-    join(&mut d, "pub:existing").await;
+    let (_server, mut a, mut b, room, mut c, mut d) = outsider_beside("pub:existing").await;
     for id in ["pub:nowhere", "r-does-not-exist", room.as_str(), "pub:existing"] {
         leave(&mut c, id).await;
         expect_error(&mut c, ErrorCode::NotInRoom).await;
@@ -373,10 +379,7 @@ async fn leaving_a_room_you_are_not_in_is_not_in_room() {
 
 #[tokio::test]
 async fn sending_to_a_room_you_are_not_in_is_not_in_room() {
-    let server = TestServer::start(test_config());
-    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
-    let [mut c, mut d] = server.clients(["carol", "dave"]).await;
-    join(&mut d, "pub:other").await;
+    let (_server, mut a, mut b, room, mut c, mut d) = outsider_beside("pub:other").await;
     for id in ["r-does-not-exist", "pub:nowhere", room.as_str(), "pub:other"] {
         send_text(&mut c, id, "intrusion", "c1").await;
         expect_error(&mut c, ErrorCode::NotInRoom).await;

@@ -3,7 +3,6 @@
 //! server (and the sessions it starts) hold. Nothing below imports this file.
 //! `Engine::start` must run inside an actix `System`.
 
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,7 +10,7 @@ use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 
 use crate::bridge::Bridge;
 use crate::config::EngineConfig;
-use crate::matching::MatchShard;
+use crate::matching::{shard_for, MatchShard};
 use crate::rooms::Rooms;
 use crate::state::{set_current_worker, Shared};
 use crate::token::TokenVerifier;
@@ -25,13 +24,6 @@ pub struct Engine {
     pub rooms: Rooms,
     /// The bridge's sink, owned here: the bridge holds it weakly.
     _inbound: Arc<crate::inbound::Inbound>,
-}
-
-/// The shard of `shards` that owns searches in `language`.
-pub fn shard_for<'a>(shards: &'a [Addr<MatchShard>], language: &str) -> &'a Addr<MatchShard> {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    language.hash(&mut h);
-    &shards[(h.finish() as usize) % shards.len()]
 }
 
 impl Engine {

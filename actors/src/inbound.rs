@@ -17,14 +17,13 @@ use rendezvous_protocol::close;
 use crate::bridge::{
     Attachment, BridgeSettings, ClusterEvent, ClusterSink, Held, RoomSnapshot, StoredKind,
 };
-use crate::engine::shard_for;
-use crate::state::Shared;
 use crate::ids::{Interest, RoomId, UserId};
 use crate::matching::messages::*;
-use crate::matching::MatchShard;
+use crate::matching::{shard_for, MatchShard};
 use crate::metrics as m;
 use crate::rooms::messages::{NodeLost, ResyncRoom, RoomInbound};
 use crate::rooms::Rooms;
+use crate::state::Shared;
 
 /// Routes what the bridge hears to the actors of this node.
 pub struct Inbound {

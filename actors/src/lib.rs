@@ -30,7 +30,8 @@
 //! # Layers (a module imports only those below it)
 //! ```text
 //!  session/                      the socket's actor; the server starts it with an Engine
-//!  engine.rs                     wiring: starts shards and the supervisor, the Engine handle
+//!  engine.rs, inbound.rs         wiring: starts shards and the supervisor, the Engine
+//!                                handle; the router the bridge hands cluster events to
 //!  matching/                     pool shards (reach rooms through the supervisor's inbox)
 //!  rooms/                        supervisor, room actors, pure room state
 //!  state.rs                      Shared (no actor addresses)
@@ -43,8 +44,11 @@
 //! * [`state`]: what the actors share; [`engine`]: start-up and the handle.
 //! * [`session`]: the per-connection actor, input validation; [`token`]: the
 //!   token lifetime and the verifier hook.
-//! * [`matching`]: pool shards; [`matching::pool`] is the pure matching core.
-//! * [`rooms`]: supervisor, room actor, [`rooms::room`] the pure room state;
+//! * [`matching`]: pool shards; [`matching::pool`] is the pure matching core and
+//!   [`matching::shard_core`] the pure shard (claims, the cross-node offer protocol,
+//!   timeouts) under the thin [`matching::MatchShard`] actor.
+//! * [`rooms`]: supervisor, room actor, [`rooms::room`] the pure room state,
+//!   [`rooms::ordering`] the pure ordering of a cluster replica;
 //!   [`directory`]: the generic room directory.
 //! * [`outbox`]: bounded outbound queue and the socket writer.
 //! * [`inbound`]: routes what the bridge hears from other nodes to shards, rooms

@@ -21,24 +21,32 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture};
+use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipient, WrapFuture};
 
 use self::messages::*;
 use self::pool::Criteria;
 use self::shard_core::{Effect, LocalSearch, Matched, RemoteSearch, ShardCore};
 use crate::bridge::{SearchAd, Ticket};
 use crate::clock;
-use crate::state::Shared;
 use crate::ids::{random_id, RoomId};
 use crate::language::OTHER as OTHER_LANGUAGES;
 use crate::metrics as m;
 use crate::rooms::messages::{CreateMatchRoom, MatchSettled, MatchedMember, OfferConfirmation};
 use crate::session::messages::SessionEvent;
+use crate::state::Shared;
 
 pub use self::shard_core::Link;
 
 /// How often the shard looks for ended offer, held and parked timeouts.
 const TIMEOUT_SWEEP: Duration = Duration::from_millis(100);
+
+/// The shard of `shards` that owns searches in `language`.
+pub fn shard_for<'a>(shards: &'a [Addr<MatchShard>], language: &str) -> &'a Addr<MatchShard> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    language.hash(&mut h);
+    &shards[(h.finish() as usize) % shards.len()]
+}
 
 /// The ad other nodes see for a local search.
 pub fn ad_for(

@@ -17,16 +17,16 @@ use rendezvous_protocol::{
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::messages::*;
-use super::replica::{Replication, Sender};
-use super::room::{RoomKind, RoomState};
+use super::replication::{Replication, Sender};
+use super::room::{Member, RoomKind, RoomState};
 use crate::bridge::events::{MemberStatus, RoomEv};
 use crate::budget::Budget;
 use crate::clock::now_ms;
-use crate::state::Shared;
+use crate::directory::Directory;
 use crate::ids::{random_id, RoomId, UserId};
 use crate::metrics as m;
 use crate::outbox::{Class, Outbox};
-use crate::directory::Directory;
+use crate::state::Shared;
 
 /// How long a closed room keeps answering `not_in_room` to late frames before the
 /// actor stops. Sessions find rooms through the directory, which forgets a room the
@@ -79,16 +79,9 @@ impl Actor for RoomActor {
         metrics::gauge!(m::ROOMS_OPEN).increment(1.0);
         // A member whose session ended between the claim and now holds an offline
         // seat, so the grace timer runs for them like for any dropped connection.
-        let stale: Vec<(UserId, u64)> = self
-            .state
-            .members
-            .iter()
-            .filter(|mb| mb.node.is_none())
-            // The outbox was carried from the match: none, or closed, means the
-            // session is gone (one registry look-up per member, at the match).
-            .filter(|mb| mb.outbox.as_ref().is_none_or(|o| o.close_code() != 0))
-            .map(|mb| (mb.user.clone(), mb.session_id))
-            .collect();
+        // The outbox was carried from the match: none, or closed, means the session
+        // is gone (one registry look-up per member, at the match).
+        let stale = self.local_seats(|mb| mb.outbox.as_ref().is_none_or(|o| o.close_code() != 0));
         ctx.run_interval(DEAD_SEAT_SWEEP, |act, ctx| act.sweep_dead_seats(ctx));
         for (user, session_id) in stale {
             // A seat taken without an outbox is already marked offline, which
@@ -111,24 +104,24 @@ impl Actor for RoomActor {
 const DEAD_SEAT_SWEEP: Duration = Duration::from_secs(1);
 
 impl RoomActor {
+    /// The seats of this node's members that `keep` picks, with their sessions.
+    fn local_seats(&self, keep: impl Fn(&Member) -> bool) -> Vec<(UserId, u64)> {
+        let local = self.state.members.iter().filter(|mb| mb.node.is_none());
+        local.filter(|mb| keep(mb)).map(|mb| (mb.user.clone(), mb.session_id)).collect()
+    }
+
     fn sweep_dead_seats(&mut self, ctx: &mut Context<Self>) {
-        let dead: Vec<(UserId, u64)> = self
-            .state
-            .members
-            .iter()
-            .filter(|mb| mb.node.is_none())
-            .filter(|mb| mb.outbox.as_ref().is_some_and(|o| o.close_code() != 0))
-            // A newer session of the same user replaced this one (4009): it closed
-            // the old outbox a moment before its `MemberOnline` reaches this room.
-            // Marking the seat offline in between would tell the others `offline`
-            // and at once `online` again for what is not a departure.
-            .filter(|mb| {
-                !self
+        // A seat whose outbox closed is dead, unless a newer session of the same
+        // user replaced this one (4009): it closed the old outbox a moment before
+        // its `MemberOnline` reaches this room. Marking the seat offline in between
+        // would tell the others `offline` and at once `online` again for what is
+        // not a departure.
+        let dead = self.local_seats(|mb| {
+            mb.outbox.as_ref().is_some_and(|o| o.close_code() != 0)
+                && !self
                     .live_session(&mb.user)
                     .is_some_and(|e| e.session_id != mb.session_id && e.outbox.close_code() == 0)
-            })
-            .map(|mb| (mb.user.clone(), mb.session_id))
-            .collect();
+        });
         for (user, session_id) in dead {
             self.go_offline(user, session_id, ctx);
         }

@@ -24,8 +24,9 @@
 pub mod actor;
 pub mod messages;
 pub mod ordering;
-pub mod replies;
 mod replica;
+mod replication;
+pub mod replies;
 pub mod room;
 
 use std::convert::Infallible;

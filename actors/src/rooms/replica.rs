@@ -24,48 +24,13 @@ use tracing::{debug, warn};
 use super::actor::{ack, error, RoomActor};
 use super::messages::{FetchHistory, JoinPublicRoom};
 use super::ordering::{Answer, Effect, FetchCause, ReplicaOrder, FILL_PAGE, GAP_WAIT};
+use super::replication::{Replication, Sender};
 use super::room::RoomKind;
 use crate::bridge::events::{MemberStatus, RoomEv};
 use crate::bridge::{RoomSeed, StoredKind};
 use crate::ids::UserId;
 use crate::metrics as m;
-use crate::outbox::{Class, Outbox};
-
-/// How a room stores its messages and reaches other nodes.
-pub enum Replication {
-    /// The room lives on this node only: it assigns `seq` and keeps the history.
-    Local,
-    /// This node's replica of a cluster room: the store assigns `seq`.
-    Cluster(Box<Replica>),
-}
-
-/// A cluster replica's ordering, with a buffer for its effects (reused, so a
-/// message costs no allocation for them).
-pub struct Replica {
-    order: ReplicaOrder<Sender>,
-    effects: Vec<Effect<Sender>>,
-}
-
-impl Replication {
-    /// A replica at `last_seq`; see [`ReplicaOrder::new`] for `loaded`.
-    pub fn cluster(last_seq: u64, loaded: bool) -> Self {
-        Self::Cluster(Box::new(Replica {
-            order: ReplicaOrder::new(last_seq, loaded),
-            effects: Vec::new(),
-        }))
-    }
-
-    fn is_cluster(&self) -> bool {
-        matches!(self, Self::Cluster(_))
-    }
-}
-
-/// Who sent a message, for its `ack` (or refusal).
-#[derive(Debug)]
-pub struct Sender {
-    pub reply: Outbox,
-    pub client_msg_id: Option<String>,
-}
+use crate::outbox::Class;
 
 /// When a client refused for an unreachable store should try again.
 const STORE_DOWN_RETRY_MS: u64 = 1_000;
