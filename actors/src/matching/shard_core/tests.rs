@@ -515,22 +515,26 @@ fn a_local_member_that_died_during_the_offer_aborts_it() {
 
 #[test]
 fn cancel_while_offered_ends_the_search_if_the_offer_fails() {
-    let mut w = world(true);
-    let id = cross_pair(&mut w);
-    let offer = offer_id(&w.claim_result(id, Ok(ClaimOutcome::Claimed)));
-    assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Cancelled));
+    let (mut w, offer) = offered_then_cancelled();
     let fx = w.answer("b", offer, false);
     cancel_wins(&w, &fx, 1);
 }
 
 #[test]
 fn cancel_while_offered_loses_to_an_offer_that_holds() {
+    let (mut w, offer) = offered_then_cancelled();
+    let fx = w.answer("b", offer, true);
+    match_wins(&w, &fx, &[1]);
+}
+
+/// u1 (here) and u2 (node b) claimed and offered; then u1 cancels, which only
+/// withdraws it while the offer runs. Returns the offer id.
+fn offered_then_cancelled() -> (World, u64) {
     let mut w = world(true);
     let id = cross_pair(&mut w);
     let offer = offer_id(&w.claim_result(id, Ok(ClaimOutcome::Claimed)));
     assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Cancelled));
-    let fx = w.answer("b", offer, true);
-    match_wins(&w, &fx, &[1]);
+    (w, offer)
 }
 
 // ---- member side ----
@@ -673,13 +677,18 @@ fn u1_lost(w: &mut World, id: u64) -> Fx {
     w.claim_result(id, Ok(ClaimOutcome::Lost(vec![uid("u1")])))
 }
 
+/// Claim `id` loses u1 to the creator's: the deferred offer is accepted and holds it.
+fn lost_then_held(w: &mut World, id: u64) {
+    let fx = u1_lost(w, id);
+    assert_eq!(reply(&fx), ("c", true, vec![]));
+    assert!(w.core.is_held(1));
+}
+
 #[test]
 fn an_offer_during_our_own_claim_is_looked_at_when_the_claim_loses() {
     // The creator's claim won: u1 is parked, then the deferred offer holds it.
     let (mut w, id) = offer_behind_our_claim();
-    let fx = u1_lost(&mut w, id);
-    assert_eq!(reply(&fx), ("c", true, vec![]));
-    assert!(w.core.is_held(1));
+    lost_then_held(&mut w, id);
 }
 
 #[test]
@@ -690,9 +699,7 @@ fn an_offer_during_our_own_claim_waits_for_the_retry_of_a_failed_one() {
     let fx = w.claim_result(id, Err(BridgeError::Unavailable("down".into())));
     assert!(sent(&fx).is_empty(), "still deferred");
     let (again, _) = claim_of(&fx);
-    let fx = u1_lost(&mut w, again);
-    assert_eq!(reply(&fx), ("c", true, vec![]));
-    assert!(w.core.is_held(1));
+    lost_then_held(&mut w, again);
 }
 
 #[test]
