@@ -80,17 +80,19 @@ pub struct EngineConfig {
     /// How often pools relax criteria and expire searches, in ms
     #[arg(long, default_value_t = 100, help_heading = "Matching")]
     pub match_tick_ms: u64,
-    /// Relaxation ladder: comma-separated AFTER_MS:REGION:MIN_SHARED steps, REGION = same|any
+    /// Wait the matching policy aims at, in ms: within it, it holds out for more shared interests while a better partner is likely to come
+    ///
+    /// Adapts to each pool's observed arrival rate; see DESIGN.md "Matching".
+    /// Ignored when `ladder` is given.
+    #[arg(long, default_value_t = 3_000, help_heading = "Matching")]
+    pub max_wait_target_ms: u64,
+    /// Fixed relaxation ladder instead of the wait-target policy: comma-separated AFTER_MS:REGION:MIN_SHARED steps, REGION = same|any
     ///
     /// Once a search has waited AFTER_MS, a partner must share MIN_SHARED interests
-    /// (capped by how many each side gave) and, for `same`, the region when both gave one.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "0:same:2,2000:same:1,4000:any:1,8000:any:0",
-        value_name = "STEPS",
-        help_heading = "Matching"
-    )]
+    /// (capped by how many each side gave) and, for `same`, the region when both gave
+    /// one. Unset (the default): the wait-target policy (`max_wait_target_ms`).
+    /// The ladder used before the policy was `0:same:2,2000:same:1,4000:any:1,8000:any:0`.
+    #[arg(long, value_delimiter = ',', value_name = "STEPS", help_heading = "Matching")]
     pub ladder: Vec<LadderStep>,
     /// Language assumed for searches that give none ("" = searches without one share their own pool)
     #[arg(long, default_value = "en", help_heading = "Matching")]
@@ -270,16 +272,14 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
 impl EngineConfig {
     /// Check the settings hang together; called once at start-up.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.ladder.is_empty() {
-            return Err(bad("ladder", "needs at least one step"));
-        }
-        if self.ladder[0].after_ms != 0 {
+        if self.ladder.first().is_some_and(|s| s.after_ms != 0) {
             return Err(bad("ladder", "the first step must start at after_ms = 0"));
         }
         if self.ladder.windows(2).any(|w| w[0].after_ms >= w[1].after_ms) {
             return Err(bad("ladder", "steps must be sorted by strictly increasing after_ms"));
         }
-        let positive: [(&'static str, u64); 17] = [
+        let positive: [(&'static str, u64); 18] = [
+            ("max_wait_target_ms", self.max_wait_target_ms),
             ("search_timeout_ms", self.search_timeout_ms),
             ("match_tick_ms", self.match_tick_ms),
             ("history_len", self.history_len as u64),
@@ -390,10 +390,11 @@ mod tests {
             (c.node_id.as_str(), c.search_timeout_ms, c.history_limit_max),
             ("node-1", 60_000, 200)
         );
-        let ladder: Vec<String> = c.ladder.iter().map(ToString::to_string).collect();
-        assert_eq!(ladder, ["0:same:2", "2000:same:1", "4000:any:1", "8000:any:0"]);
-        for step in &c.ladder {
-            assert_eq!(&step.to_string().parse::<LadderStep>().expect("parses"), step);
+        assert!(c.ladder.is_empty(), "the wait-target policy by default");
+        assert_eq!(c.max_wait_target_ms, 3_000);
+        for step in ["0:same:2", "2000:same:1", "4000:any:1", "8000:any:0"] {
+            let parsed = step.parse::<LadderStep>().expect("parses");
+            assert_eq!(parsed.to_string(), step);
         }
         assert!("0:near:2".parse::<LadderStep>().is_err());
         assert!("0:same".parse::<LadderStep>().is_err());
@@ -402,10 +403,15 @@ mod tests {
     #[test]
     fn unsorted_ladder_is_refused() {
         let mut c = EngineConfig::default();
-        c.ladder.swap(1, 2);
+        let step = |s: &str| s.parse::<LadderStep>().expect("step");
+        c.ladder = vec![step("0:same:2"), step("4000:any:1"), step("2000:same:1")];
         assert_eq!(c.validate().expect_err("unsorted").field, "ladder");
+        c.ladder = vec![step("100:same:2")];
+        assert_eq!(c.validate().expect_err("first not at 0").field, "ladder");
         c.ladder.clear();
-        assert!(c.validate().is_err());
+        c.validate().expect("no ladder: the wait-target policy");
+        c.max_wait_target_ms = 0;
+        assert_eq!(c.validate().expect_err("zero target").field, "max_wait_target_ms");
     }
 
     #[test]

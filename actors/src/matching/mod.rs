@@ -13,6 +13,7 @@
 //! local search goes back to the pool with its original ticket and arrival time.
 
 pub mod messages;
+pub mod policy;
 pub mod pool;
 pub mod shard_core;
 mod timeouts;
@@ -101,7 +102,7 @@ impl MatchShard {
         let core = ShardCore::new(
             node.clone(),
             shared.bridge.clustered(),
-            shared.config.ladder.clone(),
+            self::policy::Policy::from_config(&shared.config),
             Box::new(move |a, b| avoid.avoid.avoids(a, b)),
         );
         Self {

@@ -11,12 +11,17 @@
 //! Rules (protocol "Matching rules"):
 //! * same language (one bucket per language) and same group size;
 //! * score = shared interests; ties go to the longest wait (lowest ticket);
-//! * a pair is acceptable at ladder step `s` when: not the same user, neither avoids
-//!   the other, same region if `s.same_region` and both gave one, and they share at
-//!   least `min(s.min_shared, |a|, |b|)` interests. The step is the more relaxed of
-//!   the two sides' steps, so a long waiter is served by any compatible newcomer;
+//! * each search applies a *rule* that depends on how long it has waited: a ladder
+//!   step (`--ladder`) or the wait-target policy's required score (the default, see
+//!   [`super::policy`]);
+//! * a pair is acceptable under a rule when: not the same user, neither avoids
+//!   the other, same region if the rule wants it and both gave one, and they share
+//!   at least `min(min_shared, |a|, |b|)` interests. The rule is the more relaxed of
+//!   the two sides' rules, so a long waiter is served by any compatible newcomer;
 //! * in a group, every member must be acceptable with the searcher, and members must
-//!   not avoid each other nor differ in region when the step wants one region.
+//!   not avoid each other nor differ in region when the rule wants one region;
+//! * under the wait-target policy, candidates past their forced time rank first
+//!   (oldest first), then by score, then same region (when both gave one).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -24,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHashMap as HashMap;
 
+use super::policy::{ArrivalStats, Odds, Policy};
 use crate::bridge::Ticket;
 use crate::config::LadderStep;
 use crate::ids::{Interest, UserId};
@@ -51,7 +57,8 @@ pub struct Entry<T> {
     pub criteria: Criteria,
     pub joined: Instant,
     pub deadline: Instant,
-    /// Ladder step last evaluated for this entry.
+    /// Ladder step last evaluated for this entry; under the wait-target policy,
+    /// the score it last required.
     pub step: usize,
     pub link: T,
 }
@@ -63,7 +70,8 @@ pub struct Match<T> {
     pub members: Vec<Entry<T>>,
     /// Interests every member listed.
     pub shared: Vec<Interest>,
-    /// The ladder step the match was made at.
+    /// The ladder step the match was made at; under the wait-target policy, the
+    /// score the least demanding member required.
     pub step: usize,
 }
 
@@ -86,26 +94,45 @@ pub struct TickOutcome<T> {
     pub expired: Vec<Entry<T>>,
 }
 
+/// Most buckets whose arrivals are remembered; past it the stalest is forgotten.
+const STATS_CAP: usize = 1_024;
+/// Arrival statistics of a bucket nobody entered for this long are forgotten.
+const STATS_IDLE: Duration = Duration::from_secs(600);
+
 /// The pool of one shard.
 #[derive(Debug)]
 pub struct Pool<T> {
-    ladder: Vec<LadderStep>,
+    policy: Policy,
     entries: HashMap<Ticket, Entry<T>>,
     by_user: HashMap<UserId, Ticket>,
     buckets: HashMap<BucketKey, Bucket>,
-    /// (when, ticket): the next moment each entry changes step or expires.
+    /// (when, ticket): the next moment each entry's rule changes or it expires.
     timers: BTreeSet<(Instant, Ticket)>,
+    /// The time each entry is in `timers` under.
+    due: HashMap<Ticket, Instant>,
+    /// Arrivals per bucket (kept while the bucket is empty: the rate spans gaps).
+    stats: HashMap<BucketKey, ArrivalStats>,
+    /// Wait-target policy: each entry's odds against its bucket's arrivals.
+    odds: HashMap<Ticket, Odds>,
 }
 
 impl<T> Pool<T> {
     /// An empty pool relaxing along `ladder` (validated: sorted, first at 0).
     pub fn new(ladder: Vec<LadderStep>) -> Self {
+        Self::with_policy(Policy::Ladder(ladder))
+    }
+
+    /// An empty pool under `policy`.
+    pub fn with_policy(policy: Policy) -> Self {
         Self {
-            ladder,
+            policy,
             entries: HashMap::default(),
             by_user: HashMap::default(),
             buckets: HashMap::default(),
             timers: BTreeSet::new(),
+            due: HashMap::default(),
+            stats: HashMap::default(),
+            odds: HashMap::default(),
         }
     }
 
@@ -148,36 +175,120 @@ impl<T> Pool<T> {
         self.by_user.get(user).copied()
     }
 
-    /// Ladder step for a wait of `waited`.
-    pub fn step_at(&self, waited: Duration) -> usize {
-        let ms = waited.as_millis() as u64;
-        self.ladder.iter().rposition(|s| s.after_ms <= ms).unwrap_or(0)
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
-    /// Add a search. A user waits at most once per pool: an older entry of the same
-    /// user is removed and returned (it was superseded by a newer connection).
+    /// Ladder step for a wait of `waited` (0 under the wait-target policy).
+    pub fn step_at(&self, waited: Duration) -> usize {
+        let Policy::Ladder(ladder) = &self.policy else { return 0 };
+        let ms = waited.as_millis() as u64;
+        ladder.iter().rposition(|s| s.after_ms <= ms).unwrap_or(0)
+    }
+
+    /// Arrivals per second in `language` for groups of `group_size`, as observed.
+    pub fn arrival_rate(&self, language: &str, group_size: u8, now: Instant) -> f64 {
+        let key = BucketKey { language: Arc::from(language), group_size };
+        self.stats.get(&key).map_or(0.0, |s| s.rate(now))
+    }
+
+    /// A new search arrives (local, or another node's seen for the first time):
+    /// count it in its bucket's arrival statistics, then [`Pool::insert`] it.
+    pub fn arrive(&mut self, entry: Entry<T>, now: Instant) -> Option<Entry<T>> {
+        let key = key_of(&entry.criteria);
+        let interests = entry.criteria.interests.clone();
+        let old = self.insert(entry, now);
+        if !self.stats.contains_key(&key) && self.stats.len() >= STATS_CAP {
+            self.forget_stalest_stats();
+        }
+        self.stats.entry(key).or_insert_with(|| ArrivalStats::new(now)).arrive(&interests, now);
+        old
+    }
+
+    fn forget_stalest_stats(&mut self) {
+        let stalest = self.stats.iter().min_by_key(|(_, s)| s.last()).map(|(k, _)| k.clone());
+        if let Some(k) = stalest {
+            self.stats.remove(&k);
+        }
+    }
+
+    /// Add a search (a new one, see [`Pool::arrive`], or one put back). A user waits
+    /// at most once per pool: an older entry of the same user is removed and
+    /// returned (it was superseded by a newer connection).
     pub fn insert(&mut self, mut entry: Entry<T>, now: Instant) -> Option<Entry<T>> {
         let old = self.by_user.get(&entry.user).copied().and_then(|t| self.remove(t));
-        entry.step = self.step_at(now.saturating_duration_since(entry.joined));
-        let key = BucketKey {
-            language: entry.criteria.language.clone(),
-            group_size: entry.criteria.group_size,
-        };
+        let key = key_of(&entry.criteria);
+        if let Policy::Target(_) = self.policy {
+            let odds =
+                self.stats.get(&key).map(|s| s.odds(&entry.criteria.interests)).unwrap_or_default();
+            self.odds.insert(entry.ticket, odds);
+        }
+        entry.step = self.level(&entry, now);
         let bucket = self.buckets.entry(key).or_default();
         bucket.order.insert(entry.ticket);
         for i in &entry.criteria.interests {
             bucket.by_interest.entry(i.clone()).or_default().insert(entry.ticket);
         }
         self.by_user.insert(entry.user.clone(), entry.ticket);
-        self.timers.insert((self.next_event(&entry), entry.ticket));
+        let next = self.next_event(&entry, now);
+        self.timers.insert((next, entry.ticket));
+        self.due.insert(entry.ticket, next);
         self.entries.insert(entry.ticket, entry);
         old
+    }
+
+    /// The entry's rule level now: its ladder step, or the score it requires.
+    fn level(&self, e: &Entry<T>, now: Instant) -> usize {
+        match &self.policy {
+            Policy::Ladder(_) => self.step_at(now.saturating_duration_since(e.joined)),
+            Policy::Target(_) => self.required(e, now) as usize,
+        }
+    }
+
+    /// Wait-target policy: the score `e` requires of a partner now.
+    fn required(&self, e: &Entry<T>, now: Instant) -> u32 {
+        let Policy::Target(t) = &self.policy else { return 0 };
+        let forced = e.joined + t.force_after;
+        if now >= forced {
+            return 0;
+        }
+        let Some(odds) = self.odds.get(&e.ticket) else { return 0 };
+        let rate = self.stats.get(&key_of(&e.criteria)).map_or(0.0, |s| s.rate(now));
+        let need = usize::from(e.criteria.group_size).saturating_sub(1);
+        t.required(odds, rate, forced - now, need)
+    }
+
+    /// Whether `e` is past its forced time (wait-target policy).
+    fn overdue(&self, e: &Entry<T>, now: Instant) -> bool {
+        match &self.policy {
+            Policy::Target(t) => now >= e.joined + t.force_after,
+            Policy::Ladder(_) => false,
+        }
+    }
+
+    /// The rule `e` applies now, and how relaxed it is (higher = more relaxed).
+    fn rule(&self, e: &Entry<T>, now: Instant) -> (usize, LadderStep) {
+        match &self.policy {
+            Policy::Ladder(ladder) => {
+                let step = self.step_at(now.saturating_duration_since(e.joined));
+                (step, ladder[step].clone())
+            }
+            Policy::Target(_) => {
+                let req = self.required(e, now);
+                let rule = LadderStep { after_ms: 0, same_region: false, min_shared: req };
+                (usize::MAX - req as usize, rule)
+            }
+        }
     }
 
     /// Remove a search by ticket.
     pub fn remove(&mut self, ticket: Ticket) -> Option<Entry<T>> {
         let entry = self.entries.remove(&ticket)?;
-        self.timers.remove(&(self.next_event(&entry), ticket));
+        if let Some(at) = self.due.remove(&ticket) {
+            self.timers.remove(&(at, ticket));
+        }
+        self.odds.remove(&ticket);
         if self.by_user.get(&entry.user) == Some(&ticket) {
             self.by_user.remove(&entry.user);
         }
@@ -202,13 +313,32 @@ impl<T> Pool<T> {
         Some(entry)
     }
 
-    /// When `entry` next needs attention: its next ladder step or its deadline.
-    fn next_event(&self, entry: &Entry<T>) -> Instant {
-        let next_step = self
-            .ladder
-            .get(entry.step + 1)
-            .map(|s| entry.joined + Duration::from_millis(s.after_ms));
-        match next_step {
+    /// When `entry` next needs attention: its next ladder step, the moment its
+    /// required score falls, its forced time, or its deadline.
+    fn next_event(&self, entry: &Entry<T>, now: Instant) -> Instant {
+        let next = match &self.policy {
+            Policy::Ladder(ladder) => ladder
+                .get(entry.step + 1)
+                .map(|s| entry.joined + Duration::from_millis(s.after_ms)),
+            Policy::Target(t) => {
+                let forced = entry.joined + t.force_after;
+                if now >= forced {
+                    None
+                } else if entry.step == 0 {
+                    Some(forced)
+                } else {
+                    let rate =
+                        self.stats.get(&key_of(&entry.criteria)).map_or(0.0, |s| s.rate(now));
+                    let need = usize::from(entry.criteria.group_size).saturating_sub(1);
+                    let drop = self.odds.get(&entry.ticket).and_then(|o| {
+                        t.drops_before_forced(o, rate, entry.step as u32, need)
+                    });
+                    let at = drop.and_then(|d| forced.checked_sub(d)).unwrap_or(forced);
+                    Some(at.max(now + Duration::from_millis(1)).min(forced))
+                }
+            }
+        };
+        match next {
             Some(t) if t < entry.deadline => t,
             _ => entry.deadline,
         }
@@ -278,19 +408,42 @@ impl<T> Pool<T> {
                 ranked.push((0, t));
             }
         }
-        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        match self.policy {
+            Policy::Ladder(_) => ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1))),
+            Policy::Target(_) => {
+                // Overdue first (oldest first), then score, then same region.
+                let mut keyed: Vec<(bool, u32, bool, Ticket)> = ranked
+                    .iter()
+                    .filter_map(|&(shared, t)| {
+                        let c = self.entries.get(&t)?;
+                        let same_region = matches!(
+                            (&me.criteria.region, &c.criteria.region),
+                            (Some(x), Some(y)) if x == y
+                        );
+                        Some((self.overdue(c, now), shared, same_region, t))
+                    })
+                    .collect();
+                keyed.sort_unstable_by(|a, b| {
+                    b.0.cmp(&a.0)
+                        .then(if a.0 && b.0 { a.3.cmp(&b.3) } else { b.1.cmp(&a.1) })
+                        .then(b.2.cmp(&a.2))
+                        .then(a.3.cmp(&b.3))
+                });
+                ranked = keyed.into_iter().map(|(_, shared, _, t)| (shared, t)).collect();
+            }
+        }
 
-        let my_step = self.step_at(now.saturating_duration_since(me.joined));
+        let (mut group_relax, mut group_rule) = self.rule(me, now);
         let mut chosen: Vec<&Entry<T>> = Vec::with_capacity(need);
-        let mut group_step = my_step;
         for (shared, t) in ranked {
             let Some(c) = self.entries.get(&t) else { continue };
             if !alive(&c.link) {
                 continue;
             }
-            let step = group_step.max(self.step_at(now.saturating_duration_since(c.joined)));
-            let rule = &self.ladder[step];
-            if !pair_ok(me, c, shared, rule, avoids) {
+            let (relax, rule) = self.rule(c, now);
+            let (relax, rule) =
+                if relax > group_relax { (relax, rule) } else { (group_relax, group_rule.clone()) };
+            if !pair_ok(me, c, shared, &rule, avoids) {
                 continue;
             }
             let fits_group = chosen.iter().all(|o| {
@@ -301,10 +454,15 @@ impl<T> Pool<T> {
             if !fits_group {
                 continue;
             }
-            group_step = step;
+            group_relax = relax;
+            group_rule = rule;
             chosen.push(c);
             if chosen.len() == need {
-                return Some((chosen.iter().map(|e| e.ticket).collect(), group_step));
+                let level = match self.policy {
+                    Policy::Ladder(_) => group_relax,
+                    Policy::Target(_) => group_rule.min_shared as usize,
+                };
+                return Some((chosen.iter().map(|e| e.ticket).collect(), level));
             }
         }
         None
@@ -318,22 +476,27 @@ impl<T> Pool<T> {
         alive: impl Fn(&T) -> bool,
     ) -> TickOutcome<T> {
         let mut out = TickOutcome { matches: Vec::new(), expired: Vec::new() };
+        self.stats.retain(|_, s| now.saturating_duration_since(s.last()) < STATS_IDLE);
         let due: Vec<(Instant, Ticket)> =
             self.timers.range(..=(now, Ticket::MAX)).copied().collect();
         for (when, ticket) in due {
             self.timers.remove(&(when, ticket));
-            let Some(entry) = self.entries.get_mut(&ticket) else { continue };
+            self.due.remove(&ticket);
+            let Some(entry) = self.entries.get(&ticket) else { continue };
             if entry.deadline <= now {
                 if let Some(e) = self.remove(ticket) {
                     out.expired.push(e);
                 }
                 continue;
             }
-            let waited = now.saturating_duration_since(entry.joined).as_millis() as u64;
-            entry.step = self.ladder.iter().rposition(|s| s.after_ms <= waited).unwrap_or(0);
+            let level = self.level(entry, now);
+            if let Some(e) = self.entries.get_mut(&ticket) {
+                e.step = level;
+            }
             if let Some(e) = self.entries.get(&ticket) {
-                let next = self.next_event(e);
+                let next = self.next_event(e, now);
                 self.timers.insert((next, ticket));
+                self.due.insert(ticket, next);
             }
             if let Some(m) = self.try_match(ticket, now, &avoids, &alive) {
                 out.matches.push(m);
@@ -348,6 +511,10 @@ impl<T> Pool<T> {
         tickets.sort_unstable();
         tickets.into_iter().filter_map(|t| self.remove(t)).collect()
     }
+}
+
+fn key_of(c: &Criteria) -> BucketKey {
+    BucketKey { language: c.language.clone(), group_size: c.group_size }
 }
 
 fn regions_differ(a: &Criteria, b: &Criteria) -> bool {

@@ -46,11 +46,11 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use super::policy::Policy;
 use super::pool::{Criteria, Entry, Match, Pool};
 use super::timeouts::Timeouts;
 use crate::bridge::events::{ClusterEvent, OfferMember};
 use crate::bridge::{BridgeError, ClaimMember, ClaimOutcome, SearchAd, Ticket};
-use crate::config::LadderStep;
 use crate::ids::{Interest, RoomId, UserId};
 
 /// How long a creator waits for member nodes to answer an offer.
@@ -306,13 +306,13 @@ pub struct ShardCore<L> {
 }
 
 impl<L: LocalLink> ShardCore<L> {
-    /// An empty shard of `node` relaxing along `ladder`.
-    pub fn new(node: Arc<str>, clustered: bool, ladder: Vec<LadderStep>, avoids: Avoids) -> Self {
+    /// An empty shard of `node` matching under `policy`.
+    pub fn new(node: Arc<str>, clustered: bool, policy: Policy, avoids: Avoids) -> Self {
         Self {
             node,
             clustered,
             avoids,
-            pool: Pool::new(ladder),
+            pool: Pool::with_policy(policy),
             claims: HashMap::new(),
             next_claim: 1,
             claiming: HashSet::new(),

@@ -40,7 +40,8 @@ fn ladder() -> Vec<LadderStep> {
 }
 
 fn world(clustered: bool) -> World {
-    let core = ShardCore::new(Arc::from("a"), clustered, ladder(), Box::new(|_, _| false));
+    let policy = crate::matching::policy::Policy::Ladder(ladder());
+    let core = ShardCore::new(Arc::from("a"), clustered, policy, Box::new(|_, _| false));
     let t0 = Instant::now();
     World { core, t0, now: t0, next_ticket: 1_000 }
 }

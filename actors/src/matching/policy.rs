@@ -1,0 +1,317 @@
+//! When a waiting search accepts a partner: the matching policy, as plain data.
+//!
+//! Two policies, chosen by the settings ([`Policy::from_config`]):
+//!
+//! * [`Policy::Ladder`]: a fixed relaxation ladder (`--ladder`), as before: after
+//!   each step's `after_ms` the step's region and shared-interest rules apply.
+//! * [`Policy::Target`] (the default): aim at a wait target (`--max-wait-target-ms`)
+//!   and, within it, hold out for more shared interests only while it is likely to
+//!   pay. For each search the pool knows its *forced time* (a fixed share of the
+//!   target after it arrived) and, for each score `k`, the chance `q_k` that one
+//!   arrival of its bucket shares at least `k` interests with it (measured on the
+//!   bucket's recent arrivals, [`ArrivalStats`]). With the bucket's observed
+//!   arrival rate `λ` and `R` left until the forced time, the expected number of
+//!   such arrivals is `m = λ · R · q_k`. The search *requires* the largest `k`
+//!   whose chance of turning up before the forced time, `P(Poisson(m) ≥ need)`
+//!   (`need` = group size − 1), is still at least [`HOLD_ODDS`]; past the forced
+//!   time it requires nothing. A pair (or group) forms when every member shares
+//!   at least the *least* demanding member's requirement with the searcher, so a
+//!   search about to reach its forced time is served by any newcomer.
+//!
+//! The rule adapts by itself: at a high arrival rate (or in a large pool of
+//! similar users) `m` stays large until late, so searches hold out for two or
+//! three shared interests; at a low rate the requirement falls to one, then to
+//! zero, early, and nobody waits for a partner who is not coming.
+//!
+//! No clock of its own, no actor: callers pass `now`; unit tests and the
+//! deterministic simulations (`super::sim`) drive it on virtual time.
+
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::time::{Duration, Instant};
+
+use crate::config::{EngineConfig, LadderStep};
+use crate::ids::Interest;
+
+/// The least chance, of a partner sharing `k` interests turning up before the
+/// forced time, for which a search keeps requiring `k` (measured with
+/// `super::sim`; see DESIGN.md "Matching" for the alternatives tried).
+pub const HOLD_ODDS: f64 = 0.05;
+/// The forced time, as a share of the wait target: the rest is margin for the
+/// tick, the claim and the delivery of `match_found`.
+pub const FORCE_SHARE: f64 = 0.8;
+/// Time constant of the arrival-rate estimate.
+pub const RATE_WINDOW: Duration = Duration::from_secs(10);
+/// Recent arrivals kept per bucket to estimate `q_k`.
+pub const SAMPLE: usize = 128;
+/// Interests of one arrival kept in the sample (the protocol's limit is 20).
+const SAMPLE_INTERESTS: usize = 20;
+/// Largest group size (the protocol's limit).
+const MAX_GROUP: usize = 8;
+
+/// How a pool decides when a search accepts a partner.
+#[derive(Debug, Clone)]
+pub enum Policy {
+    /// A fixed relaxation ladder (sorted, the first step at 0).
+    Ladder(Vec<LadderStep>),
+    /// Aim at a wait target; hold out for shared interests while it pays.
+    Target(Target),
+}
+
+impl Policy {
+    /// The ladder when `--ladder` was given, else the wait-target policy.
+    pub fn from_config(c: &EngineConfig) -> Self {
+        if c.ladder.is_empty() {
+            Policy::Target(Target::new(Duration::from_millis(c.max_wait_target_ms)))
+        } else {
+            Policy::Ladder(c.ladder.clone())
+        }
+    }
+}
+
+/// The wait-target policy's constants, fixed at start-up.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// When a search stops requiring anything, after it arrived.
+    pub force_after: Duration,
+    /// `m_star[need]`: the expected count `m` at which `P(Poisson(m) ≥ need)`
+    /// equals [`HOLD_ODDS`] (index 0 unused).
+    m_star: [f64; MAX_GROUP],
+}
+
+impl Target {
+    pub fn new(target: Duration) -> Self {
+        let mut m_star = [0.0; MAX_GROUP];
+        for (need, m) in m_star.iter_mut().enumerate().skip(1) {
+            *m = solve_m(need, HOLD_ODDS);
+        }
+        Self { force_after: target.mul_f64(FORCE_SHARE), m_star }
+    }
+
+    /// The score a search requires `left` before its forced time, given the
+    /// bucket's arrival rate (per second) and the search's odds. `need` is the
+    /// number of partners it needs (group size − 1).
+    pub fn required(&self, odds: &Odds, rate: f64, left: Duration, need: usize) -> u32 {
+        let m_star = self.m_star[need.clamp(1, MAX_GROUP - 1)];
+        let reach = rate * left.as_secs_f64();
+        // q is non-increasing in k: the first k that fails ends the search.
+        let mut req = 0;
+        for (i, q) in odds.q.iter().enumerate() {
+            if reach * f64::from(*q) >= m_star {
+                req = i as u32 + 1;
+            } else {
+                break;
+            }
+        }
+        req
+    }
+
+    /// How long before its forced time a search stops requiring `k` (> 0).
+    pub fn drops_before_forced(
+        &self,
+        odds: &Odds,
+        rate: f64,
+        k: u32,
+        need: usize,
+    ) -> Option<Duration> {
+        let q = f64::from(*odds.q.get((k as usize).checked_sub(1)?)?);
+        if q <= 0.0 || rate <= 0.0 {
+            return None;
+        }
+        let secs = self.m_star[need.clamp(1, MAX_GROUP - 1)] / (rate * q);
+        Duration::try_from_secs_f64(secs).ok()
+    }
+}
+
+/// `m` with `P(Poisson(m) ≥ need) = p`, by bisection (the tail grows with `m`).
+fn solve_m(need: usize, p: f64) -> f64 {
+    let tail = |m: f64| {
+        // 1 - P(X < need)
+        let mut term = (-m).exp();
+        let mut below = 0.0;
+        for i in 0..need {
+            below += term;
+            term *= m / (i as f64 + 1.0);
+        }
+        1.0 - below
+    };
+    let (mut lo, mut hi) = (0.0f64, 64.0f64);
+    for _ in 0..100 {
+        let mid = (lo + hi) / 2.0;
+        if tail(mid) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    hi
+}
+
+/// A search's chances in its bucket: `q[k-1]` is the share of recent arrivals
+/// that listed at least `k` of its interests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Odds {
+    pub q: Vec<f32>,
+}
+
+/// What a bucket (language, group size) has seen arrive: a bias-corrected
+/// exponentially decaying arrival rate and the interests of the latest
+/// [`SAMPLE`] arrivals (as hashes: small, and the same on every run).
+#[derive(Debug, Clone)]
+pub struct ArrivalStats {
+    first: Instant,
+    last: Instant,
+    /// Decayed arrival count as of `last`.
+    weight: f64,
+    recent: VecDeque<Vec<u64>>,
+}
+
+impl ArrivalStats {
+    pub fn new(now: Instant) -> Self {
+        Self { first: now, last: now, weight: 0.0, recent: VecDeque::with_capacity(SAMPLE) }
+    }
+
+    /// One search arrived with these (sorted, deduplicated) interests.
+    pub fn arrive(&mut self, interests: &[Interest], now: Instant) {
+        let tau = RATE_WINDOW.as_secs_f64();
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.weight = self.weight * (-dt / tau).exp() + 1.0;
+        self.last = self.last.max(now);
+        if self.recent.len() == SAMPLE {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(hashes(interests));
+    }
+
+    /// Arrivals per second, as of `now`.
+    pub fn rate(&self, now: Instant) -> f64 {
+        let tau = RATE_WINDOW.as_secs_f64();
+        let since_last = now.saturating_duration_since(self.last).as_secs_f64();
+        // Early on the decayed count has not filled its window yet: divide by the
+        // part of the window that has passed (at least one second).
+        let seen = now.saturating_duration_since(self.first).as_secs_f64().max(1.0);
+        let filled = tau * (1.0 - (-seen / tau).exp());
+        self.weight * (-since_last / tau).exp() / filled
+    }
+
+    /// When the last search arrived.
+    pub fn last(&self) -> Instant {
+        self.last
+    }
+
+    /// The odds of a search with these interests against the recent arrivals.
+    pub fn odds(&self, interests: &[Interest]) -> Odds {
+        let mine = hashes(interests);
+        if mine.is_empty() || self.recent.is_empty() {
+            return Odds::default();
+        }
+        let mut at_least = vec![0u32; mine.len()];
+        for other in &self.recent {
+            let shared = count_shared(&mine, other);
+            for slot in at_least.iter_mut().take(shared) {
+                *slot += 1;
+            }
+        }
+        let n = self.recent.len() as f32;
+        let q: Vec<f32> = at_least.iter().map(|c| *c as f32 / n).take_while(|q| *q > 0.0).collect();
+        Odds { q }
+    }
+}
+
+/// Sorted hashes of up to [`SAMPLE_INTERESTS`] interests.
+fn hashes(interests: &[Interest]) -> Vec<u64> {
+    let mut out: Vec<u64> = interests
+        .iter()
+        .take(SAMPLE_INTERESTS)
+        .map(|i| {
+            let mut h = rustc_hash::FxHasher::default();
+            i.as_str().hash(&mut h);
+            h.finish()
+        })
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Common elements of two sorted lists.
+fn count_shared(a: &[u64], b: &[u64]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn interests(list: &[&str]) -> Vec<Interest> {
+        let mut v: Vec<Interest> = list.iter().map(|s| Interest::from(*s)).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn poisson_thresholds() {
+        // P(X ≥ 1) = 1 - e^-m = p  ⇒  m = -ln(1 - p)
+        let m = solve_m(1, 0.05);
+        assert!((m - -(0.95f64).ln()).abs() < 1e-9, "{m}");
+        assert!(solve_m(2, 0.05) > m, "two partners need a larger expectation");
+    }
+
+    #[test]
+    fn odds_count_recent_arrivals_sharing_at_least_k() {
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(t0);
+        s.arrive(&interests(&["a", "b", "c"]), t0);
+        s.arrive(&interests(&["a", "b", "x"]), t0);
+        s.arrive(&interests(&["a", "y", "z"]), t0);
+        s.arrive(&interests(&["q", "r", "s"]), t0);
+        let o = s.odds(&interests(&["a", "b", "c"]));
+        assert_eq!(o.q, vec![0.75, 0.5, 0.25]);
+        let o = s.odds(&interests(&["m", "n"]));
+        assert!(o.q.is_empty(), "nobody shares: nothing to hold out for");
+        assert!(s.odds(&[]).q.is_empty());
+    }
+
+    #[test]
+    fn rate_follows_arrivals() {
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(t0);
+        for i in 0..600u64 {
+            s.arrive(&[], t0 + Duration::from_millis(i * 50));
+        }
+        let r = s.rate(t0 + Duration::from_secs(30));
+        assert!((r - 20.0).abs() < 1.0, "20/s measured as {r}");
+        let later = s.rate(t0 + Duration::from_secs(60));
+        assert!(later < 2.0, "the rate decays when nobody comes: {later}");
+    }
+
+    #[test]
+    fn requirement_falls_as_the_forced_time_nears_and_with_the_rate() {
+        let p = Target::new(Duration::from_millis(3_000));
+        let odds = Odds { q: vec![0.2, 0.01, 0.0001] };
+        let left = Duration::from_millis(2_400);
+        assert_eq!(p.required(&odds, 100.0, left, 1), 2);
+        assert_eq!(p.required(&odds, 10.0, left, 1), 2);
+        assert_eq!(p.required(&odds, 1.0, left, 1), 1);
+        assert_eq!(p.required(&odds, 0.05, left, 1), 0);
+        assert_eq!(p.required(&odds, 10.0, Duration::from_millis(100), 1), 1);
+        assert_eq!(p.required(&odds, 10.0, Duration::ZERO, 1), 0);
+        // A group needs several such partners: it holds out less.
+        assert!(p.required(&odds, 10.0, left, 4) < 2);
+        let before = p.drops_before_forced(&odds, 10.0, 2, 1).expect("drops");
+        let at = left.saturating_sub(before) + Duration::from_millis(1);
+        assert_eq!(p.required(&odds, 10.0, left - at, 1), 1);
+    }
+}
