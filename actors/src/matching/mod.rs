@@ -16,6 +16,8 @@ pub mod messages;
 pub mod policy;
 pub mod pool;
 pub mod shard_core;
+#[cfg(test)]
+mod sim;
 mod timeouts;
 
 use std::sync::atomic::Ordering;

@@ -36,14 +36,23 @@ use crate::ids::Interest;
 /// The least chance, of a partner sharing `k` interests turning up before the
 /// forced time, for which a search keeps requiring `k` (measured with
 /// `super::sim`; see DESIGN.md "Matching" for the alternatives tried).
-pub const HOLD_ODDS: f64 = 0.05;
-/// The forced time, as a share of the wait target: the rest is margin for the
-/// tick, the claim and the delivery of `match_found`.
-pub const FORCE_SHARE: f64 = 0.8;
+pub const HOLD_ODDS: f64 = 0.01;
+/// The forced time comes this share of the wait target before the target…
+pub const FORCE_MARGIN_SHARE: f64 = 0.1;
+/// …or this many match ticks before it, whichever is more: the margin covers the
+/// tick that notices the forced time, the claim and the delivery of `match_found`.
+pub const FORCE_MARGIN_TICKS: u32 = 3;
 /// Time constant of the arrival-rate estimate.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
-/// Recent arrivals kept per bucket to estimate `q_k`.
-pub const SAMPLE: usize = 128;
+/// Recent arrivals kept per bucket to estimate `q_k`: large enough to see pairs
+/// sharing two of three interests out of 40 (about 1 % of pairs) a dozen times.
+pub const SAMPLE: usize = 1_024;
+/// A search holds out only while at least this many arrivals per partner it
+/// needs are still expected before its forced time: in a thinner stream, a
+/// partner passed over may find nobody else in time.
+pub const HOLD_MIN_ARRIVALS: f64 = 4.0;
+/// Weight, in arrivals, of the independent-interests estimate in [`Odds`].
+pub const PRIOR_WEIGHT: f64 = 256.0;
 /// Interests of one arrival kept in the sample (the protocol's limit is 20).
 const SAMPLE_INTERESTS: usize = 20;
 /// Largest group size (the protocol's limit).
@@ -62,7 +71,8 @@ impl Policy {
     /// The ladder when `--ladder` was given, else the wait-target policy.
     pub fn from_config(c: &EngineConfig) -> Self {
         if c.ladder.is_empty() {
-            Policy::Target(Target::new(Duration::from_millis(c.max_wait_target_ms)))
+            let tick = Duration::from_millis(c.match_tick_ms);
+            Policy::Target(Target::new(Duration::from_millis(c.max_wait_target_ms), tick))
         } else {
             Policy::Ladder(c.ladder.clone())
         }
@@ -74,18 +84,27 @@ impl Policy {
 pub struct Target {
     /// When a search stops requiring anything, after it arrived.
     pub force_after: Duration,
+    /// See [`HOLD_MIN_ARRIVALS`].
+    pub min_arrivals: f64,
     /// `m_star[need]`: the expected count `m` at which `P(Poisson(m) ≥ need)`
     /// equals [`HOLD_ODDS`] (index 0 unused).
     m_star: [f64; MAX_GROUP],
 }
 
 impl Target {
-    pub fn new(target: Duration) -> Self {
+    /// Aim at `target` with the pools looked at every `tick`.
+    pub fn new(target: Duration, tick: Duration) -> Self {
+        let margin = target.mul_f64(FORCE_MARGIN_SHARE).max(tick * FORCE_MARGIN_TICKS);
+        Self::tuned(target.saturating_sub(margin), HOLD_ODDS, HOLD_MIN_ARRIVALS)
+    }
+
+    /// With other constants than the defaults (simulations compare them).
+    pub fn tuned(force_after: Duration, hold_odds: f64, min_arrivals: f64) -> Self {
         let mut m_star = [0.0; MAX_GROUP];
         for (need, m) in m_star.iter_mut().enumerate().skip(1) {
-            *m = solve_m(need, HOLD_ODDS);
+            *m = solve_m(need, hold_odds);
         }
-        Self { force_after: target.mul_f64(FORCE_SHARE), m_star }
+        Self { force_after, min_arrivals, m_star }
     }
 
     /// The score a search requires `left` before its forced time, given the
@@ -93,6 +112,10 @@ impl Target {
     /// number of partners it needs (group size − 1).
     pub fn required(&self, odds: &Odds, rate: f64, left: Duration, need: usize) -> u32 {
         let m_star = self.m_star[need.clamp(1, MAX_GROUP - 1)];
+        if rate * self.force_after.as_secs_f64() < self.min_arrivals * need as f64 {
+            // Too thin a stream to be choosy: take whoever is there.
+            return 0;
+        }
         let reach = rate * left.as_secs_f64();
         // q is non-increasing in k: the first k that fails ends the search.
         let mut req = 0;
@@ -118,7 +141,7 @@ impl Target {
         if q <= 0.0 || rate <= 0.0 {
             return None;
         }
-        let secs = self.m_star[need.clamp(1, MAX_GROUP - 1)] / (rate * q);
+        let secs = self.m_star[need.clamp(1, MAX_GROUP - 1)] / (q * rate);
         Duration::try_from_secs_f64(secs).ok()
     }
 }
@@ -200,20 +223,49 @@ impl ArrivalStats {
     }
 
     /// The odds of a search with these interests against the recent arrivals.
+    ///
+    /// Two estimates, blended: the share of the sample that shares at least `k`
+    /// (exact for the sample, but blind to rare events in a small one), and the
+    /// same figure computed from how often each interest appears, as if interests
+    /// were listed independently (smooth from a few dozen arrivals on). The second
+    /// counts as [`PRIOR_WEIGHT`] arrivals, so it leads while the sample is small.
     pub fn odds(&self, interests: &[Interest]) -> Odds {
         let mine = hashes(interests);
         if mine.is_empty() || self.recent.is_empty() {
             return Odds::default();
         }
         let mut at_least = vec![0u32; mine.len()];
+        let mut listed = vec![0u32; mine.len()];
         for other in &self.recent {
-            let shared = count_shared(&mine, other);
+            let shared = count_shared(&mine, other, &mut listed);
             for slot in at_least.iter_mut().take(shared) {
                 *slot += 1;
             }
         }
-        let n = self.recent.len() as f32;
-        let q: Vec<f32> = at_least.iter().map(|c| *c as f32 / n).take_while(|q| *q > 0.0).collect();
+        let n = self.recent.len() as f64;
+        // P(at least k) when interest i is listed with probability listed[i] / n.
+        let mut dist = vec![0.0f64; mine.len() + 1];
+        dist[0] = 1.0;
+        for (i, c) in listed.iter().enumerate() {
+            let p = f64::from(*c) / n;
+            for k in (0..=i + 1).rev() {
+                let stay = dist[k] * (1.0 - p);
+                let up = if k > 0 { dist[k - 1] * p } else { 0.0 };
+                dist[k] = stay + up;
+            }
+        }
+        let mut tail = 0.0;
+        let mut independent = vec![0.0f64; mine.len()];
+        for k in (1..=mine.len()).rev() {
+            tail += dist[k];
+            independent[k - 1] = tail;
+        }
+        let q: Vec<f32> = at_least
+            .iter()
+            .zip(independent)
+            .map(|(c, p)| ((f64::from(*c) + PRIOR_WEIGHT * p) / (n + PRIOR_WEIGHT)) as f32)
+            .take_while(|q| *q > 1e-6)
+            .collect();
         Odds { q }
     }
 }
@@ -234,14 +286,15 @@ fn hashes(interests: &[Interest]) -> Vec<u64> {
     out
 }
 
-/// Common elements of two sorted lists.
-fn count_shared(a: &[u64], b: &[u64]) -> usize {
+/// Common elements of two sorted lists; counts each of `a`'s found in `listed`.
+fn count_shared(a: &[u64], b: &[u64], listed: &mut [u32]) -> usize {
     let (mut i, mut j, mut n) = (0, 0, 0);
     while i < a.len() && j < b.len() {
         match a[i].cmp(&b[j]) {
             std::cmp::Ordering::Less => i += 1,
             std::cmp::Ordering::Greater => j += 1,
             std::cmp::Ordering::Equal => {
+                listed[i] += 1;
                 n += 1;
                 i += 1;
                 j += 1;
@@ -278,7 +331,16 @@ mod tests {
         s.arrive(&interests(&["a", "y", "z"]), t0);
         s.arrive(&interests(&["q", "r", "s"]), t0);
         let o = s.odds(&interests(&["a", "b", "c"]));
-        assert_eq!(o.q, vec![0.75, 0.5, 0.25]);
+        // a: 3/4, b: 2/4, c: 1/4 listed; sample shares: ≥1: 3/4, ≥2: 2/4, ≥3: 1/4.
+        let indep = [
+            1.0 - 0.25 * 0.5 * 0.75,
+            0.75 * 0.5 * 0.75 + 0.75 * 0.5 * 0.25 + 0.25 * 0.5 * 0.25 + 0.75 * 0.5 * 0.25,
+            0.75 * 0.5 * 0.25,
+        ];
+        for (k, (got, sample)) in o.q.iter().zip([0.75, 0.5, 0.25]).enumerate() {
+            let want = (4.0 * sample + PRIOR_WEIGHT * indep[k]) / (4.0 + PRIOR_WEIGHT);
+            assert!((f64::from(*got) - want).abs() < 1e-5, "k={} {got} vs {want}", k + 1);
+        }
         let o = s.odds(&interests(&["m", "n"]));
         assert!(o.q.is_empty(), "nobody shares: nothing to hold out for");
         assert!(s.odds(&[]).q.is_empty());
@@ -299,19 +361,19 @@ mod tests {
 
     #[test]
     fn requirement_falls_as_the_forced_time_nears_and_with_the_rate() {
-        let p = Target::new(Duration::from_millis(3_000));
+        let p = Target::new(Duration::from_millis(3_000), Duration::from_millis(100));
+        assert_eq!(p.force_after, Duration::from_millis(2_700));
         let odds = Odds { q: vec![0.2, 0.01, 0.0001] };
         let left = Duration::from_millis(2_400);
-        assert_eq!(p.required(&odds, 100.0, left, 1), 2);
+        assert_eq!(p.required(&odds, 100.0, left, 1), 3);
         assert_eq!(p.required(&odds, 10.0, left, 1), 2);
-        assert_eq!(p.required(&odds, 1.0, left, 1), 1);
-        assert_eq!(p.required(&odds, 0.05, left, 1), 0);
+        assert_eq!(p.required(&odds, 1.0, left, 1), 0, "too few arrivals to be choosy");
         assert_eq!(p.required(&odds, 10.0, Duration::from_millis(100), 1), 1);
         assert_eq!(p.required(&odds, 10.0, Duration::ZERO, 1), 0);
         // A group needs several such partners: it holds out less.
         assert!(p.required(&odds, 10.0, left, 4) < 2);
         let before = p.drops_before_forced(&odds, 10.0, 2, 1).expect("drops");
-        let at = left.saturating_sub(before) + Duration::from_millis(1);
-        assert_eq!(p.required(&odds, 10.0, left - at, 1), 1);
+        assert_eq!(p.required(&odds, 10.0, before + Duration::from_millis(1), 1), 2);
+        assert_eq!(p.required(&odds, 10.0, before - Duration::from_millis(1), 1), 1);
     }
 }

@@ -27,7 +27,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::policy::{ArrivalStats, Odds, Policy};
 use crate::bridge::Ticket;
@@ -95,7 +95,7 @@ pub struct TickOutcome<T> {
 }
 
 /// Most buckets whose arrivals are remembered; past it the stalest is forgotten.
-const STATS_CAP: usize = 1_024;
+const STATS_CAP: usize = 256;
 /// Arrival statistics of a bucket nobody entered for this long are forgotten.
 const STATS_IDLE: Duration = Duration::from_secs(600);
 
@@ -114,6 +114,9 @@ pub struct Pool<T> {
     stats: HashMap<BucketKey, ArrivalStats>,
     /// Wait-target policy: each entry's odds against its bucket's arrivals.
     odds: HashMap<Ticket, Odds>,
+    /// Wait-target policy: entries past their forced time whose own look found
+    /// nobody; any searcher takes them, first.
+    stranded: HashSet<Ticket>,
 }
 
 impl<T> Pool<T> {
@@ -133,6 +136,7 @@ impl<T> Pool<T> {
             due: HashMap::default(),
             stats: HashMap::default(),
             odds: HashMap::default(),
+            stranded: HashSet::default(),
         }
     }
 
@@ -254,17 +258,10 @@ impl<T> Pool<T> {
             return 0;
         }
         let Some(odds) = self.odds.get(&e.ticket) else { return 0 };
-        let rate = self.stats.get(&key_of(&e.criteria)).map_or(0.0, |s| s.rate(now));
+        let key = key_of(&e.criteria);
         let need = usize::from(e.criteria.group_size).saturating_sub(1);
+        let rate = self.stats.get(&key).map_or(0.0, |s| s.rate(now));
         t.required(odds, rate, forced - now, need)
-    }
-
-    /// Whether `e` is past its forced time (wait-target policy).
-    fn overdue(&self, e: &Entry<T>, now: Instant) -> bool {
-        match &self.policy {
-            Policy::Target(t) => now >= e.joined + t.force_after,
-            Policy::Ladder(_) => false,
-        }
     }
 
     /// The rule `e` applies now, and how relaxed it is (higher = more relaxed).
@@ -289,6 +286,7 @@ impl<T> Pool<T> {
             self.timers.remove(&(at, ticket));
         }
         self.odds.remove(&ticket);
+        self.stranded.remove(&ticket);
         if self.by_user.get(&entry.user) == Some(&ticket) {
             self.by_user.remove(&entry.user);
         }
@@ -317,22 +315,25 @@ impl<T> Pool<T> {
     /// required score falls, its forced time, or its deadline.
     fn next_event(&self, entry: &Entry<T>, now: Instant) -> Instant {
         let next = match &self.policy {
-            Policy::Ladder(ladder) => ladder
-                .get(entry.step + 1)
-                .map(|s| entry.joined + Duration::from_millis(s.after_ms)),
+            Policy::Ladder(ladder) => {
+                ladder.get(entry.step + 1).map(|s| entry.joined + Duration::from_millis(s.after_ms))
+            }
             Policy::Target(t) => {
                 let forced = entry.joined + t.force_after;
                 if now >= forced {
-                    None
+                    // Past the forced time: look once more (next tick), unless that
+                    // look already found nobody.
+                    (!self.stranded.contains(&entry.ticket)).then_some(now)
                 } else if entry.step == 0 {
                     Some(forced)
                 } else {
                     let rate =
                         self.stats.get(&key_of(&entry.criteria)).map_or(0.0, |s| s.rate(now));
                     let need = usize::from(entry.criteria.group_size).saturating_sub(1);
-                    let drop = self.odds.get(&entry.ticket).and_then(|o| {
-                        t.drops_before_forced(o, rate, entry.step as u32, need)
-                    });
+                    let drop = self
+                        .odds
+                        .get(&entry.ticket)
+                        .and_then(|o| t.drops_before_forced(o, rate, entry.step as u32, need));
                     let at = drop.and_then(|d| forced.checked_sub(d)).unwrap_or(forced);
                     Some(at.max(now + Duration::from_millis(1)).min(forced))
                 }
@@ -408,30 +409,10 @@ impl<T> Pool<T> {
                 ranked.push((0, t));
             }
         }
-        match self.policy {
-            Policy::Ladder(_) => ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1))),
-            Policy::Target(_) => {
-                // Overdue first (oldest first), then score, then same region.
-                let mut keyed: Vec<(bool, u32, bool, Ticket)> = ranked
-                    .iter()
-                    .filter_map(|&(shared, t)| {
-                        let c = self.entries.get(&t)?;
-                        let same_region = matches!(
-                            (&me.criteria.region, &c.criteria.region),
-                            (Some(x), Some(y)) if x == y
-                        );
-                        Some((self.overdue(c, now), shared, same_region, t))
-                    })
-                    .collect();
-                keyed.sort_unstable_by(|a, b| {
-                    b.0.cmp(&a.0)
-                        .then(if a.0 && b.0 { a.3.cmp(&b.3) } else { b.1.cmp(&a.1) })
-                        .then(b.2.cmp(&a.2))
-                        .then(a.3.cmp(&b.3))
-                });
-                ranked = keyed.into_iter().map(|(_, shared, _, t)| (shared, t)).collect();
-            }
+        if let Policy::Target(_) = self.policy {
+            return self.choose_for_target(me, need, ranked, now, avoids, alive);
         }
+        ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
 
         let (mut group_relax, mut group_rule) = self.rule(me, now);
         let mut chosen: Vec<&Entry<T>> = Vec::with_capacity(need);
@@ -468,6 +449,65 @@ impl<T> Pool<T> {
         None
     }
 
+    /// [`Pool::choose`] under the wait-target policy: only the searcher's own
+    /// requirement counts (a candidate is passive: it is taken when a searcher who
+    /// requires no more than they share picks it), except that *stranded*
+    /// candidates (past their forced time with nobody there for them) are taken at
+    /// any score, first, oldest first. Then by score, same region, longest wait.
+    fn choose_for_target(
+        &self,
+        me: &Entry<T>,
+        need: usize,
+        ranked: Vec<(u32, Ticket)>,
+        now: Instant,
+        avoids: &impl Fn(&UserId, &UserId) -> bool,
+        alive: &impl Fn(&T) -> bool,
+    ) -> Option<(Vec<Ticket>, usize)> {
+        let mut keyed: Vec<(bool, u32, bool, Ticket)> = ranked
+            .into_iter()
+            .filter_map(|(shared, t)| {
+                let c = self.entries.get(&t)?;
+                let same_region = matches!(
+                    (&me.criteria.region, &c.criteria.region),
+                    (Some(x), Some(y)) if x == y
+                );
+                Some((self.stranded.contains(&t), shared, same_region, t))
+            })
+            .collect();
+        keyed.sort_unstable_by(|a, b| {
+            b.0.cmp(&a.0)
+                .then(if a.0 && b.0 { std::cmp::Ordering::Equal } else { b.1.cmp(&a.1) })
+                .then(b.2.cmp(&a.2))
+                .then(a.3.cmp(&b.3))
+        });
+        let mine = self.required(me, now);
+        let wanted = LadderStep { after_ms: 0, same_region: false, min_shared: mine };
+        let anyone = LadderStep { after_ms: 0, same_region: false, min_shared: 0 };
+        let mut level = mine;
+        let mut chosen: Vec<&Entry<T>> = Vec::with_capacity(need);
+        for (stranded, shared, _, t) in keyed {
+            let Some(c) = self.entries.get(&t) else { continue };
+            if !alive(&c.link) {
+                continue;
+            }
+            let rule = if stranded { &anyone } else { &wanted };
+            if !pair_ok(me, c, shared, rule, avoids) {
+                continue;
+            }
+            if !chosen.iter().all(|o| o.user != c.user && !avoids(&o.user, &c.user)) {
+                continue;
+            }
+            if stranded {
+                level = 0;
+            }
+            chosen.push(c);
+            if chosen.len() == need {
+                return Some((chosen.iter().map(|e| e.ticket).collect(), level as usize));
+            }
+        }
+        None
+    }
+
     /// Expire searches past their deadline and retry those whose ladder step grew.
     pub fn tick(
         &mut self,
@@ -490,16 +530,24 @@ impl<T> Pool<T> {
                 continue;
             }
             let level = self.level(entry, now);
+            let forced = match &self.policy {
+                Policy::Target(t) => now >= entry.joined + t.force_after,
+                Policy::Ladder(_) => false,
+            };
             if let Some(e) = self.entries.get_mut(&ticket) {
                 e.step = level;
+            }
+            if let Some(m) = self.try_match(ticket, now, &avoids, &alive) {
+                out.matches.push(m);
+                continue;
+            }
+            if forced {
+                self.stranded.insert(ticket);
             }
             if let Some(e) = self.entries.get(&ticket) {
                 let next = self.next_event(e, now);
                 self.timers.insert((next, ticket));
                 self.due.insert(ticket, next);
-            }
-            if let Some(m) = self.try_match(ticket, now, &avoids, &alive) {
-                out.matches.push(m);
             }
         }
         out

@@ -368,7 +368,7 @@ impl<L: LocalLink> ShardCore<L> {
             self.out.push(Effect::BeginSearch(announce(&entry)));
         }
         let ticket = entry.ticket;
-        self.insert(entry, now);
+        self.arrive(entry, now);
         self.attempt(ticket, now);
     }
 
@@ -444,7 +444,7 @@ impl<L: LocalLink> ShardCore<L> {
             step: 0,
             link: Link::Remote { node: node.clone(), ticket: ad.ticket },
         };
-        self.insert(entry, now);
+        self.arrive(entry, now);
         self.remote.insert((node, ad.ticket), ticket);
         self.attempt(ticket, now);
     }
@@ -692,11 +692,23 @@ impl<L: LocalLink> ShardCore<L> {
     fn insert(&mut self, e: Entry<Link<L>>, now: Instant) {
         self.pool_changed = true;
         if let Some(old) = self.pool.insert(e, now) {
-            match &old.link {
-                // The same user's older search, from a session that was replaced.
-                Link::Local(_) => self.out.push(Effect::Searching(-1)),
-                Link::Remote { .. } => self.forget_replica(&old),
-            }
+            self.displaced(old);
+        }
+    }
+
+    /// Add a new search: counted in its bucket's arrivals, then as [`Self::insert`].
+    fn arrive(&mut self, e: Entry<Link<L>>, now: Instant) {
+        self.pool_changed = true;
+        if let Some(old) = self.pool.arrive(e, now) {
+            self.displaced(old);
+        }
+    }
+
+    fn displaced(&mut self, old: Entry<Link<L>>) {
+        match &old.link {
+            // The same user's older search, from a session that was replaced.
+            Link::Local(_) => self.out.push(Effect::Searching(-1)),
+            Link::Remote { .. } => self.forget_replica(&old),
         }
     }
 

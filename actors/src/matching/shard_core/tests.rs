@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::*;
+use crate::config::LadderStep;
 
 /// A local searcher whose session can die.
 #[derive(Debug, Clone)]
