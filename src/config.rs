@@ -434,7 +434,8 @@ mod tests {
         assert_eq!((c.max_pending_connections, c.max_pending_per_ip), (0, 512));
         assert!(c.trusted_proxies.is_empty());
         assert_eq!(c.engine.node_id, "node-1");
-        assert_eq!(c.engine.ladder.len(), 4);
+        assert!(c.engine.ladder.is_empty(), "the wait-target policy by default");
+        assert_eq!(c.engine.max_wait_target_ms, 3_000);
     }
 
     #[test]

@@ -48,6 +48,12 @@ const MATCH_WAIT_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+/// Buckets of the per-language match wait (seconds): fine around the default 3 s
+/// wait target, so its p99 can be read against it.
+const MATCH_WAIT_TARGET_BUCKETS: &[f64] = &[
+    0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 2.75, 3.0, 3.5, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0,
+];
+
 /// The process-wide recorder, installed on first use.
 pub fn metrics_handle() -> PrometheusHandle {
     HANDLE
@@ -65,6 +71,18 @@ pub fn metrics_handle() -> PrometheusHandle {
                 .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full(m::MATCH_SHARED_INTERESTS.into()),
+                        &[0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0],
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(m::MATCH_WAIT_SECONDS.into()),
+                        MATCH_WAIT_TARGET_BUCKETS,
+                    )
+                })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full(m::MATCH_PAIR_SHARED_INTERESTS.into()),
                         &[0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 20.0],
                     )
                 });
@@ -153,6 +171,21 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Gauge, m::BRIDGE_PEER_HEARTBEAT_AGE_SECONDS, "Age of each peer's last heartbeat"),
     (Kind::Histogram, m::MATCH_LATENCY_SECONDS, "Wait of each matched member, by relaxation level"),
     (Kind::Histogram, m::MATCH_SHARED_INTERESTS, "Interests shared by all members of a match"),
+    (
+        Kind::Histogram,
+        m::MATCH_WAIT_SECONDS,
+        "Arrival to match of each matched member, per language",
+    ),
+    (
+        Kind::Histogram,
+        m::MATCH_PAIR_SHARED_INTERESTS,
+        "Interests shared by each pair of members of a match, per language",
+    ),
+    (
+        Kind::Gauge,
+        m::MATCH_WAIT_TARGET_SECONDS,
+        "Wait the matching policy aims at (0: fixed ladder)",
+    ),
     (
         Kind::Histogram,
         m::DELIVERY_LATENCY_SECONDS,

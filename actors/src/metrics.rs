@@ -19,6 +19,16 @@ pub const MATCHES_TOTAL: &str = "rendezvous_matches_total";
 pub const MATCH_LATENCY_SECONDS: &str = "rendezvous_match_latency_seconds";
 /// Histogram: interests shared by the members of a match.
 pub const MATCH_SHARED_INTERESTS: &str = "rendezvous_match_shared_interests";
+/// Histogram: seconds from a search's arrival to its match, per matched member, label
+/// `language` (bounded as [`POOL_WAITING_BY_LANGUAGE`]: at most `language_series`
+/// languages, the rest as `other`). The matching dashboard sets its p99 against the
+/// wait target.
+pub const MATCH_WAIT_SECONDS: &str = "rendezvous_match_wait_seconds";
+/// Histogram: interests shared by each pair of members of a match, label `language`
+/// (bounded as [`MATCH_WAIT_SECONDS`]).
+pub const MATCH_PAIR_SHARED_INTERESTS: &str = "rendezvous_match_pair_shared_interests";
+/// Gauge: the wait target the matching policy aims at, in seconds (0 under a fixed ladder).
+pub const MATCH_WAIT_TARGET_SECONDS: &str = "rendezvous_match_wait_target_seconds";
 /// Counter: claims lost to a concurrent claim (the search was retried).
 pub const CLAIM_CONFLICTS_TOTAL: &str = "rendezvous_claim_conflicts_total";
 /// Gauge: rooms open on this node.

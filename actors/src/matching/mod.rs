@@ -189,13 +189,28 @@ impl MatchShard {
                 metrics::counter!(m::SEARCHES_ENDED_TOTAL, "reason" => reason.label()).increment(1)
             }
             Effect::ClaimConflict => metrics::counter!(m::CLAIM_CONFLICTS_TOTAL).increment(1),
-            Effect::MatchMade { size, shared, step, waits } => {
+            Effect::MatchMade { size, shared, step, waits, language, pair_shared } => {
                 metrics::counter!(m::MATCHES_TOTAL, "group_size" => size.to_string()).increment(1);
                 metrics::histogram!(m::MATCH_SHARED_INTERESTS).record(shared.len() as f64);
                 let level = step.to_string();
+                // Per language, bounded like the pool gauge: admitted or `other`.
+                let own = self.shared.language_series.admit(&[&language]);
+                let lang = if own.first() == Some(&true) {
+                    language.to_string()
+                } else {
+                    OTHER_LANGUAGES.into()
+                };
+                let wait_hist =
+                    metrics::histogram!(m::MATCH_WAIT_SECONDS, "language" => lang.clone());
                 for wait in waits {
                     metrics::histogram!(m::MATCH_LATENCY_SECONDS, "level" => level.clone())
                         .record(wait.as_secs_f64());
+                    wait_hist.record(wait.as_secs_f64());
+                }
+                let pair_hist =
+                    metrics::histogram!(m::MATCH_PAIR_SHARED_INTERESTS, "language" => lang);
+                for n in pair_shared {
+                    pair_hist.record(n as f64);
                 }
                 bridge.record_match(shared);
             }
@@ -249,6 +264,11 @@ impl Actor for MatchShard {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let target = match self.core.pool().policy() {
+            self::policy::Policy::Target(_) => self.shared.config.max_wait_target_ms as f64 / 1e3,
+            self::policy::Policy::Ladder(_) => 0.0,
+        };
+        metrics::gauge!(m::MATCH_WAIT_TARGET_SECONDS).set(target);
         let every = Duration::from_millis(self.shared.config.match_tick_ms);
         ctx.run_interval(every, |act, ctx| {
             act.core.tick(Instant::now());

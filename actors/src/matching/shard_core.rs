@@ -245,8 +245,16 @@ pub enum Effect<L> {
     /// A claim lost a member to another claim, or an offer fell through.
     ClaimConflict,
     /// A match was made here: the group size, its shared interests, the ladder
-    /// step, and each member's wait.
-    MatchMade { size: usize, shared: Vec<Interest>, step: usize, waits: Vec<Duration> },
+    /// step (or required score), each member's wait, its language (the pool it
+    /// was made in) and the interests each pair of members shares.
+    MatchMade {
+        size: usize,
+        shared: Vec<Interest>,
+        step: usize,
+        waits: Vec<Duration>,
+        language: Arc<str>,
+        pair_shared: Vec<usize>,
+    },
 }
 
 /// A cross-node group this shard claimed, waiting for member nodes to hold theirs.
@@ -778,11 +786,21 @@ impl<L: LocalLink> ShardCore<L> {
 
     /// The metrics of a match made here (the creator counts it once).
     fn count_match(&mut self, found: &Match<Link<L>>, now: Instant) {
+        let members = &found.members;
+        let mut pair_shared = Vec::with_capacity(members.len() * (members.len() - 1) / 2);
+        for (i, a) in members.iter().enumerate() {
+            for b in &members[i + 1..] {
+                let (x, y) = (&a.criteria.interests, &b.criteria.interests);
+                pair_shared.push(x.iter().filter(|i| y.binary_search(i).is_ok()).count());
+            }
+        }
         self.out.push(Effect::MatchMade {
-            size: found.members.len(),
+            size: members.len(),
             shared: found.shared.clone(),
             step: found.step,
-            waits: found.members.iter().map(|e| now.saturating_duration_since(e.joined)).collect(),
+            waits: members.iter().map(|e| now.saturating_duration_since(e.joined)).collect(),
+            language: members[0].criteria.language.clone(),
+            pair_shared,
         });
     }
 
