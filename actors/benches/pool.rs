@@ -52,6 +52,7 @@ fn entry(
         criteria: Criteria {
             interests,
             language: Arc::from("en"),
+            roaming: false,
             region: Some(Arc::from(region)),
             group_size: 2,
         },

@@ -49,6 +49,9 @@ impl Engine {
             })
             .collect();
         let shards: Arc<[Addr<MatchShard>]> = shards.into();
+        for shard in shards.iter() {
+            shard.do_send(crate::matching::messages::SetPeers(shards.clone()));
+        }
         let _inbound = crate::inbound::Inbound::install(&shared, &shards, &rooms);
         let engine = Engine { shared, shards, rooms, _inbound };
         engine.spawn_housekeeping();

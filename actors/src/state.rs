@@ -36,6 +36,8 @@ pub struct Shared {
     pub avoid: AvoidList,
     /// Languages with their own per-language pool series (one set for all shards).
     pub language_series: crate::language::LanguageSeries,
+    /// Searches waiting per language and group size, for roaming searches.
+    pub pools: crate::matching::roaming::Directory,
     /// Public rooms open on this node (replicas included), against
     /// `max_public_rooms`. Raised by the one path that opens rooms (`rooms::Rooms`),
     /// under the room's directory entry (a first join is checked against the cap
@@ -102,6 +104,7 @@ impl Shared {
                     .filter(|l| !l.is_empty())
                     .chain(config.languages.iter().map(String::as_str)),
             ),
+            pools: Default::default(),
             public_rooms: AtomicUsize::new(0),
             budgets: DashMap::new(),
             last_search: DashMap::new(),

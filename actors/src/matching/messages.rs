@@ -36,7 +36,15 @@ pub struct EnqueueSearch {
     pub joined: Instant,
     pub max_wait: Duration,
     pub link: SearchLink,
+    /// A roaming search moved here by another shard (announced by this one).
+    pub moved: bool,
 }
+
+/// Engine → MatchShard, once at start: every shard, so roaming searches can move
+/// between them and cancels can follow.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPeers(pub Arc<[actix::Addr<super::MatchShard>]>);
 
 /// Session → MatchShard: leave the pool. Reply: whether it was still waiting.
 #[derive(Debug, Message)]

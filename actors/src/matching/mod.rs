@@ -15,6 +15,7 @@
 pub mod messages;
 pub mod policy;
 pub mod pool;
+pub mod roaming;
 pub mod shard_core;
 #[cfg(test)]
 mod sim;
@@ -90,6 +91,10 @@ pub struct MatchShard {
     /// This shard's part of the `other` language series (searches in languages
     /// without their own series, see [`crate::language::LanguageSeries`]).
     other_waiting: usize,
+    /// Every shard of the engine (set once at start): where roaming searches move.
+    peers: Option<Arc<[Addr<MatchShard>]>>,
+    /// Buckets last reported to the roaming directory.
+    buckets: Vec<(Arc<str>, u8)>,
 }
 
 impl MatchShard {
@@ -101,12 +106,14 @@ impl MatchShard {
     ) -> Self {
         let node: Arc<str> = Arc::from(shared.bridge.node_id());
         let avoid = shared.clone();
+        let directory = shared.clone();
         let core = ShardCore::new(
             node.clone(),
             shared.bridge.clustered(),
             self::policy::Policy::from_config(&shared.config),
             Box::new(move |a, b| avoid.avoid.avoids(a, b)),
-        );
+        )
+        .with_roaming(Box::new(move |lang, size| directory.pools.next_after(lang, size)));
         Self {
             label: index.to_string(),
             node,
@@ -116,6 +123,8 @@ impl MatchShard {
             settled,
             languages: Vec::new(),
             other_waiting: 0,
+            peers: None,
+            buckets: Vec::new(),
         }
     }
 
@@ -151,6 +160,21 @@ impl MatchShard {
                 }));
             }
             Effect::Send { node, event } => bridge.send_to_node(&node, event),
+            Effect::Move(s) => {
+                let msg = EnqueueSearch {
+                    ticket: s.ticket,
+                    user: s.user,
+                    max_wait: s.deadline.saturating_duration_since(s.joined),
+                    joined: s.joined,
+                    link: s.link,
+                    moved: true,
+                    criteria: s.criteria,
+                };
+                match &self.peers {
+                    Some(peers) => shard_for(peers, &msg.criteria.language).do_send(msg),
+                    None => ctx.address().do_send(msg),
+                }
+            }
             Effect::OpenRoom { members, remote, shared, confirm } => {
                 self.create.do_send(CreateMatchRoom {
                     room_id: RoomId::from(random_id("r")),
@@ -220,6 +244,9 @@ impl MatchShard {
     fn report_size(&mut self) {
         metrics::gauge!(m::POOL_WAITING, "shard" => self.label.clone())
             .set(self.core.pool().len() as f64);
+        let buckets = self.core.pool().bucket_sizes();
+        self.shared.pools.report(&self.buckets, &buckets);
+        self.buckets = buckets.into_iter().map(|(k, _)| k).collect();
         let sizes = self.core.pool().sizes_by_language();
         let langs: Vec<&Arc<str>> = sizes.iter().map(|(l, _)| l).collect();
         let own = self.shared.language_series.admit(&langs);
@@ -300,6 +327,7 @@ impl Handler<EnqueueSearch> for MatchShard {
             joined: msg.joined,
             deadline: msg.joined + msg.max_wait,
             link: msg.link,
+            moved: msg.moved,
         };
         self.core.enqueue(search, Instant::now());
         self.run(ctx);
@@ -307,16 +335,27 @@ impl Handler<EnqueueSearch> for MatchShard {
 }
 
 impl Handler<CancelSearch> for MatchShard {
-    type Result = CancelOutcome;
+    type Result = actix::ResponseFuture<CancelOutcome>;
 
-    fn handle(&mut self, msg: CancelSearch, ctx: &mut Self::Context) -> CancelOutcome {
+    fn handle(&mut self, msg: CancelSearch, ctx: &mut Self::Context) -> Self::Result {
+        if let (Some(lang), Some(peers)) = (self.core.moved_to(msg.ticket), &self.peers) {
+            // A roaming search that moved on: the cancel follows it (its move was
+            // sent to that shard before this message was handled, so it is there).
+            let ask = shard_for(peers, &lang).send(msg);
+            return Box::pin(async move { ask.await.unwrap_or(CancelOutcome::NotWaiting) });
+        }
         let cancelled = self.core.cancel(&msg.user, msg.ticket, msg.reason);
         self.run(ctx);
-        if cancelled {
-            CancelOutcome::Cancelled
-        } else {
-            CancelOutcome::NotWaiting
-        }
+        let out = if cancelled { CancelOutcome::Cancelled } else { CancelOutcome::NotWaiting };
+        Box::pin(async move { out })
+    }
+}
+
+impl Handler<SetPeers> for MatchShard {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetPeers, _ctx: &mut Self::Context) {
+        self.peers = Some(msg.0);
     }
 }
 

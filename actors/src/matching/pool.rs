@@ -44,7 +44,12 @@ pub const OLDEST_SCAN: usize = 256;
 pub struct Criteria {
     /// Sorted, deduplicated.
     pub interests: Vec<Interest>,
+    /// The pool the search waits in: its language, or, when `roaming`, the
+    /// language pool it is homed in now.
     pub language: Arc<str>,
+    /// The searcher gave no language: the search may move between language pools
+    /// (see [`super::roaming`]).
+    pub roaming: bool,
     pub region: Option<Arc<str>>,
     pub group_size: u8,
 }
@@ -150,6 +155,20 @@ impl<T> Pool<T> {
 
     pub fn contains(&self, ticket: Ticket) -> bool {
         self.entries.contains_key(&ticket)
+    }
+
+    /// Waiting entries per (language, group size).
+    pub fn bucket_sizes(&self) -> Vec<((Arc<str>, u8), usize)> {
+        self.buckets
+            .iter()
+            .map(|(k, b)| ((k.language.clone(), k.group_size), b.order.len()))
+            .collect()
+    }
+
+    /// Entries waiting in `language` for groups of `group_size`.
+    pub fn bucket_len(&self, language: &Arc<str>, group_size: u8) -> usize {
+        let key = BucketKey { language: language.clone(), group_size };
+        self.buckets.get(&key).map_or(0, |b| b.order.len())
     }
 
     /// Waiting entries per language (every group size together).
@@ -630,6 +649,7 @@ mod tests {
             criteria: Criteria {
                 interests,
                 language: Arc::from(s.lang),
+                roaming: false,
                 region: s.region.map(Arc::from),
                 group_size: s.group,
             },

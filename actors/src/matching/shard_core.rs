@@ -138,6 +138,9 @@ pub struct LocalSearch<L> {
     pub joined: Instant,
     pub deadline: Instant,
     pub link: L,
+    /// A roaming search moved here from another pool (see [`super::roaming`]): it
+    /// is announced here, and already counted as searching.
+    pub moved: bool,
 }
 
 /// Another node's search ad, with its wall-clock times already turned into
@@ -244,6 +247,9 @@ pub enum Effect<L> {
     Ended(EndReason),
     /// A claim lost a member to another claim, or an offer fell through.
     ClaimConflict,
+    /// Another shard (or this one): a roaming search moves to the pool of
+    /// `search.criteria.language` (its old pool's `EndSearch` came first).
+    Move(LocalSearch<L>),
     /// A match was made here: the group size, its shared interests, the ladder
     /// step (or required score), each member's wait, its language (the pool it
     /// was made in) and the interests each pair of members shares.
@@ -271,6 +277,9 @@ type OfferKey = (Arc<str>, u64);
 
 /// The skip/block check between two users.
 pub type Avoids = Box<dyn Fn(&UserId, &UserId) -> bool>;
+
+/// Where a roaming search in (language, group size) goes next, if anywhere.
+pub type Elsewhere = Box<dyn Fn(&str, u8) -> Option<Arc<str>>>;
 
 /// One shard's pool, claims and offers.
 pub struct ShardCore<L> {
@@ -311,6 +320,13 @@ pub struct ShardCore<L> {
     out: Vec<Effect<L>>,
     /// The pool changed since the caller last asked ([`ShardCore::take_pool_changed`]).
     pool_changed: bool,
+    /// Roaming local searches waiting here, with when they came to this pool.
+    roaming: HashMap<Ticket, Instant>,
+    /// Roaming searches that left for another pool: (its language, the search's
+    /// deadline), so a cancel sent here can follow them.
+    moved_to: HashMap<Ticket, (Arc<str>, Instant)>,
+    /// Where roaming searches may go; none: they stay.
+    elsewhere: Option<Elsewhere>,
 }
 
 impl<L: LocalLink> ShardCore<L> {
@@ -338,7 +354,21 @@ impl<L: LocalLink> ShardCore<L> {
             parked_timeouts: Timeouts::new(PARKED_TIMEOUT),
             out: Vec::new(),
             pool_changed: false,
+            roaming: HashMap::new(),
+            moved_to: HashMap::new(),
+            elsewhere: None,
         }
+    }
+
+    /// Let roaming searches move to the pools `elsewhere` names.
+    pub fn with_roaming(mut self, elsewhere: Elsewhere) -> Self {
+        self.elsewhere = Some(elsewhere);
+        self
+    }
+
+    /// The pool a roaming search left this one for, if it did.
+    pub fn moved_to(&self, ticket: Ticket) -> Option<Arc<str>> {
+        self.moved_to.get(&ticket).map(|(l, _)| l.clone())
     }
 
     /// The waiting pool (read-only: gauges, tests).
@@ -369,7 +399,16 @@ impl<L: LocalLink> ShardCore<L> {
             step: 0,
             link: Link::Local(s.link),
         };
-        self.out.push(Effect::Searching(1));
+        if s.moved {
+            // Ended in its old pool by the shard that moved it: begin it here.
+            self.moved_to.remove(&entry.ticket);
+            self.out.push(Effect::BeginSearch(announce(&entry)));
+        } else {
+            self.out.push(Effect::Searching(1));
+        }
+        if entry.criteria.roaming {
+            self.roaming.insert(entry.ticket, now);
+        }
         if let Some(at) = self.overtaken.iter().position(|t| *t == entry.ticket) {
             // Refused in an offer before it got here: its store entry is gone.
             self.overtaken.remove(at);
@@ -438,6 +477,9 @@ impl<L: LocalLink> ShardCore<L> {
         interests.dedup();
         let criteria = Criteria {
             interests,
+            // Only the origin node moves a roaming search; here it is a search of
+            // the pool it is in now.
+            roaming: false,
             language: Arc::from(ad.language),
             region: ad.region.map(Arc::from),
             group_size: ad.group_size,
@@ -642,8 +684,53 @@ impl<L: LocalLink> ShardCore<L> {
         }
     }
 
+    /// Move roaming searches that are alone in their bucket, or have stayed
+    /// [`super::roaming::DWELL`] without a match, to the next pool with searches.
+    fn roam(&mut self, now: Instant) {
+        let Some(elsewhere) = &self.elsewhere else { return };
+        if self.roaming.is_empty() {
+            return;
+        }
+        let mut moves = Vec::new();
+        let (pool, claiming) = (&self.pool, &self.claiming);
+        self.roaming.retain(|t, since| {
+            let Some(e) = pool.get(*t) else {
+                // Being claimed: it may come back. Matched or gone: forget it.
+                return claiming.contains(t);
+            };
+            let c = &e.criteria;
+            let alone = pool.bucket_len(&c.language, c.group_size) <= 1;
+            if alone || now.saturating_duration_since(*since) >= super::roaming::DWELL {
+                if let Some(to) = elsewhere(&c.language, c.group_size) {
+                    moves.push((*t, to));
+                    return false;
+                }
+            }
+            true
+        });
+        for (ticket, to) in moves {
+            let Some(e) = self.remove(ticket) else { continue };
+            let Link::Local(link) = e.link else { continue };
+            let from = e.criteria.language.clone();
+            debug!(ticket, %from, %to, "roaming search moves");
+            self.out.push(Effect::EndSearch { user: e.user.clone(), ticket, language: from });
+            self.moved_to.insert(ticket, (to.clone(), e.deadline));
+            let criteria = Criteria { language: to, ..e.criteria };
+            self.out.push(Effect::Move(LocalSearch {
+                ticket,
+                user: e.user,
+                criteria,
+                joined: e.joined,
+                deadline: e.deadline,
+                link,
+                moved: true,
+            }));
+        }
+    }
+
     /// End the offers, holds and parks whose time is up.
     pub fn sweep(&mut self, now: Instant) {
+        self.moved_to.retain(|_, (_, deadline)| *deadline > now);
         for ticket in self.parked_timeouts.expired(now) {
             if let Some(e) = self.parked.remove(&ticket) {
                 debug!(ticket, "no offer came for a lost claim; back to the pool");
@@ -691,6 +778,7 @@ impl<L: LocalLink> ShardCore<L> {
         for found in out.matches {
             self.claim(found);
         }
+        self.roam(now);
     }
 
     // ---- steps ----

@@ -83,12 +83,14 @@ pub fn run(arrivals: &[Arrival], policy: Policy) -> Figures {
                     criteria: Criteria {
                         interests,
                         language: Arc::from(u.language),
+                        roaming: false,
                         region: None,
                         group_size: 2,
                     },
                     joined: a,
                     deadline: a + Duration::from_secs(60),
                     link: Always,
+                    moved: false,
                 };
                 core.enqueue(search, a);
                 a

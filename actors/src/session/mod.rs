@@ -400,6 +400,7 @@ impl SessionActor {
             joined,
             max_wait: wait,
             link: SearchLink { session_id: self.session_id, events: ctx.address().recipient() },
+            moved: false,
         });
         metrics::counter!(m::SEARCHES_STARTED_TOTAL).increment(1);
         self.search = Some(ActiveSearch { ticket, language: criteria.language.clone() });

@@ -62,6 +62,11 @@ pub fn search(
     }
     norm.sort();
     norm.dedup();
+    // No language (or a blank one): homed in the default language's pool, from
+    // where it may roam to other languages' pools (`matching::roaming`), unless
+    // the default is "" (such searches then share their own pool).
+    let language = language.filter(|l| !l.trim().is_empty());
+    let roaming = language.is_none() && !cfg.default_language.is_empty();
     let language = match language.map(|l| self::language(l, cfg)).transpose()? {
         Some(l) => l,
         None => cfg.default_language.to_lowercase(),
@@ -80,6 +85,7 @@ pub fn search(
         Criteria {
             interests: norm,
             language: Arc::from(language),
+            roaming,
             region: region.map(Arc::from),
             group_size,
         },

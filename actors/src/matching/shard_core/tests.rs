@@ -51,6 +51,7 @@ fn criteria(size: u8) -> Criteria {
     Criteria {
         interests: vec![Interest::from("chess")],
         language: Arc::from("en"),
+        roaming: false,
         region: None,
         group_size: size,
     }
@@ -80,6 +81,7 @@ impl World {
             joined: self.t0,
             deadline: self.at(60_000),
             link: link.clone(),
+            moved: false,
         };
         self.core.enqueue(search, self.now);
         (link, self.fx())
