@@ -138,6 +138,24 @@ fn match_storm_matches_every_arrival_once() {
 }
 
 #[test]
+fn match_quality_scores_the_trace_against_the_policy_and_a_ladder() {
+    let node = solo();
+    let three_seconds = "0:same:2,1000:same:1,2000:any:1,2800:any:0";
+    let ladder = Node::spawn(None, "ladder", &[("--ladder", three_seconds)]);
+    let compare = format!("quality.compare_urls=[\"{}\"]", ws(&ladder));
+    let r = passes("match-quality", &[ws(&node)], &[compare]);
+    for run in ["r40", "r40.compare"] {
+        // 80 arrivals in 2 s: 40 pairs but for the last user of a language or two.
+        let pairs = num(&r, &format!("{run}.pairs"));
+        assert!((36.0..=40.0).contains(&pairs), "{run}: {r}");
+        let hist: f64 = (0..4).map(|k| num(&r, &format!("{run}.shared_{k}"))).sum();
+        assert_eq!(hist, pairs, "{run}: the histogram counts every pair");
+        assert_eq!(num(&r, &format!("{run}.same_language_share")), 1.0, "{r}");
+        assert_eq!(num(&r, &format!("{run}.double_matches")), 0.0, "{r}");
+    }
+}
+
+#[test]
 fn match_pairs_match_every_designated_pair() {
     let node = solo();
     let r = passes("match-pairs", &[ws(&node)], &[]);

@@ -16,6 +16,7 @@ mod failover;
 mod idle;
 pub mod net;
 pub mod progress;
+mod quality;
 pub mod report;
 mod rooms;
 pub mod server;
@@ -193,6 +194,7 @@ async fn drive(ctx: &Ctx) -> Result<Report, String> {
         Kind::Soak => soak::run(ctx).await,
         Kind::RedisFailover => failover::run(ctx).await,
         Kind::Attack => attack::run(ctx).await,
+        Kind::MatchQuality => quality::run(ctx).await,
     }
 }
 

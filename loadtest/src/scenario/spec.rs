@@ -21,6 +21,7 @@ pub enum Kind {
     FullFlow,
     RedisFailover,
     Attack,
+    MatchQuality,
 }
 
 impl Kind {
@@ -34,6 +35,7 @@ impl Kind {
             Kind::FullFlow => "full-flow",
             Kind::RedisFailover => "redis-failover",
             Kind::Attack => "attack",
+            Kind::MatchQuality => "match-quality",
         }
     }
 
@@ -68,6 +70,29 @@ fn default_secret_env() -> String {
 }
 fn default_token_ttl() -> u64 {
     3_600
+}
+
+/// `match-quality`: a seeded trace (4 languages, 3 interests of 40 per user) at
+/// each rate in turn, scored for shared interests and wait.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quality {
+    /// Arrivals per second, one run each, in order.
+    pub rates: Vec<f64>,
+    /// Seconds of each run (by position; missing: `duration_secs`).
+    #[serde(default)]
+    pub secs: Vec<f64>,
+    /// Seed of the trace (the same seed gives the same users).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// A second engine (e.g. started with a fixed `--ladder`) that runs the same
+    /// trace after each rate, for comparison (`r<rate>.compare.…`).
+    #[serde(default)]
+    pub compare_urls: Vec<String>,
+}
+
+fn default_seed() -> u64 {
+    1
 }
 
 /// `match-storm`: new connections arrive at `rate`/s, search, get matched, leave.
@@ -609,6 +634,8 @@ pub struct Scenario {
     pub failover: Option<Failover>,
     #[serde(default)]
     pub attack: Option<Attack>,
+    #[serde(default)]
+    pub quality: Option<Quality>,
     /// `path = { min = .., max = .. }` over `results` of the JSON report.
     #[serde(default)]
     pub thresholds: BTreeMap<String, Bound>,
@@ -788,6 +815,15 @@ impl Scenario {
             Kind::Attack => {
                 let a = self.attack.as_ref().ok_or_else(|| missing("attack"))?;
                 a.validate()?;
+            }
+            Kind::MatchQuality => {
+                let q = self.quality.as_ref().ok_or_else(|| missing("quality"))?;
+                if q.rates.is_empty() {
+                    return Err("quality.rates must name at least one rate".into());
+                }
+                for r in q.rates.iter().chain(&q.secs) {
+                    positive("quality.rates and quality.secs", *r)?;
+                }
             }
         }
         for (path, bound) in &self.thresholds {
