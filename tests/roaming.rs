@@ -1,0 +1,130 @@
+//! Searches without a language, and the default wait-target policy, through real
+//! WebSocket clients against real servers: a language-less search is matched with
+//! a user waiting in another language's pool, on one node and across two nodes
+//! joined through a real `redis-server`; a cancel reaches a search that moved
+//! between pools; with default matching settings a pair that shares nothing is
+//! still matched within the wait target.
+
+use rendezvous_test_support as common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use common::http::wait_stats;
+use common::search::Search;
+use common::*;
+use rendezvous::config::Config;
+use rendezvous_actors::protocol::ServerFrame;
+use serde_json::json;
+
+const SEARCH: Search = Search::AMID_CHATTER;
+
+/// The test settings under the default policy (no ladder) aiming at `target_ms`.
+fn config_with_target(target_ms: u64) -> Config {
+    let mut c = test_config();
+    c.engine.ladder.clear();
+    c.engine.max_wait_target_ms = target_ms;
+    c
+}
+
+#[tokio::test]
+async fn a_search_without_language_matches_a_user_waiting_in_another_language() {
+    let server = TestServer::start(test_config());
+    let [mut fr, mut any] = server.clients(["francoise", "anyone"]).await;
+    SEARCH.search(&mut fr, &["chess", "go"], json!({"language": "fr"})).await;
+    // No language: homed in the default pool (en), where nobody waits; it moves on.
+    SEARCH.search(&mut any, &["chess", "go"], json!({})).await;
+    let a = SEARCH.expect_match(&mut any).await;
+    let f = SEARCH.expect_match(&mut fr).await;
+    assert_eq!(a.room, f.room);
+    assert_eq!(a.partner.as_deref(), Some("francoise"));
+    assert_eq!(f.partner.as_deref(), Some("anyone"));
+    assert_eq!(a.shared, vec!["chess".to_owned(), "go".to_owned()]);
+    // One match each.
+    SEARCH.quiet(&mut any, Duration::from_millis(300)).await;
+    SEARCH.quiet(&mut fr, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn two_users_who_both_give_a_language_still_need_the_same_one() {
+    let server = TestServer::start(test_config());
+    let [mut fr, mut de, mut any] = server.clients(["fr1", "de1", "any1"]).await;
+    SEARCH.search(&mut fr, &["x", "y"], json!({"language": "fr", "max_wait_ms": 1500})).await;
+    SEARCH.search(&mut de, &["x", "y"], json!({"language": "de", "max_wait_ms": 1500})).await;
+    let ffr = SEARCH.outcome(&mut fr).await;
+    let fde = SEARCH.outcome(&mut de).await;
+    assert!(matches!(ffr, ServerFrame::NoMatchFound {}), "{ffr:?}");
+    assert!(matches!(fde, ServerFrame::NoMatchFound {}), "{fde:?}");
+    // A language-less search then takes one of them (whichever pool it reaches).
+    SEARCH.search(&mut fr, &["x", "y"], json!({"language": "fr"})).await;
+    SEARCH.search(&mut any, &["x", "y"], json!({})).await;
+    assert_eq!(SEARCH.expect_match(&mut any).await.partner.as_deref(), Some("fr1"));
+}
+
+#[tokio::test]
+async fn a_cancel_reaches_a_search_that_moved_to_another_pool() {
+    let server = TestServer::start(test_config());
+    let [mut de, mut any] = server.clients(["dieter", "roamer"]).await;
+    // Groups of three: one waiter in `de`, so the roamer moves there and waits.
+    SEARCH.search(&mut de, &["x"], json!({"language": "de", "group_size": 3})).await;
+    SEARCH.search(&mut any, &["x"], json!({"group_size": 3})).await;
+    // Let it move (it is alone in `en`: the next tick moves it).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    any.send_json(json!({"action": "cancel_match"})).await;
+    match SEARCH.next(&mut any).await {
+        ServerFrame::MatchCancelled {} => {}
+        other => panic!("expected match_cancelled, got {other:?}"),
+    }
+    // Only the `de` user still searches: the cancelled roamer is gone from every
+    // pool, so a third `de` user does not complete a group of three.
+    let what = "searching == 1";
+    wait_stats(server.addr, what, Duration::from_secs(5), |s| s["searching"].as_u64() == Some(1))
+        .await;
+    let mut third = server.client("third").await;
+    SEARCH.search(&mut third, &["x"], json!({"language": "de", "group_size": 3})).await;
+    SEARCH.quiet(&mut third, Duration::from_millis(1_500)).await;
+    SEARCH.quiet(&mut any, Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn a_search_without_language_matches_across_nodes() {
+    let cluster = Cluster::start(2).await;
+    let [mut fr, mut any] = cluster.clients([(0, "fr-node0"), (1, "any-node1")]).await;
+    SEARCH.search(&mut fr, &["chess"], json!({"language": "fr"})).await;
+    SEARCH.search(&mut any, &["chess"], json!({})).await;
+    let a = SEARCH.expect_match(&mut any).await;
+    let f = SEARCH.expect_match(&mut fr).await;
+    assert_eq!(a.room, f.room, "one room across the nodes");
+    assert_eq!(a.partner.as_deref(), Some("fr-node0"));
+    assert_eq!(f.partner.as_deref(), Some("any-node1"));
+    SEARCH.quiet(&mut any, Duration::from_millis(300)).await;
+    SEARCH.quiet(&mut fr, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn by_default_a_pair_sharing_nothing_is_matched_within_the_target() {
+    // A fixed ladder of the old default would wait 8 s for a pair sharing nothing.
+    let server = TestServer::start(config_with_target(1_500));
+    let [mut a, mut b] = server.clients(["knitter", "surfer"]).await;
+    let t0 = Instant::now();
+    SEARCH.search(&mut a, &["knitting", "tea"], json!({})).await;
+    SEARCH.search(&mut b, &["surfing", "vans"], json!({})).await;
+    let fa = SEARCH.expect_match(&mut a).await;
+    assert_eq!(fa.partner.as_deref(), Some("surfer"));
+    assert_eq!(fa.score, 0);
+    // Generous: the policy aims at 1.5 s; a busy machine may add some.
+    assert!(t0.elapsed() < Duration::from_millis(3_000), "took {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn by_default_a_pair_with_the_best_score_available_is_matched_at_once() {
+    let server = TestServer::start(config_with_target(3_000));
+    let [mut a, mut b] = server.clients(["ann", "ben"]).await;
+    SEARCH.search(&mut a, &["chess", "go", "jazz"], json!({"language": "it"})).await;
+    let t0 = Instant::now();
+    SEARCH.search(&mut b, &["chess", "go", "jazz"], json!({"language": "it"})).await;
+    let fb = SEARCH.expect_match(&mut b).await;
+    assert_eq!(fb.score, 3);
+    // Nothing better can come: no reason to hold out (generous bound, shared machine).
+    assert!(t0.elapsed() < Duration::from_millis(1_000), "took {:?}", t0.elapsed());
+}
