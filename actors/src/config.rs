@@ -94,7 +94,7 @@ pub struct EngineConfig {
     /// The ladder used before the policy was `0:same:2,2000:same:1,4000:any:1,8000:any:0`.
     #[arg(long, value_delimiter = ',', value_name = "STEPS", help_heading = "Matching")]
     pub ladder: Vec<LadderStep>,
-    /// Language assumed for searches that give none ("" = searches without one share their own pool)
+    /// Pool where searches without a language start; they may then move to other languages' pools ("" = they share a pool of their own)
     #[arg(long, default_value = "en", help_heading = "Matching")]
     pub default_language: String,
     /// Comma-separated language tags a search may name (e.g. en,fr,pt-BR); others get `bad_request`; unset = any well-formed tag
