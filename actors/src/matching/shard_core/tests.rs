@@ -861,3 +861,107 @@ fn random_interleavings_keep_the_state_consistent() {
         }
     }
 }
+
+// ---- roaming searches (no language) ----
+
+/// A core whose roaming searches go to `fr` when it is not their pool.
+fn roaming_world() -> World {
+    let policy = crate::matching::policy::Policy::Ladder(ladder());
+    let core = ShardCore::new(Arc::from("a"), false, policy, Box::new(|_, _| false))
+        .with_roaming(Box::new(|from, _| (from != "fr").then(|| Arc::from("fr"))));
+    let t0 = Instant::now();
+    World { core, t0, now: t0, next_ticket: 1_000 }
+}
+
+fn roamer(
+    ticket: Ticket,
+    user: &str,
+    language: &str,
+    moved: bool,
+    t0: Instant,
+) -> LocalSearch<Fake> {
+    let mut criteria = criteria(2);
+    criteria.language = Arc::from(language);
+    criteria.roaming = true;
+    LocalSearch {
+        ticket,
+        user: uid(user),
+        criteria,
+        joined: t0,
+        deadline: t0 + Duration::from_secs(60),
+        link: Fake { alive: Arc::new(AtomicBool::new(true)) },
+        moved,
+    }
+}
+
+#[test]
+fn a_lone_roaming_search_ends_here_before_it_moves_and_is_begun_there() {
+    let mut w = roaming_world();
+    w.core.enqueue(roamer(1, "r", "en", false, w.t0), w.now);
+    let fx = w.fx();
+    assert_eq!(searching(&fx), 1);
+    w.core.tick(w.at(100));
+    let fx = w.fx();
+    let end = fx.iter().position(
+        |f| matches!(f, Effect::EndSearch { ticket: 1, language, .. } if &**language == "en"),
+    );
+    let mv = fx.iter().position(
+        |f| matches!(f, Effect::Move(s) if s.ticket == 1 && &*s.criteria.language == "fr"),
+    );
+    assert!(end.is_some() && mv.is_some() && end < mv, "ended here, then moved: {fx:?}");
+    assert_eq!(searching(&fx), 0, "still one search in progress");
+    assert!(!w.waiting(1));
+    assert_eq!(w.core.moved_to(1).as_deref(), Some("fr"), "a cancel sent here can follow it");
+    // The shard of `fr` (here the same core) begins it and counts it once.
+    w.core.enqueue(roamer(1, "r", "fr", true, w.t0), w.at(110));
+    let fx = w.fx();
+    assert_eq!(announced(&fx), vec![1]);
+    assert_eq!(searching(&fx), 0);
+    assert_eq!(w.core.moved_to(1), None);
+    assert!(w.waiting(1));
+    // In `fr` it has nowhere else to go: it stays, and matches a `fr` searcher.
+    w.core.tick(w.at(2_000));
+    assert!(w.waiting(1));
+    let link = Fake { alive: Arc::new(AtomicBool::new(true)) };
+    let mut c = criteria(2);
+    c.language = Arc::from("fr");
+    let s = LocalSearch {
+        ticket: 2,
+        user: uid("f"),
+        criteria: c,
+        joined: w.at(2_000),
+        deadline: w.at(60_000),
+        link,
+        moved: false,
+    };
+    w.core.enqueue(s, w.at(2_000));
+    let fx = w.fx();
+    let (id, members) = claim_of(&fx);
+    assert_eq!(members.len(), 2);
+    let fx = w.claim_result(id, Ok(ClaimOutcome::Claimed));
+    assert_eq!(
+        room_members(&fx).map(|mut m| {
+            m.sort();
+            m
+        }),
+        Some(vec![1, 2])
+    );
+}
+
+#[test]
+fn a_roaming_search_with_company_stays_for_its_dwell() {
+    let mut w = roaming_world();
+    // Two roaming searches that do not match each other (groups of three).
+    let mut a = roamer(1, "r1", "en", false, w.t0);
+    let mut b = roamer(2, "r2", "en", false, w.t0);
+    a.criteria.group_size = 3;
+    b.criteria.group_size = 3;
+    w.core.enqueue(a, w.now);
+    w.core.enqueue(b, w.now);
+    w.fx();
+    w.core.tick(w.at(500));
+    assert!(w.waiting(1) && w.waiting(2), "not alone, within the dwell: they stay");
+    w.core.tick(w.at(1_100));
+    let fx = w.fx();
+    assert_eq!(fx.iter().filter(|f| matches!(f, Effect::Move(_))).count(), 2, "{fx:?}");
+}
