@@ -128,7 +128,7 @@ async fn ties_go_to_the_longest_waiter() {
 }
 
 #[tokio::test]
-async fn languages_never_mix_and_the_default_is_en() {
+async fn languages_never_mix_unless_one_side_gives_none() {
     let server = TestServer::start(test_config());
     let [mut en, mut de] = server.clients(["en1", "de1"]).await;
     let started = Instant::now();
@@ -139,18 +139,22 @@ async fn languages_never_mix_and_the_default_is_en() {
     expect_no_match(&mut de).await;
     assert!(started.elapsed() >= Duration::from_millis(1_500), "timed out early");
 
-    // No language: the default ("en"), not a wildcard.
+    // No language: a wildcard (it starts in the default pool, `en`, and moves on).
     let mut de2 = server.client("de2").await;
     SEARCH.search(&mut de2, &["chess", "go"], json!({"language": "de"})).await;
     let mut none = server.client("nolang").await;
     SEARCH.search(&mut none, &["chess", "go"], json!({})).await;
-    none.expect_silence(Duration::from_millis(300)).await;
-    let mut en2 = server.client("en2").await;
+    let f = SEARCH.expect_match(&mut none).await;
+    assert_eq!(f.partner.as_deref(), Some("de2"));
+    assert_eq!(SEARCH.expect_match(&mut de2).await.room, f.room);
+
+    // Languages are normalized: " EN " meets "en".
+    let [mut en2, mut en3] = server.clients(["en2", "en3"]).await;
+    SEARCH.search(&mut en3, &["chess", "go"], json!({"language": "en"})).await;
     SEARCH.search(&mut en2, &["chess", "go"], json!({"language": " EN "})).await;
     let f = SEARCH.expect_match(&mut en2).await;
-    assert_eq!(f.partner.as_deref(), Some("nolang"));
-    assert_eq!(SEARCH.expect_match(&mut none).await.room, f.room);
-    de2.expect_silence(PAST_FULL_RELAX).await;
+    assert_eq!(f.partner.as_deref(), Some("en3"));
+    assert_eq!(SEARCH.expect_match(&mut en3).await.room, f.room);
 }
 
 #[tokio::test]
