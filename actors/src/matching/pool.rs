@@ -849,6 +849,63 @@ mod tests {
     }
 
     #[test]
+    fn the_target_policy_holds_out_in_a_busy_pool_then_takes_the_best_there() {
+        use crate::matching::policy::Target;
+        let t0 = Instant::now();
+        let target = Target::tuned(Duration::from_millis(2_000), 0.01, 4.0);
+        let mut p: Pool<()> = Pool::with_policy(Policy::Target(target));
+        // 400 arrivals over 4 s (100/s), each sharing "x" and one of 8 others with
+        // the searchers below; matched (removed) at once.
+        for t in 0..400u64 {
+            let at = t0 + Duration::from_millis(t * 10);
+            let other: &'static str = ["a", "b", "c", "d", "e", "f", "g", "h"][t as usize % 8];
+            let interests: &'static [&'static str] =
+                Box::leak(vec!["x", other, "z"].into_boxed_slice());
+            p.arrive(entry(10_000 + t, pair(&format!("w{t}"), interests, None), at), at);
+            p.remove(10_000 + t);
+        }
+        let now = t0 + Duration::from_secs(4);
+        assert!(p.arrival_rate("en", 2, now) > 80.0);
+        // u and v share one interest: in a pool this busy, both hold out for two.
+        p.arrive(entry(1, pair("u", &["x", "a", "q"], None), now), now);
+        p.arrive(entry(2, pair("v", &["x", "b", "r"], None), now), now);
+        assert!(p.try_match(2, now, never, |_| true).is_none(), "both hold out for two");
+        // At u's forced time it takes the best partner there.
+        let out = p.tick(now + Duration::from_millis(2_000), never, |_| true);
+        assert_eq!(out.matches.len(), 1);
+        assert_eq!(out.matches[0].shared.len(), 1);
+        assert!(p.is_empty());
+    }
+
+    #[test]
+    fn the_target_policy_serves_a_stranded_search_first_and_groups_at_once_when_quiet() {
+        use crate::matching::policy::Target;
+        let t0 = Instant::now();
+        let target = Target::tuned(Duration::from_millis(1_000), 0.01, 4.0);
+        let mut p: Pool<()> = Pool::with_policy(Policy::Target(target));
+        // Alone until past its forced time: stranded.
+        p.arrive(entry(1, pair("lonely", &["knitting"], None), t0), t0);
+        assert!(p.tick(t0 + Duration::from_millis(1_100), never, |_| true).matches.is_empty());
+        let later = t0 + Duration::from_millis(1_200);
+        p.arrive(entry(2, pair("fan", &["chess", "go"], None), later), later);
+        p.arrive(entry(3, pair("newcomer", &["chess", "go"], None), later), later);
+        let m = p.try_match(3, later, never, |_| true).expect("a match");
+        assert_eq!(users(&m), ["newcomer", "lonely"], "the stranded search comes first");
+        // A quiet stream: a group of three forms as soon as three are there.
+        let g = |u: &'static str, i: &'static [&'static str]| Spec {
+            user: u,
+            interests: i,
+            lang: "de",
+            region: None,
+            group: 3,
+        };
+        p.arrive(entry(4, g("a", &["p"]), later), later);
+        p.arrive(entry(5, g("b", &["q"]), later), later);
+        p.arrive(entry(6, g("c", &["r"]), later), later);
+        assert_eq!(p.try_match(6, later, never, |_| true).map(|m| m.members.len()), Some(3));
+    }
+
+    #[test]
     fn removal_keeps_indexes_exact() {
         let t0 = Instant::now();
         let mut p = Pool::new(ladder());
@@ -861,5 +918,6 @@ mod tests {
         assert!(
             p.is_empty() && p.buckets.is_empty() && p.by_user.is_empty() && p.timers.is_empty()
         );
+        assert!(p.due.is_empty() && p.odds.is_empty() && p.stranded.is_empty());
     }
 }
