@@ -181,7 +181,12 @@ pub struct Config {
     #[arg(long, value_delimiter = ',', value_name = "ORIGINS", help_heading = "Limits")]
     pub allowed_origins: Vec<String>,
     /// Address and port of the admin API, the admin page and `/metrics` for operators; served only when --admin-token is set
-    #[arg(long, default_value = "127.0.0.1:9090", value_name = "ADDR:PORT", help_heading = "Admin")]
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9090",
+        value_name = "ADDR:PORT",
+        help_heading = "Admin"
+    )]
     pub admin_bind: SocketAddr,
     /// Token operators send as `Authorization: Bearer TOKEN` to the admin API (at least 16 bytes); unset = no admin listener
     #[arg(long, value_name = "TOKEN", hide_env_values = true, help_heading = "Admin")]

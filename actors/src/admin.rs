@@ -124,7 +124,8 @@ impl Admin {
     /// Record `ev` everywhere and carry it out here.
     fn act(&self, action: &'static str, ev: ModEvent) {
         tracing::info!(action, event = ?ev, "moderation action");
-        metrics::counter!(crate::metrics::MODERATION_ACTIONS_TOTAL, "action" => action).increment(1);
+        metrics::counter!(crate::metrics::MODERATION_ACTIONS_TOTAL, "action" => action)
+            .increment(1);
         self.shared.moderate(&ev);
         enforce(&self.shared, &self.rooms, &ev);
     }

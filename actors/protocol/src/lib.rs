@@ -453,7 +453,11 @@ mod tests {
         .expect("parse");
         assert_eq!(
             f,
-            ClientFrame::Report { user_id: "u2".into(), room_id: "r1".into(), reason: "spam".into() }
+            ClientFrame::Report {
+                user_id: "u2".into(),
+                room_id: "r1".into(),
+                reason: "spam".into()
+            }
         );
         assert_eq!(f.action(), "report");
         let f: ClientFrame =

@@ -98,10 +98,9 @@ impl ModEvent {
         match self {
             ModEvent::Ban(b) => Some(StoreKey::Put { key: ban_key(&b.user), until_ms: b.until_ms }),
             ModEvent::Unban { user } => Some(StoreKey::Remove { key: ban_key(user) }),
-            ModEvent::Block(b) => Some(StoreKey::Put {
-                key: format!("block:{}\t{}", b.a, b.b),
-                until_ms: b.until_ms,
-            }),
+            ModEvent::Block(b) => {
+                Some(StoreKey::Put { key: format!("block:{}\t{}", b.a, b.b), until_ms: b.until_ms })
+            }
             ModEvent::Report(r) => {
                 Some(StoreKey::Put { key: format!("report:{}", r.id), until_ms: r.until_ms })
             }

@@ -237,10 +237,8 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("mkdir");
         let path = dir.join("state.json");
         let _ = std::fs::remove_file(&path);
-        let cfg = EngineConfig {
-            moderation_state_file: Some(path.clone()),
-            ..EngineConfig::default()
-        };
+        let cfg =
+            EngineConfig { moderation_state_file: Some(path.clone()), ..EngineConfig::default() };
         let m = Moderation::new(&cfg, DefaultClock::default());
         assert!(m.read_file().expect("no file yet is fine").is_empty());
         let until_ms = now_ms() + 60_000;
@@ -249,10 +247,7 @@ mod tests {
         assert!(!path.with_extension("json.tmp").exists(), "the temporary file was renamed");
         let again = Moderation::new(&cfg, DefaultClock::default());
         let events = again.read_file().expect("read");
-        assert_eq!(
-            events,
-            vec![ModEvent::Block(Block { a: "a".into(), b: "b".into(), until_ms })]
-        );
+        assert_eq!(events, vec![ModEvent::Block(Block { a: "a".into(), b: "b".into(), until_ms })]);
         std::fs::write(&path, "{not json").expect("write");
         assert!(matches!(again.read_file(), Err(StateFileError::Parse { .. })));
         let _ = std::fs::remove_dir_all(&dir);

@@ -157,7 +157,12 @@ mod tests {
         let mut recent = RecentRooms::new(2_000);
         for i in 0..10 {
             let text = "x".repeat(400);
-            recent.remember(&format!("r{i}"), vec!["a".into(), "b".into()], vec![msg(1, &text)], 1_000);
+            recent.remember(
+                &format!("r{i}"),
+                vec!["a".into(), "b".into()],
+                vec![msg(1, &text)],
+                1_000,
+            );
         }
         assert!(recent.len() < 10 && recent.len() >= 3, "kept {}", recent.len());
         assert!(recent.evidence("r9", "a", "b", 0).is_some(), "the newest is kept");

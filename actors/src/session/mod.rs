@@ -551,22 +551,27 @@ impl SessionActor {
         validate::room_id(&room_id, cfg)?;
         let reason = validate::report_reason(&reason, cfg)?;
         shared.moderation.check_report_rate(&self.user).map_err(|wait| {
-            EngineError::RateLimited { action: "report", retry_after_ms: wait.as_millis() as u64 + 1 }
+            EngineError::RateLimited {
+                action: "report",
+                retry_after_ms: wait.as_millis() as u64 + 1,
+            }
         })?;
         let limit = shared.moderation.evidence_messages();
         let Some(room) = self.engine.rooms.directory.get(room_id.as_str()) else {
-            let evidence = shared.moderation.recent_evidence(&room_id, self.user.as_str(), other.as_str());
+            let evidence =
+                shared.moderation.recent_evidence(&room_id, self.user.as_str(), other.as_str());
             self.file_report(other, room_id, reason, evidence, ctx);
             return Ok(());
         };
-        let ask = room.send(Evidence {
-            reporter: self.user.clone(),
-            reported: other.clone(),
-            limit,
-        });
+        let ask =
+            room.send(Evidence { reporter: self.user.clone(), reported: other.clone(), limit });
         ctx.spawn(ask.into_actor(self).map(move |res, act, ctx| {
             let evidence = res.ok().flatten().or_else(|| {
-                act.engine.shared.moderation.recent_evidence(&room_id, act.user.as_str(), other.as_str())
+                act.engine.shared.moderation.recent_evidence(
+                    &room_id,
+                    act.user.as_str(),
+                    other.as_str(),
+                )
             });
             act.file_report(other, room_id, reason, evidence, ctx);
         }));

@@ -693,7 +693,9 @@ impl RedisBridge {
                 let n = records.len();
                 for json in records.iter().filter_map(as_string) {
                     match serde_json::from_str(&json) {
-                        Ok(ev) => sink.deliver(ClusterEvent::Moderation { origin: String::new(), ev }),
+                        Ok(ev) => {
+                            sink.deliver(ClusterEvent::Moderation { origin: String::new(), ev })
+                        }
                         Err(e) => warn!(error = %e, "unreadable moderation record in redis"),
                     }
                 }
