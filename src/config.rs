@@ -455,6 +455,23 @@ mod tests {
     }
 
     #[test]
+    fn admin_flags_parse_and_the_token_is_masked() {
+        let c = load(&[]).expect("defaults");
+        assert!(c.public_metrics && c.admin_token.is_none());
+        assert_eq!(c.admin_bind.to_string(), "127.0.0.1:9090");
+        let c = load(&["--public-metrics=false", "--admin-token", "0123456789abcdef0123"])
+            .expect("flags");
+        assert!(!c.public_metrics);
+        let printed = c.to_toml_masked();
+        assert!(!printed.contains("0123456789abcdef0123") && printed.contains(MASKED), "{printed}");
+        assert!(matches!(load(&["--admin-token", "short"]), Err(ConfigError::WeakAdminToken)));
+        let c = load(&["--moderation-state-file", "/tmp/m.json", "--reports-per-hour", "3"])
+            .expect("moderation flags");
+        assert_eq!(c.engine.reports_per_hour, 3);
+        assert!(c.engine.moderation_state_file.is_some());
+    }
+
+    #[test]
     fn no_options_means_embedded_single_node_on_loopback_8080() {
         let c = load(&[]).expect("defaults");
         assert_eq!(c.bind, "127.0.0.1:8080".parse().expect("addr"));
