@@ -139,7 +139,10 @@ impl Snapshot {
 #[derive(Debug, Default)]
 pub struct Book {
     bans: HashMap<String, Ban>,
-    blocks: HashMap<(String, String), u64>,
+    /// Who asked → whom they block → until when; at most `max_blocks` per asker
+    /// (like the avoid list, the earliest-ending go first).
+    blocks: HashMap<String, HashMap<String, u64>>,
+    max_blocks: usize,
     /// By id; ids start with the filing time's node and ms, so this is roughly
     /// filing order per node. Listing sorts by `at_ms`.
     reports: BTreeMap<String, Report>,
@@ -148,9 +151,10 @@ pub struct Book {
 }
 
 impl Book {
-    /// An empty record keeping at most `max_reports` reports.
-    pub fn new(max_reports: usize) -> Self {
-        Self { max_reports: max_reports.max(1), ..Self::default() }
+    /// An empty record keeping at most `max_reports` reports and `max_blocks`
+    /// blocks per user.
+    pub fn new(max_reports: usize, max_blocks: usize) -> Self {
+        Self { max_reports: max_reports.max(1), max_blocks: max_blocks.max(1), ..Self::default() }
     }
 
     /// Apply one event at `now_ms`. True when the lasting record changed (the
@@ -169,9 +173,17 @@ impl Book {
                 if b.until_ms <= now_ms {
                     return false;
                 }
-                let until = self.blocks.entry((b.a.clone(), b.b.clone())).or_default();
+                let mine = self.blocks.entry(b.a.clone()).or_default();
+                let until = mine.entry(b.b.clone()).or_default();
                 let changed = *until < b.until_ms;
                 *until = (*until).max(b.until_ms);
+                while mine.len() > self.max_blocks {
+                    let first = mine.iter().min_by_key(|(_, &u)| u).map(|(k, _)| k.clone());
+                    match first {
+                        Some(k) => mine.remove(&k),
+                        None => break,
+                    };
+                }
                 changed
             }
             ModEvent::Report(r) => {
@@ -223,8 +235,9 @@ impl Book {
     pub fn blocks(&self, now_ms: u64) -> Vec<Block> {
         self.blocks
             .iter()
-            .filter(|(_, &until)| until > now_ms)
-            .map(|((a, b), &until_ms)| Block { a: a.clone(), b: b.clone(), until_ms })
+            .flat_map(|(a, mine)| mine.iter().map(move |(b, &until_ms)| (a, b, until_ms)))
+            .filter(|(_, _, until)| *until > now_ms)
+            .map(|(a, b, until_ms)| Block { a: a.clone(), b: b.clone(), until_ms })
             .collect()
     }
 
@@ -251,11 +264,16 @@ impl Book {
 
     /// Drop what ended; true when anything was dropped.
     pub fn expire(&mut self, now_ms: u64) -> bool {
-        let before = self.bans.len() + self.blocks.len() + self.reports.len();
+        let blocks =
+            |b: &HashMap<String, HashMap<String, u64>>| b.values().map(HashMap::len).sum::<usize>();
+        let before = self.bans.len() + blocks(&self.blocks) + self.reports.len();
         self.bans.retain(|_, b| b.until_ms > now_ms);
-        self.blocks.retain(|_, until| *until > now_ms);
+        for mine in self.blocks.values_mut() {
+            mine.retain(|_, until| *until > now_ms);
+        }
+        self.blocks.retain(|_, mine| !mine.is_empty());
         self.reports.retain(|_, r| r.until_ms > now_ms);
-        before != self.bans.len() + self.blocks.len() + self.reports.len()
+        before != self.bans.len() + blocks(&self.blocks) + self.reports.len()
     }
 
     /// What is in force, for the state file.
@@ -298,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_ban_holds_until_it_ends_or_is_lifted() {
-        let mut book = Book::new(10);
+        let mut book = Book::new(10, 10);
         assert!(book.apply(&ban("u1", None, 100), 0));
         assert!(book.banned("u1", None, 99).is_some());
         assert!(book.banned("u1", None, 100).is_none(), "ended at until_ms");
@@ -311,7 +329,7 @@ mod tests {
 
     #[test]
     fn an_address_ban_keeps_out_any_user_from_that_address() {
-        let mut book = Book::new(10);
+        let mut book = Book::new(10, 10);
         book.apply(&ban("u1", Some("10.0.0.7"), 100), 0);
         let ip = "10.0.0.7".parse().ok();
         assert_eq!(book.banned("someone-else", ip, 50).map(|b| b.user.as_str()), Some("u1"));
@@ -321,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_block_keeps_its_latest_end_and_expires() {
-        let mut book = Book::new(10);
+        let mut book = Book::new(10, 10);
         let block = |until_ms| ModEvent::Block(Block { a: "a".into(), b: "b".into(), until_ms });
         assert!(book.apply(&block(100), 0));
         assert!(!book.apply(&block(50), 0), "an earlier end changes nothing");
@@ -332,8 +350,19 @@ mod tests {
     }
 
     #[test]
+    fn a_users_blocks_are_capped_the_earliest_ending_first() {
+        let mut book = Book::new(10, 2);
+        for (b, until_ms) in [("x", 30), ("y", 10), ("z", 20)] {
+            book.apply(&ModEvent::Block(Block { a: "a".into(), b: b.into(), until_ms }), 0);
+        }
+        let mut kept: Vec<String> = book.blocks(0).into_iter().map(|b| b.b).collect();
+        kept.sort();
+        assert_eq!(kept, ["x", "z"]);
+    }
+
+    #[test]
     fn resolving_replaces_the_report_and_the_cap_drops_resolved_ones_first() {
-        let mut book = Book::new(2);
+        let mut book = Book::new(2, 10);
         book.apply(&ModEvent::Report(report("n-1", 1, false)), 0);
         book.apply(&ModEvent::Report(report("n-2", 2, false)), 0);
         assert_eq!(book.open_reports(0), 2);
@@ -350,14 +379,14 @@ mod tests {
 
     #[test]
     fn a_snapshot_rebuilds_the_same_book() {
-        let mut book = Book::new(10);
+        let mut book = Book::new(10, 10);
         book.apply(&ban("u1", Some("::1"), 100), 0);
         book.apply(&ModEvent::Block(Block { a: "a".into(), b: "b".into(), until_ms: 90 }), 0);
         book.apply(&ModEvent::Report(report("n-1", 1, false)), 0);
         let snap = book.snapshot(0);
         let json = serde_json::to_string(&snap).expect("json");
         let back: Snapshot = serde_json::from_str(&json).expect("parse");
-        let mut again = Book::new(10);
+        let mut again = Book::new(10, 10);
         for ev in back.into_events() {
             again.apply(&ev, 0);
         }

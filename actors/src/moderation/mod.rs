@@ -75,7 +75,7 @@ impl Moderation {
             .unwrap_or_else(|| Quota::per_hour(per_hour))
             .allow_burst(per_hour);
         Self {
-            book: Mutex::new(Book::new(cfg.max_reports)),
+            book: Mutex::new(Book::new(cfg.max_reports, cfg.max_blocks_per_user)),
             recent: Mutex::new(RecentRooms::new(RECENT_ROOMS_BYTES)),
             file: cfg.moderation_state_file.clone(),
             dirty: AtomicBool::new(false),
