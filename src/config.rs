@@ -45,6 +45,9 @@ use crate::public_key::PublicKey;
 /// hash's size).
 pub const MIN_SECRET_BYTES: usize = 32;
 
+/// Shortest admin token accepted, in bytes.
+pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
+
 /// Smallest `max_header_bytes`: hyper's smallest read buffer.
 pub const MIN_HEADER_BYTES: usize = 8192;
 
@@ -177,6 +180,21 @@ pub struct Config {
     /// Requests without `Origin` (non-browser clients) are not affected.
     #[arg(long, value_delimiter = ',', value_name = "ORIGINS", help_heading = "Limits")]
     pub allowed_origins: Vec<String>,
+    /// Address and port of the admin API, the admin page and `/metrics` for operators; served only when --admin-token is set
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9090",
+        value_name = "ADDR:PORT",
+        help_heading = "Admin"
+    )]
+    pub admin_bind: SocketAddr,
+    /// Token operators send as `Authorization: Bearer TOKEN` to the admin API (at least 16 bytes); unset = no admin listener
+    #[arg(long, value_name = "TOKEN", hide_env_values = true, help_heading = "Admin")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+    /// Serve `/metrics` and `/api/stats` on the public port too (`--public-metrics=false` keeps them for the admin address)
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL", help_heading = "Admin")]
+    pub public_metrics: bool,
     #[command(flatten)]
     pub engine: EngineConfig,
 }
@@ -275,6 +293,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, source: toml::de::Error },
     #[error(transparent)]
     Invalid(#[from] rendezvous_actors::config::ConfigError),
+    #[error("admin_token must be at least {MIN_ADMIN_TOKEN_BYTES} bytes; generate one with `openssl rand -base64 32`")]
+    WeakAdminToken,
     #[error("jwt_secret must be at least {MIN_SECRET_BYTES} bytes (HS256); generate one with `openssl rand -base64 48`")]
     WeakSecret,
     /// A secret still reads `<masked>` (a `--print-config` output used as the file).
@@ -316,6 +336,7 @@ impl Config {
             &mut config.jwt_secret,
             &mut config.jwt_audience,
             &mut config.jwt_issuer,
+            &mut config.admin_token,
         ] {
             if empty_is_unset.as_deref() == Some("") {
                 *empty_is_unset = None;
@@ -354,6 +375,9 @@ impl Config {
         if c.jwt_secret.is_some() {
             c.jwt_secret = Some(MASKED.into());
         }
+        if c.admin_token.is_some() {
+            c.admin_token = Some(MASKED.into());
+        }
         c.redis_url = c.redis_url.as_deref().map(mask_url_password);
         let body = toml::to_string(&c).unwrap_or_else(|e| format!("# not printable: {e}\n"));
         format!(
@@ -365,6 +389,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jwt_secret.as_deref() == Some(MASKED) {
             return Err(ConfigError::Masked("jwt_secret", "jwt-secret", "JWT_SECRET"));
+        }
+        if self.admin_token.as_deref() == Some(MASKED) {
+            return Err(ConfigError::Masked("admin_token", "admin-token", "ADMIN_TOKEN"));
+        }
+        if self.admin_token.as_ref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_BYTES) {
+            return Err(ConfigError::WeakAdminToken);
         }
         if self.redis_url.as_deref().is_some_and(|u| u.contains(MASKED)) {
             return Err(ConfigError::Masked("redis_url", "redis-url", "REDIS_URL"));
@@ -422,6 +452,23 @@ mod tests {
     /// `load` of a command line written as one string (no value has a space).
     fn load_line(line: &str) -> Result<Config, ConfigError> {
         load(&line.split_whitespace().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn admin_flags_parse_and_the_token_is_masked() {
+        let c = load(&[]).expect("defaults");
+        assert!(c.public_metrics && c.admin_token.is_none());
+        assert_eq!(c.admin_bind.to_string(), "127.0.0.1:9090");
+        let c = load(&["--public-metrics=false", "--admin-token", "0123456789abcdef0123"])
+            .expect("flags");
+        assert!(!c.public_metrics);
+        let printed = c.to_toml_masked();
+        assert!(!printed.contains("0123456789abcdef0123") && printed.contains(MASKED), "{printed}");
+        assert!(matches!(load(&["--admin-token", "short"]), Err(ConfigError::WeakAdminToken)));
+        let c = load(&["--moderation-state-file", "/tmp/m.json", "--reports-per-hour", "3"])
+            .expect("moderation flags");
+        assert_eq!(c.engine.reports_per_hour, 3);
+        assert!(c.engine.moderation_state_file.is_some());
     }
 
     #[test]

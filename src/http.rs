@@ -58,6 +58,9 @@ pub struct App {
     pub open_file_limit: u64,
     /// Caps and deadlines of connections not yet upgraded, and the trusted proxies.
     pub admission: Arc<Admission>,
+    /// Serve `/metrics` and `/api/stats` here (`--public-metrics`); else only on
+    /// the admin address.
+    pub public_metrics: bool,
 }
 
 impl App {
@@ -88,6 +91,7 @@ impl App {
             session_cap,
             open_file_limit: nofile,
             admission,
+            public_metrics: true,
         }
     }
 
@@ -111,7 +115,7 @@ fn admission(config: &Config, open_file_limit: u64) -> Admission {
     )
 }
 
-type Body = Full<Bytes>;
+pub(crate) type Body = Full<Bytes>;
 
 /// Serve HTTP/1.1 on one accepted connection (keep-alive, upgrades) until it is
 /// upgraded, closed, or a deadline of its [`ConnClock`] passes (then the socket is
@@ -177,18 +181,18 @@ pub async fn serve_connection(
     drop(pending);
 }
 
-fn lock(clock: &Mutex<ConnClock>) -> std::sync::MutexGuard<'_, ConnClock> {
+pub(crate) fn lock(clock: &Mutex<ConnClock>) -> std::sync::MutexGuard<'_, ConnClock> {
     clock.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     r
 }
 
-fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(value.to_string())));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -218,13 +222,10 @@ async fn route(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" => readyz(&app).await,
-        "/metrics" => {
-            crate::telemetry::collect_process();
-            let mut r = text(StatusCode::OK, app.metrics.render());
-            r.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
-            r
+        "/metrics" | "/api/stats" if !app.public_metrics => {
+            text(StatusCode::NOT_FOUND, "not found\n")
         }
+        "/metrics" => metrics_page(&app.metrics),
         "/api/stats" => stats(&app).await,
         "/api/trending" => trending(req.uri().query(), &app).await,
         "/" | "/index.html" => asset(INDEX_HTML, "text/html; charset=utf-8"),
@@ -232,6 +233,14 @@ async fn route(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
         "/style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+/// `/metrics`: Prometheus text (also served on the admin address).
+pub fn metrics_page(metrics: &PrometheusHandle) -> Response<Body> {
+    crate::telemetry::collect_process();
+    let mut r = text(StatusCode::OK, metrics.render());
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    r
 }
 
 async fn readyz(app: &App) -> Response<Body> {
@@ -245,21 +254,23 @@ async fn readyz(app: &App) -> Response<Body> {
 }
 
 async fn stats(app: &App) -> Response<Body> {
-    let shared = &app.engine.shared;
+    json_response(StatusCode::OK, stats_json(&app.engine).await)
+}
+
+/// What `/api/stats` answers (the admin API's overview starts from it).
+pub async fn stats_json(engine: &Engine) -> serde_json::Value {
+    let shared = &engine.shared;
     let nodes = shared.bridge.nodes().await.unwrap_or(1);
     let trending = shared.bridge.trending(10).await.unwrap_or_default();
-    json_response(
-        StatusCode::OK,
-        json!({
-            "node": shared.config.node_id,
-            "online": shared.registry.len(),
-            "searching": shared.searching.load(Ordering::Relaxed),
-            "rooms": app.engine.rooms.directory.len(),
-            "nodes": nodes,
-            "trending": trending_json(trending),
-            "uptime_secs": shared.started_at.elapsed().as_secs(),
-        }),
-    )
+    json!({
+        "node": shared.config.node_id,
+        "online": shared.registry.len(),
+        "searching": shared.searching.load(Ordering::Relaxed),
+        "rooms": engine.rooms.directory.len(),
+        "nodes": nodes,
+        "trending": trending_json(trending),
+        "uptime_secs": shared.started_at.elapsed().as_secs(),
+    })
 }
 
 fn trending_json(top: Vec<(String, u64)>) -> serde_json::Value {
@@ -356,11 +367,30 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, client: IpAddr) -> Respons
         Ok(_) if full.is_some() => {
             Err((close::TRY_AGAIN_LATER, ErrorCode::Internal, full.unwrap_or_default().to_owned()))
         }
-        Ok(user) => Ok(user),
+        Ok(id) => match shared.moderation.banned(id.user.as_str(), Some(client)) {
+            Some(ban) if browser => Err((
+                close::BANNED,
+                ErrorCode::Unauthorized,
+                rendezvous_actors::session::banned_message(ban.until_ms),
+            )),
+            Some(ban) => {
+                metrics::counter!(m::BANNED_REFUSALS_TOTAL, "at" => "connect").increment(1);
+                return refuse(
+                    StatusCode::FORBIDDEN,
+                    "banned",
+                    rendezvous_actors::session::banned_message(ban.until_ms),
+                );
+            }
+            None => Ok(id),
+        },
     };
     if let Err((close_code, _, _)) = &outcome {
         let reason = match *close_code {
             close::UNAUTHORIZED => "unauthorized",
+            close::BANNED => {
+                metrics::counter!(m::BANNED_REFUSALS_TOTAL, "at" => "connect").increment(1);
+                "banned"
+            }
             close::TRY_AGAIN_LATER => "full",
             _ => "draining",
         };

@@ -10,11 +10,13 @@
 //! * [`http`]: `/ws` upgrade and the HTTP endpoints on the same port.
 //! * [`front`]: admission before the upgrade: pending-connection caps, handshake
 //!   and idle deadlines, the client address behind trusted proxies.
+//! * [`admin`]: the admin API and page on `--admin-bind` (token required).
 //! * [`auth`]: JWT and anonymous identities; [`public_key`]: the PEM key of
 //!   `--jwt-public-key`.
 //! * [`telemetry`]: logging and the Prometheus recorder.
 //! * [`shutdown`]: the SIGTERM/SIGINT future.
 
+pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod front;

@@ -27,6 +27,10 @@ pub enum ServerError {
     Redis(#[from] rendezvous_actors::bridge::BridgeError),
     #[error("listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Moderation(#[from] rendezvous_actors::moderation::StateFileError),
+    #[error("admin listener on {addr}: {source}")]
+    AdminBind { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Serve on `listener` until `shutdown` resolves, then drain: refuse new sessions,
@@ -59,11 +63,17 @@ pub async fn run(
     if redis.is_some() {
         info!(node = %node, redis = %redacted(config.redis_url.as_deref().unwrap_or_default()), "cluster mode: Redis bridge");
     }
+    let records = engine.load_moderation()?;
+    if let Some(file) = &config.engine.moderation_state_file {
+        info!(file = %file.display(), records, "moderation state file loaded");
+    }
+    let admin_stop = start_admin(&config, &engine, &metrics).await?;
     let auth = Authenticator::from_config(&config);
     engine.install_token_verifier(auth.verifier());
     let mut app = App::new(engine.clone(), auth, metrics);
     app.allowed_origins = config.allowed_origins.clone();
     app.configure_front(&config);
+    app.public_metrics = config.public_metrics;
     let app = Arc::new(app);
     info!(
         node = %config.engine.node_id,
@@ -108,6 +118,7 @@ pub async fn run(
     }
 
     info!("shutting down: draining sessions");
+    drop(admin_stop);
     app.draining.store(true, Ordering::Release);
     drop(listener);
     let timeout = Duration::from_millis(config.engine.drain_timeout_ms);
@@ -125,6 +136,33 @@ pub async fn run(
     engine.stop();
     info!("stopped");
     Ok(())
+}
+
+/// Bind and serve the admin API when `--admin-token` is set (else log that it is
+/// off). Dropping the returned sender stops it.
+async fn start_admin(
+    config: &Config,
+    engine: &Engine,
+    metrics: &metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<Option<tokio::sync::oneshot::Sender<()>>, ServerError> {
+    let Some(token) = config.admin_token.clone() else {
+        info!("admin API off: set --admin-token to serve it on --admin-bind");
+        return Ok(None);
+    };
+    let addr = config.admin_bind;
+    let listener =
+        TcpListener::bind(addr).await.map_err(|source| ServerError::AdminBind { addr, source })?;
+    let bound = listener.local_addr()?;
+    if !bound.ip().is_loopback() {
+        warn!(%bound, "the admin API listens beyond loopback: keep it behind a firewall or a private network");
+    }
+    info!("admin API serving http://{bound} (page at /, token required for /api and /metrics)");
+    let app = Arc::new(crate::admin::AdminApp::new(engine.clone(), metrics.clone(), token));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    actix_rt::spawn(crate::admin::serve(listener, app, async move {
+        let _ = rx.await;
+    }));
+    Ok(Some(tx))
 }
 
 /// Hand an accepted socket to the next worker arbiter. The socket is registered

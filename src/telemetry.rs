@@ -154,6 +154,13 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Counter, m::BRIDGE_NODES_LOST_TOTAL, "Peers declared dead or gone"),
     (Kind::Counter, m::BRIDGE_SEQ_GAPS_TOTAL, "Gaps in a room's seq filled from the stream"),
     (Kind::Counter, m::TOKEN_REFRESHES_TOTAL, "Token refresh actions, by result"),
+    (Kind::Counter, m::REPORTS_TOTAL, "Reports stored"),
+    (Kind::Counter, m::MODERATION_ACTIONS_TOTAL, "Operators' actions made on this node, by action"),
+    (
+        Kind::Counter,
+        m::BANNED_REFUSALS_TOTAL,
+        "Connections and searches refused for a ban, by where",
+    ),
     (Kind::Gauge, m::CONNECTIONS, "Open WebSocket sessions on this node"),
     (Kind::Gauge, m::POOL_WAITING, "Searches waiting, per pool shard"),
     (Kind::Gauge, m::ROOMS_OPEN, "Rooms open on this node"),

@@ -90,24 +90,14 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
     })
 }
 
-#[test]
-fn two_tabs_match_chat_call_and_next_in_chromium() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("tests/browser");
-    preflight(&dir);
-    let artifacts = root.join("tests/artifacts/browser");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
-
-    let engine_log = Arc::new(Mutex::new(Vec::new()));
-    let (_engine, addr) = spawn_engine(engine_log.clone());
-    let base = format!("http://{addr}");
-
+/// Run `script` in `dir` with Node and `args` (bounded by [`SCENARIO_TIMEOUT`]),
+/// print its output; true when it exited 0.
+fn run_scenario(dir: &Path, script: &str, args: &[&str]) -> bool {
     let mut child = Command::new("node")
-        .arg(dir.join("two_tabs.mjs"))
-        .arg(&base)
-        .arg(&artifacts)
+        .arg(dir.join(script))
+        .args(args)
         .env("CHROMIUM", CHROMIUM)
-        .current_dir(&dir)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -128,17 +118,80 @@ fn two_tabs_match_chat_call_and_next_in_chromium() {
     };
     drop(node); // kills the script (and so its browser) on a timeout
     let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    println!("--- two_tabs.mjs stdout\n{out}--- two_tabs.mjs stderr\n{err}");
-    let ok = status.is_some_and(|s| s.success());
+    println!("--- {script} stdout\n{out}--- {script} stderr\n{err}");
+    match status {
+        None => panic!("{script} did not finish within {SCENARIO_TIMEOUT:?}"),
+        Some(s) => s.success(),
+    }
+}
+
+#[test]
+fn two_tabs_match_chat_call_and_next_in_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/browser");
+    preflight(&dir);
+    let artifacts = root.join("tests/artifacts/browser");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+
+    let engine_log = Arc::new(Mutex::new(Vec::new()));
+    let (_engine, addr) = spawn_engine(engine_log.clone());
+    let base = format!("http://{addr}");
+
+    let ok = run_scenario(&dir, "two_tabs.mjs", &[&base, &artifacts.to_string_lossy()]);
     if !ok {
         println!("--- engine log\n{}", engine_log.lock().expect("log").join("\n"));
-    }
-    match status {
-        None => panic!("the browser scenario did not finish within {SCENARIO_TIMEOUT:?}"),
-        Some(s) => assert!(ok, "the browser scenario failed ({s}); screenshots in {artifacts:?}"),
+        panic!("the browser scenario failed; screenshots in {artifacts:?}");
     }
     for page in ["a", "b", "c"] {
         let shot = artifacts.join(format!("{page}-5-after-next.png"));
         assert!(shot.exists(), "screenshot {shot:?} was not saved");
     }
+}
+
+/// The admin page (src/web/admin/) from a report to a ban: a real client reports
+/// its partner, `admin_page.mjs` bans them from the report queue in Chromium, and
+/// the banned client's socket is closed with 4003.
+#[test]
+fn the_admin_page_turns_a_report_into_a_ban_in_chromium() {
+    use rendezvous_actors::protocol::close;
+    use rendezvous_test_support::admin::{self, ADMIN_ARGS, ADMIN_TOKEN};
+    use rendezvous_test_support::chat::{exchange, next};
+    use rendezvous_test_support::cluster::Node;
+    use rendezvous_test_support::search::pair;
+    use rendezvous_test_support::Ended;
+    use serde_json::json;
+
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/browser");
+    preflight(&dir);
+    let artifacts = root.join("tests/artifacts/browser");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+
+    let nodes = [Node::spawn(None, "admin-page", ADMIN_ARGS)];
+    let admin_addr = nodes[0].admin_addr();
+    let (_ann, mut bob) = rt.block_on(async {
+        let (mut ann, mut bob, room) = pair(&nodes, (0, "ann"), (0, "bob")).await;
+        exchange(&mut bob, &mut ann, &room, "something awful", "c1").await;
+        ann.send_json(json!({"action":"report","user_id":"bob","room_id":room,"reason":"abuse"}))
+            .await;
+        assert_eq!(next(&mut ann).await.kind(), "reported");
+        (ann, bob)
+    });
+
+    let base = format!("http://{admin_addr}");
+    let ok = run_scenario(
+        &dir,
+        "admin_page.mjs",
+        &[&base, ADMIN_TOKEN, "bob", &artifacts.to_string_lossy()],
+    );
+    assert!(ok, "the admin page scenario failed; screenshots in {artifacts:?}");
+
+    rt.block_on(async {
+        assert_eq!(bob.closed().await, Ended::Closed(close::BANNED));
+        let bans = admin::get(admin_addr, "/api/bans").await;
+        assert_eq!(bans[0]["user"], "bob", "{bans}");
+        let reports = admin::get(admin_addr, "/api/reports?status=all").await;
+        assert_eq!(reports[0]["resolution"]["outcome"], "banned", "{reports}");
+    });
 }

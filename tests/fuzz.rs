@@ -41,6 +41,7 @@ const ACTIONS: &[&str] = &[
     "join",
     "leave",
     "history",
+    "report",
 ];
 const FIELDS: &[&str] = &[
     "interests",
@@ -58,6 +59,7 @@ const FIELDS: &[&str] = &[
     "user_id",
     "after_seq",
     "limit",
+    "reason",
 ];
 
 fn budget() -> (u64, Duration) {
@@ -155,6 +157,11 @@ fn validate_all(frame: &ClientFrame, cfg: &EngineConfig) {
         | ClientFrame::Leave { room_id }
         | ClientFrame::History { room_id, .. } => {
             let _ = validate::room_id(room_id, cfg);
+        }
+        ClientFrame::Report { user_id, room_id, reason } => {
+            let _ = validate::user_id(user_id, cfg);
+            let _ = validate::room_id(room_id, cfg);
+            let _ = validate::report_reason(reason, cfg);
         }
         ClientFrame::CancelMatch {} | ClientFrame::Next {} | ClientFrame::Refresh { .. } => {}
     }

@@ -238,6 +238,28 @@ pub struct EngineConfig {
     /// grace plus this margin.
     #[arg(long, default_value_t = 30_000, help_heading = "Rooms")]
     pub cluster_key_margin_ms: u64,
+    /// Single node: keep bans, blocks and reports in this JSON file across restarts (written atomically: a temporary file, then a rename); unset = memory only. In a cluster Redis keeps them
+    #[arg(long, value_name = "FILE", help_heading = "Moderation")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moderation_state_file: Option<std::path::PathBuf>,
+    /// `report`s one user may file per hour; more get `rate_limited`
+    #[arg(long, default_value_t = 10, help_heading = "Moderation")]
+    pub reports_per_hour: u32,
+    /// Messages of the room kept with a report as evidence (its last ones)
+    #[arg(long, default_value_t = 20, help_heading = "Moderation")]
+    pub report_evidence_messages: usize,
+    /// How long after a match room closes its members may still report each other, in seconds
+    #[arg(long, default_value_t = 600, help_heading = "Moderation")]
+    pub report_window_secs: u64,
+    /// How long a report is kept (open or resolved), in seconds
+    #[arg(long, default_value_t = 30 * 24 * 3600, help_heading = "Moderation")]
+    pub report_ttl_secs: u64,
+    /// Longest `reason` of a `report`, in characters; longer gets `too_large`
+    #[arg(long, default_value_t = 500, help_heading = "Moderation")]
+    pub max_report_reason_chars: usize,
+    /// Most reports kept on a node; past it the oldest resolved ones, then the oldest, are forgotten
+    #[arg(long, default_value_t = 10_000, help_heading = "Moderation")]
+    pub max_reports: usize,
 }
 
 impl Default for EngineConfig {
@@ -278,7 +300,7 @@ impl EngineConfig {
         if self.ladder.windows(2).any(|w| w[0].after_ms >= w[1].after_ms) {
             return Err(bad("ladder", "steps must be sorted by strictly increasing after_ms"));
         }
-        let positive: [(&'static str, u64); 18] = [
+        let positive: &[(&'static str, u64)] = &[
             ("max_wait_target_ms", self.max_wait_target_ms),
             ("search_timeout_ms", self.search_timeout_ms),
             ("match_tick_ms", self.match_tick_ms),
@@ -297,8 +319,10 @@ impl EngineConfig {
             ("action_bytes_per_second", self.action_bytes_per_second),
             ("action_bytes_burst", self.action_bytes_burst),
             ("max_public_rooms", self.max_public_rooms as u64),
+            ("reports_per_hour", self.reports_per_hour as u64),
+            ("max_reports", self.max_reports as u64),
         ];
-        for (field, v) in positive {
+        for &(field, v) in positive {
             if v == 0 {
                 return Err(bad(field, "must be greater than 0"));
             }

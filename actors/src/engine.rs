@@ -64,6 +64,23 @@ impl Engine {
         self.shared.install_token_verifier(verifier);
     }
 
+    /// Load the moderation state file (single node; nothing without one): its bans,
+    /// blocks and reports are in force before the first session. Returns how many
+    /// records it held. Call once, right after [`Engine::start`].
+    pub fn load_moderation(&self) -> Result<usize, crate::moderation::StateFileError> {
+        let events = self.shared.moderation.read_file()?;
+        for ev in &events {
+            self.shared.moderation.apply(ev);
+            crate::admin::enforce(&self.shared, &self.rooms, ev);
+        }
+        Ok(events.len())
+    }
+
+    /// The operators' handle on this engine.
+    pub fn admin(&self) -> crate::admin::Admin {
+        crate::admin::Admin::new(self.shared.clone(), self.rooms.clone())
+    }
+
     /// The shard that owns searches in `language`.
     pub fn shard_for(&self, language: &str) -> &Addr<MatchShard> {
         shard_for(&self.shards, language)
@@ -80,6 +97,20 @@ impl Engine {
                 shared.sweep();
             }
         });
+        if shared_has_file(&self.shared) {
+            // The state file follows changes within a quarter second (one write per
+            // round at most, however many changes), and once more at the drain.
+            let shared = self.shared.clone();
+            actix::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_millis(250));
+                loop {
+                    every.tick().await;
+                    if let Err(e) = shared.moderation.flush() {
+                        tracing::warn!(error = %e, "could not write the moderation state file");
+                    }
+                }
+            });
+        }
         let engine = self.clone();
         actix::spawn(async move {
             let mut every = tokio::time::interval(Duration::from_secs(5));
@@ -111,6 +142,9 @@ impl Engine {
         while !self.shared.registry.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        if let Err(e) = self.shared.moderation.flush() {
+            tracing::warn!(error = %e, "could not write the moderation state file");
+        }
         self.shared.registry.len()
     }
 
@@ -120,6 +154,10 @@ impl Engine {
             w.stop();
         }
     }
+}
+
+fn shared_has_file(shared: &Shared) -> bool {
+    shared.config.moderation_state_file.is_some()
 }
 
 #[cfg(test)]

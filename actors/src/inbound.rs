@@ -1,5 +1,5 @@
 //! The inbound router: where events from other nodes go (pool shards: replicas and
-//! offers; room replicas; sessions: kicks). It implements the bridge's
+//! offers; room replicas; sessions: kicks; moderation: bans, blocks, reports). It implements the bridge's
 //! [`ClusterSink`], so any bridge hands it what it hears without knowing the
 //! engine. Runs on the bridge's task, so it only routes (`do_send`, directory
 //! look-ups) and never waits.
@@ -151,6 +151,13 @@ impl ClusterSink for Inbound {
             ClusterEvent::Room { room, origin, ev } => {
                 if let Some(addr) = self.rooms.directory.get(room.as_str()) {
                     addr.do_send(RoomInbound { origin: Arc::from(origin), ev });
+                }
+            }
+            ClusterEvent::Moderation { origin, ev } => {
+                // This node's own changes were applied and carried out when made.
+                if origin != me {
+                    shared.moderation.apply(&ev);
+                    crate::admin::enforce(shared, &self.rooms, &ev);
                 }
             }
         }

@@ -30,12 +30,14 @@
 //! # Layers (a module imports only those below it)
 //! ```text
 //!  session/                      the socket's actor; the server starts it with an Engine
-//!  engine.rs, inbound.rs         wiring: starts shards and the supervisor, the Engine
-//!                                handle; the router the bridge hands cluster events to
+//!  engine.rs, inbound.rs,        wiring: starts shards and the supervisor, the Engine
+//!  admin.rs                      handle; the router the bridge hands cluster events to;
+//!                                operators' actions and how a node carries them out
 //!  matching/                     pool shards (reach rooms through the supervisor's inbox)
 //!  rooms/                        supervisor, room actors, pure room state
 //!  state.rs                      Shared (no actor addresses)
 //!  bridge/                       Bridge trait, in-process and Redis bridges
+//!  moderation/                   the moderation record (pure), its state file
 //!  leaves                        ids, clock, config, outbox, registry, directory, token, ...
 //! ```
 //!
@@ -56,7 +58,11 @@
 //! * [`budget`]: the per-user byte budget of actions (pure core + shared handle).
 //! * [`language`]: language tags and the bounded set of per-language series.
 //! * [`avoid`]: skipped and blocked pairs, capped per user.
+//! * [`moderation`]: bans, lasting blocks and reports ([`moderation::book`] is the
+//!   pure record), the state file; [`admin`]: the operators' actions (kick, ban,
+//!   close a room, resolve a report) and how a node carries them out.
 
+pub mod admin;
 pub mod avoid;
 pub mod bridge;
 pub mod budget;
@@ -70,6 +76,7 @@ pub mod inbound;
 pub mod language;
 pub mod matching;
 pub mod metrics;
+pub mod moderation;
 pub mod outbox;
 pub mod registry;
 pub mod rooms;

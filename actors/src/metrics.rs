@@ -94,6 +94,12 @@ pub const AVOID_PAIRS: &str = "rendezvous_avoid_pairs";
 pub const ACTOR_MAILBOX_DELAY_SECONDS: &str = "rendezvous_actor_mailbox_delay_seconds";
 /// Counter: `refresh` actions verified, label `result` (refreshed, refused).
 pub const TOKEN_REFRESHES_TOTAL: &str = "rendezvous_token_refreshes_total";
+/// Counter: `report`s stored.
+pub const REPORTS_TOTAL: &str = "rendezvous_reports_total";
+/// Counter: operators' actions made on this node, label `action` (kick, ban, unban, close_room, resolve).
+pub const MODERATION_ACTIONS_TOTAL: &str = "rendezvous_moderation_actions_total";
+/// Counter: connections and searches refused because of a ban, label `at` (connect, find_match).
+pub const BANNED_REFUSALS_TOTAL: &str = "rendezvous_banned_refusals_total";
 
 /// Handles of the metrics touched on every chat message. `counter!` looks its key
 /// up in the recorder's registry on each call (build, hash, compare), which was

@@ -19,6 +19,8 @@ pub struct SessionEntry {
     /// The worker arbiter the session runs on ([`crate::state::current_worker`]),
     /// so a room can be placed beside its members.
     pub worker: Option<usize>,
+    /// The client's address (the admin API lists it; an address ban names it).
+    pub ip: Option<std::net::IpAddr>,
 }
 
 /// Sharded map (DashMap) because every worker thread inserts and removes sessions
@@ -56,6 +58,11 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// Every live session here, with its user (a snapshot, for the admin API).
+    pub fn entries(&self) -> Vec<(UserId, SessionEntry)> {
+        self.map.iter().map(|e| (e.key().clone(), e.value().clone())).collect()
     }
 
     /// Frames queued for all sessions, and the fullest queue.

@@ -81,12 +81,15 @@ pub struct Shared {
     pub started_at: Instant,
     /// Per-message metric handles.
     pub hot: crate::metrics::Hot,
+    /// Bans, lasting blocks, reports, recently closed rooms ([`crate::moderation`]).
+    pub moderation: crate::moderation::Moderation,
 }
 
 impl Shared {
     /// Shared state over the given worker arbiters (one thread each).
     pub fn new(config: EngineConfig, bridge: Arc<dyn Bridge>, workers: Vec<ArbiterHandle>) -> Self {
         let clock = governor::clock::DefaultClock::default();
+        let clock_for_moderation = clock.clone();
         Shared {
             find_match_limiter: RateLimiter::dashmap_with_clock(
                 per_minute(config.find_match_per_minute),
@@ -118,6 +121,7 @@ impl Shared {
             next_worker: AtomicUsize::new(0),
             started_at: Instant::now(),
             hot: crate::metrics::Hot::new(),
+            moderation: crate::moderation::Moderation::new(&config, clock_for_moderation),
             config,
         }
     }
@@ -127,6 +131,7 @@ impl Shared {
     /// no session holds.
     pub fn sweep(&self) {
         self.avoid.sweep();
+        self.moderation.sweep();
         self.last_search.retain(|user, _| {
             self.registry.get(user.as_str()).is_some() || self.memberships.contains_key(user)
         });
@@ -234,6 +239,24 @@ impl Shared {
                 a: a.to_string(),
                 b: b.to_string(),
                 ttl_ms: ttl.as_millis() as u64,
+            });
+        }
+    }
+
+    /// Record a moderation change on this node, store it (Redis in a cluster; a
+    /// single node's state file is written by the engine's periodic flush) and
+    /// send it to every other node. Carrying it out here (closing sessions and
+    /// rooms) is [`crate::admin::enforce`]'s job.
+    pub fn moderate(&self, ev: &crate::moderation::ModEvent) {
+        self.moderation.apply(ev);
+        if self.bridge.clustered() {
+            if let Some(key) = ev.store_key() {
+                let json = serde_json::to_string(ev).unwrap_or_default();
+                self.bridge.moderation_store(key, json);
+            }
+            self.bridge.broadcast(crate::bridge::ClusterEvent::Moderation {
+                origin: self.bridge.node_id().to_owned(),
+                ev: ev.clone(),
             });
         }
     }

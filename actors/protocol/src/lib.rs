@@ -76,6 +76,14 @@ pub enum ClientFrame {
     /// Renew the session's token (before it expires, or within the grace after
     /// `token_expired`). Only for sessions that connected with a token.
     Refresh { token: String },
+    /// Report a current or recent partner to the operators; the room's last
+    /// messages are kept with the report as evidence.
+    Report {
+        user_id: String,
+        room_id: String,
+        #[serde(default)]
+        reason: String,
+    },
 }
 
 impl ClientFrame {
@@ -94,6 +102,7 @@ impl ClientFrame {
             ClientFrame::Leave { .. } => "leave",
             ClientFrame::History { .. } => "history",
             ClientFrame::Refresh { .. } => "refresh",
+            ClientFrame::Report { .. } => "report",
         }
     }
 }
@@ -250,6 +259,12 @@ pub enum ServerFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         expires_at: Option<u64>,
     },
+    /// Answer to `report`: the report is stored for the operators.
+    Reported {
+        /// The stored report's id. Extension.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        report_id: Option<String>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -291,6 +306,7 @@ impl ServerFrame {
             ServerFrame::RoomClosed { .. } => "room_closed",
             ServerFrame::History { .. } => "history",
             ServerFrame::Refreshed { .. } => "refreshed",
+            ServerFrame::Reported { .. } => "reported",
             ServerFrame::Error { .. } => "error",
         }
     }
@@ -335,6 +351,11 @@ pub mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
     /// Missing or bad credentials; do not reconnect with the same credentials.
     pub const UNAUTHORIZED: u16 = 4001;
+    /// The user (or their address) is banned by an operator; do not reconnect
+    /// until the ban ends (a new connection is refused the same way).
+    pub const BANNED: u16 = 4003;
+    /// An operator disconnected this session (kick); reconnecting is allowed.
+    pub const KICKED: u16 = 4004;
     /// Policy violation: flooding, or a client too slow to read its frames.
     pub const POLICY: u16 = 4008;
     /// A newer connection of the same user replaced this one; do not reconnect.
@@ -423,6 +444,29 @@ mod tests {
         };
         assert!(e.to_json().contains(r#""code":"token_expired""#));
         assert_eq!(ErrorCode::TokenExpired.as_str(), "token_expired");
+    }
+
+    #[test]
+    fn report_and_reported_match_the_contract() {
+        let f: ClientFrame = serde_json::from_str(
+            r#"{"action":"report","user_id":"u2","room_id":"r1","reason":"spam"}"#,
+        )
+        .expect("parse");
+        assert_eq!(
+            f,
+            ClientFrame::Report {
+                user_id: "u2".into(),
+                room_id: "r1".into(),
+                reason: "spam".into()
+            }
+        );
+        assert_eq!(f.action(), "report");
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"action":"report","user_id":"u2","room_id":"r1"}"#)
+                .expect("reason is optional");
+        assert!(matches!(f, ClientFrame::Report { reason, .. } if reason.is_empty()));
+        assert_eq!(ServerFrame::Reported { report_id: None }.to_json(), r#"{"type":"reported"}"#);
+        assert_eq!(ServerFrame::Reported { report_id: None }.kind(), "reported");
     }
 
     #[test]

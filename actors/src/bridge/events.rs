@@ -50,6 +50,10 @@ pub enum ClusterEvent {
     Kick { user: String, node: String },
     /// Something happened in a room that has members on this node.
     Room { room: String, origin: String, ev: RoomEv },
+    /// A ban, unban, lasting block, report, kick or room close (every node applies
+    /// it; a node that (re)connects also gets every stored one).
+    /// `origin` is the node that made the change (`""`: replayed from the store).
+    Moderation { origin: String, ev: crate::moderation::ModEvent },
 }
 
 /// Room events carried by [`ClusterEvent::Room`].
@@ -125,6 +129,7 @@ event_kinds!(
     OfferAbort = "offer_abort",
     Kick = "kick",
     Room = "room",
+    Moderation = "moderation",
 );
 
 impl ClusterEvent {

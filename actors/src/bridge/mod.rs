@@ -293,6 +293,12 @@ pub trait Bridge: Send + Sync + 'static {
     ) -> BoxFut<Vec<ChatMessage>> {
         refused()
     }
+    /// Store (or remove) one lasting moderation record under `key` (see
+    /// [`crate::moderation::StoreKey`]); `data` is the event's JSON. The Redis
+    /// bridge keeps it with a TTL and replays every stored record to a node on each
+    /// (re)connect as [`ClusterEvent::Moderation`]. Single node: nothing (the state
+    /// file keeps the record).
+    fn moderation_store(&self, _key: crate::moderation::StoreKey, _data: String) {}
     /// Restore what the store lacks of a room this node holds (after a reconnect).
     /// Returns the store's `seq` before the call and the members as stored after.
     fn room_reseed(&self, _room: &RoomId, _seed: RoomSeed) -> BoxFut<(u64, Seats)> {

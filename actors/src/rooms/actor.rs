@@ -297,6 +297,15 @@ impl Handler<MemberOffline> for RoomActor {
     }
 }
 
+impl Handler<Evidence> for RoomActor {
+    type Result = Option<Vec<ChatMessage>>;
+
+    fn handle(&mut self, msg: Evidence, _ctx: &mut Self::Context) -> Self::Result {
+        let both = self.state.is_member(&msg.reporter) && self.state.is_member(&msg.reported);
+        (both && !self.closed).then(|| self.last_messages(msg.limit))
+    }
+}
+
 impl Handler<CloseRoom> for RoomActor {
     type Result = ();
 
@@ -561,6 +570,9 @@ impl RoomActor {
     }
 
     pub(super) fn remove_member(&mut self, user: &UserId, ctx: &mut Context<Self>) {
+        if self.state.is_member(user) {
+            self.remember_for_reports();
+        }
         if !self.state.unseat(user) {
             return;
         }
@@ -603,6 +615,7 @@ impl RoomActor {
         if self.closed {
             return;
         }
+        self.remember_for_reports();
         self.closed = true;
         if self.state.kind == RoomKind::Public {
             self.shared.public_rooms.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -618,8 +631,25 @@ impl RoomActor {
 }
 
 /// What the room reaches outside itself, one small method each: the directory,
-/// the supervisor, the registry of live sessions, users' memberships and skips.
+/// the supervisor, the registry of live sessions, users' memberships and skips,
+/// the moderation record.
 impl RoomActor {
+    /// The last `n` messages this room holds, oldest first.
+    fn last_messages(&self, n: usize) -> Vec<ChatMessage> {
+        self.state.history_after(self.state.last_seq.saturating_sub(n as u64), n)
+    }
+
+    /// A match room's members and last messages, kept for `report`s after a member
+    /// leaves or the room closes.
+    fn remember_for_reports(&self) {
+        if self.state.kind != RoomKind::Match || self.closed {
+            return;
+        }
+        let members = self.state.members.iter().map(|m| m.user.to_string()).collect();
+        let evidence = self.last_messages(self.shared.moderation.evidence_messages());
+        self.shared.moderation.room_closed(self.state.id.as_str(), members, evidence);
+    }
+
     /// Remove this room from the directory (unless a newer room took its id).
     fn unlist(&self, ctx: &mut Context<Self>) {
         let me = ctx.address();

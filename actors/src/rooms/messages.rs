@@ -150,6 +150,16 @@ pub struct MemberOffline {
     pub session_id: u64,
 }
 
+/// Session (report) → Room: the room's last `limit` messages, when both users hold
+/// a seat in it; `None` otherwise.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<Vec<rendezvous_protocol::ChatMessage>>")]
+pub struct Evidence {
+    pub reporter: UserId,
+    pub reported: UserId,
+    pub limit: usize,
+}
+
 /// Session (block) → Room: close the room for everyone.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

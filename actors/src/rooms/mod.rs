@@ -464,6 +464,7 @@ mod tests {
                 outbox: outbox.clone(),
                 events: events.clone(),
                 worker: None,
+                ip: None,
             };
             registry.insert(UserId::from("ann"), entry(1, &live));
             // Bob searched from session 1; session 2 replaced it since.

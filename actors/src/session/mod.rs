@@ -217,6 +217,10 @@ impl SessionActor {
     }
 
     fn dispatch(&mut self, frame: ClientFrame, ctx: &mut Context<Self>) -> Result<(), EngineError> {
+        let searching = matches!(frame, ClientFrame::FindMatch { .. } | ClientFrame::Next {});
+        if searching && self.refuse_if_banned(frame.action(), ctx) {
+            return Ok(());
+        }
         let cfg = &self.engine.shared.config;
         match frame {
             ClientFrame::FindMatch { interests, language, region, group_size, max_wait_ms } => {
@@ -318,6 +322,9 @@ impl SessionActor {
                 });
             }
             ClientFrame::Refresh { token } => self.refresh(&token, ctx)?,
+            ClientFrame::Report { user_id, room_id, reason } => {
+                self.report(&user_id, room_id, reason, ctx)?
+            }
         }
         Ok(())
     }
@@ -512,9 +519,102 @@ impl SessionActor {
         }));
     }
 
+    /// A banned user (a ban made after they connected, on any node) is refused:
+    /// an `unauthorized` error, then the session closes with 4003. True when so.
+    fn refuse_if_banned(&mut self, action: &'static str, ctx: &mut Context<Self>) -> bool {
+        let Some(ban) = self.engine.shared.moderation.banned(self.user.as_str(), self.peer_ip)
+        else {
+            return false;
+        };
+        metrics::counter!(m::BANNED_REFUSALS_TOTAL, "at" => action).increment(1);
+        let err = EngineError::Unauthorized(banned_message(ban.until_ms));
+        self.send_error(Some(action), &err, ctx);
+        self.close(close::BANNED, ctx);
+        true
+    }
+
+    /// `report`: allowed for a partner the user shares a room with now, or shared a
+    /// match room with until it closed (within `report_window_secs`); stored with
+    /// the room's last messages, then `reported`. Rate limited per user.
+    fn report(
+        &mut self,
+        user_id: &str,
+        room_id: String,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), EngineError> {
+        let shared = self.engine.shared.clone();
+        let cfg = &shared.config;
+        let other = validate::user_id(user_id, cfg)?;
+        if other == self.user {
+            return Err(EngineError::BadRequest("you cannot report yourself".into()));
+        }
+        validate::room_id(&room_id, cfg)?;
+        let reason = validate::report_reason(&reason, cfg)?;
+        shared.moderation.check_report_rate(&self.user).map_err(|wait| {
+            EngineError::RateLimited {
+                action: "report",
+                retry_after_ms: wait.as_millis() as u64 + 1,
+            }
+        })?;
+        let limit = shared.moderation.evidence_messages();
+        let Some(room) = self.engine.rooms.directory.get(room_id.as_str()) else {
+            let evidence =
+                shared.moderation.recent_evidence(&room_id, self.user.as_str(), other.as_str());
+            self.file_report(other, room_id, reason, evidence, ctx);
+            return Ok(());
+        };
+        let ask =
+            room.send(Evidence { reporter: self.user.clone(), reported: other.clone(), limit });
+        ctx.spawn(ask.into_actor(self).map(move |res, act, ctx| {
+            let evidence = res.ok().flatten().or_else(|| {
+                act.engine.shared.moderation.recent_evidence(
+                    &room_id,
+                    act.user.as_str(),
+                    other.as_str(),
+                )
+            });
+            act.file_report(other, room_id, reason, evidence, ctx);
+        }));
+        Ok(())
+    }
+
+    /// Store a report (`evidence` is `None` when the two shared no room) and answer.
+    fn file_report(
+        &mut self,
+        other: UserId,
+        room_id: String,
+        reason: String,
+        evidence: Option<Vec<rendezvous_protocol::ChatMessage>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(evidence) = evidence else {
+            let err = EngineError::BadRequest(format!(
+                "you can report only a current or recent partner, in the room you shared \
+                 (`{other}` was not with you in `{room_id}` in the last {} s)",
+                self.engine.shared.config.report_window_secs
+            ));
+            return self.send_error(Some("report"), &err, ctx);
+        };
+        let shared = &self.engine.shared;
+        let report = shared.moderation.new_report(&self.user, &other, &room_id, reason, evidence);
+        tracing::info!(report = %report.id, reporter = %self.user, reported = %other, room = %room_id, "report filed");
+        metrics::counter!(m::REPORTS_TOTAL).increment(1);
+        let id = report.id.clone();
+        shared.moderate(&crate::moderation::ModEvent::Report(report));
+        self.send(&ServerFrame::Reported { report_id: Some(id) });
+    }
+
     fn block(&mut self, other: UserId) {
         let shared = &self.engine.shared;
-        shared.avoid_pair(&self.user, &other, Duration::from_secs(shared.config.block_ttl_secs));
+        let ttl = Duration::from_secs(shared.config.block_ttl_secs);
+        shared.avoid_pair(&self.user, &other, ttl);
+        // The block outlives the process: the state file or Redis keeps it.
+        shared.moderate(&crate::moderation::ModEvent::Block(crate::moderation::Block {
+            a: self.user.to_string(),
+            b: other.to_string(),
+            until_ms: crate::clock::now_ms().saturating_add(ttl.as_millis() as u64),
+        }));
         self.send(&ServerFrame::Blocked { user_id: other.to_string() });
         let theirs = shared.rooms_of(&other);
         for room_id in shared.rooms_of(&self.user) {
@@ -643,6 +743,11 @@ impl SessionActor {
     }
 }
 
+/// What a banned user is told.
+pub fn banned_message(until_ms: u64) -> String {
+    format!("you are banned until {until_ms} (ms since the epoch); the session is closed with 4003")
+}
+
 fn too_many_rooms(held: usize, max: usize) -> EngineError {
     EngineError::TooLarge(format!(
         "you are in {held} rooms, the most allowed is {max}; leave one first"
@@ -657,6 +762,8 @@ fn close_reason(code: u16) -> &'static str {
         close::POLICY => "policy",
         close::REPLACED => "replaced",
         close::UNAUTHORIZED => "unauthorized",
+        close::BANNED => "banned",
+        close::KICKED => "kicked",
         1006 => "abnormal",
         _ => "other",
     }
@@ -672,6 +779,7 @@ impl Actor for SessionActor {
             outbox: self.outbox.clone(),
             events: ctx.address().recipient(),
             worker: crate::state::current_worker(),
+            ip: self.peer_ip,
         };
         if let Some(ip) = self.peer_ip {
             *shared.per_ip.entry(ip).or_default() += 1;

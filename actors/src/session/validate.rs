@@ -123,6 +123,22 @@ pub fn language(raw: &str, cfg: &EngineConfig) -> Result<String, EngineError> {
     Ok(tag)
 }
 
+/// A `report`'s reason: trimmed, at most `max_report_reason_chars`, no control
+/// characters but line breaks and tabs.
+pub fn report_reason(raw: &str, cfg: &EngineConfig) -> Result<String, EngineError> {
+    let v = raw.trim();
+    if chars(v) > cfg.max_report_reason_chars {
+        return Err(EngineError::TooLarge(format!(
+            "reason is longer than {} characters",
+            cfg.max_report_reason_chars
+        )));
+    }
+    if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(EngineError::BadRequest("reason contains control characters".into()));
+    }
+    Ok(v.to_owned())
+}
+
 /// A room id in a request: non-empty, bounded.
 pub fn room_id<'a>(raw: &'a str, cfg: &EngineConfig) -> Result<&'a str, EngineError> {
     if raw.is_empty() {

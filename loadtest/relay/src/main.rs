@@ -497,7 +497,8 @@ impl Session {
             ClientFrame::Leave { room_id } => self.leave(room_id),
             ClientFrame::Block { .. }
             | ClientFrame::History { .. }
-            | ClientFrame::Refresh { .. } => {
+            | ClientFrame::Refresh { .. }
+            | ClientFrame::Report { .. } => {
                 fail(ErrorCode::BadRequest, "not supported by the relay")
             }
         }

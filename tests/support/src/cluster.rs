@@ -375,6 +375,9 @@ fn read_resp(r: &mut impl BufRead) -> io::Result<Resp> {
 pub struct Node {
     pub id: String,
     pub addr: SocketAddr,
+    /// The admin API's address, when the node serves one (`--admin-token`); logged
+    /// before the ready line.
+    pub admin: Option<SocketAddr>,
     child: Child,
     logs: Arc<Mutex<VecDeque<String>>>,
 }
@@ -433,11 +436,17 @@ impl Node {
         let logs = Arc::new(Mutex::new(VecDeque::with_capacity(LOG_LINES)));
         let (ready_tx, ready_rx) = mpsc::channel::<String>();
         let sink = logs.clone();
+        let admin_slot = Arc::new(Mutex::new(None::<SocketAddr>));
+        let admin_seen = admin_slot.clone();
         std::thread::Builder::new()
             .name(format!("{node_id}-stderr"))
             .spawn(move || {
                 let mut ready = Some(ready_tx);
                 for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(rest) = line.split("admin API serving http://").nth(1) {
+                        let addr = rest.split_whitespace().next().unwrap_or_default();
+                        *admin_seen.lock().unwrap_or_else(|e| e.into_inner()) = addr.parse().ok();
+                    }
                     if let Some(rest) = line.split("listening on http://").nth(1) {
                         let addr = rest.split_whitespace().next().unwrap_or_default().to_owned();
                         if let Some(tx) = ready.take() {
@@ -453,7 +462,13 @@ impl Node {
             })
             .expect("spawn the log reader thread");
 
-        let mut node = Node { id: node_id.to_owned(), addr: ([0, 0, 0, 0], 0).into(), child, logs };
+        let mut node = Node {
+            id: node_id.to_owned(),
+            addr: ([0, 0, 0, 0], 0).into(),
+            admin: None,
+            child,
+            logs,
+        };
         match ready_rx.recv_timeout(NODE_READY_TIMEOUT) {
             Ok(addr) => {
                 node.addr = addr.parse().unwrap_or_else(|e| {
@@ -475,7 +490,13 @@ impl Node {
                 );
             }
         }
+        node.admin = *admin_slot.lock().unwrap_or_else(|e| e.into_inner());
         node
+    }
+
+    /// The admin API's address (panics when the node serves none).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.unwrap_or_else(|| panic!("{}: no admin API (start it with ADMIN_ARGS)", self.id))
     }
 
     /// `ws://ADDR/ws?user=USER` (anonymous mode, implied by the loopback bind).

@@ -9,6 +9,7 @@
 //! `mod common;` in every test binary so that an unused helper is a warning here,
 //! not hidden by a blanket `allow(dead_code)`.
 
+pub mod admin;
 pub mod chat;
 mod client;
 pub mod cluster;

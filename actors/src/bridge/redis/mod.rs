@@ -80,9 +80,11 @@ struct Scripts {
     reseed: redis::Script,
     touch_user: redis::Script,
     touch_room: redis::Script,
+    mod_put: redis::Script,
+    mod_load: redis::Script,
 }
 
-const SOURCES: [&str; 15] = [
+const SOURCES: [&str; 17] = [
     include_str!("scripts/begin.lua"),
     include_str!("scripts/end.lua"),
     include_str!("scripts/claim.lua"),
@@ -102,6 +104,8 @@ const SOURCES: [&str; 15] = [
     concat!(include_str!("scripts/trim_bytes.lua"), include_str!("scripts/reseed.lua")),
     include_str!("scripts/touch_user.lua"),
     include_str!("scripts/touch_room.lua"),
+    include_str!("scripts/mod_put.lua"),
+    include_str!("scripts/mod_load.lua"),
 ];
 
 impl Scripts {
@@ -123,6 +127,8 @@ impl Scripts {
             reseed: s(12),
             touch_user: s(13),
             touch_room: s(14),
+            mod_put: s(15),
+            mod_load: s(16),
         }
     }
 }
@@ -165,6 +171,9 @@ const CLUSTER_CHANNEL: &str = "rdv:cluster";
 fn node_channel(node: &str) -> String {
     format!("rdv:node:{node}")
 }
+/// The moderation record: two keys in one hash slot (`{mod}`), so its scripts run
+/// on Redis Cluster too. `ends`: record key → end (ms); `data`: record key → JSON.
+const MOD_KEYS: [&str; 2] = ["rdv:{mod}:ends", "rdv:{mod}:data"];
 fn user_key(user: &str, what: &str) -> String {
     format!("rdv:user:{{{user}}}:{what}")
 }
@@ -669,6 +678,31 @@ impl RedisBridge {
         }
         // 3. Rooms: restore and catch up.
         sink.resync_rooms();
+        // 4. The moderation record: every stored ban, block and report, applied
+        // like the live events (a node started later enforces them all).
+        self.load_moderation(&sink).await;
+    }
+
+    /// Hand every stored moderation record to the sink.
+    async fn load_moderation(&self, sink: &Arc<dyn ClusterSink>) {
+        let keys = MOD_KEYS.map(str::to_owned);
+        let cmd = evalsha(&self.scripts.mod_load, &keys, &[now_ms().to_string()]);
+        match self.pipe.call("mod_load", cmd).await {
+            Ok(v) => {
+                let records = as_array(v);
+                let n = records.len();
+                for json in records.iter().filter_map(as_string) {
+                    match serde_json::from_str(&json) {
+                        Ok(ev) => {
+                            sink.deliver(ClusterEvent::Moderation { origin: String::new(), ev })
+                        }
+                        Err(e) => warn!(error = %e, "unreadable moderation record in redis"),
+                    }
+                }
+                debug!(records = n, "moderation record loaded");
+            }
+            Err(e) => warn!(error = %e, "could not load the moderation record"),
+        }
     }
 
     /// Add `room` to the user's membership set, which lives as long as any key of
@@ -933,6 +967,17 @@ impl Bridge for RedisBridge {
 
     fn broadcast(&self, event: ClusterEvent) {
         self.publish(CLUSTER_CHANNEL.to_owned(), event.to_json());
+    }
+
+    fn moderation_store(&self, key: crate::moderation::StoreKey, data: String) {
+        use crate::moderation::StoreKey;
+        let (key, until_ms) = match key {
+            StoreKey::Put { key, until_ms } => (key, until_ms),
+            StoreKey::Remove { key } => (key, 0),
+        };
+        let args = [key, until_ms.to_string(), data, now_ms().to_string()];
+        let cmd = evalsha(&self.scripts.mod_put, &MOD_KEYS.map(str::to_owned), &args);
+        self.pipe.fire("mod_put", cmd);
     }
 
     fn count_action(&self, user: &UserId, action: &'static str, window_secs: u64) -> BoxFut<u64> {
