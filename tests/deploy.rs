@@ -1,8 +1,14 @@
 //! The container and monitoring files, checked without a Docker engine:
 //!
 //! * `dashboards/*.json` parse and carry what Grafana needs (uid, title, panels
-//!   with the provisioned datasource and PromQL targets); the provisioning files
-//!   agree with docker-compose.yml.
+//!   with PromQL targets) and import anywhere: every panel, target and query
+//!   variable names the dashboard's `datasource` variable, and every selector
+//!   picks its job through a variable; the provisioning files agree with
+//!   docker-compose.yml.
+//! * A fresh two-node cluster, scraped before any client connects, exports every
+//!   series the dashboards and deploy/alerts.yml use.
+//! * deploy/alerts.yml passes `promtool check rules`, and `promtool test rules`
+//!   with deploy/alerts.test.yml, which makes every rule fire and stay silent.
 //! * Every metric a dashboard queries is exported: the engine's by a real cluster
 //!   (Redis with a password, as in the compose stack, and three `rendezvous`
 //!   processes) after a short workload that makes every counter exist (matches,
@@ -10,8 +16,9 @@
 //!   claim conflicts, a Redis reconnect, a SIGKILLed node); the load tester's by the
 //!   compose stack's own `loadtest` command run against two nodes.
 //! * Debian's `prometheus`, given deploy/prometheus.yml with only its targets
-//!   rewritten to the test's loopback ports, scrapes both nodes, and answers every
-//!   dashboard query with `"status":"success"`.
+//!   (and rules file path) rewritten to the test's loopback ports, scrapes both
+//!   nodes and Debian's Redis exporter, answers every dashboard query with
+//!   `"status":"success"`, and evaluates every alerting rule without error.
 //! * docker-compose.yml and the Dockerfile parse and reference only files that
 //!   exist; the Dockerfile's build step (its exact `cargo build` line) and run step
 //!   (its ENV, its HEALTHCHECK command) work when run by hand.
