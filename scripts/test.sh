@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README "Test it"): installs what the tests need on a
-# bare Debian machine (redis-server for the multi-node tests; prometheus and curl for
-# the deployment test; chromium, Node and playwright-core for the browser test), then
-# runs every test.
+# bare Debian machine (redis-server for the multi-node tests; prometheus, its Redis
+# exporter and curl for the deployment test; nginx for the TLS proxy test; chromium,
+# Node and playwright-core for the browser test), then runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # redis-server (and redis-cli, same package) for the multi-node tests; openssl to
@@ -20,6 +20,12 @@ command -v npm >/dev/null 2>&1 || missing+=(npm)
 # Dockerfile's HEALTHCHECK command by hand.
 [ -x /usr/bin/prometheus ] || missing+=(prometheus)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# promtool (in Debian's prometheus package) checks and unit-tests deploy/alerts.yml;
+# the Redis exporter feeds the Redis alerts (tests/deploy.rs); nginx terminates TLS
+# in front of a node (tests/tls_proxy.rs).
+[ -x /usr/bin/promtool ] || missing+=(prometheus)
+[ -x /usr/bin/prometheus-redis-exporter ] || missing+=(prometheus-redis-exporter)
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi

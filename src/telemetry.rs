@@ -202,6 +202,10 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Histogram, m::BRIDGE_RESYNC_SECONDS, "Duration of a resync with Redis"),
 ];
 
+/// The `reason`s of rendezvous_handshakes_refused_total (src/http.rs).
+const HANDSHAKE_REFUSALS: &[&str] =
+    &["bad_handshake", "origin_not_allowed", "full", "unauthorized", "draining"];
+
 fn describe() {
     // Prometheus names carry their unit: `_seconds` is the only one used here.
     let unit = |name: &str| name.ends_with("_seconds").then_some(Unit::Seconds);
@@ -227,6 +231,11 @@ fn describe() {
     }
     for phase in [crate::front::Phase::Handshake, crate::front::Phase::Idle] {
         metrics::counter!(m::CONNECTIONS_TIMED_OUT_TOTAL, "phase" => phase.as_str()).absolute(0);
+    }
+    // Every reason src/http.rs refuses an upgrade for (the rest of the engine's
+    // series are registered by rendezvous_actors::metrics::export_at_zero).
+    for reason in HANDSHAKE_REFUSALS {
+        metrics::counter!(m::HANDSHAKES_REFUSED_TOTAL, "reason" => *reason).absolute(0);
     }
     for result in ["refreshed", "refused"] {
         metrics::counter!(m::TOKEN_REFRESHES_TOTAL, "result" => result).increment(0);

@@ -1,8 +1,14 @@
 //! The container and monitoring files, checked without a Docker engine:
 //!
 //! * `dashboards/*.json` parse and carry what Grafana needs (uid, title, panels
-//!   with the provisioned datasource and PromQL targets); the provisioning files
-//!   agree with docker-compose.yml.
+//!   with PromQL targets) and import anywhere: every panel, target and query
+//!   variable names the dashboard's `datasource` variable, and every selector
+//!   picks its job through a variable; the provisioning files agree with
+//!   docker-compose.yml.
+//! * A fresh two-node cluster, scraped before any client connects, exports every
+//!   series the dashboards and deploy/alerts.yml use.
+//! * deploy/alerts.yml passes `promtool check rules`, and `promtool test rules`
+//!   with deploy/alerts.test.yml, which makes every rule fire and stay silent.
 //! * Every metric a dashboard queries is exported: the engine's by a real cluster
 //!   (Redis with a password, as in the compose stack, and three `rendezvous`
 //!   processes) after a short workload that makes every counter exist (matches,
@@ -10,8 +16,9 @@
 //!   claim conflicts, a Redis reconnect, a SIGKILLed node); the load tester's by the
 //!   compose stack's own `loadtest` command run against two nodes.
 //! * Debian's `prometheus`, given deploy/prometheus.yml with only its targets
-//!   rewritten to the test's loopback ports, scrapes both nodes, and answers every
-//!   dashboard query with `"status":"success"`.
+//!   (and rules file path) rewritten to the test's loopback ports, scrapes both
+//!   nodes and Debian's Redis exporter, answers every dashboard query with
+//!   `"status":"success"`, and evaluates every alerting rule without error.
 //! * docker-compose.yml and the Dockerfile parse and reference only files that
 //!   exist; the Dockerfile's build step (its exact `cargo build` line) and run step
 //!   (its ENV, its HEALTHCHECK command) work when run by hand.
@@ -62,7 +69,9 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[test]
 fn dashboards_are_well_formed_and_provisioned() {
     let mut problems: Vec<String> = Vec::new();
-    let ds = json!({"type": DATASOURCE_TYPE, "uid": DATASOURCE_UID});
+    // Importable anywhere: every panel, target and query variable names the
+    // dashboard's datasource variable, never a fixed uid.
+    let ds = json!({"type": DATASOURCE_TYPE, "uid": format!("${{{DATASOURCE_VARIABLE}}}")});
     let files = dashboard_files();
     assert!(!files.is_empty(), "no dashboards/*.json");
     let mut uids = BTreeSet::new();
@@ -98,9 +107,32 @@ fn dashboards_are_well_formed_and_provisioned() {
             p("no schemaVersion".into());
         }
         let vars: BTreeSet<String> = variable_values(d).into_iter().map(|(k, _)| k).collect();
-        for v in d["templating"]["list"].as_array().into_iter().flatten() {
+        let list = d["templating"]["list"].as_array().cloned().unwrap_or_default();
+        let var = |name: &str| list.iter().find(|v| v["name"] == name);
+        match var(DATASOURCE_VARIABLE) {
+            Some(v) if v["type"] == "datasource" && v["query"] == DATASOURCE_TYPE => {}
+            other => p(format!(
+                "no variable {DATASOURCE_VARIABLE} of type datasource for {DATASOURCE_TYPE}: {other:?}"
+            )),
+        }
+        // The scrape job is a variable (a default of the compose stack's job), so
+        // the dashboards work whatever the importing Prometheus calls its jobs.
+        match var("job") {
+            Some(v) if v["type"] == "query" && v["current"]["value"].is_string() => {}
+            other => p(format!("no query variable job with a default value: {other:?}")),
+        }
+        for v in &list {
             if v["type"] == "query" && v["datasource"] != ds {
                 p(format!("variable {} does not use datasource {ds}", v["name"]));
+            }
+            let q = v["query"]["query"].as_str().or(v["query"].as_str()).unwrap_or_default();
+            for (name, matchers) in promql::selectors(q) {
+                if !promql::job_by_variable(&matchers) && name == "up" {
+                    p(format!(
+                        "variable {}: {name}{{{matchers}}} names no job variable",
+                        v["name"]
+                    ));
+                }
             }
         }
         let all = panels(d);
@@ -152,6 +184,13 @@ fn dashboards_are_well_formed_and_provisioned() {
                 }
                 if let Err(e) = promql::balanced(expr) {
                     pp(format!("target {r}: {e} in {expr}"));
+                }
+                for (name, matchers) in promql::selectors(expr) {
+                    if !promql::job_by_variable(&matchers) {
+                        pp(format!(
+                            "target {r}: {name}{{{matchers}}} does not select job=\"$job\" (or another job variable)"
+                        ));
+                    }
                 }
                 for v in promql::variables(expr) {
                     if !vars.contains(&v) {
@@ -342,7 +381,8 @@ fn compose_file_and_dockerfile_reference_only_existing_files() {
     let compose = compose();
     let services = compose["services"].as_mapping().expect("docker-compose.yml has services");
     let names: BTreeSet<String> = services.keys().map(yaml_scalar).collect();
-    for want in ["redis", "node-a", "node-b", "loadtest", "prometheus", "grafana"] {
+    for want in ["redis", "redis-exporter", "node-a", "node-b", "loadtest", "prometheus", "grafana"]
+    {
         if !names.contains(want) {
             problems.push(format!("docker-compose.yml: no service {want}"));
         }
@@ -453,6 +493,34 @@ fn compose_file_and_dockerfile_reference_only_existing_files() {
         problems
             .push(format!("prometheus: ./deploy/prometheus.yml is not mounted at {config_flag}"));
     }
+    // The alerting rules: mounted where deploy/prometheus.yml's rule_files look.
+    let rule_files: Vec<String> = yaml("deploy/prometheus.yml")["rule_files"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .map(yaml_scalar)
+        .collect();
+    match bind_mounts(prom).iter().find(|(s, _)| s == "./deploy/alerts.yml") {
+        Some((_, t)) if rule_files.contains(t) => {}
+        other => problems.push(format!(
+            "prometheus: ./deploy/alerts.yml must be mounted at one of deploy/prometheus.yml's rule_files {rule_files:?}, is {other:?}"
+        )),
+    }
+    // The Redis exporter reads the stack's Redis with its password.
+    let exporter = service_env(&compose["services"]["redis-exporter"]);
+    if exporter.get("REDIS_ADDR").map(String::as_str) != Some("redis://redis:6379") {
+        problems.push(format!("redis-exporter: REDIS_ADDR is {:?}", exporter.get("REDIS_ADDR")));
+    }
+    let redis_pw = yaml_words(&compose["services"]["redis"]["command"])
+        .windows(2)
+        .find(|w| w[0] == "--requirepass")
+        .map(|w| w[1].clone());
+    if exporter.get("REDIS_PASSWORD") != redis_pw.as_ref() {
+        problems.push(format!(
+            "redis-exporter: REDIS_PASSWORD {:?} is not Redis' --requirepass {redis_pw:?}",
+            exporter.get("REDIS_PASSWORD")
+        ));
+    }
 
     // deploy/prometheus.yml scrapes compose services at the ports they listen on.
     let instrs = dockerfile();
@@ -466,6 +534,10 @@ fn compose_file_and_dockerfile_reference_only_existing_files() {
         let words = yaml_words(&svc["command"]);
         if let Some(i) = words.iter().position(|w| w == "--metrics-bind") {
             return words.get(i + 1).and_then(|a| a.rsplit(':').next()).map(str::to_owned);
+        }
+        // Exporters: `--web.listen-address=[HOST]:PORT`.
+        if let Some(a) = words.iter().find_map(|w| w.strip_prefix("--web.listen-address=")) {
+            return a.rsplit(':').next().map(str::to_owned);
         }
         let env = service_env(svc);
         let bind = env.get("RENDEZVOUS_BIND").or(image_env.get("RENDEZVOUS_BIND"))?;
@@ -490,7 +562,7 @@ fn compose_file_and_dockerfile_reference_only_existing_files() {
             }
         }
     }
-    for job in ["rendezvous", "rendezvous-loadtest"] {
+    for job in ["rendezvous", "rendezvous-loadtest", "redis"] {
         if !jobs.contains(job) {
             problems.push(format!(
                 "deploy/prometheus.yml: no job {job} (the dashboards select by job)"
@@ -789,8 +861,7 @@ async fn engine_exports_every_dashboard_metric_and_prometheus_answers_every_quer
     let tmp = TempDir::new("engine");
     let mut failures: Vec<String> = Vec::new();
 
-    let wanted: BTreeMap<String, Vec<String>> =
-        dashboard_series().into_iter().filter(|(n, _)| !n.starts_with(LOADTEST_PREFIX)).collect();
+    let wanted = engine_series();
 
     let redis = RedisServer::start_with(&["--requirepass", REDIS_PASSWORD]);
     let url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port());
@@ -939,10 +1010,13 @@ async fn engine_exports_every_dashboard_metric_and_prometheus_answers_every_quer
         wanted.keys().all(|s| seen.has(s))
     );
 
-    // Prometheus, with the compose stack's configuration.
+    // Prometheus, with the compose stack's configuration, and Debian's Redis
+    // exporter in place of the stack's.
+    let exporter = redis_exporter(&tmp, &redis);
     prometheus_answers_every_query(
         &tmp,
         &[("node-a", a.addr), ("node-b", b.addr)],
+        exporter.1,
         &wanted,
         &mut failures,
     );
@@ -1128,6 +1202,7 @@ async fn claim_conflicts(a: &Node, b: &Node) -> Result<(), String> {
 fn prometheus_answers_every_query(
     tmp: &TempDir,
     nodes: &[(&str, SocketAddr)],
+    redis_exporter: SocketAddr,
     wanted: &BTreeMap<String, Vec<String>>,
     failures: &mut Vec<String>,
 ) {
@@ -1135,7 +1210,11 @@ fn prometheus_answers_every_query(
     let mut rewrite: BTreeMap<String, String> =
         nodes.iter().map(|(n, addr)| (format!("{n}:8080"), addr.to_string())).collect();
     rewrite.insert("loadtest:9100".into(), format!("127.0.0.1:{nowhere}"));
+    rewrite.insert("redis-exporter:9121".into(), redis_exporter.to_string());
     let mut cfg = yaml("deploy/prometheus.yml");
+    // The rules file from the repository instead of the container's mount point.
+    let rules = repo().join("deploy/alerts.yml").display().to_string();
+    cfg["rule_files"] = serde_norway::Value::Sequence(vec![serde_norway::Value::String(rules)]);
     for sc in cfg["scrape_configs"].as_sequence_mut().expect("scrape_configs").iter_mut() {
         for st in sc["static_configs"].as_sequence_mut().into_iter().flatten() {
             for t in st["targets"].as_sequence_mut().into_iter().flatten() {
@@ -1227,6 +1306,67 @@ fn prometheus_answers_every_query(
             failures
                 .push(format!("Prometheus has no {series} from the nodes (job=\"rendezvous\")"));
         }
+    }
+    // …and every series of Redis' exporter that an alert uses.
+    let from_redis: BTreeSet<String> = query(r#"count by (__name__) ({job="redis"})"#)
+        .map(|r| {
+            r["data"]["result"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s["metric"]["__name__"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    for series in alert_series(&["redis_"]).keys() {
+        if !from_redis.contains(series) {
+            failures.push(format!(
+                "Prometheus has no {series} from the Redis exporter (job=\"redis\"), which deploy/alerts.yml uses"
+            ));
+        }
+    }
+    // Every alerting rule loaded and evaluates without error.
+    let want_rules = alert_rules().len();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api("/api/v1/rules").unwrap_or(Value::Null);
+        let rules: Vec<&Value> = r["data"]["groups"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+            .collect();
+        let evaluated = rules
+            .iter()
+            .filter(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")))
+            .count();
+        let bad: Vec<String> = rules
+            .iter()
+            .filter(|r| r["health"] == "err")
+            .map(|r| format!("{}: {}", r["name"], r["lastError"]))
+            .collect();
+        if !bad.is_empty() {
+            failures.push(format!("alerting rules failed to evaluate: {bad:?}"));
+            break;
+        }
+        if rules.len() == want_rules && evaluated == want_rules {
+            let firing: Vec<String> = rules
+                .iter()
+                .filter(|r| r["state"] != "inactive")
+                .map(|r| format!("{} ({})", r["name"], r["state"]))
+                .collect();
+            eprintln!(
+                "Prometheus: {want_rules} alerting rules evaluated; not inactive: {firing:?}"
+            );
+            break;
+        }
+        if Instant::now() > deadline {
+            failures.push(format!(
+                "Prometheus evaluated {evaluated} of {want_rules} rules of deploy/alerts.yml within 30 s: {r}"
+            ));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 
     // Every dashboard query (and every variable's selector) gets a valid answer.
@@ -1396,4 +1536,199 @@ async fn loadtest_exports_every_metric_of_its_dashboard() {
         failures.join("\n"),
         outputs.join("\n")
     );
+}
+
+// ---------------------------------------------------------------- 6. alerts
+
+/// Debian's prometheus package ships it.
+const PROMTOOL: &str = "/usr/bin/promtool";
+
+/// `promtool check rules` and `promtool test rules` pass, and the unit tests
+/// cover every rule both ways: each alert fires in some test and stays silent
+/// in another.
+#[test]
+fn alert_rules_pass_promtool_check_and_unit_tests() {
+    require(PROMTOOL, "prometheus");
+    for args in
+        [["check", "rules", "deploy/alerts.yml"], ["test", "rules", "deploy/alerts.test.yml"]]
+    {
+        let out = run_bounded(
+            Command::new(PROMTOOL).args(args).current_dir(repo()),
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("promtool {}: {e}", args.join(" ")));
+        assert!(
+            out.status.success(),
+            "promtool {} failed:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let rules = alert_rules();
+    let tests = yaml("deploy/alerts.test.yml");
+    let mut fires = BTreeSet::new();
+    let mut silent = BTreeSet::new();
+    for t in tests["tests"].as_sequence().into_iter().flatten() {
+        for a in t["alert_rule_test"].as_sequence().into_iter().flatten() {
+            let name = yaml_scalar(&a["alertname"]);
+            if a["exp_alerts"].as_sequence().is_some_and(|e| !e.is_empty()) {
+                fires.insert(name);
+            } else {
+                silent.insert(name);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    for (name, _) in &rules {
+        if !fires.contains(name) {
+            problems.push(format!("{name}: no unit test where it fires"));
+        }
+        if !silent.contains(name) {
+            problems.push(format!("{name}: no unit test where it stays silent"));
+        }
+    }
+    // What the rules must watch (the issue's list), by the series they read.
+    let used: BTreeSet<String> = rules.iter().flat_map(|(_, e)| promql::identifiers(e)).collect();
+    let all_exprs: String = rules.iter().map(|(_, e)| e.as_str()).collect::<Vec<_>>().join("\n");
+    for (what, series) in [
+        ("a node not ready", "up"),
+        ("the bridge down", "rendezvous_bridge_up"),
+        ("the bridge resyncing", "rendezvous_bridge_reconnects_total"),
+        ("nodes lost", "rendezvous_bridge_nodes_lost_total"),
+        ("file descriptors near the cap", "process_max_fds"),
+        ("slow-consumer disconnects", "rendezvous_slow_consumer_disconnects_total"),
+        ("the error-frame rate", "rendezvous_error_frames_total"),
+        ("p99 match wait", "rendezvous_match_latency_seconds_bucket"),
+        ("delivery p99", "rendezvous_delivery_latency_seconds_bucket"),
+        ("Redis memory", "redis_memory_used_bytes"),
+    ] {
+        if !used.contains(series) {
+            problems.push(format!("no rule watches {what} ({series})"));
+        }
+    }
+    assert!(
+        all_exprs.contains(r#"up{job="rendezvous"}"#),
+        "the not-ready rule must select the job"
+    );
+    // Every engine series a rule reads is one the engine declares.
+    let declared = declared_metric_names();
+    for series in alert_series(&["rendezvous_", "process_"]).keys() {
+        if !declared.contains(promql::base_name(series)) {
+            problems
+                .push(format!("{series} is not declared (actors/src/metrics.rs, OPERATIONS.md)"));
+        }
+    }
+    assert!(problems.is_empty(), "{} problem(s):\n{}", problems.len(), problems.join("\n"));
+}
+
+/// Every alerting rule of deploy/alerts.yml: (alert name, expression).
+fn alert_rules() -> Vec<(String, String)> {
+    let v = yaml("deploy/alerts.yml");
+    let mut out = Vec::new();
+    for g in v["groups"].as_sequence().into_iter().flatten() {
+        for r in g["rules"].as_sequence().into_iter().flatten() {
+            if !r["alert"].is_null() {
+                out.push((yaml_scalar(&r["alert"]), yaml_scalar(&r["expr"])));
+            }
+        }
+    }
+    assert!(!out.is_empty(), "deploy/alerts.yml has no alerting rules");
+    out
+}
+
+/// The series deploy/alerts.yml reads whose names start with one of `prefixes`:
+/// (series, the alerts that use it).
+fn alert_series(prefixes: &[&str]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, expr) in alert_rules() {
+        for id in promql::identifiers(&expr) {
+            if prefixes.iter().any(|p| id.starts_with(p)) {
+                out.entry(id).or_default().push(format!("deploy/alerts.yml {name}"));
+            }
+        }
+    }
+    out
+}
+
+/// Every engine series the dashboards and the alerts use (not the load tester's,
+/// not Redis' exporter's): (series, where).
+fn engine_series() -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> =
+        dashboard_series().into_iter().filter(|(n, _)| !n.starts_with(LOADTEST_PREFIX)).collect();
+    for (series, used) in alert_series(&["rendezvous_", "process_"]) {
+        out.entry(series).or_default().extend(used);
+    }
+    out
+}
+
+/// Debian's Redis exporter reading `redis`, on a free loopback port.
+fn redis_exporter(tmp: &TempDir, redis: &RedisServer) -> (Proc, SocketAddr) {
+    const EXPORTER: &str = "/usr/bin/prometheus-redis-exporter";
+    require(EXPORTER, "prometheus-redis-exporter");
+    for attempt in 0..3 {
+        let port = free_port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut cmd = Command::new(EXPORTER);
+        cmd.arg(format!("-redis.addr=redis://127.0.0.1:{}", redis.port()))
+            .arg(format!("-redis.password={REDIS_PASSWORD}"))
+            .arg(format!("-web.listen-address={addr}"));
+        let mut proc = Proc::spawn(&format!("redis-exporter-{attempt}"), &mut cmd, tmp.path());
+        if proc.wait_ok(addr, "/metrics", Duration::from_secs(20), Duration::from_millis(100)) {
+            match scrape(addr) {
+                Ok(s) if s.value("redis_up") == 1.0 => return (proc, addr),
+                other => panic!("the Redis exporter does not see Redis: {other:?}"),
+            }
+        }
+        eprintln!("redis exporter not serving on {addr}:\n{}", proc.tail(20));
+    }
+    panic!("the Redis exporter did not start");
+}
+
+// ---------------------------------------------------------------- 7. metrics at zero
+
+/// A fresh two-node cluster, scraped before any client connects, exports every
+/// series its dashboards and alerts use, on each node: panels read 0 rather than
+/// "No data", and an alert on a rare event can fire on its first occurrence.
+#[tokio::test]
+async fn two_nodes_export_every_dashboard_and_alert_series_before_any_traffic() {
+    require("redis-server", "redis-server");
+    image_build().unwrap_or_else(|e| panic!("the Dockerfile's build step: {e}"));
+    let _heavy = HEAVY.lock().await;
+
+    let wanted = engine_series();
+    assert!(wanted.len() > 30, "too few series found in the dashboards and alerts: {wanted:?}");
+    let redis = RedisServer::start_with(&["--requirepass", REDIS_PASSWORD]);
+    let url = format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{}/0", redis.port());
+    let a = Node::spawn(Some(&url), "node-a", &[]);
+    let b = Node::spawn(Some(&url), "node-b", &[]);
+    for n in [&a, &b] {
+        wait_nodes(n, 2, Duration::from_secs(15)).await;
+    }
+    let mut failures = Vec::new();
+    for (name, node) in [("node-a", &a), ("node-b", &b)] {
+        // The gauges sampled by the housekeeping tick (at once, then every 5 s)
+        // and the peer's heartbeat age may take a moment: poll, bounded.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let missing = loop {
+            let s = scrape(node.addr).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let missing: Vec<&String> = wanted.keys().filter(|k| !s.has(k)).collect();
+            if missing.is_empty() || Instant::now() > deadline {
+                break missing;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        for series in missing {
+            failures.push(format!("{name}: no {series}; used by {}", wanted[series].join("; ")));
+        }
+        let s = scrape(node.addr).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(
+            s.value("rendezvous_sessions_opened_total"),
+            0.0,
+            "{name}: a session was opened: the scrape is not before traffic"
+        );
+    }
+    eprintln!("{} series checked on each of two nodes", wanted.len());
+    assert!(failures.is_empty(), "{} missing:\n{}", failures.len(), failures.join("\n"));
 }

@@ -37,6 +37,7 @@ impl Engine {
                 handle
             })
             .collect();
+        crate::metrics::export_at_zero(&config, bridge.clustered());
         let shared = Arc::new(Shared::new(config, bridge, workers));
         let rooms = Rooms::start(shared.clone());
         let shards: Vec<Addr<MatchShard>> = (0..shared.config.shard_count())

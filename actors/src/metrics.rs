@@ -1,6 +1,10 @@
 //! Metric names, declared once. The binary describes them and exports them on
 //! `/metrics`; dashboards must use exactly these names. Units are in the names.
 
+use crate::config::EngineConfig;
+use crate::matching::shard_core::EndReason;
+use crate::protocol::ErrorCode;
+
 /// Gauge: open WebSocket sessions on this node.
 pub const CONNECTIONS: &str = "rendezvous_connections";
 /// Counter: sessions opened.
@@ -130,5 +134,121 @@ impl Hot {
 impl Default for Hot {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Close reasons of [`SESSIONS_CLOSED_TOTAL`] (the session's close code, named).
+pub const SESSION_CLOSE_REASONS: &[&str] = &[
+    "normal",
+    "too_large",
+    "restarting",
+    "policy",
+    "replaced",
+    "unauthorized",
+    "abnormal",
+    "other",
+];
+
+/// Actions of [`RATE_LIMITED_TOTAL`]: the frame limit, the chat rate, the search
+/// rate, the per-user byte budget's actions and `refresh`.
+pub const RATE_LIMITED_ACTIONS: &[&str] = &[
+    "frames",
+    "send",
+    "find_match",
+    "next",
+    "block",
+    "join",
+    "leave",
+    "history",
+    "signal",
+    "read",
+    "typing",
+    "refresh",
+];
+
+/// Every wire error code, the `code` label of [`ERRORS_TOTAL`].
+pub const ERROR_CODES: [ErrorCode; 8] = [
+    ErrorCode::BadRequest,
+    ErrorCode::Unauthorized,
+    ErrorCode::RateLimited,
+    ErrorCode::NotInRoom,
+    ErrorCode::TooLarge,
+    ErrorCode::AlreadySearching,
+    ErrorCode::Internal,
+    ErrorCode::TokenExpired,
+];
+
+/// Fails to compile when a code is added to the protocol: add it to [`ERROR_CODES`].
+const fn _every_error_code_listed(c: ErrorCode) {
+    match c {
+        ErrorCode::BadRequest
+        | ErrorCode::Unauthorized
+        | ErrorCode::RateLimited
+        | ErrorCode::NotInRoom
+        | ErrorCode::TooLarge
+        | ErrorCode::AlreadySearching
+        | ErrorCode::Internal
+        | ErrorCode::TokenExpired => {}
+    }
+}
+
+/// Register, at zero, every series of the engine's own whose label values are
+/// known before anything happens, so dashboards and alerts read 0 (not "No data")
+/// from the first scrape and `rate()` sees the first increment of a rare event.
+/// Called by [`crate::Engine::start`], after the process recorder is installed.
+/// The series that name something that exists only later (a peer node, a
+/// language, a Redis command kind) appear with it; `rendezvous_bridge_*` only on a
+/// clustered node, where a bridge runs.
+pub fn export_at_zero(config: &EngineConfig, clustered: bool) {
+    use metrics::{counter, gauge, histogram};
+    for name in [
+        SESSIONS_OPENED_TOTAL,
+        SEARCHES_STARTED_TOTAL,
+        CLAIM_CONFLICTS_TOTAL,
+        FRAMES_IN_TOTAL,
+        FRAMES_OUT_TOTAL,
+        MESSAGES_TOTAL,
+        MESSAGES_DELIVERED_TOTAL,
+        FRAMES_DROPPED_TOTAL,
+        SLOW_CONSUMER_DISCONNECTS_TOTAL,
+    ] {
+        counter!(name).increment(0);
+    }
+    for reason in SESSION_CLOSE_REASONS {
+        counter!(SESSIONS_CLOSED_TOTAL, "reason" => *reason).increment(0);
+    }
+    for reason in [EndReason::Cancelled, EndReason::Disconnected, EndReason::Timeout] {
+        counter!(SEARCHES_ENDED_TOTAL, "reason" => reason.label()).increment(0);
+    }
+    for size in 2..=8u8 {
+        counter!(MATCHES_TOTAL, "group_size" => size.to_string()).increment(0);
+    }
+    for action in RATE_LIMITED_ACTIONS {
+        counter!(RATE_LIMITED_TOTAL, "action" => *action).increment(0);
+    }
+    for code in ERROR_CODES {
+        counter!(ERRORS_TOTAL, "code" => code.as_str()).increment(0);
+    }
+    for name in [CONNECTIONS, ROOMS_OPEN, OUTBOUND_QUEUED_FRAMES, OUTBOUND_QUEUE_MAX_FRAMES] {
+        gauge!(name).increment(0.0);
+    }
+    for shard in 0..config.shard_count() {
+        gauge!(POOL_WAITING, "shard" => shard.to_string()).increment(0.0);
+    }
+    gauge!(POOL_WAITING_BY_LANGUAGE, "language" => crate::language::OTHER).increment(0.0);
+    for level in 0..config.ladder.len() {
+        let _ = histogram!(MATCH_LATENCY_SECONDS, "level" => level.to_string());
+    }
+    let _ = histogram!(MATCH_SHARED_INTERESTS);
+    let _ = histogram!(DELIVERY_LATENCY_SECONDS);
+    if clustered {
+        for name in [BRIDGE_RECONNECTS_TOTAL, BRIDGE_NODES_LOST_TOTAL, BRIDGE_SEQ_GAPS_TOTAL] {
+            counter!(name).increment(0);
+        }
+        for kind in crate::bridge::events::ClusterEvent::KINDS {
+            counter!(BRIDGE_RECEIVED_TOTAL, "kind" => *kind).increment(0);
+        }
+        let _ = histogram!(BRIDGE_REDIS_SECONDS);
+        let _ = histogram!(BRIDGE_RESYNC_SECONDS);
     }
 }

@@ -1,10 +1,16 @@
 //! What the load tester adds to the protocol's client (`rendezvous_protocol::client`,
 //! shared with the integration tests): failures as counted values, connected members,
-//! bounded concurrency.
+//! bounded concurrency, and `wss://` (rustls, trusting the system's roots and
+//! `--ca-file`).
 
 use std::fmt;
 use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 
 use rendezvous_protocol::client::{self as wire, RecvError};
 use rendezvous_protocol::ServerFrame;
@@ -59,12 +65,80 @@ impl fmt::Display for Failure {
     }
 }
 
-/// Open a WebSocket to `target` (a full URL, query included).
-pub async fn connect_to(target: &str) -> Result<Ws, Failure> {
-    wire::connect(target).await.map_err(|e| {
-        crate::telemetry::error("connect");
-        Failure::Connect { url: target.to_owned(), error: e.to_string() }
+/// The variable `--ca-file` is read from; worker processes inherit it.
+pub const CA_FILE_ENV: &str = "RENDEZVOUS_LOADTEST_CA_FILE";
+
+/// The extra certificate authority of `--ca-file`, set by `main` before any
+/// connection is made.
+static CA_FILE: OnceLock<PathBuf> = OnceLock::new();
+/// The TLS settings of every `wss://` connection, built on first use (reading the
+/// system's roots once, not per connection), or why they cannot be.
+static TLS: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+
+/// Trust the PEM certificate(s) in `path` for `wss://` besides the system's roots.
+pub fn trust_ca_file(path: PathBuf) {
+    let _ = CA_FILE.set(path);
+}
+
+/// The `--ca-file`, if one was given.
+pub fn ca_file() -> Option<&'static Path> {
+    CA_FILE.get().map(PathBuf::as_path)
+}
+
+fn tls() -> Result<Arc<rustls::ClientConfig>, String> {
+    TLS.get_or_init(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            // A system certificate rustls cannot use is skipped, as browsers do.
+            let _ = roots.add(cert);
+        }
+        if let Some(path) = ca_file() {
+            let certs = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("--ca-file {}: no certificate in it", path.display()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| format!("--ca-file {}: {e}", path.display()))?;
+            }
+        }
+        if roots.is_empty() {
+            return Err("no trusted certificate authority for wss:// (pass --ca-file)".into());
+        }
+        // The provider named, not the process default: the workspace's rustls may
+        // be built with more than one.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS settings: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(Arc::new(config))
     })
+    .clone()
+}
+
+/// Open a WebSocket to `target` (a full URL, query included): `ws://` plain,
+/// `wss://` over TLS.
+pub async fn connect_to(target: &str) -> Result<Ws, Failure> {
+    let fail = |error: String| {
+        crate::telemetry::error("connect");
+        Failure::Connect { url: target.to_owned(), error }
+    };
+    if target.starts_with("wss://") {
+        let connector = tokio_tungstenite::Connector::Rustls(tls().map_err(fail)?);
+        let (ws, _) = tokio_tungstenite::connect_async_tls_with_config(
+            target,
+            Some(ws_config()),
+            true,
+            Some(connector),
+        )
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+        return Ok(ws);
+    }
+    wire::connect(target).await.map_err(|e| fail(e.to_string()))
 }
 
 /// Read frames until one of type `kind` arrives, within `wait`. An `error` frame

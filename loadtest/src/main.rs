@@ -26,6 +26,10 @@ struct Cli {
     /// Serve the load tester's own Prometheus metrics on ADDR:PORT while it runs
     #[arg(long, global = true, value_name = "ADDR:PORT")]
     metrics_bind: Option<std::net::SocketAddr>,
+    /// PEM certificate authority to trust for wss:// URLs, besides the system's
+    /// (e.g. a proxy's private CA)
+    #[arg(long, global = true, value_name = "PEM", env = client::CA_FILE_ENV)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -94,6 +98,9 @@ async fn run(mode: Mode) -> Result<bool, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(ca) = cli.ca_file {
+        client::trust_ca_file(ca);
+    }
     if let Some(addr) = cli.metrics_bind {
         if let Err(e) = telemetry::serve(addr) {
             eprintln!("error: {e}");

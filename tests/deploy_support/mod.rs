@@ -18,10 +18,13 @@ use serde_json::Value;
 pub use rendezvous_test_support::http::parse_response;
 pub use rendezvous_test_support::{engine_bin, free_port, TempDir};
 
-/// The datasource every panel and target names: the uid is fixed by
+/// The provisioned datasource of the compose stack:
 /// dashboards/provisioning/datasources/prometheus.yml.
 pub const DATASOURCE_TYPE: &str = "prometheus";
 pub const DATASOURCE_UID: &str = "prometheus";
+/// What every panel, target and query variable names instead of a fixed uid: the
+/// dashboard's own `datasource` variable, so the files import into any Grafana.
+pub const DATASOURCE_VARIABLE: &str = "datasource";
 
 /// The load tester's metrics (its `--metrics-bind` contract) and their types.
 pub const LOADTEST_METRICS: &[(&str, &str)] = &[
@@ -154,7 +157,8 @@ pub fn variable_queries(file: &str, dashboard: &Value) -> Vec<Query> {
 
 /// Values for every template variable of `dashboard` when querying Prometheus
 /// directly: Grafana's built-ins as a 5 s scrape interval gives them at most
-/// (`$__rate_interval` as `1m`), and a query variable's "All" value.
+/// (`$__rate_interval` as `1m`), a variable's default (`current`, e.g. the `job`),
+/// else its "All" value.
 pub fn variable_values(dashboard: &Value) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = [
         ("__rate_interval", "1m"),
@@ -168,8 +172,9 @@ pub fn variable_values(dashboard: &Value) -> Vec<(String, String)> {
     .collect();
     for v in dashboard["templating"]["list"].as_array().into_iter().flatten() {
         let name = v["name"].as_str().unwrap_or_default().to_owned();
-        let all = v["allValue"].as_str().filter(|s| !s.is_empty()).unwrap_or(".*").to_owned();
-        out.push((name, all));
+        let current = v["current"]["value"].as_str().filter(|s| !s.is_empty() && *s != "$__all");
+        let all = v["allValue"].as_str().filter(|s| !s.is_empty()).unwrap_or(".*");
+        out.push((name, current.unwrap_or(all).to_owned()));
     }
     out
 }

@@ -12,7 +12,7 @@ const PREFIXES: [&str; 2] = ["rendezvous_", "process_"];
 pub const SERIES_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
 
 /// Identifiers outside string literals, in order of appearance.
-fn identifiers(expr: &str) -> Vec<String> {
+pub fn identifiers(expr: &str) -> Vec<String> {
     let chars: Vec<char> = expr.chars().collect();
     let mut out = Vec::new();
     let mut i = 0;
@@ -50,6 +50,90 @@ fn identifiers(expr: &str) -> Vec<String> {
 /// (`rendezvous_match_latency_seconds_bucket` stays `…_bucket`).
 pub fn series_names(expr: &str) -> BTreeSet<String> {
     identifiers(expr).into_iter().filter(|id| PREFIXES.iter().any(|p| id.starts_with(p))).collect()
+}
+
+/// Every selector of ours (and of Prometheus' `up`) in `expr`: the name and the
+/// text between its braces (empty when it has none), e.g.
+/// `("up", "job=\"$job\", instance=~\"$instance\"")`.
+pub fn selectors(expr: &str) -> Vec<(String, String)> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '"' || c == '\'' || c == '`' {
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                if chars[i] == '\\' && c != '`' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            i += 1;
+            continue;
+        }
+        let starts_name = (c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && (i == 0 || !(chars[i - 1].is_ascii_alphanumeric() || "_:$".contains(chars[i - 1])));
+        if !starts_name {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len()
+            && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == ':')
+        {
+            i += 1;
+        }
+        let name: String = chars[start..i].iter().collect();
+        let braces = chars.get(i) == Some(&'{');
+        let ours = PREFIXES.iter().any(|p| name.starts_with(p));
+        if !(ours || (name == "up" && braces)) {
+            continue;
+        }
+        let mut inner = String::new();
+        if braces {
+            // Matchers end at the first `}` outside a quoted value.
+            let mut j = i + 1;
+            let mut quote = None;
+            while j < chars.len() {
+                let d = chars[j];
+                match quote {
+                    Some(_) if d == '\\' => {
+                        inner.push(d);
+                        j += 1;
+                        if let Some(e) = chars.get(j) {
+                            inner.push(*e);
+                        }
+                    }
+                    Some(q) if d == q => {
+                        quote = None;
+                        inner.push(d);
+                    }
+                    Some(_) => inner.push(d),
+                    None if d == '"' || d == '\'' => {
+                        quote = Some(d);
+                        inner.push(d);
+                    }
+                    None if d == '}' => break,
+                    None => inner.push(d),
+                }
+                j += 1;
+            }
+            i = j + 1;
+        }
+        out.push((name, inner.trim().to_owned()));
+    }
+    out
+}
+
+/// Does a selector's matcher text select its job through a template variable
+/// (`job="$job"`, `job=~"${engine_job}"`)?
+pub fn job_by_variable(matchers: &str) -> bool {
+    matchers.split(',').map(str::trim).any(|m| {
+        m.strip_prefix("job")
+            .map(|r| r.trim_start().trim_start_matches(['=', '~']).trim())
+            .is_some_and(|v| v.starts_with("\"$"))
+    })
 }
 
 /// The metric a series belongs to: `_bucket`, `_sum` and `_count` stripped.
@@ -157,5 +241,23 @@ mod tests {
         assert!(s.contains(r#"instance=~".+""#) && s.contains("[1m]"), "{s}");
         assert!(balanced(e).is_ok());
         assert!(balanced("sum(rate(x[1m])").is_err());
+    }
+
+    #[test]
+    fn selectors_and_their_job() {
+        let e = r#"sum(up{job="$job", instance=~"a}b"}) / rendezvous_x_total + rate(process_open_fds{job=~"${engine_job}"}[5m]) + up"#;
+        let s = selectors(e);
+        assert_eq!(
+            s,
+            [
+                ("up".to_owned(), r#"job="$job", instance=~"a}b""#.to_owned()),
+                ("rendezvous_x_total".to_owned(), String::new()),
+                ("process_open_fds".to_owned(), r#"job=~"${engine_job}""#.to_owned()),
+            ]
+        );
+        assert!(job_by_variable(&s[0].1));
+        assert!(!job_by_variable(&s[1].1));
+        assert!(job_by_variable(&s[2].1));
+        assert!(!job_by_variable(r#"job="rendezvous""#));
     }
 }

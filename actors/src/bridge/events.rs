@@ -107,6 +107,9 @@ pub enum MemberStatus {
 macro_rules! event_kinds {
     ($($variant:ident = $tag:literal),+ $(,)?) => {
         impl ClusterEvent {
+            /// Every variant's wire tag (the metrics export each at zero).
+            pub const KINDS: &'static [&'static str] = &[$($tag),+];
+
             /// The event's wire tag (`t`), for metric labels.
             pub fn kind(&self) -> &'static str {
                 match self {

@@ -226,6 +226,9 @@ async fn run_workers(scenario: &Scenario, args: &RunArgs) -> Result<Report, Stri
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.arg("run").arg(&args.file).arg("--worker").arg(format!("{k}/{}", scenario.workers));
         cmd.arg("--json").arg(&out).arg("--quiet");
+        if let Some(ca) = crate::client::ca_file() {
+            cmd.env(crate::client::CA_FILE_ENV, ca);
+        }
         if args.smoke {
             cmd.arg("--smoke");
         }
