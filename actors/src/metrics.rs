@@ -240,6 +240,9 @@ pub fn export_at_zero(config: &EngineConfig, clustered: bool) {
         let _ = histogram!(MATCH_LATENCY_SECONDS, "level" => level.to_string());
     }
     let _ = histogram!(MATCH_SHARED_INTERESTS);
+    let _ = histogram!(MATCH_WAIT_SECONDS, "language" => crate::language::OTHER);
+    let _ = histogram!(MATCH_PAIR_SHARED_INTERESTS, "language" => crate::language::OTHER);
+    gauge!(MATCH_WAIT_TARGET_SECONDS).increment(0.0);
     let _ = histogram!(DELIVERY_LATENCY_SECONDS);
     if clustered {
         for name in [BRIDGE_RECONNECTS_TOTAL, BRIDGE_NODES_LOST_TOTAL, BRIDGE_SEQ_GAPS_TOTAL] {
