@@ -260,17 +260,15 @@ async fn a_send_while_redis_is_down_is_unavailable_then_goes_through() {
 
 // ---------------------------------------------------------------- duplicate sends
 
-/// The next frame other than presence and messages up to `seq_at_most` is an
-/// `ack` (a resend gets no second copy of its message); the ack's seq and msg_id.
+/// The next frame other than presence is an `ack` of `client_msg_id` (a resend
+/// gets no second copy of its message); the ack's seq and msg_id.
 async fn expect_ack(c: &mut Client, room: &str, client_msg_id: &str) -> (u64, String) {
-    loop {
-        match next(c).await {
-            ServerFrame::Ack { client_msg_id: id, room_id, seq, msg_id } => {
-                assert_eq!((id.as_deref(), room_id.as_str()), (Some(client_msg_id), room));
-                return (seq, msg_id);
-            }
-            other => panic!("{}: expected ack of {client_msg_id}, got {other:?}", c.user_id),
+    match next(c).await {
+        ServerFrame::Ack { client_msg_id: id, room_id, seq, msg_id } => {
+            assert_eq!((id.as_deref(), room_id.as_str()), (Some(client_msg_id), room));
+            (seq, msg_id)
         }
+        other => panic!("{}: expected ack of {client_msg_id}, got {other:?}", c.user_id),
     }
 }
 
