@@ -378,6 +378,9 @@ impl Config {
         if c.admin_token.is_some() {
             c.admin_token = Some(MASKED.into());
         }
+        if c.engine.turn_secret.is_some() {
+            c.engine.turn_secret = Some(MASKED.into());
+        }
         c.redis_url = c.redis_url.as_deref().map(mask_url_password);
         let body = toml::to_string(&c).unwrap_or_else(|e| format!("# not printable: {e}\n"));
         format!(
@@ -395,6 +398,9 @@ impl Config {
         }
         if self.admin_token.as_ref().is_some_and(|t| t.len() < MIN_ADMIN_TOKEN_BYTES) {
             return Err(ConfigError::WeakAdminToken);
+        }
+        if self.engine.turn_secret.as_deref() == Some(MASKED) {
+            return Err(ConfigError::Masked("turn_secret", "turn-secret", "TURN_SECRET"));
         }
         if self.redis_url.as_deref().is_some_and(|u| u.contains(MASKED)) {
             return Err(ConfigError::Masked("redis_url", "redis-url", "REDIS_URL"));

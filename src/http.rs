@@ -228,6 +228,7 @@ async fn route(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
         "/metrics" => metrics_page(&app.metrics),
         "/api/stats" => stats(&app).await,
         "/api/trending" => trending(req.uri().query(), &app).await,
+        "/api/client-config" => client_config(&req, &app),
         "/" | "/index.html" => asset(INDEX_HTML, "text/html; charset=utf-8"),
         "/app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
         "/style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
@@ -241,6 +242,34 @@ pub fn metrics_page(metrics: &PrometheusHandle) -> Response<Body> {
     let mut r = text(StatusCode::OK, metrics.render());
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
     r
+}
+
+/// `GET /api/client-config`: what a client needs before it connects, chiefly the
+/// ICE servers for calls. TURN credentials name a user, so with a TURN secret set
+/// the request must identify one the way `/ws` does (token, or `?user=` where
+/// anonymous mode is on); otherwise 401.
+fn client_config(req: &Request<Incoming>, app: &App) -> Response<Body> {
+    let cfg = &app.engine.shared.config;
+    let user = match app.auth.identify(req.uri().query(), req.headers()) {
+        Ok(identity) => Some(identity.user.to_string()),
+        Err(_) if cfg.turn_secret.is_none() => None,
+        Err(e) => {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "unauthorized", "message": e.to_string()}),
+            )
+        }
+    };
+    let ice = rendezvous_actors::ice::for_user(cfg, user.as_deref().unwrap_or_default());
+    json_response(
+        StatusCode::OK,
+        json!({
+            "protocol": rendezvous_actors::protocol::PROTOCOL_VERSION,
+            "node": cfg.node_id,
+            "user_id": user,
+            "ice_servers": ice,
+        }),
+    )
 }
 
 async fn readyz(app: &App) -> Response<Body> {
@@ -354,7 +383,7 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, client: IpAddr) -> Respons
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
         Ok(_) if app.draining.load(Ordering::Acquire) && browser => Err((
             close::RESTARTING,
-            ErrorCode::Internal,
+            ErrorCode::Unavailable,
             "node is draining; connect to another node".to_owned(),
         )),
         Ok(_) if app.draining.load(Ordering::Acquire) => {
@@ -364,9 +393,11 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, client: IpAddr) -> Respons
                 "node is draining; connect to another node".into(),
             )
         }
-        Ok(_) if full.is_some() => {
-            Err((close::TRY_AGAIN_LATER, ErrorCode::Internal, full.unwrap_or_default().to_owned()))
-        }
+        Ok(_) if full.is_some() => Err((
+            close::TRY_AGAIN_LATER,
+            ErrorCode::Unavailable,
+            full.unwrap_or_default().to_owned(),
+        )),
         Ok(id) => match shared.moderation.banned(id.user.as_str(), Some(client)) {
             Some(ban) if browser => Err((
                 close::BANNED,
@@ -413,8 +444,15 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, client: IpAddr) -> Respons
                 SessionActor::start_from(ws, user, engine, Some(client));
             }
             Err((close_code, code, message)) => {
-                let frame =
-                    ServerFrame::Error { code, message, retry_after_ms: None, action: None };
+                // Draining or full: worth retrying (elsewhere, or in a while).
+                let retry_after_ms = (code == ErrorCode::Unavailable).then_some(1_000);
+                let frame = ServerFrame::Error {
+                    code,
+                    message,
+                    retry_after_ms,
+                    action: None,
+                    client_msg_id: None,
+                };
                 let bye =
                     CloseFrame { code: CloseCode::from(close_code), reason: code.as_str().into() };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {

@@ -26,7 +26,7 @@ async fn recv_error(c: &mut Client, code: ErrorCode) -> (String, Option<u64>, Op
     loop {
         match c.recv().await {
             ServerFrame::Presence { .. } => continue,
-            ServerFrame::Error { code: got, message, retry_after_ms, action } => {
+            ServerFrame::Error { code: got, message, retry_after_ms, action, .. } => {
                 assert_eq!(got, code, "{}: wrong error code ({message})", c.user_id);
                 return (message, retry_after_ms, action);
             }
@@ -59,12 +59,16 @@ async fn recv_strict_presence(c: &mut Client) -> (String, PresenceStatus) {
 /// the message as the very next non-presence frame. Proves both sessions work and
 /// that nothing unexpected was queued for either of them.
 async fn chat_ok(from: &mut Client, to: &mut Client, room: &str, text: &str) -> u64 {
-    from.send_json(json!({"action":"send","room_id":room,"text":text,"client_msg_id":"ok"})).await;
+    // A fresh id per message: a repeated one is a resend, acknowledged as the
+    // original and not stored again.
+    static SENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = format!("ok{}", SENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    from.send_json(json!({"action":"send","room_id":room,"text":text,"client_msg_id":id})).await;
     let seq = loop {
         match from.recv().await {
             ServerFrame::Ack { room_id, seq, client_msg_id, .. } => {
                 assert_eq!(room_id, room);
-                assert_eq!(client_msg_id.as_deref(), Some("ok"));
+                assert_eq!(client_msg_id.as_deref(), Some(id.as_str()));
                 break seq;
             }
             ServerFrame::Presence { .. } => continue,

@@ -406,7 +406,7 @@ impl Member {
                 self.last_live = self.last_live.max(m.seq);
                 self.record(m, "live");
             }
-            ServerFrame::History { room_id, messages } => {
+            ServerFrame::History { room_id, messages, .. } => {
                 assert_eq!(room_id, self.room, "{}: history of another room", self.user);
                 let full = messages.len() == PAGE;
                 let mut last = 0;
@@ -421,7 +421,7 @@ impl Member {
                 }
             }
             ServerFrame::Error {
-                code: ErrorCode::Internal,
+                code: ErrorCode::Unavailable,
                 retry_after_ms: Some(wait),
                 action: Some(action),
                 ..
@@ -569,7 +569,7 @@ impl Member {
             let page = loop {
                 match self.read_until(deadline).await {
                     None => panic!("{}: no history answer within {SETTLE:?}", self.user),
-                    Some(Read::Frame(ServerFrame::History { room_id, messages })) => {
+                    Some(Read::Frame(ServerFrame::History { room_id, messages, .. })) => {
                         assert_eq!(room_id, self.room, "{}: history of another room", self.user);
                         break messages;
                     }
@@ -1439,7 +1439,7 @@ async fn a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lag
     send_text(&mut a, &room, "while redis is down", "a-down").await;
     match next(&mut a).await {
         ServerFrame::Error {
-            code: ErrorCode::Internal,
+            code: ErrorCode::Unavailable,
             retry_after_ms: Some(ms),
             action: Some(action),
             ..

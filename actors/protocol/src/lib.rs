@@ -12,21 +12,23 @@
 //! * unknown fields are ignored (serde's default), so clients may send extras;
 //! * optional fields the server sends are omitted when absent.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 #[cfg(feature = "client")]
 pub mod client;
 pub mod trace;
+pub mod schema;
 
 /// A frame sent by a client. Unknown actions fail to parse and are answered with an
 /// `error` frame of code `bad_request`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// Enter the matching pool.
+    /// Enter the matching pool. `interests` is required (a missing field is a
+    /// `bad_request`); an empty list is allowed.
     FindMatch {
-        #[serde(default)]
         interests: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         language: Option<String>,
@@ -108,7 +110,7 @@ impl ClientFrame {
 }
 
 /// One stored chat message, as sent live (`type: message`) and inside `history`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChatMessage {
     pub room_id: String,
     /// Per-room sequence number: starts at 1, no gaps.
@@ -121,14 +123,53 @@ pub struct ChatMessage {
 }
 
 /// An entry of a `history` frame: a message object carrying its own `"type"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HistoryItem {
     Message(ChatMessage),
 }
 
+/// The protocol version this crate describes, sent in `welcome.protocol`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Kind of a room, as `welcome.room_details` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    /// Opened for a match (`match_found`); closes when one member is left.
+    Match,
+    /// A named public room (`pub:` prefix, `join`).
+    Public,
+}
+
+/// A room the user still holds a seat in, as `welcome` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RoomDetail {
+    pub room_id: String,
+    pub kind: RoomKind,
+    /// Every member's user id, this user included.
+    pub members: Vec<String>,
+    /// The room's newest `seq` (0 before the first message): a client that saw
+    /// less catches up with `history`.
+    pub last_seq: u64,
+}
+
+/// One ICE server, in the shape of WebRTC's `RTCIceServer` (pass the list to
+/// `new RTCPeerConnection({iceServers})` as is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IceServer {
+    /// `stun:`, `stuns:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN only: `EXPIRY:USER_ID` (EXPIRY in seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN only: base64(HMAC-SHA1(shared secret, username)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// Presence states reported for room members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     /// Joined the room or came back within the grace period.
@@ -140,7 +181,7 @@ pub enum PresenceStatus {
 }
 
 /// Error codes carried by `error` frames. Stable strings; new codes may be added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Malformed JSON, unknown action, missing or invalid field.
@@ -155,8 +196,12 @@ pub enum ErrorCode {
     TooLarge,
     /// `find_match` while a search is already running.
     AlreadySearching,
-    /// The server failed; the action may be retried.
+    /// The server failed (a bug, or a part of it stopped); retrying may not help.
     Internal,
+    /// The action could not be carried out now but may succeed later: send it
+    /// again after `retry_after_ms` (the cluster's store is unreachable, the node
+    /// is draining or full). A refused `send` was not stored.
+    Unavailable,
     /// The session's token has expired: send `refresh` with a new token for the
     /// same user within the grace period, or the session is closed with 4001.
     TokenExpired,
@@ -173,13 +218,14 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::AlreadySearching => "already_searching",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::TokenExpired => "token_expired",
         }
     }
 }
 
 /// A frame sent by the server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// First frame of every session.
@@ -189,6 +235,19 @@ pub enum ServerFrame {
         node: String,
         /// Rooms the user still belongs to (reconnect within the grace period).
         rooms: Vec<String>,
+        /// Version of the protocol the server speaks ([`PROTOCOL_VERSION`]).
+        /// Addition: 0 when read from a server older than the field.
+        #[serde(default)]
+        protocol: u32,
+        /// One entry per room of `rooms` (same order): its kind, members and last
+        /// `seq`, as the room held them when the session started. Addition.
+        #[serde(default)]
+        room_details: Vec<RoomDetail>,
+        /// STUN/TURN servers for WebRTC calls, as `RTCIceServer` objects (TURN
+        /// with time-limited credentials for this user). Absent when the server
+        /// has none configured. Addition.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     Searching {
         ticket: String,
@@ -252,6 +311,16 @@ pub enum ServerFrame {
     History {
         room_id: String,
         messages: Vec<HistoryItem>,
+        /// The oldest `seq` the server could still return for this request; older
+        /// ones were trimmed for good. `after_seq + 1 < first_seq` means the
+        /// messages `after_seq + 1 ..= first_seq - 1` are lost. `last_seq + 1` when
+        /// nothing is stored. Addition (absent from older servers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_seq: Option<u64>,
+        /// The room's newest `seq` when the page was read: more pages follow while
+        /// the last message's `seq` is below it. Addition.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
     },
     /// Answer to `refresh`: the new token is in force.
     Refreshed {
@@ -273,6 +342,9 @@ pub enum ServerFrame {
         /// The action that failed, when known. Extension.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         action: Option<String>,
+        /// The failed frame's `client_msg_id`, when it had one. Addition.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
     },
 }
 
@@ -412,6 +484,14 @@ mod tests {
     }
 
     #[test]
+    fn find_match_needs_interests_but_not_one() {
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"find_match"}"#).is_err());
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"action":"find_match","interests":[]}"#).expect("parse");
+        assert!(matches!(f, ClientFrame::FindMatch { interests, .. } if interests.is_empty()));
+    }
+
+    #[test]
     fn unknown_action_and_missing_fields_fail() {
         assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"dance"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"send","text":"x"}"#).is_err());
@@ -441,6 +521,7 @@ mod tests {
             message: "renew".into(),
             retry_after_ms: None,
             action: None,
+            client_msg_id: None,
         };
         assert!(e.to_json().contains(r#""code":"token_expired""#));
         assert_eq!(ErrorCode::TokenExpired.as_str(), "token_expired");
@@ -483,6 +564,8 @@ mod tests {
         assert_eq!(v["type"], "message");
         assert_eq!(v["seq"], 7);
         let h = ServerFrame::History {
+            first_seq: Some(1),
+            last_seq: Some(1),
             room_id: "r1".into(),
             messages: vec![HistoryItem::Message(ChatMessage {
                 room_id: "r1".into(),
@@ -500,6 +583,7 @@ mod tests {
             message: "slow down".into(),
             retry_after_ms: Some(1200),
             action: None,
+            client_msg_id: None,
         };
         assert_eq!(
             e.to_json(),

@@ -80,6 +80,10 @@ pub struct BridgeSettings {
     pub key_margin_ms: u64,
     /// Byte cap of a room's stored history.
     pub history_bytes: usize,
+    /// How long the store remembers a `client_msg_id` for duplicate sends.
+    pub dedup_window_ms: u64,
+    /// Most `client_msg_id`s remembered per room.
+    pub dedup_max_per_room: usize,
 }
 
 impl From<&EngineConfig> for BridgeSettings {
@@ -88,6 +92,8 @@ impl From<&EngineConfig> for BridgeSettings {
             reconnect_grace_ms: c.reconnect_grace_ms,
             key_margin_ms: c.cluster_key_margin_ms,
             history_bytes: c.history_bytes,
+            dedup_window_ms: c.dedup_window_ms,
+            dedup_max_per_room: c.dedup_max_per_room,
         }
     }
 }
@@ -188,6 +194,26 @@ pub struct RoomSnapshot {
     pub members: Seats,
 }
 
+/// What [`Bridge::room_append_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored with this seq.
+    Stored(u64),
+    /// A resend of a message already stored as `seq` / `msg_id`; not stored again.
+    Duplicate { seq: u64, msg_id: String },
+}
+
+/// A page of a room's stored history, with what the store still holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// Stored messages with `seq > after_seq`, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// The oldest seq still stored (`last_seq + 1` when none is).
+    pub first_seq: u64,
+    /// The room's newest seq.
+    pub last_seq: u64,
+}
+
 /// What a node sends to re-create a room that the store lost (Redis restarted
 /// empty) or that moved on without it (degraded while the store was down).
 #[derive(Debug, Clone)]
@@ -261,6 +287,19 @@ pub trait Bridge: Send + Sync + 'static {
     fn room_append(&self, _msg: &ChatMessage) -> BoxFut<Option<u64>> {
         refused()
     }
+    /// [`Bridge::room_append`] that stores a `send` once: when `client_msg_id` is
+    /// given and the same sender stored a message with it within the dedup window
+    /// ([`BridgeSettings::dedup_window_ms`]), nothing is stored and the original's
+    /// seq and msg_id come back as [`Appended::Duplicate`]. Checked and recorded
+    /// in the same atomic step as the append, so two resends racing on two nodes
+    /// store one message.
+    fn room_append_once(
+        &self,
+        _msg: &ChatMessage,
+        _client_msg_id: Option<&str>,
+    ) -> BoxFut<Option<Appended>> {
+        refused()
+    }
     /// Send an event to the other nodes that hold members of the room.
     fn room_event(&self, _room: &RoomId, _event: RoomEv) {}
     /// Seat `user` (on this node) in a public room; the room as it is after.
@@ -299,6 +338,17 @@ pub trait Bridge: Send + Sync + 'static {
     /// (re)connect as [`ClusterEvent::Moderation`]. Single node: nothing (the state
     /// file keeps the record).
     fn moderation_store(&self, _key: crate::moderation::StoreKey, _data: String) {}
+    /// Like [`Bridge::room_history`], with what the store still holds: the oldest
+    /// stored seq (`last_seq + 1` when none) and the room's last seq. When the
+    /// page starts past `after_seq + 1`, `first_seq` says so (a trimmed gap).
+    fn room_history_page(
+        &self,
+        _room: &RoomId,
+        _after_seq: u64,
+        _limit: usize,
+    ) -> BoxFut<HistoryPage> {
+        refused()
+    }
     /// Restore what the store lacks of a room this node holds (after a reconnect).
     /// Returns the store's `seq` before the call and the members as stored after.
     fn room_reseed(&self, _room: &RoomId, _seed: RoomSeed) -> BoxFut<(u64, Seats)> {

@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use rendezvous_protocol::{
-    ChatMessage, ErrorCode, FrameRef, HistoryItem, PresenceStatus, ServerFrame,
+    ChatMessage, ErrorCode, FrameRef, HistoryItem, PresenceStatus, RoomDetail,
+    RoomKind as WireRoomKind, ServerFrame,
 };
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::debug;
 
 use super::messages::*;
 use super::replication::{Replication, Sender};
@@ -132,8 +134,14 @@ impl Handler<PostMessage> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: PostMessage, ctx: &mut Self::Context) {
-        if !self.check_member(&msg.user, &msg.reply) {
-            return;
+        if self.closed || !self.state.is_member(&msg.user) {
+            let message = format!("not a member of room {}", self.state.id);
+            return error_for(
+                &msg.reply,
+                ErrorCode::NotInRoom,
+                message,
+                send_context(&msg.client_msg_id),
+            );
         }
         let ts = now_ms();
         self.shared.hot.messages.increment(1);
@@ -145,8 +153,24 @@ impl Handler<PostMessage> for RoomActor {
             text: msg.text,
             ts,
         };
-        let sender = Sender { reply: msg.reply, client_msg_id: msg.client_msg_id };
+        let sender = Sender { user: msg.user, reply: msg.reply, client_msg_id: msg.client_msg_id };
+        if let Some(id) = &sender.client_msg_id {
+            if let Some(original) = self.state.sent.get(&sender.user, id, ts) {
+                // A resend (the first `ack` was lost with its connection).
+                debug!(room = %self.state.id, seq = original.seq, "duplicate send answered");
+                metrics::counter!(m::DUPLICATE_SENDS_TOTAL).increment(1);
+                return ack(&sender, &self.state.id, original.seq, &original.msg_id);
+            }
+        }
         self.store_message(draft, sender, ctx);
+    }
+}
+
+/// Remember a stored send's `client_msg_id` for duplicates, at `now_ms`.
+pub(super) fn remember(state: &mut RoomState, to: &Sender, seq: u64, msg_id: &str, now_ms: u64) {
+    if let Some(id) = &to.client_msg_id {
+        let original = super::dedup::Original { seq, msg_id: msg_id.to_owned() };
+        state.sent.record(&to.user, id, original, now_ms);
     }
 }
 
@@ -222,9 +246,29 @@ impl Handler<FetchHistory> for RoomActor {
         let covered = self.state.last_seq == msg.after_seq
             || local.first().is_some_and(|m| m.seq == msg.after_seq + 1);
         if covered {
-            return self.send_history(&msg.reply, local, &msg.budget);
+            let span = self.held_span();
+            return self.send_history(&msg.reply, local, span, &msg.budget);
         }
         self.history_beyond_ring(msg, local, ctx);
+    }
+}
+
+impl Handler<DescribeRoom> for RoomActor {
+    type Result = Option<RoomDetail>;
+
+    fn handle(&mut self, _msg: DescribeRoom, _ctx: &mut Self::Context) -> Self::Result {
+        if self.closed {
+            return None;
+        }
+        Some(RoomDetail {
+            room_id: self.state.id.to_string(),
+            kind: match self.state.kind {
+                RoomKind::Match => WireRoomKind::Match,
+                RoomKind::Public => WireRoomKind::Public,
+            },
+            members: self.state.member_ids(),
+            last_seq: self.state.last_seq,
+        })
     }
 }
 
@@ -276,6 +320,16 @@ impl Handler<MemberOnline> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: MemberOnline, _ctx: &mut Self::Context) {
+        if !self.state.is_member(&msg.user) {
+            return;
+        }
+        if let Some(after) = msg.replay_after {
+            // Stored between the session's `welcome` and now: not delivered to it.
+            for missed in self.state.history_after(after, usize::MAX) {
+                msg.outbox
+                    .push(Utf8Bytes::from(FrameRef::Message(&missed).to_json()), Class::Essential);
+            }
+        }
         let Some(member) = self.state.member_mut(&msg.user) else { return };
         let was_offline = member.outbox.is_none();
         member.node = None;
@@ -431,11 +485,30 @@ impl RoomActor {
 
     /// Answer a `history` request and charge its bytes to the requester's budget
     /// (after the fact: the page's size is known only now).
-    pub(super) fn send_history(&self, reply: &Outbox, messages: Vec<ChatMessage>, budget: &Budget) {
+    /// `span`: the oldest seq still stored and the room's last, for the frame's
+    /// `first_seq` / `last_seq`.
+    pub(super) fn send_history(
+        &self,
+        reply: &Outbox,
+        messages: Vec<ChatMessage>,
+        span: (u64, u64),
+        budget: &Budget,
+    ) {
         let messages = messages.into_iter().map(HistoryItem::Message).collect();
-        let json = ServerFrame::History { room_id: self.state.id.to_string(), messages }.to_json();
+        let json = ServerFrame::History {
+            room_id: self.state.id.to_string(),
+            messages,
+            first_seq: Some(span.0),
+            last_seq: Some(span.1),
+        }
+        .to_json();
         budget.charge(json.len() as u64);
         reply.push(Utf8Bytes::from(json), Class::Essential);
+    }
+
+    /// The oldest seq this room's ring holds and its last seq.
+    pub(super) fn held_span(&self) -> (u64, u64) {
+        (self.state.first_held_seq(), self.state.last_seq)
     }
 
     pub(super) fn seat_joiner(&mut self, j: JoinPublicRoom) {
@@ -688,9 +761,37 @@ impl RoomActor {
 }
 
 pub(super) fn error(out: &Outbox, code: ErrorCode, message: String) {
+    error_for(out, code, message, ErrorContext::default());
+}
+
+/// What an error frame says beyond its code and message.
+#[derive(Debug, Default)]
+pub(super) struct ErrorContext {
+    pub action: Option<&'static str>,
+    pub client_msg_id: Option<String>,
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The context of an error answering a `send` with `client_msg_id`.
+pub(super) fn send_context(client_msg_id: &Option<String>) -> ErrorContext {
+    ErrorContext {
+        action: Some("send"),
+        client_msg_id: client_msg_id.clone(),
+        retry_after_ms: None,
+    }
+}
+
+/// An error frame with its context (action, `client_msg_id`, retry hint).
+pub(super) fn error_for(out: &Outbox, code: ErrorCode, message: String, cx: ErrorContext) {
     metrics::counter!(m::ERRORS_TOTAL, "code" => code.as_str()).increment(1);
     out.push_frame(
-        &ServerFrame::Error { code, message, retry_after_ms: None, action: None },
+        &ServerFrame::Error {
+            code,
+            message,
+            retry_after_ms: cx.retry_after_ms,
+            action: cx.action.map(str::to_owned),
+            client_msg_id: cx.client_msg_id,
+        },
         Class::Essential,
     );
 }

@@ -18,19 +18,18 @@
 use std::sync::Arc;
 
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
-use rendezvous_protocol::{ChatMessage, ErrorCode, ServerFrame};
+use rendezvous_protocol::{ChatMessage, ErrorCode};
 use tracing::{debug, warn};
 
-use super::actor::{ack, error, RoomActor};
+use super::actor::{ack, error_for, remember, send_context, ErrorContext, RoomActor};
 use super::messages::{FetchHistory, JoinPublicRoom};
 use super::ordering::{Answer, Effect, FetchCause, ReplicaOrder, FILL_PAGE, GAP_WAIT};
 use super::replication::{Replication, Sender};
 use super::room::RoomKind;
 use crate::bridge::events::{MemberStatus, RoomEv};
-use crate::bridge::{RoomSeed, StoredKind};
+use crate::bridge::{Appended, RoomSeed, StoredKind};
 use crate::ids::UserId;
 use crate::metrics as m;
-use crate::outbox::Class;
 
 /// When a client refused for an unreachable store should try again.
 const STORE_DOWN_RETRY_MS: u64 = 1_000;
@@ -48,14 +47,19 @@ impl RoomActor {
         let Replication::Cluster(replica) = &mut self.replication else {
             // Stored first, then acknowledged: an ack always means `history` has it.
             let stored = self.state.append_draft(draft);
+            remember(&mut self.state, &to, stored.seq, &stored.msg_id, stored.ts);
             ack(&to, &self.state.id, stored.seq, &stored.msg_id);
             return self.deliver_message(&stored);
         };
-        let fut = self.shared.bridge.room_append(&draft);
+        let fut = self.shared.bridge.room_append_once(&draft, to.client_msg_id.as_deref());
         let id = replica.order.append_sent(to, draft);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let answer = match res {
-                Ok(Some(seq)) => Answer::Stored(seq),
+                Ok(Some(Appended::Stored(seq))) => Answer::Stored(seq),
+                Ok(Some(Appended::Duplicate { seq, msg_id })) => {
+                    metrics::counter!(m::DUPLICATE_SENDS_TOTAL).increment(1);
+                    Answer::Duplicate { seq, msg_id }
+                }
                 Ok(None) => Answer::NotMember,
                 Err(e) => {
                     debug!(room = %act.state.id, error = %e, "append while the store is down");
@@ -105,12 +109,20 @@ impl RoomActor {
         ctx: &mut Context<Self>,
     ) {
         if !self.replication.is_cluster() {
-            return self.send_history(&msg.reply, local, &msg.budget);
+            let span = self.held_span();
+            return self.send_history(&msg.reply, local, span, &msg.budget);
         }
-        let fut = self.shared.bridge.room_history(&self.state.id, msg.after_seq, msg.limit);
+        let fut = self.shared.bridge.room_history_page(&self.state.id, msg.after_seq, msg.limit);
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
-            Ok(stored) => act.send_history(&msg.reply, stored, &msg.budget),
-            Err(_) => act.send_history(&msg.reply, local, &msg.budget),
+            Ok(page) => {
+                // The store's seq can be ahead of what this replica delivered.
+                let last = page.last_seq.max(act.state.last_seq);
+                act.send_history(&msg.reply, page.messages, (page.first_seq, last), &msg.budget)
+            }
+            Err(_) => {
+                let span = act.held_span();
+                act.send_history(&msg.reply, local, span, &msg.budget)
+            }
         }));
     }
 
@@ -256,6 +268,7 @@ impl RoomActor {
                 if local {
                     debug!(room = %self.state.id, seq, "store down, every member here; local seq");
                 }
+                remember(&mut self.state, &to, seq, &msg_id, crate::clock::now_ms());
                 ack(&to, &self.state.id, seq, &msg_id);
             }
             Effect::Deliver(msg) => {
@@ -263,28 +276,24 @@ impl RoomActor {
                 self.deliver_message(&stored);
             }
             Effect::SkipTo(seq) => self.state.last_seq = seq,
-            Effect::NotMember(to) => error(
+            Effect::NotMember(to) => error_for(
                 &to.reply,
                 ErrorCode::NotInRoom,
                 format!("not a member of room {}", self.state.id),
+                send_context(&to.client_msg_id),
             ),
             Effect::Refuse(to) => {
                 debug!(room = %self.state.id, "append while the store is down; refused");
-                metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Internal.as_str())
-                    .increment(1);
-                to.reply.push_frame(
-                    &ServerFrame::Error {
-                        code: ErrorCode::Internal,
-                        message: format!(
-                            "room {} spans nodes and the shared store is unreachable: \
-                             the message was not stored; send it again",
-                            self.state.id
-                        ),
-                        retry_after_ms: Some(STORE_DOWN_RETRY_MS),
-                        action: Some("send".into()),
-                    },
-                    Class::Essential,
+                let message = format!(
+                    "room {} spans nodes and the shared store is unreachable: \
+                     the message was not stored; send it again",
+                    self.state.id
                 );
+                let cx = ErrorContext {
+                    retry_after_ms: Some(STORE_DOWN_RETRY_MS),
+                    ..send_context(&to.client_msg_id)
+                };
+                error_for(&to.reply, ErrorCode::Unavailable, message, cx);
             }
             Effect::ArmGapTimer => {
                 ctx.run_later(GAP_WAIT, |act, ctx| {

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use rendezvous_protocol::ChatMessage;
 
+use super::dedup::SentIds;
 use crate::ids::{RoomId, UserId};
 use crate::outbox::Outbox;
 
@@ -46,6 +47,8 @@ pub struct RoomState {
     history_bytes_cap: usize,
     /// Bytes of text in the ring now.
     history_bytes: usize,
+    /// `client_msg_id`s stored recently, for duplicate sends.
+    pub sent: SentIds,
 }
 
 impl RoomState {
@@ -61,7 +64,14 @@ impl RoomState {
             history_cap,
             history_bytes_cap: history_bytes,
             history_bytes: 0,
+            sent: SentIds::new(0, 0),
         }
+    }
+
+    /// Remember `client_msg_id`s for `window_ms`, at most `cap` (see [`SentIds`]).
+    pub fn remembering_ids(mut self, window_ms: u64, cap: usize) -> Self {
+        self.sent = SentIds::new(window_ms, cap);
+        self
     }
 
     /// Push onto the ring, dropping the oldest messages past either bound.
@@ -198,6 +208,13 @@ impl RoomState {
         self.history.iter().skip(skip).take(limit).map(|m| (**m).clone()).collect()
     }
 
+    /// The oldest seq the ring still holds; `last_seq + 1` when it holds none.
+    /// A client that asks for `after_seq < first_held_seq() - 1` lost the
+    /// messages in between (trimmed by `history_len` / `history_bytes`).
+    pub fn first_held_seq(&self) -> u64 {
+        self.history.front().map_or(self.last_seq + 1, |m| m.seq)
+    }
+
     pub fn member_ids(&self) -> Vec<String> {
         self.members.iter().map(|m| m.user.to_string()).collect()
     }
@@ -220,6 +237,15 @@ mod tests {
         assert_eq!(seqs(r.history_after(3, 1)), [4]);
         assert!(r.history_after(5, 10).is_empty());
         assert!(r.history_after(99, 10).is_empty());
+        assert_eq!(r.first_held_seq(), 3, "1 and 2 were trimmed");
+    }
+
+    #[test]
+    fn first_held_seq_of_an_empty_room_is_past_its_last() {
+        let mut r = RoomState::new(RoomId::from("r1"), RoomKind::Match, 3, 1 << 20);
+        assert_eq!(r.first_held_seq(), 1, "nothing stored, nothing lost");
+        r.append("m1".into(), &UserId::from("u"), "t".into(), 1);
+        assert_eq!(r.first_held_seq(), 1);
     }
 
     #[test]

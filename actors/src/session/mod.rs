@@ -17,7 +17,7 @@ use actix::{
 use futures_util::StreamExt;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rendezvous_protocol::{close, ClientFrame, ServerFrame};
+use rendezvous_protocol::{close, ClientFrame, RoomDetail, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -151,6 +151,17 @@ impl SessionActor {
     }
 
     fn send_error(&mut self, action: Option<&str>, err: &EngineError, ctx: &mut Context<Self>) {
+        self.send_error_for(action, None, err, ctx);
+    }
+
+    /// [`Self::send_error`] echoing the failed frame's `client_msg_id`.
+    fn send_error_for(
+        &mut self,
+        action: Option<&str>,
+        client_msg_id: Option<String>,
+        err: &EngineError,
+        ctx: &mut Context<Self>,
+    ) {
         let code = err.code();
         metrics::counter!(m::ERRORS_TOTAL, "code" => code.as_str()).increment(1);
         self.send(&ServerFrame::Error {
@@ -158,6 +169,7 @@ impl SessionActor {
             message: err.to_string(),
             retry_after_ms: err.retry_after_ms(),
             action: action.map(str::to_owned),
+            client_msg_id,
         });
         if let EngineError::RateLimited { action, .. } = err {
             metrics::counter!(m::RATE_LIMITED_TOTAL, "action" => *action).increment(1);
@@ -207,12 +219,20 @@ impl SessionActor {
             Ok(f) => f,
             Err(e) => {
                 let err = EngineError::BadRequest(format!("invalid frame: {e}"));
-                return self.send_error(None, &err, ctx);
+                let (action, echo) = validate::unparsed_ids(text, &self.engine.shared.config);
+                return self.send_error_for(action.as_deref(), echo, &err, ctx);
             }
         };
         let action = frame.action();
+        let echo = match &frame {
+            ClientFrame::Send { client_msg_id, .. } => client_msg_id.clone(),
+            _ => None,
+        };
         if let Err(err) = self.dispatch(frame, ctx) {
-            self.send_error(Some(action), &err, ctx);
+            // An id over the length limit is not echoed (the error says so).
+            let echo = echo
+                .filter(|id| validate::client_msg_id(Some(id), &self.engine.shared.config).is_ok());
+            self.send_error_for(Some(action), echo, &err, ctx);
         }
     }
 
@@ -441,6 +461,7 @@ impl SessionActor {
                 message: "matching is unavailable; try again".into(),
                 retry_after_ms: Some(100),
                 action: Some("cancel_match".into()),
+                client_msg_id: None,
             }),
         }));
     }
@@ -627,21 +648,43 @@ impl SessionActor {
         }
     }
 
-    /// Send `welcome` listing `rooms` and take this session's seat in each.
-    fn welcome(&self, rooms: Vec<RoomId>) {
+    /// Send `welcome` listing `rooms` with their details, and take this session's
+    /// seat in each. Without rooms (a fresh session) it goes out at once; with
+    /// some, the rooms are asked first and the session waits (`ctx.wait`), so
+    /// `welcome` stays the first frame and no client frame overtakes it.
+    fn welcome(&mut self, rooms: Vec<RoomId>, ctx: &mut Context<Self>) {
+        if rooms.is_empty() {
+            return self.welcome_with(Vec::new(), Vec::new());
+        }
+        let ask = describe_rooms(self.engine.rooms.directory.clone(), rooms);
+        ctx.wait(
+            ask.into_actor(self).map(|(rooms, details), act, _| act.welcome_with(rooms, details)),
+        );
+    }
+
+    /// Send `welcome` and take the seats. A room that described itself gets the
+    /// seq it reported, and sends this session what it stored since (the seat
+    /// had no outbox in between), so `room_details.last_seq` plus the frames that
+    /// follow leave no hole.
+    fn welcome_with(&self, rooms: Vec<RoomId>, details: Vec<RoomDetail>) {
         let shared = &self.engine.shared;
         self.send(&ServerFrame::Welcome {
             user_id: self.user.to_string(),
             session_id: format!("s{}", self.session_id),
             node: shared.config.node_id.clone(),
             rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            protocol: rendezvous_protocol::PROTOCOL_VERSION,
+            room_details: details.clone(),
+            ice_servers: crate::ice::for_user(&shared.config, self.user.as_str()),
         });
         for room_id in rooms {
             if let Some(room) = self.engine.rooms.directory.get(&room_id) {
+                let described = details.iter().find(|d| d.room_id == room_id.as_str());
                 room.do_send(MemberOnline {
                     user: self.user.clone(),
                     session_id: self.session_id,
                     outbox: self.outbox.clone(),
+                    replay_after: described.map(|d| d.last_seq),
                 });
             }
         }
@@ -676,9 +719,11 @@ impl SessionActor {
                     }
                 }
             }
-            rooms
+            describe_rooms(rooms_here.directory.clone(), rooms).await
         };
-        ctx.wait(fut.into_actor(self).map(|rooms, act, _| act.welcome(rooms)));
+        ctx.wait(
+            fut.into_actor(self).map(|(rooms, details), act, _| act.welcome_with(rooms, details)),
+        );
     }
 
     /// `refresh`: a valid token of the same user renews the session's token (before
@@ -748,6 +793,42 @@ pub fn banned_message(until_ms: u64) -> String {
     format!("you are banned until {until_ms} (ms since the epoch); the session is closed with 4003")
 }
 
+/// How long `welcome` waits for a room to describe itself; a room slower than
+/// this is listed in `rooms` without an entry in `room_details`.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ask each room for its `welcome.room_details` entry, all at once. Rooms that
+/// closed meanwhile are dropped from the list; rooms that do not answer in time
+/// stay listed, without details.
+async fn describe_rooms(
+    directory: std::sync::Arc<crate::rooms::RoomDirectory>,
+    rooms: Vec<RoomId>,
+) -> (Vec<RoomId>, Vec<RoomDetail>) {
+    let asks = rooms.iter().map(|id| {
+        let room = directory.get(id);
+        async move {
+            let room = room?;
+            tokio::time::timeout(DESCRIBE_TIMEOUT, room.send(DescribeRoom)).await.ok()?.ok()
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut kept = Vec::with_capacity(rooms.len());
+    let mut details = Vec::with_capacity(rooms.len());
+    for (id, answer) in rooms.into_iter().zip(answers) {
+        match answer {
+            Some(Some(detail)) => {
+                details.push(detail);
+                kept.push(id);
+            }
+            // Closed meanwhile: the seat is gone with it.
+            Some(None) => {}
+            // Gone from the directory or too slow: listed as before, no details.
+            None => kept.push(id),
+        }
+    }
+    (kept, details)
+}
+
 fn too_many_rooms(held: usize, max: usize) -> EngineError {
     EngineError::TooLarge(format!(
         "you are in {held} rooms, the most allowed is {max}; leave one first"
@@ -790,7 +871,7 @@ impl Actor for SessionActor {
         if shared.bridge.clustered() {
             self.welcome_from_cluster(ctx);
         } else {
-            self.welcome(shared.rooms_of(&self.user));
+            self.welcome(shared.rooms_of(&self.user), ctx);
         }
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         metrics::counter!(m::SESSIONS_OPENED_TOTAL).increment(1);

@@ -393,6 +393,9 @@ async fn connection(stream: TcpStream, state: Arc<State>) {
         session_id: format!("s{conn}"),
         node: "relay".into(),
         rooms: Vec::new(),
+        protocol: rendezvous_protocol::PROTOCOL_VERSION,
+        room_details: Vec::new(),
+        ice_servers: Vec::new(),
     });
     let mut session = Session { state, peer, last: None };
     loop {
@@ -459,7 +462,13 @@ impl Session {
 
     fn error(&self, code: ErrorCode, message: String, action: Option<&str>) {
         let action = action.map(str::to_owned);
-        self.peer.send(&ServerFrame::Error { code, message, retry_after_ms: None, action });
+        self.peer.send(&ServerFrame::Error {
+            code,
+            message,
+            retry_after_ms: None,
+            action,
+            client_msg_id: None,
+        });
     }
 
     fn handle(&mut self, frame: ClientFrame) -> Outcome {

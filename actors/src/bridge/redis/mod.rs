@@ -45,8 +45,8 @@ use self::conn::Pipe;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
 use super::{
-    Attachment, BoxFut, Bridge, BridgeError, BridgeSettings, ClaimMember, ClaimOutcome,
-    ClusterSink, RoomSeed, RoomSnapshot, SearchAd, Seats, StoredKind, Ticket,
+    Appended, Attachment, BoxFut, Bridge, BridgeError, BridgeSettings, ClaimMember, ClaimOutcome,
+    ClusterSink, HistoryPage, RoomSeed, RoomSnapshot, SearchAd, Seats, StoredKind, Ticket,
 };
 use crate::clock::now_ms;
 use crate::ids::{Interest, RoomId, UserId};
@@ -752,6 +752,34 @@ impl RedisBridge {
 }
 
 /// Drop `room` from each user's membership set (the room closed under them).
+/// Messages of a room's stream from an XRANGE reply (entries `SEQ-1` with the
+/// stored JSON in field `j`); unreadable entries are skipped.
+fn log_messages(room: &str, reply: Value) -> Vec<ChatMessage> {
+    let mut out = Vec::new();
+    for entry in as_array(reply) {
+        let parts = as_array(entry);
+        let (Some(id), Some(fields)) = (parts.first().and_then(as_string), parts.get(1).cloned())
+        else {
+            continue;
+        };
+        let Some(seq) = id.split('-').next().and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        let fields = as_array(fields);
+        let Some(json) = fields.get(1).and_then(as_string) else { continue };
+        let Ok(m) = serde_json::from_str::<StoredMsg>(&json) else { continue };
+        out.push(ChatMessage {
+            room_id: room.to_owned(),
+            seq,
+            msg_id: m.msg_id,
+            sender: m.sender,
+            text: m.text,
+            ts: m.ts,
+        });
+    }
+    out
+}
+
 fn unseat_users(pipe: &Pipe, room: &str, users: &[Value]) {
     for u in users.iter().filter_map(as_string) {
         pipe.fire("srem", redis::cmd("SREM").arg(user_key(&u, "rooms")).arg(room).clone());
@@ -1041,7 +1069,21 @@ impl Bridge for RedisBridge {
     }
 
     fn room_append(&self, msg: &ChatMessage) -> BoxFut<Option<u64>> {
+        let fut = self.room_append_once(msg, None);
+        Box::pin(async move {
+            Ok(fut.await?.map(|a| match a {
+                Appended::Stored(seq) | Appended::Duplicate { seq, .. } => seq,
+            }))
+        })
+    }
+
+    fn room_append_once(
+        &self,
+        msg: &ChatMessage,
+        client_msg_id: Option<&str>,
+    ) -> BoxFut<Option<Appended>> {
         let r = msg.room_id.as_str();
+        let settings = self.settings();
         let (prefix, suffix) = self.append_payloads(msg);
         let stored = StoredMsg {
             msg_id: msg.msg_id.clone(),
@@ -1051,7 +1093,14 @@ impl Bridge for RedisBridge {
         };
         let cmd = evalsha(
             &self.scripts.append,
-            &[room_key(r, "seq"), room_key(r, "log"), room_key(r, "members"), room_key(r, "meta")],
+            &[
+                room_key(r, "seq"),
+                room_key(r, "log"),
+                room_key(r, "members"),
+                room_key(r, "meta"),
+                room_key(r, "sent"),
+                room_key(r, "sentq"),
+            ],
             &[
                 prefix,
                 suffix,
@@ -1061,12 +1110,23 @@ impl Bridge for RedisBridge {
                 self.node.clone(),
                 self.history_bytes().to_string(),
                 self.key_ttl_ms().to_string(),
+                client_msg_id.unwrap_or_default().to_owned(),
+                settings.dedup_window_ms.max(1).to_string(),
+                settings.dedup_max_per_room.to_string(),
+                msg.msg_id.clone(),
             ],
         );
         let fut = self.pipe.call("append", cmd);
         Box::pin(async move {
-            let seq = as_i64(&fut.await?).unwrap_or(-1);
-            Ok((seq > 0).then_some(seq as u64))
+            let reply = fut.await?;
+            if let Value::Array(original) = &reply {
+                // A resend: the original's seq and msg_id.
+                let seq = original.first().and_then(as_i64).unwrap_or(0).max(0) as u64;
+                let msg_id = original.get(1).and_then(as_string).unwrap_or_default();
+                return Ok((seq > 0).then_some(Appended::Duplicate { seq, msg_id }));
+            }
+            let seq = as_i64(&reply).unwrap_or(-1);
+            Ok((seq > 0).then_some(Appended::Stored(seq as u64)))
         })
     }
 
@@ -1201,31 +1261,48 @@ impl Bridge for RedisBridge {
             .arg(limit.max(1))
             .clone();
         let fut = self.pipe.call("xrange", cmd);
+        Box::pin(async move { Ok(log_messages(&r, fut.await?)) })
+    }
+
+    fn room_history_page(
+        &self,
+        room: &RoomId,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFut<HistoryPage> {
+        let r = room.to_string();
+        let log = room_key(&r, "log");
+        // One round trip, page first: a trim between the reads can only make the
+        // oldest entry read after it newer, never hide a gap (see below).
+        let cmds = vec![
+            redis::cmd("XRANGE")
+                .arg(&log)
+                .arg(format!("{}-0", after_seq + 1))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .clone(),
+            redis::cmd("XRANGE").arg(&log).arg("-").arg("+").arg("COUNT").arg(1).clone(),
+            redis::cmd("GET").arg(room_key(&r, "seq")).clone(),
+        ];
+        let fut = self.pipe.call_many("history_page", cmds);
         Box::pin(async move {
-            let mut out = Vec::new();
-            for entry in as_array(fut.await?) {
-                let parts = as_array(entry);
-                let (Some(id), Some(fields)) =
-                    (parts.first().and_then(as_string), parts.get(1).cloned())
-                else {
-                    continue;
-                };
-                let Some(seq) = id.split('-').next().and_then(|s| s.parse::<u64>().ok()) else {
-                    continue;
-                };
-                let fields = as_array(fields);
-                let Some(json) = fields.get(1).and_then(as_string) else { continue };
-                let Ok(m) = serde_json::from_str::<StoredMsg>(&json) else { continue };
-                out.push(ChatMessage {
-                    room_id: r.clone(),
-                    seq,
-                    msg_id: m.msg_id,
-                    sender: m.sender,
-                    text: m.text,
-                    ts: m.ts,
-                });
-            }
-            Ok(out)
+            let mut replies = fut.await?.into_iter();
+            let mut next = || replies.next().unwrap_or(Ok(Value::Nil));
+            let messages = log_messages(&r, next()?);
+            let oldest = log_messages(&r, next()?).first().map(|m| m.seq);
+            let seq_reply = next()?;
+            let stored_seq = as_i64(&seq_reply).unwrap_or(0).max(0) as u64;
+            let last_seq = stored_seq.max(messages.last().map_or(0, |m| m.seq));
+            // The page's first message was the oldest at or after `after_seq + 1`
+            // when it was read, so it bounds the oldest stored then.
+            let first_seq = match (messages.first(), oldest) {
+                (Some(m), Some(o)) => m.seq.min(o),
+                (Some(m), None) => m.seq,
+                (None, Some(o)) => o,
+                (None, None) => last_seq + 1,
+            };
+            Ok(HistoryPage { messages, first_seq, last_seq })
         })
     }
 
