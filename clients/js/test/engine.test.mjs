@@ -1,0 +1,162 @@
+// The SDK against one real engine process: matching and chat, resend after a dropped
+// connection stored once, catch-up after a reconnect (everything, or a trimmed gap),
+// errors routed to the send they name, and no reconnect after 4009. Every frame the
+// server sent is checked against the protocol's JSON Schema at the end.
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { RendezvousError } from '../src/index.js';
+import { Engine, client, droppableWebSocket, inOrderOnce, matchedPair, sleep, uniq, until, validateReceivedFrames } from './support.mjs';
+
+let engine;
+let trimming; // an engine keeping only 3 messages per room
+const open = [];
+
+before(async () => {
+  [engine, trimming] = await Promise.all([
+    Engine.start('sdk-a', ['--reconnect-grace-ms', '30000']),
+    Engine.start('sdk-trim', ['--reconnect-grace-ms', '30000', '--history-len', '3']),
+  ]);
+});
+
+after(async () => {
+  for (const c of open) c.close();
+  await Promise.all([engine?.stop(), trimming?.stop()]);
+});
+
+const keep = (...cs) => {
+  open.push(...cs);
+  return cs;
+};
+
+test('matching and chat both ways, with members and seqs in the room state', async () => {
+  const { a, b, room } = await matchedPair(engine.ws, engine.ws);
+  keep(a, b);
+  assert.deepEqual(a.room(room).members.sort(), [a.userId, b.userId].sort());
+  const ack = await a.send(room, 'hello');
+  assert.equal(ack.seq, 1);
+  assert.equal(ack.room_id, room);
+  await until(() => b.messages.length === 1, 'bob gets hello');
+  assert.deepEqual([b.messages[0].text, b.messages[0].sender, b.messages[0].seq], ['hello', a.userId, 1]);
+  const ack2 = await b.send(room, 'hi back');
+  assert.equal(ack2.seq, 2);
+  await until(() => a.messages.length === 2, 'alice gets both (her own too)');
+  assert.deepEqual(inOrderOnce(a.messages), ['hello', 'hi back']);
+  assert.equal(a.room(room).lastSeq, 2);
+
+  const typing = b.waitFor('typing');
+  assert.equal(a.typing(room, true), true);
+  assert.equal((await typing).user_id, a.userId);
+  const read = a.waitFor('read');
+  b.read(room, 2);
+  assert.equal((await read).seq, 2);
+  const sig = b.waitFor('signal');
+  a.signal(room, { kind: 'hello' });
+  assert.deepEqual((await sig).payload, { kind: 'hello' });
+});
+
+test('a send whose ack was lost with the connection is resent with its id and stored once', async () => {
+  const net = droppableWebSocket();
+  const { a, b, room } = await matchedPair(engine.ws, engine.ws, { a: { WebSocket: net.WebSocket } });
+  keep(a, b);
+  // The server stores the message and acks it, but the ack dies with the connection.
+  net.swallow((f) => f.type === 'ack');
+  const ack = await a.send(room, 'exactly once');
+  assert.ok(net.count >= 2, 'alice reconnected');
+  assert.ok(a.events.some((e) => e.type === 'disconnected'), 'alice saw the drop');
+  assert.equal(ack.seq, 1, 'the ack of the resend is the original one');
+  const history = await b.history(room, 0);
+  assert.deepEqual(history.messages.map((m) => [m.seq, m.text]), [[1, 'exactly once']]);
+  await sleep(300);
+  assert.deepEqual(b.messages.map((m) => m.text), ['exactly once'], 'bob got it once');
+});
+
+test('a reconnect within the grace catches up from history and reports everything recovered', async () => {
+  const net = droppableWebSocket();
+  const { a, b, room } = await matchedPair(engine.ws, engine.ws, { a: { WebSocket: net.WebSocket } });
+  keep(a, b);
+  await b.send(room, 'before');
+  await until(() => a.messages.length === 1, 'alice has the first message');
+  // Alice's network goes away for a while: the engine keeps her seat for the grace.
+  a.options.backoff = { initialMs: 1500, maxMs: 1500, jitter: 0 };
+  const recovered = a.waitFor('recovered', (r) => r.room_id === room, 20_000);
+  net.drop();
+  await until(() => a.state === 'reconnecting', 'alice is reconnecting');
+  for (const t of ['one', 'two', 'three']) await b.send(room, t);
+  const report = await recovered;
+  assert.deepEqual(
+    { missed: report.missed, recovered: report.recovered, lost: report.lost, after: report.after_seq },
+    { missed: 3, recovered: true, lost: 0, after: 1 },
+  );
+  assert.deepEqual(inOrderOnce(a.messages), ['before', 'one', 'two', 'three']);
+  await b.send(room, 'live again');
+  await until(() => a.messages.length === 5, 'a live message after the catch-up');
+  assert.deepEqual(a.messages.map((m) => m.seq), [1, 2, 3, 4, 5]);
+});
+
+test('a reconnect after history was trimmed reports the gap', async () => {
+  const net = droppableWebSocket();
+  const { a, b, room } = await matchedPair(trimming.ws, trimming.ws, { a: { WebSocket: net.WebSocket } });
+  keep(a, b);
+  await b.send(room, 'seen');
+  await until(() => a.messages.length === 1, 'alice has message 1');
+  a.options.backoff = { initialMs: 1500, maxMs: 1500, jitter: 0 };
+  const recovered = a.waitFor('recovered', (r) => r.room_id === room, 20_000);
+  net.drop();
+  await until(() => a.state === 'reconnecting', 'alice is reconnecting');
+  for (let i = 2; i <= 7; i++) await b.send(room, `m${i}`);
+  const report = await recovered;
+  // The room keeps 3 messages (5, 6, 7): 2, 3 and 4 are gone for good.
+  assert.equal(report.recovered, false);
+  assert.equal(report.lost, 3);
+  assert.equal(report.missed, 3);
+  assert.deepEqual(inOrderOnce(a.messages), ['seen', 'm5', 'm6', 'm7']);
+});
+
+test('an error names the send that failed (client_msg_id echo)', async () => {
+  const { a, b, room } = await matchedPair(engine.ws, engine.ws);
+  keep(a, b);
+  const errors = [];
+  a.on('error', (f) => errors.push(f));
+  const first = a.send(room, 'fine 1', { clientMsgId: 'ok-1' });
+  const bad = a.send('r-no-such-room', 'lost', { clientMsgId: 'bad-1' });
+  const second = a.send(room, 'fine 2', { clientMsgId: 'ok-2' });
+  const [r1, rBad, r2] = await Promise.allSettled([first, bad, second]);
+  assert.equal(r1.status, 'fulfilled', `first: ${r1.reason}`);
+  assert.equal(r2.status, 'fulfilled', `second: ${r2.reason}`);
+  assert.equal(rBad.status, 'rejected');
+  assert.ok(rBad.reason instanceof RendezvousError);
+  assert.equal(rBad.reason.code, 'not_in_room');
+  assert.equal(rBad.reason.clientMsgId, 'bad-1');
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].client_msg_id, 'bad-1', 'the error frame echoes the id');
+});
+
+test('find_match without interests is refused with bad_request', async () => {
+  const a = await client(engine.ws, uniq('lonely'));
+  keep(a);
+  const refused = a.waitFor('error');
+  a.ws.send(JSON.stringify({ action: 'find_match' }));
+  const err = await refused;
+  assert.equal(err.code, 'bad_request');
+});
+
+test('4009: a client replaced by a newer connection of its user does not reconnect', async () => {
+  const user = uniq('twice');
+  const first = await client(engine.ws, user);
+  const second = await client(engine.ws, user);
+  keep(first, second);
+  await until(() => first.state === 'closed', 'the first client is closed');
+  const closed = first.events.find((e) => e.type === 'state' && e.state === 'closed');
+  assert.equal(closed.code, 4009);
+  await sleep(1500);
+  assert.equal(first.state, 'closed', 'still closed');
+  assert.equal(first.events.filter((e) => e.type === 'state' && e.state === 'connecting').length, 1, 'never tried again');
+  assert.equal(second.state, 'open', 'the newer connection was left alone');
+  assert.ok(!second.events.some((e) => e.type === 'disconnected'));
+  await assert.rejects(first.send('r', 'x'), (e) => e.code === 'not_connected');
+});
+
+test('every frame the server sent matches the protocol schema', async () => {
+  const n = await validateReceivedFrames();
+  assert.ok(n > 20, `${n} frames checked`);
+});
