@@ -6,6 +6,12 @@
 //! dropped page reconnects and fetches what it missed. Screenshots land in
 //! `tests/artifacts/browser/`.
 //!
+//! A second scenario, `tests/browser/failover.mjs`, opens two pages on a two-node
+//! cluster (a real `redis-server`, two `rendezvous` processes), one per node, and kills
+//! one node with SIGKILL while they chat: its page must move to the other node by
+//! itself, and every message sent on either side during the outage must show exactly
+//! once, in seq order.
+//!
 //! Needs /usr/bin/chromium (Debian's `chromium`) and `tests/browser/node_modules`
 //! (`npm ci --prefix tests/browser`); `bash scripts/test.sh` installs both. When either
 //! is missing this test fails and says so: it never skips.
@@ -16,10 +22,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rendezvous_test_support::cluster::{Node, RedisServer};
+
 const BIN: &str = env!("CARGO_BIN_EXE_rendezvous");
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bound on the whole Node scenario (the script bounds itself to 60 s as well).
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One browser scenario at a time: each starts its own Chromium, and the machine is shared.
+static ONE_BROWSER: Mutex<()> = Mutex::new(());
 
 /// A child process killed on drop if it still runs.
 struct Killed(Child);
@@ -90,24 +101,14 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
     })
 }
 
-#[test]
-fn two_tabs_match_chat_call_and_next_in_chromium() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let dir = root.join("tests/browser");
-    preflight(&dir);
-    let artifacts = root.join("tests/artifacts/browser");
-    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
-
-    let engine_log = Arc::new(Mutex::new(Vec::new()));
-    let (_engine, addr) = spawn_engine(engine_log.clone());
-    let base = format!("http://{addr}");
-
+/// Run `node SCRIPT ARGS…` in `dir` within [`SCENARIO_TIMEOUT`], print its output,
+/// and say whether it exited 0.
+fn run_script(dir: &Path, script: &str, args: &[&str]) -> bool {
     let mut child = Command::new("node")
-        .arg(dir.join("two_tabs.mjs"))
-        .arg(&base)
-        .arg(&artifacts)
+        .arg(dir.join(script))
+        .args(args)
         .env("CHROMIUM", CHROMIUM)
-        .current_dir(&dir)
+        .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -128,17 +129,63 @@ fn two_tabs_match_chat_call_and_next_in_chromium() {
     };
     drop(node); // kills the script (and so its browser) on a timeout
     let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
-    println!("--- two_tabs.mjs stdout\n{out}--- two_tabs.mjs stderr\n{err}");
-    let ok = status.is_some_and(|s| s.success());
+    println!("--- {script} stdout\n{out}--- {script} stderr\n{err}");
+    if status.is_none() {
+        println!("{script} did not finish within {SCENARIO_TIMEOUT:?}");
+    }
+    status.is_some_and(|s| s.success())
+}
+
+#[test]
+fn two_tabs_match_chat_call_and_next_in_chromium() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/browser");
+    preflight(&dir);
+    let artifacts = root.join("tests/artifacts/browser");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+
+    let engine_log = Arc::new(Mutex::new(Vec::new()));
+    let (_engine, addr) = spawn_engine(engine_log.clone());
+    let base = format!("http://{addr}");
+
+    let script_args = [base.as_str(), artifacts.to_str().expect("utf-8 path")];
+    let ok = run_script(&dir, "two_tabs.mjs", &script_args);
     if !ok {
         println!("--- engine log\n{}", engine_log.lock().expect("log").join("\n"));
     }
-    match status {
-        None => panic!("the browser scenario did not finish within {SCENARIO_TIMEOUT:?}"),
-        Some(s) => assert!(ok, "the browser scenario failed ({s}); screenshots in {artifacts:?}"),
-    }
+    assert!(ok, "the browser scenario failed; screenshots in {artifacts:?}");
     for page in ["a", "b", "c"] {
         let shot = artifacts.join(format!("{page}-5-after-next.png"));
         assert!(shot.exists(), "screenshot {shot:?} was not saved");
     }
+}
+
+#[test]
+fn a_tab_moves_to_the_other_node_after_kill_9_and_nothing_is_lost_or_doubled() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/browser");
+    preflight(&dir);
+    let artifacts = root.join("tests/artifacts/browser");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+
+    let redis = RedisServer::start();
+    // A grace long enough for the killed node's users to come back through the other.
+    let args = [("--reconnect-grace-ms", "30000")];
+    let a = Node::spawn(Some(&redis.url()), "fo-node-a", &args);
+    let b = Node::spawn(Some(&redis.url()), "fo-node-b", &args);
+    let (base_a, base_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let pid_a = a.pid().to_string();
+    let script_args = [
+        base_a.as_str(),
+        base_b.as_str(),
+        pid_a.as_str(),
+        artifacts.to_str().expect("utf-8 path"),
+    ];
+    let ok = run_script(&dir, "failover.mjs", &script_args);
+    if !ok {
+        println!("--- fo-node-b log\n{}", b.logs());
+    }
+    assert!(ok, "the failover scenario failed; screenshots in {artifacts:?}");
 }

@@ -240,6 +240,15 @@ export class RendezvousClient {
 
   #onClose(code, reason, opened) {
     const wasOpen = this.state === 'open';
+    if (code === 1009) {
+      // The server refused a frame as too large: the biggest send in flight caused it,
+      // and writing it again would only repeat the close.
+      const biggest = this.outbox.largestInFlight();
+      if (biggest) {
+        this.outbox.entries.delete(biggest.id);
+        this.#settleSend(biggest.id, null, new RendezvousError('too_large', 'the message was too large for the server (close 1009)'));
+      }
+    }
     this.outbox.disconnected();
     for (const r of this.book.rooms.values()) r.catchUp = null;
     if (this.searching) this.resumeSearchAfterWelcome = true; // a closed socket withdraws the search

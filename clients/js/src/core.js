@@ -241,6 +241,15 @@ export class Outbox {
     return out;
   }
 
+  /** The in-flight entry with the longest text (the likely cause of a 1009 close). */
+  largestInFlight() {
+    let best = null;
+    for (const e of this.entries.values()) {
+      if (e.state === 'inflight' && (!best || e.text.length > best.text.length)) best = e;
+    }
+    return best;
+  }
+
   /** The connection dropped: whatever was in flight may or may not be stored; send again. */
   disconnected() {
     for (const e of this.entries.values()) if (e.state === 'inflight') e.state = 'queued';

@@ -3,24 +3,28 @@
 // errors routed to the send they name, and no reconnect after 4009. Every frame the
 // server sent is checked against the protocol's JSON Schema at the end.
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import { RendezvousError } from '../src/index.js';
 import { Engine, client, droppableWebSocket, inOrderOnce, matchedPair, sleep, uniq, until, validateReceivedFrames } from './support.mjs';
 
 let engine;
 let trimming; // an engine keeping only 3 messages per room
+let secured; // an engine that verifies tokens
+const SECRET = 'sdk-test-secret-of-at-least-32-bytes!';
 const open = [];
 
 before(async () => {
-  [engine, trimming] = await Promise.all([
+  [engine, trimming, secured] = await Promise.all([
     Engine.start('sdk-a', ['--reconnect-grace-ms', '30000']),
     Engine.start('sdk-trim', ['--reconnect-grace-ms', '30000', '--history-len', '3']),
+    Engine.start('sdk-jwt', ['--jwt-secret', SECRET, '--refresh-min-interval-ms', '0']),
   ]);
 });
 
 after(async () => {
   for (const c of open) c.close();
-  await Promise.all([engine?.stop(), trimming?.stop()]);
+  await Promise.all([engine?.stop(), trimming?.stop(), secured?.stop()]);
 });
 
 const keep = (...cs) => {
@@ -154,6 +158,33 @@ test('4009: a client replaced by a newer connection of its user does not reconne
   assert.equal(second.state, 'open', 'the newer connection was left alone');
   assert.ok(!second.events.some((e) => e.type === 'disconnected'));
   await assert.rejects(first.send('r', 'x'), (e) => e.code === 'not_connected');
+});
+
+/** An HS256 JWT for `sub`, expiring in `secs`. */
+function jwt(sub, secs) {
+  const b64 = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const body = `${b64({ alg: 'HS256', typ: 'JWT' })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + secs })}`;
+  return `${body}.${createHmac('sha256', SECRET).update(body).digest('base64url')}`;
+}
+
+test('getToken: the token for connecting, and a new one sent as refresh on token_expired', async () => {
+  const user = uniq('carol');
+  const issued = [];
+  const getToken = async () => {
+    const t = jwt(user, issued.length === 0 ? 2 : 3600); // the first one expires soon
+    issued.push(t);
+    return t;
+  };
+  const c = await client(secured.ws, undefined, { getToken });
+  keep(c);
+  assert.equal(c.userId, user);
+  assert.equal(issued.length, 1);
+  const refreshed = await c.waitFor('refreshed', undefined, 20_000);
+  assert.equal(issued.length, 2, 'asked for a second token');
+  assert.ok(refreshed.expires_at > Date.now() + 3_000_000, `the new token is in force (${refreshed.expires_at})`);
+  assert.ok(c.events.some((e) => e.type === 'error' && e.code === 'token_expired'));
+  assert.equal(c.state, 'open');
+  assert.ok(!c.events.some((e) => e.type === 'disconnected'), 'the session stayed');
 });
 
 test('every frame the server sent matches the protocol schema', async () => {
