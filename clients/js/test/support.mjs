@@ -188,6 +188,13 @@ export class Redis {
 
 // ---------------------------------------------------------------- schema
 
+/** The checked-in JSON Schema of the protocol (fails when there is none). */
+export function schemaFile() {
+  const file = findSchema();
+  assert.ok(file, 'the protocol JSON Schema is missing (expected under actors/protocol/)');
+  return file;
+}
+
 function findSchema() {
   const candidates = [
     process.env.RENDEZVOUS_SCHEMA,
@@ -201,9 +208,7 @@ function findSchema() {
 let validator = null;
 async function serverFrameValidator() {
   if (validator) return validator;
-  const file = findSchema();
-  assert.ok(file, 'the protocol JSON Schema is missing (expected under actors/protocol/)');
-  const schema = JSON.parse(readFileSync(file, 'utf8'));
+  const schema = JSON.parse(readFileSync(schemaFile(), 'utf8'));
   const { default: Ajv2020 } = await import('ajv/dist/2020.js');
   const { default: Ajv } = await import('ajv');
   const draft2020 = String(schema.$schema || '').includes('2020-12');
