@@ -177,12 +177,8 @@ fn a_tab_moves_to_the_other_node_after_kill_9_and_nothing_is_lost_or_doubled() {
     let b = Node::spawn(Some(&redis.url()), "fo-node-b", &args);
     let (base_a, base_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
     let pid_a = a.pid().to_string();
-    let script_args = [
-        base_a.as_str(),
-        base_b.as_str(),
-        pid_a.as_str(),
-        artifacts.to_str().expect("utf-8 path"),
-    ];
+    let script_args =
+        [base_a.as_str(), base_b.as_str(), pid_a.as_str(), artifacts.to_str().expect("utf-8 path")];
     let ok = run_script(&dir, "failover.mjs", &script_args);
     if !ok {
         println!("--- fo-node-b log\n{}", b.logs());

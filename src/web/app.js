@@ -51,7 +51,7 @@ function connect() {
   const c = new RendezvousClient({
     urls: nodeUrls(),
     ...(token ? { token } : { user: $('name').value }),
-    backoff: { initialMs: 500, maxMs: 10_000 },
+    backoff: { initialMs: 1000, maxMs: 10_000 }, // 0.5–1 s, then up to 10 s
   });
   client = rdv.client = c;
   const on = (type, fn) => c.on(type, (ev) => c === client && (fn(ev), render()));
@@ -416,8 +416,7 @@ function clearCall() {
 
 function endCall(notify) {
   if (acceptAnswer) acceptAnswer(false);
-  if (call && notify) call.hangup();
-  else if (call) call.pc.close();
+  if (call) call.hangup({ notify });
   clearCall();
 }
 

@@ -34,7 +34,8 @@ export declare class Call {
   readonly pc: RTCPeerConnection;
   readonly ended: boolean;
   on<K extends keyof CallEventMap>(type: K, fn: (ev: CallEventMap[K]) => void): () => void;
-  hangup(): void;
+  /** End the call; the peer is told unless `notify` is false. */
+  hangup(opts?: { notify?: boolean }): void;
 }
 
 export interface CallsEventMap {

@@ -63,7 +63,8 @@ export class Call extends Emitter {
   }
 
   #signal(payload) {
-    if (!this.ended) this.client.signal(this.roomId, payload, this.peer);
+    // Not after the call ended, nor into a room the user has left (it would be refused).
+    if (!this.ended && this.client.room(this.roomId)) this.client.signal(this.roomId, payload, this.peer);
   }
 
   /** Add the local stream's tracks (once). The caller does it at once; the callee after the offer. */
@@ -104,10 +105,10 @@ export class Call extends Emitter {
     }
   }
 
-  /** End the call and tell the peer. */
-  hangup() {
+  /** End the call; the peer is told unless `notify` is false. */
+  hangup({ notify = true } = {}) {
     if (this.ended) return;
-    this.#signal({ kind: 'hangup' });
+    if (notify) this.#signal({ kind: 'hangup' });
     this.#end('local');
   }
 
@@ -230,7 +231,7 @@ export class Calls extends Emitter {
   #roomGone(roomId) {
     this.incoming.delete(roomId);
     const call = this.calls.get(roomId);
-    if (call) call.hangup();
+    if (call) call.hangup({ notify: false });
   }
 
   /** Stop listening (calls in progress are hung up). */
