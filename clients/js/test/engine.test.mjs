@@ -18,7 +18,7 @@ before(async () => {
   [engine, trimming, secured] = await Promise.all([
     Engine.start('sdk-a', ['--reconnect-grace-ms', '30000']),
     Engine.start('sdk-trim', ['--reconnect-grace-ms', '30000', '--history-len', '3']),
-    Engine.start('sdk-jwt', ['--jwt-secret', SECRET, '--refresh-min-interval-ms', '0']),
+    Engine.start('sdk-jwt', ['--jwt-secret', SECRET, '--refresh-min-interval-ms', '0', '--token-grace-ms', '2000']),
   ]);
 });
 
@@ -185,6 +185,37 @@ test('getToken: the token for connecting, and a new one sent as refresh on token
   assert.ok(c.events.some((e) => e.type === 'error' && e.code === 'token_expired'));
   assert.equal(c.state, 'open');
   assert.ok(!c.events.some((e) => e.type === 'disconnected'), 'the session stayed');
+});
+
+test('4001: after an expired token is not refreshed, getToken is asked again and the client reconnects', async () => {
+  const user = uniq('dave');
+  const issued = [];
+  const getToken = async () => {
+    // 1: expires soon; 2 (the refresh): another user's, refused; 3: good for an hour.
+    const t = [jwt(user, 2), jwt(`${user}-other`, 3600), jwt(user, 3600)][Math.min(issued.length, 2)];
+    issued.push(t);
+    return t;
+  };
+  const c = await client(secured.ws, undefined, { getToken });
+  keep(c);
+  await until(() => c.events.some((e) => e.type === 'disconnected' && e.code === 4001), 'closed with 4001', 20_000);
+  await until(() => c.state === 'open', 'connected again', 20_000);
+  assert.equal(issued.length, 3, 'a new token for the reconnect');
+  assert.equal(c.userId, user);
+  assert.ok(c.events.some((e) => e.type === 'error' && e.code === 'unauthorized'), 'the refresh was refused');
+});
+
+test('a send that cannot be delivered rejects with timeout after its deadline', async () => {
+  const net = droppableWebSocket();
+  const { a, b, room } = await matchedPair(engine.ws, engine.ws, { a: { WebSocket: net.WebSocket } });
+  keep(a, b);
+  a.options.backoff = { initialMs: 5000, maxMs: 5000, jitter: 0 };
+  net.drop();
+  await until(() => a.state === 'reconnecting', 'alice is offline');
+  const started = Date.now();
+  await assert.rejects(a.send(room, 'too late', { timeoutMs: 400 }), (e) => e.code === 'timeout');
+  assert.ok(Date.now() - started >= 350, 'not before its deadline');
+  assert.deepEqual(a.pendingSends, []);
 });
 
 test('every frame the server sent matches the protocol schema', async () => {
