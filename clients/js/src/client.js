@@ -264,6 +264,9 @@ export class RendezvousClient {
       this.needNewToken = true;
     }
     if (!policy.reconnect) return this.#setClosed(code, policy.reason);
+    // Outside browsers a refused token is an HTTP 401, which looks like a failed
+    // connection: after a few of those in a row, ask for a fresh token as well.
+    if (!opened && this.options.getToken && this.attempt >= 2) this.needNewToken = true;
     if (!opened || policy.nextUrl) this.urlIndex = (this.urlIndex + 1) % this.urls.length;
     this.#scheduleReconnect(policy, code);
   }
@@ -366,7 +369,7 @@ export class RendezvousClient {
     this.attempt = 0;
     this.unauthorizedInARow = 0;
     clearTimeout(this.connectTimer);
-    const { ended, fetch } = this.book.welcome(f);
+    const { ended, fetch, reports } = this.book.welcome(f);
     this.#setState('open', { node: f.node, url: this.urls[this.urlIndex % this.urls.length] });
     this.emit('welcome', f);
     for (const w of this.readyWaiters.splice(0)) w.resolve(f);
@@ -377,6 +380,7 @@ export class RendezvousClient {
       this.#settleSend(e.id, null, new RendezvousError('not_in_room', `room ${e.room_id} ended while offline`));
     }
     for (const req of fetch) this.#write({ action: 'history', ...req });
+    for (const report of reports) this.emit('recovered', report);
     this.#flushOutbox();
     if (this.resumeSearchAfterWelcome && this.lastSearch && this.options.resumeSearch) {
       this.#write(this.lastSearch);

@@ -49,16 +49,18 @@ export function isRetryable(err) {
   return err.code === 'internal' && typeof err.retry_after_ms === 'number';
 }
 
-/** The room ids (and members, when the server lists them) of a `welcome` frame. */
+/**
+ * The rooms of a `welcome`: id -> `{members, last_seq, kind}` from `room_details`, or
+ * null for a room listed without details (older servers, or a room too busy to say).
+ */
 export function welcomeRooms(welcome) {
+  const details = new Map();
+  for (const d of Array.isArray(welcome.room_details) ? welcome.room_details : []) {
+    if (d && typeof d.room_id === 'string') details.set(d.room_id, d);
+  }
   const out = new Map();
-  const members = welcome.room_members && typeof welcome.room_members === 'object' ? welcome.room_members : {};
-  for (const r of welcome.rooms || []) {
-    if (typeof r === 'string') out.set(r, Array.isArray(members[r]) ? members[r] : null);
-    else if (r && typeof r === 'object') {
-      const id = r.room_id ?? r.id;
-      if (typeof id === 'string') out.set(id, Array.isArray(r.members) ? r.members : null);
-    }
+  for (const id of welcome.rooms || []) {
+    if (typeof id === 'string') out.set(id, details.get(id) ?? null);
   }
   return out;
 }
@@ -117,13 +119,21 @@ export class RoomBook {
       }
     }
     const fetch = [];
-    for (const [id, members] of listed) {
-      const r = this.open(id, members, 0);
+    const reports = [];
+    for (const [id, detail] of listed) {
+      const r = this.open(id, detail ? detail.members : null, 0);
       r.catchUp = null;
-      if (r.lastSeq === null) continue; // a public room joined without a baseline
+      const serverLast = detail && typeof detail.last_seq === 'number' ? detail.last_seq : null;
+      if (r.lastSeq === null && serverLast !== null) r.lastSeq = serverLast; // a baseline at last
+      // Nothing to fetch when we have the room's newest seq (later ones follow live),
+      // or no baseline to fetch from (a public room joined before any message).
+      if (r.lastSeq === null || (serverLast !== null && r.lastSeq >= serverLast)) {
+        reports.push({ room_id: id, after_seq: r.lastSeq ?? 0, missed: 0, recovered: true, lost: 0, first_seq: null });
+        continue;
+      }
       fetch.push(this.#startCatchUp(r));
     }
-    return { ended, fetch };
+    return { ended, fetch, reports };
   }
 
   #startCatchUp(r) {
@@ -180,7 +190,10 @@ export class RoomBook {
       c.delivered += 1;
       deliver.push(m);
     }
-    if (msgs.length >= this.pageLimit) {
+    // More pages while the store has newer messages than this page (`last_seq`; for
+    // servers without it, while pages come back full).
+    const more = typeof frame.last_seq === 'number' ? msgs.length > 0 && r.lastSeq < frame.last_seq : msgs.length >= this.pageLimit;
+    if (more) {
       return { deliver, fetch: { room_id: r.id, after_seq: r.lastSeq, limit: this.pageLimit }, report: null };
     }
     // Caught up with the store: hand over live messages that came meanwhile.

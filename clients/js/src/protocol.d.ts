@@ -21,6 +21,15 @@ export interface IceServerConfig {
   credential?: string;
 }
 
+export interface RoomDetail {
+  room_id: string;
+  kind: 'match' | 'public';
+  /** Every member, this user included. */
+  members: string[];
+  /** The room's newest seq (0 before the first message); later messages follow the welcome live. */
+  last_seq: number;
+}
+
 export interface Welcome {
   type: 'welcome';
   user_id: string;
@@ -30,8 +39,8 @@ export interface Welcome {
   rooms: string[];
   /** Protocol version (1). Absent on servers from before it was added. */
   protocol?: number;
-  /** Members of each room in `rooms`. */
-  room_members?: Record<string, string[]>;
+  /** Per room of `rooms` (same order): kind, members, newest seq. A room too busy to answer has no entry. */
+  room_details?: RoomDetail[];
   /** STUN/TURN servers for calls. */
   ice_servers?: IceServerConfig[];
 }
@@ -132,8 +141,10 @@ export interface History {
   type: 'history';
   room_id: string;
   messages: ChatMessage[];
-  /** The oldest seq the room still stores: a gap before it is lost for good. */
+  /** The oldest seq the server could still return: `after_seq + 1 … first_seq - 1` are lost for good. */
   first_seq?: number;
+  /** The room's newest seq when the page was read: more pages follow while the page ends below it. */
+  last_seq?: number;
 }
 
 export interface Refreshed {

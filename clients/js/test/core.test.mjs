@@ -33,10 +33,41 @@ test('retryable errors: unavailable, rate_limited, and internal with a retry hin
   assert.ok(!isRetryable({ code: 'not_in_room' }));
 });
 
-test('welcome rooms as ids, with a members map, or as objects', () => {
+test('welcome rooms with their details, or without (older servers)', () => {
   assert.deepEqual([...welcomeRooms({ rooms: ['r1'] })], [['r1', null]]);
-  assert.deepEqual([...welcomeRooms({ rooms: ['r1'], room_members: { r1: ['a', 'b'] } })], [['r1', ['a', 'b']]]);
-  assert.deepEqual([...welcomeRooms({ rooms: [{ room_id: 'r2', members: ['c'] }] })], [['r2', ['c']]]);
+  const d = { room_id: 'r1', kind: 'match', members: ['a', 'b'], last_seq: 4 };
+  assert.deepEqual([...welcomeRooms({ rooms: ['r1', 'r2'], room_details: [d] })], [['r1', d], ['r2', null]]);
+});
+
+test("welcome: a room already at the server's last seq needs no history; members come from the details", () => {
+  const book = new RoomBook();
+  book.open('r', ['a', 'b'], 0);
+  book.message(msg(1));
+  book.open('pub:x', ['a'], null);
+  const w = book.welcome({
+    rooms: ['r', 'pub:x', 'new'],
+    room_details: [
+      { room_id: 'r', kind: 'match', members: ['a', 'b', 'c'], last_seq: 1 },
+      { room_id: 'pub:x', kind: 'public', members: ['a', 'z'], last_seq: 40 },
+      { room_id: 'new', kind: 'match', members: ['a', 'd'], last_seq: 2 },
+    ],
+  });
+  assert.deepEqual(w.fetch.map((f) => [f.room_id, f.after_seq]), [['new', 0]]);
+  assert.deepEqual(w.reports.map((r) => [r.room_id, r.recovered, r.missed]), [['r', true, 0], ['pub:x', true, 0]]);
+  assert.deepEqual([...book.room('r').members], ['a', 'b', 'c']);
+  assert.equal(book.room('pub:x').lastSeq, 40, 'the public room has a baseline now');
+  assert.deepEqual(book.message(msg(41, 'pub:x')).deliver.map((m) => m.seq), [41]);
+});
+
+test('history paging follows last_seq when the server sends it', () => {
+  const book = new RoomBook({ pageLimit: 2 });
+  book.open('r', null, 0);
+  book.welcome({ rooms: ['r'] });
+  const p1 = book.history({ room_id: 'r', messages: [msg(1)], first_seq: 1, last_seq: 3 });
+  assert.deepEqual(p1.fetch, { room_id: 'r', after_seq: 1, limit: 2 }, 'a short page, but the store has more');
+  const p2 = book.history({ room_id: 'r', messages: [msg(2), msg(3)], first_seq: 2, last_seq: 3 });
+  assert.equal(p2.fetch, null, 'a full page that reaches last_seq is the end');
+  assert.equal(p2.report.missed, 3);
 });
 
 const msg = (seq, room_id = 'r') => ({ type: 'message', room_id, seq, text: `m${seq}`, sender: 'x', msg_id: `m${seq}`, ts: 0 });
