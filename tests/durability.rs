@@ -406,7 +406,7 @@ impl Member {
                 self.last_live = self.last_live.max(m.seq);
                 self.record(m, "live");
             }
-            ServerFrame::History { room_id, messages } => {
+            ServerFrame::History { room_id, messages, .. } => {
                 assert_eq!(room_id, self.room, "{}: history of another room", self.user);
                 let full = messages.len() == PAGE;
                 let mut last = 0;
@@ -569,7 +569,7 @@ impl Member {
             let page = loop {
                 match self.read_until(deadline).await {
                     None => panic!("{}: no history answer within {SETTLE:?}", self.user),
-                    Some(Read::Frame(ServerFrame::History { room_id, messages })) => {
+                    Some(Read::Frame(ServerFrame::History { room_id, messages, .. })) => {
                         assert_eq!(room_id, self.room, "{}: history of another room", self.user);
                         break messages;
                     }

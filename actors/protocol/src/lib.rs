@@ -117,6 +117,31 @@ pub enum HistoryItem {
     Message(ChatMessage),
 }
 
+/// The protocol version this crate describes, sent in `welcome.protocol`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Kind of a room, as `welcome.room_details` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomKind {
+    /// Opened for a match (`match_found`); closes when one member is left.
+    Match,
+    /// A named public room (`pub:` prefix, `join`).
+    Public,
+}
+
+/// A room the user still holds a seat in, as `welcome` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomDetail {
+    pub room_id: String,
+    pub kind: RoomKind,
+    /// Every member's user id, this user included.
+    pub members: Vec<String>,
+    /// The room's newest `seq` (0 before the first message): a client that saw
+    /// less catches up with `history`.
+    pub last_seq: u64,
+}
+
 /// Presence states reported for room members.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -179,6 +204,14 @@ pub enum ServerFrame {
         node: String,
         /// Rooms the user still belongs to (reconnect within the grace period).
         rooms: Vec<String>,
+        /// Version of the protocol the server speaks ([`PROTOCOL_VERSION`]).
+        /// Addition: 0 when read from a server older than the field.
+        #[serde(default)]
+        protocol: u32,
+        /// One entry per room of `rooms` (same order): its kind, members and last
+        /// `seq`, as the room held them when the session started. Addition.
+        #[serde(default)]
+        room_details: Vec<RoomDetail>,
     },
     Searching {
         ticket: String,
@@ -242,6 +275,16 @@ pub enum ServerFrame {
     History {
         room_id: String,
         messages: Vec<HistoryItem>,
+        /// The oldest `seq` the server could still return for this request; older
+        /// ones were trimmed for good. `after_seq + 1 < first_seq` means the
+        /// messages `after_seq + 1 ..= first_seq - 1` are lost. `last_seq + 1` when
+        /// nothing is stored. Addition (absent from older servers).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        first_seq: Option<u64>,
+        /// The room's newest `seq` when the page was read: more pages follow while
+        /// the last message's `seq` is below it. Addition.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        last_seq: Option<u64>,
     },
     /// Answer to `refresh`: the new token is in force.
     Refreshed {
@@ -438,6 +481,8 @@ mod tests {
         assert_eq!(v["type"], "message");
         assert_eq!(v["seq"], 7);
         let h = ServerFrame::History {
+            first_seq: Some(1),
+            last_seq: Some(1),
             room_id: "r1".into(),
             messages: vec![HistoryItem::Message(ChatMessage {
                 room_id: "r1".into(),

@@ -188,6 +188,17 @@ pub struct RoomSnapshot {
     pub members: Seats,
 }
 
+/// A page of a room's stored history, with what the store still holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryPage {
+    /// Stored messages with `seq > after_seq`, oldest first.
+    pub messages: Vec<ChatMessage>,
+    /// The oldest seq still stored (`last_seq + 1` when none is).
+    pub first_seq: u64,
+    /// The room's newest seq.
+    pub last_seq: u64,
+}
+
 /// What a node sends to re-create a room that the store lost (Redis restarted
 /// empty) or that moved on without it (degraded while the store was down).
 #[derive(Debug, Clone)]
@@ -291,6 +302,17 @@ pub trait Bridge: Send + Sync + 'static {
         _after_seq: u64,
         _limit: usize,
     ) -> BoxFut<Vec<ChatMessage>> {
+        refused()
+    }
+    /// Like [`Bridge::room_history`], with what the store still holds: the oldest
+    /// stored seq (`last_seq + 1` when none) and the room's last seq. When the
+    /// page starts past `after_seq + 1`, `first_seq` says so (a trimmed gap).
+    fn room_history_page(
+        &self,
+        _room: &RoomId,
+        _after_seq: u64,
+        _limit: usize,
+    ) -> BoxFut<HistoryPage> {
         refused()
     }
     /// Restore what the store lacks of a room this node holds (after a reconnect).

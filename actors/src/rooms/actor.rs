@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, AsyncContext, Context, Handler};
 use rendezvous_protocol::{
-    ChatMessage, ErrorCode, FrameRef, HistoryItem, PresenceStatus, ServerFrame,
+    ChatMessage, ErrorCode, FrameRef, HistoryItem, PresenceStatus, RoomDetail,
+    RoomKind as WireRoomKind, ServerFrame,
 };
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -222,9 +223,29 @@ impl Handler<FetchHistory> for RoomActor {
         let covered = self.state.last_seq == msg.after_seq
             || local.first().is_some_and(|m| m.seq == msg.after_seq + 1);
         if covered {
-            return self.send_history(&msg.reply, local, &msg.budget);
+            let span = self.held_span();
+            return self.send_history(&msg.reply, local, span, &msg.budget);
         }
         self.history_beyond_ring(msg, local, ctx);
+    }
+}
+
+impl Handler<DescribeRoom> for RoomActor {
+    type Result = Option<RoomDetail>;
+
+    fn handle(&mut self, _msg: DescribeRoom, _ctx: &mut Self::Context) -> Self::Result {
+        if self.closed {
+            return None;
+        }
+        Some(RoomDetail {
+            room_id: self.state.id.to_string(),
+            kind: match self.state.kind {
+                RoomKind::Match => WireRoomKind::Match,
+                RoomKind::Public => WireRoomKind::Public,
+            },
+            members: self.state.member_ids(),
+            last_seq: self.state.last_seq,
+        })
     }
 }
 
@@ -276,6 +297,16 @@ impl Handler<MemberOnline> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: MemberOnline, _ctx: &mut Self::Context) {
+        if !self.state.is_member(&msg.user) {
+            return;
+        }
+        if let Some(after) = msg.replay_after {
+            // Stored between the session's `welcome` and now: not delivered to it.
+            for missed in self.state.history_after(after, usize::MAX) {
+                msg.outbox
+                    .push(Utf8Bytes::from(FrameRef::Message(&missed).to_json()), Class::Essential);
+            }
+        }
         let Some(member) = self.state.member_mut(&msg.user) else { return };
         let was_offline = member.outbox.is_none();
         member.node = None;
@@ -422,11 +453,30 @@ impl RoomActor {
 
     /// Answer a `history` request and charge its bytes to the requester's budget
     /// (after the fact: the page's size is known only now).
-    pub(super) fn send_history(&self, reply: &Outbox, messages: Vec<ChatMessage>, budget: &Budget) {
+    /// `span`: the oldest seq still stored and the room's last, for the frame's
+    /// `first_seq` / `last_seq`.
+    pub(super) fn send_history(
+        &self,
+        reply: &Outbox,
+        messages: Vec<ChatMessage>,
+        span: (u64, u64),
+        budget: &Budget,
+    ) {
         let messages = messages.into_iter().map(HistoryItem::Message).collect();
-        let json = ServerFrame::History { room_id: self.state.id.to_string(), messages }.to_json();
+        let json = ServerFrame::History {
+            room_id: self.state.id.to_string(),
+            messages,
+            first_seq: Some(span.0),
+            last_seq: Some(span.1),
+        }
+        .to_json();
         budget.charge(json.len() as u64);
         reply.push(Utf8Bytes::from(json), Class::Essential);
+    }
+
+    /// The oldest seq this room's ring holds and its last seq.
+    pub(super) fn held_span(&self) -> (u64, u64) {
+        (self.state.first_held_seq(), self.state.last_seq)
     }
 
     pub(super) fn seat_joiner(&mut self, j: JoinPublicRoom) {

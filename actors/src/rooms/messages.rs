@@ -104,6 +104,12 @@ pub struct FetchHistory {
     pub budget: Budget,
 }
 
+/// Session (welcome) → Room: the room as `welcome.room_details` reports it; `None`
+/// when the room closed meanwhile.
+#[derive(Debug, Message)]
+#[rtype(result = "Option<rendezvous_protocol::RoomDetail>")]
+pub struct DescribeRoom;
+
 /// RoomSupervisor → Room: add a member to a public room.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -140,6 +146,9 @@ pub struct MemberOnline {
     pub user: UserId,
     pub session_id: u64,
     pub outbox: Outbox,
+    /// The `last_seq` the session's `welcome` reported for this room: the room
+    /// sends the new outbox every held message after it first.
+    pub replay_after: Option<u64>,
 }
 
 /// Session → Room: the user's session `session_id` ended; keep the seat for the grace.

@@ -105,12 +105,20 @@ impl RoomActor {
         ctx: &mut Context<Self>,
     ) {
         if !self.replication.is_cluster() {
-            return self.send_history(&msg.reply, local, &msg.budget);
+            let span = self.held_span();
+            return self.send_history(&msg.reply, local, span, &msg.budget);
         }
-        let fut = self.shared.bridge.room_history(&self.state.id, msg.after_seq, msg.limit);
+        let fut = self.shared.bridge.room_history_page(&self.state.id, msg.after_seq, msg.limit);
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| match res {
-            Ok(stored) => act.send_history(&msg.reply, stored, &msg.budget),
-            Err(_) => act.send_history(&msg.reply, local, &msg.budget),
+            Ok(page) => {
+                // The store's seq can be ahead of what this replica delivered.
+                let last = page.last_seq.max(act.state.last_seq);
+                act.send_history(&msg.reply, page.messages, (page.first_seq, last), &msg.budget)
+            }
+            Err(_) => {
+                let span = act.held_span();
+                act.send_history(&msg.reply, local, span, &msg.budget)
+            }
         }));
     }
 

@@ -198,6 +198,13 @@ impl RoomState {
         self.history.iter().skip(skip).take(limit).map(|m| (**m).clone()).collect()
     }
 
+    /// The oldest seq the ring still holds; `last_seq + 1` when it holds none.
+    /// A client that asks for `after_seq < first_held_seq() - 1` lost the
+    /// messages in between (trimmed by `history_len` / `history_bytes`).
+    pub fn first_held_seq(&self) -> u64 {
+        self.history.front().map_or(self.last_seq + 1, |m| m.seq)
+    }
+
     pub fn member_ids(&self) -> Vec<String> {
         self.members.iter().map(|m| m.user.to_string()).collect()
     }
@@ -220,6 +227,15 @@ mod tests {
         assert_eq!(seqs(r.history_after(3, 1)), [4]);
         assert!(r.history_after(5, 10).is_empty());
         assert!(r.history_after(99, 10).is_empty());
+        assert_eq!(r.first_held_seq(), 3, "1 and 2 were trimmed");
+    }
+
+    #[test]
+    fn first_held_seq_of_an_empty_room_is_past_its_last() {
+        let mut r = RoomState::new(RoomId::from("r1"), RoomKind::Match, 3, 1 << 20);
+        assert_eq!(r.first_held_seq(), 1, "nothing stored, nothing lost");
+        r.append("m1".into(), &UserId::from("u"), "t".into(), 1);
+        assert_eq!(r.first_held_seq(), 1);
     }
 
     #[test]

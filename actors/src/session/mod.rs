@@ -17,7 +17,7 @@ use actix::{
 use futures_util::StreamExt;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use rendezvous_protocol::{close, ClientFrame, ServerFrame};
+use rendezvous_protocol::{close, ClientFrame, RoomDetail, ServerFrame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
@@ -526,21 +526,42 @@ impl SessionActor {
         }
     }
 
-    /// Send `welcome` listing `rooms` and take this session's seat in each.
-    fn welcome(&self, rooms: Vec<RoomId>) {
+    /// Send `welcome` listing `rooms` with their details, and take this session's
+    /// seat in each. Without rooms (a fresh session) it goes out at once; with
+    /// some, the rooms are asked first and the session waits (`ctx.wait`), so
+    /// `welcome` stays the first frame and no client frame overtakes it.
+    fn welcome(&mut self, rooms: Vec<RoomId>, ctx: &mut Context<Self>) {
+        if rooms.is_empty() {
+            return self.welcome_with(Vec::new(), Vec::new());
+        }
+        let ask = describe_rooms(self.engine.rooms.directory.clone(), rooms);
+        ctx.wait(
+            ask.into_actor(self).map(|(rooms, details), act, _| act.welcome_with(rooms, details)),
+        );
+    }
+
+    /// Send `welcome` and take the seats. A room that described itself gets the
+    /// seq it reported, and sends this session what it stored since (the seat
+    /// had no outbox in between), so `room_details.last_seq` plus the frames that
+    /// follow leave no hole.
+    fn welcome_with(&self, rooms: Vec<RoomId>, details: Vec<RoomDetail>) {
         let shared = &self.engine.shared;
         self.send(&ServerFrame::Welcome {
             user_id: self.user.to_string(),
             session_id: format!("s{}", self.session_id),
             node: shared.config.node_id.clone(),
             rooms: rooms.iter().map(|r| r.to_string()).collect(),
+            protocol: rendezvous_protocol::PROTOCOL_VERSION,
+            room_details: details.clone(),
         });
         for room_id in rooms {
             if let Some(room) = self.engine.rooms.directory.get(&room_id) {
+                let described = details.iter().find(|d| d.room_id == room_id.as_str());
                 room.do_send(MemberOnline {
                     user: self.user.clone(),
                     session_id: self.session_id,
                     outbox: self.outbox.clone(),
+                    replay_after: described.map(|d| d.last_seq),
                 });
             }
         }
@@ -575,9 +596,11 @@ impl SessionActor {
                     }
                 }
             }
-            rooms
+            describe_rooms(rooms_here.directory.clone(), rooms).await
         };
-        ctx.wait(fut.into_actor(self).map(|rooms, act, _| act.welcome(rooms)));
+        ctx.wait(
+            fut.into_actor(self).map(|(rooms, details), act, _| act.welcome_with(rooms, details)),
+        );
     }
 
     /// `refresh`: a valid token of the same user renews the session's token (before
@@ -642,6 +665,42 @@ impl SessionActor {
     }
 }
 
+/// How long `welcome` waits for a room to describe itself; a room slower than
+/// this is listed in `rooms` without an entry in `room_details`.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ask each room for its `welcome.room_details` entry, all at once. Rooms that
+/// closed meanwhile are dropped from the list; rooms that do not answer in time
+/// stay listed, without details.
+async fn describe_rooms(
+    directory: std::sync::Arc<crate::rooms::RoomDirectory>,
+    rooms: Vec<RoomId>,
+) -> (Vec<RoomId>, Vec<RoomDetail>) {
+    let asks = rooms.iter().map(|id| {
+        let room = directory.get(id);
+        async move {
+            let room = room?;
+            tokio::time::timeout(DESCRIBE_TIMEOUT, room.send(DescribeRoom)).await.ok()?.ok()
+        }
+    });
+    let answers = futures_util::future::join_all(asks).await;
+    let mut kept = Vec::with_capacity(rooms.len());
+    let mut details = Vec::with_capacity(rooms.len());
+    for (id, answer) in rooms.into_iter().zip(answers) {
+        match answer {
+            Some(Some(detail)) => {
+                details.push(detail);
+                kept.push(id);
+            }
+            // Closed meanwhile: the seat is gone with it.
+            Some(None) => {}
+            // Gone from the directory or too slow: listed as before, no details.
+            None => kept.push(id),
+        }
+    }
+    (kept, details)
+}
+
 fn too_many_rooms(held: usize, max: usize) -> EngineError {
     EngineError::TooLarge(format!(
         "you are in {held} rooms, the most allowed is {max}; leave one first"
@@ -681,7 +740,7 @@ impl Actor for SessionActor {
         if shared.bridge.clustered() {
             self.welcome_from_cluster(ctx);
         } else {
-            self.welcome(shared.rooms_of(&self.user));
+            self.welcome(shared.rooms_of(&self.user), ctx);
         }
         metrics::gauge!(m::CONNECTIONS).increment(1.0);
         metrics::counter!(m::SESSIONS_OPENED_TOTAL).increment(1);

@@ -393,6 +393,8 @@ async fn connection(stream: TcpStream, state: Arc<State>) {
         session_id: format!("s{conn}"),
         node: "relay".into(),
         rooms: Vec::new(),
+        protocol: rendezvous_protocol::PROTOCOL_VERSION,
+        room_details: Vec::new(),
     });
     let mut session = Session { state, peer, last: None };
     loop {

@@ -120,7 +120,7 @@ pub async fn history(
 ) -> Vec<ChatMessage> {
     c.send_json(history_request(room, after_seq, limit)).await;
     match next(c).await {
-        ServerFrame::History { room_id, messages } => {
+        ServerFrame::History { room_id, messages, .. } => {
             assert_eq!(room_id, room);
             messages.into_iter().map(|HistoryItem::Message(m)| m).collect()
         }

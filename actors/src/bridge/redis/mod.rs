@@ -46,7 +46,7 @@ use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
 use super::{
     Attachment, BoxFut, Bridge, BridgeError, BridgeSettings, ClaimMember, ClaimOutcome,
-    ClusterSink, RoomSeed, RoomSnapshot, SearchAd, Seats, StoredKind, Ticket,
+    ClusterSink, HistoryPage, RoomSeed, RoomSnapshot, SearchAd, Seats, StoredKind, Ticket,
 };
 use crate::clock::now_ms;
 use crate::ids::{Interest, RoomId, UserId};
@@ -718,6 +718,34 @@ impl RedisBridge {
 }
 
 /// Drop `room` from each user's membership set (the room closed under them).
+/// Messages of a room's stream from an XRANGE reply (entries `SEQ-1` with the
+/// stored JSON in field `j`); unreadable entries are skipped.
+fn log_messages(room: &str, reply: Value) -> Vec<ChatMessage> {
+    let mut out = Vec::new();
+    for entry in as_array(reply) {
+        let parts = as_array(entry);
+        let (Some(id), Some(fields)) = (parts.first().and_then(as_string), parts.get(1).cloned())
+        else {
+            continue;
+        };
+        let Some(seq) = id.split('-').next().and_then(|s| s.parse::<u64>().ok()) else {
+            continue;
+        };
+        let fields = as_array(fields);
+        let Some(json) = fields.get(1).and_then(as_string) else { continue };
+        let Ok(m) = serde_json::from_str::<StoredMsg>(&json) else { continue };
+        out.push(ChatMessage {
+            room_id: room.to_owned(),
+            seq,
+            msg_id: m.msg_id,
+            sender: m.sender,
+            text: m.text,
+            ts: m.ts,
+        });
+    }
+    out
+}
+
 fn unseat_users(pipe: &Pipe, room: &str, users: &[Value]) {
     for u in users.iter().filter_map(as_string) {
         pipe.fire("srem", redis::cmd("SREM").arg(user_key(&u, "rooms")).arg(room).clone());
@@ -1156,31 +1184,48 @@ impl Bridge for RedisBridge {
             .arg(limit.max(1))
             .clone();
         let fut = self.pipe.call("xrange", cmd);
+        Box::pin(async move { Ok(log_messages(&r, fut.await?)) })
+    }
+
+    fn room_history_page(
+        &self,
+        room: &RoomId,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFut<HistoryPage> {
+        let r = room.to_string();
+        let log = room_key(&r, "log");
+        // One round trip, page first: a trim between the reads can only make the
+        // oldest entry read after it newer, never hide a gap (see below).
+        let cmds = vec![
+            redis::cmd("XRANGE")
+                .arg(&log)
+                .arg(format!("{}-0", after_seq + 1))
+                .arg("+")
+                .arg("COUNT")
+                .arg(limit.max(1))
+                .clone(),
+            redis::cmd("XRANGE").arg(&log).arg("-").arg("+").arg("COUNT").arg(1).clone(),
+            redis::cmd("GET").arg(room_key(&r, "seq")).clone(),
+        ];
+        let fut = self.pipe.call_many("history_page", cmds);
         Box::pin(async move {
-            let mut out = Vec::new();
-            for entry in as_array(fut.await?) {
-                let parts = as_array(entry);
-                let (Some(id), Some(fields)) =
-                    (parts.first().and_then(as_string), parts.get(1).cloned())
-                else {
-                    continue;
-                };
-                let Some(seq) = id.split('-').next().and_then(|s| s.parse::<u64>().ok()) else {
-                    continue;
-                };
-                let fields = as_array(fields);
-                let Some(json) = fields.get(1).and_then(as_string) else { continue };
-                let Ok(m) = serde_json::from_str::<StoredMsg>(&json) else { continue };
-                out.push(ChatMessage {
-                    room_id: r.clone(),
-                    seq,
-                    msg_id: m.msg_id,
-                    sender: m.sender,
-                    text: m.text,
-                    ts: m.ts,
-                });
-            }
-            Ok(out)
+            let mut replies = fut.await?.into_iter();
+            let mut next = || replies.next().unwrap_or(Ok(Value::Nil));
+            let messages = log_messages(&r, next()?);
+            let oldest = log_messages(&r, next()?).first().map(|m| m.seq);
+            let seq_reply = next()?;
+            let stored_seq = as_i64(&seq_reply).unwrap_or(0).max(0) as u64;
+            let last_seq = stored_seq.max(messages.last().map_or(0, |m| m.seq));
+            // The page's first message was the oldest at or after `after_seq + 1`
+            // when it was read, so it bounds the oldest stored then.
+            let first_seq = match (messages.first(), oldest) {
+                (Some(m), Some(o)) => m.seq.min(o),
+                (Some(m), None) => m.seq,
+                (None, Some(o)) => o,
+                (None, None) => last_seq + 1,
+            };
+            Ok(HistoryPage { messages, first_seq, last_seq })
         })
     }
 

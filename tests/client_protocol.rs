@@ -1,0 +1,177 @@
+//! What a client SDK relies on to recover by itself, against real servers: the
+//! protocol version and room details in `welcome`, `history` telling a trimmed gap
+//! from "nothing missed", error frames naming the failed `client_msg_id`, the
+//! retryable `unavailable` code, and a resent `send` stored once. Each on one node
+//! (an in-process server) and, where the cluster stores the facts, on two
+//! `rendezvous` processes joined through a private `redis-server`.
+
+use rendezvous_test_support as common;
+
+use common::chat::*;
+use common::cluster::*;
+use common::search::pair;
+use common::{matched_pair, Client, TestServer};
+use rendezvous_actors::protocol::client as wire;
+use rendezvous_actors::protocol::{
+    ChatMessage, HistoryItem, PresenceStatus, RoomDetail, RoomKind, ServerFrame,
+};
+use serde_json::json;
+
+// ---------------------------------------------------------------- helpers
+
+/// `history` after `after_seq`: the messages and the frame's `first_seq` / `last_seq`.
+async fn history_page(
+    c: &mut Client,
+    room: &str,
+    after_seq: u64,
+) -> (Vec<ChatMessage>, Option<u64>, Option<u64>) {
+    c.send_json(history_request(room, after_seq, None)).await;
+    match next(c).await {
+        ServerFrame::History { room_id, messages, first_seq, last_seq } => {
+            assert_eq!(room_id, room);
+            (messages.into_iter().map(|HistoryItem::Message(m)| m).collect(), first_seq, last_seq)
+        }
+        other => panic!("{}: expected history, got {other:?}", c.user_id),
+    }
+}
+
+/// The welcome's `protocol` and `room_details` (members sorted).
+fn welcome_details(c: &Client) -> (u32, Vec<RoomDetail>) {
+    match &c.welcome {
+        ServerFrame::Welcome { protocol, room_details, .. } => {
+            let mut details = room_details.clone();
+            for d in &mut details {
+                d.members.sort();
+            }
+            (*protocol, details)
+        }
+        other => panic!("not a welcome: {other:?}"),
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+// ---------------------------------------------------------------- welcome
+
+/// A fresh session's `welcome` says `"protocol":1` and lists no room details; a
+/// reconnect within the grace lists each kept room with its kind, its members and
+/// its last seq, and the messages stored while the user was away follow through
+/// `history` after that seq.
+#[tokio::test]
+async fn welcome_carries_the_protocol_and_the_members_of_kept_rooms() {
+    let server = TestServer::start_with(|_| {});
+    let mut fresh = server.client("carol").await;
+    assert_eq!(welcome_details(&fresh), (1, Vec::new()));
+    // The raw frame, as a client in another language reads it.
+    let mut raw = wire::connect(server.ws_url("user=dave")).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + common::FRAME_TIMEOUT;
+    let text = wire::recv_text(&mut raw, deadline).await.expect("welcome");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        (&v["type"], &v["protocol"], &v["room_details"]),
+        (&json!("welcome"), &json!(1), &json!([])),
+        "{text}"
+    );
+
+    let (a, mut b, room) = matched_pair(&server, "alice", "bob").await;
+    send_text(&mut b, &room, "one", "b1").await;
+    let m1 = sent(&mut b, &room, "b1").await;
+    drop(a);
+    expect_presence(&mut b, &room, "alice", PresenceStatus::Offline).await;
+    send_text(&mut b, &room, "two", "b2").await;
+    let m2 = sent(&mut b, &room, "b2").await;
+
+    let mut a = server.client("alice").await;
+    assert_eq!(a.welcome_rooms(), vec![room.clone()]);
+    let (protocol, details) = welcome_details(&a);
+    assert_eq!(protocol, 1);
+    assert_eq!(
+        details,
+        vec![RoomDetail {
+            room_id: room.clone(),
+            kind: RoomKind::Match,
+            members: strings(&["alice", "bob"]),
+            last_seq: 2,
+        }]
+    );
+    let (missed, first_seq, last_seq) = history_page(&mut a, &room, 0).await;
+    assert_eq!(missed, vec![m1, m2]);
+    assert_eq!((first_seq, last_seq), (Some(1), Some(2)));
+
+    // A public room is listed with its kind too.
+    fresh.send_json(json!({"action":"join","room_id":"pub:lobby"})).await;
+    assert_eq!(next(&mut fresh).await.kind(), "joined");
+    drop(fresh);
+    let again = server.client("carol").await;
+    let (_, details) = welcome_details(&again);
+    assert_eq!(details.len(), 1, "{details:?}");
+    assert_eq!(
+        (details[0].room_id.as_str(), details[0].kind, &details[0].members),
+        ("pub:lobby", RoomKind::Public, &strings(&["carol"]))
+    );
+}
+
+// ---------------------------------------------------------------- history
+
+/// One node keeps `history_len` messages per room: `history` from the start says
+/// the oldest it still has (`first_seq`), so the client sees that 1 and 2 are lost
+/// for good, and an answer past the gap says nothing was lost.
+#[tokio::test]
+async fn history_on_one_node_says_where_the_trimmed_gap_ends() {
+    let server = TestServer::start_with(|e| e.history_len = 3);
+    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
+    let (empty, first, last) = history_page(&mut a, &room, 0).await;
+    assert!(empty.is_empty());
+    assert_eq!((first, last), (Some(1), Some(0)), "nothing stored, nothing lost");
+    for i in 1..=5 {
+        exchange(&mut a, &mut b, &room, &format!("m{i}"), &format!("a{i}")).await;
+    }
+    let (kept, first, last) = history_page(&mut a, &room, 0).await;
+    assert_eq!(seqs(&kept), [3, 4, 5]);
+    assert_eq!((first, last), (Some(3), Some(5)), "1 and 2 were trimmed");
+    let (tail, first, _) = history_page(&mut b, &room, 3).await;
+    assert_eq!(seqs(&tail), [4, 5]);
+    assert!(first.is_some_and(|f| f <= 4), "no gap after seq 3: first_seq {first:?}");
+}
+
+/// Through Redis the room's stream is capped in bytes: a member whose node's ring
+/// does not reach back asks the stream, and `first_seq` is its oldest entry, so
+/// the trimmed gap is visible there too. A member who reconnects to the other node
+/// is welcomed with the room's members and last seq.
+#[tokio::test]
+async fn history_through_redis_says_where_the_trimmed_gap_ends() {
+    // A ring of 2 on each node sends every longer request to the store, whose
+    // stream keeps about 600 bytes of stored messages (a few of these).
+    let cluster =
+        Cluster::start_with(2, &[("--history-len", "2"), ("--history-bytes", "600")]).await;
+    let (mut a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
+    let text = "x".repeat(100);
+    let mut all = Vec::new();
+    for i in 1..=8 {
+        all.push(exchange(&mut a, &mut b, &room, &text, &format!("a{i}")).await);
+    }
+    let (kept, first, last) = history_page(&mut b, &room, 0).await;
+    assert_eq!(last, Some(8));
+    let first = first.expect("first_seq");
+    assert!(first > 1 && first <= 8, "the stream was trimmed: first_seq {first}");
+    assert_eq!(seqs(&kept), (first..=8).collect::<Vec<_>>(), "from first_seq to the end");
+    assert_eq!(kept, all[(first - 1) as usize..].to_vec());
+
+    // bob moves to node-a within the grace: the welcome there describes the room.
+    drop(b);
+    expect_presence(&mut a, &room, "bob", PresenceStatus::Offline).await;
+    let b = cluster.client(0, "bob").await;
+    let (protocol, details) = welcome_details(&b);
+    assert_eq!(protocol, 1);
+    assert_eq!(
+        details,
+        vec![RoomDetail {
+            room_id: room.clone(),
+            kind: RoomKind::Match,
+            members: strings(&["alice", "bob"]),
+            last_seq: 8,
+        }]
+    );
+}
