@@ -137,11 +137,14 @@ test('an error names the send that failed (client_msg_id echo)', async () => {
 
 test('find_match without interests is refused with bad_request', async () => {
   const a = await client(engine.ws, uniq('lonely'));
-  keep(a);
-  const refused = a.waitFor('error');
-  a.ws.send(JSON.stringify({ action: 'find_match' }));
-  const err = await refused;
-  assert.equal(err.code, 'bad_request');
+  try {
+    const refused = a.waitFor('error', undefined, 3000);
+    a.ws.send(JSON.stringify({ action: 'find_match', language: 'xx' }));
+    const err = await refused;
+    assert.equal(err.code, 'bad_request');
+  } finally {
+    a.close(); // a search accepted by mistake must not match the next tests' users
+  }
 });
 
 test('4009: a client replaced by a newer connection of its user does not reconnect', async () => {
