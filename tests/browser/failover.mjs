@@ -2,7 +2,7 @@
 // Usage: node failover.mjs BASE_A BASE_B PID_A [ARTIFACT_DIR]
 //
 // Tab A (served by node A, node list A then B) and tab B (node B, then A) match and
-// chat. Node A is killed with SIGKILL. While tab A has no connection, both sides send
+// chat. Node A is killed with SIGKILL right after tab A sent a message. While tab A has no connection, both sides send
 // messages from the page (tab A's wait in the SDK). Tab A must move to node B by
 // itself, and in the end both tabs must show every message exactly once, in seq order
 // without gaps, with nothing left pending. Exits 0 when all passed.
@@ -105,8 +105,12 @@ async function main() {
   await shot(a, 'failover-a-1-chat');
   log('chatting');
 
+  // A message on its way while the node dies: stored or not, its ack is likely lost,
+  // and the SDK sends it again through the other node with the same client_msg_id.
+  const onItsWay = 'A just before the kill';
+  await say(a, onItsWay);
   process.kill(Number(pidA), 'SIGKILL');
-  log(`node ${nodeA} killed (kill -9 ${pidA})`);
+  log(`node ${nodeA} killed (kill -9 ${pidA}) with a message on its way`);
   await a.waitForFunction(() => window.rdv.conn !== 'connected');
   const during = [];
   for (let i = 1; i <= 3; i++) {
@@ -122,7 +126,7 @@ async function main() {
   await a.waitForFunction((n) => window.rdv.conn === 'connected' && window.rdv.client.welcome.node === n, nodeB,
     { timeout: 30_000 });
   log(`tab A moved to ${nodeB} by itself`);
-  const all = [...before, ...during];
+  const all = [...before, onItsWay, ...during];
   for (const [page, name] of [[a, 'A'], [b, 'B']]) {
     await page.waitForFunction((n) => window.rdv.messages.length >= n
       && document.querySelectorAll('#log .pending').length === 0, all.length, { timeout: 30_000 });
