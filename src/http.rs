@@ -354,7 +354,7 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, client: IpAddr) -> Respons
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string()),
         Ok(_) if app.draining.load(Ordering::Acquire) && browser => Err((
             close::RESTARTING,
-            ErrorCode::Internal,
+            ErrorCode::Unavailable,
             "node is draining; connect to another node".to_owned(),
         )),
         Ok(_) if app.draining.load(Ordering::Acquire) => {
@@ -364,9 +364,11 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, client: IpAddr) -> Respons
                 "node is draining; connect to another node".into(),
             )
         }
-        Ok(_) if full.is_some() => {
-            Err((close::TRY_AGAIN_LATER, ErrorCode::Internal, full.unwrap_or_default().to_owned()))
-        }
+        Ok(_) if full.is_some() => Err((
+            close::TRY_AGAIN_LATER,
+            ErrorCode::Unavailable,
+            full.unwrap_or_default().to_owned(),
+        )),
         Ok(user) => Ok(user),
     };
     if let Err((close_code, _, _)) = &outcome {
@@ -394,8 +396,15 @@ fn upgrade(mut req: Request<Incoming>, app: Arc<App>, client: IpAddr) -> Respons
                 SessionActor::start_from(ws, user, engine, Some(client));
             }
             Err((close_code, code, message)) => {
-                let frame =
-                    ServerFrame::Error { code, message, retry_after_ms: None, action: None };
+                // Draining or full: worth retrying (elsewhere, or in a while).
+                let retry_after_ms = (code == ErrorCode::Unavailable).then_some(1_000);
+                let frame = ServerFrame::Error {
+                    code,
+                    message,
+                    retry_after_ms,
+                    action: None,
+                    client_msg_id: None,
+                };
                 let bye =
                     CloseFrame { code: CloseCode::from(close_code), reason: code.as_str().into() };
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {

@@ -26,7 +26,7 @@ async fn recv_error(c: &mut Client, code: ErrorCode) -> (String, Option<u64>, Op
     loop {
         match c.recv().await {
             ServerFrame::Presence { .. } => continue,
-            ServerFrame::Error { code: got, message, retry_after_ms, action } => {
+            ServerFrame::Error { code: got, message, retry_after_ms, action, .. } => {
                 assert_eq!(got, code, "{}: wrong error code ({message})", c.user_id);
                 return (message, retry_after_ms, action);
             }

@@ -7,13 +7,15 @@
 
 use rendezvous_test_support as common;
 
+use std::time::Duration;
+
 use common::chat::*;
 use common::cluster::*;
 use common::search::pair;
 use common::{matched_pair, Client, TestServer};
 use rendezvous_actors::protocol::client as wire;
 use rendezvous_actors::protocol::{
-    ChatMessage, HistoryItem, PresenceStatus, RoomDetail, RoomKind, ServerFrame,
+    ChatMessage, ErrorCode, HistoryItem, PresenceStatus, RoomDetail, RoomKind, ServerFrame,
 };
 use serde_json::json;
 
@@ -174,4 +176,84 @@ async fn history_through_redis_says_where_the_trimmed_gap_ends() {
             last_seq: 8,
         }]
     );
+}
+
+// ---------------------------------------------------------------- errors
+
+/// The next frame is an error with `code`, naming `action` and echoing
+/// `client_msg_id`; its `retry_after_ms`.
+async fn expect_error(
+    c: &mut Client,
+    code: ErrorCode,
+    action: &str,
+    client_msg_id: Option<&str>,
+) -> Option<u64> {
+    match next(c).await {
+        ServerFrame::Error { code: got, action: a, client_msg_id: id, retry_after_ms, message } => {
+            assert_eq!(
+                (got, a.as_deref(), id.as_deref()),
+                (code, Some(action), client_msg_id),
+                "{}: {message}",
+                c.user_id
+            );
+            retry_after_ms
+        }
+        other => panic!("{}: expected error {code:?}, got {other:?}", c.user_id),
+    }
+}
+
+/// Every refused `send` names its `client_msg_id`, whether the session refused it
+/// (bad field, over a limit, a frame that does not parse) or the room did (not a
+/// member); a send without one gets an error without the field.
+#[tokio::test]
+async fn error_frames_echo_the_failed_client_msg_id() {
+    let server = TestServer::start_with(|_| {});
+    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
+    send_text(&mut a, "r-none", "hi", "c1").await;
+    expect_error(&mut a, ErrorCode::NotInRoom, "send", Some("c1")).await;
+    send_text(&mut a, &room, &"x".repeat(4_097), "c2").await;
+    expect_error(&mut a, ErrorCode::TooLarge, "send", Some("c2")).await;
+    send_text(&mut a, &room, "   ", "c3").await;
+    expect_error(&mut a, ErrorCode::BadRequest, "send", Some("c3")).await;
+    // Not a valid frame (no text): the id is still found.
+    a.send_json(json!({"action":"send","room_id":room,"client_msg_id":"c4"})).await;
+    expect_error(&mut a, ErrorCode::BadRequest, "send", Some("c4")).await;
+    // bob is in the room, but not in this one (the room answers, not the session).
+    let (mut c, mut d, other_room) = matched_pair(&server, "carol", "dave").await;
+    send_text(&mut b, &other_room, "hi", "c5").await;
+    assert_eq!(b.recv_value().await["client_msg_id"], "c5");
+    // No id, no field.
+    a.send_json(json!({"action":"send","room_id":"r-none","text":"hi"})).await;
+    let v = a.recv_value().await;
+    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("not_in_room")));
+    assert!(v.get("client_msg_id").is_none(), "{v}");
+    // The good sends still go through, and the errors stored nothing.
+    exchange(&mut a, &mut b, &room, "fine", "c6").await;
+    assert_eq!(seqs(&history(&mut a, &room, 0, None).await), [1]);
+    exchange(&mut c, &mut d, &other_room, "fine", "c7").await;
+}
+
+/// While the cluster's Redis is down, a `send` in a room whose members are on two
+/// nodes is refused with the retryable `unavailable` (with `retry_after_ms`,
+/// naming the `client_msg_id`); sent again once Redis is back, it is stored.
+#[tokio::test]
+async fn a_send_while_redis_is_down_is_unavailable_then_goes_through() {
+    let mut cluster = Cluster::start(2).await;
+    let (mut a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
+    exchange(&mut a, &mut b, &room, "before", "a1").await;
+    cluster.redis.stop();
+    for node in &cluster.nodes {
+        wait_http_status(node, "/readyz", 503, Duration::from_secs(10)).await;
+    }
+    send_text(&mut a, &room, "while down", "a2").await;
+    let wait = expect_error(&mut a, ErrorCode::Unavailable, "send", Some("a2")).await;
+    assert!(wait.is_some_and(|ms| ms > 0), "retry_after_ms {wait:?}");
+    b.expect_silence(Duration::from_millis(300)).await;
+
+    cluster.redis.restart();
+    for node in &cluster.nodes {
+        wait_http_status(node, "/readyz", 200, Duration::from_secs(20)).await;
+    }
+    let m = exchange(&mut a, &mut b, &room, "while down", "a2").await;
+    assert_eq!(m.seq, 2);
 }

@@ -421,7 +421,7 @@ impl Member {
                 }
             }
             ServerFrame::Error {
-                code: ErrorCode::Internal,
+                code: ErrorCode::Unavailable,
                 retry_after_ms: Some(wait),
                 action: Some(action),
                 ..
@@ -1439,7 +1439,7 @@ async fn a_message_acked_just_before_redis_dies_reaches_a_partner_whose_node_lag
     send_text(&mut a, &room, "while redis is down", "a-down").await;
     match next(&mut a).await {
         ServerFrame::Error {
-            code: ErrorCode::Internal,
+            code: ErrorCode::Unavailable,
             retry_after_ms: Some(ms),
             action: Some(action),
             ..

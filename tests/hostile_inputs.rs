@@ -20,7 +20,7 @@ use serde_json::json;
 /// Returns (message, retry_after_ms, action).
 async fn recv_error(c: &mut Client, code: ErrorCode) -> (String, Option<u64>, Option<String>) {
     match next(c).await {
-        ServerFrame::Error { code: got, message, retry_after_ms, action } => {
+        ServerFrame::Error { code: got, message, retry_after_ms, action, .. } => {
             assert_eq!(got, code, "{}: wrong error code ({message})", c.user_id);
             (message, retry_after_ms, action)
         }

@@ -27,6 +27,10 @@ pub enum EngineError {
     /// The session's token expired; `refresh` within the grace period or be closed.
     #[error("your token has expired: send refresh with a new token within {grace_ms} ms or the session is closed with 4001")]
     TokenExpired { grace_ms: u64 },
+    /// Not possible now, worth retrying after `retry_after_ms` (a store that
+    /// cannot be reached, a node that is draining).
+    #[error("{message}")]
+    Unavailable { message: String, retry_after_ms: u64 },
     /// Something inside the engine failed (an actor is gone, a mailbox is closed).
     #[error("internal error: {0}")]
     Internal(String),
@@ -42,6 +46,7 @@ impl EngineError {
             EngineError::RateLimited { .. } => ErrorCode::RateLimited,
             EngineError::AlreadySearching => ErrorCode::AlreadySearching,
             EngineError::Internal(_) => ErrorCode::Internal,
+            EngineError::Unavailable { .. } => ErrorCode::Unavailable,
             EngineError::Unauthorized(_) => ErrorCode::Unauthorized,
             EngineError::TokenExpired { .. } => ErrorCode::TokenExpired,
         }
@@ -50,7 +55,8 @@ impl EngineError {
     /// `retry_after_ms` for the error frame, when the client should wait.
     pub fn retry_after_ms(&self) -> Option<u64> {
         match self {
-            EngineError::RateLimited { retry_after_ms, .. } => Some(*retry_after_ms),
+            EngineError::RateLimited { retry_after_ms, .. }
+            | EngineError::Unavailable { retry_after_ms, .. } => Some(*retry_after_ms),
             _ => None,
         }
     }

@@ -170,8 +170,12 @@ pub enum ErrorCode {
     TooLarge,
     /// `find_match` while a search is already running.
     AlreadySearching,
-    /// The server failed; the action may be retried.
+    /// The server failed (a bug, or a part of it stopped); retrying may not help.
     Internal,
+    /// The action could not be carried out now but may succeed later: send it
+    /// again after `retry_after_ms` (the cluster's store is unreachable, the node
+    /// is draining or full). A refused `send` was not stored.
+    Unavailable,
     /// The session's token has expired: send `refresh` with a new token for the
     /// same user within the grace period, or the session is closed with 4001.
     TokenExpired,
@@ -188,6 +192,7 @@ impl ErrorCode {
             ErrorCode::TooLarge => "too_large",
             ErrorCode::AlreadySearching => "already_searching",
             ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::TokenExpired => "token_expired",
         }
     }
@@ -300,6 +305,9 @@ pub enum ServerFrame {
         /// The action that failed, when known. Extension.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         action: Option<String>,
+        /// The failed frame's `client_msg_id`, when it had one. Addition.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_msg_id: Option<String>,
     },
 }
 
@@ -462,6 +470,7 @@ mod tests {
             message: "renew".into(),
             retry_after_ms: None,
             action: None,
+            client_msg_id: None,
         };
         assert!(e.to_json().contains(r#""code":"token_expired""#));
         assert_eq!(ErrorCode::TokenExpired.as_str(), "token_expired");
@@ -500,6 +509,7 @@ mod tests {
             message: "slow down".into(),
             retry_after_ms: Some(1200),
             action: None,
+            client_msg_id: None,
         };
         assert_eq!(
             e.to_json(),

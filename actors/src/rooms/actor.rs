@@ -133,8 +133,14 @@ impl Handler<PostMessage> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: PostMessage, ctx: &mut Self::Context) {
-        if !self.check_member(&msg.user, &msg.reply) {
-            return;
+        if self.closed || !self.state.is_member(&msg.user) {
+            let message = format!("not a member of room {}", self.state.id);
+            return error_for(
+                &msg.reply,
+                ErrorCode::NotInRoom,
+                message,
+                send_context(&msg.client_msg_id),
+            );
         }
         let ts = now_ms();
         self.shared.hot.messages.increment(1);
@@ -708,9 +714,37 @@ impl RoomActor {
 }
 
 pub(super) fn error(out: &Outbox, code: ErrorCode, message: String) {
+    error_for(out, code, message, ErrorContext::default());
+}
+
+/// What an error frame says beyond its code and message.
+#[derive(Debug, Default)]
+pub(super) struct ErrorContext {
+    pub action: Option<&'static str>,
+    pub client_msg_id: Option<String>,
+    pub retry_after_ms: Option<u64>,
+}
+
+/// The context of an error answering a `send` with `client_msg_id`.
+pub(super) fn send_context(client_msg_id: &Option<String>) -> ErrorContext {
+    ErrorContext {
+        action: Some("send"),
+        client_msg_id: client_msg_id.clone(),
+        retry_after_ms: None,
+    }
+}
+
+/// An error frame with its context (action, `client_msg_id`, retry hint).
+pub(super) fn error_for(out: &Outbox, code: ErrorCode, message: String, cx: ErrorContext) {
     metrics::counter!(m::ERRORS_TOTAL, "code" => code.as_str()).increment(1);
     out.push_frame(
-        &ServerFrame::Error { code, message, retry_after_ms: None, action: None },
+        &ServerFrame::Error {
+            code,
+            message,
+            retry_after_ms: cx.retry_after_ms,
+            action: cx.action.map(str::to_owned),
+            client_msg_id: cx.client_msg_id,
+        },
         Class::Essential,
     );
 }

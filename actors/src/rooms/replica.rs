@@ -18,10 +18,10 @@
 use std::sync::Arc;
 
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
-use rendezvous_protocol::{ChatMessage, ErrorCode, ServerFrame};
+use rendezvous_protocol::{ChatMessage, ErrorCode};
 use tracing::{debug, warn};
 
-use super::actor::{ack, error, RoomActor};
+use super::actor::{ack, error_for, send_context, ErrorContext, RoomActor};
 use super::messages::{FetchHistory, JoinPublicRoom};
 use super::ordering::{Answer, Effect, FetchCause, ReplicaOrder, FILL_PAGE, GAP_WAIT};
 use super::replication::{Replication, Sender};
@@ -30,7 +30,6 @@ use crate::bridge::events::{MemberStatus, RoomEv};
 use crate::bridge::{RoomSeed, StoredKind};
 use crate::ids::UserId;
 use crate::metrics as m;
-use crate::outbox::Class;
 
 /// When a client refused for an unreachable store should try again.
 const STORE_DOWN_RETRY_MS: u64 = 1_000;
@@ -271,28 +270,24 @@ impl RoomActor {
                 self.deliver_message(&stored);
             }
             Effect::SkipTo(seq) => self.state.last_seq = seq,
-            Effect::NotMember(to) => error(
+            Effect::NotMember(to) => error_for(
                 &to.reply,
                 ErrorCode::NotInRoom,
                 format!("not a member of room {}", self.state.id),
+                send_context(&to.client_msg_id),
             ),
             Effect::Refuse(to) => {
                 debug!(room = %self.state.id, "append while the store is down; refused");
-                metrics::counter!(m::ERRORS_TOTAL, "code" => ErrorCode::Internal.as_str())
-                    .increment(1);
-                to.reply.push_frame(
-                    &ServerFrame::Error {
-                        code: ErrorCode::Internal,
-                        message: format!(
-                            "room {} spans nodes and the shared store is unreachable: \
-                             the message was not stored; send it again",
-                            self.state.id
-                        ),
-                        retry_after_ms: Some(STORE_DOWN_RETRY_MS),
-                        action: Some("send".into()),
-                    },
-                    Class::Essential,
+                let message = format!(
+                    "room {} spans nodes and the shared store is unreachable: \
+                     the message was not stored; send it again",
+                    self.state.id
                 );
+                let cx = ErrorContext {
+                    retry_after_ms: Some(STORE_DOWN_RETRY_MS),
+                    ..send_context(&to.client_msg_id)
+                };
+                error_for(&to.reply, ErrorCode::Unavailable, message, cx);
             }
             Effect::ArmGapTimer => {
                 ctx.run_later(GAP_WAIT, |act, ctx| {

@@ -20,6 +20,7 @@ pub fn refuse_join(shared: &Shared, join: &JoinPublicRoom, message: String) {
             message,
             retry_after_ms: None,
             action: Some("join".into()),
+            client_msg_id: None,
         },
         Class::Essential,
     );

@@ -151,6 +151,17 @@ impl SessionActor {
     }
 
     fn send_error(&mut self, action: Option<&str>, err: &EngineError, ctx: &mut Context<Self>) {
+        self.send_error_for(action, None, err, ctx);
+    }
+
+    /// [`Self::send_error`] echoing the failed frame's `client_msg_id`.
+    fn send_error_for(
+        &mut self,
+        action: Option<&str>,
+        client_msg_id: Option<String>,
+        err: &EngineError,
+        ctx: &mut Context<Self>,
+    ) {
         let code = err.code();
         metrics::counter!(m::ERRORS_TOTAL, "code" => code.as_str()).increment(1);
         self.send(&ServerFrame::Error {
@@ -158,6 +169,7 @@ impl SessionActor {
             message: err.to_string(),
             retry_after_ms: err.retry_after_ms(),
             action: action.map(str::to_owned),
+            client_msg_id,
         });
         if let EngineError::RateLimited { action, .. } = err {
             metrics::counter!(m::RATE_LIMITED_TOTAL, "action" => *action).increment(1);
@@ -207,12 +219,20 @@ impl SessionActor {
             Ok(f) => f,
             Err(e) => {
                 let err = EngineError::BadRequest(format!("invalid frame: {e}"));
-                return self.send_error(None, &err, ctx);
+                let (action, echo) = validate::unparsed_ids(text, &self.engine.shared.config);
+                return self.send_error_for(action.as_deref(), echo, &err, ctx);
             }
         };
         let action = frame.action();
+        let echo = match &frame {
+            ClientFrame::Send { client_msg_id, .. } => client_msg_id.clone(),
+            _ => None,
+        };
         if let Err(err) = self.dispatch(frame, ctx) {
-            self.send_error(Some(action), &err, ctx);
+            // An id over the length limit is not echoed (the error says so).
+            let echo = echo
+                .filter(|id| validate::client_msg_id(Some(id), &self.engine.shared.config).is_ok());
+            self.send_error_for(Some(action), echo, &err, ctx);
         }
     }
 
@@ -433,6 +453,7 @@ impl SessionActor {
                 message: "matching is unavailable; try again".into(),
                 retry_after_ms: Some(100),
                 action: Some("cancel_match".into()),
+                client_msg_id: None,
             }),
         }));
     }

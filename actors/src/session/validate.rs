@@ -174,6 +174,22 @@ pub fn client_msg_id(raw: Option<&str>, cfg: &EngineConfig) -> Result<(), Engine
     }
 }
 
+/// From a frame that did not parse as a [`rendezvous_protocol::ClientFrame`]: its
+/// `action` and `client_msg_id` when they are strings within the length limit, so
+/// the `error` frame can name them. Neither is trusted beyond that.
+pub fn unparsed_ids(text: &str, cfg: &EngineConfig) -> (Option<String>, Option<String>) {
+    let Ok(Value::Object(map)) = serde_json::from_str::<Value>(text) else {
+        return (None, None);
+    };
+    let short = |key: &str| match map.get(key) {
+        Some(Value::String(s)) if chars(s) <= cfg.max_name_chars && !s.is_empty() => {
+            Some(s.clone())
+        }
+        _ => None,
+    };
+    (short("action"), short("client_msg_id"))
+}
+
 /// Signal payload: a JSON object of at most `max_signal_bytes` when serialized.
 /// Returns its serialized size.
 pub fn signal_payload(payload: &Value, cfg: &EngineConfig) -> Result<usize, EngineError> {
@@ -245,6 +261,18 @@ mod tests {
         let big = serde_json::json!({ "sdp": "x".repeat(17_000) });
         assert!(matches!(signal_payload(&big, &c), Err(EngineError::TooLarge(_))));
         assert!(signal_payload(&serde_json::json!({"type": "offer"}), &c).is_ok());
+    }
+
+    #[test]
+    fn ids_of_an_unparsed_frame_are_echoed_only_when_short_strings() {
+        let c = cfg();
+        let (a, id) = unparsed_ids(r#"{"action":"send","room_id":"r","client_msg_id":"c1"}"#, &c);
+        assert_eq!((a.as_deref(), id.as_deref()), (Some("send"), Some("c1")));
+        let long = format!(r#"{{"action":"send","client_msg_id":"{}"}}"#, "x".repeat(65));
+        assert_eq!(unparsed_ids(&long, &c).1, None);
+        assert_eq!(unparsed_ids(r#"{"client_msg_id":7}"#, &c), (None, None));
+        assert_eq!(unparsed_ids("not json", &c), (None, None));
+        assert_eq!(unparsed_ids(r#"["client_msg_id"]"#, &c), (None, None));
     }
 
     #[test]

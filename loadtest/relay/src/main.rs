@@ -461,7 +461,13 @@ impl Session {
 
     fn error(&self, code: ErrorCode, message: String, action: Option<&str>) {
         let action = action.map(str::to_owned);
-        self.peer.send(&ServerFrame::Error { code, message, retry_after_ms: None, action });
+        self.peer.send(&ServerFrame::Error {
+            code,
+            message,
+            retry_after_ms: None,
+            action,
+            client_msg_id: None,
+        });
     }
 
     fn handle(&mut self, frame: ClientFrame) -> Outcome {
