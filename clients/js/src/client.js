@@ -413,7 +413,8 @@ export class RendezvousClient {
   }
 
   #onError(f) {
-    const routed = this.outbox.error(f, Date.now());
+    const legacy = !(this.welcome && this.welcome.protocol >= 1);
+    const routed = this.outbox.error(f, Date.now(), legacy);
     if (routed) {
       const { entry } = routed;
       if (routed.fail) {

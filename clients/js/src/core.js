@@ -42,11 +42,13 @@ export function closePolicy(code) {
   }
 }
 
-/** Error codes a `send` is retried after (with the same `client_msg_id`). */
-export function isRetryable(err) {
+/**
+ * Error codes a `send` is retried after (with the same `client_msg_id`). `legacy`: the
+ * server predates protocol 1, when a retryable failure was `internal` with a hint.
+ */
+export function isRetryable(err, legacy = false) {
   if (err.code === 'unavailable' || err.code === 'rate_limited') return true;
-  // Servers from before `unavailable` marked a retryable failure as `internal` with a hint.
-  return err.code === 'internal' && typeof err.retry_after_ms === 'number';
+  return legacy && err.code === 'internal' && typeof err.retry_after_ms === 'number';
 }
 
 /**
@@ -279,13 +281,13 @@ export class Outbox {
    * server that does not echo it, the oldest send in flight) and what to do:
    * `{entry, retryInMs}` to retry, `{entry, fail}` to give up, or null when no send fits.
    */
-  error(frame, now) {
+  error(frame, now, legacy = false) {
     let e = frame.client_msg_id !== undefined ? this.entries.get(frame.client_msg_id) : undefined;
     if (!e && frame.client_msg_id === undefined && frame.action === 'send') {
       e = [...this.entries.values()].find((x) => x.state === 'inflight');
     }
     if (!e) return null;
-    if (isRetryable(frame) && now < e.deadline) {
+    if (isRetryable(frame, legacy) && now < e.deadline) {
       e.state = 'waiting';
       const wait = Math.max(0, Math.min(frame.retry_after_ms ?? 1000, e.deadline - now));
       e.retryAt = now + wait;

@@ -180,7 +180,7 @@ export declare function closePolicy(code: number): {
   immediate: boolean;
   reason: string;
 };
-export declare function isRetryable(err: { code: string; retry_after_ms?: number }): boolean;
+export declare function isRetryable(err: { code: string; retry_after_ms?: number }, legacy?: boolean): boolean;
 export declare function toRtcIceServer(s: string | { urls?: string | string[]; url?: string; username?: string; credential?: string }): RTCIceServer;
 export declare const DEFAULT_BACKOFF: Readonly<Required<Backoff>>;
 

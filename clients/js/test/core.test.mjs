@@ -25,11 +25,12 @@ test('close codes: 4009 stops, 4001 asks for a token, 1012 moves on at once', ()
   assert.equal(closePolicy(4008).reconnect, true);
 });
 
-test('retryable errors: unavailable, rate_limited, and internal with a retry hint', () => {
+test('retryable errors: unavailable, rate_limited, and (older servers) internal with a retry hint', () => {
   assert.ok(isRetryable({ code: 'unavailable', retry_after_ms: 100 }));
   assert.ok(isRetryable({ code: 'rate_limited', retry_after_ms: 100 }));
-  assert.ok(isRetryable({ code: 'internal', retry_after_ms: 100 }));
-  assert.ok(!isRetryable({ code: 'internal' }));
+  assert.ok(!isRetryable({ code: 'internal', retry_after_ms: 100 }), 'protocol 1: internal is not retried');
+  assert.ok(isRetryable({ code: 'internal', retry_after_ms: 100 }, true), 'an older server: internal with a hint is');
+  assert.ok(!isRetryable({ code: 'internal' }, true));
   assert.ok(!isRetryable({ code: 'not_in_room' }));
 });
 
