@@ -71,8 +71,8 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
 
 /// Run `cmd` to its end within `limit`; returns (success, stdout + stderr).
 fn run_bounded(mut cmd: Command, limit: Duration) -> (bool, String) {
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = Killed(child.spawn().expect("spawn"));
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = Killed(cmd.spawn().expect("spawn"));
     let out = drain(child.0.stdout.take().expect("stdout"));
     let err = drain(child.0.stderr.take().expect("stderr"));
     let started = Instant::now();
