@@ -6,7 +6,7 @@
 // RENDEZVOUS_BIN names the engine binary (tests/sdk.rs sets it); by default the
 // release build of this checkout.
 import { spawn } from 'node:child_process';
-import { readFileSync, existsSync } from 'node:fs';
+import { readFileSync, readdirSync, existsSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -196,13 +196,19 @@ export function schemaFile() {
 }
 
 function findSchema() {
-  const candidates = [
-    process.env.RENDEZVOUS_SCHEMA,
-    path.join(ROOT, 'actors/protocol/schema/protocol.schema.json'),
-    path.join(ROOT, 'actors/protocol/protocol.schema.json'),
-    path.join(ROOT, 'actors/protocol/schema.json'),
-  ].filter(Boolean);
-  return candidates.find((p) => existsSync(p));
+  if (process.env.RENDEZVOUS_SCHEMA) return process.env.RENDEZVOUS_SCHEMA;
+  // The schema generated from the Rust types lives somewhere under actors/protocol/:
+  // the JSON file there that describes `ServerFrame`.
+  const found = [];
+  const walk = (dir) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      const p = path.join(dir, e.name);
+      if (e.isDirectory() && e.name !== 'target' && e.name !== 'node_modules') walk(p);
+      else if (e.isFile() && e.name.endsWith('.json') && readFileSync(p, 'utf8').includes('ServerFrame')) found.push(p);
+    }
+  };
+  walk(path.join(ROOT, 'actors/protocol'));
+  return found.sort()[0];
 }
 
 let validator = null;
