@@ -134,6 +134,11 @@ const METRICS: &[(Kind, &str, &str)] = &[
     (Kind::Counter, m::BRIDGE_RECEIVED_TOTAL, "Events received from other nodes, by kind"),
     (Kind::Counter, m::BRIDGE_RECONNECTS_TOTAL, "Reconnections to Redis after a failure"),
     (Kind::Counter, m::BRIDGE_NODES_LOST_TOTAL, "Peers declared dead or gone"),
+    (
+        Kind::Counter,
+        m::DUPLICATE_SENDS_TOTAL,
+        "Sends repeating a stored client_msg_id, acked as the original",
+    ),
     (Kind::Counter, m::BRIDGE_SEQ_GAPS_TOTAL, "Gaps in a room's seq filled from the stream"),
     (Kind::Counter, m::TOKEN_REFRESHES_TOTAL, "Token refresh actions, by result"),
     (Kind::Gauge, m::CONNECTIONS, "Open WebSocket sessions on this node"),

@@ -257,3 +257,114 @@ async fn a_send_while_redis_is_down_is_unavailable_then_goes_through() {
     let m = exchange(&mut a, &mut b, &room, "while down", "a2").await;
     assert_eq!(m.seq, 2);
 }
+
+// ---------------------------------------------------------------- duplicate sends
+
+/// The next frame other than presence and messages up to `seq_at_most` is an
+/// `ack` (a resend gets no second copy of its message); the ack's seq and msg_id.
+async fn expect_ack(c: &mut Client, room: &str, client_msg_id: &str) -> (u64, String) {
+    loop {
+        match next(c).await {
+            ServerFrame::Ack { client_msg_id: id, room_id, seq, msg_id } => {
+                assert_eq!((id.as_deref(), room_id.as_str()), (Some(client_msg_id), room));
+                return (seq, msg_id);
+            }
+            other => panic!("{}: expected ack of {client_msg_id}, got {other:?}", c.user_id),
+        }
+    }
+}
+
+/// On one node a `send` repeating a `client_msg_id` of the same user in the same
+/// room gets the original `ack` (same seq and msg_id) and is neither stored nor
+/// delivered again, also from a new session after a reconnect; another user's
+/// send with the same id is their own message.
+#[tokio::test]
+async fn a_resent_send_is_stored_once_on_one_node() {
+    let server = TestServer::start_with(|_| {});
+    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
+    let m1 = exchange(&mut a, &mut b, &room, "hello", "x1").await;
+    send_text(&mut a, &room, "hello", "x1").await;
+    assert_eq!(expect_ack(&mut a, &room, "x1").await, (m1.seq, m1.msg_id.clone()));
+    b.expect_silence(Duration::from_millis(300)).await;
+    let m2 = exchange(&mut b, &mut a, &room, "mine", "x1").await;
+    assert_eq!(m2.seq, 2, "bob's x1 is bob's own");
+
+    drop(a);
+    expect_presence(&mut b, &room, "alice", PresenceStatus::Offline).await;
+    let mut a = server.client("alice").await;
+    send_text(&mut a, &room, "hello", "x1").await;
+    assert_eq!(expect_ack(&mut a, &room, "x1").await, (m1.seq, m1.msg_id.clone()));
+    let stored = history(&mut a, &room, 0, None).await;
+    assert_eq!(stored, vec![m1, m2]);
+    expect_presence(&mut b, &room, "alice", PresenceStatus::Online).await;
+    b.expect_silence(Duration::from_millis(300)).await;
+}
+
+/// Past `--dedup-max-per-room` the oldest ids are forgotten: a resend of one is
+/// stored again (what the docs promise a client past the bound).
+#[tokio::test]
+async fn past_the_bound_a_forgotten_id_is_stored_again() {
+    let server = TestServer::start_with(|e| e.dedup_max_per_room = 2);
+    let (mut a, mut b, room) = matched_pair(&server, "alice", "bob").await;
+    for i in 1..=3 {
+        exchange(&mut a, &mut b, &room, "m", &format!("y{i}")).await;
+    }
+    send_text(&mut a, &room, "m", "y3").await;
+    assert_eq!(expect_ack(&mut a, &room, "y3").await.0, 3, "y3 is remembered");
+    let again = exchange(&mut a, &mut b, &room, "m", "y1").await;
+    assert_eq!(again.seq, 4, "y1 was forgotten: stored anew");
+}
+
+/// In a cluster the store remembers the ids: alice's send reaches node-a, which
+/// stores it, but her connection drops before she reads the `ack`. She reconnects
+/// to node-b and sends it again with the same `client_msg_id`: she gets the
+/// original `ack`, bob gets the message once, and history holds it once.
+#[tokio::test]
+async fn a_resend_after_a_reconnect_to_the_other_node_is_stored_once() {
+    let cluster = Cluster::start(2).await;
+    let (mut a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
+    let m1 = exchange(&mut a, &mut b, &room, "first", "a1").await;
+    send_text(&mut a, &room, "lost ack", "a2").await;
+    drop(a);
+    let m2 = expect_message(&mut b).await;
+    assert_eq!((m2.seq, m2.text.as_str()), (2, "lost ack"));
+    expect_presence(&mut b, &room, "alice", PresenceStatus::Offline).await;
+
+    let mut a = cluster.client(1, "alice").await;
+    assert_eq!(a.welcome_rooms(), vec![room.clone()]);
+    send_text(&mut a, &room, "lost ack", "a2").await;
+    // The welcome may be followed by message 2 (stored while she was away).
+    let ack = loop {
+        match next(&mut a).await {
+            ServerFrame::Message(m) if m == m2 => continue,
+            ServerFrame::Ack { client_msg_id, seq, msg_id, .. } => {
+                assert_eq!(client_msg_id.as_deref(), Some("a2"));
+                break (seq, msg_id);
+            }
+            other => panic!("alice: expected the original ack, got {other:?}"),
+        }
+    };
+    assert_eq!(ack, (m2.seq, m2.msg_id.clone()), "the original ack");
+    assert_eq!(history(&mut a, &room, 0, None).await, vec![m1.clone(), m2.clone()]);
+    expect_presence(&mut b, &room, "alice", PresenceStatus::Online).await;
+    b.expect_silence(Duration::from_millis(500)).await;
+    // And the room goes on with the next seq.
+    let m3 = exchange(&mut a, &mut b, &room, "next", "a3").await;
+    assert_eq!(m3.seq, 3);
+}
+
+// ---------------------------------------------------------------- bad input
+
+/// `find_match` without `interests` is a `bad_request` naming the field; an empty
+/// list is a search like any other.
+#[tokio::test]
+async fn find_match_without_interests_is_a_bad_request() {
+    let server = TestServer::start_with(|_| {});
+    let mut a = server.client("alice").await;
+    a.send_json(json!({"action":"find_match","language":"en"})).await;
+    let v = a.recv_value().await;
+    assert_eq!((v["type"].as_str(), v["code"].as_str()), (Some("error"), Some("bad_request")));
+    assert!(v["message"].as_str().is_some_and(|m| m.contains("interests")), "{v}");
+    a.send_json(json!({"action":"find_match","interests":[]})).await;
+    assert_eq!(a.recv().await.kind(), "searching");
+}

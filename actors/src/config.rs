@@ -126,6 +126,15 @@ pub struct EngineConfig {
     /// Applies on top of history_len, in memory and in the cluster's store.
     #[arg(long, default_value_t = 1 << 20, help_heading = "Rooms")]
     pub history_bytes: usize,
+    /// How long a room remembers a sender's `client_msg_id`: a `send` repeating it within this gets the original `ack` and is not stored again, in ms
+    ///
+    /// A client that resends after a dropped connection reuses the id; past this
+    /// window (or past dedup_max_per_room) the resend is stored as a new message.
+    #[arg(long, default_value_t = 600_000, help_heading = "Rooms")]
+    pub dedup_window_ms: u64,
+    /// Most `client_msg_id`s a room remembers for duplicate sends; past it the oldest are forgotten (0 = no deduplication)
+    #[arg(long, default_value_t = 1_000, help_heading = "Rooms")]
+    pub dedup_max_per_room: usize,
     /// Largest `limit` a `history` request is served; a larger one is cut to it
     #[arg(long, default_value_t = 200, help_heading = "Rooms")]
     pub history_limit_max: u32,

@@ -63,6 +63,8 @@ pub const BRIDGE_RESYNC_SECONDS: &str = "rendezvous_bridge_resync_seconds";
 pub const BRIDGE_PEER_HEARTBEAT_AGE_SECONDS: &str = "rendezvous_bridge_peer_heartbeat_age_seconds";
 /// Counter: peers declared dead (heartbeat expired) or gone (drained).
 pub const BRIDGE_NODES_LOST_TOTAL: &str = "rendezvous_bridge_nodes_lost_total";
+/// Counter: `send`s repeating a stored `client_msg_id`, answered with the original `ack`.
+pub const DUPLICATE_SENDS_TOTAL: &str = "rendezvous_duplicate_sends_total";
 /// Counter: gaps in a room's `seq` seen by a replica (filled from the stream).
 pub const BRIDGE_SEQ_GAPS_TOTAL: &str = "rendezvous_bridge_seq_gaps_total";
 /// Gauge: searches waiting per language (label `language`), this node's own and replicas.

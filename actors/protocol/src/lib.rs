@@ -23,9 +23,9 @@ pub mod client;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ClientFrame {
-    /// Enter the matching pool.
+    /// Enter the matching pool. `interests` is required (a missing field is a
+    /// `bad_request`); an empty list is allowed.
     FindMatch {
-        #[serde(default)]
         interests: Vec<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         language: Option<String>,
@@ -438,6 +438,14 @@ mod tests {
         let f: ClientFrame =
             serde_json::from_str(r#"{"action":"history","room_id":"r1"}"#).expect("parse");
         assert_eq!(f, ClientFrame::History { room_id: "r1".into(), after_seq: 0, limit: None });
+    }
+
+    #[test]
+    fn find_match_needs_interests_but_not_one() {
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"action":"find_match"}"#).is_err());
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"action":"find_match","interests":[]}"#).expect("parse");
+        assert!(matches!(f, ClientFrame::FindMatch { interests, .. } if interests.is_empty()));
     }
 
     #[test]

@@ -80,6 +80,10 @@ pub struct BridgeSettings {
     pub key_margin_ms: u64,
     /// Byte cap of a room's stored history.
     pub history_bytes: usize,
+    /// How long the store remembers a `client_msg_id` for duplicate sends.
+    pub dedup_window_ms: u64,
+    /// Most `client_msg_id`s remembered per room.
+    pub dedup_max_per_room: usize,
 }
 
 impl From<&EngineConfig> for BridgeSettings {
@@ -88,6 +92,8 @@ impl From<&EngineConfig> for BridgeSettings {
             reconnect_grace_ms: c.reconnect_grace_ms,
             key_margin_ms: c.cluster_key_margin_ms,
             history_bytes: c.history_bytes,
+            dedup_window_ms: c.dedup_window_ms,
+            dedup_max_per_room: c.dedup_max_per_room,
         }
     }
 }
@@ -188,6 +194,15 @@ pub struct RoomSnapshot {
     pub members: Seats,
 }
 
+/// What [`Bridge::room_append_once`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Appended {
+    /// Stored with this seq.
+    Stored(u64),
+    /// A resend of a message already stored as `seq` / `msg_id`; not stored again.
+    Duplicate { seq: u64, msg_id: String },
+}
+
 /// A page of a room's stored history, with what the store still holds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HistoryPage {
@@ -270,6 +285,19 @@ pub trait Bridge: Send + Sync + 'static {
     /// it itself with the returned seq. `Ok(None)`: the sender is not a member.
     /// The message's `seq` is ignored; the stored one is returned.
     fn room_append(&self, _msg: &ChatMessage) -> BoxFut<Option<u64>> {
+        refused()
+    }
+    /// [`Bridge::room_append`] that stores a `send` once: when `client_msg_id` is
+    /// given and the same sender stored a message with it within the dedup window
+    /// ([`BridgeSettings::dedup_window_ms`]), nothing is stored and the original's
+    /// seq and msg_id come back as [`Appended::Duplicate`]. Checked and recorded
+    /// in the same atomic step as the append, so two resends racing on two nodes
+    /// store one message.
+    fn room_append_once(
+        &self,
+        _msg: &ChatMessage,
+        _client_msg_id: Option<&str>,
+    ) -> BoxFut<Option<Appended>> {
         refused()
     }
     /// Send an event to the other nodes that hold members of the room.

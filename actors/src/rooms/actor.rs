@@ -16,6 +16,7 @@ use rendezvous_protocol::{
     RoomKind as WireRoomKind, ServerFrame,
 };
 use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::debug;
 
 use super::messages::*;
 use super::replication::{Replication, Sender};
@@ -152,8 +153,24 @@ impl Handler<PostMessage> for RoomActor {
             text: msg.text,
             ts,
         };
-        let sender = Sender { reply: msg.reply, client_msg_id: msg.client_msg_id };
+        let sender = Sender { user: msg.user, reply: msg.reply, client_msg_id: msg.client_msg_id };
+        if let Some(id) = &sender.client_msg_id {
+            if let Some(original) = self.state.sent.get(&sender.user, id, ts) {
+                // A resend (the first `ack` was lost with its connection).
+                debug!(room = %self.state.id, seq = original.seq, "duplicate send answered");
+                metrics::counter!(m::DUPLICATE_SENDS_TOTAL).increment(1);
+                return ack(&sender, &self.state.id, original.seq, &original.msg_id);
+            }
+        }
         self.store_message(draft, sender, ctx);
+    }
+}
+
+/// Remember a stored send's `client_msg_id` for duplicates, at `now_ms`.
+pub(super) fn remember(state: &mut RoomState, to: &Sender, seq: u64, msg_id: &str, now_ms: u64) {
+    if let Some(id) = &to.client_msg_id {
+        let original = super::dedup::Original { seq, msg_id: msg_id.to_owned() };
+        state.sent.record(&to.user, id, original, now_ms);
     }
 }
 

@@ -22,6 +22,7 @@
 //! ```
 
 pub mod actor;
+pub mod dedup;
 pub mod messages;
 pub mod ordering;
 mod replica;
@@ -370,6 +371,7 @@ fn announce_match(
 /// A fresh room's state with the configured history bounds.
 fn new_state(shared: &Shared, id: RoomId, kind: RoomKind) -> RoomState {
     RoomState::new(id, kind, shared.config.history_len, shared.config.history_bytes)
+        .remembering_ids(shared.config.dedup_window_ms, shared.config.dedup_max_per_room)
 }
 
 #[cfg(test)]

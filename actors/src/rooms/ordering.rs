@@ -35,10 +35,14 @@ pub const GAP_WAIT: Duration = Duration::from_millis(250);
 pub const FILL_PAGE: usize = 200;
 
 /// The store's answer to one append.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
     /// Stored with this `seq`.
     Stored(u64),
+    /// Not stored: the sender's earlier `send` with the same `client_msg_id` was
+    /// stored as `seq` / `msg_id` (a resend). Acknowledged as that one; nothing is
+    /// delivered (the original was, in its turn).
+    Duplicate { seq: u64, msg_id: String },
     /// The store does not hold the sender's seat.
     NotMember,
     /// The store is unreachable.
@@ -149,9 +153,15 @@ impl<R> ReplicaOrder<R> {
             a.answer = Some(answer);
         }
         while let Some(entry) = self.appends.first_entry() {
-            let Some(answer) = entry.get().answer else { break };
-            let Append { to, draft, .. } = entry.remove();
+            if entry.get().answer.is_none() {
+                break;
+            }
+            let Append { to, draft, answer } = entry.remove();
+            let Some(answer) = answer else { break };
             match answer {
+                Answer::Duplicate { seq, msg_id } => {
+                    out.push(Effect::Ack { to, seq, msg_id, local: false })
+                }
                 // Acknowledged, then delivered in seq order among the messages
                 // other nodes stored (the feed brings those; this node's own are
                 // not published back to it).

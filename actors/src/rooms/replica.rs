@@ -21,13 +21,13 @@ use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
 use rendezvous_protocol::{ChatMessage, ErrorCode};
 use tracing::{debug, warn};
 
-use super::actor::{ack, error_for, send_context, ErrorContext, RoomActor};
+use super::actor::{ack, error_for, remember, send_context, ErrorContext, RoomActor};
 use super::messages::{FetchHistory, JoinPublicRoom};
 use super::ordering::{Answer, Effect, FetchCause, ReplicaOrder, FILL_PAGE, GAP_WAIT};
 use super::replication::{Replication, Sender};
 use super::room::RoomKind;
 use crate::bridge::events::{MemberStatus, RoomEv};
-use crate::bridge::{RoomSeed, StoredKind};
+use crate::bridge::{Appended, RoomSeed, StoredKind};
 use crate::ids::UserId;
 use crate::metrics as m;
 
@@ -47,14 +47,19 @@ impl RoomActor {
         let Replication::Cluster(replica) = &mut self.replication else {
             // Stored first, then acknowledged: an ack always means `history` has it.
             let stored = self.state.append_draft(draft);
+            remember(&mut self.state, &to, stored.seq, &stored.msg_id, stored.ts);
             ack(&to, &self.state.id, stored.seq, &stored.msg_id);
             return self.deliver_message(&stored);
         };
-        let fut = self.shared.bridge.room_append(&draft);
+        let fut = self.shared.bridge.room_append_once(&draft, to.client_msg_id.as_deref());
         let id = replica.order.append_sent(to, draft);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             let answer = match res {
-                Ok(Some(seq)) => Answer::Stored(seq),
+                Ok(Some(Appended::Stored(seq))) => Answer::Stored(seq),
+                Ok(Some(Appended::Duplicate { seq, msg_id })) => {
+                    metrics::counter!(m::DUPLICATE_SENDS_TOTAL).increment(1);
+                    Answer::Duplicate { seq, msg_id }
+                }
                 Ok(None) => Answer::NotMember,
                 Err(e) => {
                     debug!(room = %act.state.id, error = %e, "append while the store is down");
@@ -263,6 +268,7 @@ impl RoomActor {
                 if local {
                     debug!(room = %self.state.id, seq, "store down, every member here; local seq");
                 }
+                remember(&mut self.state, &to, seq, &msg_id, crate::clock::now_ms());
                 ack(&to, &self.state.id, seq, &msg_id);
             }
             Effect::Deliver(msg) => {

@@ -37,6 +37,7 @@ impl Replication {
 /// Who sent a message, for its `ack` (or refusal).
 #[derive(Debug)]
 pub struct Sender {
+    pub user: crate::ids::UserId,
     pub reply: Outbox,
     pub client_msg_id: Option<String>,
 }

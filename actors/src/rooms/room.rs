@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use rendezvous_protocol::ChatMessage;
 
+use super::dedup::SentIds;
 use crate::ids::{RoomId, UserId};
 use crate::outbox::Outbox;
 
@@ -46,6 +47,8 @@ pub struct RoomState {
     history_bytes_cap: usize,
     /// Bytes of text in the ring now.
     history_bytes: usize,
+    /// `client_msg_id`s stored recently, for duplicate sends.
+    pub sent: SentIds,
 }
 
 impl RoomState {
@@ -61,7 +64,14 @@ impl RoomState {
             history_cap,
             history_bytes_cap: history_bytes,
             history_bytes: 0,
+            sent: SentIds::new(0, 0),
         }
+    }
+
+    /// Remember `client_msg_id`s for `window_ms`, at most `cap` (see [`SentIds`]).
+    pub fn remembering_ids(mut self, window_ms: u64, cap: usize) -> Self {
+        self.sent = SentIds::new(window_ms, cap);
+        self
     }
 
     /// Push onto the ring, dropping the oldest messages past either bound.

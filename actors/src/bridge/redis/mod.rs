@@ -45,7 +45,7 @@ use self::conn::Pipe;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
 use super::{
-    Attachment, BoxFut, Bridge, BridgeError, BridgeSettings, ClaimMember, ClaimOutcome,
+    Appended, Attachment, BoxFut, Bridge, BridgeError, BridgeSettings, ClaimMember, ClaimOutcome,
     ClusterSink, HistoryPage, RoomSeed, RoomSnapshot, SearchAd, Seats, StoredKind, Ticket,
 };
 use crate::clock::now_ms;
@@ -1024,7 +1024,21 @@ impl Bridge for RedisBridge {
     }
 
     fn room_append(&self, msg: &ChatMessage) -> BoxFut<Option<u64>> {
+        let fut = self.room_append_once(msg, None);
+        Box::pin(async move {
+            Ok(fut.await?.map(|a| match a {
+                Appended::Stored(seq) | Appended::Duplicate { seq, .. } => seq,
+            }))
+        })
+    }
+
+    fn room_append_once(
+        &self,
+        msg: &ChatMessage,
+        client_msg_id: Option<&str>,
+    ) -> BoxFut<Option<Appended>> {
         let r = msg.room_id.as_str();
+        let settings = self.settings();
         let (prefix, suffix) = self.append_payloads(msg);
         let stored = StoredMsg {
             msg_id: msg.msg_id.clone(),
@@ -1034,7 +1048,14 @@ impl Bridge for RedisBridge {
         };
         let cmd = evalsha(
             &self.scripts.append,
-            &[room_key(r, "seq"), room_key(r, "log"), room_key(r, "members"), room_key(r, "meta")],
+            &[
+                room_key(r, "seq"),
+                room_key(r, "log"),
+                room_key(r, "members"),
+                room_key(r, "meta"),
+                room_key(r, "sent"),
+                room_key(r, "sentq"),
+            ],
             &[
                 prefix,
                 suffix,
@@ -1044,12 +1065,23 @@ impl Bridge for RedisBridge {
                 self.node.clone(),
                 self.history_bytes().to_string(),
                 self.key_ttl_ms().to_string(),
+                client_msg_id.unwrap_or_default().to_owned(),
+                settings.dedup_window_ms.max(1).to_string(),
+                settings.dedup_max_per_room.to_string(),
+                msg.msg_id.clone(),
             ],
         );
         let fut = self.pipe.call("append", cmd);
         Box::pin(async move {
-            let seq = as_i64(&fut.await?).unwrap_or(-1);
-            Ok((seq > 0).then_some(seq as u64))
+            let reply = fut.await?;
+            if let Value::Array(original) = &reply {
+                // A resend: the original's seq and msg_id.
+                let seq = original.first().and_then(as_i64).unwrap_or(0).max(0) as u64;
+                let msg_id = original.get(1).and_then(as_string).unwrap_or_default();
+                return Ok((seq > 0).then_some(Appended::Duplicate { seq, msg_id }));
+            }
+            let seq = as_i64(&reply).unwrap_or(-1);
+            Ok((seq > 0).then_some(Appended::Stored(seq as u64)))
         })
     }
 

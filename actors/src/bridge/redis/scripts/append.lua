@@ -7,11 +7,38 @@
 -- ARGV[3] stream cap (messages)   ARGV[4] stored message JSON   ARGV[5] sender
 -- ARGV[6] the sending node (not published to)   ARGV[7] byte cap of the stream
 -- ARGV[8] ttl of a new room's seq and log (ms)
--- Returns the new seq, or -1 when the sender is not a member.
+-- KEYS[5] rdv:room:{ROOM}:sent (hash "SENDER\nCLIENT_MSG_ID" -> "SEQ MSG_ID")
+-- KEYS[6] rdv:room:{ROOM}:sentq (sorted set of the same fields by store time, ms)
+-- ARGV[9] client_msg_id ("" = none: no deduplication)   ARGV[10] dedup window (ms)
+-- ARGV[11] most ids remembered per room (0 = none)   ARGV[12] the message's msg_id
+-- Returns the new seq, -1 when the sender is not a member, or {seq, msg_id} of
+-- the sender's earlier message with the same client_msg_id within the window (a
+-- resend: nothing is stored or published).
 -- The byte cap's functions (`trim`, `byte_marks`, `field`) come from trim_bytes.lua
 -- and `tell_nodes` from tell_nodes.lua, both prepended to this file.
 if redis.call('HEXISTS', KEYS[3], ARGV[5]) == 0 then
   return -1
+end
+
+local dedup = ARGV[9] ~= '' and tonumber(ARGV[11]) > 0
+local sent_field, now
+if dedup then
+  sent_field = ARGV[5] .. '\n' .. ARGV[9]
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  -- Forget ids older than the window (a bounded batch per call).
+  local old = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now - tonumber(ARGV[10]), 'LIMIT', 0, 64)
+  if #old > 0 then
+    redis.call('ZREM', KEYS[6], unpack(old))
+    redis.call('HDEL', KEYS[5], unpack(old))
+  end
+  local prev = redis.call('HGET', KEYS[5], sent_field)
+  if prev then
+    local sp = string.find(prev, ' ', 1, true)
+    if sp then
+      return {tonumber(string.sub(prev, 1, sp - 1)), string.sub(prev, sp + 1)}
+    end
+  end
 end
 
 local seq = redis.call('INCR', KEYS[1])
@@ -24,6 +51,22 @@ if seq == 1 then
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
 end
 trim(KEYS[2], KEYS[4], bend, bstart, tonumber(ARGV[7]))
+
+if dedup then
+  redis.call('HSET', KEYS[5], sent_field, seq .. ' ' .. ARGV[12])
+  redis.call('ZADD', KEYS[6], now, sent_field)
+  local over = redis.call('ZCARD', KEYS[6]) - tonumber(ARGV[11])
+  if over > 0 then
+    local gone = redis.call('ZPOPMIN', KEYS[6], over)
+    for k = 1, #gone, 2 do
+      redis.call('HDEL', KEYS[5], gone[k])
+    end
+  end
+  -- Every remembered id is older than the window once this much time passes
+  -- without a new one: the keys go with them.
+  redis.call('PEXPIRE', KEYS[5], ARGV[10])
+  redis.call('PEXPIRE', KEYS[6], ARGV[10])
+end
 
 tell_nodes(KEYS[3], ARGV[6], ARGV[1] .. seq .. ARGV[2])
 return seq
