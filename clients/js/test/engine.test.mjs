@@ -81,7 +81,7 @@ test('a reconnect within the grace catches up from history and reports everythin
   await b.send(room, 'before');
   await until(() => a.messages.length === 1, 'alice has the first message');
   // Alice's network goes away for a while: the engine keeps her seat for the grace.
-  a.options.backoff = { initialMs: 1500, maxMs: 1500, jitter: 0 };
+  a.options.backoff = { initialMs: 3000, maxMs: 3000, jitter: 0 }; // room for b's sends on a busy machine
   const recovered = a.waitFor('recovered', (r) => r.room_id === room, 20_000);
   net.drop();
   await until(() => a.state === 'reconnecting', 'alice is reconnecting');
@@ -103,7 +103,7 @@ test('a reconnect after history was trimmed reports the gap', async () => {
   keep(a, b);
   await b.send(room, 'seen');
   await until(() => a.messages.length === 1, 'alice has message 1');
-  a.options.backoff = { initialMs: 1500, maxMs: 1500, jitter: 0 };
+  a.options.backoff = { initialMs: 3000, maxMs: 3000, jitter: 0 }; // room for b's sends on a busy machine
   const recovered = a.waitFor('recovered', (r) => r.room_id === room, 20_000);
   net.drop();
   await until(() => a.state === 'reconnecting', 'alice is reconnecting');
