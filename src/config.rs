@@ -354,6 +354,9 @@ impl Config {
         if c.jwt_secret.is_some() {
             c.jwt_secret = Some(MASKED.into());
         }
+        if c.engine.turn_secret.is_some() {
+            c.engine.turn_secret = Some(MASKED.into());
+        }
         c.redis_url = c.redis_url.as_deref().map(mask_url_password);
         let body = toml::to_string(&c).unwrap_or_else(|e| format!("# not printable: {e}\n"));
         format!(
@@ -365,6 +368,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.jwt_secret.as_deref() == Some(MASKED) {
             return Err(ConfigError::Masked("jwt_secret", "jwt-secret", "JWT_SECRET"));
+        }
+        if self.engine.turn_secret.as_deref() == Some(MASKED) {
+            return Err(ConfigError::Masked("turn_secret", "turn-secret", "TURN_SECRET"));
         }
         if self.redis_url.as_deref().is_some_and(|u| u.contains(MASKED)) {
             return Err(ConfigError::Masked("redis_url", "redis-url", "REDIS_URL"));

@@ -235,6 +235,7 @@ async fn route(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
         }
         "/api/stats" => stats(&app).await,
         "/api/trending" => trending(req.uri().query(), &app).await,
+        "/api/client-config" => client_config(&req, &app),
         "/" | "/index.html" => asset(INDEX_HTML, "text/html; charset=utf-8"),
         "/app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
         "/style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
@@ -243,6 +244,34 @@ async fn route(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
             None => text(StatusCode::NOT_FOUND, "not found\n"),
         },
     }
+}
+
+/// `GET /api/client-config`: what a client needs before it connects, chiefly the
+/// ICE servers for calls. TURN credentials name a user, so with a TURN secret set
+/// the request must identify one the way `/ws` does (token, or `?user=` where
+/// anonymous mode is on); otherwise 401.
+fn client_config(req: &Request<Incoming>, app: &App) -> Response<Body> {
+    let cfg = &app.engine.shared.config;
+    let user = match app.auth.identify(req.uri().query(), req.headers()) {
+        Ok(identity) => Some(identity.user.to_string()),
+        Err(_) if cfg.turn_secret.is_none() => None,
+        Err(e) => {
+            return json_response(
+                StatusCode::UNAUTHORIZED,
+                json!({"error": "unauthorized", "message": e.to_string()}),
+            )
+        }
+    };
+    let ice = rendezvous_actors::ice::for_user(cfg, user.as_deref().unwrap_or_default());
+    json_response(
+        StatusCode::OK,
+        json!({
+            "protocol": rendezvous_actors::protocol::PROTOCOL_VERSION,
+            "node": cfg.node_id,
+            "user_id": user,
+            "ice_servers": ice,
+        }),
+    )
 }
 
 async fn readyz(app: &App) -> Response<Body> {

@@ -368,3 +368,52 @@ async fn find_match_without_interests_is_a_bad_request() {
     a.send_json(json!({"action":"find_match","interests":[]})).await;
     assert_eq!(a.recv().await.kind(), "searching");
 }
+
+// ---------------------------------------------------------------- ICE servers
+
+/// With `--ice-servers` and `--turn-secret`, `welcome` and `/api/client-config`
+/// hand each user the STUN URLs and the TURN URLs with time-limited credentials
+/// for that user (`EXPIRY:USER`, HMAC-SHA1 of it under the secret); without them
+/// the welcome has no `ice_servers` and the endpoint an empty list.
+#[tokio::test]
+async fn ice_servers_come_with_time_limited_turn_credentials() {
+    let server = TestServer::start_with(|e| {
+        e.ice_servers =
+            vec!["stun:stun.example.org:3478".into(), "turn:turn.example.org:3478".into()];
+        e.turn_secret = Some("north-secret".into());
+        e.turn_ttl_secs = 600;
+    });
+    let a = server.client("alice").await;
+    let ServerFrame::Welcome { ice_servers, .. } = &a.welcome else { unreachable!() };
+    assert_eq!(ice_servers.len(), 2, "{ice_servers:?}");
+    assert_eq!(ice_servers[0].urls, ["stun:stun.example.org:3478"]);
+    assert_eq!(ice_servers[0].username, None);
+    let turn = &ice_servers[1];
+    assert_eq!(turn.urls, ["turn:turn.example.org:3478"]);
+    let username = turn.username.clone().expect("TURN username");
+    let (expiry, user) = username.split_once(':').expect("EXPIRY:USER");
+    assert_eq!(user, "alice");
+    let expiry: u64 = expiry.parse().expect("expiry in seconds");
+    let now = now_ms() / 1_000;
+    assert!(expiry.abs_diff(now + 600) < 60, "expires in about 600 s: {expiry} vs now {now}");
+    let (_, credential) = rendezvous_actors::ice::turn_credentials("north-secret", "alice", expiry);
+    assert_eq!(turn.credential.as_deref(), Some(credential.as_str()));
+
+    let (status, body) = common::http_get(server.addr, "/api/client-config?user=bob").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!((v["protocol"].as_u64(), v["user_id"].as_str()), (Some(1), Some("bob")));
+    assert_eq!(v["ice_servers"][0]["urls"], json!(["stun:stun.example.org:3478"]));
+    let bob_user = v["ice_servers"][1]["username"].as_str().expect("username").to_owned();
+    assert!(bob_user.ends_with(":bob"), "{bob_user}");
+
+    let plain = TestServer::start_with(|_| {});
+    let mut raw = wire::connect(plain.ws_url("user=carol")).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + common::FRAME_TIMEOUT;
+    let text = wire::recv_text(&mut raw, deadline).await.expect("welcome");
+    assert!(!text.contains("ice_servers"), "{text}");
+    let (status, body) = common::http_get(plain.addr, "/api/client-config").await;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["ice_servers"], json!([]));
+}

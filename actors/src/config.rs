@@ -135,6 +135,19 @@ pub struct EngineConfig {
     /// Most `client_msg_id`s a room remembers for duplicate sends; past it the oldest are forgotten (0 = no deduplication)
     #[arg(long, default_value_t = 1_000, help_heading = "Rooms")]
     pub dedup_max_per_room: usize,
+    /// Comma-separated STUN/TURN URLs served to clients for WebRTC calls (`welcome.ice_servers`, `GET /api/client-config`); none = host candidates only
+    ///
+    /// e.g. `stun:stun.example.org:3478,turn:turn.example.org:3478?transport=udp,turns:turn.example.org:5349`.
+    /// TURN URLs need --turn-secret. Relay-only calls (`iceTransportPolicy: "relay"`)
+    /// keep a user's IP address from their partner: see README, "Video calls".
+    #[arg(long, value_delimiter = ',', value_name = "URLS", help_heading = "Calls")]
+    pub ice_servers: Vec<String>,
+    /// Secret shared with the TURN server (coturn `static-auth-secret`): clients get time-limited credentials derived from it
+    #[arg(long, value_name = "SECRET", help_heading = "Calls")]
+    pub turn_secret: Option<String>,
+    /// Lifetime of the TURN credentials handed out, in seconds
+    #[arg(long, default_value_t = 86_400, help_heading = "Calls")]
+    pub turn_ttl_secs: u64,
     /// Largest `limit` a `history` request is served; a larger one is cut to it
     #[arg(long, default_value_t = 200, help_heading = "Rooms")]
     pub history_limit_max: u32,
@@ -311,6 +324,23 @@ impl EngineConfig {
             if v == 0 {
                 return Err(bad(field, "must be greater than 0"));
             }
+        }
+        for url in &self.ice_servers {
+            if !crate::ice::is_stun(url) && !crate::ice::is_turn(url) {
+                return Err(bad(
+                    "ice_servers",
+                    format!("`{url}` is not a stun:, stuns:, turn: or turns: URL"),
+                ));
+            }
+        }
+        if self.ice_servers.iter().any(|u| crate::ice::is_turn(u)) && self.turn_secret.is_none() {
+            return Err(bad("turn_secret", "TURN URLs in ice_servers need a turn_secret"));
+        }
+        if self.turn_secret.as_deref().is_some_and(str::is_empty) || self.turn_ttl_secs == 0 {
+            return Err(bad(
+                "turn_secret",
+                "must not be empty, and turn_ttl_secs must be positive",
+            ));
         }
         if self.send_burst < 1 || self.frames_burst < 1 {
             return Err(bad("send_burst", "bursts must be at least 1"));

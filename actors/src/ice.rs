@@ -69,6 +69,12 @@ pub fn ice_servers(
     out
 }
 
+/// [`ice_servers`] for `user` now, with the engine's settings.
+pub fn for_user(cfg: &crate::config::EngineConfig, user: &str) -> Vec<IceServer> {
+    let now_secs = crate::clock::now_ms() / 1_000;
+    ice_servers(&cfg.ice_servers, cfg.turn_secret.as_deref(), cfg.turn_ttl_secs, user, now_secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,20 +90,23 @@ mod tests {
 
     #[test]
     fn stun_and_turn_urls_are_grouped_and_only_turn_gets_credentials() {
-        let urls: Vec<String> =
-            ["stun:stun.example.org:3478", "turn:turn.example.org:3478?transport=udp", "turns:turn.example.org:5349"]
-                .map(String::from)
-                .to_vec();
+        let urls: Vec<String> = [
+            "stun:stun.example.org:3478",
+            "turn:turn.example.org:3478?transport=udp",
+            "turns:turn.example.org:5349",
+        ]
+        .map(String::from)
+        .to_vec();
         let servers = ice_servers(&urls, Some("s3cret"), 600, "bob", 1_000);
         assert_eq!(servers.len(), 2);
         assert_eq!(servers[0].urls, ["stun:stun.example.org:3478"]);
-        assert_eq!((servers[0].username.as_deref(), servers[0].credential.as_deref()), (None, None));
+        assert_eq!(
+            (servers[0].username.as_deref(), servers[0].credential.as_deref()),
+            (None, None)
+        );
         assert_eq!(servers[1].urls.len(), 2);
         assert_eq!(servers[1].username.as_deref(), Some("1600:bob"));
-        assert_eq!(
-            servers[1].credential,
-            Some(turn_credentials("s3cret", "bob", 1_600).1),
-        );
+        assert_eq!(servers[1].credential, Some(turn_credentials("s3cret", "bob", 1_600).1),);
         assert!(ice_servers(&[], Some("s"), 600, "bob", 0).is_empty());
     }
 }

@@ -80,3 +80,4 @@ pub mod token;
 pub use config::{EngineConfig, LadderStep};
 pub use engine::Engine;
 pub use rendezvous_protocol as protocol;
+pub mod ice;

@@ -12,15 +12,17 @@
 //! * unknown fields are ignored (serde's default), so clients may send extras;
 //! * optional fields the server sends are omitted when absent.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 #[cfg(feature = "client")]
 pub mod client;
+pub mod schema;
 
 /// A frame sent by a client. Unknown actions fail to parse and are answered with an
 /// `error` frame of code `bad_request`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Enter the matching pool. `interests` is required (a missing field is a
@@ -98,7 +100,7 @@ impl ClientFrame {
 }
 
 /// One stored chat message, as sent live (`type: message`) and inside `history`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ChatMessage {
     pub room_id: String,
     /// Per-room sequence number: starts at 1, no gaps.
@@ -111,7 +113,7 @@ pub struct ChatMessage {
 }
 
 /// An entry of a `history` frame: a message object carrying its own `"type"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HistoryItem {
     Message(ChatMessage),
@@ -121,7 +123,7 @@ pub enum HistoryItem {
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Kind of a room, as `welcome.room_details` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomKind {
     /// Opened for a match (`match_found`); closes when one member is left.
@@ -131,7 +133,7 @@ pub enum RoomKind {
 }
 
 /// A room the user still holds a seat in, as `welcome` reports it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RoomDetail {
     pub room_id: String,
     pub kind: RoomKind,
@@ -142,8 +144,22 @@ pub struct RoomDetail {
     pub last_seq: u64,
 }
 
+/// One ICE server, in the shape of WebRTC's `RTCIceServer` (pass the list to
+/// `new RTCPeerConnection({iceServers})` as is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct IceServer {
+    /// `stun:`, `stuns:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN only: `EXPIRY:USER_ID` (EXPIRY in seconds since the Unix epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN only: base64(HMAC-SHA1(shared secret, username)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
 /// Presence states reported for room members.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum PresenceStatus {
     /// Joined the room or came back within the grace period.
@@ -155,7 +171,7 @@ pub enum PresenceStatus {
 }
 
 /// Error codes carried by `error` frames. Stable strings; new codes may be added.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// Malformed JSON, unknown action, missing or invalid field.
@@ -199,7 +215,7 @@ impl ErrorCode {
 }
 
 /// A frame sent by the server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerFrame {
     /// First frame of every session.
@@ -217,6 +233,11 @@ pub enum ServerFrame {
         /// `seq`, as the room held them when the session started. Addition.
         #[serde(default)]
         room_details: Vec<RoomDetail>,
+        /// STUN/TURN servers for WebRTC calls, as `RTCIceServer` objects (TURN
+        /// with time-limited credentials for this user). Absent when the server
+        /// has none configured. Addition.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        ice_servers: Vec<IceServer>,
     },
     Searching {
         ticket: String,

@@ -574,6 +574,7 @@ impl SessionActor {
             rooms: rooms.iter().map(|r| r.to_string()).collect(),
             protocol: rendezvous_protocol::PROTOCOL_VERSION,
             room_details: details.clone(),
+            ice_servers: crate::ice::for_user(&shared.config, self.user.as_str()),
         });
         for room_id in rooms {
             if let Some(room) = self.engine.rooms.directory.get(&room_id) {

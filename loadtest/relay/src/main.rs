@@ -395,6 +395,7 @@ async fn connection(stream: TcpStream, state: Arc<State>) {
         rooms: Vec::new(),
         protocol: rendezvous_protocol::PROTOCOL_VERSION,
         room_details: Vec::new(),
+        ice_servers: Vec::new(),
     });
     let mut session = Session { state, peer, last: None };
     loop {
