@@ -26,7 +26,6 @@ const ANSWERS = {
   leave: ['left'],
   block: ['blocked'],
   refresh: ['refreshed'],
-  report: ['reported'],
 };
 
 let idCounter = 0;
@@ -520,10 +519,6 @@ export class RendezvousClient {
     return this.#request({ action: 'leave', room_id: roomId });
   }
 
-  report(userId, roomId, reason) {
-    return this.#request({ action: 'report', user_id: userId, room_id: roomId, reason });
-  }
-
   /** Typing indicator; returns false when not connected (it is not worth queuing). */
   typing(roomId, active) {
     return this.#write({ action: 'typing', room_id: roomId, active: !!active });
@@ -609,7 +604,7 @@ export class RendezvousClient {
 export function toRtcIceServer(s) {
   if (typeof s === 'string') return { urls: s };
   const out = { urls: s.urls ?? s.url };
-  if (s.username !== undefined) out.username = s.username;
-  if (s.credential !== undefined) out.credential = s.credential;
+  if (s.username != null) out.username = s.username;
+  if (s.credential != null) out.credential = s.credential;
   return out;
 }

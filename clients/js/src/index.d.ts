@@ -9,7 +9,6 @@ import type {
   Left,
   MatchCancelled,
   Refreshed,
-  Reported,
   Blocked,
   Searching,
   MatchFound,
@@ -164,7 +163,6 @@ export declare class RendezvousClient {
   block(userId: string): Promise<Blocked>;
   join(roomId: string): Promise<Joined>;
   leave(roomId: string): Promise<Left>;
-  report(userId: string, roomId?: string, reason?: string): Promise<Reported>;
   typing(roomId: string, active: boolean): boolean;
   read(roomId: string, seq: number): boolean;
   signal(roomId: string, payload: Record<string, unknown>, to?: string): boolean;

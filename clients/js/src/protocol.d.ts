@@ -152,10 +152,6 @@ export interface Refreshed {
   expires_at?: number;
 }
 
-export interface Reported {
-  type: 'reported';
-}
-
 export interface ErrorFrame {
   type: 'error';
   code: ErrorCode;
@@ -186,7 +182,6 @@ export type ServerFrame =
   | RoomClosed
   | History
   | Refreshed
-  | Reported
   | ErrorFrame;
 
 /** Server frames by their `type`. */
@@ -214,5 +209,4 @@ export type ClientFrame =
   | { action: 'join'; room_id: string }
   | { action: 'leave'; room_id: string }
   | { action: 'history'; room_id: string; after_seq?: number; limit?: number }
-  | { action: 'refresh'; token: string }
-  | { action: 'report'; user_id: string; room_id?: string; reason?: string };
+  | { action: 'refresh'; token: string };

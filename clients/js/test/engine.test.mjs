@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { after, before, test } from 'node:test';
-import { RendezvousError } from '../src/index.js';
+import { Calls, RendezvousError } from '../src/index.js';
 import { Engine, client, droppableWebSocket, inOrderOnce, matchedPair, sleep, uniq, until, validateReceivedFrames } from './support.mjs';
 
 let engine;
@@ -18,7 +18,8 @@ before(async () => {
   [engine, trimming, secured] = await Promise.all([
     Engine.start('sdk-a', ['--reconnect-grace-ms', '30000']),
     Engine.start('sdk-trim', ['--reconnect-grace-ms', '30000', '--history-len', '3']),
-    Engine.start('sdk-jwt', ['--jwt-secret', SECRET, '--refresh-min-interval-ms', '0', '--token-grace-ms', '2000']),
+    Engine.start('sdk-jwt', ['--jwt-secret', SECRET, '--refresh-min-interval-ms', '0', '--token-grace-ms', '2000',
+      '--ice-servers', 'stun:stun.example.org:3478,turn:turn.example.org:3478', '--turn-secret', 'sdk-turn-secret']),
   ]);
 });
 
@@ -219,6 +220,21 @@ test('a send that cannot be delivered rejects with timeout after its deadline', 
   await assert.rejects(a.send(room, 'too late', { timeoutMs: 400 }), (e) => e.code === 'timeout');
   assert.ok(Date.now() - started >= 350, 'not before its deadline');
   assert.deepEqual(a.pendingSends, []);
+});
+
+test('ICE servers come from the server, TURN with credentials for this user', async () => {
+  const user = uniq('erin');
+  const c = await client(secured.ws, undefined, { token: jwt(user, 3600) });
+  keep(c);
+  const ice = c.iceServers;
+  assert.deepEqual(ice.map((s) => s.urls), [['stun:stun.example.org:3478'], ['turn:turn.example.org:3478']]);
+  const turn = ice[1];
+  assert.match(turn.username, new RegExp(`^\\d+:${user}$`), 'EXPIRY:USER');
+  assert.ok(Number(turn.username.split(':')[0]) * 1000 > Date.now(), 'not expired');
+  assert.equal(typeof turn.credential, 'string');
+  const calls = new Calls(c, { RTCPeerConnection: class {} });
+  assert.deepEqual(await calls.iceServers(), ice, 'calls use them');
+  calls.dispose();
 });
 
 test('every frame the server sent matches the protocol schema', async () => {

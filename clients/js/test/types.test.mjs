@@ -45,11 +45,18 @@ function resolve(schema, node) {
   return n;
 }
 
-/** Merge `allOf` parts and `$ref`s into one object schema {properties, required}. */
+/** Merge `allOf` parts, `$ref`s and their siblings into one object schema {properties, required}. */
 function flatten(schema, node) {
-  const n = resolve(schema, node);
-  const props = { ...(n.properties || {}) };
-  const required = new Set(n.required || []);
+  const n = node;
+  const props = {};
+  const required = new Set();
+  if (n.$ref) {
+    const f = flatten(schema, resolve(schema, { $ref: n.$ref }));
+    Object.assign(props, f.properties);
+    for (const r of f.required) required.add(r);
+  }
+  Object.assign(props, n.properties || {});
+  for (const r of n.required || []) required.add(r);
   for (const part of n.allOf || []) {
     const f = flatten(schema, part);
     Object.assign(props, f.properties);
