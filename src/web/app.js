@@ -365,6 +365,7 @@ async function localStream() {
 async function startCall() {
   if (call || !rdv.roomId) return;
   callState('Calling…');
+  calls.relayOnly = $('relayOnly').checked;
   try {
     await calls.call(rdv.roomId, await localStream(), rdv.partner || undefined);
   } catch (err) {
@@ -377,6 +378,7 @@ async function onIncomingCall(inc) {
   if (inc.room_id !== rdv.roomId) return inc.decline();
   if (!$('autoAnswer').checked && !(await askToAccept(inc.from))) return inc.decline();
   callState(`Connecting the call with ${inc.from}…`);
+  calls.relayOnly = $('relayOnly').checked;
   try {
     await inc.accept(await localStream());
   } catch (err) {

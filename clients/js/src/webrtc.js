@@ -149,19 +149,16 @@ export class Calls extends Emitter {
 
   /**
    * The ICE servers for new calls: the ones given in the options, else the server's
-   * (`welcome.ice_servers`, else `GET /api/client-config`). Also applies the server's
-   * `ice_transport_policy: "relay"` when it asks for relay-only calls.
+   * (`welcome.ice_servers`, else `GET /api/client-config`).
    */
   async iceServers() {
     if (this.fixedIceServers) return (this.iceServersInUse = this.fixedIceServers);
     const w = this.client.welcome || {};
-    if (w.ice_transport_policy === 'relay') this.relayOnly = true;
     if (Array.isArray(w.ice_servers)) return (this.iceServersInUse = this.client.iceServers);
     try {
       const res = await fetch(`${this.client.httpBase}/api/client-config`, { cache: 'no-store' });
       if (res.ok) {
         const cfg = await res.json();
-        if (cfg.ice_transport_policy === 'relay') this.relayOnly = true;
         if (Array.isArray(cfg.ice_servers)) return (this.iceServersInUse = cfg.ice_servers.map(toRtcIceServer));
       }
     } catch {
