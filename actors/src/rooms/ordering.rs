@@ -342,6 +342,24 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_is_acked_as_the_original_and_not_delivered() {
+        let mut o = loaded_at(7);
+        let first = o.append_sent("alice", draft("m-new"));
+        let dup = Answer::Duplicate { seq: 3, msg_id: "m-orig".into() };
+        let out = answer(&mut o, first, dup, true);
+        assert_eq!(out, vec![ack("alice", 3, "m-orig")], "the original ack, nothing delivered");
+        assert_eq!(o.last_seq(), 7, "no seq consumed");
+        // Answers still leave in send order around a duplicate.
+        let a = o.append_sent("a", draft("x"));
+        let b = o.append_sent("b", draft("y"));
+        assert!(
+            answer(&mut o, b, Answer::Duplicate { seq: 2, msg_id: "y0".into() }, false).is_empty()
+        );
+        let out = answer(&mut o, a, Answer::Stored(8), false);
+        assert_eq!(out, vec![ack("a", 8, "x"), Effect::Deliver(msg(8, "x")), ack("b", 2, "y0")]);
+    }
+
+    #[test]
     fn out_of_order_answers_go_out_in_send_order() {
         let mut o = loaded_at(0);
         let a = o.append_sent("first", draft("a"));
