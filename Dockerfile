@@ -35,6 +35,8 @@ RUN mkdir -p src actors/src actors/benches actors/protocol/src loadtest/src load
 # Then the real sources. COPY keeps the files' modification times, which can be
 # older than the stubs', so touch every crate root to make cargo rebuild our crates.
 COPY src src
+# The browser client serves the JavaScript SDK's modules (embedded like src/web).
+COPY clients/js/src clients/js/src
 COPY actors actors
 COPY loadtest loadtest
 RUN touch src/lib.rs src/main.rs actors/src/lib.rs actors/protocol/src/lib.rs loadtest/src/main.rs \

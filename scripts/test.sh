@@ -2,7 +2,8 @@
 # The project's test command (README "Test it"): installs what the tests need on a
 # bare Debian machine (redis-server for the multi-node tests; prometheus, its Redis
 # exporter and curl for the deployment test; nginx for the TLS proxy test; chromium,
-# Node and playwright-core for the browser test), then runs every test.
+# Node and playwright-core for the browser test; the SDK's dev dependencies), then
+# runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # redis-server (and redis-cli, same package) for the multi-node tests; openssl to
@@ -36,5 +37,11 @@ fi
 if [ ! -d tests/browser/node_modules/playwright-core ]; then
   echo "installing tests/browser/node_modules (npm ci)" >&2
   npm ci --prefix tests/browser --no-audit --no-fund >/dev/null
+fi
+# The JavaScript SDK's dev dependencies (ajv for the schema check, typescript for its
+# .d.ts files), pinned by clients/js/package-lock.json; tests/sdk.rs runs its suites.
+if [ ! -d clients/js/node_modules/ajv ] || [ ! -d clients/js/node_modules/typescript ]; then
+  echo "installing clients/js/node_modules (npm ci)" >&2
+  npm ci --prefix clients/js --no-audit --no-fund >/dev/null
 fi
 exec cargo test --workspace --release --locked

@@ -203,6 +203,14 @@ pub(crate) fn json_response(status: StatusCode, value: serde_json::Value) -> Res
 const INDEX_HTML: &str = include_str!("web/index.html");
 const APP_JS: &str = include_str!("web/app.js");
 const STYLE_CSS: &str = include_str!("web/style.css");
+// The JavaScript SDK (clients/js/src) the client is built on, served as ES modules
+// under /sdk/ so a page can `import … from "/sdk/index.js"`.
+const SDK_FILES: [(&str, &str); 4] = [
+    ("/sdk/index.js", include_str!("../clients/js/src/index.js")),
+    ("/sdk/client.js", include_str!("../clients/js/src/client.js")),
+    ("/sdk/core.js", include_str!("../clients/js/src/core.js")),
+    ("/sdk/webrtc.js", include_str!("../clients/js/src/webrtc.js")),
+];
 
 fn asset(body: &'static str, content_type: &'static str) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
@@ -232,7 +240,10 @@ async fn route(req: Request<Incoming>, app: Arc<App>, peer: SocketAddr) -> Respo
         "/" | "/index.html" => asset(INDEX_HTML, "text/html; charset=utf-8"),
         "/app.js" => asset(APP_JS, "text/javascript; charset=utf-8"),
         "/style.css" => asset(STYLE_CSS, "text/css; charset=utf-8"),
-        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        path => match SDK_FILES.iter().find(|(p, _)| *p == path) {
+            Some((_, body)) => asset(body, "text/javascript; charset=utf-8"),
+            None => text(StatusCode::NOT_FOUND, "not found\n"),
+        },
     }
 }
 

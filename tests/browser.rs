@@ -6,6 +6,15 @@
 //! dropped page reconnects and fetches what it missed. Screenshots land in
 //! `tests/artifacts/browser/`.
 //!
+//! A second scenario, `tests/browser/failover.mjs`, opens two pages on a two-node
+//! cluster (a real `redis-server`, two `rendezvous` processes), one per node, and kills
+//! one node with SIGKILL while they chat: its page must move to the other node by
+//! itself, and every message sent on either side during the outage must show exactly
+//! once, in seq order.
+//!
+//! A third, `tests/browser/admin_page.mjs`, drives the admin page (src/web/admin/) from
+//! a report in its queue to a ban.
+//!
 //! Needs /usr/bin/chromium (Debian's `chromium`) and `tests/browser/node_modules`
 //! (`npm ci --prefix tests/browser`); `bash scripts/test.sh` installs both. When either
 //! is missing this test fails and says so: it never skips.
@@ -16,10 +25,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rendezvous_test_support::cluster::{Node, RedisServer};
+
 const BIN: &str = env!("CARGO_BIN_EXE_rendezvous");
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// Bound on the whole Node scenario (the script bounds itself to 60 s as well).
 const SCENARIO_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// One browser scenario at a time: each starts its own Chromium, and the machine is shared.
+static ONE_BROWSER: Mutex<()> = Mutex::new(());
 
 /// A child process killed on drop if it still runs.
 struct Killed(Child);
@@ -90,9 +104,9 @@ fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String
     })
 }
 
-/// Run `script` in `dir` with Node and `args` (bounded by [`SCENARIO_TIMEOUT`]),
-/// print its output; true when it exited 0.
-fn run_scenario(dir: &Path, script: &str, args: &[&str]) -> bool {
+/// Run `node SCRIPT ARGS…` in `dir` within [`SCENARIO_TIMEOUT`], print its output,
+/// and say whether it exited 0.
+fn run_script(dir: &Path, script: &str, args: &[&str]) -> bool {
     let mut child = Command::new("node")
         .arg(dir.join(script))
         .args(args)
@@ -119,14 +133,15 @@ fn run_scenario(dir: &Path, script: &str, args: &[&str]) -> bool {
     drop(node); // kills the script (and so its browser) on a timeout
     let (out, err) = (out.join().unwrap_or_default(), err.join().unwrap_or_default());
     println!("--- {script} stdout\n{out}--- {script} stderr\n{err}");
-    match status {
-        None => panic!("{script} did not finish within {SCENARIO_TIMEOUT:?}"),
-        Some(s) => s.success(),
+    if status.is_none() {
+        println!("{script} did not finish within {SCENARIO_TIMEOUT:?}");
     }
+    status.is_some_and(|s| s.success())
 }
 
 #[test]
 fn two_tabs_match_chat_call_and_next_in_chromium() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("tests/browser");
     preflight(&dir);
@@ -137,15 +152,41 @@ fn two_tabs_match_chat_call_and_next_in_chromium() {
     let (_engine, addr) = spawn_engine(engine_log.clone());
     let base = format!("http://{addr}");
 
-    let ok = run_scenario(&dir, "two_tabs.mjs", &[&base, &artifacts.to_string_lossy()]);
+    let script_args = [base.as_str(), artifacts.to_str().expect("utf-8 path")];
+    let ok = run_script(&dir, "two_tabs.mjs", &script_args);
     if !ok {
         println!("--- engine log\n{}", engine_log.lock().expect("log").join("\n"));
-        panic!("the browser scenario failed; screenshots in {artifacts:?}");
     }
+    assert!(ok, "the browser scenario failed; screenshots in {artifacts:?}");
     for page in ["a", "b", "c"] {
         let shot = artifacts.join(format!("{page}-5-after-next.png"));
         assert!(shot.exists(), "screenshot {shot:?} was not saved");
     }
+}
+
+#[test]
+fn a_tab_moves_to_the_other_node_after_kill_9_and_nothing_is_lost_or_doubled() {
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join("tests/browser");
+    preflight(&dir);
+    let artifacts = root.join("tests/artifacts/browser");
+    std::fs::create_dir_all(&artifacts).expect("artifacts dir");
+
+    let redis = RedisServer::start();
+    // A grace long enough for the killed node's users to come back through the other.
+    let args = [("--reconnect-grace-ms", "30000")];
+    let a = Node::spawn(Some(&redis.url()), "fo-node-a", &args);
+    let b = Node::spawn(Some(&redis.url()), "fo-node-b", &args);
+    let (base_a, base_b) = (format!("http://{}", a.addr), format!("http://{}", b.addr));
+    let pid_a = a.pid().to_string();
+    let script_args =
+        [base_a.as_str(), base_b.as_str(), pid_a.as_str(), artifacts.to_str().expect("utf-8 path")];
+    let ok = run_script(&dir, "failover.mjs", &script_args);
+    if !ok {
+        println!("--- fo-node-b log\n{}", b.logs());
+    }
+    assert!(ok, "the failover scenario failed; screenshots in {artifacts:?}");
 }
 
 /// The admin page (src/web/admin/) from a report to a ban: a real client reports
@@ -156,11 +197,11 @@ fn the_admin_page_turns_a_report_into_a_ban_in_chromium() {
     use rendezvous_actors::protocol::close;
     use rendezvous_test_support::admin::{self, ADMIN_ARGS, ADMIN_TOKEN};
     use rendezvous_test_support::chat::{exchange, next};
-    use rendezvous_test_support::cluster::Node;
     use rendezvous_test_support::search::pair;
     use rendezvous_test_support::Ended;
     use serde_json::json;
 
+    let _one = ONE_BROWSER.lock().unwrap_or_else(|e| e.into_inner());
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join("tests/browser");
     preflight(&dir);
@@ -180,11 +221,8 @@ fn the_admin_page_turns_a_report_into_a_ban_in_chromium() {
     });
 
     let base = format!("http://{admin_addr}");
-    let ok = run_scenario(
-        &dir,
-        "admin_page.mjs",
-        &[&base, ADMIN_TOKEN, "bob", &artifacts.to_string_lossy()],
-    );
+    let script_args = [base.as_str(), ADMIN_TOKEN, "bob", artifacts.to_str().expect("utf-8 path")];
+    let ok = run_script(&dir, "admin_page.mjs", &script_args);
     assert!(ok, "the admin page scenario failed; screenshots in {artifacts:?}");
 
     rt.block_on(async {

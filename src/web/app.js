@@ -1,19 +1,15 @@
-// Rendezvous browser client: no framework, no build step; served by the engine at `/`.
+// Rendezvous browser client: the page around the JavaScript SDK (clients/js, served by
+// the engine under /sdk/). No framework, no build step. The SDK owns the protocol:
+// reconnects (over a node list), catch-up from `history`, resends with the same
+// `client_msg_id`, errors routed to the send they name, and the WebRTC call. This file
+// only turns its events into the page and the page's buttons into its calls.
 //
-// What it does, top to bottom:
-//  * connection: one WebSocket to `/ws` on this host, as `?user=NAME` (anonymous mode) or
-//    with the page's own `?token=JWT`; shows connecting / connected / reconnecting in N s /
-//    offline, reconnects after a drop with backoff (1, 2, 4, 8, 10 s ...), and after
-//    `welcome` asks `history` for each room it still holds, after the highest seq it saw;
-//  * matching: `find_match` with interests, language, region (pairs), `cancel_match`,
-//    `next`, `leave`, `block`;
-//  * chat: messages kept in seq order, one per seq (live frames and history merge), typing
-//    indicator both ways (debounced), read receipts (`read` with the highest seq seen while
-//    the page is visible; "Seen" under own messages up to the partner's read seq), presence;
-//  * video: WebRTC between the two browsers (no ICE servers; host candidates), the offer,
-//    answer and ICE candidates travel as `signal` payloads through the engine, which relays
-//    them; media goes peer to peer. Calls are answered automatically unless unticked.
-// `window.rdv` exposes the state for tests: conn, state, me, partner, roomId, messages, pc.
+// Page parameters: `?user=NAME` (anonymous mode) or `?token=JWT`; `?nodes=a:8080,b:8080`
+// lists the nodes to use (default: this page's host), each `host:port` or a ws(s) URL.
+// `window.rdv` exposes the state for tests: conn, state, me, partner, roomId, messages,
+// pc, client, drop().
+
+import { Calls, RendezvousClient } from '/sdk/index.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -26,62 +22,93 @@ const rdv = (window.rdv = {
   me: null,
   partner: null,
   roomId: null,
-  messages: [], // current room: {seq, sender, text, ts}, ascending seq, no duplicates
+  messages: [], // current room: {seq, sender, text, ts}, ascending seq, once each (the SDK's promise)
   partnerRead: 0, // highest seq the partner has read
   typing: null, // who is typing, or null
   pc: null, // the RTCPeerConnection of the video call, or null
-  ws: null,
-  drop: () => rdv.ws && rdv.ws.close(4000, 'test drop'), // simulate a network drop
+  client: null,
+  drop: () => rdv.client?.ws?.close(4000, 'test drop'), // simulate a network drop
 });
 
-let attempt = 0; // reconnect attempts since the last welcome
-let retryTimer = null;
-let countdown = null;
-let criteria = null; // the last find_match frame, reused by "Next" and after reconnects
-let resumeSearch = false; // re-send criteria after the next welcome
+let client = null;
+let calls = null;
+let call = null; // the current Call
 let searchedThisSession = false; // the server's `next` needs a find_match in the same session
 let lastReadSent = 0;
-let msgCounter = 0;
-const pending = new Map(); // client_msg_id -> {text, li} until acknowledged
+let reconnectCountdown = null;
 
 // ---------------------------------------------------------------- connection
 
-function wsUrl() {
+function nodeUrls() {
   const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-  const who = token ? `token=${encodeURIComponent(token)}` : `user=${encodeURIComponent($('name').value)}`;
-  return `${proto}//${location.host}/ws?${who}`;
+  const list = (params.get('nodes') || location.host).split(',').map((s) => s.trim()).filter(Boolean);
+  return list.map((n) => (/^wss?:\/\//.test(n) ? n : `${proto}//${n}/ws`));
 }
 
 function connect() {
-  clearTimeout(retryTimer);
-  clearInterval(countdown);
-  setConn('connecting');
-  const ws = new WebSocket(wsUrl());
-  rdv.ws = ws;
-  ws.onmessage = (e) => ws === rdv.ws && handle(JSON.parse(e.data));
-  ws.onclose = (e) => ws === rdv.ws && dropped(e.code);
+  if (calls) calls.dispose();
+  if (client) client.close();
+  const c = new RendezvousClient({
+    urls: nodeUrls(),
+    ...(token ? { token } : { user: $('name').value }),
+    backoff: { initialMs: 1000, maxMs: 10_000 }, // 0.5–1 s, then up to 10 s
+  });
+  client = rdv.client = c;
+  const on = (type, fn) => c.on(type, (ev) => c === client && (fn(ev), render()));
+  on('state', onState);
+  on('welcome', onWelcome);
+  on('searching', () => (rdv.state = 'searching'));
+  on('match_found', onMatch);
+  on('no_match_found', () => {
+    rdv.state = rdv.roomId ? 'matched' : 'idle';
+    alertText('Nobody matched in time. Try again, or list fewer or broader interests.');
+  });
+  on('match_cancelled', () => (rdv.state = rdv.roomId ? 'matched' : 'idle'));
+  on('blocked', (f) => note(`You blocked ${f.user_id}. You won't be matched again.`));
+  on('message', onMessage);
+  on('recovered', (r) => r.room_id === rdv.roomId && !r.recovered
+    && note(`${r.lost} earlier message${r.lost === 1 ? ' was' : 's were'} no longer stored and could not be fetched.`));
+  on('typing', (f) => here(f) && f.user_id !== rdv.me && showTyping(f.active ? f.user_id : null));
+  on('read', (f) => {
+    if (here(f) && f.user_id !== rdv.me) rdv.partnerRead = Math.max(rdv.partnerRead, f.seq);
+    updateReceipts();
+  });
+  on('presence', (f) => {
+    if (!here(f) || f.user_id === rdv.me) return;
+    if (!rdv.partner) rdv.partner = f.user_id;
+    if (f.status === 'left') showTyping(null);
+    note({ online: `${f.user_id} is back online.`, offline: `${f.user_id} went offline.`, left: `${f.user_id} left the chat.` }[f.status]);
+  });
+  on('left', (f) => here(f) && (note('You left the chat.'), endRoom()));
+  on('room_closed', (f) => here(f) && (note(f.reason === 'blocked' ? 'The chat was closed by a block.' : 'The chat has ended.'), endRoom()));
+  on('room_ended', (f) => here(f) && (note('The chat ended while you were offline.'), endRoom()));
+  on('retrying', (ev) => alertText(`The server is busy (${ev.code}); your message will be sent again in ${Math.ceil(ev.retryInMs / 1000)} s.`));
+  on('error', onError);
+
+  calls = new Calls(c);
+  calls.on('incoming', onIncomingCall);
+  calls.on('call', adoptCall);
+  c.connect().catch(() => {}); // failures show through 'state'
 }
 
-function reconnectNow() {
-  const old = rdv.ws;
-  rdv.ws = null; // its close event is ignored
-  if (old) old.close(1000);
-  connect();
-}
-
-function dropped(code) {
-  rdv.ws = null;
-  for (const p of pending.values()) failed(p.li);
-  pending.clear();
-  if (rdv.state === 'searching') resumeSearch = true; // a closed socket withdraws the search
-  rdv.state = rdv.roomId ? 'matched' : 'idle';
-  showTyping(null);
-  if (code === 4009) return setConn('offline', 'Offline: this name connected from another tab or device.');
-  if (code === 4001) return setConn('offline', 'Offline: not authorized. Get a new token.');
-  let left = Math.min(10, 2 ** attempt++);
-  setConn('reconnecting', left);
-  countdown = setInterval(() => left > 1 && setConn('reconnecting', --left), 1000);
-  retryTimer = setTimeout(connect, left * 1000);
+function onState(s) {
+  clearInterval(reconnectCountdown);
+  if (s.state === 'open') return setConn('connected');
+  if (s.state === 'connecting' || s.state === 'idle') return setConn(rdv.conn === 'reconnecting' ? 'reconnecting' : 'connecting');
+  if (s.state === 'reconnecting') {
+    if (rdv.state === 'searching') rdv.state = 'idle';
+    showTyping(null);
+    let left = Math.max(1, Math.ceil(s.retryInMs / 1000));
+    setConn('reconnecting', left);
+    reconnectCountdown = setInterval(() => left > 1 && setConn('reconnecting', --left), 1000);
+    return undefined;
+  }
+  // closed
+  const why = {
+    4009: 'Offline: this name connected from another tab or device.',
+    4001: 'Offline: not authorized. Get a new token.',
+  }[s.code];
+  return setConn('offline', why);
 }
 
 function setConn(conn, detail) {
@@ -98,126 +125,37 @@ function setConn(conn, detail) {
   render();
 }
 
-function send(frame) {
-  if (!rdv.ws || rdv.ws.readyState !== WebSocket.OPEN) return false;
-  rdv.ws.send(JSON.stringify(frame));
-  return true;
+function onWelcome(f) {
+  searchedThisSession = false;
+  rdv.me = f.user_id;
+  if (token) $('name').value = f.user_id;
+  if (!rdv.roomId) {
+    const matchRooms = f.rooms.filter((r) => !r.startsWith('pub:'));
+    if (matchRooms.length) {
+      // A reload within the grace period: the SDK fetches the room's history.
+      enterRoom(matchRooms[matchRooms.length - 1], null, []);
+      const members = client.room(rdv.roomId)?.members || [];
+      rdv.partner = members.find((m) => m !== rdv.me) || null;
+      note('Chat resumed.');
+    }
+  }
+  setConn('connected');
 }
 
-// ---------------------------------------------------------------- server frames
+const here = (f) => f.room_id !== undefined && f.room_id === rdv.roomId;
 
-function handle(f) {
-  const here = f.room_id !== undefined && f.room_id === rdv.roomId;
-  const from = f.user_id || f.from || f.sender;
-  if (here && from && from !== rdv.me && !rdv.partner) rdv.partner = from; // a resumed room
-  switch (f.type) {
-    case 'welcome': {
-      attempt = 0;
-      searchedThisSession = false;
-      rdv.me = f.user_id;
-      if (token) $('name').value = f.user_id;
-      const matchRooms = f.rooms.filter((r) => !r.startsWith('pub:'));
-      if (rdv.roomId && !f.rooms.includes(rdv.roomId)) {
-        note('The chat ended while you were offline.');
-        endRoom();
-      } else if (!rdv.roomId && matchRooms.length) {
-        enterRoom(matchRooms[matchRooms.length - 1], null, []); // a reload within the grace period
-        note('Chat resumed.');
-      }
-      for (const room of f.rooms) {
-        const after = room === rdv.roomId ? maxSeq() : 0;
-        send({ action: 'history', room_id: room, after_seq: after, limit: 200 });
-      }
-      setConn('connected');
-      if (resumeSearch && criteria && !rdv.roomId) search();
-      resumeSearch = false;
-      break;
-    }
-    case 'searching':
-      rdv.state = 'searching';
-      break;
-    case 'match_found': {
-      const partner = f.partner_id ?? f.members.filter((m) => m !== rdv.me).join(', ');
-      enterRoom(f.room_id, partner, f.shared_interests);
-      note(`You're matched with ${partner}. Say hello!`);
-      $('message').focus();
-      break;
-    }
-    case 'no_match_found':
-      rdv.state = 'idle';
-      alertText('Nobody matched in time. Try again, or list fewer or broader interests.');
-      break;
-    case 'match_cancelled':
-      rdv.state = rdv.roomId ? 'matched' : 'idle';
-      break;
-    case 'blocked':
-      note(`You blocked ${f.user_id}. You won't be matched again.`);
-      break;
-    case 'ack': {
-      const p = pending.get(f.client_msg_id);
-      pending.delete(f.client_msg_id);
-      if (p) p.li.remove();
-      if (here && p) addMessage({ seq: f.seq, sender: rdv.me, text: p.text, ts: Date.now() });
-      break;
-    }
-    case 'message':
-      if (!here) break;
-      if (f.sender === rdv.typing) showTyping(null);
-      addMessage(f);
-      markRead();
-      break;
-    case 'history':
-      if (!here) break;
-      for (const m of f.messages) addMessage(m);
-      if (f.messages.length >= 200) send({ action: 'history', room_id: f.room_id, after_seq: maxSeq(), limit: 200 });
-      markRead();
-      break;
-    case 'typing':
-      if (here && f.user_id !== rdv.me) showTyping(f.active ? f.user_id : null);
-      break;
-    case 'read':
-      if (here && f.user_id !== rdv.me) rdv.partnerRead = Math.max(rdv.partnerRead, f.seq);
-      updateReceipts();
-      break;
-    case 'presence':
-      if (!here || f.user_id === rdv.me) break;
-      if (f.status === 'left') showTyping(null);
-      note({ online: `${f.user_id} is back online.`, offline: `${f.user_id} went offline.`, left: `${f.user_id} left the chat.` }[f.status]);
-      break;
-    case 'signal':
-      if (here) queueSignal(f.payload, f.from);
-      break;
-    case 'left':
-      if (here) {
-        note('You left the chat.');
-        endRoom();
-      }
-      break;
-    case 'room_closed':
-      if (here) {
-        note(f.reason === 'blocked' ? 'The chat was closed by a block.' : 'The chat has ended.');
-        endRoom();
-      }
-      break;
-    case 'error':
-      onError(f);
-      break;
-  }
-  render();
+function onMatch(f) {
+  const partner = f.partner_id ?? f.members.filter((m) => m !== rdv.me).join(', ');
+  enterRoom(f.room_id, partner, f.shared_interests);
+  note(`You're matched with ${partner}. Say hello!`);
+  $('message').focus();
 }
 
 function onError(f) {
+  if (f.client_msg_id) return; // a send's own error: shown on that message (or retried)
   const retry = f.retry_after_ms ? ` Try again in ${Math.ceil(f.retry_after_ms / 1000)} s.` : '';
   alertText(f.message + retry);
   if (f.code === 'already_searching') rdv.state = 'searching';
-  if (f.action === 'send') {
-    // Error frames carry no client_msg_id: the oldest unacknowledged message is the one.
-    const [id, p] = pending.entries().next().value || [];
-    if (p) {
-      pending.delete(id);
-      failed(p.li);
-    }
-  }
 }
 
 // ---------------------------------------------------------------- rooms and chat
@@ -264,37 +202,26 @@ function messageItem(m, own) {
   return li;
 }
 
-// Insert by seq; a seq already shown is ignored (live frame and history overlap).
-function addMessage(m) {
-  if (rdv.messages.some((x) => x.seq === m.seq)) return;
+// The SDK delivers each message once, in seq order (live, caught up or resent).
+function onMessage(m) {
+  if (!here(m)) return;
   const own = m.sender === rdv.me;
   if (!own && !rdv.partner) rdv.partner = m.sender; // a resumed room learns its partner
-  for (const li of own ? $('log').querySelectorAll('.failed') : []) {
-    if (li.querySelector('.text').textContent === m.text) li.remove(); // stored after all
-  }
+  if (!own && m.sender === rdv.typing) showTyping(null);
   const li = messageItem(m, own);
   li.dataset.seq = m.seq;
-  const i = rdv.messages.findIndex((x) => x.seq > m.seq);
-  const msg = { seq: m.seq, sender: m.sender, text: m.text, ts: m.ts };
-  if (i < 0) {
-    rdv.messages.push(msg);
-    $('log').append(li);
-  } else {
-    $('log').querySelector(`[data-seq="${rdv.messages[i].seq}"]`).before(li);
-    rdv.messages.splice(i, 0, msg);
-  }
+  rdv.messages.push({ seq: m.seq, sender: m.sender, text: m.text, ts: m.ts });
+  const firstPending = $('log').querySelector('.pending, .failed');
+  if (firstPending) firstPending.before(li); // stored messages above those still on their way
+  else $('log').append(li);
   updateReceipts();
   scrollDown();
+  markRead();
 }
 
 function note(text) {
   $('log').append(el('li', 'note', text));
   scrollDown();
-}
-
-function failed(li) {
-  li.classList.add('failed');
-  li.querySelector('.meta').textContent = 'Not sent';
 }
 
 const scrollDown = () => ($('log').scrollTop = $('log').scrollHeight);
@@ -310,7 +237,7 @@ function updateReceipts() {
 function markRead() {
   if (!rdv.roomId || document.visibilityState !== 'visible') return;
   const unread = rdv.messages.some((m) => m.seq > lastReadSent && m.sender !== rdv.me);
-  if (unread && send({ action: 'read', room_id: rdv.roomId, seq: maxSeq() })) lastReadSent = maxSeq();
+  if (unread && client.read(rdv.roomId, maxSeq())) lastReadSent = maxSeq();
 }
 
 let typingTimeout = null;
@@ -329,7 +256,7 @@ function onInput() {
   if (!$('message').value) return stopTyping();
   // Once when typing starts, again every 4 s while it goes on (the other side forgets after 8 s).
   if (!typingOn || Date.now() - typingAt > 4000) {
-    typingOn = send({ action: 'typing', room_id: rdv.roomId, active: true });
+    typingOn = client.typing(rdv.roomId, true);
     typingAt = Date.now();
   }
   clearTimeout(typingIdle);
@@ -338,45 +265,50 @@ function onInput() {
 
 function stopTyping() {
   clearTimeout(typingIdle);
-  if (typingOn && rdv.roomId) send({ action: 'typing', room_id: rdv.roomId, active: false });
+  if (typingOn && rdv.roomId) client.typing(rdv.roomId, false);
   typingOn = false;
 }
 
+// Shown as "Sending…" until acknowledged; the SDK sends it again after reconnects with
+// the same id (stored once), so it is only "Not sent" when the SDK gives up.
 function sendMessage(e) {
   e.preventDefault();
   const text = $('message').value.trim();
   if (!text || !rdv.roomId) return;
-  const id = `c${Date.now().toString(36)}-${++msgCounter}`;
   stopTyping();
-  if (!send({ action: 'send', room_id: rdv.roomId, text, client_msg_id: id })) {
-    return alertText('Not connected: the message was not sent.');
-  }
   alertText('');
   const li = messageItem({ sender: rdv.me, text, ts: Date.now() }, true);
   li.classList.add('pending');
   li.querySelector('.receipt').textContent = 'Sending…';
   $('log').append(li);
-  pending.set(id, { text, li });
   $('message').value = '';
   scrollDown();
+  client.send(rdv.roomId, text).then(
+    () => li.remove(), // the stored message is shown from its `message`
+    (err) => {
+      li.classList.replace('pending', 'failed');
+      li.querySelector('.meta').textContent = `Not sent (${err.code})`;
+      if (err.code !== 'timeout') alertText(err.message);
+    },
+  );
 }
 
 // ---------------------------------------------------------------- matching
 
 function search() {
-  searchedThisSession = send(criteria) || searchedThisSession;
+  client.findMatch(readCriteria()).then(() => (searchedThisSession = true), () => {});
 }
 
-// The find_match frame the form describes; the form is remembered for the next visit.
+// The find_match criteria the form describes; the form is remembered for the next visit.
 function readCriteria() {
   const interests = $('interests').value.split(',').map((s) => s.trim()).filter(Boolean);
   const language = $('language').value.trim();
   const region = $('region').value.trim();
-  const frame = { action: 'find_match', interests, group_size: Number($('group').value) };
-  if (language) frame.language = language;
-  if (region) frame.region = region;
+  const criteria = { interests, group_size: Number($('group').value) };
+  if (language) criteria.language = language;
+  if (region) criteria.region = region;
   localStorage.setItem('rdv-prefs', JSON.stringify({ interests: $('interests').value, language, region }));
-  return frame;
+  return criteria;
 }
 
 function findMatch(e) {
@@ -389,116 +321,71 @@ function findMatch(e) {
     return alertText('Names use 1 to 64 letters, digits or - _ . @ :');
   }
   name.removeAttribute('aria-invalid');
-  criteria = readCriteria();
   if (!token && name.value !== rdv.me) {
     sessionStorage.setItem('rdv-name', name.value);
-    resumeSearch = true; // search once the new name is connected
-    return reconnectNow();
+    connect(); // a new name is a new user: search once it is connected
+    client.once('welcome', search);
+    return undefined;
   }
   search();
+  return undefined;
 }
 
 function next() {
   alertText('');
-  criteria = criteria || readCriteria(); // e.g. after a reload
-  if (searchedThisSession) return send({ action: 'next' });
-  if (rdv.roomId) send({ action: 'leave', room_id: rdv.roomId }); // new session: no search to repeat
+  if (searchedThisSession) return void client.next().catch(() => {});
+  if (rdv.roomId) client.leave(rdv.roomId).catch(() => {}); // new session: no search to repeat
   search();
 }
 
 // ---------------------------------------------------------------- video call
 
-let sigChain = Promise.resolve();
-let iceBacklog = [];
 let acceptAnswer = null; // resolves the "Accept call?" question
 
-const signal = (payload) => rdv.roomId && send({ action: 'signal', room_id: rdv.roomId, payload });
-const polite = () => rdv.me > (rdv.partner || ''); // who yields when both call at once
-
-function queueSignal(payload, from) {
-  if (payload.kind === 'hangup' && acceptAnswer) acceptAnswer(false);
-  sigChain = sigChain.then(() => onSignal(payload, from)).catch((err) => console.warn('signal', err));
-}
-
-function newPc() {
-  const pc = new RTCPeerConnection({ iceServers: [] });
-  pc.onicecandidate = (e) => e.candidate && signal({ kind: 'ice', candidate: e.candidate.toJSON() });
-  pc.ontrack = (e) => ($('remoteVideo').srcObject = e.streams[0]);
-  pc.onconnectionstatechange = () => {
-    callState(`Call ${pc.connectionState}`);
-    if (pc.connectionState === 'failed' && rdv.pc === pc) endCall(true);
-  };
-  rdv.pc = pc;
-  iceBacklog = [];
+function adoptCall(c) {
+  call = c;
+  rdv.pc = c.pc;
   $('call').hidden = false;
+  c.on('track', (ev) => ($('remoteVideo').srcObject = ev.streams[0]));
+  c.on('state', (s) => callState(`Call ${s}`));
+  c.on('ended', (ev) => {
+    if (ev.by === 'remote') note(`${c.peer} ended the video call.`);
+    if (call === c) clearCall();
+  });
   render();
-  return pc;
 }
 
-async function addMedia(pc) {
+async function localStream() {
   if (!navigator.mediaDevices) throw new Error('the camera needs an https:// page (or localhost)');
   const stream = await navigator.mediaDevices.getUserMedia({ video: true, audio: true });
-  if (pc !== rdv.pc) {
-    stream.getTracks().forEach((t) => t.stop());
-    throw new Error('the call ended');
-  }
   $('localVideo').srcObject = stream;
-  for (const t of stream.getTracks()) pc.addTrack(t, stream);
-}
-
-async function flushIce(pc) {
-  for (const c of iceBacklog.splice(0)) await pc.addIceCandidate(c).catch(() => {});
+  return stream;
 }
 
 async function startCall() {
-  if (rdv.pc || !rdv.roomId) return;
-  const pc = newPc();
+  if (call || !rdv.roomId) return;
   callState('Calling…');
+  calls.relayOnly = $('relayOnly').checked;
   try {
-    await addMedia(pc);
-    await pc.setLocalDescription(await pc.createOffer());
-    signal({ kind: 'offer', sdp: pc.localDescription.sdp });
+    await calls.call(rdv.roomId, await localStream(), rdv.partner || undefined);
   } catch (err) {
-    if (rdv.pc !== pc) return;
     alertText(`Could not start the call: ${err.message}`);
     endCall(true);
   }
 }
 
-async function onSignal(p, from) {
-  if (p.kind === 'hangup') {
-    if (rdv.pc) note(`${from} ended the video call.`);
-    return endCall(false);
+async function onIncomingCall(inc) {
+  if (inc.room_id !== rdv.roomId) return inc.decline();
+  if (!$('autoAnswer').checked && !(await askToAccept(inc.from))) return inc.decline();
+  callState(`Connecting the call with ${inc.from}…`);
+  calls.relayOnly = $('relayOnly').checked;
+  try {
+    await inc.accept(await localStream());
+  } catch (err) {
+    alertText(`Could not answer the call: ${err.message}`);
+    endCall(true);
   }
-  if (p.kind === 'offer') {
-    if (rdv.pc) {
-      if (!polite()) return; // both called: the other side yields and answers ours
-      endCall(false);
-    }
-    const room = rdv.roomId;
-    if (!$('autoAnswer').checked && !(await askToAccept(from))) {
-      return rdv.roomId === room && signal({ kind: 'hangup' }); // declined, not left
-    }
-    const pc = newPc();
-    callState(`Connecting the call with ${from}…`);
-    try {
-      await pc.setRemoteDescription({ type: 'offer', sdp: p.sdp });
-      await addMedia(pc);
-      await pc.setLocalDescription(await pc.createAnswer());
-      signal({ kind: 'answer', sdp: pc.localDescription.sdp });
-      await flushIce(pc);
-    } catch (err) {
-      if (rdv.pc !== pc) return;
-      alertText(`Could not answer the call: ${err.message}`);
-      endCall(true);
-    }
-  } else if (p.kind === 'answer' && rdv.pc && rdv.pc.signalingState === 'have-local-offer') {
-    await rdv.pc.setRemoteDescription({ type: 'answer', sdp: p.sdp });
-    await flushIce(rdv.pc);
-  } else if (p.kind === 'ice' && rdv.pc) {
-    if (rdv.pc.remoteDescription) await rdv.pc.addIceCandidate(p.candidate).catch(() => {});
-    else iceBacklog.push(p.candidate);
-  }
+  return undefined;
 }
 
 function askToAccept(from) {
@@ -512,24 +399,27 @@ function askToAccept(from) {
       acceptAnswer = null;
       $('call').classList.remove('ringing');
       $('acceptBtn').hidden = true;
-      if (!yes && !rdv.pc) $('call').hidden = true;
+      if (!yes && !call) $('call').hidden = true;
       resolve(yes);
     };
   });
 }
 
-function endCall(notify) {
-  if (acceptAnswer) acceptAnswer(false);
-  const pc = rdv.pc;
-  if (!pc) return;
-  if (notify) signal({ kind: 'hangup' });
-  for (const s of pc.getSenders()) if (s.track) s.track.stop();
-  pc.close();
+function clearCall() {
+  const stream = $('localVideo').srcObject;
+  if (stream) stream.getTracks().forEach((t) => t.stop());
+  call = null;
   rdv.pc = null;
   $('localVideo').srcObject = null;
   $('remoteVideo').srcObject = null;
   $('call').hidden = true;
   render();
+}
+
+function endCall(notify) {
+  if (acceptAnswer) acceptAnswer(false);
+  if (call) call.hangup({ notify });
+  clearCall();
 }
 
 const callState = (text) => ($('callState').textContent = text);
@@ -568,11 +458,11 @@ function init() {
   $('region').value = prefs.region ?? '';
 
   $('find').addEventListener('submit', findMatch);
-  $('cancelBtn').addEventListener('click', () => send({ action: 'cancel_match' }));
+  $('cancelBtn').addEventListener('click', () => client.cancel().catch(() => {}));
   $('nextBtn').addEventListener('click', next);
-  $('leaveBtn').addEventListener('click', () => send({ action: 'leave', room_id: rdv.roomId }));
+  $('leaveBtn').addEventListener('click', () => client.leave(rdv.roomId).catch(() => {}));
   $('blockBtn').addEventListener('click', () => {
-    if (confirm(`Block ${rdv.partner}? You will not be matched again.`)) send({ action: 'block', user_id: rdv.partner });
+    if (confirm(`Block ${rdv.partner}? You will not be matched again.`)) client.block(rdv.partner).catch(() => {});
   });
   $('callBtn').addEventListener('click', startCall);
   $('acceptBtn').addEventListener('click', () => acceptAnswer && acceptAnswer(true));
@@ -580,9 +470,9 @@ function init() {
   $('composer').addEventListener('submit', sendMessage);
   $('message').addEventListener('input', onInput);
   $('message').addEventListener('blur', stopTyping);
-  $('reconnect').addEventListener('click', reconnectNow);
+  $('reconnect').addEventListener('click', () => client.reconnectNow());
   document.addEventListener('visibilitychange', markRead);
-  window.addEventListener('online', () => rdv.conn === 'reconnecting' && reconnectNow());
+  window.addEventListener('online', () => rdv.conn === 'reconnecting' && client.reconnectNow());
   connect();
 }
 

@@ -3,7 +3,8 @@
 //
 // Pages A (alice) and B (bob) match on the same interests, chat both ways, see the
 // typing indicator and a read receipt, then start a video call with Chromium's fake
-// camera and microphone until both RTCPeerConnections are `connected`. Page C (carol,
+// camera and microphone (B accepts it: auto-answer is off by default) until both
+// RTCPeerConnections are `connected`. Page C (carol,
 // 360 px wide) searches; A clicks "Next" and is matched with C while B sees A leave.
 // Finally C's socket drops: it reconnects and fetches the message it missed.
 // Screenshots of every page at each step go to ARTIFACT_DIR. Exits 0 when all passed.
@@ -83,7 +84,9 @@ const rdv = (page) => page.evaluate(() => {
 
 async function main() {
   // The engine serves the client itself, uncached.
-  for (const [p, type] of [['/', 'text/html'], ['/app.js', 'text/javascript'], ['/style.css', 'text/css']]) {
+  for (const [p, type] of [['/', 'text/html'], ['/app.js', 'text/javascript'], ['/style.css', 'text/css'],
+    ['/sdk/index.js', 'text/javascript'], ['/sdk/client.js', 'text/javascript'], ['/sdk/core.js', 'text/javascript'],
+    ['/sdk/webrtc.js', 'text/javascript']]) {
     const res = await fetch(base + p);
     check(res.status === 200, `GET ${p} is 200 (${res.status})`);
     check(res.headers.get('content-type').startsWith(type), `GET ${p} is ${type}`);
@@ -132,7 +135,10 @@ async function main() {
   await shot(a, 'a-2-seen');
   log('A sees "Seen"; typing cleared after the send');
 
+  // Calls are not answered automatically (the box is unticked by default): B accepts.
+  check(!(await b.getByLabel('Answer video calls automatically').isChecked()), 'auto-answer is off by default');
   await a.getByRole('button', { name: 'Start video call' }).click();
+  await b.getByRole('button', { name: 'Accept call' }).click();
   for (const [name, page] of [['A', a], ['B', b]]) {
     await page.waitForFunction(() => window.rdv.pc && window.rdv.pc.connectionState === 'connected',
       null, { timeout: 15_000, polling: 100 });
