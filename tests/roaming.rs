@@ -3,13 +3,15 @@
 //! a user waiting in another language's pool, on one node and across two nodes
 //! joined through a real `redis-server`; a cancel reaches a search that moved
 //! between pools; with default matching settings a pair that shares nothing is
-//! still matched within the wait target.
+//! still matched within the wait target; and the default policy across two nodes:
+//! many users on both nodes, each matched once, with a partner of their language, in
+//! a symmetric pair, within the target.
 
 use rendezvous_test_support as common;
 
 use std::time::{Duration, Instant};
 
-use common::cluster::Cluster;
+use common::cluster::{Cluster, UNSET};
 use common::http::wait_stats;
 use common::search::Search;
 use common::*;
@@ -127,4 +129,40 @@ async fn by_default_a_pair_with_the_best_score_available_is_matched_at_once() {
     assert_eq!(fb.score, 3);
     // Nothing better can come: no reason to hold out (generous bound, shared machine).
     assert!(t0.elapsed() < Duration::from_millis(1_000), "took {:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn by_default_users_on_two_nodes_are_paired_once_within_the_target() {
+    // The nodes run the default wait-target policy (no ladder), aiming at 1.5 s.
+    let cluster =
+        Cluster::start_with(2, &[("--ladder", UNSET), ("--max-wait-target-ms", "1500")]).await;
+    let topics = ["chess", "go", "jazz", "tea", "vans", "surf", "knit", "opera"];
+    let langs = ["en", "fr"];
+    let n = 32;
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        clients.push(cluster.client(i % 2, &format!("u{i}")).await);
+    }
+    let t0 = Instant::now();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let interests = [topics[i % 8], topics[(i / 2 + 3) % 8], topics[(i / 3 + 5) % 8]];
+        SEARCH.search(c, &interests, json!({"language": langs[(i / 2) % 2]})).await;
+    }
+    let mut partner_of = std::collections::HashMap::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let found = SEARCH.expect_match(c).await;
+        let partner = found.partner.expect("a pair has a partner");
+        let j: usize = partner.trim_start_matches('u').parse().expect("a user of this test");
+        assert_eq!(langs[(i / 2) % 2], langs[(j / 2) % 2], "u{i} was paired across languages");
+        partner_of.insert(i, j);
+    }
+    // Generous: the policy forces every pair by 1.35 s; two nodes on a busy machine.
+    assert!(t0.elapsed() < Duration::from_secs(6), "took {:?}", t0.elapsed());
+    for (&i, &j) in &partner_of {
+        assert_eq!(partner_of.get(&j), Some(&i), "u{i} -> u{j} is not symmetric");
+    }
+    // Each user heard exactly one match_found.
+    for c in clients.iter_mut() {
+        SEARCH.quiet(c, Duration::from_millis(50)).await;
+    }
 }

@@ -169,7 +169,7 @@ pub const RATE_LIMITED_ACTIONS: &[&str] = &[
 ];
 
 /// Every wire error code, the `code` label of [`ERRORS_TOTAL`].
-pub const ERROR_CODES: [ErrorCode; 8] = [
+pub const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::BadRequest,
     ErrorCode::Unauthorized,
     ErrorCode::RateLimited,
@@ -178,6 +178,7 @@ pub const ERROR_CODES: [ErrorCode; 8] = [
     ErrorCode::AlreadySearching,
     ErrorCode::Internal,
     ErrorCode::TokenExpired,
+    ErrorCode::Unavailable,
 ];
 
 /// Fails to compile when a code is added to the protocol: add it to [`ERROR_CODES`].
@@ -190,7 +191,8 @@ const fn _every_error_code_listed(c: ErrorCode) {
         | ErrorCode::TooLarge
         | ErrorCode::AlreadySearching
         | ErrorCode::Internal
-        | ErrorCode::TokenExpired => {}
+        | ErrorCode::TokenExpired
+        | ErrorCode::Unavailable => {}
     }
 }
 

@@ -26,6 +26,7 @@ const ANSWERS = {
   leave: ['left'],
   block: ['blocked'],
   refresh: ['refreshed'],
+  report: ['reported'],
 };
 
 let idCounter = 0;
@@ -509,6 +510,13 @@ export class RendezvousClient {
 
   block(userId) {
     return this.#request({ action: 'block', user_id: userId });
+  }
+
+  /** Report a current or recent partner to the operators (the room's last messages go with it). */
+  report(userId, roomId, reason) {
+    const frame = { action: 'report', user_id: userId, room_id: roomId };
+    if (reason !== undefined) frame.reason = reason;
+    return this.#request(frame);
   }
 
   join(roomId) {

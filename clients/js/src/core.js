@@ -28,6 +28,10 @@ export function closePolicy(code) {
   switch (code) {
     case 4009: // replaced by a newer connection of the same user: never fight it
       return { reconnect: false, newToken: false, nextUrl: false, immediate: false, reason: 'replaced' };
+    case 4003: // banned by an operator: reconnecting would only be refused
+      return { reconnect: false, newToken: false, nextUrl: false, immediate: false, reason: 'banned' };
+    case 4004: // disconnected by an operator: leave it to the application
+      return { reconnect: false, newToken: false, nextUrl: false, immediate: false, reason: 'kicked' };
     case 4001:
       return { reconnect: true, newToken: true, nextUrl: false, immediate: false, reason: 'unauthorized' };
     case 1012: // draining: another node can take us now

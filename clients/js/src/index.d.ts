@@ -9,6 +9,7 @@ import type {
   Left,
   MatchCancelled,
   Refreshed,
+  Reported,
   Blocked,
   Searching,
   MatchFound,
@@ -161,6 +162,8 @@ export declare class RendezvousClient {
   cancel(): Promise<MatchCancelled | MatchFound>;
   next(): Promise<Searching>;
   block(userId: string): Promise<Blocked>;
+  /** Report a current or recent partner; resolves on `reported`. */
+  report(userId: string, roomId: string, reason?: string): Promise<Reported>;
   join(roomId: string): Promise<Joined>;
   leave(roomId: string): Promise<Left>;
   typing(roomId: string, active: boolean): boolean;

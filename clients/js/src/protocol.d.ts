@@ -152,6 +152,12 @@ export interface Refreshed {
   expires_at?: number;
 }
 
+/** The answer to `report`: the report is stored for the operators. */
+export interface Reported {
+  type: 'reported';
+  report_id?: string;
+}
+
 export interface ErrorFrame {
   type: 'error';
   code: ErrorCode;
@@ -182,6 +188,7 @@ export type ServerFrame =
   | RoomClosed
   | History
   | Refreshed
+  | Reported
   | ErrorFrame;
 
 /** Server frames by their `type`. */
@@ -205,6 +212,7 @@ export type ClientFrame =
   | { action: 'typing'; room_id: string; active: boolean }
   | { action: 'read'; room_id: string; seq: number }
   | { action: 'signal'; room_id: string; payload: Record<string, unknown>; to?: string }
+  | { action: 'report'; user_id: string; room_id: string; reason?: string }
   | { action: 'block'; user_id: string }
   | { action: 'join'; room_id: string }
   | { action: 'leave'; room_id: string }

@@ -18,6 +18,8 @@ test('backoff doubles up to the cap, jittered down by at most the jitter share',
 
 test('close codes: 4009 stops, 4001 asks for a token, 1012 moves on at once', () => {
   assert.equal(closePolicy(4009).reconnect, false);
+  assert.equal(closePolicy(4003).reconnect, false, 'banned: a reconnect would be refused');
+  assert.equal(closePolicy(4004).reconnect, false, 'kicked: the application decides');
   assert.deepEqual([closePolicy(4001).reconnect, closePolicy(4001).newToken], [true, true]);
   assert.deepEqual([closePolicy(1012).nextUrl, closePolicy(1012).immediate], [true, true]);
   assert.equal(closePolicy(1006).reconnect, true);

@@ -36,7 +36,7 @@ const REDIS_MISSING: &str =
 /// language" at 900 ms, fast ticks, a 3 s reconnect grace, and limits raised so
 /// that only the test that is about a limit ever meets one (the outbound queue
 /// too: a member of a busy room gets its frames in bursts from the other nodes). [`Node::spawn`]'s
-/// `extra_args` replace these by flag name.
+/// `extra_args` replace these by flag name; a value of [`UNSET`] drops the flag.
 pub const NODE_DEFAULTS: &[(&str, &str)] = &[
     ("--bind", "127.0.0.1:0"),
     ("--ladder", "0:same:2,300:same:1,600:any:1,900:any:0"),
@@ -50,6 +50,11 @@ pub const NODE_DEFAULTS: &[(&str, &str)] = &[
     ("--frames-burst", "100000"),
     ("--outbound-queue", "4096"),
 ];
+
+/// Given as a value in [`Node::spawn`]'s `extra_args`, drops that flag from
+/// [`NODE_DEFAULTS`], so the node runs on the binary's own default (e.g.
+/// `("--ladder", UNSET)`: the default wait-target policy instead of a fixed ladder).
+pub const UNSET: &str = "<unset>";
 
 // ---------------------------------------------------------------- redis
 
@@ -415,6 +420,7 @@ impl Node {
                 None => args.push((k.to_string(), v.to_string())),
             }
         }
+        args.retain(|(_, v)| v != UNSET);
         let mut cmd = match files {
             Some(n) => {
                 let mut c = Command::new("prlimit");
