@@ -1600,7 +1600,8 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
         ("file descriptors near the cap", "process_max_fds"),
         ("slow-consumer disconnects", "rendezvous_slow_consumer_disconnects_total"),
         ("the error-frame rate", "rendezvous_error_frames_total"),
-        ("p99 match wait", "rendezvous_match_latency_seconds_bucket"),
+        ("p99 match wait", "rendezvous_match_wait_seconds_bucket"),
+        ("the match-wait target", "rendezvous_match_wait_target_seconds"),
         ("delivery p99", "rendezvous_delivery_latency_seconds_bucket"),
         ("Redis memory", "redis_memory_used_bytes"),
     ] {
