@@ -125,7 +125,7 @@ impl ClusterSink for Inbound {
                         .collect(),
                 };
                 // The replica exists before the members hear of the room (and post).
-                self.rooms.open_replica(&room_id, &snapshot);
+                self.rooms.open_replica(&room_id, &snapshot, None);
                 let members = members.into_iter().map(|(u, _)| UserId::from(u)).collect();
                 let interests = interests.into_iter().map(Interest::from).collect();
                 self.shard(&language).do_send(OfferSettled {

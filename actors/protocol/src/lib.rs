@@ -18,8 +18,8 @@ use serde_json::Value;
 
 #[cfg(feature = "client")]
 pub mod client;
-pub mod trace;
 pub mod schema;
+pub mod trace;
 
 /// A frame sent by a client. Unknown actions fail to parse and are answered with an
 /// `error` frame of code `bad_request`.

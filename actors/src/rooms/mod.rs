@@ -146,9 +146,15 @@ impl Rooms {
 
     /// Open this node's replica of a cluster room, unless one is open already.
     /// Callable from any thread (the inbound router, sessions). Members of this node
-    /// are seated with their live session's outbox. Counted, never refused: the room
+    /// are seated with their live session's outbox, except `arriving` (the user whose
+    /// new session opens it, and takes its seat after sending `welcome`). Counted, never refused: the room
     /// exists in the cluster already.
-    pub fn open_replica(&self, room_id: &RoomId, snapshot: &RoomSnapshot) -> Addr<RoomActor> {
+    pub fn open_replica(
+        &self,
+        room_id: &RoomId,
+        snapshot: &RoomSnapshot,
+        arriving: Option<&UserId>,
+    ) -> Addr<RoomActor> {
         let shared = &self.shared;
         let plan = || {
             let me = shared.bridge.node_id();
@@ -160,7 +166,11 @@ impl Rooms {
             state.last_seq = snapshot.last_seq;
             for (user, node) in &snapshot.members {
                 if &**node == me {
-                    let live = shared.registry.get(user.as_str());
+                    // The arriving user's session has not sent `welcome` yet: its
+                    // seat gets the outbox with `MemberOnline`, after the welcome,
+                    // so no room frame can overtake it.
+                    let live =
+                        shared.registry.get(user.as_str()).filter(|_| Some(user) != arriving);
                     let session = live.as_ref().map(|e| e.session_id).unwrap_or(0);
                     state.seat(user.clone(), session, live.map(|e| e.outbox));
                     shared.add_membership(user, room_id);
@@ -445,8 +455,8 @@ mod tests {
                 members: vec![(UserId::from("cy"), Arc::from("n2"))],
             };
             let id = RoomId::from("pub-c");
-            let one = rooms.open_replica(&id, &snapshot);
-            let two = rooms.open_replica(&id, &snapshot);
+            let one = rooms.open_replica(&id, &snapshot, None);
+            let two = rooms.open_replica(&id, &snapshot, None);
             assert!(one == two);
             assert_eq!(shared.public_rooms.load(Ordering::Relaxed), 2);
         });

@@ -714,7 +714,7 @@ impl SessionActor {
                         continue;
                     }
                     if let Ok(Some(snapshot)) = shared.bridge.room_rehome(&room, &user).await {
-                        rooms_here.open_replica(&room, &snapshot);
+                        rooms_here.open_replica(&room, &snapshot, Some(&user));
                         rooms.push(room);
                     }
                 }
