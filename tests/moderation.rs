@@ -11,16 +11,12 @@ use std::time::Duration;
 use common::admin::{self, ADMIN_ARGS, ADMIN_TOKEN};
 use common::chat::{exchange, next};
 use common::cluster::Node;
-use common::search::{pair, Search};
+use common::search::pair;
 use common::{http_get, Client, Ended, TempDir};
 use rendezvous_actors::protocol::client as wire;
 use rendezvous_actors::protocol::{close, ErrorCode, ServerFrame};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-/// Past the test ladder's full relaxation (900 ms) plus ticks: a pair that is ever
-/// going to be matched is matched within this window.
-const PAST_FULL_RELAX: Duration = Duration::from_millis(2_000);
 
 fn args<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     ADMIN_ARGS.iter().copied().chain(extra.iter().copied()).collect()
@@ -221,21 +217,6 @@ async fn an_address_ban_refuses_anyone_from_that_address() {
     assert_eq!(Client::try_connect(&node.ws_url("someone-else"), &[]).await.err(), Some(403));
 }
 
-/// Two users who must not meet search together: neither hears of a match for
-/// longer than the ladder takes to match anyone; a third one then matches.
-async fn kept_apart(node: &Node, a: &str, b: &str, third: &str) {
-    let s = Search::AMID_PRESENCE;
-    let mut ca = node.client(a).await;
-    let mut cb = node.client(b).await;
-    s.search(&mut ca, &["chess"], json!({})).await;
-    s.search(&mut cb, &["chess"], json!({})).await;
-    s.quiet(&mut ca, PAST_FULL_RELAX).await;
-    let mut cc = node.client(third).await;
-    s.search(&mut cc, &["chess"], json!({})).await;
-    let found = s.expect_match(&mut cc).await;
-    assert!(found.members.iter().any(|m| m == a || m == b), "{found:?}");
-}
-
 #[tokio::test]
 async fn blocks_and_bans_survive_a_restart_with_the_state_file() {
     let dir = TempDir::new("mod-state");
@@ -263,5 +244,5 @@ async fn blocks_and_bans_survive_a_restart_with_the_state_file() {
     let node = Node::spawn(None, "mod-g", &args(&extra));
     assert!(node.logs().contains("moderation state file loaded"), "{}", node.logs());
     assert_eq!(Client::try_connect(&node.ws_url("carl"), &[]).await.err(), Some(403));
-    kept_apart(&node, "ann", "bob", "dan").await;
+    admin::kept_apart(&node, "ann", "bob", "dan").await;
 }

@@ -11,14 +11,10 @@ use std::time::{Duration, Instant};
 use common::admin::{self, ADMIN_ARGS};
 use common::chat::{exchange, next};
 use common::cluster::{wait_http_status, Cluster, Node, RedisServer, Resp};
-use common::search::{pair, Search};
+use common::search::pair;
 use common::{Client, Ended};
 use rendezvous_actors::protocol::{close, ServerFrame};
 use serde_json::json;
-
-/// Past the test ladder's full relaxation (900 ms) plus ticks and a hop through
-/// Redis: a pair that is ever going to be matched is matched within this window.
-const PAST_FULL_RELAX: Duration = Duration::from_millis(2_000);
 
 /// How long a node may take to be ready (its first resync loads the record).
 const READY: Duration = Duration::from_secs(15);
@@ -85,21 +81,6 @@ async fn a_report_leads_to_a_ban_that_closes_the_user_on_the_other_node_within_a
     assert_eq!(bans[0]["user"], "bob", "{bans}");
 }
 
-/// `a` and `b` search together on `node`: no match within the ladder's full
-/// relaxation; `third` then matches one of them.
-async fn kept_apart(node: &Node, a: &str, b: &str, third: &str) {
-    let s = Search::AMID_PRESENCE;
-    let mut ca = node.client(a).await;
-    let mut cb = node.client(b).await;
-    s.search(&mut ca, &["chess"], json!({})).await;
-    s.search(&mut cb, &["chess"], json!({})).await;
-    s.quiet(&mut ca, PAST_FULL_RELAX).await;
-    let mut cc = node.client(third).await;
-    s.search(&mut cc, &["chess"], json!({})).await;
-    let found = s.expect_match(&mut cc).await;
-    assert!(found.members.iter().any(|m| m == a || m == b), "{found:?}");
-}
-
 #[tokio::test]
 async fn redis_keeps_blocks_and_bans_for_a_node_started_later_and_across_a_restart() {
     let redis = RedisServer::start();
@@ -139,12 +120,12 @@ async fn redis_keeps_blocks_and_bans_for_a_node_started_later_and_across_a_resta
     assert_eq!(Client::try_connect(&later.ws_url("carl"), &[]).await.err(), Some(403));
     let bans = admin::get(later.admin_addr(), "/api/bans").await;
     assert_eq!(bans[0]["user"], "carl", "{bans}");
-    kept_apart(&later, "ann", "bob", "dan").await;
+    admin::kept_apart(&later, "ann", "bob", "dan").await;
     drop(later);
 
     // And again after that node restarts.
     let again = Node::spawn(Some(&url), "node-b", ADMIN_ARGS);
     wait_http_status(&again, "/readyz", 200, READY).await;
     assert_eq!(Client::try_connect(&again.ws_url("carl"), &[]).await.err(), Some(403));
-    kept_apart(&again, "ann", "bob", "eve").await;
+    admin::kept_apart(&again, "ann", "bob", "eve").await;
 }

@@ -171,6 +171,27 @@ pub async fn until_one_of(
     })
 }
 
+/// Stay on the socket for `hold`, counting text frames that name `kind` (e.g. a
+/// second `match_found`: a double match); stops early if the socket ends.
+pub async fn count_during(ws: &mut Ws, kind: &str, hold: Duration) -> u64 {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let needle = format!("\"{kind}\"");
+    let mut seen = 0;
+    let hold = tokio::time::sleep(hold);
+    tokio::pin!(hold);
+    loop {
+        tokio::select! {
+            () = &mut hold => return seen,
+            next = ws.next() => match next {
+                Some(Ok(Message::Text(t))) if t.as_str().contains(&needle) => seen += 1,
+                Some(Ok(_)) => {}
+                _ => return seen,
+            }
+        }
+    }
+}
+
 /// Send one JSON text frame.
 pub async fn send_text(ws: &mut Ws, user: &str, text: String) -> Result<(), Failure> {
     wire::send_text(ws, text)

@@ -19,11 +19,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use rendezvous_protocol::trace::{self, Arrival, TraceSpec};
 use rendezvous_protocol::ServerFrame;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::net::Dialer;
 use super::{arrivals, failed, progress, Ctx};
@@ -124,19 +122,7 @@ async fn one(
         return Err(Failure::Server { user, frame: "not a match_found".into() });
     };
     // Stay a moment, counting any further match_found (a double match).
-    let mut extra = 0;
-    let hold = tokio::time::sleep(Duration::from_millis(300));
-    tokio::pin!(hold);
-    loop {
-        tokio::select! {
-            () = &mut hold => break,
-            next = m.ws.next() => match next {
-                Some(Ok(Message::Text(t))) if t.as_str().contains("\"match_found\"") => extra += 1,
-                Some(Ok(_)) => {}
-                _ => break,
-            }
-        }
-    }
+    let extra = client::count_during(&mut m.ws, "match_found", Duration::from_millis(300)).await;
     let _ = m.ws.close(None).await;
     if let Ok(mut s) = seen.lock() {
         s.insert(

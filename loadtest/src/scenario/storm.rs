@@ -20,10 +20,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use rendezvous_protocol::ServerFrame;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::Message;
 
 use super::{failed, progress, Ctx, Stream};
 use crate::client::{self, Failure};
@@ -104,19 +102,7 @@ async fn one(
         return Err(Failure::Server { user, frame: "not a match_found".into() });
     };
     // Stay a while, counting any further match_found.
-    let mut extra = 0;
-    let hold = tokio::time::sleep(ctx.hold);
-    tokio::pin!(hold);
-    loop {
-        tokio::select! {
-            () = &mut hold => break,
-            next = m.ws.next() => match next {
-                Some(Ok(Message::Text(t))) if t.as_str().contains("\"match_found\"") => extra += 1,
-                Some(Ok(_)) => {}
-                _ => break,
-            }
-        }
-    }
+    let extra = client::count_during(&mut m.ws, "match_found", ctx.hold).await;
     let _ = m.ws.close(None).await;
     progress::closed();
     if let Ok(mut seen) = seen.lock() {

@@ -2,8 +2,12 @@
 //! requests with or without the token, JSON in and out.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{json, Value};
+
+use crate::cluster::Node;
+use crate::search::Search;
 
 use crate::http::raw_exchange;
 
@@ -52,4 +56,22 @@ pub async fn get(addr: SocketAddr, path: &str) -> Value {
 pub async fn post(addr: SocketAddr, path: &str, body: Value) -> (u16, Value) {
     let (status, text) = request(addr, "POST", path, Some(ADMIN_TOKEN), Some(&body)).await;
     (status, json(addr, path, status, &text))
+}
+
+/// `a` and `b`, kept apart by a block, search together on `node`: neither hears
+/// of a match for longer than the test nodes' ladder takes to match anyone (900 ms,
+/// plus ticks and a hop through Redis); `third` then matches one of them.
+pub async fn kept_apart(node: &Node, a: &str, b: &str, third: &str) {
+    /// Longer than [`crate::cluster::NODE_DEFAULTS`]'s ladder takes to match anyone.
+    const PAST_FULL_RELAX: Duration = Duration::from_millis(2_000);
+    let s = Search::AMID_PRESENCE;
+    let mut ca = node.client(a).await;
+    let mut cb = node.client(b).await;
+    s.search(&mut ca, &["chess"], json!({})).await;
+    s.search(&mut cb, &["chess"], json!({})).await;
+    s.quiet(&mut ca, PAST_FULL_RELAX).await;
+    let mut cc = node.client(third).await;
+    s.search(&mut cc, &["chess"], json!({})).await;
+    let found = s.expect_match(&mut cc).await;
+    assert!(found.members.iter().any(|m| m == a || m == b), "{found:?}");
 }
