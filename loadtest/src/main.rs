@@ -8,7 +8,9 @@
 // `match_pair`, `Pair` and `PairSpec` served only the removed `pairs` and `chat`
 // modes; they leave client.rs when it becomes the client module shared with the
 // tests, and this expectation with them.
+mod capacity;
 mod client;
+mod html;
 mod scenario;
 mod stats;
 mod telemetry;
@@ -69,6 +71,68 @@ enum Mode {
         #[arg(long, hide = true, value_name = "K/N")]
         worker: Option<String>,
     },
+    /// Search for the highest value of a setting (a rate) at which every threshold
+    /// holds; exits 1 when even the start fails, 2 when it cannot be run.
+    Capacity {
+        /// The scenario (TOML), e.g. loadtest/scenarios/chat-pairs.toml.
+        file: PathBuf,
+        /// The setting to vary (default: the file's [capacity] param).
+        #[arg(long, value_name = "KEY")]
+        param: Option<String>,
+        /// First value (default: [capacity] start, else the setting's value).
+        #[arg(long, value_name = "X")]
+        start: Option<f64>,
+        /// Step up by this factor while steps hold.
+        #[arg(long, default_value_t = 2.0, value_name = "F")]
+        factor: f64,
+        /// Stop bisecting when (first failed - held) / held is at most this.
+        #[arg(long, default_value_t = 0.1, value_name = "R")]
+        resolution: f64,
+        /// Runs per step; a step is decided on their median.
+        #[arg(long, default_value_t = 3, value_name = "N")]
+        repeats: usize,
+        /// Bound on the number of steps.
+        #[arg(long, default_value_t = 12, value_name = "N")]
+        max_steps: usize,
+        /// No new step after this many seconds.
+        #[arg(long = "max-time", default_value_t = 1800.0, value_name = "SECS")]
+        max_time: f64,
+        /// Shell command (sh -c) run before every run, e.g. to restart the servers;
+        /// then every url's /readyz must answer 200 within 60 s.
+        #[arg(long, value_name = "CMD")]
+        restart_cmd: Option<String>,
+        /// Write the search (every step, its runs and medians) to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Keep the runs' result files here (default: next to --json, NAME-runs/).
+        #[arg(long, value_name = "DIR")]
+        keep: Option<PathBuf>,
+        /// Endpoint(s) instead of the file's `urls`.
+        #[arg(long = "url", value_name = "WS_URL")]
+        urls: Vec<String>,
+        /// Override any setting, as for `run` (the searched one is set last).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        sets: Vec<String>,
+        /// Length of each run's load phase instead of the file's `duration_secs`.
+        #[arg(long)]
+        duration_secs: Option<f64>,
+        /// The name of this search in reports (default: the scenario's name).
+        #[arg(long)]
+        label: Option<String>,
+        /// Use the file's [smoke] settings for every run.
+        #[arg(long)]
+        smoke: bool,
+    },
+    /// Draw result files (of `run --json` and `capacity --json`) as one
+    /// self-contained HTML page.
+    Report {
+        /// Result JSON files; runs are overlaid in this order.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The HTML file to write.
+        #[arg(short = 'o', long = "out", value_name = "HTML")]
+        out: PathBuf,
+    },
 }
 
 async fn run(mode: Mode) -> Result<bool, String> {
@@ -92,6 +156,45 @@ async fn run(mode: Mode) -> Result<bool, String> {
                 scenario::RunArgs { file, smoke, overrides, json, jwt_secret, quiet, worker };
             scenario::run(args).await
         }
+        Mode::Capacity {
+            file,
+            param,
+            start,
+            factor,
+            resolution,
+            repeats,
+            max_steps,
+            max_time,
+            restart_cmd,
+            json,
+            keep,
+            urls,
+            sets,
+            duration_secs,
+            label,
+            smoke,
+        } => {
+            let args = capacity::Args {
+                file,
+                param,
+                start,
+                factor,
+                resolution,
+                repeats,
+                max_steps,
+                max_time_secs: max_time,
+                restart_cmd,
+                json,
+                keep,
+                urls,
+                sets,
+                duration_secs,
+                label,
+                smoke,
+            };
+            capacity::run(args).await
+        }
+        Mode::Report { files, out } => html::run(&files, &out).map(|()| true),
     }
 }
 

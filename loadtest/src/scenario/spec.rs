@@ -592,6 +592,23 @@ impl Attack {
     }
 }
 
+/// `[capacity]`: what `rendezvous-loadtest capacity` searches over by default.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapacitySpec {
+    /// The setting to vary (`chat.rate`), as `--set` names it.
+    pub param: Option<String>,
+    /// First value tried (default: the setting's value in the file).
+    pub start: Option<f64>,
+    /// What the setting counts, for people (`msg/s per member`).
+    pub unit: Option<String>,
+    /// A number of `results` reported beside each step (`delivered_per_s`).
+    pub throughput: Option<String>,
+    /// The setting takes whole numbers only.
+    #[serde(default)]
+    pub integer: bool,
+}
+
 /// One scenario file.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -636,6 +653,8 @@ pub struct Scenario {
     pub attack: Option<Attack>,
     #[serde(default)]
     pub quality: Option<Quality>,
+    #[serde(default)]
+    pub capacity: Option<CapacitySpec>,
     /// `path = { min = .., max = .. }` over `results` of the JSON report.
     #[serde(default)]
     pub thresholds: BTreeMap<String, Bound>,
