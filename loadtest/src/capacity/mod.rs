@@ -465,7 +465,7 @@ pub async fn run(args: Args) -> Result<bool, String> {
                 .zip(throughput_path.as_deref())
                 .map(|(t, p)| format!(", {p} {t:.1}/s (median)"))
                 .unwrap_or_default();
-            let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+            let unit = if unit.is_empty() { String::new() } else { format!(", {unit}") };
             println!(
                 "held up to {}/s ({param}{unit}){through}; first failed at {}",
                 show(h),

@@ -720,13 +720,13 @@ fn capacity_section(h: &mut String, i: usize, c: &Capacity) {
     let _ = write!(
         h,
         "<p class=\"capacity-summary\">Scenario <b>{}</b> ({}) on {}: search over <code>{}</code>: \
-         {held}{through}; first failed at {}; {} repeat(s) per step, decided on the median. \
+         {held}{through}; first failed: {}; {} repeat(s) per step, decided on the median. \
          Stopped: {}. <span class=\"muted\">File <code>{}</code>.</span></p>",
         escape(&c.scenario),
         escape(&c.kind),
         escape(if c.host.is_empty() { "an unnamed host" } else { &c.host }),
         escape(&c.param),
-        opt(c.first_failed),
+        c.first_failed.map_or_else(|| "none".to_owned(), num),
         c.repeats.map_or_else(|| "?".to_owned(), |r| r.to_string()),
         escape(&c.reason),
         escape(&c.file)

@@ -231,8 +231,33 @@ fn axes(out: &mut String, x: &Scale, y: &Scale, x_label: &str, y_label: &str) {
     );
 }
 
+/// The values a chart's y scale spans: the data, and the thresholds that are
+/// not far above it (a bound of 1,000 ms over data of 2 ms would flatten it).
+fn y_values(data: Vec<f64>, rule_lines: &[Rule]) -> Vec<f64> {
+    let top = data.iter().copied().filter(|v| v.is_finite()).fold(0.0, f64::max);
+    let near = rule_lines.iter().map(|r| r.y).filter(|y| top <= 0.0 || *y <= top * 4.0);
+    data.into_iter().chain(near.collect::<Vec<_>>()).collect()
+}
+
 fn rules(out: &mut String, y: &Scale, rules: &[Rule]) {
-    for r in rules {
+    let mut above = 0;
+    for (k, r) in rules.iter().enumerate() {
+        let text = escape(&format!("{} {}", r.label, num(r.y)));
+        if r.y > y.hi || r.y < y.lo {
+            // Off the chart: named at the top instead of drawn.
+            above += 1;
+            let _ = write!(
+                out,
+                "<g class=\"threshold off\" data-threshold=\"{}\" data-v=\"{}\">\
+                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{} (off the chart)</text></g>",
+                escape(&r.label),
+                r.y,
+                W - RIGHT - 2.0,
+                TOP + 10.0 * above as f64,
+                text
+            );
+            continue;
+        }
         let py = y.map(r.y);
         let _ = write!(
             out,
@@ -243,8 +268,8 @@ fn rules(out: &mut String, y: &Scale, rules: &[Rule]) {
             r.y,
             W - RIGHT,
             W - RIGHT - 2.0,
-            py - 4.0,
-            escape(&format!("{} {}", r.label, num(r.y)))
+            py - 4.0 - 11.0 * k as f64,
+            text
         );
     }
 }
@@ -262,11 +287,8 @@ pub fn line_chart(
 ) -> String {
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let x = Scale::linear(xs, true, LEFT, W - RIGHT);
-    let ys = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .chain(rule_lines.iter().map(|r| r.y));
-    let y = Scale::linear(ys, true, H - BOTTOM, TOP);
+    let ys = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).collect();
+    let y = Scale::linear(y_values(ys, rule_lines), true, H - BOTTOM, TOP);
     let mut out = String::new();
     open(&mut out, id, title);
     axes(&mut out, &x, &y, x_label, y_label);
@@ -315,11 +337,8 @@ pub fn bar_chart(
     series: &[(String, &'static str, Vec<Option<f64>>)],
     rule_lines: &[Rule],
 ) -> String {
-    let ys = series
-        .iter()
-        .flat_map(|s| s.2.iter().flatten().copied())
-        .chain(rule_lines.iter().map(|r| r.y));
-    let y = Scale::linear(ys, true, H - BOTTOM, TOP);
+    let ys = series.iter().flat_map(|s| s.2.iter().flatten().copied()).collect();
+    let y = Scale::linear(y_values(ys, rule_lines), true, H - BOTTOM, TOP);
     let mut out = String::new();
     open(&mut out, id, title);
     let x = Scale { lo: 0.0, hi: 1.0, from: LEFT, to: W - RIGHT, log: false };
@@ -404,21 +423,23 @@ pub fn ladder_chart(
     } else {
         Scale::linear(xs.iter().copied(), false, LEFT + 10.0, W - RIGHT - 10.0)
     };
-    let ys = marks.iter().filter_map(|m| m.y).chain(rule_lines.iter().map(|r| r.y));
-    let y = Scale::linear(ys, true, H - BOTTOM, TOP);
+    let ys = marks.iter().filter_map(|m| m.y).collect();
+    let y = Scale::linear(y_values(ys, rule_lines), true, H - BOTTOM, TOP);
     let mut out = String::new();
     open(&mut out, id, title);
     axes(&mut out, &x, &y, x_label, y_label);
     rules(&mut out, &y, rule_lines);
     if let Some(h) = held {
         let px = x.map(h);
+        // The note on the side of the line with room for it.
+        let (tx, anchor) = if px > W / 2.0 { (px - 4.0, "end") } else { (px + 4.0, "start") };
         let _ = write!(
             out,
             "<g class=\"held\" data-v=\"{h}\"><line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{}\" \
-             y2=\"{TOP}\"/><text x=\"{:.1}\" y=\"{:.1}\">held up to {}</text></g>",
+             y2=\"{TOP}\"/><text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">held up to \
+             {}</text></g>",
             H - BOTTOM,
-            px + 4.0,
-            TOP + 12.0,
+            TOP + 24.0,
             num(h)
         );
     }
@@ -538,6 +559,11 @@ mod tests {
         assert_eq!(svg.matches("class=\"pt\" data-series=\"a &lt;p99&gt;\"").count(), 7);
         assert_eq!(svg.matches("class=\"pt\" data-series=\"b\"").count(), 1);
         assert_eq!(svg.matches("data-threshold=").count(), 1);
+        assert!(!svg.contains("off the chart"));
+        // A bound far above the data is named, not drawn.
+        let far = [Rule { label: "p99 max".into(), y: 1000.0 }];
+        let svg = line_chart("lat", "latency", "s", "ms", &series, &far);
+        assert!(svg.contains("threshold off") && svg.contains("p99 max 1000 (off the chart)"));
         assert!(!svg.contains("<p99>"));
         assert!(svg.starts_with("<svg") && svg.ends_with("</svg>"));
     }
