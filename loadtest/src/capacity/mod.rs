@@ -330,6 +330,16 @@ pub async fn run(args: Args) -> Result<bool, String> {
             args.file.display()
         )
     })?;
+    // The parameter must be one the file knows (a typo would search nothing).
+    Scenario::parse(
+        &text,
+        args.smoke,
+        &Overrides {
+            sets: [args.sets.clone(), vec![format!("{param}={}", 1)]].concat(),
+            ..overrides.clone()
+        },
+    )
+    .map_err(|e| format!("--param {param}: {e} (is it a setting of the file?)"))?;
     let start = args
         .start
         .or(spec.start)
@@ -359,16 +369,6 @@ pub async fn run(args: Args) -> Result<bool, String> {
             args.file.display()
         ));
     }
-    // The parameter must be one the file knows (a typo would search nothing).
-    Scenario::parse(
-        &text,
-        args.smoke,
-        &Overrides {
-            sets: [args.sets.clone(), vec![format!("{param}={}", show(start))]].concat(),
-            ..overrides.clone()
-        },
-    )
-    .map_err(|e| format!("--param {param}: {e}"))?;
     let urls = scenario.urls.clone();
     if args.restart_cmd.is_some() {
         if let Some(bad) = urls.iter().find(|u| server::http_base(u).is_none()) {
