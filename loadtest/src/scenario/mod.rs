@@ -19,9 +19,11 @@ pub mod progress;
 mod quality;
 pub mod report;
 mod rooms;
+pub mod schedule;
 pub mod server;
 mod soak;
 pub mod spec;
+pub mod timeline;
 mod storm;
 
 use std::future::Future;
@@ -34,6 +36,7 @@ use tokio::task::JoinSet;
 
 use self::net::Dialer;
 use self::report::Report;
+use self::schedule::Schedule;
 use self::spec::{Kind, Overrides, Scenario};
 use crate::client::Failure;
 
@@ -88,36 +91,45 @@ pub struct Ctx {
     pub deadline: Instant,
 }
 
-/// One open-loop stream of arrivals: `rate` per second for `secs` through
-/// `dialer`, none scheduled after `deadline`.
-#[derive(Clone, Copy)]
+/// One open-loop stream of arrivals on `schedule` through `dialer`, none
+/// scheduled after `deadline`.
+#[derive(Clone)]
 pub struct Stream<'a> {
     pub dialer: &'a Dialer,
-    pub rate: f64,
-    pub secs: f64,
+    pub schedule: Schedule,
     pub deadline: Instant,
 }
 
-impl Stream<'_> {
-    /// Run `job(i, due)` for each arrival, on the steady schedule from `start`;
-    /// the count is rounded up to an even one, so that every user of this stream
+impl<'a> Stream<'a> {
+    /// `rate` per second for `secs`.
+    pub fn steady(dialer: &'a Dialer, rate: f64, secs: f64, deadline: Instant) -> Self {
+        Stream { dialer, schedule: Schedule::constant(rate, secs), deadline }
+    }
+
+    /// The mean rate over the load.
+    pub fn mean_rate(&self) -> f64 {
+        self.schedule.total() / self.schedule.secs().max(1e-9)
+    }
+
+    /// Run `job(i, due)` for each arrival, on the schedule from `start`; the
+    /// count is rounded up to an even one, so that every user of this stream
     /// can find a partner.
     pub async fn paired<T, F>(&self, start: Instant, job: impl Fn(usize, Instant) -> F) -> Vec<T>
     where
         T: Send + 'static,
         F: Future<Output = T> + Send + 'static,
     {
-        let count = (self.rate * self.secs).ceil() as usize;
-        arrivals(count + count % 2, steady(start, self.rate), self.deadline, job).await
+        let count = self.schedule.count();
+        arrivals(count + count % 2, scheduled(start, &self.schedule), self.deadline, job).await
     }
 }
 
 impl Ctx {
-    /// This process's share of `rate` arrivals per second, for the scenario's
-    /// duration.
+    /// This process's share of the driver's main load: `rate` arrivals per
+    /// second for the scenario's duration, or its `[[stages]]`.
     pub fn stream(&self, rate: f64) -> Stream<'_> {
-        let secs = self.scenario.duration_secs;
-        Stream { dialer: &self.dialer, rate: self.share.rate(rate), secs, deadline: self.deadline }
+        let schedule = self.scenario.schedule(rate).scaled(self.share.rate(1.0));
+        Stream { dialer: &self.dialer, schedule, deadline: self.deadline }
     }
 }
 
@@ -129,11 +141,9 @@ pub fn failed(report: &mut Report, f: &Failure) {
     report.note("first_error", f.to_string());
 }
 
-/// The steady schedule of `rate` items per second from `start`: item `i` is due
-/// at `start + i / rate`.
-pub fn steady(start: Instant, rate: f64) -> impl Fn(usize) -> Instant {
-    let period = 1.0 / rate;
-    move |i| start + Duration::from_secs_f64(i as f64 * period)
+/// Item `i` of `schedule` is due at `start` plus its offset.
+pub fn scheduled(start: Instant, schedule: &Schedule) -> impl Fn(usize) -> Instant + '_ {
+    move |i| start + Duration::from_secs_f64(schedule.offset(i))
 }
 
 /// Run `job(i, due)` for `i` in `0..count`, item `i` due at `due(i)`
@@ -157,6 +167,7 @@ where
             break;
         }
         tokio::time::sleep_until(due.into()).await;
+        timeline::offered(due, 1);
         running.spawn(job(i, due));
         while let Some(r) = running.try_join_next() {
             done.extend(r.ok());
