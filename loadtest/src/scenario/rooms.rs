@@ -26,8 +26,8 @@ use tokio_tungstenite::tungstenite::Message;
 use super::chat::member::MemberLog;
 use super::chat::{books, plan::Plan, run_rooms};
 use super::net::Dialer;
-use super::server;
 use super::schedule::Schedule;
+use super::server;
 use super::{progress, timeline, Ctx};
 use crate::client::{self, bounded, Failure, Member};
 use crate::scenario::report::Report;
@@ -158,7 +158,11 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     c.rooms = ctx.share.count(c.rooms);
     c.stalled_pairs = ctx.share.count(c.stalled_pairs);
     if c.rooms == 0 {
-        return Err(format!("worker {} of {} has no room to run", ctx.share.index + 1, ctx.share.of));
+        return Err(format!(
+            "worker {} of {} has no room to run",
+            ctx.share.index + 1,
+            ctx.share.of
+        ));
     }
     let schedule = s.schedule(c.rate);
     let (report, _) = load_scheduled(&ctx.dialer, &c, schedule, ctx.deadline, None).await?;

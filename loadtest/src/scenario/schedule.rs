@@ -94,12 +94,7 @@ impl Schedule {
         let spans = self
             .spans
             .iter()
-            .map(|s| Span {
-                r0: s.r0 * factor,
-                r1: s.r1 * factor,
-                n0: s.n0 * factor,
-                ..s.clone()
-            })
+            .map(|s| Span { r0: s.r0 * factor, r1: s.r1 * factor, n0: s.n0 * factor, ..s.clone() })
             .collect();
         Self { spans }
     }
@@ -181,19 +176,6 @@ impl Schedule {
         };
         s.t0 + tau.clamp(0.0, s.secs)
     }
-
-    /// The stages for the JSON result: `[{rate, secs, ramp}]` at this scale.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::Value::Array(
-            self.spans
-                .iter()
-                .map(|s| {
-                    serde_json::json!({"rate": s.r1, "secs": s.secs,
-                                       "ramp": (s.r0 - s.r1).abs() > 1e-12})
-                })
-                .collect(),
-        )
-    }
 }
 
 #[cfg(test)]
@@ -251,10 +233,12 @@ mod tests {
         ]);
         assert!((s.total() - 1350.0).abs() < 1e-9);
         assert_eq!(s.count(), 1350);
-        let counts =
-            [in_window(&s, 0.0, 2.0), in_window(&s, 2.0, 5.0), in_window(&s, 5.0, 7.0), in_window(
-                &s, 7.0, 9.0,
-            )];
+        let counts = [
+            in_window(&s, 0.0, 2.0),
+            in_window(&s, 2.0, 5.0),
+            in_window(&s, 5.0, 7.0),
+            in_window(&s, 7.0, 9.0),
+        ];
         for (got, want) in counts.iter().zip([100, 300, 600, 350]) {
             assert!(got.abs_diff(want) <= 1, "{counts:?}");
         }

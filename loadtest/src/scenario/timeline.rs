@@ -175,6 +175,8 @@ pub fn take() -> Result<Value, String> {
     let Some(rec) = rec else {
         return Ok(json!({"interval_s": 1.0, "latency": "", "unit": "", "points": []}));
     };
+    let origin_unix = super::unix_now() - rec.origin.elapsed().as_secs_f64()
+        + rec.origin.saturating_duration_since(Instant::now()).as_secs_f64();
     let mut points = Vec::with_capacity(rec.buckets.len());
     for (i, b) in rec.buckets.into_iter().enumerate() {
         let hist = match b.hist {
@@ -192,7 +194,35 @@ pub fn take() -> Result<Value, String> {
         };
         points.push(p.to_json()?);
     }
-    Ok(json!({"interval_s": 1.0, "latency": rec.latency, "unit": rec.unit, "points": points}))
+    Ok(json!({"interval_s": 1.0, "latency": rec.latency, "unit": rec.unit,
+              "origin_unix": origin_unix, "points": points}))
+}
+
+/// `timeline` with its seconds counted from `origin_unix` instead of its own
+/// origin (earlier points go to second 0).
+pub fn shifted(timeline: &Value, origin_unix: f64) -> Result<Value, String> {
+    let own = timeline.get("origin_unix").and_then(Value::as_f64);
+    let (Some(own), true) = (own, origin_unix.is_finite()) else {
+        return Ok(timeline.clone());
+    };
+    let by = (origin_unix - own).round();
+    let mut out: BTreeMap<i64, Point> = BTreeMap::new();
+    for v in timeline.get("points").and_then(Value::as_array).into_iter().flatten() {
+        let mut p = Point::from_json(v)?;
+        p.t = (p.t - by).max(0.0);
+        let key = (p.t * 1000.0).round() as i64;
+        match out.get_mut(&key) {
+            Some(mine) => mine.merge(&p)?,
+            None => {
+                out.insert(key, p);
+            }
+        }
+    }
+    let points: Result<Vec<Value>, String> = out.values().map(Point::to_json).collect();
+    let mut t = timeline.clone();
+    t["points"] = Value::Array(points?);
+    t["origin_unix"] = json!(origin_unix);
+    Ok(t)
 }
 
 /// One second of the series.
@@ -256,7 +286,9 @@ pub fn merge(timelines: &[&Value]) -> Result<Value, String> {
     let mut points: BTreeMap<i64, Point> = BTreeMap::new();
     let (mut latency, mut unit) = (String::new(), String::new());
     let mut interval = 1.0;
+    let mut origin = f64::INFINITY;
     for tl in timelines {
+        origin = origin.min(tl.get("origin_unix").and_then(Value::as_f64).unwrap_or(f64::INFINITY));
         if latency.is_empty() {
             latency = tl.get("latency").and_then(Value::as_str).unwrap_or_default().to_owned();
         }
@@ -277,7 +309,12 @@ pub fn merge(timelines: &[&Value]) -> Result<Value, String> {
         }
     }
     let points: Result<Vec<Value>, String> = points.values().map(Point::to_json).collect();
-    Ok(json!({"interval_s": interval, "latency": latency, "unit": unit, "points": points?}))
+    let mut out =
+        json!({"interval_s": interval, "latency": latency, "unit": unit, "points": points?});
+    if origin.is_finite() {
+        out["origin_unix"] = json!(origin);
+    }
+    Ok(out)
 }
 
 pub fn encode(h: &Histogram<u64>) -> Result<String, String> {
