@@ -148,7 +148,7 @@ mod tests {
         };
         json!({"format": 2, "scenario": scenario, "label": scenario, "host": "h",
                "workers": 1, "results": r.results(),
-               "thresholds": [{"path": "match_latency.p99_ms", "min": null, "max": 5.0},
+               "thresholds": [{"path": "match_latency.p99_ms", "min": null, "max": 10.0},
                               {"path": "matched", "min": 3.0, "max": null}],
                "timeline": {"interval_s": 1.0, "latency": "match_latency", "unit": "arrivals",
                             "points": [point.to_json().expect("point")]},
