@@ -239,3 +239,39 @@ fn merged_worker_parts_equal_one_unsplit_run() {
     std::fs::write(&strict_path, strict.to_string()).expect("write");
     lt(&["merge", strict_path.to_str().expect("path"), p[2]], 1);
 }
+
+/// Chat by stages: 5 pairs (10 senders) at 5 msg/s per member, then 15: the
+/// timeline offers 50, then 150 deliveries a second, and every one arrives.
+#[test]
+fn a_staged_chat_offers_each_stage_rate_times_the_senders() {
+    let node = Node::spawn(None, "solo", &[]);
+    let json = scratch("staged-chat.json");
+    let url = ws(&node);
+    let file = repo().join("loadtest/scenarios/chat-pairs.toml");
+    lt(
+        &[
+            "run",
+            file.to_str().expect("path"),
+            "--smoke",
+            "--quiet",
+            "--url",
+            &url,
+            "--set",
+            "stages=[{rate=5,secs=1},{rate=15,secs=1}]",
+            "--json",
+            json.to_str().expect("path"),
+        ],
+        0,
+    );
+    let doc = read(&json);
+    assert_eq!(doc["timeline"]["latency"], "delivery_latency");
+    let pts = points(&doc);
+    for (t, want) in [(0, 50), (1, 150)] {
+        let offered = pts[t]["offered"].as_u64().expect("offered");
+        assert!(offered.abs_diff(want) <= 2, "second {t}: offered {offered}, want ~{want}");
+    }
+    assert_eq!(sum(&pts, "offered"), 200);
+    assert_eq!(num(&doc, "results.sent"), 200.0);
+    assert_eq!(sum(&pts, "achieved"), num(&doc, "results.delivered") as u64);
+    assert_eq!(sum(&pts, "count"), num(&doc, "results.delivery_latency.count") as u64);
+}
