@@ -114,11 +114,14 @@ fn a_run_and_a_capacity_search_are_drawn_in_one_report_that_chromium_shows() {
         &url,
         "--duration-secs",
         "3",
+        "--label",
+        "engine run",
         "--json",
         &run_json,
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let run = read_json(Path::new(&run_json));
+    assert_eq!(run["label"], "engine run");
     let points = run["timeline"]["points"].as_array().map_or(0, Vec::len);
     assert!(points >= 2, "a 3 s run has a point per second: {}", run["timeline"]);
 
@@ -167,7 +170,10 @@ fn a_run_and_a_capacity_search_are_drawn_in_one_report_that_chromium_shows() {
         assert!(s["median"]["delivery_latency.p99_ms"].is_number(), "{s}");
         assert!(s["throughput"].as_f64().is_some_and(|t| t > 0.0), "{s}");
         let file = s["runs"][0]["file"].as_str().expect("the run's file");
-        assert_eq!(read_json(Path::new(file))["pass"], true, "{file}");
+        let one = read_json(Path::new(file));
+        assert_eq!(one["pass"], true, "{file}");
+        let value = s["value"].as_f64().unwrap_or_default();
+        assert_eq!(one["label"], format!("engine search chat.rate={value}"), "{file}");
     }
     assert_eq!(
         c["thresholds"].as_array().map(Vec::len),

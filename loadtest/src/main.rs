@@ -67,9 +67,26 @@ enum Mode {
         /// No progress line.
         #[arg(long)]
         quiet: bool,
-        /// Internal: run as worker K of N and write the raw report to --json.
-        #[arg(long, hide = true, value_name = "K/N")]
+        /// Run part K of N of the load (K from 1), e.g. one part on each of N
+        /// machines; join the parts' --json results with `merge`.
+        #[arg(long, value_name = "K/N")]
         worker: Option<String>,
+        /// The run's name in reports and merged results (default: the scenario's).
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// Merge results of one scenario (e.g. `run --worker K/N` parts) into one:
+    /// exact histogram merge, thresholds checked again; exits 1 when one is missed.
+    Merge {
+        /// Result files written by `run --json`.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+        /// Write the merged result here.
+        #[arg(short = 'o', long = "output", value_name = "OUT.json")]
+        output: Option<PathBuf>,
+        /// The merged run's name in reports (default: the first input's label).
+        #[arg(long)]
+        label: Option<String>,
     },
     /// Search for the highest value of a setting (a rate) at which every threshold
     /// holds; exits 1 when even the start fails, 2 when it cannot be run.
@@ -149,11 +166,20 @@ async fn run(mode: Mode) -> Result<bool, String> {
             json,
             quiet,
             worker,
+            label,
         } => {
             let overrides =
                 scenario::spec::Overrides { urls, duration_secs, workers, source_addrs, sets };
-            let args =
-                scenario::RunArgs { file, smoke, overrides, json, jwt_secret, quiet, worker };
+            let args = scenario::RunArgs {
+                file,
+                smoke,
+                overrides,
+                json,
+                jwt_secret,
+                quiet,
+                worker,
+                label,
+            };
             scenario::run(args).await
         }
         Mode::Capacity {
@@ -195,6 +221,9 @@ async fn run(mode: Mode) -> Result<bool, String> {
             capacity::run(args).await
         }
         Mode::Report { files, out } => html::run(&files, &out).map(|()| true),
+        Mode::Merge { inputs, output, label } => {
+            scenario::merge::run(scenario::merge::MergeArgs { inputs, output, label })
+        }
     }
 }
 

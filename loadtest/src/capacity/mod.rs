@@ -189,6 +189,7 @@ fn show(v: f64) -> String {
 /// One child `run` at `value`.
 async fn run_once(
     args: &Args,
+    label: &str,
     param: &str,
     value: f64,
     out: PathBuf,
@@ -211,6 +212,7 @@ async fn run_once(
         cmd.arg("--set").arg(s);
     }
     cmd.arg("--set").arg(format!("{param}={}", show(value)));
+    cmd.arg("--label").arg(format!("{label} {param}={}", show(value)));
     if let Some(ca) = crate::client::ca_file() {
         cmd.env(crate::client::CA_FILE_ENV, ca);
     }
@@ -427,7 +429,8 @@ pub async fn run(args: Args) -> Result<bool, String> {
                 None => {}
             }
             let out = dir.join(format!("step-{k}-rep-{rep}.json"));
-            let run = run_once(&args, &param, value, out, throughput_path.as_deref()).await?;
+            let run =
+                run_once(&args, &label, &param, value, out, throughput_path.as_deref()).await?;
             if let Some(e) = &run.error {
                 eprintln!("step {k} repeat {rep}: not done: {e}");
             }

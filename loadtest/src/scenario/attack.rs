@@ -987,7 +987,7 @@ async fn normal(d: &Dialer, a: &Attack, secs: f64, deadline: Instant) -> Result<
         async {
             // The pairs' setup first (or its failure), then arrivals beside the sends.
             let _ = rx.await;
-            storm::load(Stream { dialer: d, rate: a.match_rate, secs, deadline }, &storm).await
+            storm::load(Stream::steady(d, a.match_rate, secs, deadline), &storm).await
         },
     );
     let match_r = match_r?;

@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{arrivals, failed, progress, steady, Ctx, Stream};
+use super::{arrivals, failed, progress, scheduled, timeline, Ctx, Stream};
 use crate::client::{self, Failure, Member};
 use crate::scenario::net::Dialer;
 use crate::scenario::report::Report;
@@ -211,6 +211,10 @@ async fn churn_user(c: Arc<Churner>, i: usize) -> (UserLog, Result<(), Failure>)
     let mut log = UserLog::default();
     let result = churn_user_inner(&c, i, &mut log).await;
     progress::closed();
+    match result {
+        Ok(()) => timeline::achieved(Instant::now(), 1),
+        Err(_) => timeline::error(Instant::now()),
+    }
     (log, result)
 }
 
@@ -247,7 +251,9 @@ async fn churn_user_inner(c: &Churner, i: usize, log: &mut UserLog) -> Result<()
                 _ => {}
             }
         };
-        log.match_us.push(stats::micros(t0.elapsed()));
+        let us = stats::micros(t0.elapsed());
+        log.match_us.push(us);
+        timeline::latency(Instant::now(), us);
         progress::matched();
         if skipped.contains(&partner) {
             log.rematched_skipped += 1;
@@ -281,6 +287,7 @@ pub async fn load(at: Stream<'_>, p: &Churn) -> Result<Report, String> {
         ledger: Mutex::new(HashMap::new()),
     });
     let start = Instant::now() + Duration::from_millis(100);
+    timeline::begin(start, "match_latency", "arrivals");
     let results = at.paired(start, |i, _| churn_user(c.clone(), i)).await;
     let mut report = Report::default();
     for name in ["match_latency", "delivery_latency"] {
@@ -403,6 +410,10 @@ async fn signal(
 async fn flow(f: Arc<Flow>, i: usize, due: Instant) -> (FlowLog, Result<(), Failure>) {
     let mut log = FlowLog::default();
     let result = flow_inner(&f, i, due, &mut log).await;
+    match result {
+        Ok(()) => timeline::achieved(Instant::now(), 1),
+        Err(_) => timeline::error(Instant::now()),
+    }
     (log, result)
 }
 
@@ -418,6 +429,7 @@ async fn flow_inner(f: &Flow, i: usize, due: Instant, log: &mut FlowLog) -> Resu
     send(&mut b, find.clone()).await?;
     let found_b = expect(&mut b, "match_found", f.wait).await?;
     log.match_us = stats::micros(t0.elapsed());
+    timeline::latency(Instant::now(), log.match_us);
     let found_a = expect(&mut a, "match_found", f.wait).await?;
     progress::matched();
     if found_b.partner_id.as_deref() != Some(a.user.as_str()) || found_a.room_id != found_b.room_id
@@ -491,7 +503,7 @@ async fn expect_any(
 async fn run_flow(ctx: &Ctx) -> Result<Report, String> {
     let s = &ctx.scenario;
     let p = s.churn.as_ref().ok_or("no [churn] table")?;
-    let count = (p.rate * s.duration_secs).ceil() as usize;
+    let schedule = s.schedule(p.rate);
     let f = Arc::new(Flow {
         dialer: ctx.dialer.clone(),
         messages: p.messages,
@@ -499,9 +511,10 @@ async fn run_flow(ctx: &Ctx) -> Result<Report, String> {
         wait: ctx.dialer.wait(),
     });
     let start = Instant::now() + Duration::from_millis(100);
+    timeline::begin(start, "match_latency", "flows");
+    let due = scheduled(start, &schedule);
     let results =
-        arrivals(count, steady(start, p.rate), ctx.deadline, |i, due| flow(f.clone(), i, due))
-            .await;
+        arrivals(schedule.count(), due, ctx.deadline, |i, due| flow(f.clone(), i, due)).await;
     let mut report = Report::default();
     for name in ["flow_time", "match_latency", "delivery_latency", "signal_latency"] {
         report.declare(name)?;

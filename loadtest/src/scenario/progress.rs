@@ -70,10 +70,64 @@ pub fn start(label: String, quiet: bool) -> tokio::task::JoinHandle<()> {
     })
 }
 
-/// Stop the line (and end it on a terminal).
-pub fn stop(handle: tokio::task::JoinHandle<()>) {
+/// Stop the line (and end it on a terminal; a worker's counters end as they
+/// are).
+pub fn stop(handle: tokio::task::JoinHandle<()>, worker: bool) {
     handle.abort();
-    if std::io::stderr().is_terminal() {
+    if !worker && std::io::stderr().is_terminal() {
         eprintln!();
+    }
+}
+
+const ALL: [&AtomicU64; 6] = [&OPENED, &CLOSED, &MATCHED, &SENT, &RECEIVED, &ERRORS];
+
+/// The counters now.
+pub fn snapshot() -> [u64; 6] {
+    ALL.map(|c| c.load(Ordering::Relaxed))
+}
+
+/// A worker's counters for its parent: one JSON line per second on standard
+/// output, `{"progress": [opened, closed, matched, sent, received, errors]}`.
+pub fn emit() -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let line = serde_json::json!({"progress": snapshot()}).to_string();
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    })
+}
+
+/// A worker's line, as [`emit`] printed it.
+pub fn parse_line(line: &str) -> Option<[u64; 6]> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    let list = v.get("progress")?.as_array()?;
+    let mut out = [0u64; 6];
+    for (slot, n) in out.iter_mut().zip(list) {
+        *slot = n.as_u64()?;
+    }
+    (list.len() == 6).then_some(out)
+}
+
+/// The parent of workers shows the sum of their latest counters.
+pub fn store(workers: &[[u64; 6]]) {
+    for (i, counter) in ALL.iter().enumerate() {
+        counter.store(workers.iter().map(|w| w[i]).sum(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_lines_round_trip() {
+        let line = serde_json::json!({"progress": [1, 2, 3, 4, 5, 6]}).to_string();
+        assert_eq!(parse_line(&line), Some([1, 2, 3, 4, 5, 6]));
+        assert_eq!(parse_line("match_latency 1 2 3"), None);
+        assert_eq!(parse_line(r#"{"progress": [1, 2]}"#), None);
     }
 }

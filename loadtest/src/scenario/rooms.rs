@@ -26,8 +26,9 @@ use tokio_tungstenite::tungstenite::Message;
 use super::chat::member::MemberLog;
 use super::chat::{books, plan::Plan, run_rooms};
 use super::net::Dialer;
+use super::schedule::Schedule;
 use super::server;
-use super::{progress, Ctx};
+use super::{progress, timeline, Ctx};
 use crate::client::{self, bounded, Failure, Member};
 use crate::scenario::report::Report;
 use crate::scenario::spec::Chat;
@@ -152,8 +153,19 @@ async fn stalled(
 
 pub async fn run(ctx: &Ctx) -> Result<Report, String> {
     let s = &ctx.scenario;
-    let c = s.chat.as_ref().ok_or("no [chat] table")?;
-    let (report, _) = load(&ctx.dialer, c, s.duration_secs, ctx.deadline).await?;
+    let mut c = s.chat.clone().ok_or("no [chat] table")?;
+    // This process's share of the rooms (the rate is each member's own).
+    c.rooms = ctx.share.count(c.rooms);
+    c.stalled_pairs = ctx.share.count(c.stalled_pairs);
+    if c.rooms == 0 {
+        return Err(format!(
+            "worker {} of {} has no room to run",
+            ctx.share.index + 1,
+            ctx.share.of
+        ));
+    }
+    let schedule = s.schedule(c.rate);
+    let (report, _) = load_scheduled(&ctx.dialer, &c, schedule, ctx.deadline, None).await?;
     Ok(report)
 }
 
@@ -165,7 +177,7 @@ pub async fn load(
     secs: f64,
     deadline: Instant,
 ) -> Result<(Report, Option<(Plan, Vec<MemberLog>)>), String> {
-    load_with_start(dialer, c, secs, deadline, None).await
+    load_scheduled(dialer, c, Schedule::constant(c.rate, secs), deadline, None).await
 }
 
 /// [`load`], telling `started` when the first send is scheduled.
@@ -173,6 +185,18 @@ pub async fn load_with_start(
     dialer: &Dialer,
     c: &Chat,
     secs: f64,
+    deadline: Instant,
+    started: Option<tokio::sync::oneshot::Sender<Instant>>,
+) -> Result<(Report, Option<(Plan, Vec<MemberLog>)>), String> {
+    load_scheduled(dialer, c, Schedule::constant(c.rate, secs), deadline, started).await
+}
+
+/// [`load_with_start`] with each member sending on `per_member` (one member's
+/// rate over time).
+pub async fn load_scheduled(
+    dialer: &Dialer,
+    c: &Chat,
+    per_member: Schedule,
     deadline: Instant,
     started: Option<tokio::sync::oneshot::Sender<Instant>>,
 ) -> Result<(Report, Option<(Plan, Vec<MemberLog>)>), String> {
@@ -231,17 +255,18 @@ pub async fn load_with_start(
     let cpu_before = server::cpu_seconds_of_all(dialer.urls()).await.ok();
     let window = Instant::now();
     let start = Instant::now() + Duration::from_millis(300);
-    let end = start + Duration::from_secs_f64(secs);
+    let end = start + Duration::from_secs_f64(per_member.secs());
     let senders = rooms.iter().map(|(_, m)| m.len() as u64).sum::<u64>();
     let plan = Plan {
         base: t0,
         start,
         end,
         drain_until: end + Duration::from_millis(c.drain_ms),
-        period_ns: (1e9 / c.rate) as u64,
+        schedule: Plan::schedule_of(&per_member, senders),
         senders,
         text_bytes: c.text_bytes,
     };
+    timeline::begin(start, "delivery_latency", "deliveries");
     let mut stalls = JoinSet::new();
     for (r, result) in stalled_rooms {
         match result {
@@ -259,7 +284,7 @@ pub async fn load_with_start(
     if let Some(tx) = started {
         let _ = tx.send(start);
     }
-    let logs = run_rooms(rooms, plan).await?;
+    let logs = run_rooms(rooms, plan.clone()).await?;
     if let Some(before) = cpu_before {
         if let Ok(after) = server::cpu_seconds_of_all(dialer.urls()).await {
             report.set("server.cpu_s", after - before);

@@ -71,7 +71,7 @@ async fn pass(ctx: &Ctx, p: &Soak, secs: f64) -> Result<(Report, server::Usage),
             if p.churn_rate <= 0.0 {
                 return Ok(Report::default());
             }
-            let at = Stream { dialer: &ctx.dialer, rate: churn.rate, secs, deadline: ctx.deadline };
+            let at = Stream::steady(&ctx.dialer, churn.rate, secs, ctx.deadline);
             churn::load(at, &churn).await
         },
         async {

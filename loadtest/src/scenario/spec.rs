@@ -9,6 +9,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use super::schedule::Stage;
+use super::schedule::{self, Schedule};
+
 /// Which driver runs the scenario.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -41,7 +44,12 @@ impl Kind {
 
     /// Drivers whose load divides evenly over worker processes.
     pub fn splits_over_workers(self) -> bool {
-        matches!(self, Kind::MatchStorm | Kind::IdleCapacity | Kind::Churn)
+        matches!(self, Kind::MatchStorm | Kind::IdleCapacity | Kind::Churn | Kind::ChatRooms)
+    }
+
+    /// Drivers with a main rate that `[[stages]]` can set.
+    pub fn has_rate(self) -> bool {
+        matches!(self, Kind::MatchStorm | Kind::ChatRooms | Kind::Churn | Kind::FullFlow)
     }
 }
 
@@ -620,7 +628,9 @@ pub struct Scenario {
     /// WebSocket endpoints (`ws://host:port/ws`); drivers spread users over them.
     #[serde(default = "default_urls")]
     pub urls: Vec<String>,
-    /// Length of the load phase (arrivals, sends).
+    /// Length of the load phase (arrivals, sends); with `[[stages]]`, the sum of
+    /// their lengths (a shorter `--duration-secs` cuts them).
+    #[serde(default)]
     pub duration_secs: f64,
     /// Hard bound on the whole run; past it the run stops and fails.
     #[serde(default)]
@@ -658,6 +668,10 @@ pub struct Scenario {
     /// `path = { min = .., max = .. }` over `results` of the JSON report.
     #[serde(default)]
     pub thresholds: BTreeMap<String, Bound>,
+    /// The main rate by stages, replacing the driver's rate and `duration_secs`
+    /// (`[[stages]]`: `rate`, `secs`, `ramp`).
+    #[serde(default)]
+    pub stages: Vec<Stage>,
 }
 
 fn default_urls() -> Vec<String> {
@@ -733,6 +747,16 @@ impl Scenario {
         if !overrides.urls.is_empty() {
             s.urls = overrides.urls.clone();
         }
+        if !s.stages.is_empty() {
+            if !s.kind.has_rate() {
+                return Err(format!(
+                    "[[stages]]: kind {} has no rate that stages could set",
+                    s.kind.name()
+                ));
+            }
+            schedule::validate(&s.stages)?;
+            s.duration_secs = Schedule::staged(&s.stages).secs();
+        }
         if let Some(d) = overrides.duration_secs {
             s.duration_secs = d;
         }
@@ -750,6 +774,16 @@ impl Scenario {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("read {}: {e}", path.display()))?;
         Self::parse(&text, smoke, overrides).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The schedule of the driver's main rate: its `[[stages]]` (cut at
+    /// `duration_secs`), else `rate` for `duration_secs`.
+    pub fn schedule(&self, rate: f64) -> Schedule {
+        if self.stages.is_empty() {
+            Schedule::constant(rate, self.duration_secs)
+        } else {
+            Schedule::staged(&self.stages).truncated(self.duration_secs)
+        }
     }
 
     /// The hard bound on the whole run.
@@ -926,6 +960,47 @@ mod tests {
         let off = "name='x'\nkind='attack'\nduration_secs=1\n[attack]\n\
                    block={enabled=false,sources=[]}";
         assert!(Scenario::parse(off, false, &Overrides::default()).is_ok());
+    }
+
+    #[test]
+    fn stages_replace_the_rate_and_duration() {
+        let staged = format!(
+            "{STORM}\n[[stages]]\nrate = 100\nsecs = 2\nramp = true\n\
+             [[stages]]\nrate = 300\nsecs = 3\n"
+        );
+        let s = Scenario::parse(&staged, false, &Overrides::default()).expect("parse");
+        assert_eq!(s.duration_secs, 5.0);
+        assert_eq!(s.stages.len(), 2);
+        assert!((s.schedule(500.0).total() - 1000.0).abs() < 1e-9);
+        // A shorter --duration-secs cuts the stages.
+        let o = Overrides { duration_secs: Some(2.0), ..Overrides::default() };
+        let s = Scenario::parse(&staged, false, &o).expect("parse");
+        assert!((s.schedule(500.0).total() - 100.0).abs() < 1e-9);
+        // No stages: the rate for the duration.
+        let s = Scenario::parse(STORM, false, &Overrides::default()).expect("parse");
+        assert!((s.schedule(500.0).total() - 5000.0).abs() < 1e-9);
+        // --set replaces them, [smoke] too.
+        let o = Overrides {
+            sets: vec!["stages=[{rate=10,secs=1},{rate=20,secs=1}]".into()],
+            ..Overrides::default()
+        };
+        let s = Scenario::parse(&staged, false, &o).expect("parse");
+        assert_eq!((s.duration_secs, s.schedule(1.0).count()), (2.0, 30));
+        // (appended after [smoke], so inside it)
+        let smoked = format!("{STORM}\nstages = [{{rate = 7, secs = 1}}]\n");
+        let s = Scenario::parse(&smoked, true, &Overrides::default()).expect("parse");
+        assert_eq!(s.schedule(20.0).count(), 7, "[smoke] stages");
+        let s = Scenario::parse(&smoked, false, &Overrides::default()).expect("parse");
+        assert_eq!(s.schedule(500.0).count(), 5000, "no stages outside [smoke]");
+        let err = |text: &str| Scenario::parse(text, false, &Overrides::default()).expect_err("x");
+        let base = "name='x'\nkind='churn'\n[churn]\nrate=1\n";
+        assert!(err(&format!("{base}[[stages]]\nrate=1\nsecs=0")).contains("secs"));
+        assert!(err(&format!("{base}[[stages]]\nrate=1\nsecs=-2")).contains("secs"));
+        assert!(err(&format!("{base}[[stages]]\nrate=nan\nsecs=2")).contains("rate"));
+        assert!(err(&format!("{base}[[stages]]\nrate=1\nsecs=2\nfast=1")).contains("unknown"));
+        let idle = "name='x'\nkind='idle-capacity'\n[idle]\nsessions=1\nconnect_rate=1\n\
+                    [[stages]]\nrate=1\nsecs=1";
+        assert!(err(idle).contains("no rate"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use rendezvous_protocol::ServerFrame;
 use serde_json::json;
 
-use super::{failed, progress, Ctx, Stream};
+use super::{failed, progress, timeline, Ctx, Stream};
 use crate::client::{self, Failure};
 use crate::scenario::report::Report;
 use crate::scenario::spec::Storm;
@@ -98,6 +98,7 @@ async fn one(
     };
     let found_at = Instant::now();
     progress::matched();
+    timeline::achieved(found_at, 1);
     let ServerFrame::MatchFound { room_id, partner_id, .. } = found else {
         return Err(Failure::Server { user, frame: "not a match_found".into() });
     };
@@ -143,11 +144,13 @@ fn designated(user: &str) -> Option<usize> {
     digits.parse::<usize>().ok().map(|i| i / 2)
 }
 
-/// Pairs: doubles, asymmetric pairs, and the later searcher's latencies.
+/// Pairs: doubles, asymmetric pairs, and the later searcher's latencies (also
+/// into `timed`, with the time of the match).
 fn books(
     seen: &HashMap<String, Seen>,
     cross_node: bool,
     report: &mut Report,
+    timed: &mut Vec<(Instant, u64)>,
 ) -> Result<(), String> {
     let mut rooms: HashMap<&str, Vec<&str>> = HashMap::new();
     for (user, s) in seen {
@@ -176,6 +179,7 @@ fn books(
         let later = if sa.searched >= sb.searched { sa } else { sb };
         let us = stats::micros(later.found - later.searched);
         report.record("match_latency", us)?;
+        timed.push((later.found, us));
         if sa.url != sb.url {
             report.record("cross_node_match_latency", us)?;
             report.count("cross_node_pairs", 1);
@@ -216,7 +220,19 @@ pub async fn load(at: Stream<'_>, p: &Storm) -> Result<Report, String> {
     });
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let start = Instant::now() + Duration::from_millis(100);
-    let results = at.paired(start, |i, due| one(lite.clone(), i, due, seen.clone())).await;
+    timeline::begin(start, "match_latency", "arrivals");
+    let results = at
+        .paired(start, |i, due| {
+            let job = one(lite.clone(), i, due, seen.clone());
+            async move {
+                let r = job.await;
+                if r.is_err() {
+                    timeline::error(Instant::now());
+                }
+                r
+            }
+        })
+        .await;
     let window = start.elapsed().as_secs_f64();
     let mut report = Report::default();
     report.count("arrivals", results.len() as u64);
@@ -235,8 +251,12 @@ pub async fn load(at: Stream<'_>, p: &Storm) -> Result<Report, String> {
     report.count("matched", 0);
     report.count("errors.total", 0);
     let seen = seen.lock().map_err(|_| "match books poisoned")?;
-    books(&seen, p.cross_node, &mut report)?;
-    report.set("offered_arrivals_per_s", at.rate);
+    let mut timed = Vec::new();
+    books(&seen, p.cross_node, &mut report, &mut timed)?;
+    for (found, us) in timed {
+        timeline::latency(found, us);
+    }
+    report.set("offered_arrivals_per_s", at.mean_rate());
     report.set("matched_users_per_s", report.counters["matched"] as f64 / window.max(1e-9));
     Ok(report)
 }
@@ -261,7 +281,7 @@ mod tests {
     fn books_of<const N: usize>(cross_node: bool, users: [(&str, Seen); N]) -> Report {
         let m: HashMap<String, Seen> = users.into_iter().map(|(u, s)| (u.to_owned(), s)).collect();
         let mut r = Report::default();
-        books(&m, cross_node, &mut r).expect("books");
+        books(&m, cross_node, &mut r, &mut Vec::new()).expect("books");
         r
     }
 

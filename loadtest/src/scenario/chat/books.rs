@@ -106,7 +106,7 @@ pub fn to_report(
     let window = books.last_delivery.map_or(0.0, |t| (t - plan.start).as_secs_f64());
     let per_s = if window > 0.0 { books.delivered as f64 / window } else { 0.0 };
     r.set(&format!("{prefix}delivered_per_s"), per_s);
-    let offered = plan.senders as f64 * 1e9 / plan.period_ns.max(1) as f64;
+    let offered = plan.schedule.total() / plan.schedule.secs().max(1e-9);
     r.set(&format!("{prefix}offered_sends_per_s"), offered);
     for (name, n) in [
         ("sent", books.sent),

@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use super::plan::Plan;
 use crate::client::Member;
-use crate::scenario::progress;
+use crate::scenario::{progress, timeline};
 use crate::stats;
 
 /// Highest message index accepted from a text (guards the bitmaps against junk).
@@ -160,6 +160,7 @@ fn on_frame(log: &mut MemberLog, role: &Role, plan: &Plan, text: &str, now: Inst
         "ack" => on_ack(log, role, plan, &view, now),
         "error" => {
             crate::telemetry::error("error_frame");
+            timeline::error(now);
             log.error(text.to_owned())
         }
         _ => {}
@@ -192,6 +193,8 @@ fn on_message(log: &mut MemberLog, role: &Role, plan: &Plan, view: &View, now: I
     let delivery = since(stamp.due_us);
     metrics::counter!(crate::telemetry::MESSAGES_RECEIVED_TOTAL).increment(1);
     progress::received(1);
+    timeline::achieved(now, 1);
+    timeline::latency(now, delivery);
     metrics::histogram!(crate::telemetry::DELIVERY_LATENCY_SECONDS)
         .record(delivery as f64 / 1_000_000.0);
     log.delivery_us.push(delivery);
@@ -270,6 +273,7 @@ async fn send_due(
             return Ok(());
         }
         log.lag_us.push(stats::micros(due.elapsed()));
+        timeline::offered(due, role.peers.len() as u64);
         send_one(member, role, plan, log.sent, due).await?;
         log.sent += 1;
     }
@@ -283,14 +287,14 @@ pub async fn member_loop(
     plan: Plan,
     wake: Arc<Notify>,
 ) -> MemberLog {
-    let expected = (plan.end - plan.start).as_nanos() / u128::from(plan.period_ns.max(1)) + 1;
-    let mut log = MemberLog::new(member.user.clone(), expected as usize);
+    let mut log = MemberLog::new(member.user.clone(), plan.sends_per_member().min(1 << 20));
     let drained = tokio::time::sleep_until(plan.drain_until.into());
     tokio::pin!(drained);
     loop {
         tokio::select! {
             next = member.ws.next() => {
                 if let Err(why) = on_read(&mut log, &role, &plan, next) {
+                    timeline::error(Instant::now());
                     log.ended = Some(why);
                     break;
                 }
@@ -320,7 +324,10 @@ mod tests {
             start,
             end,
             drain_until: end,
-            period_ns: 100_000_000,
+            schedule: Plan::schedule_of(
+                &crate::scenario::schedule::Schedule::constant(10.0, 1.0),
+                2,
+            ),
             senders: 2,
             text_bytes: 64,
         }

@@ -55,6 +55,7 @@ pub async fn run_rooms(
             let role = Role { idx: idx as u64, room_id: room_id.clone(), peers };
             let wake = wakes[idx].clone();
             let at = idx;
+            let plan = plan.clone();
             running.spawn(async move { (at, member_loop(member, role, plan, wake).await) });
             idx += 1;
         }

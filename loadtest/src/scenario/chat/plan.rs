@@ -5,10 +5,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::scenario::schedule::Schedule;
 use crate::stats;
 
 /// When the phases of the run happen, shared by every member.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct Plan {
     /// Monotonic origin of the timestamps carried in texts.
     pub base: Instant,
@@ -18,16 +19,30 @@ pub struct Plan {
     pub end: Instant,
     /// Members stop reading here.
     pub drain_until: Instant,
-    pub period_ns: u64,
+    /// All senders' sends together, as one sequence of slots from `start`:
+    /// slot `j` is send `j / senders` of sender `j % senders` (the schedule of
+    /// one member's rate times `senders`).
+    pub schedule: Arc<Schedule>,
     pub senders: u64,
     pub text_bytes: usize,
 }
 
 impl Plan {
+    /// Each of `senders` sending on `per_member` (a schedule of one member's
+    /// rate) from `start` to `end`.
+    pub fn schedule_of(per_member: &Schedule, senders: u64) -> Arc<Schedule> {
+        Arc::new(per_member.scaled(senders.max(1) as f64))
+    }
+
     /// Scheduled time of send `k` of sender number `idx`.
     pub fn due(&self, idx: u64, k: u64) -> Instant {
-        let offset = self.period_ns.saturating_mul(idx) / self.senders.max(1);
-        self.start + Duration::from_nanos(offset.saturating_add(k.saturating_mul(self.period_ns)))
+        let j = k.saturating_mul(self.senders.max(1)).saturating_add(idx);
+        self.start + Duration::from_secs_f64(self.schedule.offset(j as usize))
+    }
+
+    /// Sends each member is scheduled to make (at most).
+    pub fn sends_per_member(&self) -> usize {
+        self.schedule.count() / self.senders.max(1) as usize + 1
     }
 
     /// `k.scheduled_us.handed_us.` then padding; both times are µs since `base`.
@@ -82,6 +97,9 @@ impl Metronome {
                 }
                 let (idx, k) = slot(j);
                 let wake = plan.due(idx, k).max(now + MIN_TICK);
+                if wake >= plan.end + MIN_TICK {
+                    return;
+                }
                 std::thread::sleep(wake.saturating_duration_since(Instant::now()));
             }
         })
@@ -101,12 +119,43 @@ mod tests {
             start: base,
             end,
             drain_until: end,
-            period_ns: 1_000_000_000 / 7,
+            schedule: Plan::schedule_of(&Schedule::constant(7.0, 1.0), 5),
             senders: 5,
             text_bytes: 0,
         };
         let slots: Vec<Instant> = (0..50).map(|j| plan.due(j % 5, j / 5)).collect();
         assert!(slots.windows(2).all(|w| w[0] <= w[1]));
-        assert_eq!(plan.due(0, 1) - plan.due(0, 0), Duration::from_nanos(plan.period_ns));
+        let period = (plan.due(0, 1) - plan.due(0, 0)).as_secs_f64();
+        assert!((period - 1.0 / 7.0).abs() < 1e-6, "{period}");
+        assert_eq!(plan.sends_per_member(), 8);
+    }
+
+    #[test]
+    fn staged_sends_follow_the_stages_times_the_senders() {
+        use crate::scenario::schedule::Stage;
+        let base = Instant::now();
+        let per_member = Schedule::staged(&[
+            Stage { rate: 10.0, secs: 1.0, ramp: false },
+            Stage { rate: 40.0, secs: 1.0, ramp: false },
+        ]);
+        let plan = Plan {
+            base,
+            start: base,
+            end: base + Duration::from_secs(2),
+            drain_until: base + Duration::from_secs(2),
+            schedule: Plan::schedule_of(&per_member, 4),
+            senders: 4,
+            text_bytes: 0,
+        };
+        // 4 senders: 40 sends in the first second, 160 in the second.
+        let in_second = |s: u64| {
+            (0..4u64)
+                .flat_map(|idx| (0..60u64).map(move |k| (idx, k)))
+                .map(|(idx, k)| plan.due(idx, k))
+                .filter(|&d| d < plan.end)
+                .filter(|&d| ((d - base).as_secs_f64() as u64) == s)
+                .count()
+        };
+        assert_eq!((in_second(0), in_second(1)), (40, 160));
     }
 }
