@@ -186,8 +186,8 @@ const BOTTOM: f64 = 44.0;
 fn open(out: &mut String, id: &str, title: &str) {
     let _ = write!(
         out,
-        "<svg id=\"{}\" class=\"chart\" role=\"img\" viewBox=\"0 0 {W} {H}\" \
-         xmlns=\"http://www.w3.org/2000/svg\"><title>{}</title>",
+        "<svg id=\"{}\" class=\"chart\" role=\"img\" viewBox=\"0 0 {W} {H}\">\
+         <title>{}</title>",
         escape(id),
         escape(title)
     );
