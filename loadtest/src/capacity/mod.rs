@@ -140,13 +140,15 @@ fn unix_now() -> f64 {
 }
 
 /// Whether the server behind `url` is ready: `/readyz` answers 200; a server
-/// without `/readyz` (the relay: any other status than 503) may answer
-/// `/healthz` instead.
+/// without `/readyz` (the relay: no answer, or any other status than 503)
+/// may answer `/healthz` instead.
 async fn ready(url: &str) -> bool {
     match server::get(url, "/readyz").await {
         Ok((200, _)) => true,
-        Ok((503, _)) | Err(_) => false,
-        Ok(_) => matches!(server::get(url, "/healthz").await, Ok((200, _))),
+        Ok((503, _)) => false,
+        // No answer or another status: a server without /readyz (the relay
+        // closes the connection) may answer /healthz.
+        Ok(_) | Err(_) => matches!(server::get(url, "/healthz").await, Ok((200, _))),
     }
 }
 
