@@ -155,7 +155,8 @@ async fn ready(url: &str) -> bool {
 /// Wait until every url is ready, at most `READY_WAIT`.
 async fn wait_ready(urls: &[String], why: &str) -> Result<(), String> {
     let until = Instant::now() + READY_WAIT;
-    for url in urls {
+    // Only ws:// is probed (wss:// is refused with --restart-cmd up front).
+    for url in urls.iter().filter(|u| server::http_base(u).is_some()) {
         while !ready(url).await {
             if Instant::now() >= until {
                 return Err(format!(
