@@ -7,7 +7,8 @@
 //! search with the smoke settings (two steps, one repeat each, a restart
 //! command that leaves a trace) writes its steps and verdict; `report` draws
 //! both in one HTML file, which must show in the browser without errors and
-//! without any network request, with one chart point per second of the run and
+//! without any network request, with one chart point per second of the run (per
+//! latency series: per second in which something finished) and
 //! one ladder mark per step. Also: what a user gets for bad input.
 
 use rendezvous_test_support as common;

@@ -194,13 +194,17 @@ impl Run {
             .map(|a| {
                 a.iter()
                     .filter_map(|p| {
+                        // A second in which nothing finished has no latency
+                        // (drawn as a gap, not as 0 ms).
+                        let timed = number(p, "count").is_none_or(|c| c > 0.0);
+                        let latency = |key: &str| number(p, key).filter(|_| timed);
                         Some(Point {
                             t: number(p, "t")?,
                             offered: number(p, "offered"),
                             achieved: number(p, "achieved"),
                             errors: number(p, "errors"),
-                            p50: number(p, "p50_ms"),
-                            p99: number(p, "p99_ms"),
+                            p50: latency("p50_ms"),
+                            p99: latency("p99_ms"),
                             cpu: number(p, "server_cpu"),
                             rss_mb: number(p, "server_rss_mb"),
                         })
@@ -831,6 +835,16 @@ mod tests {
                "pass": true,
                "timeline": {"interval_s": 1.0, "latency": "delivery_latency", "unit": "sends",
                             "points": points}})
+    }
+
+    #[test]
+    fn seconds_without_results_have_no_latency_point() {
+        let mut doc = result("r", 4);
+        doc["timeline"]["points"][3]["count"] = json!(0);
+        let Doc::Run(r) = parse("r.json", &doc).expect("run") else { panic!("a run") };
+        assert_eq!(r.points.len(), 4);
+        assert_eq!(r.points.iter().filter(|p| p.p99.is_some()).count(), 3);
+        assert_eq!(r.points.iter().filter(|p| p.offered.is_some()).count(), 4);
     }
 
     #[test]
