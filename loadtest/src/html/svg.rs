@@ -443,11 +443,12 @@ pub fn ladder_chart(
             num(h)
         );
     }
-    // Steps in order, joined by a faint line.
-    let path: Vec<String> = marks
-        .iter()
-        .filter_map(|m| m.y.map(|v| format!("{:.1},{:.1}", x.map(m.x), y.map(v))))
-        .collect();
+    // The steps by value, joined by a faint line (the numbers on the marks say
+    // the order they were tried in).
+    let mut by_value: Vec<(f64, f64)> = marks.iter().filter_map(|m| Some((m.x, m.y?))).collect();
+    by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let path: Vec<String> =
+        by_value.iter().map(|(vx, vy)| format!("{:.1},{:.1}", x.map(*vx), y.map(*vy))).collect();
     let _ = write!(out, "<polyline class=\"ladder\" fill=\"none\" points=\"{}\"/>", path.join(" "));
     for m in marks {
         let px = x.map(m.x);
