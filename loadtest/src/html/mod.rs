@@ -491,6 +491,7 @@ pub fn render(docs: &mut [Doc]) -> String {
     if !runs.is_empty() {
         runs_section(&mut h, &runs);
     }
+    capacities_overlaid(&mut h, &caps);
     for (i, c) in &caps {
         capacity_section(&mut h, *i, c);
     }
@@ -701,6 +702,72 @@ fn runs_section(h: &mut String, runs: &[(usize, &Run)]) {
     h.push_str("</table>");
 }
 
+/// The median of `c`'s main threshold at each step, as ladder marks.
+fn ladder_marks(c: &Capacity, color: Option<&'static str>) -> Vec<Mark> {
+    let main = c.main_threshold();
+    c.steps
+        .iter()
+        .enumerate()
+        .map(|(k, s)| Mark {
+            series: c.label.clone(),
+            color,
+            step: k + 1,
+            x: s.value,
+            y: main.and_then(|t| s.median.iter().find(|(p, _)| *p == t.path).map(|(_, v)| *v)),
+            pass: s.pass,
+            phase: s.phase.clone(),
+        })
+        .collect()
+}
+
+/// Searches over the same setting (engine against relay) on one ladder.
+fn capacities_overlaid(h: &mut String, caps: &[(usize, &Capacity)]) {
+    let Some((_, first)) = caps.first() else { return };
+    let same: Vec<&(usize, &Capacity)> =
+        caps.iter().filter(|(_, c)| c.param == first.param).collect();
+    if same.len() < 2 {
+        return;
+    }
+    let mut marks = Vec::new();
+    let mut held = Vec::new();
+    let mut rules: Vec<Rule> = Vec::new();
+    for (i, c) in &same {
+        marks.extend(ladder_marks(c, Some(color(*i))));
+        if let Some(v) = c.held_up_to {
+            held.push((v, Some(color(*i)), format!("{}: ", c.label)));
+        }
+        if let Some(t) = c.main_threshold() {
+            for (w, v) in [("max", t.max), ("min", t.min)] {
+                let label = format!("{} {w}", t.path);
+                if let Some(v) = v.filter(|v| !rules.iter().any(|r| r.label == label && r.y == *v))
+                {
+                    rules.push(Rule { label, y: v });
+                }
+            }
+        }
+    }
+    let y_label = first
+        .main_threshold()
+        .map_or_else(|| "median".to_owned(), |t| format!("median {}", t.path));
+    let names: Vec<&str> = same.iter().map(|(_, c)| c.label.as_str()).collect();
+    let _ = write!(
+        h,
+        "<h2>Capacity compared</h2><p class=\"muted\">{}: each search's steps over <code>{}</code>, \
+         in its color (dots held, crosses failed).</p>",
+        escape(&names.join(" against ")),
+        escape(&first.param)
+    );
+    h.push_str(&svg::ladder_chart(
+        "chart-capacities",
+        "capacity searches compared",
+        &format!("{} ({})", first.param, first.unit),
+        &y_label,
+        &marks,
+        &rules,
+        &held,
+    ));
+}
+
 fn capacity_section(h: &mut String, i: usize, c: &Capacity) {
     let _ = write!(
         h,
@@ -736,18 +803,7 @@ fn capacity_section(h: &mut String, i: usize, c: &Capacity) {
         escape(&c.file)
     );
     let main = c.main_threshold();
-    let marks: Vec<Mark> = c
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(k, s)| Mark {
-            step: k + 1,
-            x: s.value,
-            y: main.and_then(|t| s.median.iter().find(|(p, _)| *p == t.path).map(|(_, v)| *v)),
-            pass: s.pass,
-            phase: s.phase.clone(),
-        })
-        .collect();
+    let marks = ladder_marks(c, None);
     let rules: Vec<Rule> = main
         .into_iter()
         .flat_map(|t| {
@@ -764,7 +820,7 @@ fn capacity_section(h: &mut String, i: usize, c: &Capacity) {
         &y_label,
         &marks,
         &rules,
-        c.held_up_to,
+        &c.held_up_to.map(|v| (v, None, String::new())).into_iter().collect::<Vec<_>>(),
     ));
     h.push_str("<table class=\"capacity-steps\"><tr><th>step</th><th>phase</th><th>value</th><th>verdict</th>");
     for t in &c.thresholds {
@@ -936,6 +992,27 @@ mod tests {
         assert!(page.contains("delivered_per_s = 200"));
         assert!(page.contains("engine &lt;cap&gt;"));
         assert!(page.contains("data-threshold=\"delivery_latency.p99_ms max\""));
+    }
+
+    #[test]
+    fn two_searches_over_one_setting_share_a_ladder() {
+        let cap = |label: &str, held: f64| {
+            json!({"label": label, "scenario": "chat-pairs", "capacity": {"param": "chat.rate",
+                "held_up_to": held, "thresholds": [{"path": "delivery_latency.p99_ms", "max": 10.0}],
+                "steps": [{"value": 10.0, "pass": true, "median": {"delivery_latency.p99_ms": 2.0}},
+                          {"value": 20.0, "pass": false, "median": {"delivery_latency.p99_ms": 20.0}}]}})
+        };
+        let mut docs = vec![
+            parse("e.json", &cap("engine", 10.0)).expect("e"),
+            parse("r.json", &cap("relay", 10.0)).expect("r"),
+        ];
+        let page = render(&mut docs);
+        let overlay = &page[page.find("id=\"chart-capacities\"").expect("overlaid ladder")..];
+        let overlay = &overlay[..overlay.find("</svg>").expect("end")];
+        assert_eq!(overlay.matches("class=\"step ").count(), 4);
+        assert_eq!(overlay.matches("data-series=\"relay\" data-step").count(), 2);
+        assert_eq!(overlay.matches("class=\"held\"").count(), 2);
+        assert_eq!(page.matches("id=\"chart-capacity-").count(), 2);
     }
 
     #[test]

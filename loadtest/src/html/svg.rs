@@ -169,6 +169,10 @@ pub struct Rule {
 
 /// One point of a ladder chart (a capacity step).
 pub struct Mark {
+    /// Which search the step belongs to (`data-series`).
+    pub series: String,
+    /// The search's color when several are overlaid (else pass green, fail red).
+    pub color: Option<&'static str>,
     pub step: usize,
     pub x: f64,
     pub y: Option<f64>,
@@ -406,7 +410,8 @@ pub fn bar_chart(
 /// the values span more than a factor of 4), y = the step's median of the
 /// main threshold, passing steps filled, failing ones as crosses
 /// (`.step` with `data-step`, `data-x`, `data-v`, `data-pass`), the
-/// threshold as a line and `held up to X` marked.
+/// threshold as a line and `held up to X` marked; several searches overlaid
+/// when the marks name several series (`held`: value, color, label).
 pub fn ladder_chart(
     id: &str,
     title: &str,
@@ -414,7 +419,7 @@ pub fn ladder_chart(
     y_label: &str,
     marks: &[Mark],
     rule_lines: &[Rule],
-    held: Option<f64>,
+    held: &[(f64, Option<&'static str>, String)],
 ) -> String {
     let xs: Vec<f64> = marks.iter().map(|m| m.x).collect();
     let (lo, hi) = bounds(xs.iter().copied());
@@ -429,27 +434,50 @@ pub fn ladder_chart(
     open(&mut out, id, title);
     axes(&mut out, &x, &y, x_label, y_label);
     rules(&mut out, &y, rule_lines);
-    if let Some(h) = held {
-        let px = x.map(h);
+    for (k, (h, color, label)) in held.iter().enumerate() {
+        let px = x.map(*h);
         // The note on the side of the line with room for it.
         let (tx, anchor) = if px > W / 2.0 { (px - 4.0, "end") } else { (px + 4.0, "start") };
+        let style = color.map(|c| format!(" style=\"stroke:{c};fill:{c}\"")).unwrap_or_default();
         let _ = write!(
             out,
-            "<g class=\"held\" data-v=\"{h}\"><line x1=\"{px:.1}\" x2=\"{px:.1}\" y1=\"{}\" \
-             y2=\"{TOP}\"/><text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\">held up to \
-             {}</text></g>",
+            "<g class=\"held\" data-v=\"{h}\"{style}><line x1=\"{px:.1}\" x2=\"{px:.1}\" \
+             y1=\"{}\" y2=\"{TOP}\"/><text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" \
+             stroke=\"none\">{}held up to {}</text></g>",
             H - BOTTOM,
-            TOP + 24.0,
-            num(h)
+            TOP + 24.0 + 13.0 * k as f64,
+            escape(label),
+            num(*h)
         );
     }
-    // The steps by value, joined by a faint line (the numbers on the marks say
-    // the order they were tried in).
-    let mut by_value: Vec<(f64, f64)> = marks.iter().filter_map(|m| Some((m.x, m.y?))).collect();
-    by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let path: Vec<String> =
-        by_value.iter().map(|(vx, vy)| format!("{:.1},{:.1}", x.map(*vx), y.map(*vy))).collect();
-    let _ = write!(out, "<polyline class=\"ladder\" fill=\"none\" points=\"{}\"/>", path.join(" "));
+    // Each search's steps by value, joined by a faint line (the numbers on the
+    // marks say the order they were tried in).
+    let mut names: Vec<&str> = Vec::new();
+    for m in marks {
+        if !names.contains(&m.series.as_str()) {
+            names.push(&m.series);
+        }
+    }
+    for name in names {
+        let mine: Vec<&Mark> = marks.iter().filter(|m| m.series == name).collect();
+        let mut by_value: Vec<(f64, f64)> = mine.iter().filter_map(|m| Some((m.x, m.y?))).collect();
+        by_value.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let path: Vec<String> = by_value
+            .iter()
+            .map(|(vx, vy)| format!("{:.1},{:.1}", x.map(*vx), y.map(*vy)))
+            .collect();
+        let style = mine
+            .first()
+            .and_then(|m| m.color)
+            .map(|c| format!(" style=\"stroke:{c}\""))
+            .unwrap_or_default();
+        let _ = write!(
+            out,
+            "<polyline class=\"ladder\" data-series=\"{}\" fill=\"none\"{style} points=\"{}\"/>",
+            escape(name),
+            path.join(" ")
+        );
+    }
     for m in marks {
         let px = x.map(m.x);
         // A step without a number (its runs could not be done) sits on the axis.
@@ -466,19 +494,22 @@ pub fn ladder_chart(
         );
         let _ = write!(
             out,
-            "<g class=\"step {verdict}\" data-series=\"ladder\" data-step=\"{}\" data-x=\"{}\" \
+            "<g class=\"step {verdict}\" data-series=\"{}\" data-step=\"{}\" data-x=\"{}\" \
              data-v=\"{v}\" data-pass=\"{}\"><title>{}</title>",
+            escape(&m.series),
             m.step,
             m.x,
             m.pass,
             escape(&tip)
         );
+        let fill = m.color.map(|c| format!(" style=\"fill:{c}\"")).unwrap_or_default();
+        let stroke = m.color.map(|c| format!(" style=\"stroke:{c}\"")).unwrap_or_default();
         if m.pass {
-            let _ = write!(out, "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"5\"/>");
+            let _ = write!(out, "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" r=\"5\"{fill}/>");
         } else {
             let _ = write!(
                 out,
-                "<path d=\"M{:.1} {:.1}L{:.1} {:.1}M{:.1} {:.1}L{:.1} {:.1}\"/>",
+                "<path d=\"M{:.1} {:.1}L{:.1} {:.1}M{:.1} {:.1}L{:.1} {:.1}\"{stroke}/>",
                 px - 5.0,
                 py - 5.0,
                 px + 5.0,
@@ -587,6 +618,8 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(i, (x, y, pass))| Mark {
+                series: "one".into(),
+                color: None,
                 step: i + 1,
                 x: *x,
                 y: Some(*y),
@@ -594,7 +627,15 @@ mod tests {
                 phase: "step".into(),
             })
             .collect();
-        let svg = ladder_chart("cap", "ladder", "rate", "ms", &marks, &[], Some(20.0));
+        let svg = ladder_chart(
+            "cap",
+            "ladder",
+            "rate",
+            "ms",
+            &marks,
+            &[],
+            &[(20.0, None, String::new())],
+        );
         assert_eq!(svg.matches("class=\"step ").count(), 3);
         assert_eq!(svg.matches("data-pass=\"false\"").count(), 1);
         assert!(svg.contains("held up to 20"));
