@@ -438,12 +438,13 @@ pub fn ladder_chart(
         let px = x.map(*h);
         // The note on the side of the line with room for it.
         let (tx, anchor) = if px > W / 2.0 { (px - 4.0, "end") } else { (px + 4.0, "start") };
-        let style = color.map(|c| format!(" style=\"stroke:{c};fill:{c}\"")).unwrap_or_default();
+        let line = color.map(|c| format!(" style=\"stroke:{c}\"")).unwrap_or_default();
+        let text = color.map(|c| format!(" style=\"fill:{c}\"")).unwrap_or_default();
         let _ = write!(
             out,
-            "<g class=\"held\" data-v=\"{h}\"{style}><line x1=\"{px:.1}\" x2=\"{px:.1}\" \
-             y1=\"{}\" y2=\"{TOP}\"/><text x=\"{tx:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" \
-             stroke=\"none\">{}held up to {}</text></g>",
+            "<g class=\"held\" data-v=\"{h}\"><line x1=\"{px:.1}\" x2=\"{px:.1}\" \
+             y1=\"{}\" y2=\"{TOP}\"{line}/><text x=\"{tx:.1}\" y=\"{:.1}\" \
+             text-anchor=\"{anchor}\"{text}>{}held up to {}</text></g>",
             H - BOTTOM,
             TOP + 24.0 + 13.0 * k as f64,
             escape(label),
