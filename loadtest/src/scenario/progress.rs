@@ -130,4 +130,14 @@ mod tests {
         assert_eq!(parse_line("match_latency 1 2 3"), None);
         assert_eq!(parse_line(r#"{"progress": [1, 2]}"#), None);
     }
+
+    #[test]
+    fn the_parent_shows_the_sum_of_its_workers() {
+        // The only test here that touches the process-wide counters.
+        store(&[[1, 0, 2, 3, 4, 5], [10, 1, 20, 30, 40, 50]]);
+        assert_eq!(snapshot(), [11, 1, 22, 33, 44, 55]);
+        let mut last = 0;
+        let text = line(Instant::now(), "w", &mut last);
+        assert!(text.contains("open     10") && text.contains("errors 55"), "{text}");
+    }
 }

@@ -107,15 +107,25 @@ pub fn achieved(at: Instant, n: u64) {
 
 /// One main-latency sample of an item done at `at`.
 pub fn latency(at: Instant, us: u64) {
+    with(|rec| sample(rec.bucket(at), us));
+}
+
+/// An item done at `at` with its main latency (one lock for both).
+pub fn done(at: Instant, us: u64) {
     with(|rec| {
         let b = rec.bucket(at);
-        if b.hist.is_none() {
-            b.hist = stats::histogram().ok();
-        }
-        if let Some(h) = &mut b.hist {
-            stats::record(h, us);
-        }
+        b.achieved += 1;
+        sample(b, us);
     });
+}
+
+fn sample(b: &mut Bucket, us: u64) {
+    if b.hist.is_none() {
+        b.hist = stats::histogram().ok();
+    }
+    if let Some(h) = &mut b.hist {
+        stats::record(h, us);
+    }
 }
 
 pub fn error(at: Instant) {

@@ -193,8 +193,7 @@ fn on_message(log: &mut MemberLog, role: &Role, plan: &Plan, view: &View, now: I
     let delivery = since(stamp.due_us);
     metrics::counter!(crate::telemetry::MESSAGES_RECEIVED_TOTAL).increment(1);
     progress::received(1);
-    timeline::achieved(now, 1);
-    timeline::latency(now, delivery);
+    timeline::done(now, delivery);
     metrics::histogram!(crate::telemetry::DELIVERY_LATENCY_SECONDS)
         .record(delivery as f64 / 1_000_000.0);
     log.delivery_us.push(delivery);
