@@ -182,6 +182,29 @@ fn a_run_and_a_capacity_search_are_drawn_in_one_report_that_chromium_shows() {
         "the search judges by the scenario's thresholds"
     );
 
+    // A start that already fails its thresholds: exit 1, nothing held.
+    let failing_json = path("failing.json");
+    let out = loadtest_run(&[
+        "capacity",
+        &scenario("chat-pairs"),
+        "--smoke",
+        "--url",
+        &url,
+        "--repeats",
+        "1",
+        "--set",
+        "thresholds.lost={max=-1}",
+        "--json",
+        &failing_json,
+    ]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("held at no value tried"), "{said}");
+    let failing = read_json(Path::new(&failing_json));
+    assert!(failing["capacity"]["held_up_to"].is_null(), "{failing}");
+    assert_eq!(failing["capacity"]["first_failed"].as_f64(), Some(10.0), "{failing}");
+    assert_eq!(failing["capacity"]["steps"].as_array().map(Vec::len), Some(1), "{failing}");
+
     // The report over both, opened in Chromium.
     let html = path("report.html");
     let out = loadtest_run(&["report", &run_json, &cap_json, "-o", &html]);
