@@ -16,6 +16,7 @@
 //! rooms show what the slow consumers cost everyone else; `stalled_cut_off`
 //! counts the stalled members the server disconnected.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -35,12 +36,18 @@ use crate::scenario::spec::Chat;
 use crate::stats;
 
 /// Match `a_url`'s user with `b_url`'s; B's search time is the match latency.
+///
+/// Connections open concurrently, but one pair searches at a time (`gate`):
+/// while several first members wait at once, a matching policy that trades
+/// shared interests for a shorter wait (the engine's default) may pair two of
+/// them with each other instead of with their designated partners.
 async fn pair(
     d: Dialer,
     id: String,
     a_url: String,
     b_url: String,
     small_b: bool,
+    gate: Arc<tokio::sync::Mutex<()>>,
 ) -> Result<(String, Vec<Member>, u64), Failure> {
     let wait = d.wait();
     let (mut a, _) = d.open(&a_url, d.user(&format!("{id}a"))).await?;
@@ -51,6 +58,7 @@ async fn pair(
     };
     let find =
         json!({"action": "find_match", "interests": [format!("{}-{id}", d.tag())]}).to_string();
+    let _searching = gate.lock().await;
     client::send_text(&mut a.ws, &a.user, find.clone()).await?;
     client::until(&mut a.ws, &a.user, "searching", wait).await?;
     let t0 = Instant::now();
@@ -203,12 +211,13 @@ pub async fn load_scheduled(
     let t0 = Instant::now();
     let d = dialer.clone();
     let (size, cross) = (c.room_size, c.cross_node);
+    let gate = Arc::new(tokio::sync::Mutex::new(()));
     let results = bounded(c.rooms, c.setup_concurrency, deadline, |r| {
-        let d = d.clone();
+        let (d, gate) = (d.clone(), gate.clone());
         async move {
             if size == 2 {
                 let (a, b) = (d.url(r).to_owned(), d.url(if cross { r + 1 } else { r }).to_owned());
-                pair(d, format!("p{r}"), a, b, false).await
+                pair(d, format!("p{r}"), a, b, false, gate).await
             } else {
                 public_room(d, r, size, cross).await
             }
@@ -241,10 +250,10 @@ pub async fn load_scheduled(
     }
     let rooms: Vec<(String, Vec<Member>)> = rooms.into_iter().flatten().collect();
     let stalled_rooms = bounded(c.stalled_pairs, c.setup_concurrency, deadline, |r| {
-        let d = d.clone();
+        let (d, gate) = (d.clone(), gate.clone());
         async move {
             let (a, b) = (d.url(r).to_owned(), d.url(r).to_owned());
-            pair(d, format!("st{r}"), a, b, true).await
+            pair(d, format!("st{r}"), a, b, true, gate).await
         }
     })
     .await;
