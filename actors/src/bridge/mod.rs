@@ -201,6 +201,11 @@ pub enum Appended {
     Stored(u64),
     /// A resend of a message already stored as `seq` / `msg_id`; not stored again.
     Duplicate { seq: u64, msg_id: String },
+    /// Stored (`fresh`: now, as `seq`; else earlier, and this was a resend), but
+    /// fewer replicas than required confirmed it in time: a failover could still
+    /// lose it, so it must not be acknowledged. The sender is told to resend (with
+    /// the same `client_msg_id`, which finds it stored and waits again).
+    Unconfirmed { seq: u64, fresh: bool },
 }
 
 /// A page of a room's stored history, with what the store still holds.

@@ -28,6 +28,7 @@
 //! braces are Redis Cluster hash tags: every script's keys share one slot.
 
 pub mod conn;
+pub mod target;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use self::conn::Pipe;
+use self::conn::{AckPolicy, Pipe};
+use self::target::Target;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
 use super::{
@@ -61,6 +63,9 @@ const SUB_TIMEOUT: Duration = Duration::from_millis(3_000);
 /// Messages kept per room stream (approximate: MAXLEN ~); the stream is also
 /// capped in bytes by `history_bytes`.
 const STREAM_CAP: u64 = 10_000;
+/// Every this many beats the primary's replicas are counted again (the default
+/// ack policy waits for one when there is one).
+const REPLICAS_EVERY_BEATS: u64 = 10;
 /// Shortest pause between two refreshes of this node's keys.
 const MIN_REFRESH: Duration = Duration::from_millis(500);
 
@@ -255,7 +260,8 @@ pub struct RedisBridge {
     settings: OnceLock<BridgeSettings>,
     /// Bumped on every reconnect of the command connection.
     connected: watch::Receiver<u64>,
-    client: redis::Client,
+    /// Where connections go (a fixed server, or the sentinels' primary).
+    target: Target,
     /// A resync task runs.
     resyncing: AtomicBool,
     /// Another resync was asked for while one ran.
@@ -268,21 +274,20 @@ pub struct RedisBridge {
 
 impl RedisBridge {
     /// Make the bridge. Its connections are made once [`Bridge::attach`] has
-    /// started its tasks, in the background and retried for ever.
-    pub fn connect(url: &str, node: &str) -> Result<Arc<RedisBridge>, BridgeError> {
+    /// started its tasks, in the background and retried for ever. `url` is any
+    /// form [`target::parse`] reads; `ack` says how many replicas must confirm a
+    /// chat message before it is acknowledged.
+    pub fn connect(url: &str, node: &str, ack: AckPolicy) -> Result<Arc<RedisBridge>, BridgeError> {
         // rediss:// needs a process-wide TLS crypto provider; a second install fails
         // harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| unavailable(format!("redis url: {e}")))?;
         // Nagle off (redis-rs leaves it on): the pipe writes one pipeline and waits
         // for its answer, and a pipeline's last partial segment must not wait for
         // a delayed ACK of the ones before it.
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
-        let client = redis::Client::open(info.set_tcp_settings(tcp))
-            .map_err(|e| unavailable(format!("redis url: {e}")))?;
+        let target = Target::new(url, tcp).map_err(unavailable)?;
         let (tx, rx) = watch::channel(0u64);
-        let (pipe, runner) = conn::new(client.clone(), SOURCES.to_vec(), tx);
+        let (pipe, runner) = conn::new(target.clone(), SOURCES.to_vec(), tx, ack);
         Ok(Arc::new(RedisBridge {
             node: node.to_owned(),
             pipe,
@@ -296,7 +301,7 @@ impl RedisBridge {
             sink: OnceLock::new(),
             settings: OnceLock::new(),
             connected: rx,
-            client,
+            target,
             resyncing: AtomicBool::new(false),
             resync_again: AtomicBool::new(false),
             synced: AtomicBool::new(false),
@@ -457,17 +462,25 @@ impl RedisBridge {
         self.pipe.fire("publish", redis::cmd("PUBLISH").arg(channel).arg(payload).clone());
     }
 
-    /// The pub/sub loop: (re)subscribe with backoff, route every event.
+    /// The pub/sub loop: (re)subscribe with backoff, route every event. Every
+    /// subscription asks the target for the server (the current primary); one is
+    /// also dropped and made again when the command connection reconnects, so
+    /// both follow a failover to the same primary.
     async fn subscriber(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
+        let mut pipe_generation = self.connected.clone();
         loop {
             let sub = async {
-                let mut ps = self.client.get_async_pubsub().await?;
+                let client = self.target.client().await?;
+                let server = target::addr_of(&client);
+                let mut ps = client.get_async_pubsub().await?;
                 ps.subscribe(CLUSTER_CHANNEL).await?;
                 ps.subscribe(node_channel(&self.node)).await?;
-                Ok::<_, redis::RedisError>(ps)
+                Ok::<_, redis::RedisError>((ps, server))
             };
-            let ps = match tokio::time::timeout(Duration::from_secs(3), sub).await {
+            // A reconnect of the pipe from here on makes this subscription again.
+            pipe_generation.borrow_and_update();
+            let (ps, server) = match tokio::time::timeout(Duration::from_secs(3), sub).await {
                 Ok(Ok(ps)) => ps,
                 Ok(Err(e)) => {
                     debug!(error = %e, "subscribe failed");
@@ -481,11 +494,22 @@ impl RedisBridge {
                 }
             };
             backoff = Duration::from_millis(100);
-            info!(node = %self.node, "subscribed to cluster channels");
+            info!(node = %self.node, %server, "subscribed to cluster channels");
             // Whatever was published while the subscription was down is lost.
             self.clone().spawn_resync();
             let mut stream = ps.into_on_message();
-            while let Some(msg) = stream.next().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = stream.next() => msg,
+                    changed = pipe_generation.changed(), if self.target.is_sentinel() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        info!("command connection reconnected; subscribing again on the primary");
+                        None
+                    }
+                };
+                let Some(msg) = msg else { break };
                 let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
                 match serde_json::from_slice::<ClusterEvent>(&payload) {
                     Ok(ClusterEvent::Beat { node, .. }) if node == self.node => {
@@ -499,7 +523,7 @@ impl RedisBridge {
                     Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
                 }
             }
-            warn!("cluster subscription lost; resubscribing");
+            warn!(%server, "cluster subscription ended; resubscribing");
             self.health.sub_seen_ms.store(0, Ordering::Release);
         }
     }
@@ -508,8 +532,20 @@ impl RedisBridge {
     async fn heartbeat(self: Arc<Self>) {
         let mut every = tokio::time::interval(BEAT);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut beats = 0u64;
         loop {
             every.tick().await;
+            beats += 1;
+            if beats % REPLICAS_EVERY_BEATS == 0 {
+                // Under the default ack policy: follow replicas that came or went.
+                let pipe = self.pipe.clone();
+                let info = pipe.call("info", redis::cmd("INFO").arg("replication").clone());
+                tokio::spawn(async move {
+                    if let Ok(v) = info.await {
+                        pipe.replicas_reported(&as_string(&v).unwrap_or_default());
+                    }
+                });
+            }
             let now = now_ms();
             metrics::gauge!(m::BRIDGE_UP).set(if self.healthy() { 1.0 } else { 0.0 });
             self.pipe
@@ -1072,7 +1108,9 @@ impl Bridge for RedisBridge {
         let fut = self.room_append_once(msg, None);
         Box::pin(async move {
             Ok(fut.await?.map(|a| match a {
-                Appended::Stored(seq) | Appended::Duplicate { seq, .. } => seq,
+                Appended::Stored(seq)
+                | Appended::Duplicate { seq, .. }
+                | Appended::Unconfirmed { seq, .. } => seq,
             }))
         })
     }
@@ -1116,16 +1154,23 @@ impl Bridge for RedisBridge {
                 msg.msg_id.clone(),
             ],
         );
-        let fut = self.pipe.call("append", cmd);
+        // Acknowledged only once the replicas asked for hold it (`WAIT`).
+        let fut = self.pipe.call_durable("append", cmd);
         Box::pin(async move {
-            let reply = fut.await?;
+            let (reply, confirmed) = fut.await?;
             if let Value::Array(original) = &reply {
                 // A resend: the original's seq and msg_id.
                 let seq = original.first().and_then(as_i64).unwrap_or(0).max(0) as u64;
                 let msg_id = original.get(1).and_then(as_string).unwrap_or_default();
+                if seq > 0 && !confirmed {
+                    return Ok(Some(Appended::Unconfirmed { seq, fresh: false }));
+                }
                 return Ok((seq > 0).then_some(Appended::Duplicate { seq, msg_id }));
             }
             let seq = as_i64(&reply).unwrap_or(-1);
+            if seq > 0 && !confirmed {
+                return Ok(Some(Appended::Unconfirmed { seq: seq as u64, fresh: true }));
+            }
             Ok((seq > 0).then_some(Appended::Stored(seq as u64)))
         })
     }
@@ -1353,7 +1398,8 @@ mod tests {
     #[tokio::test]
     async fn the_seq_mark_is_found_even_when_names_and_text_imitate_it() {
         // No server is needed: connecting happens in the background.
-        let bridge = RedisBridge::connect("redis://127.0.0.1:1", "n1").expect("url");
+        let bridge =
+            RedisBridge::connect("redis://127.0.0.1:1", "n1", AckPolicy::default()).expect("url");
         let fake = "\"message\",\"seq\":18446744073709551615";
         let msg = ChatMessage {
             room_id: format!("pub:{fake}"),
