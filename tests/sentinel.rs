@@ -25,7 +25,7 @@ use common::cluster::*;
 use common::search::pair;
 use common::sentinel::{info_field, SentinelGroup, DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS};
 use common::Client;
-use rendezvous_actors::protocol::{ChatMessage, ErrorCode, ServerFrame};
+use rendezvous_actors::protocol::{ChatMessage, ErrorCode, HistoryItem, ServerFrame};
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -258,8 +258,16 @@ async fn a_killed_primary_is_followed_and_nothing_acknowledged_is_lost() {
         }
     }
     // The store (the promoted replica) holds every acknowledged message.
-    let h = history(&mut bob.c, &room, 0, Some(100)).await;
-    let stored: BTreeMap<u64, String> = h.iter().map(|m| (m.seq, m.text.clone())).collect();
+    bob.c.send_json(history_request(&room, 0, Some(100))).await;
+    let stored: BTreeMap<u64, String> = loop {
+        match bob.c.recv().await {
+            ServerFrame::History { messages, .. } => {
+                break messages.into_iter().map(|HistoryItem::Message(m)| (m.seq, m.text)).collect()
+            }
+            ServerFrame::Message(m) if m.sender != "bob" => bob.got.push(m),
+            _ => {}
+        }
+    };
     for (seq, text) in &acked {
         assert_eq!(stored.get(seq), Some(text), "history after the failover, seq {seq}");
     }
