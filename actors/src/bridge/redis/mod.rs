@@ -536,7 +536,7 @@ impl RedisBridge {
         loop {
             every.tick().await;
             beats += 1;
-            if beats % REPLICAS_EVERY_BEATS == 0 {
+            if beats.is_multiple_of(REPLICAS_EVERY_BEATS) {
                 // Under the default ack policy: follow replicas that came or went.
                 let pipe = self.pipe.clone();
                 let info = pipe.call("info", redis::cmd("INFO").arg("replication").clone());

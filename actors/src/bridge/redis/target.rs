@@ -186,7 +186,7 @@ fn decode(s: &str) -> Result<String, String> {
 /// the primary now (asked on every call of [`Target::client`]).
 #[derive(Clone)]
 pub enum Target {
-    Direct(redis::Client),
+    Direct(Box<redis::Client>),
     Sentinel { sentinel: Arc<tokio::sync::Mutex<SentinelClient>>, master: Arc<str> },
 }
 
@@ -199,7 +199,7 @@ impl Target {
                     .map_err(|e| format!("redis url: {e}"))?;
                 let client = redis::Client::open(info.set_tcp_settings(tcp))
                     .map_err(|e| format!("redis url: {e}"))?;
-                Ok(Target::Direct(client))
+                Ok(Target::Direct(Box::new(client)))
             }
             RedisUrl::Sentinel(s) => {
                 let mut redis_info = RedisConnectionInfo::default();
@@ -240,7 +240,7 @@ impl Target {
     /// sentinels name (checked to call itself primary).
     pub async fn client(&self) -> RedisResult<redis::Client> {
         match self {
-            Target::Direct(c) => Ok(c.clone()),
+            Target::Direct(c) => Ok((**c).clone()),
             Target::Sentinel { sentinel, master } => {
                 let mut s = sentinel.lock().await;
                 match tokio::time::timeout(LOOKUP_TIMEOUT, s.async_get_client()).await {
