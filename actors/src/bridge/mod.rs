@@ -257,6 +257,13 @@ pub trait Bridge: Send + Sync + 'static {
     fn nodes(&self) -> BoxFut<usize>;
     /// Ok when the shared store is reachable; drives `/readyz`.
     fn health(&self) -> BoxFut<()>;
+    /// False while the store cannot take a room's messages in order: it is down,
+    /// or this node reconnected and has not yet re-seeded its rooms (a message
+    /// stored before the re-seed could take a `seq` the members were already given).
+    /// A room with members on other nodes refuses `send` meanwhile.
+    fn writable(&self) -> bool {
+        true
+    }
 
     /// Leave the cluster (drain): tell the peers, withdraw this node's searches, and
     /// resolve once everything queued before has reached the store.

@@ -51,6 +51,13 @@ impl RoomActor {
             ack(&to, &self.state.id, stored.seq, &stored.msg_id);
             return self.deliver_message(&stored);
         };
+        if self.state.has_remote_members() && !self.shared.bridge.writable() {
+            // The store is down or not yet re-seeded after a reconnect: refused like
+            // a send that found it down (no seq handed out, nothing stored).
+            let id = replica.order.append_sent(to, draft);
+            return self
+                .feed(ctx, |order, out| order.append_answered(id, Answer::StoreDown, true, out));
+        }
         let fut = self.shared.bridge.room_append_once(&draft, to.client_msg_id.as_deref());
         let id = replica.order.append_sent(to, draft);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {

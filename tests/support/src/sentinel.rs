@@ -87,6 +87,12 @@ impl Sentinel {
         panic!("redis-sentinel did not start:\n{}", failures.join("\n"));
     }
 
+    /// One command to this sentinel (panics on I/O errors).
+    pub fn cmd(&self, args: &[&str]) -> Resp {
+        try_redis_cmd(self.port, args)
+            .unwrap_or_else(|e| panic!("sentinel :{} {args:?}: {e}", self.port))
+    }
+
     /// `SENTINEL MASTER` of the group, as field → value.
     pub fn master_fields(&self) -> Vec<(String, String)> {
         match try_redis_cmd(self.port, &["SENTINEL", "MASTER", MASTER_NAME]) {
@@ -151,9 +157,18 @@ impl SentinelGroup {
     /// Start the primary, the replica (waiting until it is in sync), then the
     /// sentinels (waiting until each knows the replica and the two others).
     pub fn start() -> SentinelGroup {
+        Self::start_with(&[])
+    }
+
+    /// [`SentinelGroup::start`] with more `redis-server` options for the first
+    /// primary (e.g. `--min-replicas-to-write 1`).
+    pub fn start_with(primary_extra: &[&str]) -> SentinelGroup {
         let pdir = TempDir::new("sentinel-primary");
         let rdir = TempDir::new("sentinel-replica");
-        let primary = RedisServer::start_with(&["--dir", &pdir.path_string()]);
+        let pdir_s = pdir.path_string();
+        let mut pargs = vec!["--dir", pdir_s.as_str()];
+        pargs.extend_from_slice(primary_extra);
+        let primary = RedisServer::start_with(&pargs);
         let pport = primary.port().to_string();
         let replica = RedisServer::start_with(&[
             "--dir",

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, Value};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::target::{addr_of, Target};
 use crate::bridge::BridgeError;
@@ -36,6 +36,9 @@ use crate::metrics as m;
 const BATCH: usize = 512;
 /// Longest one pipeline may take before the connection counts as dead.
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the pipe checks its server: with Sentinel, that the sentinels still
+/// name it the primary; under the default ack policy, how many replicas it has.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Queued commands beyond which new ones are refused (the store is too slow).
 pub const QUEUE_CAP: usize = 100_000;
 
@@ -154,16 +157,6 @@ impl Pipe {
         self.wait_replicas.load(Ordering::Acquire)
     }
 
-    /// Under the default policy, set the replicas a durable write waits for from
-    /// the primary's `INFO replication` (1 when it has any, else 0).
-    pub fn replicas_reported(&self, info: &str) {
-        if self.policy.replicas.is_none() {
-            if let Some(n) = connected_replicas(info) {
-                self.wait_replicas.store(n.min(1), Ordering::Release);
-            }
-        }
-    }
-
     /// Queue several commands as one entry (they go out back to back in one
     /// pipeline: one round trip for all) and wait for every reply, in order. The
     /// outer error means none was applied for sure (queue full, connection lost);
@@ -207,15 +200,20 @@ pub struct Runner {
     rx: mpsc::Receiver<Op>,
     pipe: Pipe,
     connected: watch::Sender<u64>,
+    synced: Arc<AtomicBool>,
 }
 
 impl Runner {
     /// Send the queue to Redis until every [`Pipe`] is gone.
     pub async fn run(self) {
-        let Runner { target, scripts, rx, pipe, connected } = self;
+        let Runner { target, scripts, rx, pipe, connected, synced } = self;
         // The task's own handle must not keep the queue open.
-        let shared =
-            Shared { up: pipe.up.clone(), wait: pipe.wait_replicas.clone(), policy: pipe.policy };
+        let shared = Shared {
+            up: pipe.up.clone(),
+            wait: pipe.wait_replicas.clone(),
+            policy: pipe.policy,
+            synced,
+        };
         drop(pipe);
         run(target, scripts, rx, shared, connected).await
     }
@@ -226,6 +224,8 @@ struct Shared {
     up: Arc<AtomicBool>,
     wait: Arc<AtomicU32>,
     policy: AckPolicy,
+    /// The bridge's "resynced since the last reconnect".
+    synced: Arc<AtomicBool>,
 }
 
 /// Make the pipe and its task, to be spawned where the pipe's callers run.
@@ -236,12 +236,13 @@ pub fn new(
     scripts: Vec<&'static str>,
     connected: watch::Sender<u64>,
     policy: AckPolicy,
+    synced: Arc<AtomicBool>,
 ) -> (Pipe, Runner) {
     let (tx, rx) = mpsc::channel(QUEUE_CAP);
     let up = Arc::new(AtomicBool::new(false));
     let wait_replicas = Arc::new(AtomicU32::new(policy.replicas.unwrap_or(0)));
     let pipe = Pipe { tx, up, wait_replicas, policy };
-    (pipe.clone(), Runner { target, scripts, rx, pipe, connected })
+    (pipe.clone(), Runner { target, scripts, rx, pipe, connected, synced })
 }
 
 /// Connect to the server to talk to now (the sentinels' primary, when they are
@@ -290,11 +291,13 @@ fn fail(op: Op, why: &str) {
 /// One command's reply: a server error becomes `Err`. `NOSCRIPT` (the script
 /// cache was flushed) asks for a reconnect, which reloads the scripts; so do
 /// `READONLY` and `MASTERDOWN` (the server is a replica now: a reconnect asks the
-/// sentinels for the new primary).
+/// sentinels for the new primary) and `NOREPLICAS` (a primary configured with
+/// `min-replicas-to-write` lost its replicas, as one does when a replica was
+/// promoted away from it).
 fn reply_of(kind: &'static str, v: Value, reload: &mut bool) -> Result<Value, BridgeError> {
     match v {
         Value::ServerError(e) => {
-            if matches!(e.code(), "NOSCRIPT" | "READONLY" | "MASTERDOWN") {
+            if matches!(e.code(), "NOSCRIPT" | "READONLY" | "MASTERDOWN" | "NOREPLICAS") {
                 *reload = true;
             }
             warn!(kind, error = ?e, "redis command failed");
@@ -302,6 +305,66 @@ fn reply_of(kind: &'static str, v: Value, reload: &mut bool) -> Result<Value, Br
         }
         v => Ok(v),
     }
+}
+
+/// With Sentinel: an error when the sentinels name another server than `addr`
+/// as the primary (a failover happened while this connection stayed up, e.g. a
+/// switchover that has not demoted this server yet). A failed lookup is no
+/// verdict.
+async fn check_primary(target: &Target, addr: &str) -> Result<(), String> {
+    if !target.is_sentinel() {
+        return Ok(());
+    }
+    match target.client().await {
+        Ok(c) if addr_of(&c) != addr => {
+            Err(format!("the sentinels name {} as the primary now", addr_of(&c)))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            debug!(error = %e, "could not ask the sentinels for the primary");
+            Ok(())
+        }
+    }
+}
+
+/// The periodic check of the connection's server: [`check_primary`], then under
+/// the default ack policy its replicas. The count a durable write waits for goes
+/// up at once when a replica appears, but down to 0 only after two checks in a
+/// row found none, the second still naming this server the primary: a primary
+/// whose replica was just promoted away from it has none either, and writes it
+/// acknowledged without a replica would be lost when it is demoted.
+async fn check_server(
+    target: &Target,
+    addr: &str,
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    replica_less: &mut u32,
+) -> Result<(), String> {
+    check_primary(target, addr).await?;
+    if shared.policy.replicas.is_some() {
+        return Ok(());
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("INFO replication failed: {e}"))?;
+    let n = connected_replicas(&info).unwrap_or(0).min(1);
+    let now = shared.wait.load(Ordering::Acquire);
+    if n >= now {
+        *replica_less = 0;
+        if n > now {
+            info!(server = %addr, "the primary has a replica: sends wait for it");
+        }
+        shared.wait.store(n, Ordering::Release);
+    } else {
+        *replica_less += 1;
+        if *replica_less >= 2 {
+            warn!(server = %addr, "the primary has no replica any more: sends no longer wait");
+            shared.wait.store(n, Ordering::Release);
+        }
+    }
+    Ok(())
 }
 
 async fn run(
@@ -338,14 +401,40 @@ async fn run(
         generation += 1;
         if generation > 1 {
             metrics::counter!(m::BRIDGE_RECONNECTS_TOTAL).increment(1);
+            // Until the bridge has re-seeded its rooms on this connection, a message
+            // stored here could take a seq the members were already given (by a
+            // server that failed over, or restarted empty): rooms across nodes
+            // refuse sends until then (`Bridge::writable`), and what was queued
+            // while connecting is failed, not sent ahead of the re-seed. The resync
+            // redoes the searches and rooms those commands were about.
+            shared.synced.store(false, Ordering::Release);
+            while let Ok(op) = rx.try_recv() {
+                fail(op, "redis reconnected; resyncing");
+            }
         }
         let wait_replicas = shared.wait.load(Ordering::Acquire);
         info!(generation, server = %addr, wait_replicas, "redis connected");
         up.store(true, Ordering::Release);
         let _ = connected.send(generation);
         let mut batch: Vec<Op> = Vec::with_capacity(BATCH);
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replica_less = 0u32;
         loop {
-            let Some(first) = rx.recv().await else { return };
+            let first = tokio::select! {
+                op = rx.recv() => match op {
+                    Some(op) => op,
+                    None => return,
+                },
+                _ = check.tick() => {
+                    if let Err(why) = check_server(&target, &addr, &mut conn, &shared, &mut replica_less).await {
+                        warn!(server = %addr, %why, "reconnecting");
+                        break;
+                    }
+                    continue;
+                }
+            };
             batch.push(first);
             while batch.len() < BATCH {
                 match rx.try_recv() {
@@ -437,6 +526,13 @@ async fn run(
                         // now: reconnect (to the primary), which reloads.
                         warn!(server = %addr, "redis asked for a reconnect (NOSCRIPT or READONLY)");
                         break;
+                    }
+                    if !confirmed {
+                        // Its replica may have been promoted away from it.
+                        if let Err(why) = check_primary(&target, &addr).await {
+                            warn!(server = %addr, %why, "reconnecting");
+                            break;
+                        }
                     }
                 }
                 Ok(_) | Err(_) => {

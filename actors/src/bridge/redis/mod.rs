@@ -63,9 +63,6 @@ const SUB_TIMEOUT: Duration = Duration::from_millis(3_000);
 /// Messages kept per room stream (approximate: MAXLEN ~); the stream is also
 /// capped in bytes by `history_bytes`.
 const STREAM_CAP: u64 = 10_000;
-/// Every this many beats the primary's replicas are counted again (the default
-/// ack policy waits for one when there is one).
-const REPLICAS_EVERY_BEATS: u64 = 10;
 /// Shortest pause between two refreshes of this node's keys.
 const MIN_REFRESH: Duration = Duration::from_millis(500);
 
@@ -267,7 +264,7 @@ pub struct RedisBridge {
     /// Another resync was asked for while one ran.
     resync_again: AtomicBool,
     /// The last resync has finished (pools and rooms agree with Redis again).
-    synced: AtomicBool,
+    synced: Arc<AtomicBool>,
     /// The pipe's task until [`Bridge::attach`] spawns it.
     runner: Mutex<Option<conn::Runner>>,
 }
@@ -287,7 +284,10 @@ impl RedisBridge {
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
         let target = Target::new(url, tcp).map_err(unavailable)?;
         let (tx, rx) = watch::channel(0u64);
-        let (pipe, runner) = conn::new(target.clone(), SOURCES.to_vec(), tx, ack);
+        // The pipe clears it on a reconnect, before anything is sent on the new
+        // connection; the resync sets it.
+        let synced = Arc::new(AtomicBool::new(false));
+        let (pipe, runner) = conn::new(target.clone(), SOURCES.to_vec(), tx, ack, synced.clone());
         Ok(Arc::new(RedisBridge {
             node: node.to_owned(),
             pipe,
@@ -304,7 +304,7 @@ impl RedisBridge {
             target,
             resyncing: AtomicBool::new(false),
             resync_again: AtomicBool::new(false),
-            synced: AtomicBool::new(false),
+            synced,
             runner: Mutex::new(Some(runner)),
         }))
     }
@@ -532,20 +532,8 @@ impl RedisBridge {
     async fn heartbeat(self: Arc<Self>) {
         let mut every = tokio::time::interval(BEAT);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut beats = 0u64;
         loop {
             every.tick().await;
-            beats += 1;
-            if beats.is_multiple_of(REPLICAS_EVERY_BEATS) {
-                // Under the default ack policy: follow replicas that came or went.
-                let pipe = self.pipe.clone();
-                let info = pipe.call("info", redis::cmd("INFO").arg("replication").clone());
-                tokio::spawn(async move {
-                    if let Ok(v) = info.await {
-                        pipe.replicas_reported(&as_string(&v).unwrap_or_default());
-                    }
-                });
-            }
             let now = now_ms();
             metrics::gauge!(m::BRIDGE_UP).set(if self.healthy() { 1.0 } else { 0.0 });
             self.pipe
@@ -996,6 +984,10 @@ impl Bridge for RedisBridge {
     fn nodes(&self) -> BoxFut<usize> {
         let n = self.health.peers.lock().unwrap_or_else(|p| p.into_inner()).len() + 1;
         Box::pin(async move { Ok(n) })
+    }
+
+    fn writable(&self) -> bool {
+        self.pipe.up.load(Ordering::Acquire) && self.synced.load(Ordering::Acquire)
     }
 
     fn health(&self) -> BoxFut<()> {
