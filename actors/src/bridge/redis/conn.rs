@@ -200,19 +200,19 @@ pub struct Runner {
     rx: mpsc::Receiver<Op>,
     pipe: Pipe,
     connected: watch::Sender<u64>,
-    synced: Arc<AtomicBool>,
+    reseed_pending: Arc<AtomicBool>,
 }
 
 impl Runner {
     /// Send the queue to Redis until every [`Pipe`] is gone.
     pub async fn run(self) {
-        let Runner { target, scripts, rx, pipe, connected, synced } = self;
+        let Runner { target, scripts, rx, pipe, connected, reseed_pending } = self;
         // The task's own handle must not keep the queue open.
         let shared = Shared {
             up: pipe.up.clone(),
             wait: pipe.wait_replicas.clone(),
             policy: pipe.policy,
-            synced,
+            reseed_pending,
         };
         drop(pipe);
         run(target, scripts, rx, shared, connected).await
@@ -224,8 +224,8 @@ struct Shared {
     up: Arc<AtomicBool>,
     wait: Arc<AtomicU32>,
     policy: AckPolicy,
-    /// The bridge's "resynced since the last reconnect".
-    synced: Arc<AtomicBool>,
+    /// Set on a reconnect; the bridge clears it once its resync has re-seeded.
+    reseed_pending: Arc<AtomicBool>,
 }
 
 /// Make the pipe and its task, to be spawned where the pipe's callers run.
@@ -236,13 +236,13 @@ pub fn new(
     scripts: Vec<&'static str>,
     connected: watch::Sender<u64>,
     policy: AckPolicy,
-    synced: Arc<AtomicBool>,
+    reseed_pending: Arc<AtomicBool>,
 ) -> (Pipe, Runner) {
     let (tx, rx) = mpsc::channel(QUEUE_CAP);
     let up = Arc::new(AtomicBool::new(false));
     let wait_replicas = Arc::new(AtomicU32::new(policy.replicas.unwrap_or(0)));
     let pipe = Pipe { tx, up, wait_replicas, policy };
-    (pipe.clone(), Runner { target, scripts, rx, pipe, connected, synced })
+    (pipe.clone(), Runner { target, scripts, rx, pipe, connected, reseed_pending })
 }
 
 /// Connect to the server to talk to now (the sentinels' primary, when they are
@@ -407,7 +407,7 @@ async fn run(
             // refuse sends until then (`Bridge::writable`), and what was queued
             // while connecting is failed, not sent ahead of the re-seed. The resync
             // redoes the searches and rooms those commands were about.
-            shared.synced.store(false, Ordering::Release);
+            shared.reseed_pending.store(true, Ordering::Release);
             while let Ok(op) = rx.try_recv() {
                 fail(op, "redis reconnected; resyncing");
             }

@@ -264,7 +264,10 @@ pub struct RedisBridge {
     /// Another resync was asked for while one ran.
     resync_again: AtomicBool,
     /// The last resync has finished (pools and rooms agree with Redis again).
-    synced: Arc<AtomicBool>,
+    synced: AtomicBool,
+    /// Set by the pipe when it reconnects, cleared when the resync after it has
+    /// finished: until then rooms across nodes refuse sends ([`Bridge::writable`]).
+    reseed_pending: Arc<AtomicBool>,
     /// The pipe's task until [`Bridge::attach`] spawns it.
     runner: Mutex<Option<conn::Runner>>,
 }
@@ -284,10 +287,11 @@ impl RedisBridge {
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
         let target = Target::new(url, tcp).map_err(unavailable)?;
         let (tx, rx) = watch::channel(0u64);
-        // The pipe clears it on a reconnect, before anything is sent on the new
-        // connection; the resync sets it.
-        let synced = Arc::new(AtomicBool::new(false));
-        let (pipe, runner) = conn::new(target.clone(), SOURCES.to_vec(), tx, ack, synced.clone());
+        // The pipe sets it on a reconnect, before anything is sent on the new
+        // connection; the resync clears it.
+        let reseed_pending = Arc::new(AtomicBool::new(false));
+        let (pipe, runner) =
+            conn::new(target.clone(), SOURCES.to_vec(), tx, ack, reseed_pending.clone());
         Ok(Arc::new(RedisBridge {
             node: node.to_owned(),
             pipe,
@@ -304,7 +308,8 @@ impl RedisBridge {
             target,
             resyncing: AtomicBool::new(false),
             resync_again: AtomicBool::new(false),
-            synced,
+            synced: AtomicBool::new(false),
+            reseed_pending,
             runner: Mutex::new(Some(runner)),
         }))
     }
@@ -676,6 +681,7 @@ impl RedisBridge {
                 metrics::histogram!(m::BRIDGE_RESYNC_SECONDS).record(t0.elapsed().as_secs_f64());
             }
             self.synced.store(true, Ordering::Release);
+            self.reseed_pending.store(false, Ordering::Release);
             self.resyncing.store(false, Ordering::Release);
             // A trigger that raced the end of the loop runs again.
             if self.resync_again.load(Ordering::Acquire) {
@@ -987,7 +993,7 @@ impl Bridge for RedisBridge {
     }
 
     fn writable(&self) -> bool {
-        self.pipe.up.load(Ordering::Acquire) && self.synced.load(Ordering::Acquire)
+        self.pipe.up.load(Ordering::Acquire) && !self.reseed_pending.load(Ordering::Acquire)
     }
 
     fn health(&self) -> BoxFut<()> {
