@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # The project's test command (README "Test it"): installs what the tests need on a
-# bare Debian machine (redis-server for the multi-node tests; prometheus, its Redis
+# bare Debian machine (redis-server and redis-sentinel for the multi-node tests; prometheus, its Redis
 # exporter and curl for the deployment test; nginx for the TLS proxy test; chromium,
 # Node and playwright-core for the browser test; the SDK's dev dependencies), then
 # runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# redis-server (and redis-cli, same package) for the multi-node tests; openssl to
-# make the certificate of the TLS (rediss://) test.
+# redis-server (and redis-cli, same package) for the multi-node tests;
+# redis-sentinel for the failover tests (tests/sentinel.rs); openssl to make the
+# certificate of the TLS (rediss://) test.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v redis-sentinel >/dev/null 2>&1 || missing+=(redis-sentinel)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # Debian's chromium and Node/npm for the browser test (tests/browser.rs).
 [ -x /usr/bin/chromium ] || missing+=(chromium)

@@ -48,6 +48,9 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// Shortest admin token accepted, in bytes.
 pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 
+/// Longest `redis_ack_timeout_ms`: the command pipe to Redis stalls while it waits.
+pub const MAX_ACK_TIMEOUT_MS: u64 = 10_000;
+
 /// Smallest `max_header_bytes`: hyper's smallest read buffer.
 pub const MIN_HEADER_BYTES: usize = 8192;
 
@@ -108,10 +111,17 @@ pub struct Config {
     /// Address and port to serve HTTP and WebSocket (`/ws`) on
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     pub bind: SocketAddr,
-    /// Redis URL (`redis://[:password@]host:port/db` or `rediss://`) to join a cluster of nodes; none = single node
+    /// Redis URL to join a cluster of nodes: `redis://[:password@]host:port/db`, `rediss://` (TLS), or `redis+sentinel://[user:password@]host:port[,host:port...]/MASTER_NAME` (`rediss+sentinel://`: TLS to the primary) to follow a Sentinel-managed primary across failovers; none = single node
     #[arg(long, value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// Replicas that must confirm a chat message (Redis `WAIT`) before it is acknowledged; unset = 1 when the primary reports connected replicas, else 0. Too few in time: the sender gets `unavailable` and resends
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_ack_replicas: Option<u32>,
+    /// How long a send waits for --redis-ack-replicas replicas (ms) before it is answered `unavailable`
+    #[arg(long, default_value_t = 500, value_name = "MS")]
+    pub redis_ack_timeout_ms: u64,
     /// HS256 secret for client JWTs (claim `sub` = user id), at least 32 bytes; enables token auth
     #[arg(long, value_name = "SECRET", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -297,6 +307,10 @@ pub enum ConfigError {
     WeakAdminToken,
     #[error("jwt_secret must be at least {MIN_SECRET_BYTES} bytes (HS256); generate one with `openssl rand -base64 48`")]
     WeakSecret,
+    #[error("redis_url: {0}")]
+    RedisUrl(String),
+    #[error("redis_ack_timeout_ms must be between 1 and {MAX_ACK_TIMEOUT_MS}")]
+    AckTimeout,
     /// A secret still reads `<masked>` (a `--print-config` output used as the file).
     #[error("{0} is {MASKED} (printed by --print-config): give the real value with --{1} or {ENV_PREFIX}{2}")]
     Masked(&'static str, &'static str, &'static str),
@@ -405,6 +419,12 @@ impl Config {
         if self.redis_url.as_deref().is_some_and(|u| u.contains(MASKED)) {
             return Err(ConfigError::Masked("redis_url", "redis-url", "REDIS_URL"));
         }
+        if let Some(url) = &self.redis_url {
+            rendezvous_actors::bridge::redis::target::parse(url).map_err(ConfigError::RedisUrl)?;
+        }
+        if self.redis_ack_timeout_ms == 0 || self.redis_ack_timeout_ms > MAX_ACK_TIMEOUT_MS {
+            return Err(ConfigError::AckTimeout);
+        }
         self.engine.validate()?;
         if self.handshake_timeout_ms == 0 {
             return Err(ConfigError::ZeroTimeout("handshake_timeout_ms"));
@@ -436,7 +456,8 @@ impl Config {
     }
 }
 
-/// `redis://user:secret@host/0` → `redis://user:<masked>@host/0`; a URL without a
+/// `redis://user:secret@host/0` → `redis://user:<masked>@host/0`, and the same
+/// for `redis+sentinel://user:secret@h1:26379,h2:26379/main`; a URL without a
 /// password is returned as it is.
 pub fn mask_url_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
@@ -624,6 +645,36 @@ mod tests {
         assert_eq!(mask_url_password("redis://db:6379"), "redis://db:6379");
         assert_eq!(mask_url_password("rediss://:p@ss@db/1"), "rediss://:<masked>@db/1");
         assert_eq!(mask_url_password("redis://user@db"), "redis://user@db");
+        let sentinel = "redis+sentinel://app:hunter2@s1:26379,s2:26379,s3:26379/main";
+        let masked = "redis+sentinel://app:<masked>@s1:26379,s2:26379,s3:26379/main";
+        assert_eq!(mask_url_password(sentinel), masked);
+        assert_eq!(
+            mask_url_password("rediss+sentinel://:p@w@s1,s2/main#insecure"),
+            "rediss+sentinel://:<masked>@s1,s2/main#insecure"
+        );
+        let printed = load(&["--redis-url", sentinel]).expect("valid").to_toml_masked();
+        assert!(!printed.contains("hunter2") && printed.contains(masked), "{printed}");
+        assert_eq!(
+            crate::server::redacted(sentinel),
+            "redis+sentinel://***@s1:26379,s2:26379,s3:26379/main"
+        );
+    }
+
+    #[test]
+    fn sentinel_urls_and_the_replica_ack_flags() {
+        let c = load(&["--redis-url", "redis+sentinel://s1:26379,s2:26380/main"]).expect("valid");
+        assert_eq!(c.redis_ack_replicas, None, "unset: decided from the primary's replicas");
+        assert_eq!(c.redis_ack_timeout_ms, 500);
+        let c = load_line("--redis-ack-replicas 2 --redis-ack-timeout-ms 800").expect("valid");
+        assert_eq!((c.redis_ack_replicas, c.redis_ack_timeout_ms), (Some(2), 800));
+        assert!(matches!(load_line("--redis-ack-timeout-ms 0"), Err(ConfigError::AckTimeout)));
+        let err =
+            load(&["--redis-url", "redis+sentinel://s1:26379,s2:26379"]).expect_err("no name");
+        assert!(err.to_string().contains("MASTER_NAME"), "{err}");
+        let err = load(&["--redis-url", "redis+cluster://c1:7000,c2:7000"]).expect_err("cluster");
+        assert!(err.to_string().contains("not supported yet"), "{err}");
+        // Plain URLs are left as they were.
+        assert!(load(&["--redis-url", "rediss://:pw@db:6380/0"]).is_ok());
     }
 
     #[test]

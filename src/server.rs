@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rendezvous_actors::bridge::memory::MemoryBridge;
+use rendezvous_actors::bridge::redis::conn::AckPolicy;
 use rendezvous_actors::bridge::redis::RedisBridge;
 use rendezvous_actors::bridge::Bridge;
 use rendezvous_actors::protocol::close;
@@ -50,7 +51,13 @@ pub async fn run(
     }
     let node = config.engine.node_id.clone();
     let redis = match &config.redis_url {
-        Some(url) => Some(RedisBridge::connect(url, &node)?),
+        Some(url) => {
+            let ack = AckPolicy {
+                replicas: config.redis_ack_replicas,
+                timeout_ms: config.redis_ack_timeout_ms,
+            };
+            Some(RedisBridge::connect(url, &node, ack)?)
+        }
         None => None,
     };
     let bridge: Arc<dyn Bridge> = match &redis {

@@ -158,6 +158,11 @@ const METRICS: &[(Kind, &str, &str)] = &[
         "Sends repeating a stored client_msg_id, acked as the original",
     ),
     (Kind::Counter, m::BRIDGE_SEQ_GAPS_TOTAL, "Gaps in a room's seq filled from the stream"),
+    (
+        Kind::Counter,
+        m::BRIDGE_UNCONFIRMED_WRITES_TOTAL,
+        "Redis pipelines whose writes too few replicas confirmed in time (WAIT)",
+    ),
     (Kind::Counter, m::TOKEN_REFRESHES_TOTAL, "Token refresh actions, by result"),
     (Kind::Counter, m::REPORTS_TOTAL, "Reports stored"),
     (Kind::Counter, m::MODERATION_ACTIONS_TOTAL, "Operators' actions made on this node, by action"),

@@ -124,7 +124,9 @@ impl Fixture {
         let mut nodes = Vec::new();
         for id in ids {
             let bridge: Arc<dyn Bridge> = match &redis {
-                Some(r) => RedisBridge::connect(&r.url(), id).expect("redis url"),
+                Some(r) => {
+                    RedisBridge::connect(&r.url(), id, Default::default()).expect("redis url")
+                }
                 None => Arc::new(MemoryBridge::new(*id)),
             };
             let sink = Arc::new(Recorder::default());

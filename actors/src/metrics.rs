@@ -71,6 +71,9 @@ pub const BRIDGE_COMMANDS_TOTAL: &str = "rendezvous_bridge_commands_total";
 pub const BRIDGE_RECEIVED_TOTAL: &str = "rendezvous_bridge_received_total";
 /// Counter: (re)connections to Redis after a failure.
 pub const BRIDGE_RECONNECTS_TOTAL: &str = "rendezvous_bridge_reconnects_total";
+/// Counter: pipelines whose writes fewer replicas than asked confirmed in time
+/// (`WAIT` fell short; the sends in them were answered `unavailable`).
+pub const BRIDGE_UNCONFIRMED_WRITES_TOTAL: &str = "rendezvous_bridge_unconfirmed_writes_total";
 /// Histogram: seconds a full resync took after a (re)connect.
 pub const BRIDGE_RESYNC_SECONDS: &str = "rendezvous_bridge_resync_seconds";
 /// Gauge: seconds since each peer's last heartbeat, label `node`.
@@ -249,7 +252,12 @@ pub fn export_at_zero(config: &EngineConfig, clustered: bool) {
     gauge!(MATCH_WAIT_TARGET_SECONDS).increment(0.0);
     let _ = histogram!(DELIVERY_LATENCY_SECONDS);
     if clustered {
-        for name in [BRIDGE_RECONNECTS_TOTAL, BRIDGE_NODES_LOST_TOTAL, BRIDGE_SEQ_GAPS_TOTAL] {
+        for name in [
+            BRIDGE_RECONNECTS_TOTAL,
+            BRIDGE_NODES_LOST_TOTAL,
+            BRIDGE_SEQ_GAPS_TOTAL,
+            BRIDGE_UNCONFIRMED_WRITES_TOTAL,
+        ] {
             counter!(name).increment(0);
         }
         for kind in crate::bridge::events::ClusterEvent::KINDS {

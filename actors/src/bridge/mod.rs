@@ -201,6 +201,11 @@ pub enum Appended {
     Stored(u64),
     /// A resend of a message already stored as `seq` / `msg_id`; not stored again.
     Duplicate { seq: u64, msg_id: String },
+    /// Stored (`fresh`: now, as `seq`; else earlier, and this was a resend), but
+    /// fewer replicas than required confirmed it in time: a failover could still
+    /// lose it, so it must not be acknowledged. The sender is told to resend (with
+    /// the same `client_msg_id`, which finds it stored and waits again).
+    Unconfirmed { seq: u64, fresh: bool },
 }
 
 /// A page of a room's stored history, with what the store still holds.
@@ -252,6 +257,13 @@ pub trait Bridge: Send + Sync + 'static {
     fn nodes(&self) -> BoxFut<usize>;
     /// Ok when the shared store is reachable; drives `/readyz`.
     fn health(&self) -> BoxFut<()>;
+    /// False while the store cannot take a room's messages in order: it is down,
+    /// or this node reconnected and has not yet re-seeded its rooms (a message
+    /// stored before the re-seed could take a `seq` the members were already given).
+    /// A room with members on other nodes refuses `send` meanwhile.
+    fn writable(&self) -> bool {
+        true
+    }
 
     /// Leave the cluster (drain): tell the peers, withdraw this node's searches, and
     /// resolve once everything queued before has reached the store.

@@ -14,6 +14,8 @@
 //!                          answers leave in send order            │
 //!           ┌───────── Stored(seq): Ack, then ──────────────────┤
 //!           │          NotMember: NotMember(to)                  │
+//!           │          Unconfirmed: Unconfirmed(to), then ───────┤
+//!           │            (a fresh one) delivered like Stored     │
 //!           │          StoreDown: Refuse(to) if the room spans   │
 //!           │            nodes, else Ack + Deliver a local seq ──┘
 //!           ▼
@@ -47,6 +49,10 @@ pub enum Answer {
     NotMember,
     /// The store is unreachable.
     StoreDown,
+    /// Stored as `seq` (`fresh`: by this append, else earlier: a resend), but too
+    /// few replicas confirmed it in time. Not acknowledged: the sender resends. A
+    /// fresh one is delivered all the same (the other nodes deliver it too).
+    Unconfirmed { seq: u64, fresh: bool },
 }
 
 /// Why the machine asks for the store's history.
@@ -73,9 +79,12 @@ pub enum Effect<R> {
     SkipTo(u64),
     /// Answer the sender `not_in_room`: the store has no seat for them.
     NotMember(R),
-    /// Refuse the send (`internal`, retry later): the store is unreachable and the
-    /// room has members on other nodes, which could hand out the same local seqs.
+    /// Refuse the send (`unavailable`, retry later): the store is unreachable and
+    /// the room has members on other nodes, which could hand out the same local seqs.
     Refuse(R),
+    /// Answer the send `unavailable` (retry later, with the same `client_msg_id`):
+    /// stored, but not yet confirmed by the replicas asked for.
+    Unconfirmed(R),
     /// Call [`ReplicaOrder::gap_timer_fired`] after [`GAP_WAIT`].
     ArmGapTimer,
     /// Read up to [`FILL_PAGE`] messages after `after` from the store and pass them
@@ -171,6 +180,14 @@ impl<R> ReplicaOrder<R> {
                     self.message_arrived(ChatMessage { seq, ..draft }, out);
                 }
                 Answer::NotMember => out.push(Effect::NotMember(to)),
+                // Not acknowledged (a failover could lose it); the resend finds it
+                // stored and is acknowledged once the replicas confirm it.
+                Answer::Unconfirmed { seq, fresh } => {
+                    out.push(Effect::Unconfirmed(to));
+                    if fresh {
+                        self.message_arrived(ChatMessage { seq, ..draft }, out);
+                    }
+                }
                 // Members on other nodes take their seqs from the store too: a
                 // local seq could be handed out twice, once here and once there,
                 // and one of two acknowledged messages would be lost when the store
@@ -549,6 +566,26 @@ mod tests {
         assert_eq!(o.last_seq(), 8, "no seq handed out");
         // The next stored message is still 9.
         assert_eq!(delivered(&arrive(&mut o, 9, "x")), [9]);
+    }
+
+    #[test]
+    fn an_unconfirmed_append_is_delivered_but_not_acknowledged() {
+        let mut o = loaded_at(8);
+        let a = o.append_sent("a", draft("a"));
+        let out = answer(&mut o, a, Answer::Unconfirmed { seq: 9, fresh: true }, true);
+        assert_eq!(out[0], Effect::Unconfirmed("a"));
+        assert_eq!(delivered(&out), [9], "in the seq order like the other nodes");
+        assert!(!out.iter().any(|e| matches!(e, Effect::Ack { .. })));
+        // The resend finds it stored; still unconfirmed: refused again, nothing
+        // delivered twice.
+        let b = o.append_sent("a", draft("a"));
+        let out = answer(&mut o, b, Answer::Unconfirmed { seq: 9, fresh: false }, true);
+        assert_eq!(out, [Effect::Unconfirmed("a")]);
+        // Confirmed at last: acknowledged as the original.
+        let c = o.append_sent("a", draft("a"));
+        let out = answer(&mut o, c, Answer::Duplicate { seq: 9, msg_id: "a".into() }, true);
+        assert_eq!(out, [ack("a", 9, "a")]);
+        assert_eq!(o.last_seq(), 9);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! the other member nodes. While the store is unreachable, a replica whose members
 //! are all on this node goes on alone (local `seq`, local history) and restores the
 //! store from what it holds when the connection returns ([`super::messages::ResyncRoom`]);
-//! a room with members on other nodes refuses `send` instead (`internal`,
+//! a room with members on other nodes refuses `send` instead (`unavailable`,
 //! `retry_after_ms`), because the other replicas would hand out the same local seqs
 //! and one of two acknowledged messages would be lost.
 
@@ -51,6 +51,13 @@ impl RoomActor {
             ack(&to, &self.state.id, stored.seq, &stored.msg_id);
             return self.deliver_message(&stored);
         };
+        if self.state.has_remote_members() && !self.shared.bridge.writable() {
+            // The store is down or not yet re-seeded after a reconnect: refused like
+            // a send that found it down (no seq handed out, nothing stored).
+            let id = replica.order.append_sent(to, draft);
+            return self
+                .feed(ctx, |order, out| order.append_answered(id, Answer::StoreDown, true, out));
+        }
         let fut = self.shared.bridge.room_append_once(&draft, to.client_msg_id.as_deref());
         let id = replica.order.append_sent(to, draft);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
@@ -59,6 +66,9 @@ impl RoomActor {
                 Ok(Some(Appended::Duplicate { seq, msg_id })) => {
                     metrics::counter!(m::DUPLICATE_SENDS_TOTAL).increment(1);
                     Answer::Duplicate { seq, msg_id }
+                }
+                Ok(Some(Appended::Unconfirmed { seq, fresh })) => {
+                    Answer::Unconfirmed { seq, fresh }
                 }
                 Ok(None) => Answer::NotMember,
                 Err(e) => {
@@ -287,6 +297,20 @@ impl RoomActor {
                 let message = format!(
                     "room {} spans nodes and the shared store is unreachable: \
                      the message was not stored; send it again",
+                    self.state.id
+                );
+                let cx = ErrorContext {
+                    retry_after_ms: Some(STORE_DOWN_RETRY_MS),
+                    ..send_context(&to.client_msg_id)
+                };
+                error_for(&to.reply, ErrorCode::Unavailable, message, cx);
+            }
+            Effect::Unconfirmed(to) => {
+                debug!(room = %self.state.id, "stored, but too few replicas confirmed it in time");
+                let message = format!(
+                    "room {}: the message is stored but not yet confirmed by a replica of the \
+                     shared store (it may be failing over): send it again with the same \
+                     client_msg_id",
                     self.state.id
                 );
                 let cx = ErrorContext {

@@ -15,6 +15,7 @@ mod client;
 pub mod cluster;
 pub mod http;
 pub mod search;
+pub mod sentinel;
 pub mod storm;
 
 use std::net::{SocketAddr, TcpListener};

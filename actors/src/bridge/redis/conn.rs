@@ -8,18 +8,27 @@
 //!
 //! While the connection is down, queued commands fail at once with
 //! `Unavailable` (callers fall back or retry); the task reconnects with capped
-//! exponential backoff, loads the scripts again and reports the reconnect so the
-//! bridge can resync.
+//! exponential backoff (asking the sentinels for the current primary first, when
+//! the URL names them), loads the scripts again and reports the reconnect so the
+//! bridge can resync. A `READONLY` answer (the server was demoted to a replica)
+//! forces a reconnect too.
+//!
+//! Replica acknowledgement: a command queued with [`Pipe::call_durable`] is
+//! confirmed only once `WAIT n timeout` says `n` replicas hold it. One `WAIT` ends
+//! every pipeline that carries such a command (it covers every write the
+//! connection made before it), so its cost is one replica round trip per pipeline,
+//! not per message; while it waits the pipe sends nothing else.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{Cmd, Value};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::target::{addr_of, Target};
 use crate::bridge::BridgeError;
 use crate::metrics as m;
 
@@ -27,6 +36,9 @@ use crate::metrics as m;
 const BATCH: usize = 512;
 /// Longest one pipeline may take before the connection counts as dead.
 const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the pipe checks its server: with Sentinel, that the sentinels still
+/// name it the primary; under the default ack policy, how many replicas it has.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
 /// Queued commands beyond which new ones are refused (the store is too slow).
 pub const QUEUE_CAP: usize = 100_000;
 
@@ -62,8 +74,27 @@ pub enum Reply {
     /// Nobody waits (fire and forget).
     None,
     One(oneshot::Sender<Result<Value, BridgeError>>),
+    /// The reply, and whether enough replicas confirmed the write (`WAIT`; true
+    /// when none are asked for).
+    Durable(oneshot::Sender<Result<(Value, bool), BridgeError>>),
     /// Each command's own result, in order.
     Many(oneshot::Sender<Result<Vec<Result<Value, BridgeError>>, BridgeError>>),
+}
+
+/// How many replicas must confirm a durable write, and how long to wait for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckPolicy {
+    /// `None`: 1 when the primary reports connected replicas, else 0 (read on
+    /// every connect and every few seconds).
+    pub replicas: Option<u32>,
+    /// `WAIT`'s timeout (ms).
+    pub timeout_ms: u64,
+}
+
+impl Default for AckPolicy {
+    fn default() -> Self {
+        AckPolicy { replicas: None, timeout_ms: 500 }
+    }
 }
 
 /// The queue's sending side.
@@ -73,6 +104,9 @@ pub struct Pipe {
     tx: mpsc::Sender<Op>,
     /// True while the command connection is up.
     pub up: Arc<AtomicBool>,
+    /// Replicas a durable write waits for now (see [`AckPolicy`]).
+    wait_replicas: Arc<AtomicU32>,
+    policy: AckPolicy,
 }
 
 impl Pipe {
@@ -97,6 +131,30 @@ impl Pipe {
             }
             rx.await.unwrap_or_else(|_| Err(BridgeError::Unavailable("redis pipe stopped".into())))
         }
+    }
+
+    /// Queue a write whose acknowledgement must survive the loss of the primary and
+    /// wait for its reply and whether enough replicas confirmed it (see the module
+    /// documentation).
+    pub fn call_durable(
+        &self,
+        kind: &'static str,
+        cmd: Cmd,
+    ) -> impl std::future::Future<Output = Result<(Value, bool), BridgeError>> + Send + 'static
+    {
+        let (tx, rx) = oneshot::channel();
+        let queued = self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::Durable(tx) });
+        async move {
+            if queued.is_err() {
+                return Err(BridgeError::Unavailable("redis command queue full".into()));
+            }
+            rx.await.unwrap_or_else(|_| Err(BridgeError::Unavailable("redis pipe stopped".into())))
+        }
+    }
+
+    /// Replicas a durable write waits for now.
+    pub fn wait_replicas(&self) -> u32 {
+        self.wait_replicas.load(Ordering::Acquire)
     }
 
     /// Queue several commands as one entry (they go out back to back in one
@@ -130,48 +188,88 @@ impl Pipe {
     }
 }
 
+/// `connected_slaves:N` of an `INFO replication` answer.
+pub fn connected_replicas(info: &str) -> Option<u32> {
+    info.lines().find_map(|l| l.trim().strip_prefix("connected_slaves:")?.parse().ok())
+}
+
 /// The pipe's task, not yet running: commands queue until it is spawned.
 pub struct Runner {
-    client: redis::Client,
+    target: Target,
     scripts: Vec<&'static str>,
     rx: mpsc::Receiver<Op>,
-    up: Arc<AtomicBool>,
+    pipe: Pipe,
     connected: watch::Sender<u64>,
+    reseed_pending: Arc<AtomicBool>,
 }
 
 impl Runner {
     /// Send the queue to Redis until every [`Pipe`] is gone.
     pub async fn run(self) {
-        run(self.client, self.scripts, self.rx, self.up, self.connected).await
+        let Runner { target, scripts, rx, pipe, connected, reseed_pending } = self;
+        // The task's own handle must not keep the queue open.
+        let shared = Shared {
+            up: pipe.up.clone(),
+            wait: pipe.wait_replicas.clone(),
+            policy: pipe.policy,
+            reseed_pending,
+        };
+        drop(pipe);
+        run(target, scripts, rx, shared, connected).await
     }
+}
+
+/// What the task shares with the pipes.
+struct Shared {
+    up: Arc<AtomicBool>,
+    wait: Arc<AtomicU32>,
+    policy: AckPolicy,
+    /// Set on a reconnect; the bridge clears it once its resync has re-seeded.
+    reseed_pending: Arc<AtomicBool>,
 }
 
 /// Make the pipe and its task, to be spawned where the pipe's callers run.
 /// `scripts` are loaded on every (re)connect; each reconnect bumps `connected` so
 /// the bridge resyncs.
 pub fn new(
-    client: redis::Client,
+    target: Target,
     scripts: Vec<&'static str>,
     connected: watch::Sender<u64>,
+    policy: AckPolicy,
+    reseed_pending: Arc<AtomicBool>,
 ) -> (Pipe, Runner) {
     let (tx, rx) = mpsc::channel(QUEUE_CAP);
     let up = Arc::new(AtomicBool::new(false));
-    let pipe = Pipe { tx, up: up.clone() };
-    (pipe, Runner { client, scripts, rx, up, connected })
+    let wait_replicas = Arc::new(AtomicU32::new(policy.replicas.unwrap_or(0)));
+    let pipe = Pipe { tx, up, wait_replicas, policy };
+    (pipe.clone(), Runner { target, scripts, rx, pipe, connected, reseed_pending })
 }
 
+/// Connect to the server to talk to now (the sentinels' primary, when they are
+/// named), load the scripts and, under the default ack policy, read how many
+/// replicas the primary has.
 async fn connect(
-    client: &redis::Client,
+    target: &Target,
     scripts: &[&'static str],
-) -> redis::RedisResult<MultiplexedConnection> {
+    shared: &Shared,
+) -> redis::RedisResult<(MultiplexedConnection, String)> {
+    let client = target.client().await?;
+    let addr = addr_of(&client);
     let config = redis::AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(ROUND_TRIP_TIMEOUT));
+        .set_response_timeout(Some(
+            ROUND_TRIP_TIMEOUT + Duration::from_millis(shared.policy.timeout_ms),
+        ));
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
     for s in scripts {
         let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(*s).query_async(&mut conn).await?;
     }
-    Ok(conn)
+    if shared.policy.replicas.is_none() {
+        let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await?;
+        let n = connected_replicas(&info).unwrap_or(0).min(1);
+        shared.wait.store(n, Ordering::Release);
+    }
+    Ok((conn, addr))
 }
 
 fn fail(op: Op, why: &str) {
@@ -181,18 +279,25 @@ fn fail(op: Op, why: &str) {
         Reply::One(reply) => {
             let _ = reply.send(Err(err));
         }
+        Reply::Durable(reply) => {
+            let _ = reply.send(Err(err));
+        }
         Reply::Many(reply) => {
             let _ = reply.send(Err(err));
         }
     }
 }
 
-/// One command's reply: a server error becomes `Err` (and `NOSCRIPT` asks for a
-/// reconnect, which reloads the scripts).
+/// One command's reply: a server error becomes `Err`. `NOSCRIPT` (the script
+/// cache was flushed) asks for a reconnect, which reloads the scripts; so do
+/// `READONLY` and `MASTERDOWN` (the server is a replica now: a reconnect asks the
+/// sentinels for the new primary) and `NOREPLICAS` (a primary configured with
+/// `min-replicas-to-write` lost its replicas, as one does when a replica was
+/// promoted away from it).
 fn reply_of(kind: &'static str, v: Value, reload: &mut bool) -> Result<Value, BridgeError> {
     match v {
         Value::ServerError(e) => {
-            if e.code() == "NOSCRIPT" {
+            if matches!(e.code(), "NOSCRIPT" | "READONLY" | "MASTERDOWN" | "NOREPLICAS") {
                 *reload = true;
             }
             warn!(kind, error = ?e, "redis command failed");
@@ -202,17 +307,78 @@ fn reply_of(kind: &'static str, v: Value, reload: &mut bool) -> Result<Value, Br
     }
 }
 
+/// With Sentinel: an error when the sentinels name another server than `addr`
+/// as the primary (a failover happened while this connection stayed up, e.g. a
+/// switchover that has not demoted this server yet). A failed lookup is no
+/// verdict.
+async fn check_primary(target: &Target, addr: &str) -> Result<(), String> {
+    if !target.is_sentinel() {
+        return Ok(());
+    }
+    match target.client().await {
+        Ok(c) if addr_of(&c) != addr => {
+            Err(format!("the sentinels name {} as the primary now", addr_of(&c)))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            debug!(error = %e, "could not ask the sentinels for the primary");
+            Ok(())
+        }
+    }
+}
+
+/// The periodic check of the connection's server: [`check_primary`], then under
+/// the default ack policy its replicas. The count a durable write waits for goes
+/// up at once when a replica appears, but down to 0 only after two checks in a
+/// row found none, the second still naming this server the primary: a primary
+/// whose replica was just promoted away from it has none either, and writes it
+/// acknowledged without a replica would be lost when it is demoted.
+async fn check_server(
+    target: &Target,
+    addr: &str,
+    conn: &mut MultiplexedConnection,
+    shared: &Shared,
+    replica_less: &mut u32,
+) -> Result<(), String> {
+    check_primary(target, addr).await?;
+    if shared.policy.replicas.is_some() {
+        return Ok(());
+    }
+    let info: String = redis::cmd("INFO")
+        .arg("replication")
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("INFO replication failed: {e}"))?;
+    let n = connected_replicas(&info).unwrap_or(0).min(1);
+    let now = shared.wait.load(Ordering::Acquire);
+    if n >= now {
+        *replica_less = 0;
+        if n > now {
+            info!(server = %addr, "the primary has a replica: sends wait for it");
+        }
+        shared.wait.store(n, Ordering::Release);
+    } else {
+        *replica_less += 1;
+        if *replica_less >= 2 {
+            warn!(server = %addr, "the primary has no replica any more: sends no longer wait");
+            shared.wait.store(n, Ordering::Release);
+        }
+    }
+    Ok(())
+}
+
 async fn run(
-    client: redis::Client,
+    target: Target,
     scripts: Vec<&'static str>,
     mut rx: mpsc::Receiver<Op>,
-    up: Arc<AtomicBool>,
+    shared: Shared,
     connected: watch::Sender<u64>,
 ) {
+    let up = shared.up.clone();
     let mut backoff = Duration::from_millis(100);
     let mut generation = 0u64;
     loop {
-        let mut conn = match connect(&client, &scripts).await {
+        let (mut conn, addr) = match connect(&target, &scripts, &shared).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(error = %e, retry_in = ?backoff, "redis unreachable");
@@ -235,13 +401,40 @@ async fn run(
         generation += 1;
         if generation > 1 {
             metrics::counter!(m::BRIDGE_RECONNECTS_TOTAL).increment(1);
+            // Until the bridge has re-seeded its rooms on this connection, a message
+            // stored here could take a seq the members were already given (by a
+            // server that failed over, or restarted empty): rooms across nodes
+            // refuse sends until then (`Bridge::writable`), and what was queued
+            // while connecting is failed, not sent ahead of the re-seed. The resync
+            // redoes the searches and rooms those commands were about.
+            shared.reseed_pending.store(true, Ordering::Release);
+            while let Ok(op) = rx.try_recv() {
+                fail(op, "redis reconnected; resyncing");
+            }
         }
-        info!(generation, "redis connected");
+        let wait_replicas = shared.wait.load(Ordering::Acquire);
+        info!(generation, server = %addr, wait_replicas, "redis connected");
         up.store(true, Ordering::Release);
         let _ = connected.send(generation);
         let mut batch: Vec<Op> = Vec::with_capacity(BATCH);
+        let mut check =
+            tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replica_less = 0u32;
         loop {
-            let Some(first) = rx.recv().await else { return };
+            let first = tokio::select! {
+                op = rx.recv() => match op {
+                    Some(op) => op,
+                    None => return,
+                },
+                _ = check.tick() => {
+                    if let Err(why) = check_server(&target, &addr, &mut conn, &shared, &mut replica_less).await {
+                        warn!(server = %addr, %why, "reconnecting");
+                        break;
+                    }
+                    continue;
+                }
+            };
             batch.push(first);
             while batch.len() < BATCH {
                 match rx.try_recv() {
@@ -268,13 +461,39 @@ async fn run(
                     }
                 }
             }
-            let expected: usize = sizes.iter().sum();
+            // One WAIT after the pipeline's writes confirms all of them.
+            let wait_n = shared.wait.load(Ordering::Acquire);
+            let waits = wait_n > 0 && batch.iter().any(|op| matches!(op.reply, Reply::Durable(_)));
+            if waits {
+                pipe.add_command(
+                    redis::cmd("WAIT").arg(wait_n).arg(shared.policy.timeout_ms.max(1)).clone(),
+                );
+            }
+            let expected: usize = sizes.iter().sum::<usize>() + usize::from(waits);
             let t0 = Instant::now();
             let res = pipe.query_async::<Vec<Value>>(&mut conn).await;
             metrics::histogram!(m::BRIDGE_REDIS_SECONDS).record(t0.elapsed().as_secs_f64());
             match res {
-                Ok(values) if values.len() == expected => {
+                Ok(mut values) if values.len() == expected => {
                     let mut reload = false;
+                    let confirmed = if waits {
+                        let acked = values.pop().as_ref().and_then(|v| match v {
+                            Value::Int(n) => Some(*n),
+                            _ => None,
+                        });
+                        let ok = acked.is_some_and(|n| n >= i64::from(wait_n));
+                        if !ok {
+                            metrics::counter!(m::BRIDGE_UNCONFIRMED_WRITES_TOTAL).increment(1);
+                            warn!(
+                                asked = wait_n,
+                                acked = ?acked,
+                                "fewer replicas than asked confirmed the writes in time"
+                            );
+                        }
+                        ok
+                    } else {
+                        true
+                    };
                     let mut values = values.into_iter();
                     for (op, n) in batch.drain(..).zip(sizes) {
                         match op.reply {
@@ -287,6 +506,11 @@ async fn run(
                                 let v = values.next().unwrap_or(Value::Nil);
                                 let _ = reply.send(reply_of(op.kind, v, &mut reload));
                             }
+                            Reply::Durable(reply) => {
+                                let v = values.next().unwrap_or(Value::Nil);
+                                let r = reply_of(op.kind, v, &mut reload).map(|v| (v, confirmed));
+                                let _ = reply.send(r);
+                            }
                             Reply::Many(reply) => {
                                 let vs = values
                                     .by_ref()
@@ -298,8 +522,17 @@ async fn run(
                         }
                     }
                     if reload {
-                        // Someone flushed the script cache: reconnect, which reloads.
+                        // The script cache was flushed, or the server is a replica
+                        // now: reconnect (to the primary), which reloads.
+                        warn!(server = %addr, "redis asked for a reconnect (NOSCRIPT or READONLY)");
                         break;
+                    }
+                    if !confirmed {
+                        // Its replica may have been promoted away from it.
+                        if let Err(why) = check_primary(&target, &addr).await {
+                            warn!(server = %addr, %why, "reconnecting");
+                            break;
+                        }
                     }
                 }
                 Ok(_) | Err(_) => {

@@ -28,6 +28,7 @@
 //! braces are Redis Cluster hash tags: every script's keys share one slot.
 
 pub mod conn;
+pub mod target;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,7 +42,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use self::conn::Pipe;
+use self::conn::{AckPolicy, Pipe};
+use self::target::Target;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
 use super::{
@@ -255,34 +257,41 @@ pub struct RedisBridge {
     settings: OnceLock<BridgeSettings>,
     /// Bumped on every reconnect of the command connection.
     connected: watch::Receiver<u64>,
-    client: redis::Client,
+    /// Where connections go (a fixed server, or the sentinels' primary).
+    target: Target,
     /// A resync task runs.
     resyncing: AtomicBool,
     /// Another resync was asked for while one ran.
     resync_again: AtomicBool,
     /// The last resync has finished (pools and rooms agree with Redis again).
     synced: AtomicBool,
+    /// Set by the pipe when it reconnects, cleared when the resync after it has
+    /// finished: until then rooms across nodes refuse sends ([`Bridge::writable`]).
+    reseed_pending: Arc<AtomicBool>,
     /// The pipe's task until [`Bridge::attach`] spawns it.
     runner: Mutex<Option<conn::Runner>>,
 }
 
 impl RedisBridge {
     /// Make the bridge. Its connections are made once [`Bridge::attach`] has
-    /// started its tasks, in the background and retried for ever.
-    pub fn connect(url: &str, node: &str) -> Result<Arc<RedisBridge>, BridgeError> {
+    /// started its tasks, in the background and retried for ever. `url` is any
+    /// form [`target::parse`] reads; `ack` says how many replicas must confirm a
+    /// chat message before it is acknowledged.
+    pub fn connect(url: &str, node: &str, ack: AckPolicy) -> Result<Arc<RedisBridge>, BridgeError> {
         // rediss:// needs a process-wide TLS crypto provider; a second install fails
         // harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let info = redis::IntoConnectionInfo::into_connection_info(url)
-            .map_err(|e| unavailable(format!("redis url: {e}")))?;
         // Nagle off (redis-rs leaves it on): the pipe writes one pipeline and waits
         // for its answer, and a pipeline's last partial segment must not wait for
         // a delayed ACK of the ones before it.
         let tcp = redis::io::tcp::TcpSettings::default().set_nodelay(true);
-        let client = redis::Client::open(info.set_tcp_settings(tcp))
-            .map_err(|e| unavailable(format!("redis url: {e}")))?;
+        let target = Target::new(url, tcp).map_err(unavailable)?;
         let (tx, rx) = watch::channel(0u64);
-        let (pipe, runner) = conn::new(client.clone(), SOURCES.to_vec(), tx);
+        // The pipe sets it on a reconnect, before anything is sent on the new
+        // connection; the resync clears it.
+        let reseed_pending = Arc::new(AtomicBool::new(false));
+        let (pipe, runner) =
+            conn::new(target.clone(), SOURCES.to_vec(), tx, ack, reseed_pending.clone());
         Ok(Arc::new(RedisBridge {
             node: node.to_owned(),
             pipe,
@@ -296,10 +305,11 @@ impl RedisBridge {
             sink: OnceLock::new(),
             settings: OnceLock::new(),
             connected: rx,
-            client,
+            target,
             resyncing: AtomicBool::new(false),
             resync_again: AtomicBool::new(false),
             synced: AtomicBool::new(false),
+            reseed_pending,
             runner: Mutex::new(Some(runner)),
         }))
     }
@@ -457,17 +467,25 @@ impl RedisBridge {
         self.pipe.fire("publish", redis::cmd("PUBLISH").arg(channel).arg(payload).clone());
     }
 
-    /// The pub/sub loop: (re)subscribe with backoff, route every event.
+    /// The pub/sub loop: (re)subscribe with backoff, route every event. Every
+    /// subscription asks the target for the server (the current primary); one is
+    /// also dropped and made again when the command connection reconnects, so
+    /// both follow a failover to the same primary.
     async fn subscriber(self: Arc<Self>) {
         let mut backoff = Duration::from_millis(100);
+        let mut pipe_generation = self.connected.clone();
         loop {
             let sub = async {
-                let mut ps = self.client.get_async_pubsub().await?;
+                let client = self.target.client().await?;
+                let server = target::addr_of(&client);
+                let mut ps = client.get_async_pubsub().await?;
                 ps.subscribe(CLUSTER_CHANNEL).await?;
                 ps.subscribe(node_channel(&self.node)).await?;
-                Ok::<_, redis::RedisError>(ps)
+                Ok::<_, redis::RedisError>((ps, server))
             };
-            let ps = match tokio::time::timeout(Duration::from_secs(3), sub).await {
+            // A reconnect of the pipe from here on makes this subscription again.
+            pipe_generation.borrow_and_update();
+            let (ps, server) = match tokio::time::timeout(Duration::from_secs(3), sub).await {
                 Ok(Ok(ps)) => ps,
                 Ok(Err(e)) => {
                     debug!(error = %e, "subscribe failed");
@@ -481,11 +499,22 @@ impl RedisBridge {
                 }
             };
             backoff = Duration::from_millis(100);
-            info!(node = %self.node, "subscribed to cluster channels");
+            info!(node = %self.node, %server, "subscribed to cluster channels");
             // Whatever was published while the subscription was down is lost.
             self.clone().spawn_resync();
             let mut stream = ps.into_on_message();
-            while let Some(msg) = stream.next().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = stream.next() => msg,
+                    changed = pipe_generation.changed(), if self.target.is_sentinel() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        info!("command connection reconnected; subscribing again on the primary");
+                        None
+                    }
+                };
+                let Some(msg) = msg else { break };
                 let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
                 match serde_json::from_slice::<ClusterEvent>(&payload) {
                     Ok(ClusterEvent::Beat { node, .. }) if node == self.node => {
@@ -499,7 +528,7 @@ impl RedisBridge {
                     Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
                 }
             }
-            warn!("cluster subscription lost; resubscribing");
+            warn!(%server, "cluster subscription ended; resubscribing");
             self.health.sub_seen_ms.store(0, Ordering::Release);
         }
     }
@@ -652,6 +681,7 @@ impl RedisBridge {
                 metrics::histogram!(m::BRIDGE_RESYNC_SECONDS).record(t0.elapsed().as_secs_f64());
             }
             self.synced.store(true, Ordering::Release);
+            self.reseed_pending.store(false, Ordering::Release);
             self.resyncing.store(false, Ordering::Release);
             // A trigger that raced the end of the loop runs again.
             if self.resync_again.load(Ordering::Acquire) {
@@ -962,6 +992,10 @@ impl Bridge for RedisBridge {
         Box::pin(async move { Ok(n) })
     }
 
+    fn writable(&self) -> bool {
+        self.pipe.up.load(Ordering::Acquire) && !self.reseed_pending.load(Ordering::Acquire)
+    }
+
     fn health(&self) -> BoxFut<()> {
         let up = self.pipe.up.load(Ordering::Acquire);
         let healthy = self.healthy();
@@ -1072,7 +1106,9 @@ impl Bridge for RedisBridge {
         let fut = self.room_append_once(msg, None);
         Box::pin(async move {
             Ok(fut.await?.map(|a| match a {
-                Appended::Stored(seq) | Appended::Duplicate { seq, .. } => seq,
+                Appended::Stored(seq)
+                | Appended::Duplicate { seq, .. }
+                | Appended::Unconfirmed { seq, .. } => seq,
             }))
         })
     }
@@ -1116,16 +1152,23 @@ impl Bridge for RedisBridge {
                 msg.msg_id.clone(),
             ],
         );
-        let fut = self.pipe.call("append", cmd);
+        // Acknowledged only once the replicas asked for hold it (`WAIT`).
+        let fut = self.pipe.call_durable("append", cmd);
         Box::pin(async move {
-            let reply = fut.await?;
+            let (reply, confirmed) = fut.await?;
             if let Value::Array(original) = &reply {
                 // A resend: the original's seq and msg_id.
                 let seq = original.first().and_then(as_i64).unwrap_or(0).max(0) as u64;
                 let msg_id = original.get(1).and_then(as_string).unwrap_or_default();
+                if seq > 0 && !confirmed {
+                    return Ok(Some(Appended::Unconfirmed { seq, fresh: false }));
+                }
                 return Ok((seq > 0).then_some(Appended::Duplicate { seq, msg_id }));
             }
             let seq = as_i64(&reply).unwrap_or(-1);
+            if seq > 0 && !confirmed {
+                return Ok(Some(Appended::Unconfirmed { seq: seq as u64, fresh: true }));
+            }
             Ok((seq > 0).then_some(Appended::Stored(seq as u64)))
         })
     }
@@ -1353,7 +1396,8 @@ mod tests {
     #[tokio::test]
     async fn the_seq_mark_is_found_even_when_names_and_text_imitate_it() {
         // No server is needed: connecting happens in the background.
-        let bridge = RedisBridge::connect("redis://127.0.0.1:1", "n1").expect("url");
+        let bridge =
+            RedisBridge::connect("redis://127.0.0.1:1", "n1", AckPolicy::default()).expect("url");
         let fake = "\"message\",\"seq\":18446744073709551615";
         let msg = ChatMessage {
             room_id: format!("pub:{fake}"),

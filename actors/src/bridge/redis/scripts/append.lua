@@ -13,7 +13,7 @@
 -- ARGV[11] most ids remembered per room (0 = none)   ARGV[12] the message's msg_id
 -- Returns the new seq, -1 when the sender is not a member, or {seq, msg_id} of
 -- the sender's earlier message with the same client_msg_id within the window (a
--- resend: nothing is stored or published).
+-- resend: nothing is stored or published; its record is written again, unchanged).
 -- The byte cap's functions (`trim`, `byte_marks`, `field`) come from trim_bytes.lua
 -- and `tell_nodes` from tell_nodes.lua, both prepended to this file.
 if redis.call('HEXISTS', KEYS[3], ARGV[5]) == 0 then
@@ -36,6 +36,10 @@ if dedup then
   if prev then
     local sp = string.find(prev, ' ', 1, true)
     if sp then
+      -- Written again (unchanged) so this reply is a write of the caller's too: a
+      -- WAIT after it confirms the replicas hold the original, even on a connection
+      -- that did not store it.
+      redis.call('HSET', KEYS[5], sent_field, prev)
       return {tonumber(string.sub(prev, 1, sp - 1)), string.sub(prev, sp + 1)}
     end
   end
