@@ -46,6 +46,7 @@ wait_ready() {
 }
 
 start() {
+  local n
   if [ "$nodes" -eq 1 ]; then
     $server >"$out/server.log" 2>&1 &
     pids+=($!)
@@ -54,12 +55,12 @@ start() {
     redis-server --port 6399 --save "" --appendonly no --dir "$out" >"$out/redis.log" 2>&1 &
     pids+=($!)
     sleep 0.3
-    for k in $(seq 0 $((nodes - 1))); do
-      $server --bind "127.0.0.1:$((8080 + k))" --redis-url redis://127.0.0.1:6399 \
-        --node-id "n$k" >"$out/server-$k.log" 2>&1 &
+    for n in $(seq 0 $((nodes - 1))); do
+      $server --bind "127.0.0.1:$((8080 + n))" --redis-url redis://127.0.0.1:6399 \
+        --node-id "n$n" >"$out/server-$n.log" 2>&1 &
       pids+=($!)
     done
-    for k in $(seq 0 $((nodes - 1))); do wait_ready $((8080 + k)); done
+    for n in $(seq 0 $((nodes - 1))); do wait_ready $((8080 + n)); done
   fi
 }
 
