@@ -9,7 +9,6 @@ use rendezvous_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 use common::cluster::Node;
 use serde_json::Value;
@@ -18,27 +17,9 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The load tester, built by the cargo running this test, in its profile.
+/// The load tester, built once per test process (see the support crate).
 fn loadtest() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let engine = PathBuf::from(env!("CARGO_BIN_EXE_rendezvous"));
-        let profile_dir = engine.parent().expect("target profile dir");
-        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-        cmd.args(["build", "--locked", "-p", "rendezvous-loadtest"]).current_dir(repo());
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let out = cmd.output().expect("run cargo build for the load tester");
-        assert!(
-            out.status.success(),
-            "building the load tester failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let bin = profile_dir.join("rendezvous-loadtest");
-        assert!(bin.is_file(), "{} missing after the build", bin.display());
-        bin
-    })
+    common::loadtest_bin()
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -146,6 +146,33 @@ pub fn engine_bin() -> PathBuf {
     bin
 }
 
+/// The load tester (`rendezvous-loadtest`), built once per test process by the
+/// cargo running the tests, in the engine's profile, so a test never runs a
+/// stale binary (cargo builds only the test crate's own package binaries).
+pub fn loadtest_bin() -> &'static Path {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let engine = engine_bin();
+        let profile_dir = engine.parent().expect("target profile dir");
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "--locked", "-p", "rendezvous-loadtest"]).current_dir(repo);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let out = cmd.output().expect("run cargo build for the load tester");
+        assert!(
+            out.status.success(),
+            "building the load tester failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let bin = profile_dir.join(format!("rendezvous-loadtest{}", std::env::consts::EXE_SUFFIX));
+        assert!(bin.is_file(), "{} missing after the build", bin.display());
+        bin
+    })
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a probe socket on 127.0.0.1:0");
