@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
@@ -56,4 +58,40 @@ impl Percentiles {
 pub fn write_json(path: &std::path::Path, report: &Value) -> Result<(), String> {
     let text = serde_json::to_string_pretty(report).map_err(|e| format!("report JSON: {e}"))?;
     std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))
+}
+
+/// A histogram as base64 of its HDR V2 encoding: exact, so that reports and
+/// timelines from several processes or machines merge without loss.
+pub fn encode_histogram(h: &Histogram<u64>) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    V2Serializer::new().serialize(h, &mut bytes).map_err(|e| format!("histogram: {e:?}"))?;
+    Ok(base64_encode(&bytes))
+}
+
+pub fn decode_histogram(b64: &str) -> Result<Histogram<u64>, String> {
+    let bytes = base64_decode(b64).ok_or("histogram not base64")?;
+    Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| format!("histogram: {e:?}"))
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    base64::engine::general_purpose::STANDARD.decode(text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips() {
+        for n in 0..10u8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(base64_decode(&base64_encode(&bytes)).expect("decode"), bytes);
+        }
+        assert_eq!(base64_encode(b"Man"), "TWFu");
+        assert_eq!(base64_encode(b"Ma"), "TWE=");
+    }
 }

@@ -179,7 +179,7 @@ mod tests {
         assert!(verdicts.iter().all(|v| v.pass), "{:?}", doc["thresholds"]);
         let p = &doc["timeline"]["points"][0];
         assert_eq!(p["count"], 2_000);
-        let h = timeline::decode(p["hist"].as_str().expect("hist")).expect("decode");
+        let h = crate::stats::decode_histogram(p["hist"].as_str().expect("hist")).expect("decode");
         assert_eq!(h, one);
         // And the merged result merges again (it has its own raw).
         let again = vec![(PathBuf::from("c.json"), doc.clone())];

@@ -12,8 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
-use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 
@@ -252,14 +250,14 @@ impl Point {
         Ok(json!({"t": self.t, "offered": self.offered, "achieved": self.achieved,
                   "errors": self.errors, "count": p.count, "p50_ms": p.p50, "p99_ms": p.p99,
                   "max_ms": p.max, "server_cpu": self.cpu, "server_rss_mb": self.rss_mb,
-                  "hist": encode(&self.hist)?}))
+                  "hist": stats::encode_histogram(&self.hist)?}))
     }
 
     pub fn from_json(v: &Value) -> Result<Self, String> {
         let u = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         let f = |k: &str| v.get(k).and_then(Value::as_f64);
         let hist = match v.get("hist").and_then(Value::as_str) {
-            Some(b64) => decode(b64)?,
+            Some(b64) => stats::decode_histogram(b64)?,
             None => stats::histogram()?,
         };
         Ok(Self {
@@ -327,19 +325,6 @@ pub fn merge(timelines: &[&Value]) -> Result<Value, String> {
     Ok(out)
 }
 
-pub fn encode(h: &Histogram<u64>) -> Result<String, String> {
-    let mut bytes = Vec::new();
-    V2Serializer::new().serialize(h, &mut bytes).map_err(|e| format!("histogram: {e:?}"))?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
-}
-
-pub fn decode(b64: &str) -> Result<Histogram<u64>, String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| format!("histogram not base64: {e}"))?;
-    Deserializer::new().deserialize(&mut bytes.as_slice()).map_err(|e| format!("histogram: {e:?}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,7 +388,7 @@ mod tests {
         assert!((points[1]["max_ms"].as_f64().expect("max") - 9.0).abs() < 0.01);
         assert_eq!(points[0]["server_cpu"], 0.5);
         assert_eq!(points[1]["server_cpu"], 0.25);
-        let h = decode(points[1]["hist"].as_str().expect("hist")).expect("decode");
+        let h = stats::decode_histogram(points[1]["hist"].as_str().expect("hist")).expect("decode");
         let mut all = stats::histogram().expect("h");
         for us in [5_000, 7_000, 9_000] {
             stats::record(&mut all, us);
