@@ -358,7 +358,7 @@ fn redis_cli_tls(port: u16, password: Option<&str>, args: &[&str]) -> io::Result
     Ok(stdout)
 }
 
-fn read_resp(r: &mut impl BufRead) -> io::Result<Resp> {
+pub(crate) fn read_resp(r: &mut impl BufRead) -> io::Result<Resp> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(io::Error::new(ErrorKind::UnexpectedEof, "connection closed"));

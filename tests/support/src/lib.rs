@@ -1,6 +1,7 @@
 //! Harness of the integration tests (tests/*.rs): a real server on `127.0.0.1:0`
 //! (the same `run` the binary calls, in its own actix system thread), real
-//! `rendezvous` processes joined through a private `redis-server` ([`cluster`]),
+//! `rendezvous` processes joined through a private `redis-server` ([`cluster`]) or a
+//! real Redis Cluster ([`redis_cluster`]),
 //! protocol clients ([`Client`], on the protocol crate's `client` module that the
 //! load tester uses too), and the chat, search and storm helpers several suites
 //! share. No fixed ports, no sleeps to wait for state: clients wait for frames.
@@ -14,6 +15,7 @@ pub mod chat;
 mod client;
 pub mod cluster;
 pub mod http;
+pub mod redis_cluster;
 pub mod search;
 pub mod sentinel;
 pub mod storm;
