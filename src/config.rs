@@ -671,8 +671,9 @@ mod tests {
         let err =
             load(&["--redis-url", "redis+sentinel://s1:26379,s2:26379"]).expect_err("no name");
         assert!(err.to_string().contains("MASTER_NAME"), "{err}");
-        let err = load(&["--redis-url", "redis+cluster://c1:7000,c2:7000"]).expect_err("cluster");
-        assert!(err.to_string().contains("not supported yet"), "{err}");
+        assert!(load(&["--redis-url", "redis+cluster://c1:7000,c2:7000"]).is_ok());
+        let err = load(&["--redis-url", "redis+cluster://c1:7000/1"]).expect_err("cluster db");
+        assert!(err.to_string().contains("no database"), "{err}");
         // Plain URLs are left as they were.
         assert!(load(&["--redis-url", "rediss://:pw@db:6380/0"]).is_ok());
     }

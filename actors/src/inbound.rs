@@ -21,7 +21,7 @@ use crate::ids::{Interest, RoomId, UserId};
 use crate::matching::messages::*;
 use crate::matching::{shard_for, MatchShard};
 use crate::metrics as m;
-use crate::rooms::messages::{NodeLost, ResyncRoom, RoomInbound};
+use crate::rooms::messages::{NodeLost, ResyncRoom, RoomInbound, RoomSubscribed};
 use crate::rooms::Rooms;
 use crate::state::Shared;
 
@@ -187,6 +187,12 @@ impl ClusterSink for Inbound {
     fn resync_rooms(&self) {
         for room in self.rooms.directory.handles() {
             room.do_send(ResyncRoom);
+        }
+    }
+
+    fn room_subscribed(&self, room: &RoomId, store_seq: u64) {
+        if let Some(addr) = self.rooms.directory.get(room.as_str()) {
+            addr.do_send(RoomSubscribed { store_seq });
         }
     }
 

@@ -58,6 +58,10 @@ pub trait ClusterSink: Send + Sync + 'static {
     fn resync_rooms(&self);
     /// What this node holds, so the bridge can keep its keys in the store alive.
     fn held(&self) -> Held;
+    /// Redis Cluster: the bridge (re)subscribed to `room`'s channel and the
+    /// store's seq of the room is `store_seq`; the replica fetches what it
+    /// missed before (what was published while it was not subscribed).
+    fn room_subscribed(&self, _room: &RoomId, _store_seq: u64) {}
 }
 
 /// What a node holds, as [`ClusterSink::held`] reports it.
@@ -130,6 +134,11 @@ pub enum BridgeError {
     /// The shared store cannot be reached now.
     #[error("bridge unavailable: {0}")]
     Unavailable(String),
+    /// Redis Cluster answered that the key is served elsewhere. Only the Redis
+    /// bridge's router sees it (it follows the redirect); callers get
+    /// `Unavailable` if it cannot.
+    #[error("redis cluster redirect: {0:?}")]
+    Redirected(self::redis::cluster::Redirect),
 }
 
 fn refused<T: Send + 'static>() -> BoxFut<T> {
@@ -272,6 +281,9 @@ pub trait Bridge: Send + Sync + 'static {
     }
     /// Send one event to one node (two-phase cross-node matches).
     fn send_to_node(&self, _node: &str, _event: ClusterEvent) {}
+    /// A replica of `room` opened (`on`) or stopped here: on Redis Cluster the
+    /// bridge subscribes to the room's shard channel while one is open.
+    fn watch_room(&self, _room: &RoomId, _on: bool) {}
     /// Send one event to every other node.
     fn broadcast(&self, _event: ClusterEvent) {}
     /// Count one use of `action` by `user` in a window of `window_secs` across the

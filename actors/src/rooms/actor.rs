@@ -79,6 +79,10 @@ impl Actor for RoomActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         metrics::gauge!(m::ROOMS_OPEN).increment(1.0);
+        if self.replication.is_cluster() {
+            // On Redis Cluster the room's events come on its own shard channel.
+            self.shared.bridge.watch_room(&self.state.id, true);
+        }
         // A member whose session ended between the claim and now holds an offline
         // seat, so the grace timer runs for them like for any dropped connection.
         // The outbox was carried from the match: none, or closed, means the session
@@ -98,6 +102,9 @@ impl Actor for RoomActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         metrics::gauge!(m::ROOMS_OPEN).decrement(1.0);
+        if self.replication.is_cluster() {
+            self.shared.bridge.watch_room(&self.state.id, false);
+        }
     }
 }
 
@@ -459,6 +466,16 @@ impl Handler<NodeLost> for RoomActor {
                     act.remove_member(&user, ctx);
                 }
             });
+        }
+    }
+}
+
+impl Handler<RoomSubscribed> for RoomActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomSubscribed, ctx: &mut Self::Context) {
+        if !self.closed {
+            self.on_subscribed(msg.store_seq, ctx);
         }
     }
 }

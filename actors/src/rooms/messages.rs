@@ -210,3 +210,11 @@ pub struct MatchSettled {
     pub all: Vec<UserId>,
     pub shared: Vec<Interest>,
 }
+
+/// Redis Cluster: this node now receives the room's channel; the store's seq was
+/// `store_seq` just after. The replica fetches what it missed before.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomSubscribed {
+    pub store_seq: u64,
+}

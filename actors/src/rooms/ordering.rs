@@ -266,6 +266,16 @@ impl<R> ReplicaOrder<R> {
         }
     }
 
+    /// The replica's feed started (Redis Cluster: the room's channel was
+    /// subscribed) when the store was at `store_seq`: what was stored before is
+    /// fetched, since it was not delivered here. Nothing to do before the first
+    /// load (that answer carries the seq).
+    pub fn subscribed(&mut self, store_seq: u64, out: &mut Vec<Effect<R>>) {
+        if self.loaded && store_seq > self.last_seq {
+            out.push(Effect::Fetch { after: self.last_seq, cause: FetchCause::Resync });
+        }
+    }
+
     /// Deliver the pending messages that follow `last_seq` without a hole; arm
     /// the gap timer when a hole is left.
     fn drain(&mut self, out: &mut Vec<Effect<R>>) {

@@ -141,6 +141,12 @@ impl RoomActor {
         self.feed(ctx, |order, out| order.message_arrived(msg, out));
     }
 
+    /// Redis Cluster: the room's channel is subscribed (the store was at
+    /// `store_seq`); fetch what was stored before.
+    pub(super) fn on_subscribed(&mut self, store_seq: u64, ctx: &mut Context<Self>) {
+        self.feed(ctx, |order, out| order.subscribed(store_seq, out));
+    }
+
     /// Send a typing, read, signal or member event to the other member nodes.
     pub(super) fn publish(&self, ev: RoomEv) {
         if self.replication.is_cluster() && self.state.has_remote_members() {

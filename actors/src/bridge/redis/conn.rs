@@ -152,6 +152,11 @@ impl Pipe {
         }
     }
 
+    /// Whether `other` queues to the same task.
+    pub fn same(&self, other: &Pipe) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
+
     /// Replicas a durable write waits for now.
     pub fn wait_replicas(&self) -> u32 {
         self.wait_replicas.load(Ordering::Acquire)
@@ -196,10 +201,10 @@ pub fn connected_replicas(info: &str) -> Option<u32> {
 /// The pipe's task, not yet running: commands queue until it is spawned.
 pub struct Runner {
     target: Target,
-    scripts: Vec<&'static str>,
+    scripts: Arc<[String]>,
     rx: mpsc::Receiver<Op>,
     pipe: Pipe,
-    connected: watch::Sender<u64>,
+    connected: Arc<watch::Sender<u64>>,
     reseed_pending: Arc<AtomicBool>,
 }
 
@@ -233,8 +238,8 @@ struct Shared {
 /// the bridge resyncs.
 pub fn new(
     target: Target,
-    scripts: Vec<&'static str>,
-    connected: watch::Sender<u64>,
+    scripts: Arc<[String]>,
+    connected: Arc<watch::Sender<u64>>,
     policy: AckPolicy,
     reseed_pending: Arc<AtomicBool>,
 ) -> (Pipe, Runner) {
@@ -250,7 +255,7 @@ pub fn new(
 /// replicas the primary has.
 async fn connect(
     target: &Target,
-    scripts: &[&'static str],
+    scripts: &[String],
     shared: &Shared,
 ) -> redis::RedisResult<(MultiplexedConnection, String)> {
     let client = target.client().await?;
@@ -262,7 +267,7 @@ async fn connect(
         ));
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
     for s in scripts {
-        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(*s).query_async(&mut conn).await?;
+        let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(s).query_async(&mut conn).await?;
     }
     if shared.policy.replicas.is_none() {
         let info: String = redis::cmd("INFO").arg("replication").query_async(&mut conn).await?;
@@ -297,6 +302,11 @@ fn fail(op: Op, why: &str) {
 fn reply_of(kind: &'static str, v: Value, reload: &mut bool) -> Result<Value, BridgeError> {
     match v {
         Value::ServerError(e) => {
+            if let Some(r) = super::cluster::redirect(e.code(), e.details()) {
+                // Redis Cluster: the router sends the command where it is told.
+                debug!(kind, redirect = ?r, "redis redirected a command");
+                return Err(BridgeError::Redirected(r));
+            }
             if matches!(e.code(), "NOSCRIPT" | "READONLY" | "MASTERDOWN" | "NOREPLICAS") {
                 *reload = true;
             }
@@ -369,10 +379,10 @@ async fn check_server(
 
 async fn run(
     target: Target,
-    scripts: Vec<&'static str>,
+    scripts: Arc<[String]>,
     mut rx: mpsc::Receiver<Op>,
     shared: Shared,
-    connected: watch::Sender<u64>,
+    connected: Arc<watch::Sender<u64>>,
 ) {
     let up = shared.up.clone();
     let mut backoff = Duration::from_millis(100);
@@ -415,7 +425,8 @@ async fn run(
         let wait_replicas = shared.wait.load(Ordering::Acquire);
         info!(generation, server = %addr, wait_replicas, "redis connected");
         up.store(true, Ordering::Release);
-        let _ = connected.send(generation);
+        // Several pipes (one per primary of a cluster) may share the counter.
+        connected.send_modify(|g| *g += 1);
         let mut batch: Vec<Op> = Vec::with_capacity(BATCH);
         let mut check =
             tokio::time::interval_at(tokio::time::Instant::now() + CHECK_EVERY, CHECK_EVERY);

@@ -27,7 +27,9 @@
 //! `rdv:user:{USER}:node|rooms|rl:*`, `rdv:room:{ROOM}:members|seq|log|meta`. The
 //! braces are Redis Cluster hash tags: every script's keys share one slot.
 
+pub mod cluster;
 pub mod conn;
+pub mod store;
 pub mod target;
 
 use std::collections::{HashMap, HashSet};
@@ -42,7 +44,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use self::conn::{AckPolicy, Pipe};
+use self::cluster::Router;
+use self::conn::AckPolicy;
+use self::store::Store;
 use self::target::Target;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
@@ -120,9 +124,22 @@ const SOURCES: [&str; 17] = [
     include_str!("scripts/mod_load.lua"),
 ];
 
+/// The room scripts' way of telling the other nodes of a room: one `PUBLISH` per
+/// node on one server, one `SPUBLISH` on the room's shard channel on a cluster.
+const TELL_NODES: &str = include_str!("scripts/tell_nodes.lua");
+const TELL_NODES_SHARDED: &str = include_str!("scripts/tell_nodes_sharded.lua");
+
+/// The scripts' sources as loaded: on a cluster with the sharded `tell_nodes`.
+fn sources(cluster: bool) -> Arc<[String]> {
+    SOURCES
+        .iter()
+        .map(|s| if cluster { s.replace(TELL_NODES, TELL_NODES_SHARDED) } else { (*s).to_owned() })
+        .collect()
+}
+
 impl Scripts {
-    fn new() -> Self {
-        let s = |i: usize| redis::Script::new(SOURCES[i]);
+    fn new(sources: &[String]) -> Self {
+        let s = |i: usize| redis::Script::new(&sources[i]);
         Self {
             begin: s(0),
             end: s(1),
@@ -180,8 +197,19 @@ const TRENDING_KEY: &str = "rdv:trending";
 /// Interests kept in the trending set (the most counted).
 const TRENDING_CAP: usize = crate::bridge::memory::TRENDING_CAP;
 const CLUSTER_CHANNEL: &str = "rdv:cluster";
+/// On a cluster: the start of every probe channel, `rdv:{probe:N}:NODE`.
+const PROBE_PREFIX: &str = "rdv:{probe:";
 fn node_channel(node: &str) -> String {
     format!("rdv:node:{node}")
+}
+/// On a cluster: a node's shard channel (node-to-node traffic: offers, probes).
+fn node_shard_channel(node: &str) -> String {
+    format!("rdv:{{node:{node}}}:ev")
+}
+/// On a cluster: a room's shard channel, in the slot of the room's keys (see
+/// `tell_nodes_sharded.lua`).
+fn room_channel(room: &str) -> String {
+    room_key(room, "ev")
 }
 /// The moderation record: two keys in one hash slot (`{mod}`), so its scripts run
 /// on Redis Cluster too. `ends`: record key → end (ms); `data`: record key → JSON.
@@ -256,7 +284,7 @@ struct Health {
 /// [`Bridge::attach`]es its sink (nothing reaches Redis before).
 pub struct RedisBridge {
     node: String,
-    pipe: Pipe,
+    pipe: Store,
     scripts: Scripts,
     health: Arc<Health>,
     /// Local searches, for claims of all-local groups while Redis is down.
@@ -280,6 +308,13 @@ pub struct RedisBridge {
     reseed_pending: Arc<AtomicBool>,
     /// The pipe's task until [`Bridge::attach`] spawns it.
     runner: Mutex<Option<conn::Runner>>,
+    /// On a cluster: rooms to subscribe to (true) or leave (false), for the
+    /// subscriber task ([`Bridge::watch_room`]).
+    watch_tx: tokio::sync::mpsc::UnboundedSender<(RoomId, bool)>,
+    watch_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(RoomId, bool)>>>,
+    /// On a cluster: each primary's probe channel and when this node last heard
+    /// its own probe on it (ms).
+    probes: Mutex<HashMap<String, (String, u64)>>,
 }
 
 impl RedisBridge {
@@ -300,12 +335,25 @@ impl RedisBridge {
         // The pipe sets it on a reconnect, before anything is sent on the new
         // connection; the resync clears it.
         let reseed_pending = Arc::new(AtomicBool::new(false));
-        let (pipe, runner) =
-            conn::new(target.clone(), SOURCES.to_vec(), tx, ack, reseed_pending.clone());
+        let tx = Arc::new(tx);
+        let sources = sources(target.is_cluster());
+        let (pipe, runner) = match &target {
+            Target::Cluster(c) => {
+                let router =
+                    Router::new(c.clone(), sources.clone(), ack, tx, reseed_pending.clone());
+                (Store::Cluster(router), None)
+            }
+            _ => {
+                let (pipe, runner) =
+                    conn::new(target.clone(), sources.clone(), tx, ack, reseed_pending.clone());
+                (Store::One(pipe), Some(runner))
+            }
+        };
+        let (watch_tx, watch_rx) = tokio::sync::mpsc::unbounded_channel();
         Ok(Arc::new(RedisBridge {
             node: node.to_owned(),
             pipe,
-            scripts: Scripts::new(),
+            scripts: Scripts::new(&sources),
             health: Arc::new(Health {
                 sub_seen_ms: AtomicU64::new(0),
                 peers: Mutex::new(HashMap::new()),
@@ -320,7 +368,10 @@ impl RedisBridge {
             resync_again: AtomicBool::new(false),
             synced: AtomicBool::new(false),
             reseed_pending,
-            runner: Mutex::new(Some(runner)),
+            runner: Mutex::new(runner),
+            watch_tx,
+            watch_rx: Mutex::new(Some(watch_rx)),
+            probes: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -356,7 +407,7 @@ impl RedisBridge {
     async fn refresher(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.refresh_every()).await;
-            if !self.pipe.up.load(Ordering::Acquire) {
+            if !self.pipe.is_up() {
                 continue;
             }
             let t0 = Instant::now();
@@ -469,8 +520,31 @@ impl RedisBridge {
     }
 
     fn healthy(&self) -> bool {
-        let sub_age = now_ms().saturating_sub(self.health.sub_seen_ms.load(Ordering::Acquire));
-        self.pipe.up.load(Ordering::Acquire) && sub_age < SUB_TIMEOUT.as_millis() as u64
+        let now = now_ms();
+        let sub_age = now.saturating_sub(self.health.sub_seen_ms.load(Ordering::Acquire));
+        self.pipe.is_up() && sub_age < SUB_TIMEOUT.as_millis() as u64 && self.probes_fresh(now)
+    }
+
+    /// On a cluster: every primary's probe came back lately (a shard subscription
+    /// that stays connected but stopped delivering is caught here).
+    fn probes_fresh(&self, now: u64) -> bool {
+        let Some(router) = self.pipe.router() else { return true };
+        let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        router.primaries().iter().all(|(addr, _)| {
+            probes
+                .get(addr)
+                .is_some_and(|(_, seen)| now.saturating_sub(*seen) < SUB_TIMEOUT.as_millis() as u64)
+        })
+    }
+
+    /// Send an event to one node: its shard channel on a cluster, else its channel.
+    fn tell_node(&self, node: &str, payload: String) {
+        if self.pipe.router().is_some() {
+            let cmd = redis::cmd("SPUBLISH").arg(node_shard_channel(node)).arg(payload).clone();
+            self.pipe.fire("spublish", cmd);
+        } else {
+            self.publish(node_channel(node), payload);
+        }
     }
 
     fn publish(&self, channel: String, payload: String) {
@@ -543,6 +617,234 @@ impl RedisBridge {
         }
     }
 
+    /// Redis Cluster's pub/sub: one RESP3 cluster connection (redis-rs keeps one
+    /// per node it needs and subscribes again after a reconnect). Classic channels
+    /// for the rare cluster-wide events (`rdv:cluster`, and this node's own channel
+    /// for kicks a user's script sends); shard channels for this node's traffic,
+    /// each room it holds a replica of, and one probe per primary. A shard
+    /// subscription Redis drops when its slot moves (an unsolicited `sunsubscribe`)
+    /// is made again, and a room then fetches what it missed. When a probe stops
+    /// coming back while the connection looks fine, the connection is made anew.
+    async fn cluster_subscriber(self: Arc<Self>) {
+        let Some(router) = self.pipe.router().cloned() else { return };
+        let Target::Cluster(ct) = &self.target else { return };
+        let ct = ct.clone();
+        let Some(mut watch_rx) = self.watch_rx.lock().ok().and_then(|mut w| w.take()) else {
+            return;
+        };
+        // Rooms watched, with how many replicas asked (a room may reopen before
+        // the old replica's stop is seen).
+        let mut rooms: HashMap<RoomId, usize> = HashMap::new();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
+            let nodes: Vec<redis::ConnectionInfo> =
+                ct.url.seeds.iter().map(|(h, p)| ct.node_info(h, *p, true)).collect();
+            let made = async {
+                let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(push_tx)
+                    .connection_timeout(Duration::from_secs(2))
+                    .response_timeout(Duration::from_secs(3))
+                    .build()?;
+                let mut con = client.get_async_connection().await?;
+                con.subscribe(&[CLUSTER_CHANNEL.to_owned(), node_channel(&self.node)]).await?;
+                con.ssubscribe(node_shard_channel(&self.node)).await?;
+                Ok::<_, redis::RedisError>(con)
+            };
+            let con = match tokio::time::timeout(Duration::from_secs(5), made).await {
+                Ok(Ok(con)) => con,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "cluster subscribe failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            self.probes.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            self.refresh_probes(&router, &con);
+            for room in rooms.keys() {
+                self.subscribe_room(&con, room.clone());
+            }
+            info!(node = %self.node, "subscribed to the redis cluster's channels");
+            // Whatever was published while the subscription was down is lost.
+            self.clone().spawn_resync();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut stale_since: Option<u64> = None;
+            loop {
+                tokio::select! {
+                    push = push_rx.recv() => {
+                        let Some(push) = push else { break };
+                        self.on_push(push, &rooms, &con);
+                    }
+                    w = watch_rx.recv() => {
+                        let Some((room, on)) = w else { return };
+                        if on {
+                            let n = rooms.entry(room.clone()).or_insert(0);
+                            *n += 1;
+                            if *n == 1 {
+                                self.subscribe_room(&con, room);
+                            }
+                        } else if let Some(n) = rooms.get_mut(&room) {
+                            *n = n.saturating_sub(1);
+                            if *n == 0 {
+                                rooms.remove(&room);
+                                let mut c = con.clone();
+                                tokio::spawn(async move {
+                                    let _ = c.sunsubscribe(room_channel(room.as_str())).await;
+                                });
+                            }
+                        }
+                    }
+                    _ = tick.tick() => {
+                        self.refresh_probes(&router, &con);
+                        let now = now_ms();
+                        if !router.is_up() || self.probes_fresh(now) {
+                            stale_since = None;
+                            continue;
+                        }
+                        let since = *stale_since.get_or_insert(now);
+                        if now.saturating_sub(since) > 2 * SUB_TIMEOUT.as_millis() as u64 {
+                            warn!("a redis cluster shard stopped delivering this node's probe; subscribing anew");
+                            break;
+                        }
+                    }
+                }
+            }
+            self.health.sub_seen_ms.store(0, Ordering::Release);
+        }
+    }
+
+    /// One push of the cluster subscription.
+    fn on_push(
+        &self,
+        push: redis::PushInfo,
+        rooms: &HashMap<RoomId, usize>,
+        con: &redis::cluster_async::ClusterConnection,
+    ) {
+        use redis::PushKind;
+        let channel = push.data.first().and_then(as_string).unwrap_or_default();
+        match push.kind {
+            PushKind::Message | PushKind::SMessage => {
+                let Some(Value::BulkString(payload)) = push.data.get(1) else { return };
+                if channel.starts_with(PROBE_PREFIX) {
+                    let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+                    for (ch, seen) in probes.values_mut() {
+                        if *ch == channel {
+                            *seen = now_ms();
+                        }
+                    }
+                    return;
+                }
+                match serde_json::from_slice::<ClusterEvent>(payload) {
+                    Ok(ClusterEvent::Beat { node, .. }) if node == self.node => {
+                        self.health.sub_seen_ms.store(now_ms(), Ordering::Release);
+                    }
+                    // A room's channel carries this node's own events back.
+                    Ok(ClusterEvent::Room { origin, .. }) if origin == self.node => {}
+                    Ok(ev) => {
+                        if let Some(sink) = self.sink() {
+                            sink.deliver(ev);
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
+                }
+            }
+            PushKind::SUnsubscribe => {
+                // Solicited (a room this node left) or Redis dropping it because
+                // the slot moved: make it again if it is still wanted.
+                if let Some(room) = channel
+                    .strip_prefix("rdv:room:{")
+                    .and_then(|r| r.strip_suffix("}:ev"))
+                    .map(RoomId::from)
+                {
+                    if rooms.contains_key(&room) {
+                        info!(%room, "room subscription dropped by redis (slot moved); subscribing again");
+                        self.subscribe_room(con, room);
+                    }
+                } else if channel == node_shard_channel(&self.node)
+                    || channel.starts_with(PROBE_PREFIX)
+                {
+                    info!(%channel, "shard subscription dropped by redis (slot moved); subscribing again");
+                    let mut c = con.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = c.ssubscribe(&channel).await {
+                            warn!(%channel, error = %e, "could not subscribe again");
+                        }
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Subscribe to `room`'s shard channel, then have the replica fetch what was
+    /// stored before the subscription took (it was not delivered to this node).
+    fn subscribe_room(&self, con: &redis::cluster_async::ClusterConnection, room: RoomId) {
+        let mut c = con.clone();
+        let pipe = self.pipe.clone();
+        let sink = self.sink();
+        tokio::spawn(async move {
+            if let Err(e) = c.ssubscribe(room_channel(room.as_str())).await {
+                warn!(%room, error = %e, "could not subscribe to a room's channel");
+                return;
+            }
+            let get = redis::cmd("GET").arg(room_key(room.as_str(), "seq")).clone();
+            if let Ok(v) = pipe.call("get", get).await {
+                let seq = as_i64(&v).unwrap_or(0).max(0) as u64;
+                if let Some(sink) = sink {
+                    sink.room_subscribed(&room, seq);
+                }
+            }
+        });
+    }
+
+    /// Keep one probe channel per primary (a hash tag in one of its slots) and
+    /// subscribe to the new ones.
+    fn refresh_probes(&self, router: &Router, con: &redis::cluster_async::ClusterConnection) {
+        let primaries = router.primaries();
+        let mut probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+        probes.retain(|addr, _| primaries.iter().any(|(a, _)| a == addr));
+        for (addr, _) in primaries {
+            if probes.contains_key(&addr) {
+                continue;
+            }
+            let owned = |i: &u32| {
+                let slot = cluster::slot(format!("probe:{i}").as_bytes());
+                router.owner_of(slot).as_deref() == Some(addr.as_str())
+            };
+            let Some(i) = (0..100_000u32).find(owned) else { continue };
+            let channel = format!("{PROBE_PREFIX}{i}}}:{}", self.node);
+            probes.insert(addr, (channel.clone(), 0));
+            let mut c = con.clone();
+            tokio::spawn(async move {
+                if let Err(e) = c.ssubscribe(&channel).await {
+                    debug!(%channel, error = %e, "probe subscription failed; retried");
+                }
+            });
+        }
+    }
+
+    /// Publish this node's probe on each primary's probe channel.
+    fn send_probes(&self, _now: u64) {
+        if self.pipe.router().is_none() {
+            return;
+        }
+        let channels: Vec<String> = {
+            let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
+            probes.values().map(|(ch, _)| ch.clone()).collect()
+        };
+        for ch in channels {
+            self.pipe.fire("probe", redis::cmd("SPUBLISH").arg(ch).arg("p").clone());
+        }
+    }
+
     /// Beat, read the peers, declare dead ones.
     async fn heartbeat(self: Arc<Self>) {
         let mut every = tokio::time::interval(BEAT);
@@ -554,7 +856,8 @@ impl RedisBridge {
             self.pipe
                 .fire("zadd", redis::cmd("ZADD").arg(NODES_KEY).arg(now).arg(&self.node).clone());
             let beat = ClusterEvent::Beat { node: self.node.clone(), at_ms: now };
-            self.publish(node_channel(&self.node), beat.to_json());
+            self.tell_node(&self.node, beat.to_json());
+            self.send_probes(now);
             let read = self.pipe.call(
                 "zrange",
                 redis::cmd("ZRANGE").arg(NODES_KEY).arg(0).arg(-1).arg("WITHSCORES").clone(),
@@ -820,7 +1123,7 @@ fn log_messages(room: &str, reply: Value) -> Vec<ChatMessage> {
     out
 }
 
-fn unseat_users(pipe: &Pipe, room: &str, users: &[Value]) {
+fn unseat_users(pipe: &Store, room: &str, users: &[Value]) {
     for u in users.iter().filter_map(as_string) {
         pipe.fire("srem", redis::cmd("SREM").arg(user_key(&u, "rooms")).arg(room).clone());
     }
@@ -857,7 +1160,12 @@ impl Bridge for RedisBridge {
         if let Some(runner) = runner {
             worker.spawn(runner.run());
         }
-        worker.spawn(self.clone().subscriber());
+        if let Some(router) = self.pipe.router() {
+            worker.spawn(router.clone().run());
+            worker.spawn(self.clone().cluster_subscriber());
+        } else {
+            worker.spawn(self.clone().subscriber());
+        }
         worker.spawn(self.clone().heartbeat());
         worker.spawn(self.clone().resync_on_connect());
         worker.spawn(self.refresher());
@@ -897,7 +1205,7 @@ impl Bridge for RedisBridge {
             .filter(|m| m.node.is_none())
             .map(|m| (m.user.clone(), m.ticket))
             .collect();
-        if all_local && !self.pipe.up.load(Ordering::Acquire) {
+        if all_local && !self.pipe.is_up() {
             // Redis is down: local matching goes on, decided here. The resync after
             // the reconnect replaces this node's entries in Redis.
             let outcome = self.mirror.claim_now(&local);
@@ -1003,11 +1311,11 @@ impl Bridge for RedisBridge {
     }
 
     fn writable(&self) -> bool {
-        self.pipe.up.load(Ordering::Acquire) && !self.reseed_pending.load(Ordering::Acquire)
+        self.pipe.is_up() && !self.reseed_pending.load(Ordering::Acquire)
     }
 
     fn health(&self) -> BoxFut<()> {
-        let up = self.pipe.up.load(Ordering::Acquire);
+        let up = self.pipe.is_up();
         let healthy = self.healthy();
         let synced = self.synced.load(Ordering::Acquire);
         Box::pin(async move {
@@ -1034,7 +1342,13 @@ impl Bridge for RedisBridge {
     }
 
     fn send_to_node(&self, node: &str, event: ClusterEvent) {
-        self.publish(node_channel(node), event.to_json());
+        self.tell_node(node, event.to_json());
+    }
+
+    fn watch_room(&self, room: &RoomId, on: bool) {
+        if self.pipe.router().is_some() {
+            let _ = self.watch_tx.send((room.clone(), on));
+        }
     }
 
     fn broadcast(&self, event: ClusterEvent) {

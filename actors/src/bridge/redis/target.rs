@@ -7,7 +7,9 @@
 //!   credentials are the primary's (and its replicas'); the sentinels are asked
 //!   without. Every (re)connect asks the sentinels for the current primary, so a
 //!   connection lost in a failover comes back on the promoted replica.
-//! * `redis+cluster://` is refused at startup: Redis Cluster is not supported yet.
+//! * `redis+cluster://[user:password@]host:port[,host:port…]` (and `rediss+cluster://`):
+//!   Redis Cluster 7+. The hosts are seeds: the slot map is read from whichever
+//!   answers and followed from then on (see `cluster.rs`).
 //!
 //! [`parse`] is pure: the configuration calls it to refuse a bad URL at startup.
 
@@ -19,6 +21,8 @@ use redis::{ConnectionAddr, ErrorKind, RedisConnectionInfo, RedisError, RedisRes
 
 /// Port of a sentinel named without one.
 pub const SENTINEL_PORT: u16 = 26379;
+/// Port of a cluster node named without one.
+pub const CLUSTER_PORT: u16 = 6379;
 /// Longest a lookup of the primary through the sentinels may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -29,6 +33,33 @@ pub enum RedisUrl {
     Direct(String),
     /// A primary found through Sentinel.
     Sentinel(SentinelUrl),
+    /// Redis Cluster, found through its seed nodes.
+    Cluster(ClusterUrl),
+}
+
+/// `redis+cluster://` / `rediss+cluster://`, read.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClusterUrl {
+    /// TLS to every node (`rediss+cluster://`).
+    pub tls: bool,
+    /// `#insecure`: TLS without checking the certificate.
+    pub insecure: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// The seed nodes, asked in this order for the slot map.
+    pub seeds: Vec<(String, u16)>,
+}
+
+impl std::fmt::Debug for ClusterUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterUrl")
+            .field("tls", &self.tls)
+            .field("insecure", &self.insecure)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<masked>"))
+            .field("seeds", &self.seeds)
+            .finish()
+    }
 }
 
 /// `redis+sentinel://` / `rediss+sentinel://`, read.
@@ -65,15 +96,11 @@ pub fn parse(url: &str) -> Result<RedisUrl, String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Ok(RedisUrl::Direct(url.to_owned()));
     };
-    let tls = match scheme.to_ascii_lowercase().as_str() {
-        "redis+sentinel" => false,
-        "rediss+sentinel" => true,
-        "redis+cluster" | "rediss+cluster" => {
-            return Err(format!(
-                "{scheme}:// (Redis Cluster) is not supported yet; use redis://, rediss:// \
-                 or redis+sentinel://"
-            ))
-        }
+    let (tls, cluster) = match scheme.to_ascii_lowercase().as_str() {
+        "redis+sentinel" => (false, false),
+        "rediss+sentinel" => (true, false),
+        "redis+cluster" => (false, true),
+        "rediss+cluster" => (true, true),
         _ => return Ok(RedisUrl::Direct(url.to_owned())),
     };
     let (rest, fragment) = match rest.split_once('#') {
@@ -92,6 +119,22 @@ pub fn parse(url: &str) -> Result<RedisUrl, String> {
     if query.is_some_and(|q| !q.is_empty()) {
         return Err(format!("{scheme}:// URL: query parameters are not supported"));
     }
+    if cluster {
+        let usage = format!("expected {scheme}://[user:password@]host:port[,host:port...]");
+        let authority = match rest.split_once('/') {
+            Some((a, "")) => a,
+            Some(_) => {
+                return Err(format!("{scheme}:// URL: a cluster has no database or path: {usage}"))
+            }
+            None => rest,
+        };
+        let (username, password, seeds) = authority_parts(authority, CLUSTER_PORT)
+            .map_err(|e| format!("{scheme}:// URL: {e}: {usage}"))?;
+        if seeds.is_empty() {
+            return Err(format!("{scheme}:// URL names no node: {usage}"));
+        }
+        return Ok(RedisUrl::Cluster(ClusterUrl { tls, insecure, username, password, seeds }));
+    }
     let usage = format!("expected {scheme}://[user:password@]host:port[,host:port...]/MASTER_NAME");
     let Some((authority, path)) = rest.split_once('/') else {
         return Err(format!("{scheme}:// URL names no primary: {usage}"));
@@ -103,6 +146,21 @@ pub fn parse(url: &str) -> Result<RedisUrl, String> {
     if master.contains('/') {
         return Err(format!("{scheme}:// URL: the path must be the primary's name only: {usage}"));
     }
+    let (username, password, sentinels) = authority_parts(authority, SENTINEL_PORT)
+        .map_err(|e| format!("{scheme}:// URL: {e}: {usage}"))?;
+    if sentinels.is_empty() {
+        return Err(format!("{scheme}:// URL names no sentinel: {usage}"));
+    }
+    Ok(RedisUrl::Sentinel(SentinelUrl { tls, insecure, username, password, sentinels, master }))
+}
+
+/// The parts of `[user:password@]host:port[,host:port…]`: credentials
+/// (percent-decoded) and the hosts, `default_port` where none is given.
+#[allow(clippy::type_complexity)]
+fn authority_parts(
+    authority: &str,
+    default_port: u16,
+) -> Result<(Option<String>, Option<String>, Vec<(String, u16)>), String> {
     let (userinfo, hosts) = match authority.rfind('@') {
         Some(at) => (Some(&authority[..at]), &authority[at + 1..]),
         None => (None, authority),
@@ -114,18 +172,15 @@ pub fn parse(url: &str) -> Result<RedisUrl, String> {
             None => (non_empty(decode(info)?), None),
         },
     };
-    let mut sentinels = Vec::new();
+    let mut out = Vec::new();
     for host in hosts.split(',') {
         let host = host.trim();
         if host.is_empty() {
             continue;
         }
-        sentinels.push(host_port(host).map_err(|e| format!("{scheme}:// URL: {e}: {usage}"))?);
+        out.push(host_port(host, default_port)?);
     }
-    if sentinels.is_empty() {
-        return Err(format!("{scheme}:// URL names no sentinel: {usage}"));
-    }
-    Ok(RedisUrl::Sentinel(SentinelUrl { tls, insecure, username, password, sentinels, master }))
+    Ok((username, password, out))
 }
 
 fn non_empty(s: String) -> Option<String> {
@@ -133,16 +188,16 @@ fn non_empty(s: String) -> Option<String> {
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn host_port(s: &str) -> Result<(String, u16), String> {
+fn host_port(s: &str, default_port: u16) -> Result<(String, u16), String> {
     let (host, port) = if let Some(v6) = s.strip_prefix('[') {
         let Some((host, after)) = v6.split_once(']') else {
-            return Err(format!("bad sentinel address {s:?}"));
+            return Err(format!("bad address {s:?}"));
         };
         match after {
             "" => (host, None),
             p => match p.strip_prefix(':') {
                 Some(p) => (host, Some(p)),
-                None => return Err(format!("bad sentinel address {s:?}")),
+                None => return Err(format!("bad address {s:?}")),
             },
         }
     } else {
@@ -152,13 +207,11 @@ fn host_port(s: &str) -> Result<(String, u16), String> {
         }
     };
     if host.is_empty() {
-        return Err(format!("bad sentinel address {s:?}"));
+        return Err(format!("bad address {s:?}"));
     }
     let port = match port {
-        None => SENTINEL_PORT,
-        Some(p) => {
-            p.parse::<u16>().ok().filter(|p| *p > 0).ok_or(format!("bad sentinel port in {s:?}"))?
-        }
+        None => default_port,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p > 0).ok_or(format!("bad port in {s:?}"))?,
     };
     Ok((host.to_owned(), port))
 }
@@ -187,7 +240,54 @@ fn decode(s: &str) -> Result<String, String> {
 #[derive(Clone)]
 pub enum Target {
     Direct(Box<redis::Client>),
-    Sentinel { sentinel: Arc<tokio::sync::Mutex<SentinelClient>>, master: Arc<str> },
+    Sentinel {
+        sentinel: Arc<tokio::sync::Mutex<SentinelClient>>,
+        master: Arc<str>,
+    },
+    /// Redis Cluster: the bridge routes by slot (`cluster.rs`); [`Target::client`]
+    /// answers with the first seed.
+    Cluster(Arc<ClusterTarget>),
+}
+
+/// How to reach the nodes of a Redis Cluster.
+pub struct ClusterTarget {
+    pub url: ClusterUrl,
+    pub tcp: redis::io::tcp::TcpSettings,
+}
+
+impl ClusterTarget {
+    /// A client for the node at `host:port`, with the URL's credentials and TLS.
+    pub fn node_client(&self, host: &str, port: u16) -> RedisResult<redis::Client> {
+        redis::Client::open(self.node_info(host, port, false))
+    }
+
+    /// The connection info of one node; `resp3` for the push connections.
+    pub fn node_info(&self, host: &str, port: u16, resp3: bool) -> redis::ConnectionInfo {
+        let addr = if self.url.tls {
+            ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: self.url.insecure,
+                tls_params: None,
+            }
+        } else {
+            ConnectionAddr::Tcp(host.to_owned(), port)
+        };
+        let mut redis_info = RedisConnectionInfo::default();
+        if let Some(u) = &self.url.username {
+            redis_info = redis_info.set_username(u);
+        }
+        if let Some(p) = &self.url.password {
+            redis_info = redis_info.set_password(p);
+        }
+        if resp3 {
+            redis_info = redis_info.set_protocol(redis::ProtocolVersion::RESP3);
+        }
+        redis::IntoConnectionInfo::into_connection_info(addr)
+            .unwrap_or_else(|_| unreachable!("an address is connection info"))
+            .set_redis_settings(redis_info)
+            .set_tcp_settings(self.tcp.clone())
+    }
 }
 
 impl Target {
@@ -233,6 +333,7 @@ impl Target {
                     master: s.master.into(),
                 })
             }
+            RedisUrl::Cluster(url) => Ok(Target::Cluster(Arc::new(ClusterTarget { url, tcp }))),
         }
     }
 
@@ -241,6 +342,10 @@ impl Target {
     pub async fn client(&self) -> RedisResult<redis::Client> {
         match self {
             Target::Direct(c) => Ok((**c).clone()),
+            Target::Cluster(c) => {
+                let (host, port) = c.url.seeds.first().cloned().unwrap_or_default();
+                c.node_client(&host, port)
+            }
             Target::Sentinel { sentinel, master } => {
                 let mut s = sentinel.lock().await;
                 match tokio::time::timeout(LOOKUP_TIMEOUT, s.async_get_client()).await {
@@ -258,6 +363,11 @@ impl Target {
                 }
             }
         }
+    }
+
+    /// Whether this target is a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(_))
     }
 
     /// Whether this target follows a primary through Sentinel.
@@ -345,11 +455,35 @@ mod tests {
     }
 
     #[test]
-    fn cluster_urls_are_refused_for_now() {
-        for url in ["redis+cluster://h1:7000,h2:7001", "rediss+cluster://u:p@h:7000"] {
-            let e = parse(url).expect_err(url);
-            assert!(e.contains("Redis Cluster") && e.contains("not supported yet"), "{e}");
-        }
+    fn cluster_urls_name_seed_nodes() {
+        let Ok(RedisUrl::Cluster(c)) = parse("redis+cluster://10.0.0.1:7000,10.0.0.2:7001,h3")
+        else {
+            panic!("not a cluster url")
+        };
+        assert!(!c.tls);
+        assert_eq!(
+            c.seeds,
+            [
+                ("10.0.0.1".to_owned(), 7000),
+                ("10.0.0.2".to_owned(), 7001),
+                ("h3".to_owned(), CLUSTER_PORT)
+            ]
+        );
+        let Ok(RedisUrl::Cluster(c)) = parse("rediss+cluster://u:p%40w@h:7000/#insecure") else {
+            panic!("not a cluster url")
+        };
+        assert!(c.tls && c.insecure);
+        assert_eq!((c.username.as_deref(), c.password.as_deref()), (Some("u"), Some("p@w")));
+        assert!(!format!("{c:?}").contains("p@w"), "the password is masked");
+    }
+
+    #[test]
+    fn a_bad_cluster_url_is_a_clear_error() {
+        assert!(parse("redis+cluster://").expect_err("no node").contains("names no node"));
+        assert!(parse("redis+cluster://h:7000/0").expect_err("db").contains("no database"));
+        assert!(parse("redis+cluster://h:x").expect_err("port").contains("port"));
+        assert!(parse("redis+cluster://h:7000?x=1").is_err());
+        assert!(parse("redis+cluster://h:7000#insecure").is_err(), "#insecure needs TLS");
     }
 
     #[test]
@@ -357,7 +491,9 @@ mod tests {
         let tcp = redis::io::tcp::TcpSettings::default();
         let t = Target::new("redis+sentinel://127.0.0.1:1,127.0.0.1:2/m", tcp.clone());
         assert!(t.is_ok_and(|t| t.is_sentinel()));
-        let t = Target::new("redis://127.0.0.1:1", tcp);
+        let t = Target::new("redis://127.0.0.1:1", tcp.clone());
         assert!(t.is_ok_and(|t| !t.is_sentinel()));
+        let t = Target::new("redis+cluster://127.0.0.1:1,127.0.0.1:2", tcp);
+        assert!(t.is_ok_and(|t| t.is_cluster()));
     }
 }
