@@ -886,8 +886,9 @@ async fn a_node_started_later_learns_pools_rooms_and_blocks() {
     // A room across node-a and node-b.
     let (mut ann, mut bob, room) = pair(&cluster.nodes, (0, "ann"), (1, "bob")).await;
     let m1 = exchange(&mut ann, &mut bob, &room, "before the late node", "a1").await;
-    // A block: xena (node-a) blocks yuri (node-b).
-    let (mut xena, mut yuri, _) = pair(&cluster.nodes, (0, "xena"), (1, "yuri")).await;
+    // A block: xena blocks yuri (both on node-b: see moderation_cluster.rs for a
+    // block across nodes).
+    let (mut xena, mut yuri, _) = pair(&cluster.nodes, (1, "xena"), (1, "yuri")).await;
     xena.send_json(json!({"action": "block", "user_id": "yuri"})).await;
     assert_eq!(next(&mut xena).await.kind(), "blocked");
     assert_eq!(next(&mut yuri).await.kind(), "room_closed");
