@@ -169,6 +169,37 @@ async fn wait_ready_all(nodes: &[Node], want: u16, since: Instant, within: Durat
     since.elapsed()
 }
 
+/// [`wait_ready_all`] that reports instead of panicking, so that a test checks
+/// its invariants before it fails on readiness: the longest time since `since`, or
+/// what the nodes still answered when `within` (from `since`, at least 1 s) ran out.
+async fn try_ready_all(
+    nodes: &[Node],
+    want: u16,
+    since: Instant,
+    within: Duration,
+) -> Result<Duration, String> {
+    let deadline = since + within.max(Duration::from_secs(1));
+    loop {
+        let mut wrong = Vec::new();
+        for node in nodes {
+            let (status, body) = common::http_get(node.addr, "/readyz").await;
+            if status != want {
+                wrong.push(format!("{}: {status} {}", node.id, body.trim()));
+            }
+        }
+        if wrong.is_empty() {
+            return Ok(since.elapsed());
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "/readyz not {want} on every node within {within:?}: {}",
+                wrong.join("; ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
@@ -734,8 +765,9 @@ async fn a_primary_killed_during_a_match_storm_makes_no_double_match() {
     eprintln!("readyz 503 on every node {down:?} after the kill");
     let promoted = blocking(|| cluster.redis.wait_promoted(slot, PROMOTION));
     eprintln!("replica promoted {promoted:?} after the kill");
-    let up = wait_ready_all(&cluster.nodes, 200, killed, promoted + RESUME).await;
-    eprintln!("readyz 200 on every node {up:?} after the kill");
+    // Checked last (below), so that a failure to get ready still shows the rest.
+    let up = try_ready_all(&cluster.nodes, 200, killed, promoted + RESUME).await;
+    eprintln!("readyz 200 on every node after the kill: {up:?}");
 
     let (seen, clients, refused) = storm.await.expect("storm task");
     let (rooms, unmatched) = check_matches(&seen, 2);
@@ -755,6 +787,9 @@ async fn a_primary_killed_during_a_match_storm_makes_no_double_match() {
     .await
     .expect("a cross-node pair matched after the failover");
     eprintln!("a fresh pair matched in {:?}", t.elapsed());
+    if let Err(e) = up {
+        panic!("after the promotion ({promoted:?} after the kill): {e}");
+    }
 }
 
 /// `kill -9` of the primary holding a room's slot while its two members (on
@@ -791,8 +826,9 @@ async fn a_primary_killed_during_chat_loses_nothing_acknowledged() {
     eprintln!("readyz 503 on every node {down:?} after the kill");
     let promoted = blocking(|| cluster.redis.wait_promoted(slot, PROMOTION));
     eprintln!("replica promoted {promoted:?} after the kill");
-    let up = wait_ready_all(&cluster.nodes, 200, killed, promoted + RESUME).await;
-    eprintln!("readyz 200 on every node {up:?} after the kill");
+    // Checked last (below), so that a failure to get ready still shows the rest.
+    let up = try_ready_all(&cluster.nodes, 200, killed, promoted + RESUME).await;
+    eprintln!("readyz 200 on every node after the kill: {up:?}");
     // Chat resumes within the bound: more messages are acknowledged.
     let left = (promoted + RESUME).saturating_sub(killed.elapsed()).max(Duration::from_secs(1));
     let resumed_at = acked.load(Ordering::SeqCst) + 2;
@@ -815,6 +851,9 @@ async fn a_primary_killed_during_chat_loses_nothing_acknowledged() {
         acked.load(Ordering::SeqCst)
     );
     check_chat(&room, done).await;
+    if let Err(e) = up {
+        panic!("after the promotion ({promoted:?} after the kill): {e}");
+    }
 }
 
 /// The slot of a room's keys moves to another primary (key by key, with pauses,
