@@ -129,3 +129,31 @@ async fn redis_keeps_blocks_and_bans_for_a_node_started_later_and_across_a_resta
     assert_eq!(Client::try_connect(&again.ws_url("carl"), &[]).await.err(), Some(403));
     admin::kept_apart(&again, "ann", "bob", "eve").await;
 }
+
+/// A block closes the match room the two share even when they are on different
+/// nodes (PROTOCOL.md: `room_closed`, reason `blocked`, to both), and the blocked
+/// user can no longer reach the blocker through it. On one node it does; across
+/// nodes the blocked member once heard nothing and could still post into the room.
+#[tokio::test]
+async fn a_block_closes_the_shared_room_across_nodes() {
+    let cluster = Cluster::start(2).await;
+    let (mut xena, mut yuri, room) = pair(&cluster.nodes, (0, "xena"), (1, "yuri")).await;
+    xena.send_json(json!({"action": "block", "user_id": "yuri"})).await;
+    assert_eq!(next(&mut xena).await.kind(), "blocked");
+    for (c, who) in [(&mut xena, "blocker"), (&mut yuri, "blocked member")] {
+        match next(c).await {
+            ServerFrame::RoomClosed { room_id, reason } => {
+                assert_eq!(room_id, room, "{who}");
+                assert_eq!(reason.as_deref(), Some("blocked"), "{who}");
+            }
+            other => panic!("{who} {}: expected room_closed, got {other:?}", c.user_id),
+        }
+    }
+    // The room is gone for yuri: a send is refused, and xena hears nothing.
+    common::chat::send_text(&mut yuri, &room, "still here?", "y1").await;
+    match next(&mut yuri).await {
+        ServerFrame::Error { .. } => {}
+        other => panic!("yuri: a send into the closed room was answered {other:?}"),
+    }
+    xena.expect_silence(Duration::from_millis(500)).await;
+}
