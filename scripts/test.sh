@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The project's test command (README "Test it"): installs what the tests need on a
-# bare Debian machine (redis-server and redis-sentinel for the multi-node tests; prometheus, its Redis
+# bare Debian machine (redis-server, redis-tools and redis-sentinel for the multi-node, Redis Cluster and Sentinel tests; prometheus, its Redis
 # exporter and curl for the deployment test; nginx for the TLS proxy test; chromium,
 # Node and playwright-core for the browser test; the SDK's dev dependencies), then
 # runs every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# redis-server (and redis-cli, same package) for the multi-node tests;
+# redis-server for the multi-node tests; redis-cli (Debian's redis-tools, pulled in
+# by redis-server but checked on its own) to make the Redis Cluster of
+# tests/redis_cluster.rs (`redis-cli --cluster create`) and for the TLS probes;
 # redis-sentinel for the failover tests (tests/sentinel.rs); openssl to make the
 # certificate of the TLS (rediss://) test.
 missing=()
