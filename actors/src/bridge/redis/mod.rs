@@ -636,7 +636,9 @@ impl RedisBridge {
         // the old replica's stop is seen).
         let mut rooms: HashMap<RoomId, usize> = HashMap::new();
         let mut backoff = Duration::from_millis(100);
+        let mut moves = router.moves();
         loop {
+            moves.borrow_and_update();
             let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
             let nodes: Vec<redis::ConnectionInfo> =
                 ct.url.seeds.iter().map(|(h, p)| ct.node_info(h, *p, true)).collect();
@@ -702,10 +704,18 @@ impl RedisBridge {
                             }
                         }
                     }
+                    _ = moves.changed() => {
+                        // Shard subscriptions on a failed or migrated slot are gone
+                        // or going: make them all again on the new owners.
+                        info!("redis cluster slots changed owner; subscribing anew");
+                        break;
+                    }
                     _ = tick.tick() => {
                         self.refresh_probes(&router, &con);
                         let now = now_ms();
-                        if !router.is_up() || self.probes_fresh(now) {
+                        let sub_age = now.saturating_sub(self.health.sub_seen_ms.load(Ordering::Acquire));
+                        let fresh = self.probes_fresh(now) && sub_age < SUB_TIMEOUT.as_millis() as u64;
+                        if !router.is_up() || fresh {
                             stale_since = None;
                             continue;
                         }
