@@ -643,4 +643,18 @@ mod tests {
         let out = answer(&mut o, c, Answer::Stored(3), false);
         assert_eq!(out, [ack("c", 3, "c"), Effect::Deliver(msg(3, "c"))]);
     }
+
+    #[test]
+    fn a_late_subscription_fetches_what_was_stored_before_it() {
+        let mut o = loaded_at(2);
+        let mut out = Vec::new();
+        o.subscribed(5, &mut out);
+        assert_eq!(out, [Effect::Fetch { after: 2, cause: FetchCause::Resync }]);
+        let mut out = Vec::new();
+        o.subscribed(2, &mut out);
+        assert!(out.is_empty(), "nothing was missed");
+        let mut unloaded = ReplicaOrder::<&'static str>::new(0, false);
+        unloaded.subscribed(4, &mut out);
+        assert!(out.is_empty(), "the first load brings the seq itself");
+    }
 }

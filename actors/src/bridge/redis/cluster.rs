@@ -183,6 +183,8 @@ pub struct Router {
     reread: Notify,
     /// The map has been read at least once.
     mapped: AtomicBool,
+    /// Bumped when a slot changes owner: shard subscriptions follow.
+    moves: watch::Sender<u64>,
 }
 
 impl Router {
@@ -202,7 +204,13 @@ impl Router {
             topo: RwLock::new(Topology { owner: vec![NOBODY; SLOTS], primaries: Vec::new() }),
             reread: Notify::new(),
             mapped: AtomicBool::new(false),
+            moves: watch::channel(0).0,
         })
+    }
+
+    /// Changes whenever a slot changed owner (a failover, a migration).
+    pub fn moves(&self) -> watch::Receiver<u64> {
+        self.moves.subscribe()
     }
 
     /// Every slot has an owner and every primary's pipe is connected.
@@ -548,6 +556,7 @@ impl Router {
             info!(slots = moved, "redis cluster slots changed owner; resyncing");
             self.reseed_pending.store(true, Ordering::Release);
             self.connected.send_modify(|g| *g += 1);
+            self.moves.send_modify(|g| *g += 1);
         }
     }
 }

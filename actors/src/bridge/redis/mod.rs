@@ -101,9 +101,9 @@ struct Scripts {
 }
 
 const SOURCES: [&str; 17] = [
-    include_str!("scripts/begin.lua"),
-    include_str!("scripts/end.lua"),
-    include_str!("scripts/claim.lua"),
+    concat!(include_str!("scripts/pool_publish.lua"), include_str!("scripts/begin.lua")),
+    concat!(include_str!("scripts/pool_publish.lua"), include_str!("scripts/end.lua")),
+    concat!(include_str!("scripts/pool_publish.lua"), include_str!("scripts/claim.lua")),
     include_str!("scripts/connect.lua"),
     include_str!("scripts/count.lua"),
     include_str!("scripts/room_open.lua"),
@@ -128,12 +128,23 @@ const SOURCES: [&str; 17] = [
 /// node on one server, one `SPUBLISH` on the room's shard channel on a cluster.
 const TELL_NODES: &str = include_str!("scripts/tell_nodes.lua");
 const TELL_NODES_SHARDED: &str = include_str!("scripts/tell_nodes_sharded.lua");
+/// How a pool change is shown to every node: `PUBLISH rdv:cluster` on one server,
+/// `SPUBLISH` on the language's shard channel on a cluster.
+const POOL_PUBLISH: &str = include_str!("scripts/pool_publish.lua");
+const POOL_PUBLISH_SHARDED: &str = include_str!("scripts/pool_publish_sharded.lua");
 
-/// The scripts' sources as loaded: on a cluster with the sharded `tell_nodes`.
+/// The scripts' sources as loaded: on a cluster with the sharded fragments.
 fn sources(cluster: bool) -> Arc<[String]> {
     SOURCES
         .iter()
-        .map(|s| if cluster { s.replace(TELL_NODES, TELL_NODES_SHARDED) } else { (*s).to_owned() })
+        .map(|s| {
+            if cluster {
+                s.replace(TELL_NODES, TELL_NODES_SHARDED)
+                    .replace(POOL_PUBLISH, POOL_PUBLISH_SHARDED)
+            } else {
+                (*s).to_owned()
+            }
+        })
         .collect()
 }
 
@@ -206,6 +217,11 @@ fn node_channel(node: &str) -> String {
 fn node_shard_channel(node: &str) -> String {
     format!("rdv:{{node:{node}}}:ev")
 }
+/// On a cluster: a language's shard channel (its pool's changes), in the slot of
+/// the pool's keys (see `pool_publish_sharded.lua`).
+fn pool_channel(lang: &str) -> String {
+    format!("rdv:{{pool:{lang}}}:ev")
+}
 /// On a cluster: a room's shard channel, in the slot of the room's keys (see
 /// `tell_nodes_sharded.lua`).
 fn room_channel(room: &str) -> String {
@@ -271,6 +287,14 @@ fn member_pairs(flat: &[Value]) -> Vec<(UserId, Arc<str>)> {
 }
 
 /// Health of the two connections and the peers, shared by the bridge's tasks.
+/// What the cluster subscriber is asked to follow.
+enum Watch {
+    /// A room replica opened (true) or stopped (false) here.
+    Room(RoomId, bool),
+    /// A search in this language began here.
+    Lang(String),
+}
+
 struct Health {
     /// When this node last heard its own probe on its subscription (ms).
     sub_seen_ms: AtomicU64,
@@ -310,8 +334,8 @@ pub struct RedisBridge {
     runner: Mutex<Option<conn::Runner>>,
     /// On a cluster: rooms to subscribe to (true) or leave (false), for the
     /// subscriber task ([`Bridge::watch_room`]).
-    watch_tx: tokio::sync::mpsc::UnboundedSender<(RoomId, bool)>,
-    watch_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(RoomId, bool)>>>,
+    watch_tx: tokio::sync::mpsc::UnboundedSender<Watch>,
+    watch_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Watch>>>,
     /// On a cluster: each primary's probe channel and when this node last heard
     /// its own probe on it (ms).
     probes: Mutex<HashMap<String, (String, u64)>>,
@@ -537,6 +561,15 @@ impl RedisBridge {
         })
     }
 
+    /// The command that shows a pool change of `lang` to every node.
+    fn pool_event(&self, lang: &str, payload: String) -> Cmd {
+        if self.pipe.router().is_some() {
+            redis::cmd("SPUBLISH").arg(pool_channel(lang)).arg(payload).clone()
+        } else {
+            redis::cmd("PUBLISH").arg(CLUSTER_CHANNEL).arg(payload).clone()
+        }
+    }
+
     /// Send an event to one node: its shard channel on a cluster, else its channel.
     fn tell_node(&self, node: &str, payload: String) {
         if self.pipe.router().is_some() {
@@ -635,8 +668,13 @@ impl RedisBridge {
         // Rooms watched, with how many replicas asked (a room may reopen before
         // the old replica's stop is seen).
         let mut rooms: HashMap<RoomId, usize> = HashMap::new();
+        // Languages whose pool channel is subscribed (never left: a language
+        // swept while empty may come back at any moment).
+        let mut langs: HashSet<String> = HashSet::new();
         let mut backoff = Duration::from_millis(100);
+        let mut moves = router.moves();
         loop {
+            moves.borrow_and_update();
             let (push_tx, mut push_rx) = tokio::sync::mpsc::unbounded_channel();
             let nodes: Vec<redis::ConnectionInfo> =
                 ct.url.seeds.iter().map(|(h, p)| ct.node_info(h, *p, true)).collect();
@@ -671,6 +709,9 @@ impl RedisBridge {
             for room in rooms.keys() {
                 self.subscribe_room(&con, room.clone());
             }
+            for lang in &langs {
+                self.subscribe_pool(&con, lang.clone());
+            }
             info!(node = %self.node, "subscribed to the redis cluster's channels");
             // Whatever was published while the subscription was down is lost.
             self.clone().spawn_resync();
@@ -684,7 +725,16 @@ impl RedisBridge {
                         self.on_push(push, &rooms, &con);
                     }
                     w = watch_rx.recv() => {
-                        let Some((room, on)) = w else { return };
+                        let (room, on) = match w {
+                            None => return,
+                            Some(Watch::Lang(lang)) => {
+                                if langs.insert(lang.clone()) {
+                                    self.subscribe_pool(&con, lang);
+                                }
+                                continue;
+                            }
+                            Some(Watch::Room(room, on)) => (room, on),
+                        };
                         if on {
                             let n = rooms.entry(room.clone()).or_insert(0);
                             *n += 1;
@@ -702,10 +752,26 @@ impl RedisBridge {
                             }
                         }
                     }
+                    _ = moves.changed() => {
+                        // Shard subscriptions on a failed or migrated slot are gone
+                        // or going: make them all again on the new owners.
+                        info!("redis cluster slots changed owner; subscribing anew");
+                        break;
+                    }
                     _ = tick.tick() => {
                         self.refresh_probes(&router, &con);
+                        // Languages other nodes began searches in.
+                        if let Ok(all) = self.languages().await {
+                            for lang in all {
+                                if langs.insert(lang.clone()) {
+                                    self.subscribe_pool(&con, lang);
+                                }
+                            }
+                        }
                         let now = now_ms();
-                        if !router.is_up() || self.probes_fresh(now) {
+                        let sub_age = now.saturating_sub(self.health.sub_seen_ms.load(Ordering::Acquire));
+                        let fresh = self.probes_fresh(now) && sub_age < SUB_TIMEOUT.as_millis() as u64;
+                        if !router.is_up() || fresh {
                             stale_since = None;
                             continue;
                         }
@@ -770,6 +836,7 @@ impl RedisBridge {
                     }
                 } else if channel == node_shard_channel(&self.node)
                     || channel.starts_with(PROBE_PREFIX)
+                    || channel.starts_with("rdv:{pool:")
                 {
                     info!(%channel, "shard subscription dropped by redis (slot moved); subscribing again");
                     let mut c = con.clone();
@@ -782,6 +849,32 @@ impl RedisBridge {
             }
             _ => {}
         }
+    }
+
+    /// Subscribe to `lang`'s pool channel, then load the language's searches
+    /// (those announced before the subscription took were not delivered here).
+    fn subscribe_pool(&self, con: &redis::cluster_async::ClusterConnection, lang: String) {
+        let mut c = con.clone();
+        let pipe = self.pipe.clone();
+        let sink = self.sink();
+        let me = self.node.clone();
+        let live: HashSet<String> =
+            self.health.peers.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        tokio::spawn(async move {
+            if let Err(e) = c.ssubscribe(pool_channel(&lang)).await {
+                warn!(%lang, error = %e, "could not subscribe to a language's pool channel");
+                return;
+            }
+            let all = redis::cmd("HGETALL").arg(entries_key(&lang)).clone();
+            let (Ok(v), Some(sink)) = (pipe.call("hgetall", all).await, sink) else { return };
+            for pair in as_array(v).chunks_exact(2) {
+                let Some(json) = as_string(&pair[1]) else { continue };
+                let Ok(ad) = serde_json::from_str::<SearchAd>(&json) else { continue };
+                if ad.node != me && (live.is_empty() || live.contains(&ad.node)) {
+                    sink.deliver(ClusterEvent::PoolAdd { ad });
+                }
+            }
+        });
     }
 
     /// Subscribe to `room`'s shard channel, then have the replica fetch what was
@@ -1173,6 +1266,9 @@ impl Bridge for RedisBridge {
 
     fn begin_search(&self, ad: SearchAd) {
         self.mirror.begin(&UserId::from(ad.user.as_str()), ad.ticket);
+        if self.pipe.router().is_some() {
+            let _ = self.watch_tx.send(Watch::Lang(ad.language.clone()));
+        }
         let ttl = ad.deadline_ms.saturating_sub(now_ms()) + 5_000;
         let keys = [search_key(&ad.language, &ad.user), entries_key(&ad.language)];
         let json = serde_json::to_string(&ad).unwrap_or_default();
@@ -1233,6 +1329,7 @@ impl Bridge for RedisBridge {
         args.push(first);
         let fut = self.pipe.call("claim", evalsha(&self.scripts.claim, &keys, &args));
         let pipe = self.pipe.clone();
+        let rest: Vec<Cmd> = rest.into_iter().map(|e| self.pool_event(language, e)).collect();
         let mirror_claim: Vec<(UserId, Ticket)> = local;
         let users: Vec<UserId> = members.iter().map(|m| m.user.clone()).collect();
         let mirror_bridge = self.mirror.clone();
@@ -1245,11 +1342,8 @@ impl Bridge for RedisBridge {
                         .filter_map(|i| users.get((i as usize).wrapping_sub(1)).cloned())
                         .collect();
                     if lost.is_empty() {
-                        for e in rest {
-                            pipe.fire(
-                                "publish",
-                                redis::cmd("PUBLISH").arg(CLUSTER_CHANNEL).arg(e).clone(),
-                            );
+                        for cmd in rest {
+                            pipe.fire("publish", cmd);
                         }
                         for (u, t) in &mirror_claim {
                             mirror_bridge.end(u, *t);
@@ -1347,7 +1441,7 @@ impl Bridge for RedisBridge {
 
     fn watch_room(&self, room: &RoomId, on: bool) {
         if self.pipe.router().is_some() {
-            let _ = self.watch_tx.send((room.clone(), on));
+            let _ = self.watch_tx.send(Watch::Room(room.clone(), on));
         }
     }
 

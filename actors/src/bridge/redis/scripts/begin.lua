@@ -13,5 +13,5 @@ redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
 if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
 end
-redis.call('PUBLISH', 'rdv:cluster', ARGV[4])
+pool_publish(KEYS[2], ARGV[4])
 return 1

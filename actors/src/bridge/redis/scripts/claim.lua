@@ -18,5 +18,5 @@ for i = 1, n do
   redis.call('DEL', KEYS[i + 1])
   redis.call('HDEL', KEYS[1], ARGV[i])
 end
-redis.call('PUBLISH', 'rdv:cluster', ARGV[n + 1])
+pool_publish(KEYS[1], ARGV[n + 1])
 return lost

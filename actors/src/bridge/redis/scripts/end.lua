@@ -6,6 +6,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 redis.call('HDEL', KEYS[2], ARGV[1])
 if ARGV[2] ~= '' then
-  redis.call('PUBLISH', 'rdv:cluster', ARGV[2])
+  pool_publish(KEYS[2], ARGV[2])
 end
 return 1
