@@ -148,6 +148,11 @@ fn room_key(room: &str) -> String {
     format!("rdv:room:{{{room}}}:seq")
 }
 
+/// A node's shard channel (node-to-node traffic); the hash tag is `node:NODE`.
+fn node_channel(node: &str) -> String {
+    format!("rdv:{{node:{node}}}:ev")
+}
+
 /// The key of the English matching pool (the hash tag is `pool:en`).
 fn pool_key(lang: &str) -> String {
     format!("rdv:{{pool:{lang}}}:entries")
@@ -799,6 +804,25 @@ async fn a_primary_killed_during_a_match_storm_makes_no_double_match() {
 /// delivered to the other member once, in order, and is in the history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_during_chat_loses_nothing_acknowledged() {
+    kill_a_primary_during_chat(|room| (room_key(room), format!("room {room}"))).await;
+}
+
+/// `kill -9` of the primary holding node-a's own shard channel (node-to-node
+/// traffic: offers, its heartbeat) while alice (node-a) and bob (node-b) chat: as
+/// above, and node-a follows the promoted replica (its subscription is made anew:
+/// Redis says nothing when a dead node's slots move), so its `/readyz` is 200
+/// again and matches across nodes, which travel over node channels, work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_under_a_nodes_own_channel_is_followed() {
+    kill_a_primary_during_chat(|_| (node_channel("node-a"), "node-a's channel".into())).await;
+}
+
+/// Chat between alice (node-a) and bob (node-b) in the background; `kill -9` of
+/// the primary owning the slot of `victim(room)`'s key (with a label for the log);
+/// `/readyz` 503 on every node, the promotion, `/readyz` 200 within [`RESUME`] of
+/// it; chat resumes within that bound; every acknowledged message delivered once,
+/// in order, and in the history; then fresh cross-node pairs are matched.
+async fn kill_a_primary_during_chat(victim: impl Fn(&str) -> (String, String)) {
     let _serial = SERIAL.lock().await;
     let mut cluster = engines(3, &[]).await;
     let (a, b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
@@ -815,12 +839,15 @@ async fn a_primary_killed_during_chat_loses_nothing_acknowledged() {
     );
     wait_count(&acked, 30, "acknowledged before the kill", Duration::from_secs(20)).await;
 
-    let slot = cluster.redis.slot_of(&room_key(&room));
+    let (key, label) = victim(&room);
+    let slot = cluster.redis.slot_of(&key);
     let killed_port = blocking(|| cluster.redis.kill9_primary_of_slot(slot));
     let killed = Instant::now();
     let at_kill = acked.load(Ordering::SeqCst);
     eprintln!(
-        "killed the primary :{killed_port} of slot {slot} (room {room}) after {at_kill} acks"
+        "killed the primary :{killed_port} of slot {slot} ({label}; room {room} is in slot \
+         {}) after {at_kill} acks",
+        cluster.redis.slot_of(&room_key(&room))
     );
     let down = wait_ready_all(&cluster.nodes, 503, killed, NODE_TIMEOUT + RESUME).await;
     eprintln!("readyz 503 on every node {down:?} after the kill");
@@ -851,6 +878,15 @@ async fn a_primary_killed_during_chat_loses_nothing_acknowledged() {
         acked.load(Ordering::SeqCst)
     );
     check_chat(&room, done).await;
+
+    // Matching across nodes, both ways through node-a.
+    for (i, j, x, y) in [(0, 2, "carol", "dave"), (2, 0, "erin", "fred")] {
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), pair(&cluster.nodes, (i, x), (j, y)))
+            .await
+            .unwrap_or_else(|_| panic!("{x} (node {i}) and {y} (node {j}) not matched in 10 s"));
+        eprintln!("{x} and {y} matched across nodes in {:?}", t.elapsed());
+    }
     if let Err(e) = up {
         panic!("after the promotion ({promoted:?} after the kill): {e}");
     }
