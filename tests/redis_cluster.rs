@@ -947,6 +947,41 @@ async fn migrating_a_rooms_slot_during_chat_loses_doubles_and_reorders_nothing()
     assert_eq!(cluster.redis.primary_of_key(&room_key(&room)), to);
 }
 
+/// The slot of node-a's own shard channel moves to another primary (Redis drops
+/// the channel's subscribers with an unsolicited `sunsubscribe`): node-a
+/// subscribes again on the new owner, so it stays ready, its room keeps
+/// working both ways, and matches across nodes (offers travel over node channels)
+/// still work in both directions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_a_nodes_channel_slot_keeps_it_reachable() {
+    let _serial = SERIAL.lock().await;
+    let cluster = engines(3, &[]).await;
+    let (mut alice, mut bob, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
+    exchange(&mut alice, &mut bob, &room, "before", "a1").await;
+    let slot = cluster.redis.slot_of(&node_channel("node-a"));
+    let from = cluster.redis.primary_of_slot(slot);
+    let to = *cluster.redis.primaries().iter().find(|p| **p != from).expect("another primary");
+    let moved = blocking(|| cluster.redis.migrate_slot(slot, to));
+    eprintln!("slot {slot} of node-a's channel moved :{from} -> :{to} ({moved} keys in it)");
+    let moved_at = Instant::now();
+    let ready = wait_ready_all(&cluster.nodes, 200, moved_at, Duration::from_secs(10)).await;
+    eprintln!("readyz 200 on every node {ready:?} after the move");
+    for (i, j, x, y) in [(0, 2, "carol", "dave"), (2, 0, "erin", "fred")] {
+        let t = Instant::now();
+        tokio::time::timeout(Duration::from_secs(10), pair(&cluster.nodes, (i, x), (j, y)))
+            .await
+            .unwrap_or_else(|_| panic!("{x} (node {i}) and {y} (node {j}) not matched in 10 s"));
+        eprintln!("{x} and {y} matched across nodes in {:?}", t.elapsed());
+    }
+    let m = exchange(&mut bob, &mut alice, &room, "after", "b1").await;
+    assert_eq!(m.seq, 2);
+    let m = exchange(&mut alice, &mut bob, &room, "after too", "a2").await;
+    assert_eq!(m.seq, 3);
+    // Still ready a while later: the probe and heartbeat on the moved channel work.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_ready_all(&cluster.nodes, 200, Instant::now(), Duration::from_secs(1)).await;
+}
+
 // ---------------------------------------------------------------- a late node
 
 /// A node started after the others learns from the cluster what they hold: a
