@@ -104,6 +104,13 @@ async fn the_harness_kills_a_primary_and_its_replica_takes_over() {
     assert_eq!(cluster.primary_of_slot(slot), replica);
     assert_eq!(cluster.cmd_key(key, &["GET", key]), Resp::Bulk(Some("41".into())));
     assert!(!cluster.live_ports().contains(&killed));
+
+    // Back with its old nodes.conf, the killed primary rejoins as a replica of the
+    // promoted one.
+    cluster.restart(killed);
+    cluster.wait_healthy(Duration::from_secs(20));
+    assert_eq!(cluster.primary_of_slot(slot), replica);
+    assert_eq!(cluster.replicas_of(replica), vec![killed], "{}", cluster.describe());
 }
 
 /// A slot with keys in it moves to another primary: every key is readable there,
