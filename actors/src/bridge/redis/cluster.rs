@@ -229,6 +229,12 @@ impl Router {
         t.primaries.iter().map(|(a, p)| (a.clone(), p.up.load(Ordering::Acquire))).collect()
     }
 
+    /// Every primary's pipe.
+    pub fn pipes(&self) -> Vec<Pipe> {
+        let t = self.topo.read().unwrap_or_else(|p| p.into_inner());
+        t.primaries.iter().map(|(_, p)| p.clone()).collect()
+    }
+
     /// The owner of `slot` now, if any.
     pub fn owner_of(&self, slot: u16) -> Option<String> {
         let t = self.topo.read().unwrap_or_else(|p| p.into_inner());
