@@ -18,8 +18,9 @@
 //! After [`MAX_REDIRECTS`] the caller gets `Unavailable` (retryable).
 //!
 //! The map is read again every [`MAP_EVERY`], at once after a redirect, and every
-//! [`MAP_EVERY_DOWN`] while a slot has no reachable owner. When a slot changes
-//! owner (a failover, a migration), the bridge resyncs, as after a reconnect.
+//! [`MAP_EVERY_DOWN`] while a slot has no reachable owner. When a primary left
+//! the map (a failover), the bridge resyncs, as after a reconnect, and makes its
+//! shard subscriptions anew; a slot migrated between primaries needs neither.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -226,6 +227,12 @@ impl Router {
     pub fn primaries(&self) -> Vec<(String, bool)> {
         let t = self.topo.read().unwrap_or_else(|p| p.into_inner());
         t.primaries.iter().map(|(a, p)| (a.clone(), p.up.load(Ordering::Acquire))).collect()
+    }
+
+    /// Every primary's pipe.
+    pub fn pipes(&self) -> Vec<Pipe> {
+        let t = self.topo.read().unwrap_or_else(|p| p.into_inner());
+        t.primaries.iter().map(|(_, p)| p.clone()).collect()
     }
 
     /// The owner of `slot` now, if any.
@@ -546,13 +553,22 @@ impl Router {
                 old.is_some() && now != old.as_ref()
             })
             .count();
-        for (gone, _) in pipes {
-            info!(node = %gone, "no longer a redis cluster primary");
+        let gone = pipes.len();
+        for (addr, _) in pipes {
+            info!(node = %addr, "no longer a redis cluster primary");
         }
         t.owner = owner;
         t.primaries = primaries;
         drop(t);
-        if was_mapped && moved > 0 {
+        if moved > 0 && gone == 0 {
+            // A migration: the keys moved with their slots, and shard
+            // subscriptions follow Redis's `sunsubscribe` one by one.
+            debug!(slots = moved, "redis cluster slots migrated");
+        }
+        if was_mapped && moved > 0 && gone > 0 {
+            // A failover (or a primary removed): the new owner may be a promoted
+            // replica without the old primary's last writes, and every shard
+            // subscription on the old one is gone.
             info!(slots = moved, "redis cluster slots changed owner; resyncing");
             self.reseed_pending.store(true, Ordering::Release);
             self.connected.send_modify(|g| *g += 1);

@@ -1431,7 +1431,7 @@ impl Bridge for RedisBridge {
         let pipe = self.pipe.clone();
         Box::pin(async move {
             // Everything queued before this ping has been applied once it answers.
-            pipe.call("ping", redis::cmd("PING")).await.map(|_| ())
+            pipe.barrier().await
         })
     }
 

@@ -93,6 +93,22 @@ impl Store {
         }
     }
 
+    /// Resolves once everything queued before it has been applied: a `PING`
+    /// behind it on the pipe, on a cluster behind it on every primary's pipe.
+    pub async fn barrier(&self) -> Result<(), BridgeError> {
+        match self {
+            Store::One(p) => p.call("ping", redis::cmd("PING")).await.map(|_| ()),
+            Store::Cluster(r) => {
+                let pings: Vec<_> =
+                    r.pipes().into_iter().map(|p| p.call("ping", redis::cmd("PING"))).collect();
+                for ping in pings {
+                    ping.await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
     /// The cluster router, on a cluster.
     pub fn router(&self) -> Option<&Arc<Router>> {
         match self {
