@@ -93,8 +93,9 @@ async fn the_harness_kills_a_primary_and_its_replica_takes_over() {
     let slot = cluster.slot_of(key);
     let owner = cluster.primary_of_slot(slot);
     let replica = cluster.replicas_of(owner)[0];
-    assert_eq!(cluster.cmd(owner, &["SET", key, "41"]), Resp::Simple("OK".into()));
-    assert_eq!(cluster.cmd(owner, &["WAIT", "1", "2000"]), Resp::Int(1), "replicated");
+    // WAIT on the connection that wrote (it counts that connection's writes).
+    let replies = cluster.cmds(owner, &[&["SET", key, "41"], &["WAIT", "1", "2000"]]);
+    assert_eq!(replies, [Resp::Simple("OK".into()), Resp::Int(1)], "written and replicated");
 
     let killed = cluster.kill9_primary_of_slot(slot);
     assert_eq!(killed, owner);

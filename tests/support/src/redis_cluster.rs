@@ -85,6 +85,9 @@ impl RedisCluster {
                     &timeout,
                     "--cluster-port",
                     &bus,
+                    // A replica's first copy starts at once, not 5 s later.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ]);
                 Member { server, _dir: dir, dead: false }
             })
@@ -118,8 +121,9 @@ impl RedisCluster {
     }
 
     /// Wait (bounded) until every live member says `cluster_state:ok`, knows every
-    /// member (live or dead: a killed one stays known, flagged `fail`), and every
-    /// live replica's link to its primary is up.
+    /// member (live or dead: a killed one stays known, flagged `fail`), every live
+    /// replica's link to its primary is up, and every primary counts its replicas
+    /// `online`.
     pub fn wait_healthy(&self, within: Duration) {
         let n = self.members.len();
         let deadline = Instant::now() + within;
@@ -139,6 +143,21 @@ impl RedisCluster {
                     && repl.get("master_link_status").map(String::as_str) != Some("up")
                 {
                     why.push(format!(":{port} link {:?}", repl.get("master_link_status")));
+                }
+                // The primary's side too: a replica that finished loading the
+                // initial copy is not sent new writes until the primary counts it
+                // `online`.
+                let offline: Vec<&String> = repl
+                    .iter()
+                    .filter(|(k, v)| {
+                        k.starts_with("slave")
+                            && k[5..].parse::<u32>().is_ok()
+                            && !v.contains("state=online")
+                    })
+                    .map(|(_, v)| v)
+                    .collect();
+                if !offline.is_empty() {
+                    why.push(format!(":{port} replicas not online: {offline:?}"));
                 }
             }
             if why.is_empty() {
@@ -199,6 +218,13 @@ impl RedisCluster {
     /// come back as [`Resp::Error`]. Panics on I/O errors.
     pub fn cmd(&self, port: u16, args: &[&str]) -> Resp {
         cmd(port, args)
+    }
+
+    /// Several commands to the member on `port` on one connection (what `WAIT`
+    /// needs: it counts the replicas that have this connection's writes); their
+    /// replies. Panics on I/O errors.
+    pub fn cmds(&self, port: u16, cmds: &[&[&str]]) -> Vec<Resp> {
+        try_pipeline(port, cmds).unwrap_or_else(|e| panic!("redis :{port} {cmds:?}: {e}"))
     }
 
     /// One command to whichever member owns `key`'s slot now (follows `MOVED` and
