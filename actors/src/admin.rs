@@ -54,7 +54,7 @@ pub fn enforce(shared: &Shared, rooms: &Rooms, ev: &ModEvent) {
         }
         ModEvent::CloseRoom { room } => {
             if let Some(addr) = rooms.directory.get(room.as_str()) {
-                addr.do_send(CloseRoom { reason: "closed_by_operator" });
+                addr.do_send(CloseRoom { reason: "closed_by_operator", with: None });
             }
         }
         ModEvent::Block(b) => {
@@ -75,7 +75,7 @@ fn close_match_rooms(shared: &Shared, rooms: &Rooms, user: &UserId, reason: &'st
             continue;
         }
         if let Some(room) = rooms.directory.get(&room_id) {
-            room.do_send(CloseRoom { reason });
+            room.do_send(CloseRoom { reason, with: None });
         }
     }
 }

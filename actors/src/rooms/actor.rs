@@ -371,6 +371,9 @@ impl Handler<CloseRoom> for RoomActor {
     type Result = ();
 
     fn handle(&mut self, msg: CloseRoom, ctx: &mut Self::Context) {
+        if msg.with.as_ref().is_some_and(|u| !self.state.is_member(u)) {
+            return;
+        }
         if !self.closed {
             self.close_everywhere(msg.reason);
         }

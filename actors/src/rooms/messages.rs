@@ -174,6 +174,9 @@ pub struct Evidence {
 #[rtype(result = "()")]
 pub struct CloseRoom {
     pub reason: &'static str,
+    /// Close only if this user holds a seat (on any node): a block closes the
+    /// rooms the two share, and only the room knows its members on other nodes.
+    pub with: Option<UserId>,
 }
 
 /// Bridge → Room: an event from another node (or, for messages, from the store in

@@ -637,13 +637,14 @@ impl SessionActor {
             until_ms: crate::clock::now_ms().saturating_add(ttl.as_millis() as u64),
         }));
         self.send(&ServerFrame::Blocked { user_id: other.to_string() });
-        let theirs = shared.rooms_of(&other);
+        // The other may be on another node (not in this node's index): each of
+        // the blocker's match rooms closes if the other holds a seat in it.
         for room_id in shared.rooms_of(&self.user) {
-            if room_id.is_public() || !theirs.contains(&room_id) {
+            if room_id.is_public() {
                 continue;
             }
             if let Some(room) = self.engine.rooms.directory.get(&room_id) {
-                room.do_send(CloseRoom { reason: "blocked" });
+                room.do_send(CloseRoom { reason: "blocked", with: Some(other.clone()) });
             }
         }
     }
