@@ -672,6 +672,43 @@ async fn a_storm_of_two_thousand_over_three_nodes_has_no_double_or_asymmetric_ma
     drop(clients);
 }
 
+/// 1,200 clients in 600 designated pairs, the two of a pair on different nodes and
+/// sharing an interest nobody else has (the ladder asks for one shared interest,
+/// never less): every match is a cross-node claim and offer. Each client is
+/// matched exactly once, with its designated partner, symmetrically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_cross_node_pairs_matches_each_with_its_partner_once() {
+    const N: usize = 1_200;
+    let _serial = SERIAL.lock().await;
+    let t0 = Instant::now();
+    let cluster = engines(3, &[("--ladder", "0:any:1"), ("--search-timeout-ms", "20000")]).await;
+    let urls = (0..N).map(|i| cluster.node(i % 3).ws_url(&format!("x{i:05}"))).collect();
+    let plan = Storm {
+        urls,
+        outcome_within: Duration::from_secs(40),
+        linger: Duration::from_millis(1_000),
+    };
+    let search = |i: usize| json!({"action": "find_match", "interests": [format!("pair{}", i / 2)], "language": "en"});
+    let (mut seen, clients, took) = tokio::time::timeout(Duration::from_secs(55), plan.run(search))
+        .await
+        .expect("storm finished in time");
+    seen.iter_mut().flat_map(|s| s.matches.iter_mut()).for_each(Found::sort);
+    let (rooms, unmatched) = check_matches(&seen, 2);
+    eprintln!(
+        "cross-node pair storm: {N} clients, {} rooms, {unmatched} without a match, outcomes in \
+         {took:?}, total {:?}",
+        rooms.len(),
+        t0.elapsed()
+    );
+    for (i, s) in seen.iter().enumerate() {
+        let partner = format!("x{:05}", i ^ 1);
+        let m = s.matches.first().unwrap_or_else(|| panic!("{}: not matched", s.user));
+        assert_eq!(m.partner.as_deref(), Some(partner.as_str()), "{}: {m:?}", s.user);
+    }
+    assert_eq!(rooms.len(), N / 2);
+    drop(clients);
+}
+
 /// Groups of three with one member on each node: each group fills one room,
 /// everyone gets the same room and all three members, no `partner_id`, and
 /// nothing more.
