@@ -295,7 +295,7 @@ fn storm_search(i: usize) -> Value {
 }
 
 /// A storm whose clients keep searching through a failover: all connect, then
-/// client `i` sends its `find_match` `spread * i / n` after the start (so searches
+/// client `i` sends its `find_match` (`search(i)`) `spread * i / n` after the start (so searches
 /// begin before, during and after whatever the test does meanwhile) and sends it
 /// again after every `unavailable` (after `retry_after_ms`, at most 500 ms). It
 /// stops at its first outcome and keeps reading until the storm ends (`linger`
@@ -307,6 +307,7 @@ async fn staggered_storm(
     spread: Duration,
     outcome_within: Duration,
     linger: Duration,
+    search: fn(usize) -> Value,
     started: tokio::sync::oneshot::Sender<()>,
 ) -> (Vec<Seen>, Vec<Client>, usize) {
     let n = urls.len();
@@ -327,7 +328,7 @@ async fn staggered_storm(
             };
             ready.wait().await;
             tokio::time::sleep(spread.mul_f64(i as f64 / n as f64)).await;
-            c.send_json(storm_search(i)).await;
+            c.send_json(search(i)).await;
             let mut seen = Seen {
                 user: c.user_id.clone(),
                 searching: 0,
@@ -359,7 +360,7 @@ async fn staggered_storm(
                             panic!("{}: unavailable without retry_after_ms", seen.user)
                         });
                         tokio::time::sleep(Duration::from_millis(wait.clamp(20, 500))).await;
-                        c.send_json(storm_search(i)).await;
+                        c.send_json(search(i)).await;
                         continue;
                     }
                     other => {
@@ -791,9 +792,37 @@ async fn cross_node_chat_loses_doubles_and_reorders_nothing() {
 /// asymmetric match; then a fresh cross-node pair is matched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_killed_during_a_match_storm_makes_no_double_match() {
+    kill_a_primary_during_a_storm(&[], storm_search, false).await;
+}
+
+/// The same with designated cross-node pairs (as in
+/// [`a_storm_of_cross_node_pairs_matches_each_with_its_partner_once`]): every
+/// match in flight at the kill is a cross-node claim and offer, the case where a
+/// claim lost with the primary could be made twice. A client is matched with its
+/// designated partner or with nobody, never twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_during_a_cross_node_storm_makes_no_double_match() {
+    let extra = [("--ladder", "0:any:1"), ("--search-timeout-ms", "15000")];
+    kill_a_primary_during_a_storm(&extra, designated_pair_search, true).await;
+}
+
+/// Client `i`'s search in a designated-pair storm: an interest only it and client
+/// `i ^ 1` (on another node) have.
+fn designated_pair_search(i: usize) -> Value {
+    json!({"action": "find_match", "interests": [format!("pair{}", i / 2)], "language": "en"})
+}
+
+/// 600 staggered searches over three nodes (`search(i)`; nodes started with
+/// `extra`), `kill -9` of the English pool's primary 2 s in; see the two tests.
+/// With `designated`, a match must be with the client's designated partner.
+async fn kill_a_primary_during_a_storm(
+    extra: &[(&str, &str)],
+    search: fn(usize) -> Value,
+    designated: bool,
+) {
     const N: usize = 600;
     let _serial = SERIAL.lock().await;
-    let mut cluster = engines(3, &[]).await;
+    let mut cluster = engines(3, extra).await;
     let urls: Vec<String> =
         (0..N).map(|i| cluster.node(i % 3).ws_url(&format!("k{i:05}"))).collect();
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
@@ -802,6 +831,7 @@ async fn a_primary_killed_during_a_match_storm_makes_no_double_match() {
         Duration::from_secs(8),
         Duration::from_secs(40),
         Duration::from_millis(1_500),
+        search,
         started_tx,
     ));
     started_rx.await.expect("the storm started");
@@ -819,13 +849,24 @@ async fn a_primary_killed_during_a_match_storm_makes_no_double_match() {
     let up = try_ready_all(&cluster.nodes, 200, killed, promoted + RESUME).await;
     eprintln!("readyz 200 on every node after the kill: {up:?}");
 
-    let (seen, clients, refused) = storm.await.expect("storm task");
+    let (mut seen, clients, refused) = storm.await.expect("storm task");
+    seen.iter_mut().flat_map(|s| s.matches.iter_mut()).for_each(Found::sort);
     let (rooms, unmatched) = check_matches(&seen, 2);
+    let node_of = |user: &str| user[1..].parse::<usize>().expect("storm user number") % 3;
+    let cross = rooms.values().filter(|m| node_of(&m[0]) != node_of(&m[1])).count();
     eprintln!(
-        "failover storm: {N} clients, {} rooms, {unmatched} without a match, {refused} \
-         find_match refused as unavailable",
+        "failover storm: {N} clients, {} rooms ({cross} across nodes), {unmatched} without a \
+         match, {refused} find_match refused as unavailable",
         rooms.len()
     );
+    if designated {
+        for (i, s) in seen.iter().enumerate() {
+            if let Some(m) = s.matches.first() {
+                let partner = format!("k{:05}", i ^ 1);
+                assert_eq!(m.partner.as_deref(), Some(partner.as_str()), "{}: {m:?}", s.user);
+            }
+        }
+    }
     drop(clients);
 
     // Matching across nodes works (within the resume bound of the promotion).
