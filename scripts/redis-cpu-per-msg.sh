@@ -62,6 +62,10 @@ for k in $(seq 1 "$runs"); do
   redis-server --port "$rport" --save "" --appendonly no --dir "$out" >"$out/redis.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 1 50); do rcli PING >/dev/null 2>&1 && break; sleep 0.1; done
+  if ! kill -0 "${pids[-1]}" 2>/dev/null; then
+    echo "redis-server did not start on port $rport, see $out/redis.log" >&2
+    exit 1
+  fi
   for n in 0 1; do
     $server --bind "127.0.0.1:$((base + n))" --redis-url "redis://127.0.0.1:$rport" \
       --node-id "n$n" >"$out/server-$n.log" 2>&1 &
