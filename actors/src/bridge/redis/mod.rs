@@ -1150,6 +1150,7 @@ impl Bridge for RedisBridge {
                 room_key(r, "members"),
                 room_key(r, "meta"),
                 sent_key(r, &msg.sender, client_msg_id.unwrap_or_default()),
+                room_key(r, "sentids"),
             ],
             &[
                 prefix,

@@ -6,6 +6,8 @@
 -- KEYS[5] rdv:room:{ROOM}:sent:LEN:SENDER:CLIENT_MSG_ID (LEN = bytes of SENDER): the
 --   sender's record of this client_msg_id, "SEQ MSG_ID", living one dedup window;
 --   only touched when ARGV[9] is not empty
+-- KEYS[6] rdv:room:{ROOM}:sentids: the room's record keys, oldest first (a list
+--   living one dedup window after its last trim)
 -- ARGV[1] event JSON up to the seq   ARGV[2] event JSON after the seq
 -- ARGV[3] stream cap (messages)   ARGV[4] stored message JSON   ARGV[5] sender
 -- ARGV[6] the sending node (not published to)   ARGV[7] byte cap of the stream
@@ -18,10 +20,12 @@
 --
 -- A record is remembered for the window (its key's lifetime) and while it is one
 -- of the room's last ARGV[11] messages: a room never remembers more ids than that,
--- the oldest forgotten first. The common path is six commands (seven with a
--- client_msg_id): HGETALL, INCR, [SET], HMGET, XADD, HSET, PUBLISH. The room's keys
--- are not renewed here: the node that holds the room renews them every third of
--- their margin (touch_room.lua), chatting or not.
+-- the oldest forgotten first. It holds at most 31 records more than that (the list
+-- KEYS[6]; records of a list that expired go with the window).
+-- The common path is six commands (eight with a client_msg_id): HGETALL, INCR,
+-- [SET, RPUSH], HMGET, XADD, HSET, PUBLISH. The room's keys are not renewed here:
+-- the node that holds the room renews them every third of their margin
+-- (touch_room.lua), chatting or not.
 -- The byte cap's functions (`trim`, `byte_marks`, `field`) come from trim_bytes.lua
 -- and `tell_nodes` from tell_nodes.lua, both prepended to this file.
 local members = redis.call('HGETALL', KEYS[3])
@@ -55,6 +59,28 @@ if ARGV[9] ~= '' and tonumber(ARGV[11]) > 0 then
     end
     -- Forgotten (or unreadable): this message takes the record over.
     redis.call('SET', KEYS[5], record, 'PX', ARGV[10])
+  end
+  -- The room's records, oldest first, bound its memory: past the most it remembers
+  -- (and a batch, so this runs once per 32 records) the oldest are dropped, but
+  -- only those a newer message has not taken over.
+  local max = tonumber(ARGV[11])
+  local n = redis.call('RPUSH', KEYS[6], KEYS[5])
+  if n > max + 31 then
+    local old = redis.call('LPOP', KEYS[6], math.min(n - max, 256))
+    local vals = redis.call('MGET', unpack(old))
+    local gone = {}
+    for i, v in ipairs(vals) do
+      local s = v and tonumber(string.match(v, '^%d+'))
+      if not s or seq - s >= max then
+        gone[#gone + 1] = old[i]
+      end
+    end
+    if #gone > 0 then
+      redis.call('UNLINK', unpack(gone))
+    end
+  end
+  if n == 1 or n > max + 31 then
+    redis.call('PEXPIRE', KEYS[6], ARGV[10])
   end
 end
 
