@@ -21,8 +21,18 @@
 # Settings (environment): ROOMS (500), RATE (5 messages/s per member, so
 # 2 * ROOMS * RATE messages/s: 5,000/s by default), DURATION (10 s of sending),
 # REDIS_PORT (6399), BASE_PORT (8080: nodes on BASE_PORT and BASE_PORT+1),
-# SERVER (target/release/rendezvous), OUT (target/redis-cpu-per-msg). Arguments
-# after `--` go to every `rendezvous-loadtest run`. Needs a release build:
+# SERVER (target/release/rendezvous), OUT (target/redis-cpu-per-msg), REDIS_WRAP
+# (a command to run redis-server under). Arguments after `--` go to every
+# `rendezvous-loadtest run`.
+#
+# CPU time per message rises and falls with what else runs on the machine. For a
+# count that does not, run Redis under callgrind at a rate it holds there and
+# read the instructions Redis ran (user space only) per message:
+#   REDIS_WRAP="valgrind --tool=callgrind --callgrind-out-file=$PWD/target/redis-cpu-per-msg/cg.%p" \
+#     ROOMS=100 RATE=1 scripts/redis-cpu-per-msg.sh 1
+# prints "instructions per message" from the profile Redis writes when it stops.
+#
+# Needs a release build:
 #   cargo build --release --locked -p rendezvous -p rendezvous-loadtest
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,9 +69,11 @@ wait_ready() {
 rcli() { redis-cli -p "$rport" "$@"; }
 
 for k in $(seq 1 "$runs"); do
-  redis-server --port "$rport" --save "" --appendonly no --dir "$out" >"$out/redis.log" 2>&1 &
+  # shellcheck disable=SC2086 # REDIS_WRAP is a command line, split on purpose
+  ${REDIS_WRAP:-} redis-server --port "$rport" --save "" --appendonly no --dir "$out" \
+    >"$out/redis.log" 2>&1 &
   pids+=($!)
-  for _ in $(seq 1 50); do rcli PING >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 1 300); do rcli PING >/dev/null 2>&1 && break; sleep 0.1; done
   if ! kill -0 "${pids[-1]}" 2>/dev/null; then
     echo "redis-server did not start on port $rport, see $out/redis.log" >&2
     exit 1
@@ -88,6 +100,15 @@ for k in $(seq 1 "$runs"); do
   if [ "$code" -gt 1 ] || [ ! -s "$out/run-$k.json" ]; then
     echo "run $k: load tester failed (exit $code), see $out/run-$k.txt" >&2
     exit 1
+  fi
+  if [ -n "${REDIS_WRAP:-}" ]; then
+    sent=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["results"]["sent"])' "$out/run-$k.json")
+    for f in "$out"/cg.*; do
+      [ -e "$f" ] || continue
+      ir=$(awk '/^summary:/ {print $2}' "$f")
+      echo "run $k: $ir instructions in Redis (callgrind), $((ir / sent)) per message sent ($sent sent)"
+      mv "$f" "$out/run-$k.callgrind"
+    done
   fi
   echo "run $k: done"
 done
