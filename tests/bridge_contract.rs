@@ -37,6 +37,8 @@ use rendezvous_actors::protocol::ChatMessage;
 const WAIT: Duration = Duration::from_secs(10);
 /// The byte cap of a room's history in these tests (small, so a test can pass it).
 const HISTORY_BYTES: usize = 4_096;
+/// Most `client_msg_id`s a room remembers in these tests (small, so a test can pass it).
+const DEDUP_MAX: usize = 5;
 
 // ---------------------------------------------------------------- the sink
 
@@ -120,7 +122,11 @@ impl Fixture {
             Backend::Memory => &["a"],
             Backend::Redis => &["a", "b"],
         };
-        let settings = BridgeSettings { history_bytes: HISTORY_BYTES, ..BridgeSettings::default() };
+        let settings = BridgeSettings {
+            history_bytes: HISTORY_BYTES,
+            dedup_max_per_room: DEDUP_MAX,
+            ..BridgeSettings::default()
+        };
         let mut nodes = Vec::new();
         for id in ids {
             let bridge: Arc<dyn Bridge> = match &redis {
@@ -457,6 +463,61 @@ async fn history_keeps_the_newest_within_its_byte_cap(fx: Arc<Fixture>) {
     assert!(bytes <= HISTORY_BYTES, "{bytes} bytes kept");
 }
 
+/// A send with a `client_msg_id` is stored once: a resend (on either node) gets the
+/// original seq and msg_id and takes no seq; the record is the sender's; the room
+/// remembers its last `DEDUP_MAX` messages' ids (a resend of an older one is stored
+/// again) and the store holds a bounded number of records per room.
+async fn resends_get_the_original_within_the_rooms_last_ids(fx: Arc<Fixture>) {
+    use rendezvous_actors::bridge::Appended;
+    let Some(r) = pair_room(&fx, "d1").await else { return };
+    let (a, b) = (fx.a(), fx.b());
+    let once = |n: &Node, sender: &str, text: &str, cid: &str| {
+        n.bridge.room_append_once(&msg(&r, sender, text), Some(cid))
+    };
+    assert_eq!(once(a, "x", "one", "c1").await.expect("append"), Some(Appended::Stored(1)));
+    let original = Appended::Duplicate { seq: 1, msg_id: "x-one".into() };
+    assert_eq!(once(b, "x", "one again", "c1").await.expect("append"), Some(original.clone()));
+    assert_eq!(once(a, "x", "one again", "c1").await.expect("append"), Some(original));
+    // The resends took no seq; the same id from another sender is its own.
+    assert_eq!(a.bridge.room_append(&msg(&r, "x", "two")).await.expect("append"), Some(2));
+    assert_eq!(once(b, "y", "three", "c1").await.expect("append"), Some(Appended::Stored(3)));
+    // A non-member's resend is refused like its send.
+    assert_eq!(once(a, "stranger", "no", "c1").await.expect("append"), None);
+
+    // Past the room's last DEDUP_MAX messages an id is forgotten: stored again.
+    let mut seq = 3;
+    for i in 0..DEDUP_MAX as u64 {
+        seq += 1;
+        let got = once(a, "x", &format!("m{i}"), &format!("k{i}")).await.expect("append");
+        assert_eq!(got, Some(Appended::Stored(seq)));
+    }
+    let last = format!("k{}", DEDUP_MAX - 1);
+    let within = Appended::Duplicate { seq, msg_id: format!("x-m{}", DEDUP_MAX - 1) };
+    assert_eq!(once(b, "x", "again", &last).await.expect("append"), Some(within));
+    seq += 1;
+    assert_eq!(once(b, "y", "three", "c1").await.expect("append"), Some(Appended::Stored(seq)));
+
+    // Many more: the store keeps a bounded number of records for the room (the
+    // most it remembers and one batch of 31), each living one dedup window.
+    for i in 0..100u64 {
+        seq += 1;
+        let got = once(a, "x", &format!("n{i}"), &format!("n{i}")).await.expect("append");
+        assert_eq!(got, Some(Appended::Stored(seq)));
+    }
+    let Some(redis) = &fx.redis else { return };
+    let records = match redis.cmd(&["KEYS", "rdv:room:{d1}:sent:*"]) {
+        common::cluster::Resp::Array(Some(keys)) => keys.len(),
+        other => panic!("KEYS: {other:?}"),
+    };
+    assert!((DEDUP_MAX..=DEDUP_MAX + 31).contains(&records), "{records} records");
+    let ttl = match redis.cmd(&["PTTL", "rdv:room:{d1}:sent:1:x:n99"]) {
+        common::cluster::Resp::Int(ms) => ms,
+        other => panic!("PTTL: {other:?}"),
+    };
+    let window = BridgeSettings::default().dedup_window_ms as i64;
+    assert!(ttl > 0 && ttl <= window, "record TTL {ttl} ms");
+}
+
 async fn seats_join_move_leave_and_close(fx: Arc<Fixture>) {
     if !keeps_rooms(&fx).await {
         return;
@@ -685,6 +746,7 @@ contract!(
     count_action_counts_per_user_action_and_window,
     appends_get_consecutive_seqs_and_history_returns_them,
     history_keeps_the_newest_within_its_byte_cap,
+    resends_get_the_original_within_the_rooms_last_ids,
     seats_join_move_leave_and_close,
     a_match_room_left_by_one_of_two_closes,
     a_reseed_restores_what_the_store_lost,

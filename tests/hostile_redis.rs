@@ -8,6 +8,7 @@
 //! * A node killed with SIGKILL leaves none of its users' keys, nor its rooms',
 //!   beyond the grace plus the margin, while the keys of the users and rooms of the
 //!   surviving node outlive that lifetime (they are refreshed).
+//! * A room chatting across the nodes for longer than its keys' lifetime keeps them.
 //! * A room's stream in Redis is capped in bytes (`--history-bytes`), oldest first.
 //! * A language whose pool is empty leaves `rdv:pool:langs`.
 //!
@@ -462,10 +463,10 @@ async fn a_killed_node_leaves_no_per_user_keys_beyond_the_grace_and_margin() {
         let mine = keys_of_user(&keys, u);
         assert_eq!(mine.len(), 2, "{u}'s node and rooms keys: {mine:?}");
     }
-    // The four room keys, plus the duplicate-send index of its `client_msg_id`s,
-    // which lives one dedup window (10 min) after the last send.
+    // The four room keys, plus the duplicate-send records of its `client_msg_id`s,
+    // each living one dedup window (10 min) after its send.
     let room_keys = keys_of_room(&keys, &room_a);
-    let dedup = |k: &str| k.ends_with(":sent") || k.ends_with(":sentq");
+    let dedup = |k: &str| k.contains(":sent:") || k.ends_with(":sentids");
     assert_eq!(
         room_keys.iter().filter(|k| !dedup(k.as_str())).count(),
         4,
@@ -484,6 +485,42 @@ async fn a_killed_node_leaves_no_per_user_keys_beyond_the_grace_and_margin() {
 async fn sent_ok(c: &mut Client, room: &str, id: &str) -> u64 {
     send_text(c, room, &format!("text {id}"), id).await;
     sent(c, room, id).await.seq
+}
+
+/// A room whose members chat across the nodes for two key lifetimes keeps its keys:
+/// sends renew none of them (append.lua), the node holding the room does, every
+/// third of the margin. Each duplicate-send record lives one dedup window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_chatting_past_its_key_lifetime_keeps_its_keys() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::start_with(2, &node_args()).await;
+    let (mut c1, mut c2, room) = pair(&cluster, (0, "tc1"), (1, "tc2")).await;
+    let start = Instant::now();
+    let mut seq = 0;
+    while start.elapsed() < 2 * key_ttl() {
+        seq += 1;
+        let (from, to) = if seq % 2 == 1 { (&mut c1, &mut c2) } else { (&mut c2, &mut c1) };
+        assert_eq!(sent_ok(from, &room, &format!("t{seq}")).await, seq);
+        assert_eq!(expect_message(to).await.seq, seq);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let keys = all_keys(&cluster.redis);
+    let tag = format!("rdv:room:{{{room}}}:");
+    for what in ["members", "seq", "log", "meta"] {
+        let key = format!("{tag}{what}");
+        let ttl = int(cluster.redis.cmd(&["PTTL", &key]));
+        assert!(ttl > 0 && ttl <= key_ttl().as_millis() as i64, "{key}: PTTL {ttl} ({keys:?})");
+    }
+    let records: Vec<&String> =
+        keys_of_room(&keys, &room).into_iter().filter(|k| k.contains(":sent:")).collect();
+    assert_eq!(records.len(), seq as usize, "one record per send: {records:?}");
+    for k in records {
+        let ttl = int(cluster.redis.cmd(&["PTTL", k]));
+        assert!(ttl > 0 && ttl <= 600_000, "{k}: PTTL {ttl}");
+    }
+    // The room goes on with its seq, on both nodes.
+    assert_eq!(sent_ok(&mut c2, &room, "after").await, seq + 1);
+    assert_eq!(expect_message(&mut c1).await.seq, seq + 1);
 }
 
 // ---------------------------------------------------------------- byte cap

@@ -169,6 +169,8 @@ pub fn parse_slots(v: &Value, asked: &str) -> Vec<SlotRange> {
 struct Topology {
     /// The owner of each slot: an index into `primaries`, or [`NOBODY`].
     owner: Vec<u16>,
+    /// Every slot has an owner.
+    covered: bool,
     primaries: Vec<(String, Pipe)>,
 }
 
@@ -202,7 +204,11 @@ impl Router {
             policy,
             connected,
             reseed_pending,
-            topo: RwLock::new(Topology { owner: vec![NOBODY; SLOTS], primaries: Vec::new() }),
+            topo: RwLock::new(Topology {
+                owner: vec![NOBODY; SLOTS],
+                covered: false,
+                primaries: Vec::new(),
+            }),
             reread: Notify::new(),
             mapped: AtomicBool::new(false),
             moves: watch::channel(0).0,
@@ -219,8 +225,8 @@ impl Router {
         let t = self.topo.read().unwrap_or_else(|p| p.into_inner());
         self.mapped.load(Ordering::Acquire)
             && !t.primaries.is_empty()
+            && t.covered
             && t.primaries.iter().all(|(_, p)| p.up.load(Ordering::Acquire))
-            && t.owner.iter().all(|&o| o != NOBODY)
     }
 
     /// The primaries now, with whether each one's pipe is connected.
@@ -557,6 +563,7 @@ impl Router {
         for (addr, _) in pipes {
             info!(node = %addr, "no longer a redis cluster primary");
         }
+        t.covered = owner.iter().all(|&o| o != NOBODY);
         t.owner = owner;
         t.primaries = primaries;
         drop(t);

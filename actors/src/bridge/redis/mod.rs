@@ -236,6 +236,11 @@ fn user_key(user: &str, what: &str) -> String {
 fn room_key(room: &str, what: &str) -> String {
     format!("rdv:room:{{{room}}}:{what}")
 }
+/// The record of `sender`'s `client_msg_id` in `room` (append.lua): the sender's
+/// length first, so no two (sender, id) pairs share a key.
+fn sent_key(room: &str, sender: &str, client_msg_id: &str) -> String {
+    room_key(room, &format!("sent:{}:{sender}:{client_msg_id}", sender.len()))
+}
 /// The four keys of a room, in the order the scripts take them.
 fn room_keys(room: &str) -> [String; 4] {
     [
@@ -1552,8 +1557,8 @@ impl Bridge for RedisBridge {
                 room_key(r, "log"),
                 room_key(r, "members"),
                 room_key(r, "meta"),
-                room_key(r, "sent"),
-                room_key(r, "sentq"),
+                sent_key(r, &msg.sender, client_msg_id.unwrap_or_default()),
+                room_key(r, "sentids"),
             ],
             &[
                 prefix,
