@@ -13,9 +13,12 @@
 //!   a full re-read is asked for, and the command is sent to the new owner;
 //! * `ASK host:port`: the slot is being migrated and this key already left; the
 //!   command goes to the importing node once, preceded by `ASKING`;
-//! * `TRYAGAIN` (a multi-key command during a migration) and `CLUSTERDOWN`: sent
-//!   again after a short pause.
-//! After [`MAX_REDIRECTS`] the caller gets `Unavailable` (retryable).
+//! * `TRYAGAIN` (a multi-key command, such as a room's script, while its slot is
+//!   half migrated) and `CLUSTERDOWN`: sent again every [`RETRY_PAUSE`] for up to
+//!   [`RETRY_FOR`].
+//!
+//! Past [`MAX_REDIRECTS`] redirects, or [`RETRY_FOR`] of retries, the caller gets
+//! `Unavailable` (retryable).
 //!
 //! The map is read again every [`MAP_EVERY`], at once after a redirect, and every
 //! [`MAP_EVERY_DOWN`] while a slot has no reachable owner. When a primary left
@@ -45,6 +48,10 @@ const MAP_EVERY: Duration = Duration::from_secs(5);
 const MAP_EVERY_DOWN: Duration = Duration::from_millis(250);
 /// Pause before a command answered `TRYAGAIN` or `CLUSTERDOWN` is sent again.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
+/// How long such a command is retried: a slot migrated by `redis-cli --cluster
+/// reshard` is split for milliseconds; longer means a stuck migration, and the
+/// client is better told to retry than left waiting.
+const RETRY_FOR: Duration = Duration::from_secs(1);
 /// Longest one slot-map read may take per node asked.
 const MAP_TIMEOUT: Duration = Duration::from_secs(1);
 /// No owner (in [`Topology::owner`]).
@@ -347,8 +354,13 @@ impl Router {
                 Ok(f) => f.await,
                 Err(e) => Err(e),
             };
-            for _ in 0..MAX_REDIRECTS {
-                let Err(BridgeError::Redirected(r)) = &res else { return res };
+            let (mut redirects, since) = (0, tokio::time::Instant::now());
+            while let Err(BridgeError::Redirected(r)) = &res {
+                let retry = *r == Redirect::Retry;
+                if retry && since.elapsed() >= RETRY_FOR || !retry && redirects >= MAX_REDIRECTS {
+                    break;
+                }
+                redirects += usize::from(!retry);
                 res = this.follow(r.clone(), kind, &cmd, durable).await;
             }
             match res {
@@ -584,14 +596,12 @@ impl Router {
     }
 }
 
+/// A reply and whether the replicas asked for confirmed it.
+type Answer =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Value, bool), BridgeError>> + Send>>;
+
 /// Queue one command on `pipe`: durable (replicas confirm) or not.
-fn send(
-    pipe: &Pipe,
-    kind: &'static str,
-    cmd: Cmd,
-    durable: bool,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Value, bool), BridgeError>> + Send>>
-{
+fn send(pipe: &Pipe, kind: &'static str, cmd: Cmd, durable: bool) -> Answer {
     if durable {
         Box::pin(pipe.call_durable(kind, cmd))
     } else {
