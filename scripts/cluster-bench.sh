@@ -52,7 +52,7 @@ redis_cpu() { # seconds of CPU the server on port $1 used so far
 start_redis() {
   local p dir
   for p in "$@"; do
-    dir="$out/redis-$p"
+    dir="$out/run-$run/redis-$p"
     mkdir -p "$dir"
     local extra=()
     if [ "$mode" = cluster ]; then
@@ -118,6 +118,7 @@ for run in $(seq 1 "$runs"); do
       sleep 0.5
     done ) >"$out/cpu-$run.txt" &
   sampler=$!
+  sleep 1
   target/release/rendezvous-loadtest run loadtest/scenarios/multi-node.toml \
     --set 'urls=["ws://127.0.0.1:8410/ws","ws://127.0.0.1:8411/ws","ws://127.0.0.1:8412/ws"]' \
     --set chat.rooms=1000 --set "chat.rate=$per_member" --set "duration_secs=$secs" \
@@ -132,9 +133,11 @@ res, cpu, mode, rate, run = sys.argv[1:]
 r = json.load(open(res))
 t = r["timeline"]
 pts = t["points"]
+# The sending seconds, less the first and the last (the drain after is left out).
+last = min(len(pts), int(r["duration_s"])) - 1
 t0 = t["origin_unix"] + t["interval_s"]
-t1 = t["origin_unix"] + t["interval_s"] * (len(pts) - 1)
-msgs = sum(p["achieved"] for p in pts[1:-1])
+t1 = t["origin_unix"] + t["interval_s"] * last
+msgs = sum(p["achieved"] for p in pts[1:last])
 rows = [list(map(float, l.split())) for l in open(cpu) if l.strip()]
 def at(ts):  # CPU of each primary at ts, interpolated between samples
     for a, b in zip(rows, rows[1:]):
