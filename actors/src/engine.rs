@@ -92,7 +92,11 @@ impl Engine {
     fn spawn_housekeeping(&self) {
         let shared = self.shared.clone();
         actix::spawn(async move {
-            let mut every = tokio::time::interval(Duration::from_secs(30));
+            // The first sweep 30 s after the start, not at once: a sweep that
+            // starts late on a busy machine would otherwise land among the first
+            // clients and drop the send bucket of a user who is reconnecting.
+            let period = Duration::from_secs(30);
+            let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 every.tick().await;
                 shared.sweep();
