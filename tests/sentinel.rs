@@ -19,15 +19,14 @@
 
 use rendezvous_test_support as common;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::chat::*;
 use common::cluster::*;
 use common::search::pair;
 use common::sentinel::{info_field, SentinelGroup, DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS};
-use common::Client;
-use rendezvous_actors::protocol::{ChatMessage, ErrorCode, HistoryItem, ServerFrame};
+use rendezvous_actors::protocol::{HistoryItem, ServerFrame};
 use tokio::sync::Mutex;
 
 static SERIAL: Mutex<()> = Mutex::const_new(());
@@ -68,105 +67,6 @@ fn stream_texts(reply: &Resp) -> BTreeMap<u64, String> {
         }
     }
     out
-}
-
-/// A member and what it saw of the others' messages.
-struct Member {
-    c: Client,
-    /// Messages of other senders, in arrival order.
-    got: Vec<ChatMessage>,
-}
-
-/// How one send ended.
-#[derive(Debug)]
-enum Sent {
-    Acked { seq: u64 },
-    Unavailable { retry_after_ms: u64 },
-}
-
-impl Member {
-    fn new(c: Client) -> Member {
-        Member { c, got: Vec::new() }
-    }
-
-    /// Read frames until the answer to the send `cid` (an `ack`, or an `error`
-    /// naming it); records other members' messages on the way.
-    async fn answer(&mut self, cid: &str) -> Sent {
-        loop {
-            match self.c.recv().await {
-                ServerFrame::Ack { client_msg_id, seq, .. }
-                    if client_msg_id.as_deref() == Some(cid) =>
-                {
-                    return Sent::Acked { seq }
-                }
-                ServerFrame::Error { code, retry_after_ms, client_msg_id, message, .. }
-                    if client_msg_id.as_deref() == Some(cid) =>
-                {
-                    assert_eq!(code, ErrorCode::Unavailable, "{cid}: {message}");
-                    let retry_after_ms = retry_after_ms
-                        .unwrap_or_else(|| panic!("{cid}: unavailable without retry_after_ms"));
-                    return Sent::Unavailable { retry_after_ms };
-                }
-                ServerFrame::Error { code, message, .. } => {
-                    panic!("{}: error {code:?} {message}", self.c.user_id)
-                }
-                ServerFrame::Message(m) if m.sender != self.c.user_id => self.got.push(m),
-                _ => {}
-            }
-        }
-    }
-
-    /// Send `text` as `cid` until it is acknowledged, resending with the same id
-    /// after every `unavailable` (at most every 200 ms); its seq and how many
-    /// `unavailable` answers came first. Panics after `within`.
-    async fn send_until_acked(
-        &mut self,
-        room: &str,
-        text: &str,
-        cid: &str,
-        within: Duration,
-    ) -> (u64, u32) {
-        let started = Instant::now();
-        let mut refused = 0;
-        loop {
-            send_text(&mut self.c, room, text, cid).await;
-            match self.answer(cid).await {
-                Sent::Acked { seq } => return (seq, refused),
-                Sent::Unavailable { retry_after_ms } => {
-                    refused += 1;
-                    assert!(
-                        started.elapsed() < within,
-                        "{cid}: not acknowledged within {within:?}"
-                    );
-                    tokio::time::sleep(Duration::from_millis(retry_after_ms.min(200))).await;
-                }
-            }
-        }
-    }
-
-    /// Read until every seq of `want` arrived from others (bounded).
-    async fn wait_for(&mut self, want: &BTreeMap<u64, String>, within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let have: HashMap<u64, &str> =
-                self.got.iter().map(|m| (m.seq, m.text.as_str())).collect();
-            if want.keys().all(|s| have.contains_key(s)) {
-                return;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            let missing: Vec<&u64> = want.keys().filter(|s| !have.contains_key(*s)).collect();
-            assert!(
-                !left.is_zero(),
-                "{}: never got seqs {missing:?} of {want:?}; got {:?}",
-                self.c.user_id,
-                self.got
-            );
-            match self.c.try_recv(left).await {
-                Some(ServerFrame::Message(m)) if m.sender != self.c.user_id => self.got.push(m),
-                _ => {}
-            }
-        }
-    }
 }
 
 /// Matching and cross-node chat through Sentinel; the primary has a replica, so

@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
 use rendezvous_protocol::client::{self as wire, RecvError};
-use rendezvous_protocol::{ChatMessage, HistoryItem, PresenceStatus, ServerFrame};
+use std::collections::BTreeMap;
+
+use rendezvous_protocol::{ChatMessage, ErrorCode, HistoryItem, PresenceStatus, ServerFrame};
 use serde_json::{json, Value};
 use tokio::sync::Barrier;
 use tokio::time::Instant;
@@ -270,4 +272,145 @@ pub fn check_one_order(
         }
     }
     reference
+}
+
+/// A member of a chat across a failover (tests/sentinel.rs, tests/redis_cluster.rs)
+/// and what it saw of the others' messages.
+pub struct Member {
+    pub c: Client,
+    /// Messages of other senders, in arrival order.
+    pub got: Vec<ChatMessage>,
+}
+
+/// How one send ended.
+#[derive(Debug)]
+pub enum Sent {
+    Acked { seq: u64 },
+    Unavailable { retry_after_ms: u64 },
+}
+
+impl Member {
+    pub fn new(c: Client) -> Member {
+        Member { c, got: Vec::new() }
+    }
+
+    /// Read frames until the answer to the send `cid` (an `ack`, or an `error`
+    /// naming it, which must be `unavailable` with `retry_after_ms`); records the
+    /// others' messages on the way.
+    pub async fn answer(&mut self, cid: &str) -> Sent {
+        loop {
+            match self.c.recv().await {
+                ServerFrame::Ack { client_msg_id, seq, .. }
+                    if client_msg_id.as_deref() == Some(cid) =>
+                {
+                    return Sent::Acked { seq }
+                }
+                ServerFrame::Error { code, retry_after_ms, client_msg_id, message, .. }
+                    if client_msg_id.as_deref() == Some(cid) =>
+                {
+                    assert_eq!(code, ErrorCode::Unavailable, "{cid}: {message}");
+                    let retry_after_ms = retry_after_ms
+                        .unwrap_or_else(|| panic!("{cid}: unavailable without retry_after_ms"));
+                    return Sent::Unavailable { retry_after_ms };
+                }
+                ServerFrame::Error { code, message, .. } => {
+                    panic!("{}: error {code:?} {message}", self.c.user_id)
+                }
+                ServerFrame::Message(m) if m.sender != self.c.user_id => self.got.push(m),
+                _ => {}
+            }
+        }
+    }
+
+    /// Send `text` as `cid` until it is acknowledged, resending with the same id
+    /// after every `unavailable` (at most every 200 ms); its seq and how many
+    /// `unavailable` answers came first. Panics after `within`.
+    pub async fn send_until_acked(
+        &mut self,
+        room: &str,
+        text: &str,
+        cid: &str,
+        within: Duration,
+    ) -> (u64, u32) {
+        let started = std::time::Instant::now();
+        let mut refused = 0;
+        loop {
+            send_text(&mut self.c, room, text, cid).await;
+            match self.answer(cid).await {
+                Sent::Acked { seq } => return (seq, refused),
+                Sent::Unavailable { retry_after_ms } => {
+                    refused += 1;
+                    assert!(
+                        started.elapsed() < within,
+                        "{cid}: not acknowledged within {within:?}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(retry_after_ms.min(200))).await;
+                }
+            }
+        }
+    }
+
+    /// Read until every seq of `want` arrived from the others (bounded).
+    pub async fn wait_for(&mut self, want: &BTreeMap<u64, String>, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let have: HashMap<u64, &str> =
+                self.got.iter().map(|m| (m.seq, m.text.as_str())).collect();
+            if want.keys().all(|s| have.contains_key(s)) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let missing: Vec<&u64> = want.keys().filter(|s| !have.contains_key(*s)).collect();
+            assert!(
+                !left.is_zero(),
+                "{}: never got seqs {missing:?} of {want:?}; got {:?}",
+                self.c.user_id,
+                self.got
+            );
+            match self.c.try_recv(left).await {
+                Some(ServerFrame::Message(m)) if m.sender != self.c.user_id => self.got.push(m),
+                _ => {}
+            }
+        }
+    }
+
+    /// What it got from the others is exactly `want` (seq -> text): each once, in
+    /// increasing seq order.
+    pub fn check_got(&self, want: &BTreeMap<u64, String>) {
+        let user = &self.c.user_id;
+        let seqs: Vec<u64> = self.got.iter().map(|m| m.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{user}: out of order or doubled: {seqs:?}");
+        let got: BTreeMap<u64, String> = self.got.iter().map(|m| (m.seq, m.text.clone())).collect();
+        assert_eq!(&got, want, "{user}: deliveries vs the others' acknowledged messages");
+    }
+
+    /// The whole stored history of `room` (pages of 100), as seq -> text; the
+    /// others' messages that arrive meanwhile are recorded.
+    pub async fn full_history(&mut self, room: &str) -> BTreeMap<u64, String> {
+        let mut out = BTreeMap::new();
+        let mut after = 0;
+        loop {
+            self.c.send_json(history_request(room, after, Some(100))).await;
+            let page = loop {
+                match self.c.recv().await {
+                    ServerFrame::History { messages, .. } => break messages,
+                    ServerFrame::Message(m) if m.sender != self.c.user_id => self.got.push(m),
+                    ServerFrame::Message(_) | ServerFrame::Presence { .. } => {}
+                    other => panic!("{}: expected history, got {other:?}", self.c.user_id),
+                }
+            };
+            if page.is_empty() {
+                return out;
+            }
+            for rendezvous_actors::protocol::HistoryItem::Message(m) in page {
+                assert!(
+                    out.insert(m.seq, m.text.clone()).is_none(),
+                    "{}: seq {} twice in the history",
+                    self.c.user_id,
+                    m.seq
+                );
+                after = after.max(m.seq);
+            }
+        }
+    }
 }

@@ -186,6 +186,29 @@ fn evalsha(script: &redis::Script, keys: &[String], args: &[String]) -> Cmd {
     c
 }
 
+/// One attempt to subscribe, bounded by `within`: what it made, or `None` after
+/// a pause of `backoff` (doubled, up to 2 s, after an error). Success resets the
+/// backoff.
+async fn subscribe_attempt<T>(
+    made: impl std::future::Future<Output = redis::RedisResult<T>>,
+    within: Duration,
+    backoff: &mut Duration,
+) -> Option<T> {
+    match tokio::time::timeout(within, made).await {
+        Ok(Ok(v)) => {
+            *backoff = Duration::from_millis(100);
+            return Some(v);
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "subscribe failed");
+            tokio::time::sleep(*backoff).await;
+            *backoff = (*backoff * 2).min(Duration::from_secs(2));
+        }
+        Err(_) => tokio::time::sleep(*backoff).await,
+    }
+    None
+}
+
 /// A chat message as the room stream stores it (`seq` is the entry id).
 #[derive(Serialize, Deserialize)]
 struct StoredMsg {
@@ -607,20 +630,11 @@ impl RedisBridge {
             };
             // A reconnect of the pipe from here on makes this subscription again.
             pipe_generation.borrow_and_update();
-            let (ps, server) = match tokio::time::timeout(Duration::from_secs(3), sub).await {
-                Ok(Ok(ps)) => ps,
-                Ok(Err(e)) => {
-                    debug!(error = %e, "subscribe failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
+            let Some((ps, server)) =
+                subscribe_attempt(sub, Duration::from_secs(3), &mut backoff).await
+            else {
+                continue;
             };
-            backoff = Duration::from_millis(100);
             info!(node = %self.node, %server, "subscribed to cluster channels");
             // Whatever was published while the subscription was down is lost.
             self.clone().spawn_resync();
@@ -695,20 +709,10 @@ impl RedisBridge {
                 con.ssubscribe(node_shard_channel(&self.node)).await?;
                 Ok::<_, redis::RedisError>(con)
             };
-            let con = match tokio::time::timeout(Duration::from_secs(5), made).await {
-                Ok(Ok(con)) => con,
-                Ok(Err(e)) => {
-                    debug!(error = %e, "cluster subscribe failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                    continue;
-                }
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
+            let Some(con) = subscribe_attempt(made, Duration::from_secs(5), &mut backoff).await
+            else {
+                continue;
             };
-            backoff = Duration::from_millis(100);
             self.probes.lock().unwrap_or_else(|p| p.into_inner()).clear();
             self.refresh_probes(&router, &con);
             for room in rooms.keys() {
