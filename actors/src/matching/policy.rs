@@ -26,9 +26,10 @@
 //! No clock of its own, no actor: callers pass `now`; unit tests and the
 //! deterministic simulations (`super::sim`) drive it on virtual time.
 
-use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
+
+use rustc_hash::FxHashMap;
 
 use crate::config::{EngineConfig, LadderStep};
 use crate::ids::Interest;
@@ -180,18 +181,38 @@ pub struct Odds {
 /// What a bucket (language, group size) has seen arrive: a bias-corrected
 /// exponentially decaying arrival rate and the interests of the latest
 /// [`SAMPLE`] arrivals (as hashes: small, and the same on every run).
+///
+/// The sample is a ring of [`SAMPLE`] slots with an index from each interest to
+/// the slots that list it (a bitset), so [`ArrivalStats::odds`] adds up a few
+/// bitsets instead of comparing the search with every arrival of the sample.
 #[derive(Debug, Clone)]
 pub struct ArrivalStats {
     first: Instant,
     last: Instant,
     /// Decayed arrival count as of `last`.
     weight: f64,
-    recent: VecDeque<Vec<u64>>,
+    /// The sampled arrivals' interest hashes; slot `next` is overwritten next.
+    slots: Vec<Vec<u64>>,
+    next: usize,
+    /// Interest hash → the slots listing it (never an empty set).
+    index: FxHashMap<u64, Box<Slots>>,
 }
+
+/// Bit `s` is set when slot `s` of the sample lists the interest.
+type Slots = [u64; SAMPLE / 64];
+const _: () =
+    assert!(SAMPLE % 64 == 0 && SAMPLE_INTERESTS < 32, "whole words; counts fit 5 planes");
 
 impl ArrivalStats {
     pub fn new(now: Instant) -> Self {
-        Self { first: now, last: now, weight: 0.0, recent: VecDeque::with_capacity(SAMPLE) }
+        Self {
+            first: now,
+            last: now,
+            weight: 0.0,
+            slots: Vec::with_capacity(SAMPLE),
+            next: 0,
+            index: FxHashMap::default(),
+        }
     }
 
     /// One search arrived with these (sorted, deduplicated) interests.
@@ -200,10 +221,29 @@ impl ArrivalStats {
         let dt = now.saturating_duration_since(self.last).as_secs_f64();
         self.weight = self.weight * (-dt / tau).exp() + 1.0;
         self.last = self.last.max(now);
-        if self.recent.len() == SAMPLE {
-            self.recent.pop_front();
+        let s = self.next;
+        self.next = (s + 1) % SAMPLE;
+        let (word, bit) = (s / 64, 1u64 << (s % 64));
+        let new = hashes(interests);
+        for h in &new {
+            self.index.entry(*h).or_insert_with(|| Box::new([0; SAMPLE / 64]))[word] |= bit;
         }
-        self.recent.push_back(hashes(interests));
+        if s == self.slots.len() {
+            self.slots.push(new);
+            return;
+        }
+        let old = std::mem::replace(&mut self.slots[s], new);
+        for h in old {
+            if self.slots[s].binary_search(&h).is_ok() {
+                continue;
+            }
+            if let Some(set) = self.index.get_mut(&h) {
+                set[word] &= !bit;
+                if set.iter().all(|w| *w == 0) {
+                    self.index.remove(&h);
+                }
+            }
+        }
     }
 
     /// Arrivals per second, as of `now`.
@@ -231,18 +271,46 @@ impl ArrivalStats {
     /// counts as [`PRIOR_WEIGHT`] arrivals, so it leads while the sample is small.
     pub fn odds(&self, interests: &[Interest]) -> Odds {
         let mine = hashes(interests);
-        if mine.is_empty() || self.recent.is_empty() {
+        if mine.is_empty() || self.slots.is_empty() {
             return Odds::default();
         }
-        let mut at_least = vec![0u32; mine.len()];
+        // listed[i]: arrivals listing my i-th interest; at_least[k-1]: arrivals
+        // listing at least k of mine. The bitsets of my interests are added up
+        // slot by slot in bit-sliced counters (plane j holds bit j of each slot's
+        // count), then each count's slots are counted.
+        let sets: Vec<&Slots> =
+            mine.iter().filter_map(|h| self.index.get(h).map(|b| &**b)).collect();
         let mut listed = vec![0u32; mine.len()];
-        for other in &self.recent {
-            let shared = count_shared(&mine, other, &mut listed);
-            for slot in at_least.iter_mut().take(shared) {
-                *slot += 1;
+        for (i, h) in mine.iter().enumerate() {
+            listed[i] = self.index.get(h).map_or(0, |b| b.iter().map(|w| w.count_ones()).sum());
+        }
+        let mut at_least = vec![0u32; mine.len()];
+        let planes = (usize::BITS - sets.len().leading_zeros()) as usize;
+        for w in 0..SAMPLE / 64 {
+            let mut p = [0u64; 5];
+            for set in &sets {
+                let mut carry = set[w];
+                for plane in p.iter_mut().take(planes) {
+                    let next = *plane & carry;
+                    *plane ^= carry;
+                    carry = next;
+                    if carry == 0 {
+                        break;
+                    }
+                }
+            }
+            for count in 1..=sets.len() {
+                let mut eq = !0u64;
+                for (j, plane) in p.iter().enumerate().take(planes) {
+                    eq &= if count >> j & 1 == 1 { *plane } else { !*plane };
+                }
+                let n = eq.count_ones();
+                for slot in at_least.iter_mut().take(count) {
+                    *slot += n;
+                }
             }
         }
-        let n = self.recent.len() as f64;
+        let n = self.slots.len() as f64;
         // P(at least k) when interest i is listed with probability listed[i] / n.
         let mut dist = vec![0.0f64; mine.len() + 1];
         dist[0] = 1.0;
@@ -286,24 +354,6 @@ fn hashes(interests: &[Interest]) -> Vec<u64> {
     out
 }
 
-/// Common elements of two sorted lists; counts each of `a`'s found in `listed`.
-fn count_shared(a: &[u64], b: &[u64], listed: &mut [u32]) -> usize {
-    let (mut i, mut j, mut n) = (0, 0, 0);
-    while i < a.len() && j < b.len() {
-        match a[i].cmp(&b[j]) {
-            std::cmp::Ordering::Less => i += 1,
-            std::cmp::Ordering::Greater => j += 1,
-            std::cmp::Ordering::Equal => {
-                listed[i] += 1;
-                n += 1;
-                i += 1;
-                j += 1;
-            }
-        }
-    }
-    n
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +394,71 @@ mod tests {
         let o = s.odds(&interests(&["m", "n"]));
         assert!(o.q.is_empty(), "nobody shares: nothing to hold out for");
         assert!(s.odds(&[]).q.is_empty());
+    }
+
+    /// The indexed sample gives what comparing the search with each of the last
+    /// [`SAMPLE`] arrivals gives, also once the ring has wrapped several times.
+    #[test]
+    fn odds_match_a_plain_scan_of_the_last_arrivals() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let t0 = Instant::now();
+        let mut s = ArrivalStats::new(t0);
+        let mut plain: std::collections::VecDeque<Vec<u64>> = Default::default();
+        let pick = |rng: &mut rand::rngs::StdRng, n: usize, vocab: u32| -> Vec<Interest> {
+            let names: Vec<String> =
+                (0..n).map(|_| format!("i{}", rng.random_range(0..vocab))).collect();
+            interests(&names.iter().map(String::as_str).collect::<Vec<_>>())
+        };
+        for round in 0..3_000 {
+            let vocab = if round < 1_500 { 12 } else { 60 };
+            let n = rng.random_range(0..6);
+            let arrival = pick(&mut rng, n, vocab);
+            s.arrive(&arrival, t0);
+            if plain.len() == SAMPLE {
+                plain.pop_front();
+            }
+            plain.push_back(hashes(&arrival));
+            if round % 97 != 0 {
+                continue;
+            }
+            let k = rng.random_range(1..21);
+            let mine = pick(&mut rng, k, vocab);
+            let h = hashes(&mine);
+            let mut at_least = vec![0u32; h.len()];
+            let mut listed = vec![0u32; h.len()];
+            for other in &plain {
+                let shared = h.iter().filter(|x| other.contains(x)).count();
+                for (i, x) in h.iter().enumerate() {
+                    listed[i] += u32::from(other.contains(x));
+                }
+                for slot in at_least.iter_mut().take(shared) {
+                    *slot += 1;
+                }
+            }
+            let got = s.odds(&mine);
+            let n = plain.len() as f64;
+            let mut dist = vec![0.0f64; h.len() + 1];
+            dist[0] = 1.0;
+            for (i, c) in listed.iter().enumerate() {
+                let p = f64::from(*c) / n;
+                for k in (0..=i + 1).rev() {
+                    dist[k] = dist[k] * (1.0 - p) + if k > 0 { dist[k - 1] * p } else { 0.0 };
+                }
+            }
+            let want: Vec<f32> = (1..=h.len())
+                .map(|k| {
+                    let indep: f64 = dist[k..].iter().sum();
+                    ((f64::from(at_least[k - 1]) + PRIOR_WEIGHT * indep) / (n + PRIOR_WEIGHT))
+                        as f32
+                })
+                .take_while(|q| *q > 1e-6)
+                .collect();
+            assert_eq!(got.q.len(), want.len(), "round {round}");
+            for (g, w) in got.q.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-5, "round {round}: {:?} vs {want:?}", got.q);
+            }
+        }
     }
 
     #[test]
