@@ -556,3 +556,20 @@ async fn next_works_after_a_reconnect() {
     SEARCH.search(&mut b, &["chess", "go"], json!({})).await;
     a.expect_silence(PAST_FULL_RELAX).await;
 }
+
+/// A user who leaves with no seat anywhere takes their last search with them (the
+/// node keeps no state for users who are gone): `next` from their new connection
+/// is a `bad_request`, while one who still holds a seat keeps it (above).
+#[tokio::test]
+async fn a_user_gone_without_a_seat_leaves_no_search_behind() {
+    let server = TestServer::start(test_config());
+    let mut a = server.client("a").await;
+    SEARCH.search(&mut a, &["chess"], json!({})).await;
+    drop(a);
+    // The old session has ended before the new one starts.
+    wait_stats(server.addr, "online 0", Duration::from_secs(5), |s| s["online"] == 0).await;
+    let mut a = server.client("a").await;
+    a.send_json(json!({"action": "next"})).await;
+    let f = a.recv().await;
+    assert_eq!(error_code(&f), Some(ErrorCode::BadRequest), "{f:?}");
+}

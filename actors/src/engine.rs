@@ -99,7 +99,12 @@ impl Engine {
             let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             loop {
                 every.tick().await;
-                shared.sweep();
+                // Off the worker threads: the walk takes each map's shard locks
+                // in turn, and a large map takes a while.
+                let shared = shared.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || shared.sweep()).await {
+                    tracing::error!(error = %e, "housekeeping sweep failed");
+                }
             }
         });
         if shared_has_file(&self.shared) {

@@ -77,6 +77,8 @@ pub struct Shared {
     pub searching: AtomicU64,
     next_ticket: AtomicU64,
     next_session: AtomicU64,
+    /// Entries of `find_match_limiter` when it was last shrunk (or at its peak since).
+    limiter_len_at_shrink: AtomicUsize,
     next_worker: AtomicUsize,
     pub started_at: Instant,
     /// Per-message metric handles.
@@ -118,6 +120,7 @@ impl Shared {
             searching: AtomicU64::new(0),
             next_ticket: AtomicU64::new(1),
             next_session: AtomicU64::new(1),
+            limiter_len_at_shrink: AtomicUsize::new(0),
             next_worker: AtomicUsize::new(0),
             started_at: Instant::now(),
             hot: crate::metrics::Hot::new(),
@@ -129,18 +132,44 @@ impl Shared {
     /// The periodic sweep (every 30 s): expired avoid pairs, the last searches of
     /// users with neither a session nor a seat here, rate-limiter and budget state
     /// no session holds.
+    /// The periodic clean-up (every 30 s, off the worker threads). Each map is
+    /// walked shard by shard under that shard's lock, so the walk stays short:
+    /// `last_search` is emptied as users leave ([`Self::forget_search_if_gone`])
+    /// and walked only when it outgrew the live users (a missed case), and a
+    /// map's table is shrunk only when it is mostly empty.
     pub fn sweep(&self) {
         self.avoid.sweep();
         self.moderation.sweep();
-        self.last_search.retain(|user, _| {
-            self.registry.get(user.as_str()).is_some() || self.memberships.contains_key(user)
-        });
+        let live = self.registry.len() + self.memberships.len();
+        if self.last_search.len() > 2 * live + 1_024 {
+            self.last_search.retain(|user, _| {
+                self.registry.get(user.as_str()).is_some() || self.memberships.contains_key(user)
+            });
+        }
         self.find_match_limiter.retain_recent();
         self.send_limits.retain(|_, bucket| Arc::strong_count(bucket) > 1);
         self.budgets.retain(|_, budget| budget.in_use());
-        self.find_match_limiter.shrink_to_fit();
-        self.send_limits.shrink_to_fit();
-        self.budgets.shrink_to_fit();
+        shrink_if_sparse(&self.send_limits);
+        shrink_if_sparse(&self.budgets);
+        shrink_if_sparse(&self.last_search);
+        // The limiter's map hides its capacity: shrink it when it holds a
+        // quarter of what it held at the last shrink.
+        let held = self.find_match_limiter.len();
+        let at_shrink = self.limiter_len_at_shrink.load(Ordering::Relaxed);
+        if held * 4 < at_shrink {
+            self.find_match_limiter.shrink_to_fit();
+        }
+        if held * 4 < at_shrink || held > at_shrink {
+            self.limiter_len_at_shrink.store(held, Ordering::Relaxed);
+        }
+    }
+
+    /// Drop `user`'s last search criteria once they have neither a session here
+    /// nor a seat: `next` has nothing left to continue. Called when either ends.
+    pub fn forget_search_if_gone(&self, user: &UserId) {
+        self.last_search.remove_if(user, |user, _| {
+            self.registry.get(user.as_str()).is_none() && !self.memberships.contains_key(user)
+        });
     }
 
     pub fn next_ticket(&self) -> Ticket {
@@ -223,7 +252,9 @@ impl Shared {
         if let Some(mut rooms) = self.memberships.get_mut(user) {
             rooms.retain(|r| r != room);
         }
-        self.memberships.remove_if(user, |_, rooms| rooms.is_empty());
+        if self.memberships.remove_if(user, |_, rooms| rooms.is_empty()).is_some() {
+            self.forget_search_if_gone(user);
+        }
     }
 
     /// Rooms the user holds a seat in, oldest first.
@@ -310,6 +341,14 @@ fn per_minute(n: u32) -> Quota {
 fn per_second(n: u32, burst: u32) -> Quota {
     Quota::per_second(NonZeroU32::new(n.max(1)).unwrap_or(NonZeroU32::MIN))
         .allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN))
+}
+
+/// Give a map's table back to the allocator when it is mostly empty (a burst of
+/// users has left): shrinking a table that is still in use only rebuilds it.
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &DashMap<K, V>) {
+    if map.capacity() > 4 * map.len().max(4_096) {
+        map.shrink_to_fit();
+    }
 }
 
 #[cfg(test)]

@@ -43,6 +43,8 @@ pub struct RoomActor {
     pub(super) replication: Replication,
     /// Where the room is listed and who takes bounced joins.
     links: RoomLinks,
+    /// The dead-seat sweep, running while a seat of this node has an outbox.
+    sweep: Option<actix::SpawnHandle>,
 }
 
 /// What a room reaches besides the shared state: the directory it is listed in
@@ -57,7 +59,7 @@ impl RoomActor {
     /// A room whose members are all on this node, without a cluster: it assigns
     /// `seq` itself.
     pub fn local(state: RoomState, shared: Arc<Shared>, links: RoomLinks) -> Self {
-        Self { state, shared, closed: false, replication: Replication::Local, links }
+        Self { state, shared, closed: false, replication: Replication::Local, links, sweep: None }
     }
 
     /// This node's replica of a cluster room. `loaded`: `state.last_seq` is the
@@ -65,7 +67,7 @@ impl RoomActor {
     /// join learns it from the join's answer.
     pub fn replica(state: RoomState, shared: Arc<Shared>, loaded: bool, links: RoomLinks) -> Self {
         let replication = Replication::cluster(state.last_seq, loaded);
-        Self { state, shared, closed: false, replication, links }
+        Self { state, shared, closed: false, replication, links, sweep: None }
     }
 
     /// This node's id (where its members' seats are in the store).
@@ -88,7 +90,7 @@ impl Actor for RoomActor {
         // The outbox was carried from the match: none, or closed, means the session
         // is gone (one registry look-up per member, at the match).
         let stale = self.local_seats(|mb| mb.outbox.as_ref().is_none_or(|o| o.close_code() != 0));
-        ctx.run_interval(DEAD_SEAT_SWEEP, |act, ctx| act.sweep_dead_seats(ctx));
+        self.arm_sweep(ctx);
         for (user, session_id) in stale {
             // A seat taken without an outbox is already marked offline, which
             // `go_offline` reads as "grace timer running"; clear the mark so the
@@ -133,6 +135,21 @@ impl RoomActor {
         });
         for (user, session_id) in dead {
             self.go_offline(user, session_id, ctx);
+        }
+        // Nobody left to watch: an idle room (its members gone, their seats in
+        // grace) costs no timer; a seat that gets an outbox again re-arms it.
+        if self.local_seats(|mb| mb.outbox.is_some()).is_empty() {
+            if let Some(handle) = self.sweep.take() {
+                ctx.cancel_future(handle);
+            }
+        }
+    }
+
+    /// Start the dead-seat sweep unless it runs (or no local seat has an outbox).
+    fn arm_sweep(&mut self, ctx: &mut Context<Self>) {
+        if self.sweep.is_none() && !self.local_seats(|mb| mb.outbox.is_some()).is_empty() {
+            self.sweep =
+                Some(ctx.run_interval(DEAD_SEAT_SWEEP, |act, ctx| act.sweep_dead_seats(ctx)));
         }
     }
 }
@@ -326,7 +343,7 @@ impl Handler<LeaveRoom> for RoomActor {
 impl Handler<MemberOnline> for RoomActor {
     type Result = ();
 
-    fn handle(&mut self, msg: MemberOnline, _ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: MemberOnline, ctx: &mut Self::Context) {
         if !self.state.is_member(&msg.user) {
             return;
         }
@@ -343,6 +360,7 @@ impl Handler<MemberOnline> for RoomActor {
         member.session_id = msg.session_id;
         member.outbox = Some(msg.outbox);
         member.offline_since = None;
+        self.arm_sweep(ctx);
         if was_offline {
             self.presence(&msg.user, PresenceStatus::Online);
             self.publish_member(&msg.user, MemberStatus::Online);
@@ -531,7 +549,7 @@ impl RoomActor {
         (self.state.first_held_seq(), self.state.last_seq)
     }
 
-    pub(super) fn seat_joiner(&mut self, j: JoinPublicRoom) {
+    pub(super) fn seat_joiner(&mut self, j: JoinPublicRoom, ctx: &mut Context<Self>) {
         let max = self.shared.config.max_public_room_members;
         if !self.state.is_member(&j.user) && self.state.members.len() >= max {
             // A replica's store seated them already; take the seat back.
@@ -540,6 +558,7 @@ impl RoomActor {
             return super::replies::refuse_join(&self.shared, &j, message);
         }
         let new = self.state.seat(j.user.clone(), j.session_id, Some(j.outbox.clone()));
+        self.arm_sweep(ctx);
         if new {
             // Usually reserved by the session already (then this changes nothing).
             self.add_membership(&j.user);

@@ -85,7 +85,7 @@ impl RoomActor {
     /// and learns the room's members (and, the first time, its seq) from it.
     pub(super) fn join_through_store(&mut self, j: JoinPublicRoom, ctx: &mut Context<Self>) {
         if !self.replication.is_cluster() {
-            return self.seat_joiner(j);
+            return self.seat_joiner(j, ctx);
         }
         let fut = self.shared.bridge.room_join(&self.state.id, &j.user);
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
@@ -105,7 +105,7 @@ impl RoomActor {
                     act.feed(ctx, |order, _| order.load_failed());
                 }
             }
-            act.seat_joiner(j);
+            act.seat_joiner(j, ctx);
         }));
     }
 

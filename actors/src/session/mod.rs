@@ -906,6 +906,7 @@ impl Actor for SessionActor {
                     });
                 }
             }
+            shared.forget_search_if_gone(&self.user);
         }
         metrics::gauge!(m::CONNECTIONS).decrement(1.0);
         metrics::counter!(m::SESSIONS_CLOSED_TOTAL, "reason" => close_reason(self.outbox.close_code()))
