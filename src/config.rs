@@ -51,6 +51,9 @@ pub const MIN_ADMIN_TOKEN_BYTES: usize = 16;
 /// Longest `redis_ack_timeout_ms`: the command pipe to Redis stalls while it waits.
 pub const MAX_ACK_TIMEOUT_MS: u64 = 10_000;
 
+/// Longest `redis_linger_ms`: every Redis call may wait this long.
+pub const MAX_LINGER_MS: u64 = 50;
+
 /// Smallest `max_header_bytes`: hyper's smallest read buffer.
 pub const MIN_HEADER_BYTES: usize = 8192;
 
@@ -111,7 +114,7 @@ pub struct Config {
     /// Address and port to serve HTTP and WebSocket (`/ws`) on
     #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR:PORT")]
     pub bind: SocketAddr,
-    /// Redis URL to join a cluster of nodes: `redis://[:password@]host:port/db`, `rediss://` (TLS), or `redis+sentinel://[user:password@]host:port[,host:port...]/MASTER_NAME` (`rediss+sentinel://`: TLS to the primary) to follow a Sentinel-managed primary across failovers; none = single node
+    /// Redis URL to join a cluster of nodes: `redis://[:password@]host:port/db`, `rediss://` (TLS), `redis+cluster://[user:password@]host:port[,host:port...]` (`rediss+cluster://`) for a Redis Cluster from its seed nodes, or `redis+sentinel://[user:password@]host:port[,host:port...]/MASTER_NAME` (`rediss+sentinel://`: TLS to the primary) to follow a Sentinel-managed primary across failovers; none = single node
     #[arg(long, value_name = "URL", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
@@ -122,6 +125,9 @@ pub struct Config {
     /// How long a send waits for --redis-ack-replicas replicas (ms) before it is answered `unavailable`
     #[arg(long, default_value_t = 500, value_name = "MS")]
     pub redis_ack_timeout_ms: u64,
+    /// Under load, the node sends Redis at most one pipeline per this many ms (per primary), gathering the commands that arrive meanwhile: less Redis CPU per message for up to this much more latency per Redis call. A node idle for longer sends at once. 0 (the default) = send every batch at once; measured in BENCHMARKS.md
+    #[arg(long, default_value_t = 0, value_name = "MS")]
+    pub redis_linger_ms: u64,
     /// HS256 secret for client JWTs (claim `sub` = user id), at least 32 bytes; enables token auth
     #[arg(long, value_name = "SECRET", hide_env_values = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -309,6 +315,8 @@ pub enum ConfigError {
     WeakSecret,
     #[error("redis_url: {0}")]
     RedisUrl(String),
+    #[error("redis_linger_ms must be at most {MAX_LINGER_MS}")]
+    Linger,
     #[error("redis_ack_timeout_ms must be between 1 and {MAX_ACK_TIMEOUT_MS}")]
     AckTimeout,
     /// A secret still reads `<masked>` (a `--print-config` output used as the file).
@@ -424,6 +432,9 @@ impl Config {
         }
         if self.redis_ack_timeout_ms == 0 || self.redis_ack_timeout_ms > MAX_ACK_TIMEOUT_MS {
             return Err(ConfigError::AckTimeout);
+        }
+        if self.redis_linger_ms > MAX_LINGER_MS {
+            return Err(ConfigError::Linger);
         }
         self.engine.validate()?;
         if self.handshake_timeout_ms == 0 {
@@ -668,6 +679,9 @@ mod tests {
         let c = load_line("--redis-ack-replicas 2 --redis-ack-timeout-ms 800").expect("valid");
         assert_eq!((c.redis_ack_replicas, c.redis_ack_timeout_ms), (Some(2), 800));
         assert!(matches!(load_line("--redis-ack-timeout-ms 0"), Err(ConfigError::AckTimeout)));
+        assert_eq!(c.redis_linger_ms, 0, "sends at once unless asked");
+        assert_eq!(load_line("--redis-linger-ms 2").expect("valid").redis_linger_ms, 2);
+        assert!(matches!(load_line("--redis-linger-ms 51"), Err(ConfigError::Linger)));
         let err =
             load(&["--redis-url", "redis+sentinel://s1:26379,s2:26379"]).expect_err("no name");
         assert!(err.to_string().contains("MASTER_NAME"), "{err}");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rendezvous_actors::bridge::memory::MemoryBridge;
-use rendezvous_actors::bridge::redis::conn::AckPolicy;
+use rendezvous_actors::bridge::redis::conn::PipePolicy;
 use rendezvous_actors::bridge::redis::RedisBridge;
 use rendezvous_actors::bridge::Bridge;
 use rendezvous_actors::protocol::close;
@@ -52,9 +52,10 @@ pub async fn run(
     let node = config.engine.node_id.clone();
     let redis = match &config.redis_url {
         Some(url) => {
-            let ack = AckPolicy {
+            let ack = PipePolicy {
                 replicas: config.redis_ack_replicas,
                 timeout_ms: config.redis_ack_timeout_ms,
+                linger_ms: config.redis_linger_ms,
             };
             Some(RedisBridge::connect(url, &node, ack)?)
         }

@@ -34,7 +34,7 @@ use redis::{Arg, Cmd, Value};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
-use super::conn::{self, AckPolicy, Pipe};
+use super::conn::{self, Pipe, PipePolicy};
 use super::target::{ClusterTarget, Target};
 use crate::bridge::BridgeError;
 
@@ -185,7 +185,7 @@ struct Topology {
 pub struct Router {
     target: Arc<ClusterTarget>,
     scripts: Arc<[String]>,
-    policy: AckPolicy,
+    policy: PipePolicy,
     connected: Arc<watch::Sender<u64>>,
     reseed_pending: Arc<AtomicBool>,
     topo: RwLock<Topology>,
@@ -201,7 +201,7 @@ impl Router {
     pub fn new(
         target: Arc<ClusterTarget>,
         scripts: Arc<[String]>,
-        policy: AckPolicy,
+        policy: PipePolicy,
         connected: Arc<watch::Sender<u64>>,
         reseed_pending: Arc<AtomicBool>,
     ) -> Arc<Router> {

@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use self::cluster::Router;
-use self::conn::AckPolicy;
+use self::conn::PipePolicy;
 use self::store::Store;
 use self::target::Target;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
@@ -373,8 +373,12 @@ impl RedisBridge {
     /// Make the bridge. Its connections are made once [`Bridge::attach`] has
     /// started its tasks, in the background and retried for ever. `url` is any
     /// form [`target::parse`] reads; `ack` says how many replicas must confirm a
-    /// chat message before it is acknowledged.
-    pub fn connect(url: &str, node: &str, ack: AckPolicy) -> Result<Arc<RedisBridge>, BridgeError> {
+    /// chat message before it is acknowledged, and how long a busy pipe gathers.
+    pub fn connect(
+        url: &str,
+        node: &str,
+        ack: PipePolicy,
+    ) -> Result<Arc<RedisBridge>, BridgeError> {
         // rediss:// needs a process-wide TLS crypto provider; a second install fails
         // harmlessly.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -1824,7 +1828,7 @@ mod tests {
     async fn the_seq_mark_is_found_even_when_names_and_text_imitate_it() {
         // No server is needed: connecting happens in the background.
         let bridge =
-            RedisBridge::connect("redis://127.0.0.1:1", "n1", AckPolicy::default()).expect("url");
+            RedisBridge::connect("redis://127.0.0.1:1", "n1", PipePolicy::default()).expect("url");
         let fake = "\"message\",\"seq\":18446744073709551615";
         let msg = ChatMessage {
             room_id: format!("pub:{fake}"),
