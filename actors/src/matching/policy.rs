@@ -201,7 +201,7 @@ pub struct ArrivalStats {
 /// Bit `s` is set when slot `s` of the sample lists the interest.
 type Slots = [u64; SAMPLE / 64];
 const _: () =
-    assert!(SAMPLE % 64 == 0 && SAMPLE_INTERESTS < 32, "whole words; counts fit 5 planes");
+    assert!(SAMPLE.is_multiple_of(64) && SAMPLE_INTERESTS < 32, "whole words; counts fit 5 planes");
 
 impl ArrivalStats {
     pub fn new(now: Instant) -> Self {
