@@ -89,7 +89,13 @@ impl Actor for RoomActor {
         // seat, so the grace timer runs for them like for any dropped connection.
         // The outbox was carried from the match: none, or closed, means the session
         // is gone (one registry look-up per member, at the match).
-        let stale = self.local_seats(|mb| mb.outbox.as_ref().is_none_or(|o| o.close_code() != 0));
+        // A closed one whose user has a newer session here is not: that session
+        // (it closed the old one with 4009) takes the seat with `MemberOnline`,
+        // which waits in the mailbox behind this start.
+        let stale = self.local_seats(|mb| match &mb.outbox {
+            None => true,
+            Some(o) => o.close_code() != 0 && !self.replaced(mb),
+        });
         self.arm_sweep(ctx);
         for (user, session_id) in stale {
             // A seat taken without an outbox is already marked offline, which
@@ -128,10 +134,7 @@ impl RoomActor {
         // would tell the others `offline` and at once `online` again for what is
         // not a departure.
         let dead = self.local_seats(|mb| {
-            mb.outbox.as_ref().is_some_and(|o| o.close_code() != 0)
-                && !self
-                    .live_session(&mb.user)
-                    .is_some_and(|e| e.session_id != mb.session_id && e.outbox.close_code() == 0)
+            mb.outbox.as_ref().is_some_and(|o| o.close_code() != 0) && !self.replaced(mb)
         });
         for (user, session_id) in dead {
             self.go_offline(user, session_id, ctx);
@@ -143,6 +146,13 @@ impl RoomActor {
                 ctx.cancel_future(handle);
             }
         }
+    }
+
+    /// Whether a newer, open session of the seat's user is registered here (it
+    /// replaced the seat's session and is on its way to take the seat).
+    fn replaced(&self, mb: &Member) -> bool {
+        self.live_session(&mb.user)
+            .is_some_and(|e| e.session_id != mb.session_id && e.outbox.close_code() == 0)
     }
 
     /// Start the dead-seat sweep unless it runs (or no local seat has an outbox).
