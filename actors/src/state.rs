@@ -129,14 +129,11 @@ impl Shared {
         }
     }
 
-    /// The periodic sweep (every 30 s): expired avoid pairs, the last searches of
-    /// users with neither a session nor a seat here, rate-limiter and budget state
-    /// no session holds.
-    /// The periodic clean-up (every 30 s, off the worker threads). Each map is
-    /// walked shard by shard under that shard's lock, so the walk stays short:
-    /// `last_search` is emptied as users leave ([`Self::forget_search_if_gone`])
-    /// and walked only when it outgrew the live users (a missed case), and a
-    /// map's table is shrunk only when it is mostly empty.
+    /// The periodic sweep (every 30 s, on a blocking thread): expired avoid
+    /// pairs, rate-limiter and budget state no session holds. `last_search` is
+    /// emptied as users leave ([`Self::forget_search_if_gone`]) and walked here
+    /// only when it outgrew the live users (a case that path missed); a table is
+    /// shrunk only when it is mostly empty (shrinking one in use rebuilds it).
     pub fn sweep(&self) {
         self.avoid.sweep();
         self.moderation.sweep();

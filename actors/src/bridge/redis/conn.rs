@@ -437,7 +437,8 @@ async fn run(
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut replica_less = 0u32;
         let linger = Duration::from_millis(shared.policy.linger_ms);
-        let mut last_sent = tokio::time::Instant::now() - linger;
+        let now = tokio::time::Instant::now();
+        let mut last_sent = now.checked_sub(linger).unwrap_or(now);
         loop {
             let first = tokio::select! {
                 op = rx.recv() => match op {
