@@ -278,11 +278,13 @@ impl ArrivalStats {
         // listing at least k of mine. The bitsets of my interests are added up
         // slot by slot in bit-sliced counters (plane j holds bit j of each slot's
         // count), then each count's slots are counted.
-        let sets: Vec<&Slots> =
-            mine.iter().filter_map(|h| self.index.get(h).map(|b| &**b)).collect();
         let mut listed = vec![0u32; mine.len()];
+        let mut sets: Vec<&Slots> = Vec::with_capacity(mine.len());
         for (i, h) in mine.iter().enumerate() {
-            listed[i] = self.index.get(h).map_or(0, |b| b.iter().map(|w| w.count_ones()).sum());
+            if let Some(set) = self.index.get(h) {
+                listed[i] = set.iter().map(|w| w.count_ones()).sum();
+                sets.push(set);
+            }
         }
         let mut at_least = vec![0u32; mine.len()];
         let planes = (usize::BITS - sets.len().leading_zeros()) as usize;
