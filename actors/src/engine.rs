@@ -87,9 +87,22 @@ impl Engine {
         shard_for(&self.shards, language)
     }
 
-    /// Periodic sweeps of the avoid list and rate-limiter state (30 s), and the
-    /// sampled gauges: outbound queues and actor mailbox delays (5 s).
+    /// Periodic sweeps of the avoid list and send-limit state (30 s) and of the
+    /// `find_match` limiter (1 s), and the sampled gauges: outbound queues and
+    /// actor mailbox delays (5 s).
     fn spawn_housekeeping(&self) {
+        let shared = self.shared.clone();
+        actix::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let shared = shared.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || shared.sweep_limiter()).await {
+                    tracing::error!(error = %e, "limiter sweep failed");
+                }
+            }
+        });
         let shared = self.shared.clone();
         actix::spawn(async move {
             // The first sweep 30 s after the start, not at once: a sweep that
@@ -102,8 +115,12 @@ impl Engine {
                 // Off the worker threads: the walk takes each map's shard locks
                 // in turn, and a large map takes a while.
                 let shared = shared.clone();
-                if let Err(e) = tokio::task::spawn_blocking(move || shared.sweep()).await {
-                    tracing::error!(error = %e, "housekeeping sweep failed");
+                let began = std::time::Instant::now();
+                match tokio::task::spawn_blocking(move || shared.sweep()).await {
+                    Ok(()) => {
+                        tracing::debug!(ms = began.elapsed().as_millis(), "housekeeping sweep")
+                    }
+                    Err(e) => tracing::error!(error = %e, "housekeeping sweep failed"),
                 }
             }
         });

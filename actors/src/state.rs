@@ -130,7 +130,7 @@ impl Shared {
     }
 
     /// The periodic sweep (every 30 s, on a blocking thread): expired avoid
-    /// pairs, rate-limiter and budget state no session holds. `last_search` is
+    /// pairs, send-limit and budget state no session holds. `last_search` is
     /// emptied as users leave ([`Self::forget_search_if_gone`]) and walked here
     /// only when it outgrew the live users (a case that path missed); a table is
     /// shrunk only when it is mostly empty (shrinking one in use rebuilds it).
@@ -143,12 +143,20 @@ impl Shared {
                 self.registry.get(user.as_str()).is_some() || self.memberships.contains_key(user)
             });
         }
-        self.find_match_limiter.retain_recent();
         self.send_limits.retain(|_, bucket| Arc::strong_count(bucket) > 1);
         self.budgets.retain(|_, budget| budget.in_use());
         shrink_if_sparse(&self.send_limits);
         shrink_if_sparse(&self.budgets);
         shrink_if_sparse(&self.last_search);
+    }
+
+    /// The `find_match` limiter's sweep (every second, on a blocking thread):
+    /// drops the users whose quota is full again. The limiter holds an entry per
+    /// user who searched within its window, so under an arrival storm a 30 s
+    /// walk met 150,000 entries and took a core for 17 ms, a stall every
+    /// client saw; a walk each second meets one second's arrivals.
+    pub fn sweep_limiter(&self) {
+        self.find_match_limiter.retain_recent();
         // The limiter's map hides its capacity: shrink it when it holds a
         // quarter of what it held at the last shrink.
         let held = self.find_match_limiter.len();
@@ -361,5 +369,29 @@ mod tests {
         // Nobody placed (all remote, or offline), or an index from a bigger pool.
         assert_eq!(most_common(std::iter::empty(), 2), None);
         assert_eq!(most_common([5].into_iter(), 2), None);
+    }
+
+    #[test]
+    fn the_limiter_sweep_keeps_spent_quotas_and_drops_full_ones() {
+        // 600 a minute: one search's cell comes back after 100 ms.
+        let config = EngineConfig { find_match_per_minute: 600, ..EngineConfig::default() };
+        let bridge = Arc::new(crate::bridge::memory::MemoryBridge::new("t"));
+        let shared = Shared::new(config, bridge, Vec::new());
+        let users: Vec<UserId> =
+            (0..1_000).map(|i| UserId::from(format!("u{i}").as_str())).collect();
+        for user in &users {
+            assert!(shared.find_match_limiter.check_key(user).is_ok());
+        }
+        shared.sweep_limiter();
+        assert_eq!(shared.find_match_limiter.len(), 1_000, "every quota is still spent");
+        std::thread::sleep(Duration::from_millis(250));
+        shared.sweep_limiter();
+        assert_eq!(shared.find_match_limiter.len(), 0, "every quota is full again");
+        // What a user spent survives the sweeps: the burst of 600 is gone after 600.
+        let user = &users[0];
+        let spent =
+            (0..700).take_while(|_| shared.find_match_limiter.check_key(user).is_ok()).count();
+        shared.sweep_limiter();
+        assert!(shared.find_match_limiter.check_key(user).is_err(), "spent {spent}, then swept");
     }
 }
