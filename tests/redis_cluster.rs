@@ -9,8 +9,9 @@
 //!   chat with nothing lost, doubled or out of order; `kill -9` of a primary
 //!   during a storm and during chat (no double match, nothing acknowledged lost,
 //!   `/readyz` 503 then 200, service back within `cluster-node-timeout` + 5 s);
-//!   a room's slot migrated during chat; a node started later that learns the
-//!   pools, rooms and blocks.
+//!   a room's slot migrated during chat; a node's channel slot migrated; a
+//!   classic subscription that stops delivering (`/readyz` 503, then 200); a node
+//!   started later that learns the pools, rooms and blocks.
 //!
 //! The tests take one lock in turn: each runs nine processes and some kill them.
 
@@ -926,6 +927,40 @@ async fn migrating_a_nodes_channel_slot_keeps_it_reachable() {
     // Still ready a while later: the probe and heartbeat on the moved channel work.
     tokio::time::sleep(Duration::from_secs(4)).await;
     wait_ready_all(&cluster.nodes, 200, Instant::now(), Duration::from_secs(1)).await;
+}
+
+/// The classic subscription (`rdv:cluster` and a node's `rdv:node:ID`: node
+/// goodbyes and kicks) rides another connection than the shard channels and is
+/// proved alive on its own: each beat also goes to the node's classic channel.
+/// Here the cluster refuses classic `PUBLISH` (an ACL rule on every server), so
+/// those beats stop coming back while the shard traffic and its probes still flow:
+/// every node reports `/readyz` 503 within the subscription timeout (3 s) plus a
+/// beat; once `PUBLISH` is allowed again, every node is ready again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_classic_subscription_that_stops_delivering_makes_the_node_unready() {
+    let _serial = SERIAL.lock().await;
+    let cluster = engines(2, &[]).await;
+    let ports = cluster.redis.live_ports();
+    let acl = |rule: &str| {
+        for port in &ports {
+            let reply = cluster.redis.cmd(*port, &["ACL", "SETUSER", "default", rule]);
+            assert!(
+                matches!(reply, Resp::Simple(ref ok) if ok == "OK"),
+                ":{port} {rule}: {reply:?}"
+            );
+        }
+    };
+    // Ready for a while first: the classic beats come back.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    wait_ready_all(&cluster.nodes, 200, Instant::now(), Duration::from_secs(1)).await;
+    blocking(|| acl("-publish"));
+    let cut = Instant::now();
+    let unready = wait_ready_all(&cluster.nodes, 503, cut, Duration::from_secs(8)).await;
+    eprintln!("classic PUBLISH refused: /readyz 503 on every node after {unready:?}");
+    blocking(|| acl("+publish"));
+    let allowed = Instant::now();
+    let ready = wait_ready_all(&cluster.nodes, 200, allowed, Duration::from_secs(15)).await;
+    eprintln!("classic PUBLISH allowed again: /readyz 200 on every node after {ready:?}");
 }
 
 // ---------------------------------------------------------------- a late node

@@ -326,6 +326,11 @@ enum Watch {
 struct Health {
     /// When this node last heard its own probe on its subscription (ms).
     sub_seen_ms: AtomicU64,
+    /// On a cluster: when this node last heard its own beat on its classic
+    /// channel (ms). The classic subscriptions (`rdv:cluster`, this node's
+    /// `rdv:node:ID`: node goodbyes, kicks) ride another connection than the
+    /// shard ones, so they are proved alive on their own.
+    classic_seen_ms: AtomicU64,
     /// Peers and their last beat (ms), from the last read of `rdv:nodes`.
     peers: Mutex<HashMap<String, u64>>,
     /// Peers already declared dead (so each is handled once).
@@ -412,6 +417,7 @@ impl RedisBridge {
             scripts: Scripts::new(&sources),
             health: Arc::new(Health {
                 sub_seen_ms: AtomicU64::new(0),
+                classic_seen_ms: AtomicU64::new(0),
                 peers: Mutex::new(HashMap::new()),
                 lost: Mutex::new(HashSet::new()),
             }),
@@ -581,10 +587,15 @@ impl RedisBridge {
         self.pipe.is_up() && sub_age < SUB_TIMEOUT.as_millis() as u64 && self.probes_fresh(now)
     }
 
-    /// On a cluster: every primary's probe came back lately (a shard subscription
-    /// that stays connected but stopped delivering is caught here).
+    /// On a cluster: every primary's probe came back lately, and so did this
+    /// node's beat on its classic channel (a subscription that stays connected
+    /// but stopped delivering is caught here).
     fn probes_fresh(&self, now: u64) -> bool {
         let Some(router) = self.pipe.router() else { return true };
+        let classic = self.health.classic_seen_ms.load(Ordering::Acquire);
+        if now.saturating_sub(classic) >= SUB_TIMEOUT.as_millis() as u64 {
+            return false;
+        }
         let probes = self.probes.lock().unwrap_or_else(|p| p.into_inner());
         router.primaries().iter().all(|(addr, _)| {
             probes
@@ -790,13 +801,14 @@ impl RedisBridge {
                         }
                         let since = *stale_since.get_or_insert(now);
                         if now.saturating_sub(since) > 2 * SUB_TIMEOUT.as_millis() as u64 {
-                            warn!("a redis cluster shard stopped delivering this node's probe; subscribing anew");
+                            warn!("a redis cluster subscription stopped delivering this node's probe; subscribing anew");
                             break;
                         }
                     }
                 }
             }
             self.health.sub_seen_ms.store(0, Ordering::Release);
+            self.health.classic_seen_ms.store(0, Ordering::Release);
         }
     }
 
@@ -809,6 +821,7 @@ impl RedisBridge {
     ) {
         use redis::PushKind;
         let channel = push.data.first().and_then(as_string).unwrap_or_default();
+        let classic = push.kind == PushKind::Message;
         match push.kind {
             PushKind::Message | PushKind::SMessage => {
                 let Some(Value::BulkString(payload)) = push.data.get(1) else { return };
@@ -823,7 +836,12 @@ impl RedisBridge {
                 }
                 match serde_json::from_slice::<ClusterEvent>(payload) {
                     Ok(ClusterEvent::Beat { node, .. }) if node == self.node => {
-                        self.health.sub_seen_ms.store(now_ms(), Ordering::Release);
+                        let seen = if classic {
+                            &self.health.classic_seen_ms
+                        } else {
+                            &self.health.sub_seen_ms
+                        };
+                        seen.store(now_ms(), Ordering::Release);
                     }
                     // A room's channel carries this node's own events back.
                     Ok(ClusterEvent::Room { origin, .. }) if origin == self.node => {}
@@ -961,8 +979,13 @@ impl RedisBridge {
             metrics::gauge!(m::BRIDGE_UP).set(if self.healthy() { 1.0 } else { 0.0 });
             self.pipe
                 .fire("zadd", redis::cmd("ZADD").arg(NODES_KEY).arg(now).arg(&self.node).clone());
-            let beat = ClusterEvent::Beat { node: self.node.clone(), at_ms: now };
-            self.tell_node(&self.node, beat.to_json());
+            let beat = ClusterEvent::Beat { node: self.node.clone(), at_ms: now }.to_json();
+            if self.pipe.router().is_some() {
+                // The classic subscription's probe: a cluster copies a classic
+                // PUBLISH to every shard, one small message per node and beat.
+                self.publish(node_channel(&self.node), beat.clone());
+            }
+            self.tell_node(&self.node, beat);
             self.send_probes(now);
             let read = self.pipe.call(
                 "zrange",
