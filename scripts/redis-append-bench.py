@@ -2,8 +2,7 @@
 """Redis CPU per chat message for the append script alone, without engines.
 
 Starts its own redis-server, loads the append script as the engine does
-(trim_bytes.lua + tell_nodes.lua + append_one.lua + append.lua, or
-append_many.lua with --many), makes ROOMS rooms of two members
+(trim_bytes.lua + tell_nodes.lua + append.lua), makes ROOMS rooms of two members
 on two nodes (one subscriber stands for the other node) and sends MSGS appends
 with a raw RESP client, PER_RTT of them per round trip. Prints Redis CPU per
 message (used_cpu_user + used_cpu_sys of INFO cpu, over the sending only).
@@ -11,7 +10,6 @@ message (used_cpu_user + used_cpu_sys of INFO cpu, over the sending only).
     scripts/redis-append-bench.py                    # per round trip 1, 4 and 16
     scripts/redis-append-bench.py --per-rtt 16 --no-client-msg-id
     scripts/redis-append-bench.py --noop             # the same call, script `return 1`
-    scripts/redis-append-bench.py --many             # PER_RTT messages in one append_many call
 
 It answers "what does one change to the script cost Redis" in a few seconds,
 where scripts/redis-cpu-per-msg.sh answers "what does a message cost end to end".
@@ -66,8 +64,7 @@ def cpu(c):
     return float(v["used_cpu_user"]) + float(v["used_cpu_sys"])
 
 
-def append_args(i, rooms, with_id):
-    """One message's keys and own arguments (append_one.lua)."""
+def append_args(sha, i, rooms, with_id):
     r = i % rooms
     sender, mid = f"u{r}a", f"m{i}"
     cid = f"c{i}" if with_id else ""
@@ -80,21 +77,10 @@ def append_args(i, rooms, with_id):
     prefix, suffix = ev.split('"seq":0', 1)
     stored = json.dumps({"msg_id": mid, "sender": sender, "text": "x" * 64, "ts": 1796321086987},
                         separators=(",", ":"))
-    keys = [key("seq"), key("log"), key("members"), key("meta"),
-            f"rdv:room:{{r{r}}}:sent:{len(sender)}:{sender}:{cid}", key("sentids")]
-    return keys, [prefix + '"seq":', suffix, stored, sender, cid, mid]
-
-
-# The arguments every message of a call shares (append_one.lua): stream cap, the
-# sending node, byte cap, ttl, dedup window, most ids remembered per room.
-SHARED = [10000, "n0", 65536, 90000, 600000, 1000]
-
-
-def script_call(sha, msgs):
-    """One EVALSHA of append.lua (one message) or append_many.lua (several)."""
-    keys = [k for m in msgs for k in m[0]]
-    own = [x for m in msgs for x in m[1]]
-    return ["EVALSHA", sha, len(keys), *keys, *SHARED, *own]
+    return ["EVALSHA", sha, 6, key("seq"), key("log"), key("members"), key("meta"),
+            f"rdv:room:{{r{r}}}:sent:{len(sender)}:{sender}:{cid}", key("sentids"),
+            prefix + '"seq":', suffix, 10000, stored, sender, "n0", 65536, 90000,
+            cid, 600000, 1000, mid]
 
 
 def main():
@@ -105,15 +91,12 @@ def main():
     ap.add_argument("--per-rtt", type=int, action="append")
     ap.add_argument("--no-client-msg-id", action="store_true")
     ap.add_argument("--noop", action="store_true", help="the same call to a script that only returns")
-    ap.add_argument("--many", action="store_true",
-                    help="each round trip is one append_many.lua call carrying PER_RTT messages")
     a = ap.parse_args()
     if a.noop:
         source = "return 1"
     else:
-        last = "append_many.lua" if a.many else "append.lua"
         source = "".join(open(os.path.join(SCRIPTS, f)).read()
-                         for f in ("trim_bytes.lua", "tell_nodes.lua", "append_one.lua", last))
+                         for f in ("trim_bytes.lua", "tell_nodes.lua", "append.lua"))
     server = subprocess.Popen(["redis-server", "--port", str(a.port), "--save", "",
                                "--appendonly", "no"], stdout=subprocess.DEVNULL)
     try:
@@ -132,23 +115,17 @@ def main():
             sha = c.cmd("SCRIPT", "LOAD", source).strip().decode()
             for r in range(a.rooms):
                 c.cmd("HSET", f"rdv:room:{{r{r}}}:members", f"u{r}a", "n0", f"u{r}b", "n1")
-            msgs = [append_args(i, a.rooms, not a.no_client_msg_id) for i in range(a.msgs)]
-            if a.many:
-                # One call per round trip, carrying `per` messages.
-                trips = [[enc(*script_call(sha, msgs[s:s + per]))] for s in range(0, a.msgs, per)]
-            else:
-                calls = [enc(*script_call(sha, [m])) for m in msgs]
-                trips = [calls[s:s + per] for s in range(0, a.msgs, per)]
+            calls = [enc(*append_args(sha, i, a.rooms, not a.no_client_msg_id)) for i in range(a.msgs)]
             before = cpu(c)
-            for trip in trips:
-                c.s.sendall(b"".join(trip))
-                for _ in trip:
+            for start in range(0, a.msgs, per):
+                batch = calls[start:start + per]
+                c.s.sendall(b"".join(batch))
+                for _ in batch:
                     reply = c.read()
                     if isinstance(reply, bytes) and reply.startswith(b"-"):
                         sys.exit(f"redis error: {reply!r}")
             used = cpu(c) - before
-            what = "noop" if a.noop else "append_many" if a.many else "append"
-            print(f"{what}: {per} per round trip: "
+            print(f"{'noop' if a.noop else 'append'}: {per} per round trip: "
                   f"{used * 1e6 / a.msgs:.1f} us of Redis CPU per message")
     finally:
         server.terminate()

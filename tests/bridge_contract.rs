@@ -432,109 +432,6 @@ async fn appends_get_consecutive_seqs_and_history_returns_them(fx: Arc<Fixture>)
     assert_eq!(heard, vec![1, 2, 3]);
 }
 
-/// Appends queued together are each answered as if sent alone: per room, seqs in
-/// the order queued; a non-member refused; a resend of an id queued earlier in the
-/// same batch answered with that original. The other node hears each room's
-/// messages once, in order. On one Redis the pipe merges appends queued next to
-/// each other into one script call (append_many.lua): Redis is paused while they
-/// are queued, so they go out together, and it ran fewer script calls than appends.
-async fn appends_queued_together_are_each_answered_as_if_alone(fx: Arc<Fixture>) {
-    use rendezvous_actors::bridge::Appended;
-    let Some(r1) = pair_room(&fx, "q1").await else { return };
-    let Some(r2) = pair_room(&fx, "q2").await else { return };
-    let (a, b) = (fx.a(), fx.b());
-    // Both rooms exist before the batch (room_open is not awaited).
-    a.bridge.room_append(&msg(&r1, "x", "first")).await.expect("append");
-    a.bridge.room_append(&msg(&r2, "y", "first")).await.expect("append");
-    let paused = fx.redis.as_ref().map(|redis| {
-        redis.cmd(&["CONFIG", "RESETSTAT"]);
-        redis.cmd(&["CLIENT", "PAUSE", "300", "ALL"]);
-    });
-    let sends: [(&RoomId, &str, &str, Option<&str>); 9] = [
-        (&r1, "x", "a", Some("k1")),
-        (&r2, "x", "b", Some("k1")),
-        (&r1, "y", "c", None),
-        (&r1, "stranger", "d", Some("k9")),
-        (&r1, "x", "a again", Some("k1")),
-        (&r2, "y", "e", Some("k2")),
-        (&r1, "x", "f", Some("k3")),
-        (&r2, "x", "b again", Some("k1")),
-        (&r2, "y", "g", None),
-    ];
-    let queued: Vec<_> =
-        sends.iter().map(|(r, s, t, c)| a.bridge.room_append_once(&msg(r, s, t), *c)).collect();
-    let got: Vec<Option<Appended>> = futures_util::future::join_all(queued)
-        .await
-        .into_iter()
-        .map(|r| r.expect("append"))
-        .collect();
-    let dup = |seq, id: &str| Some(Appended::Duplicate { seq, msg_id: id.into() });
-    assert_eq!(
-        got,
-        vec![
-            Some(Appended::Stored(2)),
-            Some(Appended::Stored(2)),
-            Some(Appended::Stored(3)),
-            None,
-            dup(2, "x-a"),
-            Some(Appended::Stored(3)),
-            Some(Appended::Stored(4)),
-            dup(2, "x-b"),
-            Some(Appended::Stored(4)),
-        ]
-    );
-    let texts = |r: &RoomId| {
-        let h = b.bridge.room_history(r, 0, 100);
-        async move {
-            let h = h.await.expect("history");
-            h.into_iter().map(|m| (m.seq, m.text)).collect::<Vec<_>>()
-        }
-    };
-    let want = |v: &[(u64, &str)]| v.iter().map(|(s, t)| (*s, (*t).to_owned())).collect::<Vec<_>>();
-    assert_eq!(texts(&r1).await, want(&[(1, "first"), (2, "a"), (3, "c"), (4, "f")]));
-    assert_eq!(texts(&r2).await, want(&[(1, "first"), (2, "b"), (3, "e"), (4, "g")]));
-
-    // The other member node heard each room's messages once, in order.
-    for r in [&r1, &r2] {
-        let room = r.to_string();
-        b.sink.wait_event("a room's fourth message", |e| is_message_in(e, &room, 4)).await;
-    }
-    let heard = |room: &str| -> Vec<u64> {
-        b.sink
-            .events()
-            .iter()
-            .filter(|e| matches!(e, ClusterEvent::Room { room: r, .. } if r.as_str() == room))
-            .filter_map(message_seq)
-            .collect()
-    };
-    assert_eq!(heard("q1"), vec![1, 2, 3, 4]);
-    assert_eq!(heard("q2"), vec![1, 2, 3, 4]);
-
-    if paused.is_some() {
-        let Some(redis) = &fx.redis else { return };
-        let stats = match redis.cmd(&["INFO", "commandstats"]) {
-            common::cluster::Resp::Bulk(Some(s)) => s,
-            other => panic!("INFO commandstats: {other:?}"),
-        };
-        let calls = |cmd: &str| -> u64 {
-            stats
-                .lines()
-                .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
-                .and_then(|rest| rest.split(',').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        };
-        // Six stored, each one XADD; at most the first went out on its own.
-        assert_eq!(calls("xadd"), 6, "{stats}");
-        assert!(calls("evalsha") <= 3, "appends were not merged: {stats}");
-    }
-}
-
-fn is_message_in(ev: &ClusterEvent, room: &str, want: u64) -> bool {
-    matches!(ev, ClusterEvent::Room { room: r, .. } if r.as_str() == room)
-        && message_seq(ev) == Some(want)
-}
-
 fn message_seq(ev: &ClusterEvent) -> Option<u64> {
     match ev {
         ClusterEvent::Room { ev: RoomEv::Message { seq, .. }, .. } => Some(*seq),
@@ -848,7 +745,6 @@ contract!(
     every_node_counts_the_cluster_and_is_healthy,
     count_action_counts_per_user_action_and_window,
     appends_get_consecutive_seqs_and_history_returns_them,
-    appends_queued_together_are_each_answered_as_if_alone,
     history_keeps_the_newest_within_its_byte_cap,
     resends_get_the_original_within_the_rooms_last_ids,
     seats_join_move_leave_and_close,

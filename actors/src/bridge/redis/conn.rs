@@ -18,12 +18,6 @@
 //! every pipeline that carries such a command (it covers every write the
 //! connection made before it), so its cost is one replica round trip per pipeline,
 //! not per message; while it waits the pipe sends nothing else.
-//!
-//! Merged calls: a script with a batched twin ([`Batched`], the chat append) is
-//! queued as a [`Part`]. Consecutive parts of one such script in a pipeline go out
-//! as one call of the twin, which does each part's work in order and answers an
-//! array of their replies. Order is kept exactly (only neighbours merge), and
-//! Redis pays one script call, and one publish per node told, for the whole run.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -64,87 +58,15 @@ pub enum Cmds {
     One(Cmd),
     /// Sent consecutively in the same pipeline; one reply per command.
     Many(Vec<Cmd>),
-    /// One call of a script that may merge with its neighbours (see the module
-    /// documentation); one reply.
-    Part(Arc<Batched>, Part),
 }
 
 impl Cmds {
     fn len(&self) -> usize {
         match self {
-            Cmds::One(_) | Cmds::Part(..) => 1,
+            Cmds::One(_) => 1,
             Cmds::Many(v) => v.len(),
         }
     }
-}
-
-/// A script and its batched twin: `many` takes the keys of several calls of `one`
-/// one after the other, their shared arguments once, then each call's own
-/// arguments in the same order, and answers an array holding each call's reply.
-pub struct Batched {
-    pub one: redis::Script,
-    pub many: redis::Script,
-    /// Most calls merged into one (bounds how long one call holds Redis).
-    pub max: usize,
-}
-
-/// One call of a [`Batched`] script.
-pub struct Part {
-    pub keys: Vec<String>,
-    /// Arguments every call merged with this one must share; they come first.
-    pub shared: Vec<String>,
-    pub own: Vec<String>,
-}
-
-impl Batched {
-    /// The call of `one` for a single part.
-    pub fn one_cmd(&self, part: &Part) -> Cmd {
-        script_cmd(&self.one, [part])
-    }
-
-    fn many_cmd<'a>(&self, parts: impl IntoIterator<Item = &'a Part> + Clone) -> Cmd {
-        script_cmd(&self.many, parts)
-    }
-}
-
-/// `EVALSHA` of `script` over `parts`: their keys, the first one's shared
-/// arguments, then each part's own.
-fn script_cmd<'a>(
-    script: &redis::Script,
-    parts: impl IntoIterator<Item = &'a Part> + Clone,
-) -> Cmd {
-    let mut c = redis::cmd("EVALSHA");
-    let nkeys: usize = parts.clone().into_iter().map(|p| p.keys.len()).sum();
-    c.arg(script.get_hash()).arg(nkeys);
-    for p in parts.clone() {
-        c.arg(&p.keys);
-    }
-    if let Some(first) = parts.clone().into_iter().next() {
-        c.arg(&first.shared);
-    }
-    for p in parts {
-        c.arg(&p.own);
-    }
-    c
-}
-
-/// How a pipeline's ops go out: consecutive ranges of `ops`, each sent as its own
-/// command(s) (a range of one) or merged into one call of a [`Batched`] script
-/// (parts of the same script with equal shared arguments, at most its `max`).
-fn merge_runs(ops: &[Op]) -> Vec<std::ops::Range<usize>> {
-    let mut runs: Vec<std::ops::Range<usize>> = Vec::with_capacity(ops.len());
-    for (i, op) in ops.iter().enumerate() {
-        if let (Cmds::Part(b, p), Some(run)) = (&op.cmds, runs.last_mut()) {
-            if let Cmds::Part(b0, p0) = &ops[run.start].cmds {
-                if Arc::ptr_eq(b, b0) && p.shared == p0.shared && run.len() < b.max {
-                    run.end = i + 1;
-                    continue;
-                }
-            }
-        }
-        runs.push(i..i + 1);
-    }
-    runs
 }
 
 /// Where an [`Op`]'s reply goes.
@@ -226,26 +148,6 @@ impl Pipe {
     {
         let (tx, rx) = oneshot::channel();
         let queued = self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::Durable(tx) });
-        async move {
-            if queued.is_err() {
-                return Err(BridgeError::Unavailable("redis command queue full".into()));
-            }
-            rx.await.unwrap_or_else(|_| Err(BridgeError::Unavailable("redis pipe stopped".into())))
-        }
-    }
-
-    /// [`Pipe::call_durable`] for one call of a [`Batched`] script, which may go
-    /// out merged with the calls queued next to it.
-    pub fn call_durable_part(
-        &self,
-        kind: &'static str,
-        script: &Arc<Batched>,
-        part: Part,
-    ) -> impl std::future::Future<Output = Result<(Value, bool), BridgeError>> + Send + 'static
-    {
-        let (tx, rx) = oneshot::channel();
-        let cmds = Cmds::Part(script.clone(), part);
-        let queued = self.tx.try_send(Op { cmds, kind, reply: Reply::Durable(tx) });
         async move {
             if queued.is_err() {
                 return Err(BridgeError::Unavailable("redis command queue full".into()));
@@ -479,56 +381,6 @@ async fn check_server(
     Ok(())
 }
 
-/// Hand `op` its `n` replies from `values`. `confirmed`: whether the replicas
-/// asked for confirmed the pipeline's writes.
-fn answer(
-    op: Op,
-    values: &mut impl Iterator<Item = Value>,
-    n: usize,
-    confirmed: bool,
-    reload: &mut bool,
-) {
-    match op.reply {
-        Reply::None => {
-            for v in values.by_ref().take(n) {
-                let _ = reply_of(op.kind, v, reload);
-            }
-        }
-        Reply::One(reply) => {
-            let v = values.next().unwrap_or(Value::Nil);
-            let _ = reply.send(reply_of(op.kind, v, reload));
-        }
-        Reply::Durable(reply) => {
-            let v = values.next().unwrap_or(Value::Nil);
-            let _ = reply.send(reply_of(op.kind, v, reload).map(|v| (v, confirmed)));
-        }
-        Reply::Many(reply) => {
-            let vs = values.by_ref().take(n).map(|v| reply_of(op.kind, v, reload)).collect();
-            let _ = reply.send(Ok(vs));
-        }
-    }
-}
-
-/// The `n` parts' replies in a merged call's reply: its array, or (an error, or
-/// an answer of the wrong shape) that reply for each.
-fn split_reply(v: Value, n: usize) -> Vec<Value> {
-    match v {
-        Value::Array(items) if items.len() == n => items,
-        Value::Array(items) => {
-            warn!(
-                replies = items.len(),
-                calls = n,
-                "a merged call answered the wrong number of replies"
-            );
-            // Each part gets an error: none is known to be applied or not.
-            let err = redis::parse_redis_value(b"-ERR merged call answered a wrong count\r\n")
-                .unwrap_or(Value::Nil);
-            vec![err; n]
-        }
-        other => vec![other; n],
-    }
-}
-
 async fn run(
     target: Target,
     scripts: Arc<[String]>,
@@ -624,30 +476,12 @@ async fn run(
             last_sent = tokio::time::Instant::now();
             let mut pipe = redis::pipe();
             pipe.ignore_errors();
-            // Which ops each command (or run of commands) answers.
-            let runs = merge_runs(&batch);
-            // Replies per run: a single op's commands answer one by one, a merged
-            // run once.
-            let sizes: Vec<usize> = runs
-                .iter()
-                .map(|run| if run.len() > 1 { 1 } else { batch[run.start].cmds.len() })
-                .collect();
-            for run in &runs {
-                if run.len() > 1 {
-                    let parts = batch[run.clone()].iter().filter_map(|op| match &op.cmds {
-                        Cmds::Part(_, p) => Some(p),
-                        _ => None,
-                    });
-                    if let Cmds::Part(b, _) = &batch[run.start].cmds {
-                        pipe.add_command(b.many_cmd(parts));
-                    }
-                    metrics::counter!(m::BRIDGE_COMMANDS_TOTAL, "kind" => batch[run.start].kind)
-                        .increment(run.len() as u64);
-                    continue;
-                }
-                let op = &mut batch[run.start];
-                metrics::counter!(m::BRIDGE_COMMANDS_TOTAL, "kind" => op.kind)
-                    .increment(op.cmds.len() as u64);
+            // How many replies are each op's.
+            let mut sizes = Vec::with_capacity(batch.len());
+            for op in &mut batch {
+                let n = op.cmds.len();
+                sizes.push(n);
+                metrics::counter!(m::BRIDGE_COMMANDS_TOTAL, "kind" => op.kind).increment(n as u64);
                 match std::mem::replace(&mut op.cmds, Cmds::Many(Vec::new())) {
                     Cmds::One(cmd) => {
                         pipe.add_command(cmd);
@@ -656,9 +490,6 @@ async fn run(
                         for cmd in cmds {
                             pipe.add_command(cmd);
                         }
-                    }
-                    Cmds::Part(b, part) => {
-                        pipe.add_command(b.one_cmd(&part));
                     }
                 }
             }
@@ -696,22 +527,32 @@ async fn run(
                         true
                     };
                     let mut values = values.into_iter();
-                    let mut ops = batch.drain(..);
-                    for (run, n) in runs.iter().zip(sizes) {
-                        if run.len() == 1 {
-                            if let Some(op) = ops.next() {
-                                answer(op, &mut values, n, confirmed, &mut reload);
+                    for (op, n) in batch.drain(..).zip(sizes) {
+                        match op.reply {
+                            Reply::None => {
+                                for v in values.by_ref().take(n) {
+                                    let _ = reply_of(op.kind, v, &mut reload);
+                                }
                             }
-                            continue;
-                        }
-                        // A merged call: an array of each part's reply (or one
-                        // error for all of them).
-                        let v = values.next().unwrap_or(Value::Nil);
-                        for (op, v) in ops.by_ref().take(run.len()).zip(split_reply(v, run.len())) {
-                            answer(op, &mut std::iter::once(v), 1, confirmed, &mut reload);
+                            Reply::One(reply) => {
+                                let v = values.next().unwrap_or(Value::Nil);
+                                let _ = reply.send(reply_of(op.kind, v, &mut reload));
+                            }
+                            Reply::Durable(reply) => {
+                                let v = values.next().unwrap_or(Value::Nil);
+                                let r = reply_of(op.kind, v, &mut reload).map(|v| (v, confirmed));
+                                let _ = reply.send(r);
+                            }
+                            Reply::Many(reply) => {
+                                let vs = values
+                                    .by_ref()
+                                    .take(n)
+                                    .map(|v| reply_of(op.kind, v, &mut reload))
+                                    .collect();
+                                let _ = reply.send(Ok(vs));
+                            }
                         }
                     }
-                    drop(ops);
                     if reload {
                         // The script cache was flushed, or the server is a replica
                         // now: reconnect (to the primary), which reloads.
@@ -738,98 +579,5 @@ async fn run(
             }
         }
         up.store(false, Ordering::Release);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn batched(max: usize) -> Arc<Batched> {
-        let one = redis::Script::new("return 1");
-        let many = redis::Script::new("return {1}");
-        Arc::new(Batched { one, many, max })
-    }
-
-    fn part(b: &Arc<Batched>, shared: &str, own: &str) -> Op {
-        let part = Part {
-            keys: vec![format!("k:{own}")],
-            shared: vec![shared.to_owned()],
-            own: vec![own.to_owned()],
-        };
-        Op { cmds: Cmds::Part(b.clone(), part), kind: "part", reply: Reply::None }
-    }
-
-    fn plain() -> Op {
-        Op { cmds: Cmds::One(redis::cmd("PING")), kind: "ping", reply: Reply::None }
-    }
-
-    #[test]
-    fn only_neighbouring_parts_of_one_script_and_shared_arguments_merge() {
-        let (b, other) = (batched(3), batched(3));
-        let ops = vec![
-            part(&b, "s", "1"),
-            part(&b, "s", "2"),
-            plain(),
-            part(&b, "s", "3"),
-            part(&b, "s", "4"),
-            part(&b, "s", "5"),
-            part(&b, "s", "6"),
-            part(&b, "t", "7"),
-            part(&other, "t", "8"),
-            part(&other, "t", "9"),
-        ];
-        // A plain command, the cap, other shared arguments and another script each
-        // end a run; order is never changed.
-        assert_eq!(merge_runs(&ops), vec![0..2, 2..3, 3..6, 6..7, 7..8, 8..10]);
-        assert!(merge_runs(&[]).is_empty());
-        assert_eq!(merge_runs(&[plain(), plain()]), vec![0..1, 1..2]);
-    }
-
-    #[test]
-    fn a_merged_call_lists_every_key_the_shared_arguments_once_then_each_own() {
-        let b = batched(8);
-        let parts = [("a", "x"), ("b", "y")].map(|(k, o)| Part {
-            keys: vec![format!("{k}1"), format!("{k}2")],
-            shared: vec!["s1".into(), "s2".into()],
-            own: vec![o.to_owned()],
-        });
-        let args: Vec<Vec<u8>> = b
-            .many_cmd(parts.iter())
-            .args_iter()
-            .map(|a| match a {
-                redis::Arg::Simple(v) => v.to_vec(),
-                _ => Vec::new(),
-            })
-            .collect();
-        let text: Vec<&str> = args.iter().map(|a| std::str::from_utf8(a).expect("utf8")).collect();
-        let hash = b.many.get_hash().to_owned();
-        assert_eq!(text, ["EVALSHA", &hash, "4", "a1", "a2", "b1", "b2", "s1", "s2", "x", "y"]);
-        let one: Vec<Vec<u8>> = b
-            .one_cmd(&parts[0])
-            .args_iter()
-            .map(|a| match a {
-                redis::Arg::Simple(v) => v.to_vec(),
-                _ => Vec::new(),
-            })
-            .collect();
-        assert_eq!(one[1], b.one.get_hash().as_bytes());
-        assert_eq!(one.len(), 3 + 2 + 2 + 1);
-    }
-
-    #[test]
-    fn a_merged_reply_is_split_in_order_and_an_error_reaches_every_part() {
-        let v = Value::Array(vec![Value::Int(1), Value::Int(-1), Value::Int(3)]);
-        assert_eq!(split_reply(v, 3), vec![Value::Int(1), Value::Int(-1), Value::Int(3)]);
-        let err = redis::parse_redis_value(b"-NOSCRIPT no such script\r\n").expect("parse");
-        let split = split_reply(err.clone(), 2);
-        assert_eq!(split, vec![err.clone(), err]);
-        // The wrong count: every part gets an error, none a stray reply.
-        let short = split_reply(Value::Array(vec![Value::Int(1)]), 2);
-        assert_eq!(short.len(), 2);
-        let mut reload = false;
-        for v in short {
-            assert!(reply_of("part", v, &mut reload).is_err());
-        }
     }
 }

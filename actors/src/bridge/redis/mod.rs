@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use self::cluster::Router;
-use self::conn::{Batched, Part, PipePolicy};
+use self::conn::PipePolicy;
 use self::store::Store;
 use self::target::Target;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
@@ -87,8 +87,7 @@ struct Scripts {
     connect: redis::Script,
     count: redis::Script,
     room_open: redis::Script,
-    /// append.lua, merged by the pipe into append_many.lua on one server.
-    append: Arc<Batched>,
+    append: redis::Script,
     event: redis::Script,
     join: redis::Script,
     leave: redis::Script,
@@ -101,7 +100,7 @@ struct Scripts {
     mod_load: redis::Script,
 }
 
-const SOURCES: [&str; 18] = [
+const SOURCES: [&str; 17] = [
     concat!(include_str!("scripts/pool_publish.lua"), include_str!("scripts/begin.lua")),
     concat!(include_str!("scripts/pool_publish.lua"), include_str!("scripts/end.lua")),
     concat!(include_str!("scripts/pool_publish.lua"), include_str!("scripts/claim.lua")),
@@ -111,7 +110,6 @@ const SOURCES: [&str; 18] = [
     concat!(
         include_str!("scripts/trim_bytes.lua"),
         include_str!("scripts/tell_nodes.lua"),
-        include_str!("scripts/append_one.lua"),
         include_str!("scripts/append.lua")
     ),
     concat!(include_str!("scripts/tell_nodes.lua"), include_str!("scripts/event.lua")),
@@ -124,15 +122,7 @@ const SOURCES: [&str; 18] = [
     include_str!("scripts/touch_room.lua"),
     include_str!("scripts/mod_put.lua"),
     include_str!("scripts/mod_load.lua"),
-    concat!(
-        include_str!("scripts/trim_bytes.lua"),
-        include_str!("scripts/append_one.lua"),
-        include_str!("scripts/append_many.lua")
-    ),
 ];
-
-/// Most chat messages one append_many.lua call stores (about 12 µs of Redis each).
-const APPEND_MERGE_MAX: usize = 32;
 
 /// The room scripts' way of telling the other nodes of a room: one `PUBLISH` per
 /// node on one server, one `SPUBLISH` on the room's shard channel on a cluster.
@@ -168,7 +158,7 @@ impl Scripts {
             connect: s(3),
             count: s(4),
             room_open: s(5),
-            append: Arc::new(Batched { one: s(6), many: s(17), max: APPEND_MERGE_MAX }),
+            append: s(6),
             event: s(7),
             join: s(8),
             leave: s(9),
@@ -184,13 +174,6 @@ impl Scripts {
 }
 
 /// `EVALSHA` of a script with its keys and arguments (the pipe loaded the script).
-/// The events of one published payload: one JSON object, or several, one per line
-/// (append_many.lua tells a node of all its messages of one call at once; JSON
-/// never holds a raw newline, inside strings it is escaped).
-fn cluster_events(payload: &[u8]) -> impl Iterator<Item = serde_json::Result<ClusterEvent>> + '_ {
-    payload.split(|b| *b == b'\n').map(serde_json::from_slice::<ClusterEvent>)
-}
-
 fn evalsha(script: &redis::Script, keys: &[String], args: &[String]) -> Cmd {
     let mut c = redis::cmd("EVALSHA");
     c.arg(script.get_hash()).arg(keys.len());
@@ -683,18 +666,17 @@ impl RedisBridge {
                     }
                 };
                 let Some(msg) = msg else { break };
-                for ev in cluster_events(msg.get_payload_bytes()) {
-                    match ev {
-                        Ok(ClusterEvent::Beat { node, .. }) if node == self.node => {
-                            self.health.sub_seen_ms.store(now_ms(), Ordering::Release);
-                        }
-                        Ok(ev) => {
-                            if let Some(sink) = self.sink() {
-                                sink.deliver(ev);
-                            }
-                        }
-                        Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
+                let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
+                match serde_json::from_slice::<ClusterEvent>(&payload) {
+                    Ok(ClusterEvent::Beat { node, .. }) if node == self.node => {
+                        self.health.sub_seen_ms.store(now_ms(), Ordering::Release);
                     }
+                    Ok(ev) => {
+                        if let Some(sink) = self.sink() {
+                            sink.deliver(ev);
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
                 }
             }
             warn!(%server, "cluster subscription ended; resubscribing");
@@ -852,25 +834,23 @@ impl RedisBridge {
                     }
                     return;
                 }
-                for ev in cluster_events(payload) {
-                    match ev {
-                        Ok(ClusterEvent::Beat { node, .. }) if node == self.node => {
-                            let seen = if classic {
-                                &self.health.classic_seen_ms
-                            } else {
-                                &self.health.sub_seen_ms
-                            };
-                            seen.store(now_ms(), Ordering::Release);
-                        }
-                        // A room's channel carries this node's own events back.
-                        Ok(ClusterEvent::Room { origin, .. }) if origin == self.node => {}
-                        Ok(ev) => {
-                            if let Some(sink) = self.sink() {
-                                sink.deliver(ev);
-                            }
-                        }
-                        Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
+                match serde_json::from_slice::<ClusterEvent>(payload) {
+                    Ok(ClusterEvent::Beat { node, .. }) if node == self.node => {
+                        let seen = if classic {
+                            &self.health.classic_seen_ms
+                        } else {
+                            &self.health.sub_seen_ms
+                        };
+                        seen.store(now_ms(), Ordering::Release);
                     }
+                    // A room's channel carries this node's own events back.
+                    Ok(ClusterEvent::Room { origin, .. }) if origin == self.node => {}
+                    Ok(ev) => {
+                        if let Some(sink) = self.sink() {
+                            sink.deliver(ev);
+                        }
+                    }
+                    Err(e) => debug!(error = %e, "ignored an unreadable cluster event"),
                 }
             }
             PushKind::SUnsubscribe => {
@@ -1601,8 +1581,9 @@ impl Bridge for RedisBridge {
             text: msg.text.clone(),
             ts: msg.ts,
         };
-        let part = Part {
-            keys: vec![
+        let cmd = evalsha(
+            &self.scripts.append,
+            &[
                 room_key(r, "seq"),
                 room_key(r, "log"),
                 room_key(r, "members"),
@@ -1610,26 +1591,23 @@ impl Bridge for RedisBridge {
                 sent_key(r, &msg.sender, client_msg_id.unwrap_or_default()),
                 room_key(r, "sentids"),
             ],
-            shared: vec![
+            &[
+                prefix,
+                suffix,
                 STREAM_CAP.to_string(),
+                serde_json::to_string(&stored).unwrap_or_default(),
+                msg.sender.clone(),
                 self.node.clone(),
                 self.history_bytes().to_string(),
                 self.key_ttl_ms().to_string(),
+                client_msg_id.unwrap_or_default().to_owned(),
                 settings.dedup_window_ms.max(1).to_string(),
                 settings.dedup_max_per_room.to_string(),
-            ],
-            own: vec![
-                prefix,
-                suffix,
-                serde_json::to_string(&stored).unwrap_or_default(),
-                msg.sender.clone(),
-                client_msg_id.unwrap_or_default().to_owned(),
                 msg.msg_id.clone(),
             ],
-        };
-        // Acknowledged only once the replicas asked for hold it (`WAIT`). On one
-        // server, appends queued next to each other go out as one call.
-        let fut = self.pipe.call_durable_part("append", &self.scripts.append, part);
+        );
+        // Acknowledged only once the replicas asked for hold it (`WAIT`).
+        let fut = self.pipe.call_durable("append", cmd);
         Box::pin(async move {
             let (reply, confirmed) = fut.await?;
             if let Value::Array(original) = &reply {

@@ -11,7 +11,7 @@ use redis::{Cmd, Value};
 use tracing::debug;
 
 use super::cluster::Router;
-use super::conn::{Batched, Part, Pipe};
+use super::conn::Pipe;
 use crate::bridge::BridgeError;
 
 type Fut<T> = Pin<Box<dyn Future<Output = Result<T, BridgeError>> + Send>>;
@@ -61,20 +61,6 @@ impl Store {
         match self {
             Store::One(p) => Box::pin(p.call_durable(kind, cmd)),
             Store::Cluster(r) => Box::pin(r.call(kind, cmd, true)),
-        }
-    }
-
-    /// A durable call of a [`Batched`] script: on one server it may go out merged
-    /// with its neighbours; on a cluster (whose neighbours are in other slots) alone.
-    pub fn call_durable_part(
-        &self,
-        kind: &'static str,
-        script: &Arc<Batched>,
-        part: Part,
-    ) -> Fut<(Value, bool)> {
-        match self {
-            Store::One(p) => Box::pin(p.call_durable_part(kind, script, part)),
-            Store::Cluster(r) => Box::pin(r.call(kind, script.one_cmd(&part), true)),
         }
     }
 
