@@ -53,6 +53,16 @@ pub struct Op {
     pub reply: Reply,
 }
 
+impl Op {
+    /// Whether this op may wait for a busy pipe's linger: only a durable write (a
+    /// chat send, whose ack waits for the replicas anyway). Everything else may be
+    /// a step of a chain that a user waits on: a claim, a join, and also what
+    /// nobody answers, such as an offer published to another node.
+    fn may_linger(&self) -> bool {
+        matches!(self.reply, Reply::Durable(_))
+    }
+}
+
 /// The command(s) of one [`Op`].
 pub enum Cmds {
     One(Cmd),
@@ -91,13 +101,14 @@ pub struct PipePolicy {
     /// `WAIT`'s timeout (ms).
     pub timeout_ms: u64,
     /// Under load, at most one pipeline starts per this many ms: what arrives
-    /// meanwhile joins it (0: send at once). A pipe idle for longer sends at once.
+    /// meanwhile joins it (0: send at once). A pipe idle for longer sends at once,
+    /// and so does one given anything but a chat send (see [`Op::may_linger`]).
     pub linger_ms: u64,
 }
 
 impl Default for PipePolicy {
     fn default() -> Self {
-        PipePolicy { replicas: None, timeout_ms: 500, linger_ms: 0 }
+        PipePolicy { replicas: None, timeout_ms: 500, linger_ms: 2 }
     }
 }
 
@@ -462,12 +473,18 @@ async fn run(
             }
             // A busy pipe (the last pipeline started less than `linger` ago)
             // gathers what comes until then: fewer, larger pipelines cost Redis
-            // far less per command (one read and one write for many).
+            // far less per command (one read and one write for many). Only while
+            // everything gathered may wait, though (chat sends): anything else is
+            // sent at once, with whatever has gathered.
             let due = last_sent + linger;
-            while batch.len() < BATCH && tokio::time::Instant::now() < due {
+            let mut patient = batch.iter().all(Op::may_linger);
+            while patient && batch.len() < BATCH && tokio::time::Instant::now() < due {
                 tokio::select! {
                     op = rx.recv() => match op {
-                        Some(op) => batch.push(op),
+                        Some(op) => {
+                            patient = op.may_linger();
+                            batch.push(op);
+                        }
                         None => return,
                     },
                     _ = tokio::time::sleep_until(due) => break,
@@ -579,5 +596,22 @@ async fn run(
             }
         }
         up.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(reply: Reply) -> Op {
+        Op { cmds: Cmds::One(redis::cmd("PING")), kind: "ping", reply }
+    }
+
+    #[test]
+    fn only_durable_writes_wait_for_the_linger() {
+        assert!(!op(Reply::None).may_linger());
+        assert!(op(Reply::Durable(oneshot::channel().0)).may_linger());
+        assert!(!op(Reply::One(oneshot::channel().0)).may_linger());
+        assert!(!op(Reply::Many(oneshot::channel().0)).may_linger());
     }
 }
