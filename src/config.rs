@@ -125,7 +125,7 @@ pub struct Config {
     /// How long a send waits for --redis-ack-replicas replicas (ms) before it is answered `unavailable`
     #[arg(long, default_value_t = 500, value_name = "MS")]
     pub redis_ack_timeout_ms: u64,
-    /// Under load, the node sends Redis at most one pipeline per this many ms (per primary), gathering the commands that arrive meanwhile: less Redis CPU per message for up to this much more latency per Redis call. A node idle for longer sends at once. 0 = send every batch at once; the default 2 ms cut Redis CPU per message by about 30 % for about 2 ms more p99 at 5,000 cross-node messages/s (BENCHMARKS.md)
+    /// Under load, chat sends wait up to this many ms to share one Redis pipeline (per primary): less Redis CPU per message for up to this much more latency per cross-node message. Any other Redis call, and a node idle for longer, sends at once. 0 = every send goes at once; the default 2 ms cut Redis CPU per message by about 30 % for about 2 ms more p99 at 5,000 cross-node messages/s (BENCHMARKS.md)
     #[arg(long, default_value_t = 2, value_name = "MS")]
     pub redis_linger_ms: u64,
     /// HS256 secret for client JWTs (claim `sub` = user id), at least 32 bytes; enables token auth
