@@ -86,10 +86,11 @@ def append_args(sha, i, rooms, with_id):
     prefix, suffix = ev.split('"seq":0', 1)
     stored = json.dumps({"msg_id": mid, "sender": sender, "text": "x" * 64, "ts": 1796321086987},
                         separators=(",", ":"))
+    field = f"{len(sender)}:{sender}:{cid}" if with_id else ""
     return ["EVALSHA", sha, 6, key("seq"), key("log"), key("members"), key("meta"),
-            f"rdv:room:{{r{r}}}:sent:{len(sender)}:{sender}:{cid}", key("sentids"),
+            key("sent"), key("sentids"),
             prefix + '"seq":', suffix, 10000, stored, sender, "n0", 65536, 90000,
-            cid, 600000, 1000, mid]
+            field, 600000, 1000, mid, int(time.time() * 1000)]
 
 
 def main():

@@ -498,24 +498,26 @@ async fn resends_get_the_original_within_the_rooms_last_ids(fx: Arc<Fixture>) {
     assert_eq!(once(b, "y", "three", "c1").await.expect("append"), Some(Appended::Stored(seq)));
 
     // Many more: the store keeps a bounded number of records for the room (the
-    // most it remembers and one batch of 31), each living one dedup window.
+    // most it remembers and one batch of 31), living at least one dedup window.
     for i in 0..100u64 {
         seq += 1;
         let got = once(a, "x", &format!("n{i}"), &format!("n{i}")).await.expect("append");
         assert_eq!(got, Some(Appended::Stored(seq)));
     }
     let Some(redis) = &fx.redis else { return };
-    let records = match redis.cmd(&["KEYS", "rdv:room:{d1}:sent:*"]) {
-        common::cluster::Resp::Array(Some(keys)) => keys.len(),
-        other => panic!("KEYS: {other:?}"),
+    let int = |args: &[&str]| match redis.cmd(args) {
+        common::cluster::Resp::Int(n) => n,
+        other => panic!("{args:?}: {other:?}"),
     };
+    let records = int(&["HLEN", "rdv:room:{d1}:sent"]) as usize;
     assert!((DEDUP_MAX..=DEDUP_MAX + 31).contains(&records), "{records} records");
-    let ttl = match redis.cmd(&["PTTL", "rdv:room:{d1}:sent:1:x:n99"]) {
-        common::cluster::Resp::Int(ms) => ms,
-        other => panic!("PTTL: {other:?}"),
-    };
+    assert_eq!(int(&["HEXISTS", "rdv:room:{d1}:sent", "1:x:n99"]), 1);
+    // Renewed to 1.5 windows when less than one was left: at least one left now.
     let window = BridgeSettings::default().dedup_window_ms as i64;
-    assert!(ttl > 0 && ttl <= window, "record TTL {ttl} ms");
+    for key in ["rdv:room:{d1}:sent", "rdv:room:{d1}:sentids"] {
+        let ttl = int(&["PTTL", key]);
+        assert!(ttl > window - 60_000 && ttl <= window * 3 / 2, "{key}: TTL {ttl} ms");
+    }
 }
 
 async fn seats_join_move_leave_and_close(fx: Arc<Fixture>) {

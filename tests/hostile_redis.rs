@@ -9,6 +9,7 @@
 //!   beyond the grace plus the margin, while the keys of the users and rooms of the
 //!   surviving node outlive that lifetime (they are refreshed).
 //! * A room chatting across the nodes for longer than its keys' lifetime keeps them.
+//! * A resend of a `client_msg_id` after `--dedup-window-ms` is a new message.
 //! * A room's stream in Redis is capped in bytes (`--history-bytes`), oldest first.
 //! * A language whose pool is empty leaves `rdv:pool:langs`.
 //!
@@ -463,18 +464,19 @@ async fn a_killed_node_leaves_no_per_user_keys_beyond_the_grace_and_margin() {
         let mine = keys_of_user(&keys, u);
         assert_eq!(mine.len(), 2, "{u}'s node and rooms keys: {mine:?}");
     }
-    // The four room keys, plus the duplicate-send records of its `client_msg_id`s,
-    // each living one dedup window (10 min) after its send.
+    // The four room keys, plus the records of its `client_msg_id`s (a hash and its
+    // list), living 1.5 dedup windows (15 min) from their last renewal.
     let room_keys = keys_of_room(&keys, &room_a);
-    let dedup = |k: &str| k.contains(":sent:") || k.ends_with(":sentids");
+    let dedup = |k: &str| k.ends_with(":sent") || k.ends_with(":sentids");
     assert_eq!(
         room_keys.iter().filter(|k| !dedup(k.as_str())).count(),
         4,
         "live room's keys: {keys:?}"
     );
+    assert_eq!(room_keys.iter().filter(|k| dedup(k.as_str())).count(), 2, "{keys:?}");
     for k in room_keys.iter().filter(|k| dedup(k.as_str())) {
         let ttl = int(cluster.redis.cmd(&["TTL", k]));
-        assert!((1..=600).contains(&ttl), "{k}: TTL {ttl}");
+        assert!((1..=900).contains(&ttl), "{k}: TTL {ttl}");
     }
     // The room goes on with its seq.
     assert_eq!(sent_ok(&mut a1, &room_a, "after").await, 2);
@@ -487,9 +489,41 @@ async fn sent_ok(c: &mut Client, room: &str, id: &str) -> u64 {
     sent(c, room, id).await.seq
 }
 
+/// A resend within `--dedup-window-ms` gets the original `ack` and is not stored or
+/// delivered again; one after the window is a new message. The record's stored time
+/// decides, not its key's lifetime (the room's records live longer than a window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_the_dedup_window_is_a_new_message() {
+    let _serial = SERIAL.lock().await;
+    let mut args = node_args();
+    args.push(("--dedup-window-ms", "1500"));
+    let cluster = Cluster::start_with(2, &args).await;
+    let (mut c1, mut c2, room) = pair(&cluster, (0, "dw1"), (1, "dw2")).await;
+    let first = exchange(&mut c1, &mut c2, &room, "hello", "same").await;
+    assert_eq!(first.seq, 1);
+    send_text(&mut c1, &room, "hello again", "same").await;
+    match next(&mut c1).await {
+        ServerFrame::Ack { client_msg_id, seq, msg_id, .. } => {
+            assert_eq!(client_msg_id.as_deref(), Some("same"));
+            assert_eq!((seq, msg_id), (1, first.msg_id.clone()), "the original ack");
+        }
+        other => panic!("expected the original ack, got {other:?}"),
+    }
+    let records = format!("rdv:room:{{{room}}}:sent");
+    let life = int(cluster.redis.cmd(&["PTTL", &records]));
+    assert!(life > 1_500, "the records outlive one window: PTTL {life}");
+    tokio::time::sleep(Duration::from_millis(1_700)).await;
+    let again = exchange(&mut c1, &mut c2, &room, "hello after", "same").await;
+    assert_eq!((again.seq, again.text.as_str()), (2, "hello after"), "stored as new");
+    // Both clients saw nothing else: the resend within the window was not delivered.
+    let last = exchange(&mut c2, &mut c1, &room, "bye", "b1").await;
+    assert_eq!(last.seq, 3);
+}
+
 /// A room whose members chat across the nodes for two key lifetimes keeps its keys:
 /// sends renew none of them (append.lua), the node holding the room does, every
-/// third of the margin. Each duplicate-send record lives one dedup window.
+/// third of the margin. The duplicate-send records (one per send) live at least one
+/// dedup window.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_chatting_past_its_key_lifetime_keeps_its_keys() {
     let _serial = SERIAL.lock().await;
@@ -511,12 +545,11 @@ async fn a_room_chatting_past_its_key_lifetime_keeps_its_keys() {
         let ttl = int(cluster.redis.cmd(&["PTTL", &key]));
         assert!(ttl > 0 && ttl <= key_ttl().as_millis() as i64, "{key}: PTTL {ttl} ({keys:?})");
     }
-    let records: Vec<&String> =
-        keys_of_room(&keys, &room).into_iter().filter(|k| k.contains(":sent:")).collect();
-    assert_eq!(records.len(), seq as usize, "one record per send: {records:?}");
-    for k in records {
-        let ttl = int(cluster.redis.cmd(&["PTTL", k]));
-        assert!(ttl > 0 && ttl <= 600_000, "{k}: PTTL {ttl}");
+    let records = format!("{tag}sent");
+    assert_eq!(int(cluster.redis.cmd(&["HLEN", &records])), seq as i64, "one record per send");
+    for k in [records, format!("{tag}sentids")] {
+        let ttl = int(cluster.redis.cmd(&["PTTL", &k]));
+        assert!(ttl > 600_000 - 2 * key_ttl().as_millis() as i64 && ttl <= 900_000, "{k}: PTTL {ttl}");
     }
     // The room goes on with its seq, on both nodes.
     assert_eq!(sent_ok(&mut c2, &room, "after").await, seq + 1);

@@ -259,10 +259,10 @@ fn user_key(user: &str, what: &str) -> String {
 fn room_key(room: &str, what: &str) -> String {
     format!("rdv:room:{{{room}}}:{what}")
 }
-/// The record of `sender`'s `client_msg_id` in `room` (append.lua): the sender's
-/// length first, so no two (sender, id) pairs share a key.
-fn sent_key(room: &str, sender: &str, client_msg_id: &str) -> String {
-    room_key(room, &format!("sent:{}:{sender}:{client_msg_id}", sender.len()))
+/// The field of `sender`'s `client_msg_id` in its room's hash of records
+/// (append.lua): the sender's length first, so no two (sender, id) pairs share one.
+fn sent_field(sender: &str, client_msg_id: &str) -> String {
+    format!("{}:{sender}:{client_msg_id}", sender.len())
 }
 /// The four keys of a room, in the order the scripts take them.
 fn room_keys(room: &str) -> [String; 4] {
@@ -1588,7 +1588,7 @@ impl Bridge for RedisBridge {
                 room_key(r, "log"),
                 room_key(r, "members"),
                 room_key(r, "meta"),
-                sent_key(r, &msg.sender, client_msg_id.unwrap_or_default()),
+                room_key(r, "sent"),
                 room_key(r, "sentids"),
             ],
             &[
@@ -1600,10 +1600,11 @@ impl Bridge for RedisBridge {
                 self.node.clone(),
                 self.history_bytes().to_string(),
                 self.key_ttl_ms().to_string(),
-                client_msg_id.unwrap_or_default().to_owned(),
+                client_msg_id.map(|id| sent_field(&msg.sender, id)).unwrap_or_default(),
                 settings.dedup_window_ms.max(1).to_string(),
                 settings.dedup_max_per_room.to_string(),
                 msg.msg_id.clone(),
+                now_ms().to_string(),
             ],
         );
         // Acknowledged only once the replicas asked for hold it (`WAIT`).

@@ -3,28 +3,31 @@
 -- node delivers it itself when this returns.
 -- KEYS[1] rdv:room:{ROOM}:seq   KEYS[2] rdv:room:{ROOM}:log (stream, id = "SEQ-1")
 -- KEYS[3] rdv:room:{ROOM}:members   KEYS[4] rdv:room:{ROOM}:meta
--- KEYS[5] rdv:room:{ROOM}:sent:LEN:SENDER:CLIENT_MSG_ID (LEN = bytes of SENDER): the
---   sender's record of this client_msg_id, "SEQ MSG_ID", living one dedup window;
---   only touched when ARGV[9] is not empty
--- KEYS[6] rdv:room:{ROOM}:sentids: the room's record keys, oldest first (a list
---   living one dedup window after its last trim)
+-- KEYS[5] rdv:room:{ROOM}:sent: the room's records of client_msg_ids, a hash from
+--   "LEN:SENDER:CLIENT_MSG_ID" (LEN = bytes of SENDER) to "SEQ MS MSG_ID" (MS: when
+--   it was stored, the sending node's clock); only touched when ARGV[9] is not empty
+-- KEYS[6] rdv:room:{ROOM}:sentids: the record fields, oldest first (a list)
 -- ARGV[1] event JSON up to the seq   ARGV[2] event JSON after the seq
 -- ARGV[3] stream cap (messages)   ARGV[4] stored message JSON   ARGV[5] sender
 -- ARGV[6] the sending node (not published to)   ARGV[7] byte cap of the stream
 -- ARGV[8] ttl of a new room's seq and log (ms)
--- ARGV[9] client_msg_id ("" = none: no deduplication)   ARGV[10] dedup window (ms)
--- ARGV[11] most ids remembered per room (0 = none)   ARGV[12] the message's msg_id
+-- ARGV[9] the record's field ("" = no client_msg_id: no deduplication)
+-- ARGV[10] dedup window (ms)   ARGV[11] most ids remembered per room (0 = none)
+-- ARGV[12] the message's msg_id   ARGV[13] now (ms since the epoch, the node's clock)
 -- Returns the new seq, -1 when the sender is not a member, or {seq, msg_id} of
 -- the sender's earlier message with the same client_msg_id (a resend: nothing is
 -- stored or published).
 --
--- A record is remembered for the window (its key's lifetime) and while it is one
--- of the room's last ARGV[11] messages: a room never remembers more ids than that,
--- the oldest forgotten first. It holds at most 31 records more than that (the list
--- KEYS[6]; records of a list that expired go with the window).
--- The common path is six commands (eight with a client_msg_id): HGETALL, INCR,
--- [SET, RPUSH], HMGET, XADD, HSET, PUBLISH. The room's keys are not renewed here:
--- the node that holds the room renews them every third of their margin
+-- A record counts for the window (its stored time) and while it is one of the
+-- room's last ARGV[11] messages: a room never remembers more ids than that, the
+-- oldest forgotten first. The hash holds at most 31 records more than that (the
+-- list KEYS[6] drops the oldest 32 at a time). Both live at least one window past
+-- the room's last record: their lifetime is renewed to 1.5 windows whenever less
+-- than one is left (meta `sexp`, when they expire by the sending node's clock), so
+-- renewing costs a command every half window, not every send.
+-- The common path is seven commands (nine with a client_msg_id): HGETALL, INCR,
+-- HMGET, [HSETNX, RPUSH], XADD, HSET, PUBLISH. The room's keys are not renewed
+-- here: the node that holds the room renews them every third of their margin
 -- (touch_room.lua), chatting or not.
 -- The byte cap's functions (`trim`, `byte_marks`, `field`) come from trim_bytes.lua
 -- and `tell_nodes` from tell_nodes.lua, both prepended to this file.
@@ -41,33 +44,37 @@ if not member then
 end
 
 local seq = redis.call('INCR', KEYS[1])
-if ARGV[9] ~= '' and tonumber(ARGV[11]) > 0 then
-  local record = seq .. ' ' .. ARGV[12]
-  -- Stored only if the sender has no record of this id; else the record is returned.
-  local prev = redis.call('SET', KEYS[5], record, 'NX', 'PX', ARGV[10], 'GET')
-  if prev then
-    local sp = string.find(prev, ' ', 1, true)
-    local orig = sp and tonumber(string.sub(prev, 1, sp - 1))
+local bend, bstart, sexp = byte_marks(KEYS[2], KEYS[4], 'sexp')
+local renewed = nil
+local max = tonumber(ARGV[11])
+if ARGV[9] ~= '' and max > 0 then
+  local now, window = tonumber(ARGV[13]), tonumber(ARGV[10])
+  local record = seq .. ' ' .. ARGV[13] .. ' ' .. ARGV[12]
+  -- Stored only if the sender has no record of this id; else the record is read.
+  if redis.call('HSETNX', KEYS[5], ARGV[9], record) == 0 then
+    local prev = redis.call('HGET', KEYS[5], ARGV[9]) or ''
+    local s, t, id = string.match(prev, '^(%d+) (%d+) (.*)$')
+    local orig = tonumber(s)
     -- The original must be older than this seq (a record outliving an earlier
-    -- life of the room is stale) and among the last ARGV[11] messages.
-    if orig and orig < seq and seq - orig <= tonumber(ARGV[11]) then
+    -- life of the room is stale), among the last ARGV[11] messages and stored
+    -- within the window.
+    if orig and orig < seq and seq - orig <= max and now - tonumber(t) < window then
       -- A resend. Giving the seq back is a write of the caller's, so a WAIT after
       -- this reply confirms the replicas hold the original (written before it in
       -- the replication stream), even on a connection that did not store it.
       redis.call('DECR', KEYS[1])
-      return {orig, string.sub(prev, sp + 1)}
+      return {orig, id}
     end
     -- Forgotten (or unreadable): this message takes the record over.
-    redis.call('SET', KEYS[5], record, 'PX', ARGV[10])
+    redis.call('HSET', KEYS[5], ARGV[9], record)
   end
-  -- The room's records, oldest first, bound its memory: past the most it remembers
-  -- (and a batch, so this runs once per 32 records) the oldest are dropped, but
-  -- only those a newer message has not taken over.
-  local max = tonumber(ARGV[11])
-  local n = redis.call('RPUSH', KEYS[6], KEYS[5])
+  -- The room's record fields, oldest first, bound its memory: past the most it
+  -- remembers (and a batch, so this runs once per 32 records) the oldest are
+  -- dropped, but only those a newer message has not taken over.
+  local n = redis.call('RPUSH', KEYS[6], ARGV[9])
   if n > max + 31 then
     local old = redis.call('LPOP', KEYS[6], math.min(n - max, 256))
-    local vals = redis.call('MGET', unpack(old))
+    local vals = redis.call('HMGET', KEYS[5], unpack(old))
     local gone = {}
     for i, v in ipairs(vals) do
       local s = v and tonumber(string.match(v, '^%d+'))
@@ -76,18 +83,24 @@ if ARGV[9] ~= '' and tonumber(ARGV[11]) > 0 then
       end
     end
     if #gone > 0 then
-      redis.call('UNLINK', unpack(gone))
+      redis.call('HDEL', KEYS[5], unpack(gone))
     end
   end
-  if n == 1 or n > max + 31 then
-    redis.call('PEXPIRE', KEYS[6], ARGV[10])
+  if not tonumber(sexp or '') or tonumber(sexp) < now + window then
+    local life = window + math.floor(window / 2)
+    redis.call('PEXPIRE', KEYS[5], life)
+    redis.call('PEXPIRE', KEYS[6], life)
+    renewed = now + life
   end
 end
 
-local bend, bstart = byte_marks(KEYS[2], KEYS[4])
 bend = bend + #ARGV[4]
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'j', ARGV[4], 'c', bend)
-redis.call('HSET', KEYS[4], 'bend', bend)
+if renewed then
+  redis.call('HSET', KEYS[4], 'bend', bend, 'sexp', renewed)
+else
+  redis.call('HSET', KEYS[4], 'bend', bend)
+end
 if seq == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
   redis.call('PEXPIRE', KEYS[2], ARGV[8])
