@@ -125,8 +125,8 @@ pub struct Config {
     /// How long a send waits for --redis-ack-replicas replicas (ms) before it is answered `unavailable`
     #[arg(long, default_value_t = 500, value_name = "MS")]
     pub redis_ack_timeout_ms: u64,
-    /// Under load, chat sends wait up to this many ms to share one Redis pipeline (per primary): less Redis CPU per message for up to this much more latency per cross-node message. Any other Redis call, and a node idle for longer, sends at once. 0 = every send goes at once; the default 2 ms cut Redis CPU per message by about 30 % for about 2 ms more p99 at 5,000 cross-node messages/s (BENCHMARKS.md)
-    #[arg(long, default_value_t = 2, value_name = "MS")]
+    /// Under load, chat sends wait up to this many ms to share one Redis pipeline (per primary): less Redis CPU per message for up to this much more latency per cross-node message. Any other Redis call, and a node idle for longer, sends at once. 0 = every send goes at once; the default 5 ms halves Redis CPU per message against 0 for about 3 ms more median and 5 ms more p99 at 5,000 cross-node messages/s (BENCHMARKS.md)
+    #[arg(long, default_value_t = 5, value_name = "MS")]
     pub redis_linger_ms: u64,
     /// HS256 secret for client JWTs (claim `sub` = user id), at least 32 bytes; enables token auth
     #[arg(long, value_name = "SECRET", hide_env_values = true)]
@@ -679,7 +679,7 @@ mod tests {
         let c = load_line("--redis-ack-replicas 2 --redis-ack-timeout-ms 800").expect("valid");
         assert_eq!((c.redis_ack_replicas, c.redis_ack_timeout_ms), (Some(2), 800));
         assert!(matches!(load_line("--redis-ack-timeout-ms 0"), Err(ConfigError::AckTimeout)));
-        assert_eq!(c.redis_linger_ms, 2, "a busy node gathers for 2 ms unless told");
+        assert_eq!(c.redis_linger_ms, 5, "a busy node gathers for 5 ms unless told");
         assert_eq!(load_line("--redis-linger-ms 0").expect("valid").redis_linger_ms, 0);
         assert!(matches!(load_line("--redis-linger-ms 51"), Err(ConfigError::Linger)));
         let err =

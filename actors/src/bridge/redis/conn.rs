@@ -108,7 +108,7 @@ pub struct PipePolicy {
 
 impl Default for PipePolicy {
     fn default() -> Self {
-        PipePolicy { replicas: None, timeout_ms: 500, linger_ms: 2 }
+        PipePolicy { replicas: None, timeout_ms: 500, linger_ms: 5 }
     }
 }
 
