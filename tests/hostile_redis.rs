@@ -549,7 +549,10 @@ async fn a_room_chatting_past_its_key_lifetime_keeps_its_keys() {
     assert_eq!(int(cluster.redis.cmd(&["HLEN", &records])), seq as i64, "one record per send");
     for k in [records, format!("{tag}sentids")] {
         let ttl = int(cluster.redis.cmd(&["PTTL", &k]));
-        assert!(ttl > 600_000 - 2 * key_ttl().as_millis() as i64 && ttl <= 900_000, "{k}: PTTL {ttl}");
+        assert!(
+            ttl > 600_000 - 2 * key_ttl().as_millis() as i64 && ttl <= 900_000,
+            "{k}: PTTL {ttl}"
+        );
     }
     // The room goes on with its seq, on both nodes.
     assert_eq!(sent_ok(&mut c2, &room, "after").await, seq + 1);
