@@ -1600,7 +1600,10 @@ impl Bridge for RedisBridge {
                 self.node.clone(),
                 self.history_bytes().to_string(),
                 self.key_ttl_ms().to_string(),
-                client_msg_id.map(|id| sent_field(&msg.sender, id)).unwrap_or_default(),
+                client_msg_id
+                    .filter(|id| !id.is_empty())
+                    .map(|id| sent_field(&msg.sender, id))
+                    .unwrap_or_default(),
                 settings.dedup_window_ms.max(1).to_string(),
                 settings.dedup_max_per_room.to_string(),
                 msg.msg_id.clone(),
