@@ -6,11 +6,14 @@
 #   Redis CPU per message = delta(used_cpu_user + used_cpu_sys of `INFO cpu`)
 #                           / messages sent (the load tester's result JSON)
 #
-# and, from `INFO commandstats` (reset once both nodes are ready), Redis commands
-# per message (calls of every command, inside scripts included, over the sent
-# count) and where the time goes, per command. The CPU delta covers the whole
-# load-tester run: setting up the pairs, heartbeats and key refreshes too, which
-# are small next to the messages at these settings (about 1 % of the calls).
+# with each run's chat delivery and cross-node match latencies (p50 / p99, from the
+# same JSON: the cost a linger adds shows there), and, from `INFO commandstats`
+# (reset once both nodes are ready), Redis commands per message (calls of every
+# command, inside scripts included, over the sent count) and where the time goes,
+# per command. The CPU delta covers the whole load-tester run: setting up the
+# pairs, heartbeats and key refreshes too. They are about 1 % of the calls but,
+# unbatched, about 6 us per message of the CPU at these settings (RATE=0.1 shows
+# them nearly alone).
 # Runs RUNS times (default 3), each on fresh processes, and prints the median:
 # CPU *time* per message holds roughly steady on a shared machine, one run does not.
 #
@@ -138,9 +141,11 @@ for k in range(1, runs + 1):
     inner = sum(c for name, (c, _) in st.items() if name not in ("evalsha", "eval"))
     scripts = sum(st.get(n, (0, 0))[0] for n in ("evalsha", "eval"))
     rows.append((us, sent, d["lost"], d["delivered"], inner / sent, scripts / sent, st))
+    lat = lambda name: "{p50_ms:.2f} / {p99_ms:.2f} ms".format(**d[name]) if d.get(name) else "-"
     print(f"run {k}: sent {sent}, delivered {d['delivered']}, lost {d['lost']}, "
           f"redis cpu {us:.1f} us/msg, {inner / sent:.2f} commands/msg "
-          f"(+{scripts / sent:.2f} script calls/msg)")
+          f"(+{scripts / sent:.2f} script calls/msg); delivery p50 / p99 "
+          f"{lat('delivery_latency')}, setup match p50 / p99 {lat('setup_match_latency')}")
 
 rows.sort(key=lambda r: r[0])
 med = rows[len(rows) // 2]
