@@ -45,6 +45,7 @@ end
 
 local seq = redis.call('INCR', KEYS[1])
 local bend, bstart, sexp = byte_marks(KEYS[2], KEYS[4], 'sexp')
+sexp = tonumber(sexp or '')
 local renewed = nil
 local max = tonumber(ARGV[11])
 if ARGV[9] ~= '' and max > 0 then
@@ -86,7 +87,7 @@ if ARGV[9] ~= '' and max > 0 then
       redis.call('HDEL', KEYS[5], unpack(gone))
     end
   end
-  if not tonumber(sexp or '') or tonumber(sexp) < now + window then
+  if not sexp or sexp < now + window then
     local life = window + math.floor(window / 2)
     redis.call('PEXPIRE', KEYS[5], life)
     redis.call('PEXPIRE', KEYS[6], life)
