@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use rendezvous_actors::config::LadderStep;
 use rendezvous_actors::ids::{Interest, UserId};
-use rendezvous_actors::matching::pool::{Criteria, Entry, Pool};
+use rendezvous_actors::matching::pool::{Criteria, Entry, Pool, Roam};
 
 const WAITING: usize = 10_000;
 
@@ -52,7 +52,7 @@ fn entry(
         criteria: Criteria {
             interests,
             language: Arc::from("en"),
-            roaming: false,
+            roam: Roam::Stays,
             region: Some(Arc::from(region)),
             group_size: 2,
         },

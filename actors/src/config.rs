@@ -58,6 +58,41 @@ impl fmt::Display for LadderStep {
     }
 }
 
+/// A language whose pool is split into `parts` pools of their own
+/// (`LANG~0` … `LANG~{parts-1}`), each a hash slot of its own in Redis Cluster.
+/// On the command line: `LANG=PARTS`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LanguageParts {
+    pub language: String,
+    pub parts: u16,
+}
+
+/// Most parts one language may be split into.
+pub const MAX_LANGUAGE_PARTS: u16 = 64;
+
+impl FromStr for LanguageParts {
+    type Err = String;
+
+    /// Parse `en=4`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let Some((language, parts)) = s.trim().split_once('=') else {
+            return Err(format!("language parts `{s}` is not LANG=PARTS (e.g. en=4)"));
+        };
+        let parts = parts
+            .trim()
+            .parse()
+            .map_err(|e| format!("language parts `{s}`: PARTS is not a number: {e}"))?;
+        Ok(LanguageParts { language: language.trim().to_owned(), parts })
+    }
+}
+
+impl fmt::Display for LanguageParts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}={}", self.language, self.parts)
+    }
+}
+
 /// Everything the actors need to know. Defaults are the protocol's defaults.
 ///
 /// The first paragraph of each field's doc is its `--help` line; what follows is
@@ -100,6 +135,19 @@ pub struct EngineConfig {
     /// Comma-separated language tags a search may name (e.g. en,fr,pt-BR); others get `bad_request`; unset = any well-formed tag
     #[arg(long, value_delimiter = ',', value_name = "TAGS", help_heading = "Matching")]
     pub languages: Vec<String>,
+    /// Languages whose pool is split into several (LANG=PARTS, comma-separated, e.g. en=4); every node must be given the same
+    ///
+    /// Each part is a pool of its own, in a hash slot of its own: a language that
+    /// takes most of the traffic then spreads its claims and pool events over
+    /// several Redis Cluster primaries (and several local pool shards) instead of
+    /// one. A search starts in the part its user id hashes to and moves to a
+    /// sibling part where others wait when it is alone, or after a second without a
+    /// match, like a search without a language moves between languages. Clients
+    /// see no difference: the parts share the language's name in every frame and
+    /// metric. Split only a language with many waiting at once (hundreds per part):
+    /// fewer waiting per pool means fewer candidates to choose the best from.
+    #[arg(long, value_delimiter = ',', value_name = "LANG=PARTS", help_heading = "Matching")]
+    pub language_parts: Vec<LanguageParts>,
     /// Most languages with their own per-language pool metric series; the rest are summed as `other`
     ///
     /// Admitted first come and kept: the exporter cannot delete a series.
@@ -314,6 +362,15 @@ fn bad(field: &'static str, reason: impl Into<String>) -> ConfigError {
 }
 
 impl EngineConfig {
+    /// How many pools `language` (a lower-cased tag) is split into: 1 unless
+    /// `language_parts` names it.
+    pub fn parts_of(&self, language: &str) -> u16 {
+        self.language_parts
+            .iter()
+            .find(|lp| lp.language.eq_ignore_ascii_case(language))
+            .map_or(1, |lp| lp.parts)
+    }
+
     /// Check the settings hang together; called once at start-up.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.ladder.first().is_some_and(|s| s.after_ms != 0) {
@@ -378,6 +435,24 @@ impl EngineConfig {
                     "languages",
                     format!("`{lang}` is not a language tag (en, pt-BR)"),
                 ));
+            }
+        }
+        for (i, lp) in self.language_parts.iter().enumerate() {
+            if crate::language::parse_tag(&lp.language).is_none() {
+                return Err(bad(
+                    "language_parts",
+                    format!("`{}` is not a language tag (en, pt-BR)", lp.language),
+                ));
+            }
+            if !(1..=MAX_LANGUAGE_PARTS).contains(&lp.parts) {
+                return Err(bad(
+                    "language_parts",
+                    format!("`{lp}`: a language has 1 to {MAX_LANGUAGE_PARTS} parts"),
+                ));
+            }
+            if self.language_parts[..i].iter().any(|o| o.language.eq_ignore_ascii_case(&lp.language))
+            {
+                return Err(bad("language_parts", format!("`{}` is named twice", lp.language)));
             }
         }
         if !self.default_language.is_empty()
@@ -490,5 +565,37 @@ mod tests {
         assert_eq!(c.validate().expect_err("not a tag").field, "languages");
         let c = EngineConfig { default_language: "en_US".into(), ..Default::default() };
         assert_eq!(c.validate().expect_err("not a tag").field, "default_language");
+    }
+
+    #[test]
+    fn language_parts_parse_and_are_checked() {
+        let lp: LanguageParts = " pt-BR=4 ".parse().expect("parses");
+        assert_eq!(lp, LanguageParts { language: "pt-BR".into(), parts: 4 });
+        assert_eq!(lp.to_string(), "pt-BR=4");
+        for bad in ["en", "en=", "en=x", "en=-1", "=4"] {
+            let parsed = bad.parse::<LanguageParts>();
+            let checked = parsed.map(|lp| {
+                EngineConfig { language_parts: vec![lp], ..Default::default() }.validate()
+            });
+            assert!(!matches!(checked, Ok(Ok(()))), "{bad} is refused");
+        }
+        let with = |v: Vec<(&str, u16)>| EngineConfig {
+            language_parts: v
+                .into_iter()
+                .map(|(l, p)| LanguageParts { language: l.into(), parts: p })
+                .collect(),
+            ..Default::default()
+        };
+        let c = with(vec![("en", 4), ("PT-br", 2)]);
+        c.validate().expect("valid");
+        assert_eq!((c.parts_of("en"), c.parts_of("pt-br"), c.parts_of("fr")), (4, 2, 1));
+        for (v, why) in [
+            (vec![("en", 0)], "no parts"),
+            (vec![("en", MAX_LANGUAGE_PARTS + 1)], "too many"),
+            (vec![("en_US", 2)], "not a tag"),
+            (vec![("en", 2), ("EN", 3)], "named twice"),
+        ] {
+            assert_eq!(with(v).validate().expect_err(why).field, "language_parts", "{why}");
+        }
     }
 }

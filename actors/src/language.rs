@@ -28,6 +28,36 @@ pub fn parse_tag(raw: &str) -> Option<String> {
     Some(raw.to_ascii_lowercase())
 }
 
+/// Between a language and a part number in the name of a part's pool (`en~2`,
+/// see `EngineConfig::language_parts`). No language tag contains it.
+pub const PART_MARK: char = '~';
+
+/// The language a pool belongs to: `en` for `en` and for its parts `en~0`, `en~1`.
+pub fn family(pool: &str) -> &str {
+    pool.split_once(PART_MARK).map_or(pool, |(language, _)| language)
+}
+
+/// Whether two pools are parts of one split language (`en~0` and `en~3`).
+pub fn siblings(a: &str, b: &str) -> bool {
+    a.contains(PART_MARK) && b.contains(PART_MARK) && family(a) == family(b)
+}
+
+/// The pool a search of `user` in `language` starts in when the language is split
+/// into `parts`: `LANG~P`, P from a hash of the user id (FNV-1a, the same on every
+/// node and every build), so a user's searches start in one known part. With
+/// one part, the language's own pool.
+pub fn home_pool(language: &str, user: &str, parts: u16) -> String {
+    if parts <= 1 {
+        return language.to_owned();
+    }
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in user.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{language}{PART_MARK}{}", h % u64::from(parts))
+}
+
 /// The languages admitted to their own `rendezvous_pool_waiting_by_language`
 /// series, at most `cap` of them, shared by every pool shard; the rest are summed
 /// under [`OTHER`]. Admission is first come (the configured default and allow-list
@@ -75,6 +105,26 @@ impl LanguageSeries {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_are_named_after_their_language_and_spread_users() {
+        assert_eq!(home_pool("en", "alice", 1), "en");
+        let home = home_pool("pt-br", "alice", 4);
+        assert_eq!(family(&home), "pt-br");
+        assert_eq!(home, home_pool("pt-br", "alice", 4), "the same user, the same part");
+        assert_eq!((family("en"), family("en~3")), ("en", "en"));
+        assert!(siblings("en~0", "en~3"));
+        assert!(!siblings("en", "en~3") && !siblings("en~0", "fr~0") && !siblings("en", "en"));
+        // 4,000 users over 4 parts: each gets roughly its quarter.
+        let mut count = [0usize; 4];
+        for i in 0..4_000 {
+            let pool = home_pool("en", &format!("user-{i}"), 4);
+            let part: usize = pool.rsplit(PART_MARK).next().and_then(|p| p.parse().ok()).unwrap();
+            count[part] += 1;
+        }
+        assert!(count.iter().all(|n| (850..=1150).contains(n)), "{count:?}");
+        assert!(parse_tag(&home).is_none(), "a part's name is never a client's language");
+    }
 
     #[test]
     fn well_formed_tags_pass_lowercased() {

@@ -21,6 +21,7 @@ pub mod shard_core;
 mod sim;
 mod timeouts;
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +51,17 @@ pub fn shard_for<'a>(shards: &'a [Addr<MatchShard>], language: &str) -> &'a Addr
     let mut h = std::collections::hash_map::DefaultHasher::new();
     language.hash(&mut h);
     &shards[(h.finish() as usize) % shards.len()]
+}
+
+/// The language a pool belongs to, as an `Arc` (the pool's own when it is not a
+/// part of a split language).
+fn family_of(pool: &Arc<str>) -> Arc<str> {
+    let family = crate::language::family(pool);
+    if family.len() == pool.len() {
+        pool.clone()
+    } else {
+        Arc::from(family)
+    }
 }
 
 /// The ad other nodes see for a local search.
@@ -86,11 +98,11 @@ pub struct MatchShard {
     create: Recipient<CreateMatchRoom>,
     /// The room supervisor: announces matches another node settled.
     settled: Recipient<MatchSettled>,
-    /// Languages last reported in the per-language gauge (to zero emptied ones).
-    languages: Vec<Arc<str>>,
-    /// This shard's part of the `other` language series (searches in languages
-    /// without their own series, see [`crate::language::LanguageSeries`]).
-    other_waiting: usize,
+    /// This shard's part of each per-language series, as last reported. The
+    /// series are moved by deltas, so shards never overwrite one another: a split
+    /// language's parts live in several shards, and `other` sums every shard's
+    /// languages without a series of their own ([`crate::language::LanguageSeries`]).
+    by_language: HashMap<Arc<str>, usize>,
     /// Every shard of the engine (set once at start): where roaming searches move.
     peers: Option<Arc<[Addr<MatchShard>]>>,
     /// Buckets last reported to the roaming directory.
@@ -113,7 +125,9 @@ impl MatchShard {
             self::policy::Policy::from_config(&shared.config),
             Box::new(move |a, b| avoid.avoid.avoids(a, b)),
         )
-        .with_roaming(Box::new(move |lang, size| directory.pools.next_after(lang, size)));
+        .with_roaming(Box::new(move |pool, size, roam, lone| {
+            directory.pools.next_for(pool, size, roam, lone)
+        }));
         Self {
             label: index.to_string(),
             node,
@@ -121,8 +135,7 @@ impl MatchShard {
             shared,
             create,
             settled,
-            languages: Vec::new(),
-            other_waiting: 0,
+            by_language: HashMap::new(),
             peers: None,
             buckets: Vec::new(),
         }
@@ -217,7 +230,9 @@ impl MatchShard {
                 metrics::counter!(m::MATCHES_TOTAL, "group_size" => size.to_string()).increment(1);
                 metrics::histogram!(m::MATCH_SHARED_INTERESTS).record(shared.len() as f64);
                 let level = step.to_string();
-                // Per language, bounded like the pool gauge: admitted or `other`.
+                // Per language (a split one's parts together), bounded like the
+                // pool gauge: admitted or `other`.
+                let language = family_of(&language);
                 let own = self.shared.language_series.admit(&[&language]);
                 let lang = if own.first() == Some(&true) {
                     language.to_string()
@@ -247,34 +262,36 @@ impl MatchShard {
         let buckets = self.core.pool().bucket_sizes();
         self.shared.pools.report(&self.buckets, &buckets);
         self.buckets = buckets.into_iter().map(|(k, _)| k).collect();
-        let sizes = self.core.pool().sizes_by_language();
+        // Parts of a split language count as their language.
+        let mut sizes: Vec<(Arc<str>, usize)> = Vec::new();
+        for (pool, n) in self.core.pool().sizes_by_language() {
+            let lang = family_of(&pool);
+            match sizes.iter_mut().find(|(l, _)| *l == lang) {
+                Some((_, sum)) => *sum += n,
+                None => sizes.push((lang, n)),
+            }
+        }
         let langs: Vec<&Arc<str>> = sizes.iter().map(|(l, _)| l).collect();
         let own = self.shared.language_series.admit(&langs);
-        let mut other = 0usize;
-        let mut reported = Vec::with_capacity(sizes.len());
+        let mut now: HashMap<Arc<str>, usize> = HashMap::with_capacity(sizes.len());
         for ((lang, n), own) in sizes.iter().zip(own) {
-            if own {
-                metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => lang.to_string())
-                    .set(*n as f64);
-                reported.push(lang.clone());
-            } else {
-                other += n;
+            let label = if own { lang.clone() } else { Arc::from(OTHER_LANGUAGES) };
+            *now.entry(label).or_default() += n;
+        }
+        for (label, before) in &self.by_language {
+            if !now.contains_key(label) {
+                metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => label.to_string())
+                    .decrement(*before as f64);
             }
         }
-        for lang in &self.languages {
-            if !reported.contains(lang) {
-                metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => lang.to_string())
-                    .set(0.0);
+        for (label, n) in &now {
+            let before = self.by_language.get(label).copied().unwrap_or(0);
+            if *n != before || before == 0 {
+                metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => label.to_string())
+                    .increment(*n as f64 - before as f64);
             }
         }
-        self.languages = reported;
-        // `other` sums every shard's unadmitted languages: each moves it by its own
-        // change, so the shards never overwrite one another.
-        if other != self.other_waiting {
-            let g = metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => OTHER_LANGUAGES);
-            g.increment(other as f64 - self.other_waiting as f64);
-            self.other_waiting = other;
-        }
+        self.by_language = now;
     }
 }
 
@@ -308,10 +325,10 @@ impl Actor for MatchShard {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        // The `other` series is moved by deltas: take this shard's part back out.
-        if self.other_waiting > 0 {
-            metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => OTHER_LANGUAGES)
-                .decrement(self.other_waiting as f64);
+        // The series are moved by deltas: take this shard's part back out.
+        for (label, n) in self.by_language.drain() {
+            metrics::gauge!(m::POOL_WAITING_BY_LANGUAGE, "language" => label.to_string())
+                .decrement(n as f64);
         }
     }
 }

@@ -44,14 +44,25 @@ pub const OLDEST_SCAN: usize = 256;
 pub struct Criteria {
     /// Sorted, deduplicated.
     pub interests: Vec<Interest>,
-    /// The pool the search waits in: its language, or, when `roaming`, the
-    /// language pool it is homed in now.
+    /// The pool the search waits in: its language, the part of its language it
+    /// is in now (`en~2`, when the language is split), or, when it roams, the pool
+    /// it is homed in now.
     pub language: Arc<str>,
-    /// The searcher gave no language: the search may move between language pools
-    /// (see [`super::roaming`]).
-    pub roaming: bool,
+    /// Whether and where the search may move between pools (see [`super::roaming`]).
+    pub roam: Roam,
     pub region: Option<Arc<str>>,
     pub group_size: u8,
+}
+
+/// Where a search may move (see [`super::roaming`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Roam {
+    /// It waits in its language's pool only.
+    Stays,
+    /// The searcher gave no language: any language's pool (or any part of one).
+    AnyLanguage,
+    /// Its language is split (`EngineConfig::language_parts`): among its parts.
+    Parts,
 }
 
 /// One waiting search. `link` is whatever the caller needs to notify the searcher.
@@ -649,7 +660,7 @@ mod tests {
             criteria: Criteria {
                 interests,
                 language: Arc::from(s.lang),
-                roaming: false,
+                roam: Roam::Stays,
                 region: s.region.map(Arc::from),
                 group_size: s.group,
             },

@@ -13,10 +13,22 @@
 //! a pool without a match, to the next language (in name order, after its current
 //! one) where searches of its group size wait, here or (as replicas) on other
 //! nodes. [`Directory`] is where shards publish how many wait per bucket.
+//!
+//! A language split into parts (`EngineConfig::language_parts`: pools `en~0`,
+//! `en~1`, … each in a slot of its own) uses the same move: its searches roam
+//! ([`Roam::Parts`]) among its parts only. Two lone searches in two parts must
+//! not swap places forever (two nodes ticking in step would do that), so a lone
+//! search goes to the sibling part where most wait, and when that part has just
+//! one waiting too, only if its name sorts before its own: of two lone searches,
+//! the one in the later part moves and the other stays to be found. After its
+//! dwell a search moves to the next part in turn, as across languages.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use super::pool::Roam;
+use crate::language::siblings;
 
 /// Longest stay of a roaming search in one pool without a match.
 pub const DWELL: Duration = Duration::from_millis(1_000);
@@ -48,11 +60,36 @@ impl Directory {
     /// The next language after `current` (cyclically, in name order) where
     /// searches of `group_size` wait.
     pub fn next_after(&self, current: &str, group_size: u8) -> Option<Arc<str>> {
+        self.next_for(current, group_size, Roam::AnyLanguage, false)
+    }
+
+    /// Where a search of `group_size` in pool `current` that roams as `roam` goes
+    /// next, if anywhere. `lone`: it is alone in its bucket and has not stayed its
+    /// [`DWELL`] yet; then a sibling part with searches comes first (see the
+    /// module's notes).
+    pub fn next_for(
+        &self,
+        current: &str,
+        group_size: u8,
+        roam: Roam,
+        lone: bool,
+    ) -> Option<Arc<str>> {
         let map = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let mut langs =
-            map.keys().filter(|(l, g)| *g == group_size && &**l != current).map(|(l, _)| l.clone());
-        let all: Vec<Arc<str>> = langs.by_ref().collect();
-        all.iter().find(|l| &***l > current).or_else(|| all.first()).cloned()
+        let open = || map.iter().filter(|((l, g), _)| *g == group_size && &**l != current);
+        if lone {
+            let best = open()
+                .filter(|((l, _), _)| siblings(l, current))
+                .max_by(|((a, _), m), ((b, _), n)| m.cmp(n).then_with(|| b.cmp(a)));
+            if let Some(((to, _), n)) = best {
+                return (*n > 1 || &**to < current).then(|| to.clone());
+            }
+        }
+        let all: Vec<&Arc<str>> = match roam {
+            Roam::Stays => return None,
+            Roam::Parts => open().map(|((l, _), _)| l).filter(|l| siblings(l, current)).collect(),
+            Roam::AnyLanguage => open().map(|((l, _), _)| l).collect(),
+        };
+        all.iter().find(|l| &****l > current).or_else(|| all.first()).map(|l| (*l).clone())
     }
 }
 
@@ -71,5 +108,37 @@ mod tests {
         assert_eq!(d.next_after("it", 3), None, "only its own pool has searches of 3");
         d.report(&[k("fr", 2)], &[(k("fr", 2), 0)]);
         assert_eq!(d.next_after("de", 2), None);
+    }
+
+    #[test]
+    fn a_split_languages_searches_move_among_its_parts_only() {
+        let d = Directory::default();
+        let k = |l: &str, g: u8| (Arc::from(l), g);
+        d.report(&[], &[(k("de", 2), 1), (k("en~0", 2), 1), (k("en~2", 2), 1), (k("en~3", 2), 1)]);
+        let next = |from: &str, roam, lone| d.next_for(from, 2, roam, lone);
+        // Lone: of lone searches in sibling parts, only the later part's moves,
+        // to the earliest part, so they meet and never swap.
+        assert_eq!(next("en~0", Roam::Parts, true), None, "stays to be found");
+        assert_eq!(next("en~2", Roam::Parts, true).as_deref(), Some("en~0"));
+        assert_eq!(next("en~3", Roam::Parts, true).as_deref(), Some("en~0"));
+        // After its dwell: the next part in turn, never another language.
+        assert_eq!(next("en~0", Roam::Parts, false).as_deref(), Some("en~2"));
+        assert_eq!(next("en~3", Roam::Parts, false).as_deref(), Some("en~0"), "wraps around");
+        // A part where more than one waits draws a lone search whatever its name.
+        d.report(&[k("en~3", 2)], &[(k("en~3", 2), 4)]);
+        assert_eq!(next("en~0", Roam::Parts, true).as_deref(), Some("en~3"));
+        assert_eq!(next("en~1", Roam::Parts, true).as_deref(), Some("en~3"));
+        // A search without a language homed in a part: siblings first when lone,
+        // any language after its dwell; with no sibling waiting, any language.
+        assert_eq!(next("en~1", Roam::AnyLanguage, true).as_deref(), Some("en~3"));
+        assert_eq!(next("en~3", Roam::AnyLanguage, false).as_deref(), Some("de"));
+        let d2 = Directory::default();
+        d2.report(&[], &[(k("de", 2), 1), (k("en~1", 2), 1)]);
+        assert_eq!(d2.next_for("en~1", 2, Roam::AnyLanguage, true).as_deref(), Some("de"));
+        assert_eq!(d2.next_for("en~1", 2, Roam::Parts, true), None, "no sibling waits");
+        assert_eq!(d2.next_for("en~1", 2, Roam::Parts, false), None);
+        assert_eq!(d2.next_for("fr", 2, Roam::Stays, false), None);
+        // Unsplit languages are no one's siblings.
+        assert_eq!(d2.next_for("de", 2, Roam::AnyLanguage, true).as_deref(), Some("en~1"));
     }
 }

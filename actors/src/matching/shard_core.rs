@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 use super::policy::Policy;
-use super::pool::{Criteria, Entry, Match, Pool};
+use super::pool::{Criteria, Entry, Match, Pool, Roam};
 use super::timeouts::Timeouts;
 use crate::bridge::events::{ClusterEvent, OfferMember};
 use crate::bridge::{BridgeError, ClaimMember, ClaimOutcome, SearchAd, Ticket};
@@ -278,8 +278,10 @@ type OfferKey = (Arc<str>, u64);
 /// The skip/block check between two users.
 pub type Avoids = Box<dyn Fn(&UserId, &UserId) -> bool>;
 
-/// Where a roaming search in (language, group size) goes next, if anywhere.
-pub type Elsewhere = Box<dyn Fn(&str, u8) -> Option<Arc<str>>>;
+/// Where a roaming search in (pool, group size) that roams so goes next, if
+/// anywhere; `lone`: it is alone in its bucket and has not yet stayed its dwell
+/// (see [`super::roaming::Directory::next_for`]).
+pub type Elsewhere = Box<dyn Fn(&str, u8, Roam, bool) -> Option<Arc<str>>>;
 
 /// One shard's pool, claims and offers.
 pub struct ShardCore<L> {
@@ -406,7 +408,7 @@ impl<L: LocalLink> ShardCore<L> {
         } else {
             self.out.push(Effect::Searching(1));
         }
-        if entry.criteria.roaming {
+        if entry.criteria.roam != Roam::Stays {
             self.roaming.insert(entry.ticket, now);
         }
         if let Some(at) = self.overtaken.iter().position(|t| *t == entry.ticket) {
@@ -479,7 +481,7 @@ impl<L: LocalLink> ShardCore<L> {
             interests,
             // Only the origin node moves a roaming search; here it is a search of
             // the pool it is in now.
-            roaming: false,
+            roam: Roam::Stays,
             language: Arc::from(ad.language),
             region: ad.region.map(Arc::from),
             group_size: ad.group_size,
@@ -700,8 +702,9 @@ impl<L: LocalLink> ShardCore<L> {
             };
             let c = &e.criteria;
             let alone = pool.bucket_len(&c.language, c.group_size) <= 1;
-            if alone || now.saturating_duration_since(*since) >= super::roaming::DWELL {
-                if let Some(to) = elsewhere(&c.language, c.group_size) {
+            let dwelt = now.saturating_duration_since(*since) >= super::roaming::DWELL;
+            if alone || dwelt {
+                if let Some(to) = elsewhere(&c.language, c.group_size, c.roam, alone && !dwelt) {
                     moves.push((*t, to));
                     return false;
                 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rendezvous_protocol::trace::{self, Arrival, TraceSpec};
 
 use super::policy::Policy;
-use super::pool::Criteria;
+use super::pool::{Criteria, Roam};
 use super::shard_core::{Effect, LocalLink, LocalSearch, ShardCore};
 use crate::bridge::{ClaimOutcome, Ticket};
 use crate::config::LadderStep;
@@ -83,7 +83,7 @@ pub fn run(arrivals: &[Arrival], policy: Policy) -> Figures {
                     criteria: Criteria {
                         interests,
                         language: Arc::from(u.language),
-                        roaming: false,
+                        roam: Roam::Stays,
                         region: None,
                         group_size: 2,
                     },

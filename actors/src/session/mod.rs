@@ -412,6 +412,7 @@ impl SessionActor {
 
     fn start_search(&mut self, criteria: Criteria, wait: Duration, ctx: &mut Context<Self>) {
         let shared = &self.engine.shared;
+        let criteria = validate::place(criteria, self.user.as_str(), &shared.config);
         let ticket = shared.next_ticket();
         let joined = Instant::now();
         let ad =

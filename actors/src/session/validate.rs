@@ -9,7 +9,7 @@ use serde_json::Value;
 use crate::config::EngineConfig;
 use crate::error::EngineError;
 use crate::ids::{Interest, UserId, PUBLIC_PREFIX};
-use crate::matching::pool::Criteria;
+use crate::matching::pool::{Criteria, Roam};
 
 fn chars(s: &str) -> usize {
     s.chars().count()
@@ -66,7 +66,11 @@ pub fn search(
     // where it may roam to other languages' pools (`matching::roaming`), unless
     // the default is "" (such searches then share their own pool).
     let language = language.filter(|l| !l.trim().is_empty());
-    let roaming = language.is_none() && !cfg.default_language.is_empty();
+    let roam = if language.is_none() && !cfg.default_language.is_empty() {
+        Roam::AnyLanguage
+    } else {
+        Roam::Stays
+    };
     let language = match language.map(|l| self::language(l, cfg)).transpose()? {
         Some(l) => l,
         None => cfg.default_language.to_lowercase(),
@@ -85,12 +89,27 @@ pub fn search(
         Criteria {
             interests: norm,
             language: Arc::from(language),
-            roaming,
+            roam,
             region: region.map(Arc::from),
             group_size,
         },
         Duration::from_millis(wait),
     ))
+}
+
+/// `criteria` of `user`'s search placed in the part of its language it starts in,
+/// when that language is split (`EngineConfig::language_parts`); unchanged
+/// otherwise. Placing placed criteria again changes nothing.
+pub fn place(mut criteria: Criteria, user: &str, cfg: &EngineConfig) -> Criteria {
+    let language = crate::language::family(&criteria.language);
+    let parts = cfg.parts_of(language);
+    if parts > 1 {
+        criteria.language = Arc::from(crate::language::home_pool(language, user, parts));
+        if criteria.roam == Roam::Stays {
+            criteria.roam = Roam::Parts;
+        }
+    }
+    criteria
 }
 
 /// A `find_match` language: a tag of BCP 47 shape ([`crate::language::parse_tag`]),
@@ -312,5 +331,25 @@ mod tests {
         assert!(msg.contains("en, FR"), "names the allowed ones: {msg}");
         let (crit, _) = search(&[], None, None, None, None, &c).expect("default");
         assert_eq!(&*crit.language, "en");
+    }
+
+    #[test]
+    fn a_split_languages_searches_start_in_their_users_part() {
+        let c = EngineConfig {
+            language_parts: vec![crate::config::LanguageParts { language: "EN".into(), parts: 4 }],
+            ..cfg()
+        };
+        let (given, _) = search(&[], Some("en"), None, None, None, &c).expect("en");
+        let (none, _) = search(&[], None, None, None, None, &c).expect("no language");
+        let (fr, _) = search(&[], Some("fr"), None, None, None, &c).expect("fr");
+        assert_eq!((given.roam, none.roam, fr.roam), (Roam::Stays, Roam::AnyLanguage, Roam::Stays));
+        let placed = place(given, "alice", &c);
+        assert_eq!(&*placed.language, crate::language::home_pool("en", "alice", 4));
+        assert_eq!(placed.roam, Roam::Parts);
+        assert_eq!(place(placed.clone(), "alice", &c), placed, "placing twice changes nothing");
+        let placed = place(none, "alice", &c);
+        assert_eq!(crate::language::family(&placed.language), "en");
+        assert_eq!(placed.roam, Roam::AnyLanguage, "a search without a language still roams anywhere");
+        assert_eq!(place(fr.clone(), "alice", &c), fr, "fr is not split");
     }
 }

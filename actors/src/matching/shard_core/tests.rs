@@ -51,7 +51,7 @@ fn criteria(size: u8) -> Criteria {
     Criteria {
         interests: vec![Interest::from("chess")],
         language: Arc::from("en"),
-        roaming: false,
+        roam: Roam::Stays,
         region: None,
         group_size: size,
     }
@@ -868,7 +868,7 @@ fn random_interleavings_keep_the_state_consistent() {
 fn roaming_world() -> World {
     let policy = crate::matching::policy::Policy::Ladder(ladder());
     let core = ShardCore::new(Arc::from("a"), false, policy, Box::new(|_, _| false))
-        .with_roaming(Box::new(|from, _| (from != "fr").then(|| Arc::from("fr"))));
+        .with_roaming(Box::new(|from, _, _, _| (from != "fr").then(|| Arc::from("fr"))));
     let t0 = Instant::now();
     World { core, t0, now: t0, next_ticket: 1_000 }
 }
@@ -882,7 +882,7 @@ fn roamer(
 ) -> LocalSearch<Fake> {
     let mut criteria = criteria(2);
     criteria.language = Arc::from(language);
-    criteria.roaming = true;
+    criteria.roam = Roam::AnyLanguage;
     LocalSearch {
         ticket,
         user: uid(user),
@@ -964,4 +964,39 @@ fn a_roaming_search_with_company_stays_for_its_dwell() {
     w.core.tick(w.at(1_100));
     let fx = w.fx();
     assert_eq!(fx.iter().filter(|f| matches!(f, Effect::Move(_))).count(), 2, "{fx:?}");
+}
+
+#[test]
+fn a_lone_search_in_a_part_is_asked_as_lone_until_its_dwell() {
+    // Where to go is the directory's choice; the core says how the search roams
+    // and whether it is lone (alone, within its dwell). This stand-in keeps lone
+    // searches home and sends the others to `en~0`.
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = asked.clone();
+    let policy = crate::matching::policy::Policy::Ladder(ladder());
+    let core = ShardCore::new(Arc::from("a"), false, policy, Box::new(|_, _| false)).with_roaming(
+        Box::new(move |from, _, roam, lone| {
+            log.lock().unwrap().push((from.to_owned(), roam, lone));
+            (!lone).then(|| Arc::from("en~0"))
+        }),
+    );
+    let t0 = Instant::now();
+    let mut w = World { core, t0, now: t0, next_ticket: 1_000 };
+    let mut s = roamer(1, "p", "en~1", false, w.t0);
+    s.criteria.roam = Roam::Parts;
+    w.core.enqueue(s, w.now);
+    w.fx();
+    w.core.tick(w.at(100));
+    assert!(w.waiting(1), "lone: stays where the directory keeps it");
+    w.core.tick(w.at(1_100));
+    let fx = w.fx();
+    assert!(
+        fx.iter().any(|f| matches!(f, Effect::Move(s) if &*s.criteria.language == "en~0")),
+        "{fx:?}"
+    );
+    let asked = asked.lock().unwrap().clone();
+    assert_eq!(
+        asked,
+        vec![("en~1".to_owned(), Roam::Parts, true), ("en~1".to_owned(), Roam::Parts, false)]
+    );
 }
