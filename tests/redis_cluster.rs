@@ -534,6 +534,59 @@ async fn a_storm_of_two_thousand_over_three_nodes_has_no_double_or_asymmetric_ma
     drop(clients);
 }
 
+/// One hot language split into six parts (`--language-parts en=6`): a storm of
+/// 1,500 English searches over three nodes still makes no double or asymmetric
+/// match and leaves nobody waiting, and the pool traffic is spread over the
+/// parts' slots: every part's sharded channel carries events, and those channels
+/// live on more than one primary (which one owns a slot is the cluster's
+/// layout; the parts' names decide their slots).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_in_one_split_language_spreads_over_its_parts_with_no_double_match() {
+    use common::redis_cluster::ShardListener;
+    const N: usize = 1_500;
+    const PARTS: usize = 6;
+    let _serial = SERIAL.lock().await;
+    let t0 = Instant::now();
+    let parts = format!("en={PARTS}");
+    let cluster =
+        engines(3, &[("--search-timeout-ms", "15000"), ("--language-parts", &parts)]).await;
+    let channels: Vec<String> = (0..PARTS).map(|p| format!("rdv:{{pool:en~{p}}}:ev")).collect();
+    let owners: Vec<u16> = channels.iter().map(|c| cluster.redis.primary_of_key(c)).collect();
+    let distinct: BTreeSet<u16> = owners.iter().copied().collect();
+    assert!(distinct.len() > 1, "the parts' slots are all on one primary: {owners:?}");
+    let listeners: Vec<ShardListener> =
+        channels.iter().zip(&owners).map(|(c, &port)| ShardListener::start(port, c)).collect();
+    let urls = (0..N).map(|i| cluster.node(i % 3).ws_url(&format!("s{i:05}"))).collect();
+    let plan = Storm {
+        urls,
+        outcome_within: Duration::from_secs(30),
+        linger: Duration::from_millis(1_000),
+    };
+    let (mut seen, clients, took) =
+        tokio::time::timeout(Duration::from_secs(55), plan.run(storm_search))
+            .await
+            .expect("storm finished in time");
+    seen.iter_mut().flat_map(|s| s.matches.iter_mut()).for_each(Found::sort);
+    let (rooms, unmatched) = check_matches(&seen, 2);
+    let events: Vec<usize> = listeners.iter().map(ShardListener::count).collect();
+    let mut by_primary: BTreeMap<u16, usize> = BTreeMap::new();
+    for (port, n) in owners.iter().zip(&events) {
+        *by_primary.entry(*port).or_default() += n;
+    }
+    eprintln!(
+        "split-language storm: {N} clients, {} rooms, {unmatched} without a match, outcomes in \
+         {took:?}, total {:?}; pool events per part {events:?}, per primary {by_primary:?}",
+        rooms.len(),
+        t0.elapsed()
+    );
+    assert_eq!(rooms.len() * 2 + unmatched, N);
+    assert!(unmatched * 100 <= N, "{unmatched} of {N} clients got no_match_found");
+    for (p, n) in events.iter().enumerate() {
+        assert!(*n > 0, "part en~{p} carried no pool event: {events:?}");
+    }
+    drop(clients);
+}
+
 /// 1,200 clients in 600 designated pairs, the two of a pair on different nodes and
 /// sharing an interest nobody else has (the ladder asks for one shared interest,
 /// never less): every match is a cross-node claim and offer. Each client is

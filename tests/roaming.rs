@@ -166,3 +166,140 @@ async fn by_default_users_on_two_nodes_are_paired_once_within_the_target() {
         SEARCH.quiet(c, Duration::from_millis(50)).await;
     }
 }
+
+// ---- a language split into parts (`--language-parts`) ----
+
+/// Two users of `en` (split into `parts`) whose searches start in different parts.
+fn users_in_different_parts(parts: u16) -> (String, String) {
+    use rendezvous_actors::language::home_pool;
+    let first = "p0".to_owned();
+    let home = home_pool("en", &first, parts);
+    let second = (1..)
+        .map(|i| format!("p{i}"))
+        .find(|u| home_pool("en", u, parts) != home)
+        .expect("users spread over the parts");
+    (first, second)
+}
+
+fn with_parts(mut c: Config, parts: u16) -> Config {
+    c.engine.language_parts =
+        vec![rendezvous_actors::config::LanguageParts { language: "en".into(), parts }];
+    c
+}
+
+/// `rendezvous_pool_waiting_by_language` on `/metrics`: (language, count).
+async fn waiting_by_language(addr: std::net::SocketAddr) -> Vec<(String, f64)> {
+    let (status, body) = common::http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let prefix = "rendezvous_pool_waiting_by_language{language=\"";
+    body.lines()
+        .filter_map(|l| {
+            let (lang, value) = l.strip_prefix(prefix)?.split_once("\"} ")?;
+            Some((lang.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn two_users_of_a_split_language_in_different_parts_meet() {
+    let server = TestServer::start(with_parts(config_with_target(3_000), 4));
+    let (u1, u2) = users_in_different_parts(4);
+    let [mut a, mut b] = server.clients([u1.as_str(), u2.as_str()]).await;
+    let t0 = Instant::now();
+    SEARCH.search(&mut a, &["chess"], json!({"language": "en"})).await;
+    SEARCH.search(&mut b, &["chess"], json!({"language": "en"})).await;
+    let fa = SEARCH.expect_match(&mut a).await;
+    let fb = SEARCH.expect_match(&mut b).await;
+    assert_eq!(fa.room, fb.room);
+    assert_eq!(fa.partner.as_deref(), Some(u2.as_str()));
+    assert_eq!(fb.partner.as_deref(), Some(u1.as_str()));
+    assert_eq!(fa.shared, vec!["chess".to_owned()]);
+    // A lone search moves at the next pool tick (100 ms), not after its dwell
+    // (generous bound on a shared machine: well inside the 3 s wait target).
+    assert!(t0.elapsed() < Duration::from_millis(2_500), "took {:?}", t0.elapsed());
+    SEARCH.quiet(&mut a, Duration::from_millis(300)).await;
+    SEARCH.quiet(&mut b, Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_split_language_is_one_language_to_clients_and_metrics() {
+    let server = TestServer::start(with_parts(test_config(), 4));
+    // Groups of five that never fill: four users wait, whatever part they are in.
+    let names: Vec<String> = (0..4).map(|i| format!("w{i}")).collect();
+    let parts: std::collections::BTreeSet<String> =
+        names.iter().map(|u| rendezvous_actors::language::home_pool("en", u, 4)).collect();
+    assert!(parts.len() > 1, "the users start in several parts: {parts:?}");
+    let mut clients = Vec::new();
+    for n in &names {
+        let mut c = server.client(n).await;
+        SEARCH.search(&mut c, &["x"], json!({"language": "en", "group_size": 5})).await;
+        clients.push(c);
+    }
+    let what = "searching == 4";
+    wait_stats(server.addr, what, Duration::from_secs(5), |s| s["searching"].as_u64() == Some(4))
+        .await;
+    // The per-language gauge sums the parts under the language's own name.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let series = waiting_by_language(server.addr).await;
+        assert!(series.iter().all(|(l, _)| !l.contains('~')), "a part leaked: {series:?}");
+        if series.iter().any(|(l, n)| l == "en" && *n == 4.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "en never showed 4 waiting: {series:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A cancel reaches each search wherever it moved; then nobody waits.
+    for c in clients.iter_mut() {
+        c.send_json(json!({"action": "cancel_match"})).await;
+        match SEARCH.next(c).await {
+            ServerFrame::MatchCancelled {} => {}
+            other => panic!("expected match_cancelled, got {other:?}"),
+        }
+    }
+    wait_stats(server.addr, "searching == 0", Duration::from_secs(5), |s| {
+        s["searching"].as_u64() == Some(0)
+    })
+    .await;
+    // A fifth user completes no group: the cancelled searches are gone from every part.
+    let mut late = server.client("late").await;
+    SEARCH.search(&mut late, &["x"], json!({"language": "en", "group_size": 5})).await;
+    SEARCH.quiet(&mut late, Duration::from_millis(1_500)).await;
+}
+
+#[tokio::test]
+async fn users_of_a_split_language_on_two_nodes_are_paired_once_in_their_language() {
+    let cluster = Cluster::start_with(
+        2,
+        &[("--ladder", UNSET), ("--max-wait-target-ms", "1500"), ("--language-parts", "en=4")],
+    )
+    .await;
+    let langs = ["en", "fr"];
+    let n = 40;
+    let mut clients = Vec::with_capacity(n);
+    for i in 0..n {
+        clients.push(cluster.client(i % 2, &format!("u{i}")).await);
+    }
+    let t0 = Instant::now();
+    for (i, c) in clients.iter_mut().enumerate() {
+        // Mostly English, the hot language; every fourth user French.
+        let lang = if i % 4 == 3 { langs[1] } else { langs[0] };
+        SEARCH.search(c, &["chess", "go"], json!({"language": lang})).await;
+    }
+    let lang_of = |i: usize| if i % 4 == 3 { "fr" } else { "en" };
+    let mut partner_of = std::collections::HashMap::new();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let found = SEARCH.expect_match(c).await;
+        let partner = found.partner.expect("a pair has a partner");
+        let j: usize = partner.trim_start_matches('u').parse().expect("a user of this test");
+        assert_eq!(lang_of(i), lang_of(j), "u{i} was paired across languages");
+        partner_of.insert(i, j);
+    }
+    assert!(t0.elapsed() < Duration::from_secs(6), "took {:?}", t0.elapsed());
+    for (&i, &j) in &partner_of {
+        assert_eq!(partner_of.get(&j), Some(&i), "u{i} -> u{j} is not symmetric");
+    }
+    for c in clients.iter_mut() {
+        SEARCH.quiet(c, Duration::from_millis(50)).await;
+    }
+}

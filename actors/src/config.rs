@@ -450,7 +450,9 @@ impl EngineConfig {
                     format!("`{lp}`: a language has 1 to {MAX_LANGUAGE_PARTS} parts"),
                 ));
             }
-            if self.language_parts[..i].iter().any(|o| o.language.eq_ignore_ascii_case(&lp.language))
+            if self.language_parts[..i]
+                .iter()
+                .any(|o| o.language.eq_ignore_ascii_case(&lp.language))
             {
                 return Err(bad("language_parts", format!("`{}` is named twice", lp.language)));
             }

@@ -349,7 +349,11 @@ mod tests {
         assert_eq!(place(placed.clone(), "alice", &c), placed, "placing twice changes nothing");
         let placed = place(none, "alice", &c);
         assert_eq!(crate::language::family(&placed.language), "en");
-        assert_eq!(placed.roam, Roam::AnyLanguage, "a search without a language still roams anywhere");
+        assert_eq!(
+            placed.roam,
+            Roam::AnyLanguage,
+            "a search without a language still roams anywhere"
+        );
         assert_eq!(place(fr.clone(), "alice", &c), fr, "fr is not split");
     }
 }

@@ -459,6 +459,59 @@ impl Drop for RedisCluster {
     }
 }
 
+// ---------------------------------------------------------------- listening
+
+/// A sharded-pub/sub subscriber (`SSUBSCRIBE`) to one channel on the primary
+/// that owns its slot, counting the messages published there while it lives.
+pub struct ShardListener {
+    stream: TcpStream,
+    count: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ShardListener {
+    /// Subscribe to `channel` on `port` (its slot's primary); returns once Redis
+    /// confirmed the subscription.
+    pub fn start(port: u16, channel: &str) -> ShardListener {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("connect :{port}: {e}"));
+        let req = format!("*2\r\n$10\r\nSSUBSCRIBE\r\n${}\r\n{channel}\r\n", channel.len());
+        s.write_all(req.as_bytes()).expect("send SSUBSCRIBE");
+        let mut r = BufReader::new(s.try_clone().expect("clone the socket"));
+        match read_resp(&mut r) {
+            Ok(Resp::Array(Some(v))) if matches!(&v[0], Resp::Bulk(Some(k)) if k == "ssubscribe") =>
+                {}
+            other => panic!("SSUBSCRIBE {channel} on :{port}: {other:?}"),
+        }
+        let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        // Reads until the socket is shut down (drop) or Redis closes it.
+        let thread = std::thread::spawn(move || {
+            while let Ok(Resp::Array(Some(v))) = read_resp(&mut r) {
+                if matches!(v.first(), Some(Resp::Bulk(Some(k))) if k == "smessage") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+        ShardListener { stream: s, count, thread: Some(thread) }
+    }
+
+    /// Messages seen so far.
+    pub fn count(&self) -> usize {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for ShardListener {
+    fn drop(&mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 // ---------------------------------------------------------------- commands
 
 /// One command to `port` (no redirection). Panics on I/O errors.
