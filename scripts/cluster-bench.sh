@@ -10,7 +10,11 @@
 # The second argument is the messages sent per second over all rooms (rooms of
 # 2, members on different nodes, 1,000 rooms). RUNS (default 3) runs, each on
 # fresh processes; WORKERS (default 1) per engine node; SECS (default 10) per run.
-# ACK (default: the engine's) sets --redis-ack-replicas. Prints one line per run
+# ACK (default: the engine's) sets --redis-ack-replicas. EXTRA adds engine flags
+# (e.g. EXTRA="--language-parts en=6"). LOAD=storm measures matching instead:
+# the second argument is then arrivals per second of loadtest/scenarios/
+# match-storm.toml (new connections, every search in one language, `en`: the
+# hot-language case), and the CPU is per arriving user. Prints one line per run
 # and leaves the result JSON files in target/cluster-bench/MODE-RATE/. Needs a
 # release build of rendezvous and rendezvous-loadtest, and redis-server/redis-cli.
 set -euo pipefail
@@ -20,7 +24,9 @@ rate=${2:?usage: $0 single|cluster RATE}
 runs=${RUNS:-3}
 workers=${WORKERS:-1}
 secs=${SECS:-10}
-out=target/cluster-bench/$mode-$rate
+load=${LOAD:-chat}
+read -r -a extra_flags <<<"${EXTRA:-}"
+out=target/cluster-bench/$load-$mode-$rate
 rm -rf "$out"
 mkdir -p "$out"
 pids=()
@@ -105,7 +111,8 @@ for run in $(seq 1 "$runs"); do
   [ -n "${ACK:-}" ] && ack=(--redis-ack-replicas "$ACK")
   for n in 0 1 2; do
     target/release/rendezvous --bind "127.0.0.1:$((8410 + n))" --redis-url "$url" \
-      --node-id "b$n" --workers "$workers" "${ack[@]}" >"$out/node-$n-$run.log" 2>&1 &
+      --node-id "b$n" --workers "$workers" "${ack[@]}" "${extra_flags[@]}" \
+      >"$out/node-$n-$run.log" 2>&1 &
     pids+=($!)
   done
   for n in 0 1 2; do wait_ready $((8410 + n)); done
@@ -119,17 +126,23 @@ for run in $(seq 1 "$runs"); do
     done ) >"$out/cpu-$run.txt" &
   sampler=$!
   sleep 1
-  target/release/rendezvous-loadtest run loadtest/scenarios/multi-node.toml \
-    --set 'urls=["ws://127.0.0.1:8410/ws","ws://127.0.0.1:8411/ws","ws://127.0.0.1:8412/ws"]' \
-    --set chat.rooms=1000 --set "chat.rate=$per_member" --set "duration_secs=$secs" \
-    --json "$out/run-$run.json" >"$out/run-$run.txt" 2>&1 || true
+  urls='urls=["ws://127.0.0.1:8410/ws","ws://127.0.0.1:8411/ws","ws://127.0.0.1:8412/ws"]'
+  if [ "$load" = storm ]; then
+    target/release/rendezvous-loadtest run loadtest/scenarios/match-storm.toml --set "$urls" \
+      --set "storm.rate=$rate" --set storm.language=en --set "duration_secs=$secs" \
+      --json "$out/run-$run.json" >"$out/run-$run.txt" 2>&1 || true
+  else
+    target/release/rendezvous-loadtest run loadtest/scenarios/multi-node.toml --set "$urls" \
+      --set chat.rooms=1000 --set "chat.rate=$per_member" --set "duration_secs=$secs" \
+      --json "$out/run-$run.json" >"$out/run-$run.txt" 2>&1 || true
+  fi
   kill "$sampler" 2>/dev/null || true
   wait "$sampler" 2>/dev/null || true
   # Redis CPU over the sending phase only (the load tester's timeline, less its
   # first and last second), per message delivered in it.
-  python3 - "$out/run-$run.json" "$out/cpu-$run.txt" "$mode" "$rate" "$run" <<'PY'
+  python3 - "$out/run-$run.json" "$out/cpu-$run.txt" "$mode" "$rate" "$run" "$load" <<'PY'
 import json, sys
-res, cpu, mode, rate, run = sys.argv[1:]
+res, cpu, mode, rate, run, load = sys.argv[1:]
 r = json.load(open(res))
 t = r["timeline"]
 pts = t["points"]
@@ -147,15 +160,26 @@ def at(ts):  # CPU of each primary at ts, interpolated between samples
     return None
 a, b = at(t0), at(t1)
 res_ = r["results"]
-p99 = res_["delivery_latency"]["p99_ms"] if isinstance(res_["delivery_latency"], dict) else None
+if load == "storm":
+    p99 = res_["match_latency"]["p99_ms"]
+    cross = res_["cross_node_match_latency"]["p99_ms"]
+    wait = res_["arrival_to_match"]
+    what = f"matched={res_['matched']} wait_p50_ms={wait['p50_ms']} wait_p99_ms={wait['p99_ms']} " \
+           f"match_p99_ms={p99} cross_node_match_p99_ms={cross} " \
+           f"double={res_['double_matches']} asymmetric={res_['asymmetric_pairs']}"
+    unit = "user"
+else:
+    p99 = res_["delivery_latency"]["p99_ms"] if isinstance(res_["delivery_latency"], dict) else None
+    what = f"sent={res_['sent']} delivery_p99_ms={p99} lost={res_['lost']}"
+    unit = "msg"
 if a is None or b is None or msgs == 0:
     print(f"{mode} rate={rate} run={run}: no CPU window (samples {len(rows)}, msgs {msgs})")
     sys.exit(0)
 used = [y - x for x, y in zip(a, b)]
 total = sum(used)
 shares = " ".join(f"{100 * u / total:.0f}%" for u in used) if total > 0 else "-"
-print(f"{mode} rate={rate} run={run} sent={res_['sent']} delivery_p99_ms={p99} lost={res_['lost']} "
-      f"window_msgs={msgs} redis_cpu_us_per_msg={1e6 * total / msgs:.1f} primary_shares={shares}")
+print(f"{load} {mode} rate={rate} run={run} {what} "
+      f"window_{unit}s={msgs} redis_cpu_us_per_{unit}={1e6 * total / msgs:.1f} primary_shares={shares}")
 PY
   stop_all
 done

@@ -21,7 +21,9 @@
 //! search goes to the sibling part where most wait, and when that part has just
 //! one waiting too, only if its name sorts before its own: of two lone searches,
 //! the one in the later part moves and the other stays to be found. After its
-//! dwell a search moves to the next part in turn, as across languages.
+//! dwell ([`PART_DWELL`], shorter than between languages: the other parts hold
+//! the same language's other waiting users) a search moves to the next part in
+//! turn, as across languages.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,19 @@ use crate::language::siblings;
 
 /// Longest stay of a roaming search in one pool without a match.
 pub const DWELL: Duration = Duration::from_millis(1_000);
+
+/// Longest stay of a split language's search in one of its parts without a
+/// match: shorter than [`DWELL`], since the other parts hold the same language's
+/// other waiting users, any of whom may be its best partner.
+pub const PART_DWELL: Duration = Duration::from_millis(250);
+
+/// How long a search that roams as `roam` stays in a pool without a match.
+pub fn dwell(roam: Roam) -> Duration {
+    match roam {
+        Roam::Parts => PART_DWELL,
+        Roam::Stays | Roam::AnyLanguage => DWELL,
+    }
+}
 
 /// Searches waiting per (language, group size), every shard's pool together
 /// (replicas of other nodes' searches included). Each language belongs to one

@@ -702,7 +702,7 @@ impl<L: LocalLink> ShardCore<L> {
             };
             let c = &e.criteria;
             let alone = pool.bucket_len(&c.language, c.group_size) <= 1;
-            let dwelt = now.saturating_duration_since(*since) >= super::roaming::DWELL;
+            let dwelt = now.saturating_duration_since(*since) >= super::roaming::dwell(c.roam);
             if alone || dwelt {
                 if let Some(to) = elsewhere(&c.language, c.group_size, c.roam, alone && !dwelt) {
                     moves.push((*t, to));

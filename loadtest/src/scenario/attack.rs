@@ -974,6 +974,7 @@ async fn normal(d: &Dialer, a: &Attack, secs: f64, deadline: Instant) -> Result<
         cross_node: false,
         hold_ms: 0,
         max_wait_ms: 0,
+        language: None,
     };
     let (tx, rx) = tokio::sync::oneshot::channel();
     let (chat_r, match_r) = tokio::join!(

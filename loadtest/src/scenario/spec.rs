@@ -131,6 +131,12 @@ pub struct Storm {
     /// `max_wait_ms` sent with each search (0: the server's default).
     #[serde(default)]
     pub max_wait_ms: u64,
+    /// The language every search names. Unset (the default): the run's own
+    /// private-use tag, so runs and workers never meet; set (e.g. `en`, to load
+    /// a language split with `--language-parts`): against fresh servers only,
+    /// since users left waiting by another run can then be matched.
+    #[serde(default)]
+    pub language: Option<String>,
 }
 
 fn yes() -> bool {

@@ -204,12 +204,12 @@ pub async fn run(ctx: &Ctx) -> Result<Report, String> {
 }
 
 /// The arrivals of `at`, each searching once in the dialer's own language (so
-/// other runs and workers never meet these users).
+/// other runs and workers never meet these users), or in `p.language`.
 pub async fn load(at: Stream<'_>, p: &Storm) -> Result<Report, String> {
     let dialer = at.dialer;
     let lite = Arc::new(CtxLite {
         dialer: dialer.clone(),
-        language: dialer.language(),
+        language: p.language.clone().unwrap_or_else(|| dialer.language()),
         per_user: p.interests_per_user,
         pool: p.interest_pool,
         common: p.common_interest,
