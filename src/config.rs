@@ -606,6 +606,11 @@ mod tests {
             (1000, 5000, 3)
         );
         assert!(load(&["--languages", "fr,de"]).is_err(), "the default `en` is not in the list");
+        let e = load_line("--language-parts en=4,pt-BR=2").expect("valid").engine;
+        assert_eq!((e.parts_of("en"), e.parts_of("pt-br"), e.parts_of("fr")), (4, 2, 1));
+        for bad in ["en", "en=0", "en=65", "english=2", "en=2,en=3"] {
+            assert!(load(&["--language-parts", bad]).is_err(), "--language-parts {bad}");
+        }
     }
 
     #[test]
