@@ -119,7 +119,8 @@ mod tests {
         let mut count = [0usize; 4];
         for i in 0..4_000 {
             let pool = home_pool("en", &format!("user-{i}"), 4);
-            let part: usize = pool.rsplit(PART_MARK).next().and_then(|p| p.parse().ok()).unwrap();
+            let part: usize =
+                pool.rsplit(PART_MARK).next().and_then(|p| p.parse().ok()).expect("a part number");
             count[part] += 1;
         }
         assert!(count.iter().all(|n| (850..=1150).contains(n)), "{count:?}");

@@ -976,7 +976,7 @@ fn a_lone_search_in_a_part_is_asked_as_lone_until_its_dwell() {
     let policy = crate::matching::policy::Policy::Ladder(ladder());
     let core = ShardCore::new(Arc::from("a"), false, policy, Box::new(|_, _| false)).with_roaming(
         Box::new(move |from, _, roam, lone| {
-            log.lock().unwrap().push((from.to_owned(), roam, lone));
+            log.lock().expect("the log").push((from.to_owned(), roam, lone));
             (!lone).then(|| Arc::from("en~0"))
         }),
     );
@@ -994,7 +994,7 @@ fn a_lone_search_in_a_part_is_asked_as_lone_until_its_dwell() {
         fx.iter().any(|f| matches!(f, Effect::Move(s) if &*s.criteria.language == "en~0")),
         "{fx:?}"
     );
-    let asked = asked.lock().unwrap().clone();
+    let asked = asked.lock().expect("the log").clone();
     assert_eq!(
         asked,
         vec![("en~1".to_owned(), Roam::Parts, true), ("en~1".to_owned(), Roam::Parts, false)]
