@@ -523,6 +523,45 @@ async fn a_killed_node_is_noticed_by_partners_and_peers_within_five_seconds() {
     drop(a);
 }
 
+/// The survivors notice a killed node one at a time: the first to see its beat
+/// run out removes it from `rdv:nodes`, so a node whose check comes later finds
+/// no entry to age. That node must still learn of the death (from the first
+/// one's `node_bye` on the dead node's behalf). Here node-b is paused (SIGSTOP)
+/// over the moment node-c notices, for less than the peer timeout, so that
+/// node-c is first for certain; bob, on node-b, must still get `presence offline`.
+#[tokio::test]
+async fn a_node_that_checks_after_another_removed_a_dead_peer_still_learns_it() {
+    let _cpu = CPU.write().await;
+    let mut cluster = Cluster::start(3).await;
+    let (a, mut b, room) = pair(&cluster.nodes, (0, "alice"), (1, "bob")).await;
+    let signal = |sig: &str, pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid}: {status}");
+    };
+    let paused = cluster.node(1).pid();
+    cluster.node_mut(0).kill9();
+    let killed = Instant::now();
+    // node-a's last beat was at most 0.5 s before the kill, and a peer is dead
+    // past 3 s: nobody can see it dead before 2.5 s, and node-c sees it by 3.5 s.
+    tokio::time::sleep(Duration::from_millis(2_300)).await;
+    signal("-STOP", paused);
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    signal("-CONT", paused);
+    match b.try_recv(Duration::from_secs(6)).await {
+        Some(ServerFrame::Presence { room_id, user_id, status }) => {
+            assert_eq!((room_id.as_str(), user_id.as_str()), (room.as_str(), "alice"));
+            assert_eq!(status, PresenceStatus::Offline);
+        }
+        other => panic!("bob: expected presence offline of alice, got {other:?}"),
+    }
+    eprintln!("offline after {:?}", killed.elapsed());
+    wait_nodes(cluster.node(1), 2, Duration::from_secs(5)).await;
+    drop(a);
+}
+
 /// A user searching on a node that is killed is never matched afterwards: once the
 /// node is gone, a search with the same interests on another node finds nobody
 /// (the ladder reaches "anyone in the language", so any ghost would be taken).

@@ -1033,6 +1033,11 @@ impl RedisBridge {
 
     /// A peer died or left: drop it everywhere here, and (once, cluster-wide) purge
     /// its searches from Redis.
+    ///
+    /// The node whose `ZREM` removes the dead peer also says goodbye on its behalf
+    /// (`node_bye` on the cluster channel). A node whose beat comes later would
+    /// otherwise never see the peer's stale entry, which is gone by then, and would
+    /// never learn that the peer died.
     async fn peer_lost(&self, node: &str, purge: bool) {
         warn!(peer = node, "node lost");
         metrics::counter!(m::BRIDGE_NODES_LOST_TOTAL).increment(1);
@@ -1045,6 +1050,8 @@ impl RedisBridge {
         let removed =
             self.pipe.call("zrem", redis::cmd("ZREM").arg(NODES_KEY).arg(node).clone()).await;
         if removed.ok().and_then(|v| as_i64(&v)) == Some(1) {
+            let bye = ClusterEvent::NodeBye { node: node.to_owned() }.to_json();
+            self.publish(CLUSTER_CHANNEL.to_owned(), bye);
             self.purge_searches_of(node).await;
         }
     }
