@@ -290,6 +290,27 @@ fn check_matches(seen: &[Seen], group_size: usize) -> (BTreeMap<String, Vec<Stri
     (rooms, unmatched)
 }
 
+/// A storm of `n` clients spread over the first three nodes (`s00000`, …), each
+/// sending [`storm_search`]: what each saw (members sorted), the clients, and how
+/// long until every outcome.
+async fn storm_over_three_nodes(
+    cluster: &ShardedCluster,
+    n: usize,
+) -> (Vec<Seen>, Vec<Client>, Duration) {
+    let urls = (0..n).map(|i| cluster.node(i % 3).ws_url(&format!("s{i:05}"))).collect();
+    let plan = Storm {
+        urls,
+        outcome_within: Duration::from_secs(30),
+        linger: Duration::from_millis(1_000),
+    };
+    let (mut seen, clients, took) =
+        tokio::time::timeout(Duration::from_secs(55), plan.run(storm_search))
+            .await
+            .expect("storm finished in time");
+    seen.iter_mut().flat_map(|s| s.matches.iter_mut()).for_each(Found::sort);
+    (seen, clients, took)
+}
+
 /// The `find_match` of storm client `i`: its interests, in English.
 fn storm_search(i: usize) -> Value {
     json!({"action": "find_match", "interests": interests_for(i), "language": "en"})
@@ -506,17 +527,7 @@ async fn a_storm_of_two_thousand_over_three_nodes_has_no_double_or_asymmetric_ma
     let _serial = SERIAL.lock().await;
     let t0 = Instant::now();
     let cluster = engines(3, &[("--search-timeout-ms", "15000")]).await;
-    let urls = (0..N).map(|i| cluster.node(i % 3).ws_url(&format!("s{i:05}"))).collect();
-    let plan = Storm {
-        urls,
-        outcome_within: Duration::from_secs(30),
-        linger: Duration::from_millis(1_000),
-    };
-    let (mut seen, clients, took) =
-        tokio::time::timeout(Duration::from_secs(55), plan.run(storm_search))
-            .await
-            .expect("storm finished in time");
-    seen.iter_mut().flat_map(|s| s.matches.iter_mut()).for_each(Found::sort);
+    let (seen, clients, took) = storm_over_three_nodes(&cluster, N).await;
     for s in &seen {
         assert_eq!(s.searching, 1, "{}: one searching per find_match", s.user);
     }
@@ -556,17 +567,7 @@ async fn a_storm_in_one_split_language_spreads_over_its_parts_with_no_double_mat
     assert!(distinct.len() > 1, "the parts' slots are all on one primary: {owners:?}");
     let listeners: Vec<ShardListener> =
         channels.iter().zip(&owners).map(|(c, &port)| ShardListener::start(port, c)).collect();
-    let urls = (0..N).map(|i| cluster.node(i % 3).ws_url(&format!("s{i:05}"))).collect();
-    let plan = Storm {
-        urls,
-        outcome_within: Duration::from_secs(30),
-        linger: Duration::from_millis(1_000),
-    };
-    let (mut seen, clients, took) =
-        tokio::time::timeout(Duration::from_secs(55), plan.run(storm_search))
-            .await
-            .expect("storm finished in time");
-    seen.iter_mut().flat_map(|s| s.matches.iter_mut()).for_each(Found::sort);
+    let (seen, clients, took) = storm_over_three_nodes(&cluster, N).await;
     let (rooms, unmatched) = check_matches(&seen, 2);
     let events: Vec<usize> = listeners.iter().map(ShardListener::count).collect();
     let mut by_primary: BTreeMap<u16, usize> = BTreeMap::new();

@@ -137,26 +137,37 @@ async fn by_default_users_on_two_nodes_are_paired_once_within_the_target() {
     let cluster =
         Cluster::start_with(2, &[("--ladder", UNSET), ("--max-wait-target-ms", "1500")]).await;
     let topics = ["chess", "go", "jazz", "tea", "vans", "surf", "knit", "opera"];
-    let langs = ["en", "fr"];
-    let n = 32;
+    let interests_of = |i: usize| [topics[i % 8], topics[(i / 2 + 3) % 8], topics[(i / 3 + 5) % 8]];
+    let lang_of = |i: usize| ["en", "fr"][(i / 2) % 2];
+    pair_everyone_on_two_nodes(&cluster, 32, interests_of, lang_of).await;
+}
+
+/// Users `u0`…`u{n-1}`, alternately on node 0 and 1, each search with
+/// `interests_of(i)` in `lang_of(i)`: each is matched once, with a partner of
+/// their language, in a symmetric pair, within 6 s (generous: the policy forces
+/// every pair by 1.35 s; two nodes on a busy machine).
+async fn pair_everyone_on_two_nodes<const K: usize>(
+    cluster: &Cluster,
+    n: usize,
+    interests_of: impl Fn(usize) -> [&'static str; K],
+    lang_of: impl Fn(usize) -> &'static str,
+) {
     let mut clients = Vec::with_capacity(n);
     for i in 0..n {
         clients.push(cluster.client(i % 2, &format!("u{i}")).await);
     }
     let t0 = Instant::now();
     for (i, c) in clients.iter_mut().enumerate() {
-        let interests = [topics[i % 8], topics[(i / 2 + 3) % 8], topics[(i / 3 + 5) % 8]];
-        SEARCH.search(c, &interests, json!({"language": langs[(i / 2) % 2]})).await;
+        SEARCH.search(c, &interests_of(i), json!({"language": lang_of(i)})).await;
     }
     let mut partner_of = std::collections::HashMap::new();
     for (i, c) in clients.iter_mut().enumerate() {
         let found = SEARCH.expect_match(c).await;
         let partner = found.partner.expect("a pair has a partner");
         let j: usize = partner.trim_start_matches('u').parse().expect("a user of this test");
-        assert_eq!(langs[(i / 2) % 2], langs[(j / 2) % 2], "u{i} was paired across languages");
+        assert_eq!(lang_of(i), lang_of(j), "u{i} was paired across languages");
         partner_of.insert(i, j);
     }
-    // Generous: the policy forces every pair by 1.35 s; two nodes on a busy machine.
     assert!(t0.elapsed() < Duration::from_secs(6), "took {:?}", t0.elapsed());
     for (&i, &j) in &partner_of {
         assert_eq!(partner_of.get(&j), Some(&i), "u{i} -> u{j} is not symmetric");
@@ -274,32 +285,7 @@ async fn users_of_a_split_language_on_two_nodes_are_paired_once_in_their_languag
         &[("--ladder", UNSET), ("--max-wait-target-ms", "1500"), ("--language-parts", "en=4")],
     )
     .await;
-    let langs = ["en", "fr"];
-    let n = 40;
-    let mut clients = Vec::with_capacity(n);
-    for i in 0..n {
-        clients.push(cluster.client(i % 2, &format!("u{i}")).await);
-    }
-    let t0 = Instant::now();
-    for (i, c) in clients.iter_mut().enumerate() {
-        // Mostly English, the hot language; every fourth user French.
-        let lang = if i % 4 == 3 { langs[1] } else { langs[0] };
-        SEARCH.search(c, &["chess", "go"], json!({"language": lang})).await;
-    }
+    // Mostly English, the hot language; every fourth user French.
     let lang_of = |i: usize| if i % 4 == 3 { "fr" } else { "en" };
-    let mut partner_of = std::collections::HashMap::new();
-    for (i, c) in clients.iter_mut().enumerate() {
-        let found = SEARCH.expect_match(c).await;
-        let partner = found.partner.expect("a pair has a partner");
-        let j: usize = partner.trim_start_matches('u').parse().expect("a user of this test");
-        assert_eq!(lang_of(i), lang_of(j), "u{i} was paired across languages");
-        partner_of.insert(i, j);
-    }
-    assert!(t0.elapsed() < Duration::from_secs(6), "took {:?}", t0.elapsed());
-    for (&i, &j) in &partner_of {
-        assert_eq!(partner_of.get(&j), Some(&i), "u{i} -> u{j} is not symmetric");
-    }
-    for c in clients.iter_mut() {
-        SEARCH.quiet(c, Duration::from_millis(50)).await;
-    }
+    pair_everyone_on_two_nodes(&cluster, 40, |_| ["chess", "go"], lang_of).await;
 }
