@@ -80,8 +80,8 @@ impl Directory {
 
     /// Where a search of `group_size` in pool `current` that roams as `roam` goes
     /// next, if anywhere. `lone`: it is alone in its bucket and has not stayed its
-    /// [`DWELL`] yet; then a sibling part with searches comes first (see the
-    /// module's notes).
+    /// dwell yet ([`dwell`]); then a sibling part with searches comes first (see
+    /// the module's notes).
     pub fn next_for(
         &self,
         current: &str,
