@@ -28,7 +28,7 @@ use rendezvous_actors::bridge::memory::MemoryBridge;
 use rendezvous_actors::bridge::redis::RedisBridge;
 use rendezvous_actors::bridge::{
     Attachment, Bridge, BridgeError, BridgeSettings, ClaimMember, ClaimOutcome, ClusterEvent,
-    ClusterSink, Held, RoomEv, RoomSeed, SearchAd, StoredKind, Ticket,
+    ClusterSink, Held, OfferOutcome, RoomEv, RoomSeed, SearchAd, StoredKind, Ticket,
 };
 use rendezvous_actors::ids::{Interest, RoomId, UserId};
 use rendezvous_actors::protocol::ChatMessage;
@@ -349,6 +349,47 @@ async fn racing_claims_have_exactly_one_winner(fx: Arc<Fixture>) {
             outcomes.iter().all(|o| *o == ClaimOutcome::Claimed || *o == taken),
             "round {round}: {outcomes:?}"
         );
+    }
+}
+
+/// The outcome of a cross-node offer is recorded once: whoever asks first decides,
+/// and everyone after gets that answer, per (creator, pool, offer). On one node
+/// there is nobody to disagree with: each proposal is its own answer.
+async fn the_first_recorded_offer_outcome_is_every_nodes_answer(fx: Arc<Fixture>) {
+    let (a, b) = (fx.a(), fx.b());
+    let room = OfferOutcome::Opened {
+        room: RoomId::from("r-offer"),
+        members: vec![(user("x"), Arc::from(a.id.as_str())), (user("y"), Arc::from(b.id.as_str()))],
+        shared: vec![Interest::from("chess")],
+    };
+    let decide = |n: &Node, pool: &str, offer: u64, p: &OfferOutcome| {
+        n.bridge.decide_offer(&a.id, pool, offer, p.clone())
+    };
+    let aborted = OfferOutcome::Aborted;
+    assert_eq!(decide(a, "en", 7, &room).await.expect("decided"), room);
+    assert_eq!(decide(b, "fr", 7, &aborted).await.expect("decided"), aborted, "another pool");
+    assert_eq!(decide(b, "en", 8, &aborted).await.expect("decided"), aborted);
+    if !fx.clustered() {
+        assert_eq!(decide(b, "en", 7, &aborted).await.expect("decided"), aborted);
+        return;
+    }
+    assert_eq!(decide(b, "en", 7, &aborted).await.expect("decided"), room, "the room was first");
+    assert_eq!(decide(a, "en", 8, &room).await.expect("decided"), aborted, "the abort was first");
+    assert_eq!(decide(a, "fr", 7, &room).await.expect("decided"), aborted);
+    // Racing proposals from both nodes at once: one answer for all.
+    for offer in 100..105u64 {
+        let asks: Vec<_> = (0..16)
+            .map(|i| {
+                let on = &fx.nodes[i % 2];
+                decide(on, "en", offer, if i % 3 == 0 { &room } else { &aborted })
+            })
+            .collect();
+        let answers: Vec<OfferOutcome> = futures_util::future::join_all(asks)
+            .await
+            .into_iter()
+            .map(|o| o.expect("decided"))
+            .collect();
+        assert!(answers.iter().all(|o| *o == answers[0]), "offer {offer}: {answers:?}");
     }
 }
 
@@ -743,6 +784,7 @@ contract!(
     ending_a_search_needs_its_valid_ticket,
     a_lost_claim_names_the_taken_and_changes_nothing,
     racing_claims_have_exactly_one_winner,
+    the_first_recorded_offer_outcome_is_every_nodes_answer,
     trending_counts_each_match_highest_first,
     every_node_counts_the_cluster_and_is_healthy,
     count_action_counts_per_user_action_and_window,

@@ -116,17 +116,12 @@ impl ClusterSink for Inbound {
                 shared: interests,
             } => {
                 let room_id = RoomId::from(room);
-                let snapshot = RoomSnapshot {
-                    kind: StoredKind::Match,
-                    last_seq: 0,
-                    members: members
-                        .iter()
-                        .map(|(u, n)| (UserId::from(u.as_str()), Arc::from(n.as_str())))
-                        .collect(),
-                };
+                let members: Vec<(UserId, Arc<str>)> =
+                    members.into_iter().map(|(u, n)| (UserId::from(u), Arc::from(n))).collect();
+                let snapshot =
+                    RoomSnapshot { kind: StoredKind::Match, last_seq: 0, members: members.clone() };
                 // The replica exists before the members hear of the room (and post).
                 self.rooms.open_replica(&room_id, &snapshot, None);
-                let members = members.into_iter().map(|(u, _)| UserId::from(u)).collect();
                 let interests = interests.into_iter().map(Interest::from).collect();
                 self.shard(&language).do_send(OfferSettled {
                     creator: Arc::from(creator),

@@ -74,6 +74,11 @@ pub const BRIDGE_RECONNECTS_TOTAL: &str = "rendezvous_bridge_reconnects_total";
 /// Counter: pipelines whose writes fewer replicas than asked confirmed in time
 /// (`WAIT` fell short; the sends in them were answered `unavailable`).
 pub const BRIDGE_UNCONFIRMED_WRITES_TOTAL: &str = "rendezvous_bridge_unconfirmed_writes_total";
+/// Counter: outcomes of cross-node offers read from the store, by `side`
+/// (`creator`: recorded before the room opens, one per cross-node match;
+/// `member`: asked by a node that held searches and never heard the end) and
+/// `outcome` (`opened`, `aborted`).
+pub const BRIDGE_OFFER_OUTCOMES_TOTAL: &str = "rendezvous_bridge_offer_outcomes_total";
 /// Histogram: seconds a full resync took after a (re)connect.
 pub const BRIDGE_RESYNC_SECONDS: &str = "rendezvous_bridge_resync_seconds";
 /// Gauge: seconds since each peer's last heartbeat, label `node`.
@@ -259,6 +264,12 @@ pub fn export_at_zero(config: &EngineConfig, clustered: bool) {
             BRIDGE_UNCONFIRMED_WRITES_TOTAL,
         ] {
             counter!(name).increment(0);
+        }
+        for side in ["creator", "member"] {
+            for outcome in ["opened", "aborted"] {
+                counter!(BRIDGE_OFFER_OUTCOMES_TOTAL, "side" => side, "outcome" => outcome)
+                    .increment(0);
+            }
         }
         for kind in crate::bridge::events::ClusterEvent::KINDS {
             counter!(BRIDGE_RECEIVED_TOTAL, "kind" => *kind).increment(0);

@@ -154,6 +154,58 @@ pub enum ClaimOutcome {
     Lost(Vec<UserId>),
 }
 
+/// How a cross-node offer ended, as recorded once for every node that asks
+/// ([`Bridge::decide_offer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OfferOutcome {
+    /// The creator opened this room: every member with its node, and the interests
+    /// they share.
+    Opened { room: RoomId, members: Vec<(UserId, Arc<str>)>, shared: Vec<Interest> },
+    /// Nobody was matched: every held search goes back to its pool.
+    Aborted,
+}
+
+/// [`OfferOutcome::Opened`] as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredOpened {
+    room: String,
+    members: Vec<(String, String)>,
+    shared: Vec<String>,
+}
+
+/// What [`OfferOutcome::Aborted`] is stored as (an opened outcome is a JSON object).
+const ABORTED: &str = "aborted";
+
+impl OfferOutcome {
+    /// The stored form: `aborted`, or the opened room as JSON.
+    pub fn encode(&self) -> String {
+        match self {
+            OfferOutcome::Aborted => ABORTED.to_owned(),
+            OfferOutcome::Opened { room, members, shared } => {
+                let stored = StoredOpened {
+                    room: room.to_string(),
+                    members: members.iter().map(|(u, n)| (u.to_string(), n.to_string())).collect(),
+                    shared: shared.iter().map(|i| i.to_string()).collect(),
+                };
+                serde_json::to_string(&stored).unwrap_or_else(|_| ABORTED.to_owned())
+            }
+        }
+    }
+
+    /// Read a stored outcome back; `None` for anything [`Self::encode`] never wrote.
+    pub fn decode(stored: &str) -> Option<Self> {
+        if stored == ABORTED {
+            return Some(OfferOutcome::Aborted);
+        }
+        let s: StoredOpened = serde_json::from_str(stored).ok()?;
+        Some(OfferOutcome::Opened {
+            room: RoomId::from(s.room),
+            members: s.members.into_iter().map(|(u, n)| (UserId::from(u), Arc::from(n))).collect(),
+            shared: s.shared.into_iter().map(Interest::from).collect(),
+        })
+    }
+}
+
 /// A search as every node sees it: what the origin node publishes when it starts,
 /// and what other nodes keep a replica of.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -281,6 +333,21 @@ pub trait Bridge: Send + Sync + 'static {
     }
     /// Send one event to one node (two-phase cross-node matches).
     fn send_to_node(&self, _node: &str, _event: ClusterEvent) {}
+    /// Record how offer `offer` of `creator`'s pool `pool` ends, unless an outcome
+    /// is recorded already, and answer the recorded one: the first proposal wins,
+    /// and every node that asks later gets the same answer. The creator proposes the
+    /// room it is about to open; a member node that never heard the end proposes
+    /// `Aborted`. An error means the answer is unknown (ask again). With no other
+    /// node there is nobody to disagree with: the proposal is the outcome.
+    fn decide_offer(
+        &self,
+        _creator: &str,
+        _pool: &str,
+        _offer: u64,
+        proposal: OfferOutcome,
+    ) -> BoxFut<OfferOutcome> {
+        Box::pin(async move { Ok(proposal) })
+    }
     /// A replica of `room` opened (`on`) or stopped here: on Redis Cluster the
     /// bridge subscribes to the room's shard channel while one is open.
     fn watch_room(&self, _room: &RoomId, _on: bool) {}

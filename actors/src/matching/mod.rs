@@ -30,8 +30,8 @@ use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipie
 
 use self::messages::*;
 use self::pool::Criteria;
-use self::shard_core::{Effect, LocalSearch, Matched, RemoteSearch, ShardCore};
-use crate::bridge::{SearchAd, Ticket};
+use self::shard_core::{Effect, LocalSearch, Matched, Proposal, RemoteSearch, ShardCore};
+use crate::bridge::{OfferOutcome, SearchAd, Ticket};
 use crate::clock;
 use crate::ids::{random_id, RoomId};
 use crate::language::OTHER as OTHER_LANGUAGES;
@@ -127,7 +127,10 @@ impl MatchShard {
         )
         .with_roaming(Box::new(move |pool, size, roam, lone| {
             directory.pools.next_for(pool, size, roam, lone)
-        }));
+        }))
+        // Offer ids name recorded outcomes in the store: a restarted node with the
+        // same id must not meet its previous run's records.
+        .with_first_offer(rand::random::<u64>() >> 2);
         Self {
             label: index.to_string(),
             node,
@@ -188,9 +191,31 @@ impl MatchShard {
                     None => ctx.address().do_send(msg),
                 }
             }
+            Effect::Decide { creator, offer, pool, proposal } => {
+                let proposal = match proposal {
+                    Proposal::Open { members, shared } => {
+                        OfferOutcome::Opened { room: new_room_id(), members, shared }
+                    }
+                    Proposal::Abort => OfferOutcome::Aborted,
+                };
+                let fut = bridge.decide_offer(&creator, &pool, offer, proposal);
+                ctx.spawn(fut.into_actor(self).map(move |outcome, act, ctx| {
+                    if let Ok(o) = &outcome {
+                        let label = if creator == act.node { "creator" } else { "member" };
+                        let outcome = match o {
+                            OfferOutcome::Opened { .. } => "opened",
+                            OfferOutcome::Aborted => "aborted",
+                        };
+                        metrics::counter!(m::BRIDGE_OFFER_OUTCOMES_TOTAL, "side" => label, "outcome" => outcome)
+                            .increment(1);
+                    }
+                    act.core.decided(creator, offer, outcome, Instant::now());
+                    act.run(ctx);
+                }));
+            }
             Effect::OpenRoom { members, remote, shared, confirm } => {
                 self.create.do_send(CreateMatchRoom {
-                    room_id: RoomId::from(random_id("r")),
+                    room_id: confirm.as_ref().map_or_else(new_room_id, |c| c.room.clone()),
                     members: members.into_iter().map(matched_member).collect(),
                     remote,
                     shared,
@@ -293,6 +318,11 @@ impl MatchShard {
         }
         self.by_language = now;
     }
+}
+
+/// A fresh match room id.
+fn new_room_id() -> RoomId {
+    RoomId::from(random_id("r"))
 }
 
 fn matched_member(m: Matched<SearchLink>) -> MatchedMember {

@@ -29,11 +29,22 @@
 //!               offers ──────Offer──────────────► pool | parked ──► held ─┐
 //!                 ▲                               (own claim runs: deferred)│
 //!                 └────────OfferReply ok | gone ◄───────────────────────────┘
-//!  every node ok ─► OpenRoom ─OfferConfirm─► held ─► Settled ─► MatchSettled
+//!  every node ok ─► Decide(open) ─► OpenRoom ─OfferConfirm─► held ─► Settled ─► MatchSettled
+//!                     │ recorded: aborted ─┐
 //!  refused | OFFER_TIMEOUT ─► OfferAbort (every offered node), locals to pool
 //!                              OfferAbort ─► held back to pool (announced again)
-//!  claim Lost ─► local loser parked ─PARKED_TIMEOUT─► pool;  held ─HELD_TIMEOUT─► pool
+//!  claim Lost ─► local loser parked ─PARKED_TIMEOUT─► pool
+//!  held ─HELD_CHECK─► Decide(abort) ─► recorded: opened ─► Settled | aborted ─► pool
 //! ```
+//! The end of an offer is recorded once in the store ([`Effect::Decide`]): the
+//! creator records the room before it opens it, and a member node that heard
+//! nothing for [`HELD_CHECK`] (the confirm or the abort was lost, say in a
+//! failover) records `aborted` unless an outcome is there, and follows whichever
+//! outcome the store holds. The first record wins, so both sides always agree: a
+//! member is never left out of a room its partner was told about, and never
+//! matched again while the room holds it. An unknown answer (the store is down) is
+//! asked again every [`DECIDE_RETRY`]; the searches wait meanwhile.
+//!
 //! Races it absorbs: an offer for a ticket whose own claim still runs here waits
 //! (`deferred`) until that claim ends; an abort that arrives before its offer is
 //! remembered (`settled_early`) so the offer is refused; an offer that overtakes its
@@ -50,13 +61,16 @@ use super::policy::Policy;
 use super::pool::{Criteria, Entry, Match, Pool, Roam};
 use super::timeouts::Timeouts;
 use crate::bridge::events::{ClusterEvent, OfferMember};
-use crate::bridge::{BridgeError, ClaimMember, ClaimOutcome, SearchAd, Ticket};
+use crate::bridge::{BridgeError, ClaimMember, ClaimOutcome, OfferOutcome, SearchAd, Ticket};
 use crate::ids::{Interest, RoomId, UserId};
 
 /// How long a creator waits for member nodes to answer an offer.
 pub const OFFER_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long a member node holds searches for an offer that is never settled.
-pub const HELD_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a member node holds searches for an offer before it asks the store how
+/// the offer ended (its confirm or abort may have been lost).
+pub const HELD_CHECK: Duration = Duration::from_secs(5);
+/// How soon an outcome the store could not answer is asked for again.
+pub const DECIDE_RETRY: Duration = Duration::from_millis(500);
 /// How long a search that lost a claim waits for the winner's offer.
 pub const PARKED_TIMEOUT: Duration = Duration::from_secs(4);
 /// Extra life of a replica past its origin's deadline, so the origin's own expiry
@@ -177,8 +191,9 @@ pub struct OfferAnswered {
     pub gone: Vec<UserId>,
 }
 
-/// The room a settled offer opened: its id, every member, the shared interests.
-pub type SettledRoom = (RoomId, Vec<UserId>, Vec<Interest>);
+/// The room a settled offer opened: its id, every member with its node, the shared
+/// interests.
+pub type SettledRoom = (RoomId, Vec<(UserId, Arc<str>)>, Vec<Interest>);
 
 /// Member node: the offer's room exists (`Some`), or the match fell through
 /// (`None`) and the held searches go back to the pool.
@@ -208,9 +223,11 @@ pub struct Announce {
     pub deadline: Instant,
 }
 
-/// The offer a cross-node room settles, and the member nodes that held for it.
+/// The offer a cross-node room settles (its room, as recorded), and the member
+/// nodes that held for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirm {
+    pub room: RoomId,
     pub offer: u64,
     pub language: String,
     pub nodes: Vec<Arc<str>>,
@@ -236,7 +253,16 @@ pub enum Effect<L> {
         confirm: Option<Confirm>,
     },
     /// Supervisor: another node opened this room for these local members.
-    Settled { room_id: RoomId, members: Vec<Matched<L>>, all: Vec<UserId>, shared: Vec<Interest> },
+    Settled {
+        room_id: RoomId,
+        members: Vec<Matched<L>>,
+        all: Vec<(UserId, Arc<str>)>,
+        shared: Vec<Interest>,
+    },
+    /// Bridge: record how `creator`'s offer `offer` in `pool` ends unless an
+    /// outcome is recorded, and feed the recorded one back to
+    /// [`ShardCore::decided`]. An opened room gets its id here, from the caller.
+    Decide { creator: Arc<str>, offer: u64, pool: Arc<str>, proposal: Proposal },
     /// Session: the withdrawn search's pick fell through (`SearchCancelled`).
     Cancelled { link: L, ticket: Ticket },
     /// Session: the search's wait ran out (`SearchExpired`).
@@ -261,6 +287,16 @@ pub enum Effect<L> {
         language: Arc<str>,
         pair_shared: Vec<usize>,
     },
+}
+
+/// What a shard proposes as the end of an offer ([`Effect::Decide`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proposal {
+    /// The creator: a room of these members (with their nodes) sharing these
+    /// interests.
+    Open { members: Vec<(UserId, Arc<str>)>, shared: Vec<Interest> },
+    /// A member node that heard nothing: nobody is matched.
+    Abort,
 }
 
 /// A cross-node group this shard claimed, waiting for member nodes to hold theirs.
@@ -314,8 +350,13 @@ pub struct ShardCore<L> {
     overtaken: VecDeque<Ticket>,
     /// When offers made here give up on their member nodes.
     offer_timeouts: Timeouts<u64>,
-    /// When held searches of an offer that was never settled go back to the pool.
+    /// When held searches of an offer that was never settled ask for its outcome.
     held_timeouts: Timeouts<OfferKey>,
+    /// Outcomes asked of the store and not yet answered, with what was proposed:
+    /// this shard's own offers (creator) and held offers (member node).
+    deciding: HashMap<OfferKey, (Arc<str>, Proposal)>,
+    /// When an unanswered outcome is asked again.
+    decide_retries: Timeouts<OfferKey>,
     /// When parked searches stop waiting for the winning claim's offer.
     parked_timeouts: Timeouts<Ticket>,
     /// Effects not yet taken by the caller.
@@ -352,7 +393,9 @@ impl<L: LocalLink> ShardCore<L> {
             settled_early: VecDeque::new(),
             overtaken: VecDeque::new(),
             offer_timeouts: Timeouts::new(OFFER_TIMEOUT),
-            held_timeouts: Timeouts::new(HELD_TIMEOUT),
+            held_timeouts: Timeouts::new(HELD_CHECK),
+            deciding: HashMap::new(),
+            decide_retries: Timeouts::new(DECIDE_RETRY),
             parked_timeouts: Timeouts::new(PARKED_TIMEOUT),
             out: Vec::new(),
             pool_changed: false,
@@ -360,6 +403,14 @@ impl<L: LocalLink> ShardCore<L> {
             moved_to: HashMap::new(),
             elsewhere: None,
         }
+    }
+
+    /// Number this shard's offers from `first` on. Offer ids name the recorded
+    /// outcomes in the store, so a restarted node must not reuse its old ones: the
+    /// caller starts each run somewhere random.
+    pub fn with_first_offer(mut self, first: u64) -> Self {
+        self.next_offer = first.max(1);
+        self
     }
 
     /// Let roaming searches move to the pools `elsewhere` names.
@@ -663,6 +714,10 @@ impl<L: LocalLink> ShardCore<L> {
     pub fn offer_settled(&mut self, msg: OfferSettled, now: Instant) {
         let key = (msg.creator, msg.offer);
         self.held_timeouts.disarm(&key);
+        // The creator's word settles it; an outcome asked of the store meanwhile is
+        // the same one (the creator recorded it first) and is ignored when it comes.
+        self.deciding.remove(&key);
+        self.decide_retries.disarm(&key);
         let Some(entries) = self.held.remove(&key) else {
             // Settled before this node held anything (the offer is deferred behind a
             // running claim, or still on its way): an offer that comes later is over.
@@ -670,7 +725,18 @@ impl<L: LocalLink> ShardCore<L> {
             remember(&mut self.settled_early, key);
             return;
         };
-        match msg.room {
+        self.settle_held(entries, msg.room, now);
+    }
+
+    /// Member node: the held searches of an offer are matched in `room`, or (none)
+    /// go back to the pool.
+    fn settle_held(
+        &mut self,
+        entries: Vec<Entry<Link<L>>>,
+        room: Option<SettledRoom>,
+        now: Instant,
+    ) {
+        match room {
             Some((room_id, all, shared)) => {
                 let mut members = Vec::with_capacity(entries.len());
                 for e in entries {
@@ -684,6 +750,56 @@ impl<L: LocalLink> ShardCore<L> {
             }
             None => self.requeue(entries, true, now),
         }
+    }
+
+    /// The store answered [`Effect::Decide`] for `creator`'s offer `offer`: how it
+    /// ended, or (an error) that the answer is unknown and must be asked again.
+    pub fn decided(
+        &mut self,
+        creator: Arc<str>,
+        offer: u64,
+        outcome: Result<OfferOutcome, BridgeError>,
+        now: Instant,
+    ) {
+        let key = (creator, offer);
+        if !self.deciding.contains_key(&key) {
+            // Settled meanwhile by the creator's own word.
+            return;
+        }
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                warn!(offer, creator = %key.0, error = %e, "offer outcome unknown; asking again");
+                self.decide_retries.arm(key, now);
+                return;
+            }
+        };
+        self.deciding.remove(&key);
+        let room = match outcome {
+            OfferOutcome::Opened { room, members, shared } => Some((room, members, shared)),
+            OfferOutcome::Aborted => None,
+        };
+        if key.0 == self.node {
+            match room {
+                Some((room, _, _)) => self.open_offer(offer, room, now),
+                None => self.abort_offer(offer, now),
+            }
+        } else if let Some(entries) = self.held.remove(&key) {
+            warn!(offer, creator = %key.0, opened = room.is_some(), "held offer settled by its recorded outcome");
+            self.settle_held(entries, room, now);
+        }
+    }
+
+    /// Ask the store for the outcome of `key` (see [`Effect::Decide`]).
+    fn decide(&mut self, key: OfferKey, pool: Arc<str>, proposal: Proposal) {
+        let (creator, offer) = key.clone();
+        self.out.push(Effect::Decide {
+            creator,
+            offer,
+            pool: pool.clone(),
+            proposal: proposal.clone(),
+        });
+        self.deciding.insert(key, (pool, proposal));
     }
 
     /// Move roaming searches that are alone in their bucket, or have stayed
@@ -749,9 +865,16 @@ impl<L: LocalLink> ShardCore<L> {
             }
         }
         for key in self.held_timeouts.expired(now) {
-            if let Some(entries) = self.held.remove(&key) {
-                warn!(offer = key.1, creator = %key.0, "offer never settled; back to the pool");
-                self.requeue(entries, true, now);
+            let pool = match self.held.get(&key).and_then(|es| es.first()) {
+                Some(e) => e.criteria.language.clone(),
+                None => continue,
+            };
+            warn!(offer = key.1, creator = %key.0, "offer not settled; asking the store");
+            self.decide(key, pool, Proposal::Abort);
+        }
+        for key in self.decide_retries.expired(now) {
+            if let Some((pool, proposal)) = self.deciding.get(&key).cloned() {
+                self.decide(key, pool, proposal);
             }
         }
     }
@@ -961,36 +1084,64 @@ impl<L: LocalLink> ShardCore<L> {
         self.offer_timeouts.arm(id, now);
     }
 
-    /// Every member node answered (or the offer timed out): open the room, or put
+    /// Every member node answered (or the offer timed out): record the room, or put
     /// everyone back.
     fn settle(&mut self, id: u64, now: Instant) {
+        let Some(p) = self.offers.get(&id) else { return };
+        self.offer_timeouts.disarm(&id);
+        let locals_alive = p.found.members.iter().all(|e| e.link.alive());
+        if p.failed || !locals_alive {
+            return self.abort_offer(id, now);
+        }
+        let members = p
+            .found
+            .members
+            .iter()
+            .map(|e| {
+                let node = match &e.link {
+                    Link::Local(_) => self.node.clone(),
+                    Link::Remote { node, .. } => node.clone(),
+                };
+                (e.user.clone(), node)
+            })
+            .collect();
+        let proposal = Proposal::Open { members, shared: p.found.shared.clone() };
+        let pool = p.found.members[0].criteria.language.clone();
+        self.decide((self.node.clone(), id), pool, proposal);
+    }
+
+    /// The room of offer `id` is recorded as `room`: open it and tell everyone.
+    fn open_offer(&mut self, id: u64, room: RoomId, now: Instant) {
+        let Some(p) = self.offers.remove(&id) else { return };
+        let language = p.found.members[0].criteria.language.to_string();
+        self.count_match(&p.found, now);
+        let mut members = Vec::new();
+        let mut remote = Vec::new();
+        for e in p.found.members {
+            match e.link {
+                Link::Local(link) => {
+                    self.withdrawn.remove(&e.ticket);
+                    self.out.push(Effect::Searching(-1));
+                    members.push(Matched { user: e.user, ticket: e.ticket, link });
+                }
+                Link::Remote { node, .. } => remote.push((e.user, node)),
+            }
+        }
+        let confirm = Confirm { room, offer: id, language, nodes: p.accepted };
+        self.out.push(Effect::OpenRoom {
+            members,
+            remote,
+            shared: p.found.shared,
+            confirm: Some(confirm),
+        });
+    }
+
+    /// Offer `id` is over without a match: tell every offered node, put the local
+    /// members back.
+    fn abort_offer(&mut self, id: u64, now: Instant) {
         let Some(p) = self.offers.remove(&id) else { return };
         self.offer_timeouts.disarm(&id);
         let language = p.found.members[0].criteria.language.to_string();
-        let locals_alive = p.found.members.iter().all(|e| e.link.alive());
-        if !p.failed && locals_alive {
-            self.count_match(&p.found, now);
-            let mut members = Vec::new();
-            let mut remote = Vec::new();
-            for e in p.found.members {
-                match e.link {
-                    Link::Local(link) => {
-                        self.withdrawn.remove(&e.ticket);
-                        self.out.push(Effect::Searching(-1));
-                        members.push(Matched { user: e.user, ticket: e.ticket, link });
-                    }
-                    Link::Remote { node, .. } => remote.push((e.user, node)),
-                }
-            }
-            let confirm = Confirm { offer: id, language, nodes: p.accepted };
-            self.out.push(Effect::OpenRoom {
-                members,
-                remote,
-                shared: p.found.shared,
-                confirm: Some(confirm),
-            });
-            return;
-        }
         self.out.push(Effect::ClaimConflict);
         // Every node offered, answered or not: one that answers late must not hold
         // its members for an offer that is over.
@@ -1094,8 +1245,25 @@ impl<L: LocalLink> ShardCore<L> {
             assert!(e.link.is_local(), "only local searches are held or parked");
         }
         assert_eq!(self.parked_timeouts.len(), self.parked.len(), "a timeout per parked search");
-        assert_eq!(self.held_timeouts.len(), self.held.len(), "a timeout per held offer");
-        assert_eq!(self.offer_timeouts.len(), self.offers.len(), "a timeout per offer");
+        let deciding_mine = self.deciding.keys().filter(|(c, _)| *c == self.node).count();
+        let deciding_held = self.deciding.len() - deciding_mine;
+        assert_eq!(
+            self.held_timeouts.len() + deciding_held,
+            self.held.len(),
+            "a held offer waits for its timeout or for its outcome"
+        );
+        assert_eq!(
+            self.offer_timeouts.len() + deciding_mine,
+            self.offers.len(),
+            "an offer waits for its answers or for its outcome"
+        );
+        for (creator, offer) in self.deciding.keys() {
+            if *creator == self.node {
+                assert!(self.offers.contains_key(offer), "deciding offer {offer} is an offer");
+            } else {
+                assert!(self.held.contains_key(&(creator.clone(), *offer)), "deciding held offer");
+            }
+        }
     }
 
     /// Local searches anywhere in the shard (what the `searching` gauge counts).

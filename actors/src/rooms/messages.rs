@@ -209,8 +209,9 @@ pub struct MatchSettled {
     pub room_id: RoomId,
     /// This node's members, with the sessions that searched.
     pub members: Vec<MatchedMember>,
-    /// Every member of the room, for `match_found`.
-    pub all: Vec<UserId>,
+    /// Every member of the room with its node: `match_found` names them, and the
+    /// room's replica here seats them.
+    pub all: Vec<(UserId, Arc<str>)>,
     pub shared: Vec<Interest>,
 }
 

@@ -333,9 +333,18 @@ impl Handler<MatchSettled> for RoomSupervisor {
     type Result = ();
 
     fn handle(&mut self, msg: MatchSettled, _ctx: &mut Self::Context) {
+        if self.rooms.shared.bridge.clustered() {
+            // Opened already when the creator's confirm came; not when the offer was
+            // settled by its recorded outcome because the confirm was lost. Either
+            // way the replica exists before the members hear of the room.
+            let snapshot =
+                RoomSnapshot { kind: StoredKind::Match, last_seq: 0, members: msg.all.clone() };
+            self.rooms.open_replica(&msg.room_id, &snapshot, None);
+        }
+        let all: Vec<UserId> = msg.all.iter().map(|(u, _)| u.clone()).collect();
         for member in &msg.members {
             let outbox = self.live_outbox(member);
-            announce_match(member, outbox.as_ref(), &msg.room_id, &msg.all, &msg.shared);
+            announce_match(member, outbox.as_ref(), &msg.room_id, &all, &msg.shared);
         }
     }
 }
@@ -490,7 +499,10 @@ mod tests {
             let settled = MatchSettled {
                 room_id: RoomId::from("r1"),
                 members: vec![member("ann", 10), member("bob", 11)],
-                all: ["ann", "bob", "cy"].into_iter().map(UserId::from).collect(),
+                all: ["ann", "bob", "cy"]
+                    .into_iter()
+                    .map(|u| (UserId::from(u), Arc::from("node-b")))
+                    .collect(),
                 shared: vec![Interest::from("chess")],
             };
             rooms.supervisor.send(settled).await.expect("supervisor");

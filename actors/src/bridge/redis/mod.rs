@@ -52,7 +52,8 @@ use super::events::{ClusterEvent, MemberStatus, RoomEv};
 use super::memory::MemoryBridge;
 use super::{
     Appended, Attachment, BoxFut, Bridge, BridgeError, BridgeSettings, ClaimMember, ClaimOutcome,
-    ClusterSink, HistoryPage, RoomSeed, RoomSnapshot, SearchAd, Seats, StoredKind, Ticket,
+    ClusterSink, HistoryPage, OfferOutcome, RoomSeed, RoomSnapshot, SearchAd, Seats, StoredKind,
+    Ticket,
 };
 use crate::clock::now_ms;
 use crate::ids::{Interest, RoomId, UserId};
@@ -77,6 +78,10 @@ const STREAM_CAP: u64 = 10_000;
 /// chunks of 20 give 2.7-3.8 ms for a round trip per 20 keys.
 const REFRESH_CHUNK: usize = 20;
 
+/// How long an offer's recorded outcome is kept: far longer than any member node
+/// takes to ask for it (it asks after `HELD_CHECK`, then every `DECIDE_RETRY`).
+const OFFER_RECORD_TTL: Duration = Duration::from_secs(120);
+
 /// Shortest pause between two refreshes of this node's keys.
 const MIN_REFRESH: Duration = Duration::from_millis(500);
 
@@ -98,9 +103,10 @@ struct Scripts {
     touch_room: redis::Script,
     mod_put: redis::Script,
     mod_load: redis::Script,
+    offer: redis::Script,
 }
 
-const SOURCES: [&str; 17] = [
+const SOURCES: [&str; 18] = [
     concat!(include_str!("scripts/pool_publish.lua"), include_str!("scripts/begin.lua")),
     concat!(include_str!("scripts/pool_publish.lua"), include_str!("scripts/end.lua")),
     concat!(include_str!("scripts/pool_publish.lua"), include_str!("scripts/claim.lua")),
@@ -122,6 +128,7 @@ const SOURCES: [&str; 17] = [
     include_str!("scripts/touch_room.lua"),
     include_str!("scripts/mod_put.lua"),
     include_str!("scripts/mod_load.lua"),
+    include_str!("scripts/offer.lua"),
 ];
 
 /// The room scripts' way of telling the other nodes of a room: one `PUBLISH` per
@@ -169,6 +176,7 @@ impl Scripts {
             touch_room: s(14),
             mod_put: s(15),
             mod_load: s(16),
+            offer: s(17),
         }
     }
 }
@@ -253,6 +261,11 @@ fn room_channel(room: &str) -> String {
 /// The moderation record: two keys in one hash slot (`{mod}`), so its scripts run
 /// on Redis Cluster too. `ends`: record key → end (ms); `data`: record key → JSON.
 const MOD_KEYS: [&str; 2] = ["rdv:{mod}:ends", "rdv:{mod}:data"];
+/// Where the outcome of `creator`'s offer `offer` in `pool` is recorded: in the
+/// creator's slot, so offers spread over the cluster by node, not by language.
+fn offer_key(creator: &str, pool: &str, offer: u64) -> String {
+    format!("rdv:{{node:{creator}}}:offer:{pool}:{offer}")
+}
 fn user_key(user: &str, what: &str) -> String {
     format!("rdv:user:{{{user}}}:{what}")
 }
@@ -1480,6 +1493,33 @@ impl Bridge for RedisBridge {
 
     fn send_to_node(&self, node: &str, event: ClusterEvent) {
         self.tell_node(node, event.to_json());
+    }
+
+    fn decide_offer(
+        &self,
+        creator: &str,
+        pool: &str,
+        offer: u64,
+        proposal: OfferOutcome,
+    ) -> BoxFut<OfferOutcome> {
+        let key = offer_key(creator, pool, offer);
+        let args = [proposal.encode(), OFFER_RECORD_TTL.as_millis().to_string()];
+        let cmd = evalsha(&self.scripts.offer, &[key], &args);
+        // Durable: an outcome a failover could lose would let the other side record
+        // the opposite one.
+        let fut = self.pipe.call_durable("offer", cmd);
+        Box::pin(async move {
+            let (reply, confirmed) = fut.await?;
+            if !confirmed {
+                return Err(BridgeError::Unavailable(
+                    "offer outcome not confirmed by replicas".into(),
+                ));
+            }
+            let stored = as_string(&reply).unwrap_or_default();
+            OfferOutcome::decode(&stored).ok_or_else(|| {
+                BridgeError::Unavailable(format!("unreadable offer outcome {stored:?}"))
+            })
+        })
     }
 
     fn watch_room(&self, room: &RoomId, on: bool) {

@@ -141,9 +141,20 @@ impl World {
     }
 
     fn settle(&mut self, creator: &str, offer: u64, room: bool) -> Fx {
-        let room = room.then(|| (RoomId::from("r1"), vec![uid("u1"), uid("x")], Vec::new()));
+        let room = room.then(|| (RoomId::from("r1"), seats(creator), Vec::new()));
         self.core
             .offer_settled(OfferSettled { creator: Arc::from(creator), offer, room }, self.now);
+        self.fx()
+    }
+
+    /// The store answers the outcome of `creator`'s offer `offer`.
+    fn decided(
+        &mut self,
+        creator: &str,
+        offer: u64,
+        outcome: Result<OfferOutcome, BridgeError>,
+    ) -> Fx {
+        self.core.decided(Arc::from(creator), offer, outcome, self.now);
         self.fx()
     }
 
@@ -157,7 +168,33 @@ impl World {
     }
 }
 
+/// The seats of the rooms these tests settle: `u1` here (node `a`), `x` on the
+/// creator's node.
+fn seats(creator: &str) -> Vec<(UserId, Arc<str>)> {
+    vec![(uid("u1"), Arc::from("a")), (uid("x"), Arc::from(creator))]
+}
+
+/// A recorded opened outcome for the room of [`seats`].
+fn opened(creator: &str) -> OfferOutcome {
+    OfferOutcome::Opened { room: RoomId::from("r1"), members: seats(creator), shared: Vec::new() }
+}
+
 // ---- what effects say ----
+
+/// The one outcome asked of the store: (creator, offer, proposal).
+fn decide_of(fx: &Fx) -> (String, u64, Proposal) {
+    let asked: Vec<_> = fx
+        .iter()
+        .filter_map(|f| match f {
+            Effect::Decide { creator, offer, proposal, .. } => {
+                Some((creator.to_string(), *offer, proposal.clone()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(asked.len(), 1, "one outcome asked in {fx:?}");
+    asked.into_iter().next().expect("one")
+}
 
 fn claim_of(fx: &Fx) -> (u64, Vec<ClaimMember>) {
     let claims: Vec<_> = fx
@@ -452,18 +489,63 @@ fn a_cross_node_claim_becomes_an_offer_and_opens_when_every_node_holds() {
     assert_eq!(sent(&fx)[0].0, "b");
     assert_eq!(room_members(&fx), None, "no room before b holds");
     let fx = w.answer("b", offer, true);
+    assert_eq!(room_members(&fx), None, "no room before it is recorded");
+    let (creator, asked, proposal) = decide_of(&fx);
+    assert_eq!((creator.as_str(), asked), ("a", offer));
+    let seated = vec![(uid("u2"), Arc::from("b")), (uid("u1"), Arc::from("a"))];
+    assert_eq!(
+        proposal,
+        Proposal::Open { members: seated.clone(), shared: vec![Interest::from("chess")] }
+    );
+    // A duplicate answer changes nothing, and the offer no longer times out.
+    assert!(w.answer("b", offer, true).is_empty());
+    assert!(w.sweep(OFFER_TIMEOUT * 2).is_empty());
+    let recorded = OfferOutcome::Opened {
+        room: RoomId::from("r9"),
+        members: seated,
+        shared: vec![Interest::from("chess")],
+    };
+    let fx = w.decided("a", offer, Ok(recorded));
     match fx.iter().find(|f| matches!(f, Effect::OpenRoom { .. })) {
         Some(Effect::OpenRoom { members, remote, confirm: Some(c), .. }) => {
             assert_eq!(members.len(), 1);
             assert_eq!(remote, &vec![(uid("u2"), Arc::from("b"))]);
+            assert_eq!(c.room, RoomId::from("r9"), "the recorded room");
             assert_eq!(c.offer, offer);
             assert_eq!(c.nodes, vec![Arc::<str>::from("b")]);
         }
         other => panic!("expected a confirmed room, got {other:?}"),
     }
     assert_eq!(searching(&fx), -1, "only the local member counted here");
-    // A duplicate answer changes nothing.
-    assert!(w.answer("b", offer, true).is_empty());
+}
+
+#[test]
+fn an_offer_recorded_aborted_by_a_member_node_puts_everyone_back() {
+    let mut w = world(true);
+    let id = cross_pair(&mut w);
+    let offer = offer_id(&w.claim_result(id, Ok(ClaimOutcome::Claimed)));
+    decide_of(&w.answer("b", offer, true));
+    // b heard nothing in time and recorded `aborted` first.
+    let fx = w.decided("a", offer, Ok(OfferOutcome::Aborted));
+    assert_eq!(room_members(&fx), None);
+    assert_eq!(aborted_nodes(&fx), vec!["b"]);
+    assert_eq!(announced(&fx), vec![1]);
+    assert!(w.waiting(1));
+}
+
+#[test]
+fn an_unknown_outcome_is_asked_again_with_the_same_proposal_until_answered() {
+    let mut w = world(true);
+    let id = cross_pair(&mut w);
+    let offer = offer_id(&w.claim_result(id, Ok(ClaimOutcome::Claimed)));
+    let first = decide_of(&w.answer("b", offer, true));
+    assert!(w.decided("a", offer, Err(BridgeError::Unavailable("down".into()))).is_empty());
+    assert!(w.sweep(DECIDE_RETRY - Duration::from_millis(1)).is_empty());
+    assert_eq!(decide_of(&w.sweep(DECIDE_RETRY)), first);
+    // A cancel meanwhile only withdraws: the recorded room answers it.
+    assert!(!w.core.cancel(&uid("u1"), 1, CancelReason::Cancelled));
+    let fx = w.decided("a", offer, Ok(opened("a")));
+    match_wins(&w, &fx, &[1]);
 }
 
 #[test]
@@ -527,7 +609,8 @@ fn cancel_while_offered_ends_the_search_if_the_offer_fails() {
 #[test]
 fn cancel_while_offered_loses_to_an_offer_that_holds() {
     let (mut w, offer) = offered_then_cancelled();
-    let fx = w.answer("b", offer, true);
+    decide_of(&w.answer("b", offer, true));
+    let fx = w.decided("a", offer, Ok(opened("a")));
     match_wins(&w, &fx, &[1]);
 }
 
@@ -553,7 +636,7 @@ fn an_offer_for_waiting_searches_holds_them_and_a_confirm_settles_them() {
     let fx = w.settle("c", 7, true);
     assert_eq!(room_members(&fx), Some(vec![1]));
     match fx.iter().find(|f| matches!(f, Effect::Settled { .. })) {
-        Some(Effect::Settled { all, .. }) => assert_eq!(all, &vec![uid("u1"), uid("x")]),
+        Some(Effect::Settled { all, .. }) => assert_eq!(all, &seats("c")),
         other => panic!("expected settled, got {other:?}"),
     }
     assert_eq!(searching(&fx), -1);
@@ -621,17 +704,55 @@ fn cancel_while_held_loses_to_a_confirm() {
 }
 
 #[test]
-fn a_held_offer_never_settled_times_out_back_to_the_pool() {
+fn a_held_offer_never_settled_asks_the_store_and_goes_back_when_aborted() {
     let mut w = world(true);
     w.local(1, "u1");
     w.offer("c", 7, &[("u1", 1)]);
-    assert!(w.sweep(HELD_TIMEOUT - Duration::from_millis(1)).is_empty());
-    let fx = w.sweep(HELD_TIMEOUT);
+    assert!(w.sweep(HELD_CHECK - Duration::from_millis(1)).is_empty());
+    let fx = w.sweep(HELD_CHECK);
+    assert_eq!(decide_of(&fx), ("c".into(), 7, Proposal::Abort));
+    assert!(w.core.is_held(1), "held until the store answers");
+    let fx = w.decided("c", 7, Ok(OfferOutcome::Aborted));
     assert_eq!(announced(&fx), vec![1]);
     assert!(w.waiting(1));
-    // A confirm that comes after all finds nothing held.
-    assert!(w.settle("c", 7, true).is_empty());
+    // An abort that comes after all finds nothing held.
+    assert!(w.settle("c", 7, false).is_empty());
     assert!(w.waiting(1));
+}
+
+#[test]
+fn a_held_offer_whose_confirm_was_lost_is_matched_in_the_recorded_room() {
+    let mut w = world(true);
+    w.local(1, "u1");
+    w.offer("c", 7, &[("u1", 1)]);
+    decide_of(&w.sweep(HELD_CHECK));
+    // The store is down: asked again, still held, never back in the pool.
+    assert!(w.decided("c", 7, Err(BridgeError::Unavailable("down".into()))).is_empty());
+    assert_eq!(decide_of(&w.sweep(HELD_CHECK + DECIDE_RETRY)).2, Proposal::Abort);
+    assert!(w.core.is_held(1) && !w.waiting(1));
+    let fx = w.decided("c", 7, Ok(opened("c")));
+    assert_eq!(room_members(&fx), Some(vec![1]));
+    match fx.iter().find(|f| matches!(f, Effect::Settled { .. })) {
+        Some(Effect::Settled { room_id, all, .. }) => {
+            assert_eq!(room_id, &RoomId::from("r1"));
+            assert_eq!(all, &seats("c"));
+        }
+        other => panic!("expected settled, got {other:?}"),
+    }
+    assert_eq!(searching(&fx), -1);
+    // The confirm, late after all, matches nobody twice.
+    assert!(w.settle("c", 7, true).is_empty());
+}
+
+#[test]
+fn a_confirm_that_comes_while_the_store_is_asked_settles_and_the_answer_is_ignored() {
+    let mut w = world(true);
+    w.local(1, "u1");
+    w.offer("c", 7, &[("u1", 1)]);
+    decide_of(&w.sweep(HELD_CHECK));
+    assert_eq!(room_members(&w.settle("c", 7, true)), Some(vec![1]));
+    assert!(w.decided("c", 7, Ok(opened("c"))).is_empty());
+    assert!(w.sweep(HELD_CHECK + DECIDE_RETRY).is_empty(), "no retry left behind");
 }
 
 #[test]
@@ -789,12 +910,13 @@ fn random_interleavings_keep_the_state_consistent() {
         let mut rng = Lcg(seed);
         let mut claims: Vec<u64> = Vec::new();
         let mut offers: Vec<u64> = Vec::new();
+        let mut asked: Vec<(String, u64)> = Vec::new();
         let mut links: Vec<Fake> = Vec::new();
         let mut now = 0u64;
         let mut net = 0i64;
         for step in 0..400u64 {
             let user = format!("u{}", rng.below(12));
-            let fx: Fx = match rng.below(12) {
+            let fx: Fx = match rng.below(13) {
                 0 | 1 => {
                     let (link, fx) = w.local(100 + step, &user);
                     links.push(link);
@@ -838,6 +960,15 @@ fn random_interleavings_keep_the_state_consistent() {
                     links[rng.below(links.len() as u64) as usize].kill();
                     Vec::new()
                 }
+                11 if !asked.is_empty() => {
+                    let (creator, offer) = asked.remove(rng.below(asked.len() as u64) as usize);
+                    let outcome = match rng.below(3) {
+                        0 => Ok(opened(&creator)),
+                        1 => Ok(OfferOutcome::Aborted),
+                        _ => Err(BridgeError::Unavailable("x".into())),
+                    };
+                    w.decided(&creator, offer, outcome)
+                }
                 _ => {
                     w.core.remote_dropped(Some(&Arc::from("b")));
                     w.fx()
@@ -848,6 +979,9 @@ fn random_interleavings_keep_the_state_consistent() {
                     Effect::Claim { id, .. } => claims.push(*id),
                     Effect::Send { event: ClusterEvent::Offer { offer, .. }, .. } => {
                         offers.push(*offer)
+                    }
+                    Effect::Decide { creator, offer, .. } => {
+                        asked.push((creator.to_string(), *offer))
                     }
                     _ => {}
                 }
