@@ -280,10 +280,139 @@ pub enum Resp {
     Array(Option<Vec<Resp>>),
 }
 
+/// A fault: every time a message containing `needle` is published on a channel
+/// matching `pattern` (at most once per `every`), the Redis on `port` cuts every
+/// pub/sub connection (`CLIENT KILL TYPE pubsub`) and refuses new subscriptions
+/// (`ACL SETUSER default -subscribe -psubscribe`) for `hold`. What is published
+/// meanwhile, such as the answer to that message, is lost to every subscriber.
+/// Runs on its own thread until dropped; its own subscription is cut too and made
+/// again once subscribing is allowed.
+pub struct SubscriptionCutter {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    cuts: Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SubscriptionCutter {
+    pub fn start(
+        port: u16,
+        pattern: &str,
+        needle: &str,
+        every: Duration,
+        hold: Duration,
+    ) -> SubscriptionCutter {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = Arc::new(AtomicBool::new(false));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let (stop2, cuts2) = (stop.clone(), cuts.clone());
+        let (pattern, needle) = (pattern.to_owned(), needle.to_owned());
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let connect = move || -> io::Result<TcpStream> {
+            let s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+            s.set_read_timeout(Some(Duration::from_millis(200)))?;
+            s.set_write_timeout(Some(Duration::from_secs(2)))?;
+            Ok(s)
+        };
+        let thread = std::thread::spawn(move || {
+            let mut last = Instant::now() - every;
+            while !stop2.load(Ordering::Relaxed) {
+                let (Ok(mut sub), Ok(mut killer)) = (connect(), connect()) else {
+                    std::thread::sleep(POLL);
+                    continue;
+                };
+                if sub.write_all(resp_command(&["PSUBSCRIBE", &pattern]).as_bytes()).is_err() {
+                    continue;
+                }
+                let mut r = BufReader::new(sub);
+                let mut kr = BufReader::new(match killer.try_clone() {
+                    Ok(k) => k,
+                    Err(_) => continue,
+                });
+                // Until this subscription is cut (or a read times out mid-way).
+                while !stop2.load(Ordering::Relaxed) {
+                    let msg = match read_resp(&mut r) {
+                        Ok(Resp::Array(Some(v))) => v,
+                        Ok(_) => continue,
+                        Err(e)
+                            if e.kind() == ErrorKind::WouldBlock
+                                || e.kind() == ErrorKind::TimedOut =>
+                        {
+                            continue
+                        }
+                        Err(_) => break,
+                    };
+                    let hit = matches!(msg.last(), Some(Resp::Bulk(Some(body))) if body.contains(&needle));
+                    if hit && last.elapsed() >= every {
+                        last = Instant::now();
+                        // Both in one write: the answer to the message is on its way.
+                        let deny = resp_command(&[
+                            "ACL",
+                            "SETUSER",
+                            "default",
+                            "-subscribe",
+                            "-psubscribe",
+                        ]);
+                        let cut = resp_command(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+                        let allow = resp_command(&[
+                            "ACL",
+                            "SETUSER",
+                            "default",
+                            "+subscribe",
+                            "+psubscribe",
+                        ]);
+                        if killer.write_all(format!("{deny}{cut}").as_bytes()).is_err()
+                            || read_resp(&mut kr).is_err()
+                            || read_resp(&mut kr).is_err()
+                        {
+                            break;
+                        }
+                        cuts2.fetch_add(1, Ordering::Relaxed);
+                        std::thread::sleep(hold);
+                        if killer.write_all(allow.as_bytes()).is_err()
+                            || read_resp(&mut kr).is_err()
+                        {
+                            // Never leave subscribing refused: once more, on a fresh connection.
+                            let _ = try_redis_cmd(
+                                port,
+                                &["ACL", "SETUSER", "default", "+subscribe", "+psubscribe"],
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        SubscriptionCutter { stop, cuts, thread: Some(thread) }
+    }
+
+    /// How many times the subscriptions were cut so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for SubscriptionCutter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Send one command to the Redis on `port` and read its reply (to peek at keys,
 /// e.g. `redis_cmd(port, &["SCAN", "0", "COUNT", "1000"])`). Panics on I/O errors.
 pub fn redis_cmd(port: u16, args: &[&str]) -> Resp {
     try_redis_cmd(port, args).unwrap_or_else(|e| panic!("redis {args:?} on port {port}: {e}"))
+}
+
+/// `args` as a RESP request.
+fn resp_command(args: &[&str]) -> String {
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    req
 }
 
 /// [`redis_cmd`] without the panic; every step is bounded by a 2 s timeout.
@@ -292,11 +421,7 @@ pub fn try_redis_cmd(port: u16, args: &[&str]) -> io::Result<Resp> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     s.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes())?;
+    s.write_all(resp_command(args).as_bytes())?;
     read_resp(&mut BufReader::new(s))
 }
 
