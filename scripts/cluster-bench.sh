@@ -11,7 +11,8 @@
 # 2, members on different nodes, 1,000 rooms). RUNS (default 3) runs, each on
 # fresh processes; WORKERS (default 1) per engine node; SECS (default 10) per run.
 # ACK (default: the engine's) sets --redis-ack-replicas. EXTRA adds engine flags
-# (e.g. EXTRA="--language-parts en=6"). LOAD=storm measures matching instead:
+# (e.g. EXTRA="--language-parts en=6"). SERVER (default target/release/rendezvous)
+# runs another engine build, to compare two commits. LOAD=storm measures matching instead:
 # the second argument is then arrivals per second of loadtest/scenarios/
 # match-storm.toml (new connections, every search in one language, `en`: the
 # hot-language case), and the CPU is per arriving user. Prints one line per run
@@ -26,6 +27,7 @@ workers=${WORKERS:-1}
 secs=${SECS:-10}
 load=${LOAD:-chat}
 read -r -a extra_flags <<<"${EXTRA:-}"
+server=${SERVER:-target/release/rendezvous}
 out=target/cluster-bench/$load-$mode-$rate
 rm -rf "$out"
 mkdir -p "$out"
@@ -110,7 +112,7 @@ for run in $(seq 1 "$runs"); do
   ack=()
   [ -n "${ACK:-}" ] && ack=(--redis-ack-replicas "$ACK")
   for n in 0 1 2; do
-    target/release/rendezvous --bind "127.0.0.1:$((8410 + n))" --redis-url "$url" \
+    "$server" --bind "127.0.0.1:$((8410 + n))" --redis-url "$url" \
       --node-id "b$n" --workers "$workers" "${ack[@]}" "${extra_flags[@]}" \
       >"$out/node-$n-$run.log" 2>&1 &
     pids+=($!)
