@@ -78,9 +78,11 @@ const STREAM_CAP: u64 = 10_000;
 /// chunks of 20 give 2.7-3.8 ms for a round trip per 20 keys.
 const REFRESH_CHUNK: usize = 20;
 
-/// How long an offer's recorded outcome is kept: far longer than any member node
-/// takes to ask for it (it asks after `HELD_CHECK`, then every `DECIDE_RETRY`).
-const OFFER_RECORD_TTL: Duration = Duration::from_secs(120);
+/// The shortest life of an offer's recorded outcome: far longer than a member node
+/// takes to ask for it (after `HELD_CHECK`, 5 s, then every `DECIDE_RETRY` while
+/// the store does not answer). Records live as long as a user's keys (the
+/// reconnect grace plus the key margin), and never less than this.
+const OFFER_RECORD_MIN_TTL: Duration = Duration::from_secs(30);
 
 /// Shortest pause between two refreshes of this node's keys.
 const MIN_REFRESH: Duration = Duration::from_millis(500);
@@ -1503,7 +1505,8 @@ impl Bridge for RedisBridge {
         proposal: OfferOutcome,
     ) -> BoxFut<OfferOutcome> {
         let key = offer_key(creator, pool, offer);
-        let args = [proposal.encode(), OFFER_RECORD_TTL.as_millis().to_string()];
+        let ttl = self.key_ttl_ms().max(OFFER_RECORD_MIN_TTL.as_millis() as u64);
+        let args = [proposal.encode(), ttl.to_string()];
         let cmd = evalsha(&self.scripts.offer, &[key], &args);
         // Durable: an outcome a failover could lose would let the other side record
         // the opposite one.
