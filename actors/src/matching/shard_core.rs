@@ -865,8 +865,13 @@ impl<L: LocalLink> ShardCore<L> {
             }
         }
         for key in self.held_timeouts.expired(now) {
-            let pool = match self.held.get(&key).and_then(|es| es.first()) {
-                Some(e) => e.criteria.language.clone(),
+            let pool = match self.held.get(&key).map(|es| es.first()) {
+                Some(Some(e)) => e.criteria.language.clone(),
+                // Nothing of ours in it (never so for an offer held here): over.
+                Some(None) => {
+                    self.held.remove(&key);
+                    continue;
+                }
                 None => continue,
             };
             warn!(offer = key.1, creator = %key.0, "offer not settled; asking the store");

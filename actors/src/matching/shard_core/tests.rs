@@ -745,6 +745,14 @@ fn a_held_offer_whose_confirm_was_lost_is_matched_in_the_recorded_room() {
 }
 
 #[test]
+fn an_offer_naming_nobody_is_dropped_at_its_check_without_asking() {
+    let mut w = world(true);
+    assert_eq!(reply(&w.offer("c", 7, &[])), ("c", true, vec![]));
+    assert!(w.sweep(HELD_CHECK).is_empty(), "nothing held, nothing to ask");
+    assert!(w.settle("c", 7, true).is_empty());
+}
+
+#[test]
 fn a_confirm_that_comes_while_the_store_is_asked_settles_and_the_answer_is_ignored() {
     let mut w = world(true);
     w.local(1, "u1");
