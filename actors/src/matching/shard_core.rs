@@ -769,7 +769,8 @@ impl<L: LocalLink> ShardCore<L> {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(e) => {
-                warn!(offer, creator = %key.0, error = %e, "offer outcome unknown; asking again");
+                // Every 500 ms per offer while the store is away: not a warning each.
+                debug!(offer, creator = %key.0, error = %e, "offer outcome unknown; asking again");
                 self.decide_retries.arm(key, now);
                 return;
             }
