@@ -34,7 +34,7 @@ use redis::{Arg, Cmd, Value};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, info, warn};
 
-use super::conn::{self, Pipe, PipePolicy};
+use super::conn::{self, Pace, Pipe, PipePolicy};
 use super::target::{ClusterTarget, Target};
 use crate::bridge::BridgeError;
 
@@ -338,12 +338,13 @@ impl Router {
     }
 
     /// Queue `cmd` now (so commands to one slot keep their order) and follow
-    /// redirects until it is answered. `durable`: wait for the replicas (`WAIT`).
+    /// redirects until it is answered. `durable`: wait for the replicas (`WAIT`),
+    /// at that pace (see [`Pace`]).
     pub fn call(
         self: &Arc<Self>,
         kind: &'static str,
         cmd: Cmd,
-        durable: bool,
+        durable: Option<Pace>,
     ) -> impl std::future::Future<Output = Result<(Value, bool), BridgeError>> + Send + 'static
     {
         let slot = slot_of(&cmd);
@@ -378,7 +379,7 @@ impl Router {
         r: Redirect,
         kind: &'static str,
         cmd: &Cmd,
-        durable: bool,
+        durable: Option<Pace>,
     ) -> Result<(Value, bool), BridgeError> {
         match r {
             Redirect::Moved { slot, addr } => {
@@ -392,9 +393,10 @@ impl Router {
                 let asked = pipe.call_many(kind, vec![redis::cmd("ASKING"), cmd.clone()]);
                 let mut replies = asked.await?.into_iter();
                 let answer = replies.nth(1).unwrap_or(Ok(Value::Nil))?;
-                if durable && pipe.wait_replicas() > 0 {
+                if let Some(pace) = durable.filter(|_| pipe.wait_replicas() > 0) {
                     // `WAIT` covers every write this connection made before it.
-                    let (_, confirmed) = pipe.call_durable("wait", redis::cmd("PING")).await?;
+                    let (_, confirmed) =
+                        pipe.call_durable("wait", redis::cmd("PING"), pace).await?;
                     return Ok((answer, confirmed));
                 }
                 Ok((answer, true))
@@ -455,7 +457,7 @@ impl Router {
             }
             for (i, r) in out.iter_mut().enumerate() {
                 if matches!(r, Err(BridgeError::Redirected(_))) {
-                    *r = this.call(kind, cmds[i].clone(), false).await.map(|(v, _)| v);
+                    *r = this.call(kind, cmds[i].clone(), None).await.map(|(v, _)| v);
                 }
             }
             Ok(out)
@@ -600,13 +602,14 @@ impl Router {
 type Answer =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<(Value, bool), BridgeError>> + Send>>;
 
-/// Queue one command on `pipe`: durable (replicas confirm) or not.
-fn send(pipe: &Pipe, kind: &'static str, cmd: Cmd, durable: bool) -> Answer {
-    if durable {
-        Box::pin(pipe.call_durable(kind, cmd))
-    } else {
-        let f = pipe.call(kind, cmd);
-        Box::pin(async move { f.await.map(|v| (v, true)) })
+/// Queue one command on `pipe`: durable (replicas confirm) at a pace, or not.
+fn send(pipe: &Pipe, kind: &'static str, cmd: Cmd, durable: Option<Pace>) -> Answer {
+    match durable {
+        Some(pace) => Box::pin(pipe.call_durable(kind, cmd, pace)),
+        None => {
+            let f = pipe.call(kind, cmd);
+            Box::pin(async move { f.await.map(|v| (v, true)) })
+        }
     }
 }
 

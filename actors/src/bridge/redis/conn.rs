@@ -51,15 +51,24 @@ pub struct Op {
     pub cmds: Cmds,
     pub kind: &'static str,
     pub reply: Reply,
+    pub pace: Pace,
+}
+
+/// Whether a command may wait for a busy pipe's linger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// It may: a chat send, whose ack waits for the replicas anyway.
+    Gather,
+    /// It goes out with the next pipeline: a step of a chain that a user waits on
+    /// (a claim, a join, an offer's recorded outcome), and also what nobody
+    /// answers, such as an offer published to another node.
+    Now,
 }
 
 impl Op {
-    /// Whether this op may wait for a busy pipe's linger: only a durable write (a
-    /// chat send, whose ack waits for the replicas anyway). Everything else may be
-    /// a step of a chain that a user waits on: a claim, a join, and also what
-    /// nobody answers, such as an offer published to another node.
+    /// Whether this op may wait for a busy pipe's linger (see [`Pace`]).
     fn may_linger(&self) -> bool {
-        matches!(self.reply, Reply::Durable(_))
+        self.pace == Pace::Gather
     }
 }
 
@@ -102,7 +111,7 @@ pub struct PipePolicy {
     pub timeout_ms: u64,
     /// Under load, at most one pipeline starts per this many ms: what arrives
     /// meanwhile joins it (0: send at once). A pipe idle for longer sends at once,
-    /// and so does one given anything but a chat send (see [`Op::may_linger`]).
+    /// and so does one given anything but a chat send (see [`Pace`]).
     pub linger_ms: u64,
 }
 
@@ -127,7 +136,11 @@ pub struct Pipe {
 impl Pipe {
     /// Queue a command whose reply nobody waits for.
     pub fn fire(&self, kind: &'static str, cmd: Cmd) {
-        if self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::None }).is_err() {
+        if self
+            .tx
+            .try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::None, pace: Pace::Now })
+            .is_err()
+        {
             warn!(kind, "redis command queue full or closed; command dropped");
         }
     }
@@ -139,7 +152,12 @@ impl Pipe {
         cmd: Cmd,
     ) -> impl std::future::Future<Output = Result<Value, BridgeError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let queued = self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::One(tx) });
+        let queued = self.tx.try_send(Op {
+            cmds: Cmds::One(cmd),
+            kind,
+            reply: Reply::One(tx),
+            pace: Pace::Now,
+        });
         async move {
             if queued.is_err() {
                 return Err(BridgeError::Unavailable("redis command queue full".into()));
@@ -150,15 +168,17 @@ impl Pipe {
 
     /// Queue a write whose acknowledgement must survive the loss of the primary and
     /// wait for its reply and whether enough replicas confirmed it (see the module
-    /// documentation).
+    /// documentation). `pace`: whether it may wait for a busy pipe's linger.
     pub fn call_durable(
         &self,
         kind: &'static str,
         cmd: Cmd,
+        pace: Pace,
     ) -> impl std::future::Future<Output = Result<(Value, bool), BridgeError>> + Send + 'static
     {
         let (tx, rx) = oneshot::channel();
-        let queued = self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::Durable(tx) });
+        let queued =
+            self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::Durable(tx), pace });
         async move {
             if queued.is_err() {
                 return Err(BridgeError::Unavailable("redis command queue full".into()));
@@ -194,7 +214,12 @@ impl Pipe {
         let queued = if empty {
             Ok(())
         } else {
-            self.tx.try_send(Op { cmds: Cmds::Many(cmds), kind, reply: Reply::Many(tx) })
+            self.tx.try_send(Op {
+                cmds: Cmds::Many(cmds),
+                kind,
+                reply: Reply::Many(tx),
+                pace: Pace::Now,
+            })
         };
         async move {
             if empty {
@@ -603,15 +628,29 @@ async fn run(
 mod tests {
     use super::*;
 
-    fn op(reply: Reply) -> Op {
-        Op { cmds: Cmds::One(redis::cmd("PING")), kind: "ping", reply }
-    }
-
+    /// What a pipe queues for each way of calling it, and whether each may wait.
     #[test]
-    fn only_durable_writes_wait_for_the_linger() {
-        assert!(!op(Reply::None).may_linger());
-        assert!(op(Reply::Durable(oneshot::channel().0)).may_linger());
-        assert!(!op(Reply::One(oneshot::channel().0)).may_linger());
-        assert!(!op(Reply::Many(oneshot::channel().0)).may_linger());
+    fn only_sends_asked_to_gather_wait_for_the_linger() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let pipe = Pipe {
+            tx,
+            up: Arc::new(AtomicBool::new(true)),
+            wait_replicas: Arc::new(AtomicU32::new(0)),
+            policy: PipePolicy::default(),
+        };
+        let ping = || redis::cmd("PING");
+        pipe.fire("fire", ping());
+        drop(pipe.call("call", ping()));
+        drop(pipe.call_many("many", vec![ping(), ping()]));
+        drop(pipe.call_durable("offer", ping(), Pace::Now));
+        drop(pipe.call_durable("append", ping(), Pace::Gather));
+        let mut seen = Vec::new();
+        while let Ok(op) = rx.try_recv() {
+            seen.push((op.kind, op.may_linger()));
+        }
+        assert_eq!(
+            seen,
+            [("fire", false), ("call", false), ("many", false), ("offer", false), ("append", true)]
+        );
     }
 }

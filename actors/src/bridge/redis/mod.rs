@@ -45,7 +45,7 @@ use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use self::cluster::Router;
-use self::conn::PipePolicy;
+use self::conn::{Pace, PipePolicy};
 use self::store::Store;
 use self::target::Target;
 use super::events::{ClusterEvent, MemberStatus, RoomEv};
@@ -1510,7 +1510,7 @@ impl Bridge for RedisBridge {
         let cmd = evalsha(&self.scripts.offer, &[key], &args);
         // Durable: an outcome a failover could lose would let the other side record
         // the opposite one.
-        let fut = self.pipe.call_durable("offer", cmd);
+        let fut = self.pipe.call_durable("offer", cmd, Pace::Now);
         Box::pin(async move {
             let (reply, confirmed) = fut.await?;
             if !confirmed {
@@ -1660,8 +1660,9 @@ impl Bridge for RedisBridge {
                 now_ms().to_string(),
             ],
         );
-        // Acknowledged only once the replicas asked for hold it (`WAIT`).
-        let fut = self.pipe.call_durable("append", cmd);
+        // Acknowledged only once the replicas asked for hold it (`WAIT`); may wait
+        // for a busy pipe's linger, gathered with other sends.
+        let fut = self.pipe.call_durable("append", cmd, Pace::Gather);
         Box::pin(async move {
             let (reply, confirmed) = fut.await?;
             if let Value::Array(original) = &reply {

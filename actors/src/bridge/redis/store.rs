@@ -11,7 +11,7 @@ use redis::{Cmd, Value};
 use tracing::debug;
 
 use super::cluster::Router;
-use super::conn::Pipe;
+use super::conn::{Pace, Pipe};
 use crate::bridge::BridgeError;
 
 type Fut<T> = Pin<Box<dyn Future<Output = Result<T, BridgeError>> + Send>>;
@@ -29,7 +29,7 @@ impl Store {
         match self {
             Store::One(p) => p.fire(kind, cmd),
             Store::Cluster(r) => {
-                let f = r.call(kind, cmd, false);
+                let f = r.call(kind, cmd, None);
                 match tokio::runtime::Handle::try_current() {
                     Ok(rt) => {
                         rt.spawn(async move {
@@ -49,7 +49,7 @@ impl Store {
         match self {
             Store::One(p) => Box::pin(p.call(kind, cmd)),
             Store::Cluster(r) => {
-                let f = r.call(kind, cmd, false);
+                let f = r.call(kind, cmd, None);
                 Box::pin(async move { f.await.map(|(v, _)| v) })
             }
         }
@@ -57,10 +57,10 @@ impl Store {
 
     /// A write confirmed by the replicas asked for (`WAIT`): the reply and
     /// whether they confirmed it.
-    pub fn call_durable(&self, kind: &'static str, cmd: Cmd) -> Fut<(Value, bool)> {
+    pub fn call_durable(&self, kind: &'static str, cmd: Cmd, pace: Pace) -> Fut<(Value, bool)> {
         match self {
-            Store::One(p) => Box::pin(p.call_durable(kind, cmd)),
-            Store::Cluster(r) => Box::pin(r.call(kind, cmd, true)),
+            Store::One(p) => Box::pin(p.call_durable(kind, cmd, pace)),
+            Store::Cluster(r) => Box::pin(r.call(kind, cmd, Some(pace))),
         }
     }
 
