@@ -707,6 +707,65 @@ async fn broadcasts_and_room_events_reach_the_other_nodes(fx: Arc<Fixture>) {
     assert!(!a.sink.events().contains(&want), "the origin heard its own room event");
 }
 
+/// A message reaches each other node that holds members exactly once, however many
+/// members it holds, and never its sender's node: a room of four over three nodes
+/// (two members on b).
+async fn each_other_node_hears_a_message_once(fx: Arc<Fixture>) {
+    if !keeps_rooms(&fx).await {
+        return;
+    }
+    let Some(redis) = &fx.redis else { return };
+    // A third node for this test alone.
+    let c = RedisBridge::connect(&redis.url(), "c", Default::default()).expect("redis url");
+    let c_sink = Arc::new(Recorder::default());
+    let weak: Weak<dyn ClusterSink> = Arc::downgrade(&c_sink) as Weak<dyn ClusterSink>;
+    let settings = BridgeSettings { history_bytes: HISTORY_BYTES, ..BridgeSettings::default() };
+    c.clone().attach(Attachment { sink: weak, worker: fx.worker.clone(), settings });
+    let deadline = Instant::now() + WAIT;
+    while !(c.health().await.is_ok() && c.nodes().await.ok() == Some(3)) {
+        assert!(Instant::now() < deadline, "node c not ready within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (a, b, r) = (fx.a(), fx.b(), RoomId::from("p4"));
+    let on = |u: &str, n: &str| (user(u), Arc::<str>::from(n));
+    a.bridge.room_open(
+        &r,
+        StoredKind::Match,
+        vec![on("w", "a"), on("x", "b"), on("y", "b"), on("z", "c")],
+    );
+    settle(a).await;
+    for (i, text) in ["one", "two", "three"].into_iter().enumerate() {
+        let seq = a.bridge.room_append(&msg(&r, "w", text)).await.expect("append");
+        assert_eq!(seq, Some(i as u64 + 1));
+    }
+    let seqs = |sink: &Recorder| -> Vec<u64> {
+        sink.events()
+            .iter()
+            .filter_map(|e| match e {
+                ClusterEvent::Room { room, ev: RoomEv::Message { seq, .. }, .. }
+                    if room == "p4" =>
+                {
+                    Some(*seq)
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    for (name, sink) in [("b", &b.sink), ("c", &c_sink)] {
+        sink.wait_event("the third message", |e| {
+            matches!(e, ClusterEvent::Room { room, ev: RoomEv::Message { seq: 3, .. }, .. } if room == "p4")
+        })
+        .await;
+        // Anything told twice would have arrived by the time a marker sent after it does.
+        let marker = ClusterEvent::Kick { user: "marker".into(), node: name.into() };
+        a.bridge.send_to_node(name, marker.clone());
+        sink.wait_event("the marker", |e| *e == marker).await;
+        assert_eq!(seqs(sink), vec![1, 2, 3], "node {name} heard the messages");
+    }
+    settle(a).await;
+    assert_eq!(seqs(&a.sink), Vec::<u64>::new(), "the sender's node heard its own messages");
+}
+
 async fn a_user_connecting_elsewhere_is_kicked_where_they_were(fx: Arc<Fixture>) {
     let (a, b) = (fx.a(), fx.b());
     a.bridge.user_connected(&user("x"));
@@ -796,6 +855,7 @@ contract!(
     a_reseed_restores_what_the_store_lost,
     send_to_node_reaches_that_nodes_sink,
     broadcasts_and_room_events_reach_the_other_nodes,
+    each_other_node_hears_a_message_once,
     a_user_connecting_elsewhere_is_kicked_where_they_were,
     reconnects_and_lost_nodes_reach_the_sink,
 );

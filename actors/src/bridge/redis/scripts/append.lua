@@ -44,13 +44,15 @@ if not member then
 end
 
 local seq = redis.call('INCR', KEYS[1])
+-- Each number becomes text once: every conversion is a printf inside Redis.
+local sseq = tostring(seq)
 local bend, bstart, sexp = byte_marks(KEYS[2], KEYS[4], 'sexp')
 sexp = tonumber(sexp or '')
 local renewed = nil
 local max = tonumber(ARGV[11])
 if ARGV[9] ~= '' and max > 0 then
   local now, window = tonumber(ARGV[13]), tonumber(ARGV[10])
-  local record = seq .. ' ' .. ARGV[13] .. ' ' .. ARGV[12]
+  local record = sseq .. ' ' .. ARGV[13] .. ' ' .. ARGV[12]
   -- Stored only if the sender has no record of this id; else the record is read.
   if redis.call('HSETNX', KEYS[5], ARGV[9], record) == 0 then
     local prev = redis.call('HGET', KEYS[5], ARGV[9]) or ''
@@ -96,11 +98,12 @@ if ARGV[9] ~= '' and max > 0 then
 end
 
 bend = bend + #ARGV[4]
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], seq .. '-1', 'j', ARGV[4], 'c', bend)
+local sbend = tostring(bend)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], sseq .. '-1', 'j', ARGV[4], 'c', sbend)
 if renewed then
-  redis.call('HSET', KEYS[4], 'bend', bend, 'sexp', renewed)
+  redis.call('HSET', KEYS[4], 'bend', sbend, 'sexp', renewed)
 else
-  redis.call('HSET', KEYS[4], 'bend', bend)
+  redis.call('HSET', KEYS[4], 'bend', sbend)
 end
 if seq == 1 then
   redis.call('PEXPIRE', KEYS[1], ARGV[8])
@@ -108,5 +111,5 @@ if seq == 1 then
 end
 trim(KEYS[2], KEYS[4], bend, bstart, tonumber(ARGV[7]))
 
-tell_nodes(KEYS[3], ARGV[6], ARGV[1] .. seq .. ARGV[2], members)
+tell_nodes(KEYS[3], ARGV[6], ARGV[1] .. sseq .. ARGV[2], members)
 return seq

@@ -12,12 +12,18 @@ local function tell_nodes(members, skip, payload, pairs)
   if not nodes then
     nodes, first, step = redis.call('HVALS', members), 1, 1
   end
-  local seen = { [skip] = true }
-  local told = 0
+  -- The nodes told so far: the first in `one`, and a table only once a second one
+  -- comes (a room of two across two nodes, the common case, makes no table).
+  local one, seen, told = nil, nil, 0
   for i = first, #nodes, step do
     local node = nodes[i]
-    if not seen[node] then
-      seen[node] = true
+    if node ~= skip and node ~= one and not (seen and seen[node]) then
+      if not one then
+        one = node
+      else
+        seen = seen or { [one] = true }
+        seen[node] = true
+      end
       told = told + 1
       redis.call('PUBLISH', 'rdv:node:' .. node, payload)
     end
