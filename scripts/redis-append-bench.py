@@ -10,6 +10,12 @@ message (used_cpu_user + used_cpu_sys of INFO cpu, over the sending only).
     scripts/redis-append-bench.py                    # per round trip 1, 4 and 16
     scripts/redis-append-bench.py --per-rtt 16 --no-client-msg-id
     scripts/redis-append-bench.py --noop             # the same call, script `return 1`
+    scripts/redis-append-bench.py --dir /tmp/variant # a changed copy of the scripts
+
+REDIS_WRAP (environment) is a command to start redis-server under, e.g.
+`valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.%p`: its instruction
+count at two --msgs values, differenced, is the script's cost per message
+independent of what else runs on the machine.
 
 It answers "what does one change to the script cost Redis" in a few seconds,
 where scripts/redis-cpu-per-msg.sh answers "what does a message cost end to end".
@@ -101,16 +107,18 @@ def main():
     ap.add_argument("--per-rtt", type=int, action="append")
     ap.add_argument("--no-client-msg-id", action="store_true")
     ap.add_argument("--noop", action="store_true", help="the same call to a script that only returns")
+    ap.add_argument("--dir", default=SCRIPTS, help="where trim_bytes.lua, tell_nodes.lua and append.lua are")
     a = ap.parse_args()
     if a.noop:
         source = "return 1"
     else:
-        source = "".join(open(os.path.join(SCRIPTS, f)).read()
+        source = "".join(open(os.path.join(a.dir, f)).read()
                          for f in ("trim_bytes.lua", "tell_nodes.lua", "append.lua"))
-    server = subprocess.Popen(["redis-server", "--port", str(a.port), "--save", "",
+    wrap = os.environ.get("REDIS_WRAP", "").split()
+    server = subprocess.Popen(wrap + ["redis-server", "--port", str(a.port), "--save", "",
                                "--appendonly", "no"], stdout=subprocess.DEVNULL)
     try:
-        for _ in range(100):
+        for _ in range(400):  # 20 s: under valgrind it starts slowly
             try:
                 c = Conn(a.port)
                 break
