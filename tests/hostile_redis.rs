@@ -529,6 +529,10 @@ async fn a_resend_after_the_dedup_window_is_a_new_message() {
     tokio::time::sleep(Duration::from_millis(1_700)).await;
     let again = exchange(&mut c1, &mut c2, &room, "hello after", "same").await;
     assert_eq!((again.seq, again.text.as_str()), (2, "hello after"), "stored as new");
+    // Past half a window since they were last renewed, a send renews the records
+    // (else about 550 ms would be left now).
+    let renewed = int(cluster.redis.cmd(&["PTTL", &records]));
+    assert!(renewed > 1_500, "a send past half a window renews the records: PTTL {renewed}");
     // Both clients saw nothing else: the resend within the window was not delivered.
     let last = exchange(&mut c2, &mut c1, &room, "bye", "b1").await;
     assert_eq!(last.seq, 3);

@@ -23,8 +23,9 @@
 -- oldest forgotten first. The hash holds at most 31 records more than that (the
 -- list KEYS[6] drops the oldest 32 at a time). Both live at least one window past
 -- the room's last record: their lifetime is renewed to 1.5 windows whenever less
--- than one is left (meta `sexp`, when they expire by the sending node's clock), so
--- renewing costs a command every half window, not every send.
+-- than one is left (meta `srenew`: half a window after the last renewal, by the
+-- sending node's clock), so renewing costs a command every half window, not every
+-- send.
 -- The common path is seven commands (nine with a client_msg_id): HGETALL, INCR,
 -- HMGET, [HSETNX, RPUSH], XADD, HSET, PUBLISH. The room's keys are not renewed
 -- here: the node that holds the room renews them every third of their margin
@@ -43,15 +44,21 @@ if not member then
   return -1
 end
 
+-- Numbers and text: each number is written out once, as an integer (Lua's own
+-- tostring and Redis's conversion of numbers passed to redis.call both go through
+-- a floating-point printf), and times are compared as text (`less`) rather than
+-- parsed (strtod), except where arithmetic needs them.
+local function less(a, b)
+  -- a < b for decimal integers without sign or leading zeros.
+  return #a < #b or (#a == #b and a < b)
+end
+
 local seq = redis.call('INCR', KEYS[1])
--- Each number becomes text once: every conversion is a printf inside Redis.
-local sseq = tostring(seq)
-local bend, bstart, sexp = byte_marks(KEYS[2], KEYS[4], 'sexp')
-sexp = tonumber(sexp or '')
+local sseq = string.format('%d', seq)
+local bend, bstart, srenew = byte_marks(KEYS[2], KEYS[4], 'srenew')
 local renewed = nil
 local max = tonumber(ARGV[11])
 if ARGV[9] ~= '' and max > 0 then
-  local now, window = tonumber(ARGV[13]), tonumber(ARGV[10])
   local record = sseq .. ' ' .. ARGV[13] .. ' ' .. ARGV[12]
   -- Stored only if the sender has no record of this id; else the record is read.
   if redis.call('HSETNX', KEYS[5], ARGV[9], record) == 0 then
@@ -61,7 +68,8 @@ if ARGV[9] ~= '' and max > 0 then
     -- The original must be older than this seq (a record outliving an earlier
     -- life of the room is stale), among the last ARGV[11] messages and stored
     -- within the window.
-    if orig and orig < seq and seq - orig <= max and now - tonumber(t) < window then
+    local fresh = orig and tonumber(ARGV[13]) - tonumber(t) < tonumber(ARGV[10])
+    if orig and orig < seq and seq - orig <= max and fresh then
       -- A resend. Giving the seq back is a write of the caller's, so a WAIT after
       -- this reply confirms the replicas hold the original (written before it in
       -- the replication stream), even on a connection that did not store it.
@@ -89,19 +97,20 @@ if ARGV[9] ~= '' and max > 0 then
       redis.call('HDEL', KEYS[5], unpack(gone))
     end
   end
-  if not sexp or sexp < now + window then
-    local life = window + math.floor(window / 2)
-    redis.call('PEXPIRE', KEYS[5], life)
-    redis.call('PEXPIRE', KEYS[6], life)
-    renewed = now + life
+  if not srenew or less(srenew, ARGV[13]) then
+    local now, window = tonumber(ARGV[13]), tonumber(ARGV[10])
+    local half = math.floor(window / 2)
+    redis.call('PEXPIRE', KEYS[5], window + half)
+    redis.call('PEXPIRE', KEYS[6], window + half)
+    renewed = string.format('%d', now + half)
   end
 end
 
 bend = bend + #ARGV[4]
-local sbend = tostring(bend)
+local sbend = string.format('%d', bend)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], sseq .. '-1', 'j', ARGV[4], 'c', sbend)
 if renewed then
-  redis.call('HSET', KEYS[4], 'bend', sbend, 'sexp', renewed)
+  redis.call('HSET', KEYS[4], 'bend', sbend, 'srenew', renewed)
 else
   redis.call('HSET', KEYS[4], 'bend', sbend)
 end
