@@ -51,10 +51,9 @@ pub struct Op {
     pub cmds: Cmds,
     pub kind: &'static str,
     pub reply: Reply,
-    pub pace: Pace,
 }
 
-/// Whether a command may wait for a busy pipe's linger.
+/// Whether a durable write may wait for a busy pipe's linger (nothing else does).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pace {
     /// It may: a chat send, whose ack waits for the replicas anyway.
@@ -68,7 +67,7 @@ pub enum Pace {
 impl Op {
     /// Whether this op may wait for a busy pipe's linger (see [`Pace`]).
     fn may_linger(&self) -> bool {
-        self.pace == Pace::Gather
+        matches!(self.reply, Reply::Durable(_, Pace::Gather))
     }
 }
 
@@ -94,8 +93,8 @@ pub enum Reply {
     None,
     One(oneshot::Sender<Result<Value, BridgeError>>),
     /// The reply, and whether enough replicas confirmed the write (`WAIT`; true
-    /// when none are asked for).
-    Durable(oneshot::Sender<Result<(Value, bool), BridgeError>>),
+    /// when none are asked for); and whether it may wait for the linger.
+    Durable(oneshot::Sender<Result<(Value, bool), BridgeError>>, Pace),
     /// Each command's own result, in order.
     Many(oneshot::Sender<Result<Vec<Result<Value, BridgeError>>, BridgeError>>),
 }
@@ -136,11 +135,7 @@ pub struct Pipe {
 impl Pipe {
     /// Queue a command whose reply nobody waits for.
     pub fn fire(&self, kind: &'static str, cmd: Cmd) {
-        if self
-            .tx
-            .try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::None, pace: Pace::Now })
-            .is_err()
-        {
+        if self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::None }).is_err() {
             warn!(kind, "redis command queue full or closed; command dropped");
         }
     }
@@ -152,12 +147,7 @@ impl Pipe {
         cmd: Cmd,
     ) -> impl std::future::Future<Output = Result<Value, BridgeError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        let queued = self.tx.try_send(Op {
-            cmds: Cmds::One(cmd),
-            kind,
-            reply: Reply::One(tx),
-            pace: Pace::Now,
-        });
+        let queued = self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::One(tx) });
         async move {
             if queued.is_err() {
                 return Err(BridgeError::Unavailable("redis command queue full".into()));
@@ -178,7 +168,7 @@ impl Pipe {
     {
         let (tx, rx) = oneshot::channel();
         let queued =
-            self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::Durable(tx), pace });
+            self.tx.try_send(Op { cmds: Cmds::One(cmd), kind, reply: Reply::Durable(tx, pace) });
         async move {
             if queued.is_err() {
                 return Err(BridgeError::Unavailable("redis command queue full".into()));
@@ -214,12 +204,7 @@ impl Pipe {
         let queued = if empty {
             Ok(())
         } else {
-            self.tx.try_send(Op {
-                cmds: Cmds::Many(cmds),
-                kind,
-                reply: Reply::Many(tx),
-                pace: Pace::Now,
-            })
+            self.tx.try_send(Op { cmds: Cmds::Many(cmds), kind, reply: Reply::Many(tx) })
         };
         async move {
             if empty {
@@ -324,7 +309,7 @@ fn fail(op: Op, why: &str) {
         Reply::One(reply) => {
             let _ = reply.send(Err(err));
         }
-        Reply::Durable(reply) => {
+        Reply::Durable(reply, _) => {
             let _ = reply.send(Err(err));
         }
         Reply::Many(reply) => {
@@ -537,7 +522,7 @@ async fn run(
             }
             // One WAIT after the pipeline's writes confirms all of them.
             let wait_n = shared.wait.load(Ordering::Acquire);
-            let waits = wait_n > 0 && batch.iter().any(|op| matches!(op.reply, Reply::Durable(_)));
+            let waits = wait_n > 0 && batch.iter().any(|op| matches!(op.reply, Reply::Durable(..)));
             if waits {
                 pipe.add_command(
                     redis::cmd("WAIT").arg(wait_n).arg(shared.policy.timeout_ms.max(1)).clone(),
@@ -580,7 +565,7 @@ async fn run(
                                 let v = values.next().unwrap_or(Value::Nil);
                                 let _ = reply.send(reply_of(op.kind, v, &mut reload));
                             }
-                            Reply::Durable(reply) => {
+                            Reply::Durable(reply, _) => {
                                 let v = values.next().unwrap_or(Value::Nil);
                                 let r = reply_of(op.kind, v, &mut reload).map(|v| (v, confirmed));
                                 let _ = reply.send(r);
