@@ -32,6 +32,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SCRIPTS = os.path.join(HERE, "..", "actors", "src", "bridge", "redis", "scripts")
+SETTINGS = "local STREAM_CAP, BYTE_CAP, KEY_TTL, WINDOW, MAX = '10000', 65536, '90000', 600000, 1000\n"
 
 
 def enc(*args):
@@ -95,8 +96,7 @@ def append_args(sha, i, rooms, with_id):
     field = f"{len(sender)}:{sender}:{cid}" if with_id else ""
     return ["EVALSHA", sha, 6, key("seq"), key("log"), key("members"), key("meta"),
             key("sent"), key("sentids"),
-            prefix + '"seq":', suffix, 10000, stored, sender, "n0", 65536, 90000,
-            field, 600000, 1000, mid, int(time.time() * 1000)]
+            prefix + '"seq":', suffix, stored, sender, "n0", field, mid, int(time.time() * 1000)]
 
 
 def main():
@@ -112,8 +112,10 @@ def main():
     if a.noop:
         source = "return 1"
     else:
-        source = "".join(open(os.path.join(a.dir, f)).read()
-                         for f in ("trim_bytes.lua", "tell_nodes.lua", "append.lua"))
+        # The settings line the engine puts first (mod.rs, append_constants): a
+        # 10,000-message and 64 KiB stream, 90 s keys, a 10 min window, 1,000 ids.
+        source = SETTINGS + "".join(open(os.path.join(a.dir, f)).read()
+                                    for f in ("trim_bytes.lua", "tell_nodes.lua", "append.lua"))
     wrap = os.environ.get("REDIS_WRAP", "").split()
     server = subprocess.Popen(wrap + ["redis-server", "--port", str(a.port), "--save", "",
                                "--appendonly", "no"], stdout=subprocess.DEVNULL)

@@ -564,7 +564,19 @@ async fn a_room_chatting_past_its_key_lifetime_keeps_its_keys() {
         assert!(ttl > 0 && ttl <= key_ttl().as_millis() as i64, "{key}: PTTL {ttl} ({keys:?})");
     }
     let records = format!("{tag}sent");
-    assert_eq!(int(cluster.redis.cmd(&["HLEN", &records])), seq as i64, "one record per send");
+    assert_eq!(
+        int(cluster.redis.cmd(&["HLEN", &records])),
+        seq as i64 + 1,
+        "one record per send, and the field \"~\""
+    );
+    // "~" holds a long value, so even a few records are a hash table (searched by
+    // hash, not end to end as a listpack is).
+    assert!(seq < 128, "few enough records for a listpack: {seq}");
+    assert_eq!(
+        bulk(&cluster.redis.cmd(&["OBJECT", "ENCODING", &records])),
+        "hashtable",
+        "the records' encoding"
+    );
     for k in [records, format!("{tag}sentids")] {
         let ttl = int(cluster.redis.cmd(&["PTTL", &k]));
         assert!(
@@ -587,7 +599,13 @@ async fn a_rooms_stream_in_redis_is_capped_in_bytes_oldest_first() {
     let cluster = Cluster::start_with(2, &args).await;
     let (mut a, mut b, room) = pair(&cluster, (0, "ca"), (1, "cb")).await;
     let text = "x".repeat(400);
+    let meta = format!("rdv:room:{{{room}}}:meta");
     for i in 1..=40u64 {
+        if i == 25 {
+            // meta loses its running byte count: the next send counts on from the
+            // newest entry's, so the cap still holds.
+            assert_eq!(int(cluster.redis.cmd(&["HDEL", &meta, "bend"])), 1, "meta had bend");
+        }
         let id = format!("c{i}");
         send_text(&mut a, &room, &text, &id).await;
         assert_eq!(sent(&mut a, &room, &id).await.seq, i);
@@ -609,6 +627,22 @@ async fn a_rooms_stream_in_redis_is_capped_in_bytes_oldest_first() {
     assert!(seqs.len() >= 5 && seqs.len() < 40, "kept {seqs:?}");
     let expected: Vec<u64> = ((41 - seqs.len() as u64)..=40).collect();
     assert_eq!(seqs, expected, "the newest are kept, oldest dropped first");
+    // Every entry's running count (`c`) is the bytes of all messages up to it, across
+    // the lost count too (the 40 stored messages have one size), and meta's is the
+    // newest's.
+    let entries =
+        array(cluster.redis.cmd(&["XRANGE", &format!("rdv:room:{{{room}}}:log"), "-", "+"]));
+    let mut last = String::new();
+    for e in entries {
+        let mut parts = array(e);
+        let fields = array(parts.pop().expect("fields"));
+        let id = bulk(&parts.pop().expect("id"));
+        let seq: usize = id.split('-').next().and_then(|s| s.parse().ok()).expect("seq id");
+        let (j, c) = (bulk(&fields[1]), bulk(&fields[3]));
+        assert_eq!(c, (seq * j.len()).to_string(), "entry {id}: running count");
+        last = c;
+    }
+    assert_eq!(bulk(&cluster.redis.cmd(&["HGET", &meta, "bend"])), last, "meta's count");
     // History still ends with the newest.
     let h = history(&mut b, &room, 0, Some(200)).await;
     assert_eq!(h.last().map(|m| m.seq), Some(40));

@@ -184,7 +184,7 @@ struct Topology {
 /// Routes commands to the primaries of a Redis Cluster (see the module doc).
 pub struct Router {
     target: Arc<ClusterTarget>,
-    scripts: Arc<[String]>,
+    scripts: conn::ScriptSet,
     policy: PipePolicy,
     connected: Arc<watch::Sender<u64>>,
     reseed_pending: Arc<AtomicBool>,
@@ -200,7 +200,7 @@ pub struct Router {
 impl Router {
     pub fn new(
         target: Arc<ClusterTarget>,
-        scripts: Arc<[String]>,
+        scripts: conn::ScriptSet,
         policy: PipePolicy,
         connected: Arc<watch::Sender<u64>>,
         reseed_pending: Arc<AtomicBool>,

@@ -20,7 +20,7 @@
 //! not per message; while it waits the pipe sends nothing else.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -223,10 +223,27 @@ pub fn connected_replicas(info: &str) -> Option<u32> {
     info.lines().find_map(|l| l.trim().strip_prefix("connected_slaves:")?.parse().ok())
 }
 
+/// The scripts every connection loads when it is made. Filled in once, before any
+/// pipe's task runs: the append script carries the engine's settings, which the
+/// bridge learns when it is attached.
+#[derive(Clone, Default)]
+pub struct ScriptSet(Arc<OnceLock<Arc<[String]>>>);
+
+impl ScriptSet {
+    /// Fix the sources (a second call changes nothing).
+    pub fn set(&self, sources: Arc<[String]>) {
+        let _ = self.0.set(sources);
+    }
+
+    fn all(&self) -> &[String] {
+        self.0.get().map(|s| &s[..]).unwrap_or(&[])
+    }
+}
+
 /// The pipe's task, not yet running: commands queue until it is spawned.
 pub struct Runner {
     target: Target,
-    scripts: Arc<[String]>,
+    scripts: ScriptSet,
     rx: mpsc::Receiver<Op>,
     pipe: Pipe,
     connected: Arc<watch::Sender<u64>>,
@@ -263,7 +280,7 @@ struct Shared {
 /// the bridge resyncs.
 pub fn new(
     target: Target,
-    scripts: Arc<[String]>,
+    scripts: ScriptSet,
     connected: Arc<watch::Sender<u64>>,
     policy: PipePolicy,
     reseed_pending: Arc<AtomicBool>,
@@ -280,7 +297,7 @@ pub fn new(
 /// replicas the primary has.
 async fn connect(
     target: &Target,
-    scripts: &[String],
+    scripts: &ScriptSet,
     shared: &Shared,
 ) -> redis::RedisResult<(MultiplexedConnection, String)> {
     let client = target.client().await?;
@@ -291,7 +308,7 @@ async fn connect(
             ROUND_TRIP_TIMEOUT + Duration::from_millis(shared.policy.timeout_ms),
         ));
     let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
-    for s in scripts {
+    for s in scripts.all() {
         let _: String = redis::cmd("SCRIPT").arg("LOAD").arg(s).query_async(&mut conn).await?;
     }
     if shared.policy.replicas.is_none() {
@@ -404,7 +421,7 @@ async fn check_server(
 
 async fn run(
     target: Target,
-    scripts: Arc<[String]>,
+    scripts: ScriptSet,
     mut rx: mpsc::Receiver<Op>,
     shared: Shared,
     connected: Arc<watch::Sender<u64>>,

@@ -142,19 +142,52 @@ const TELL_NODES_SHARDED: &str = include_str!("scripts/tell_nodes_sharded.lua");
 const POOL_PUBLISH: &str = include_str!("scripts/pool_publish.lua");
 const POOL_PUBLISH_SHARDED: &str = include_str!("scripts/pool_publish_sharded.lua");
 
-/// The scripts' sources as loaded: on a cluster with the sharded fragments.
-fn sources(cluster: bool) -> Arc<[String]> {
+/// Where the append script is in [`SOURCES`].
+const APPEND: usize = 6;
+
+/// The scripts' sources as loaded: on a cluster with the sharded fragments; the
+/// append script starts with the settings it reads as constants (append.lua).
+fn sources(cluster: bool, settings: &BridgeSettings) -> Arc<[String]> {
     SOURCES
         .iter()
-        .map(|s| {
-            if cluster {
+        .enumerate()
+        .map(|(i, s)| {
+            let s = if cluster {
                 s.replace(TELL_NODES, TELL_NODES_SHARDED)
                     .replace(POOL_PUBLISH, POOL_PUBLISH_SHARDED)
             } else {
                 (*s).to_owned()
+            };
+            if i == APPEND {
+                append_constants(settings) + &s
+            } else {
+                s
             }
         })
         .collect()
+}
+
+/// The append script's first line: the node's settings it uses, as constants
+/// (texts where they only go to Redis, numbers where the script counts with them).
+fn append_constants(s: &BridgeSettings) -> String {
+    format!(
+        "local STREAM_CAP, BYTE_CAP, KEY_TTL, WINDOW, MAX = '{STREAM_CAP}', {}, '{}', {}, {}\n",
+        history_bytes(s),
+        key_ttl_ms(s),
+        s.dedup_window_ms.max(1),
+        s.dedup_max_per_room,
+    )
+}
+
+/// Lifetime (ms) of a per-user or per-room key without a refresh, and of a closed
+/// room's `seq` and stream: the reconnect grace plus the margin.
+fn key_ttl_ms(s: &BridgeSettings) -> u64 {
+    s.reconnect_grace_ms.saturating_add(s.key_margin_ms).max(1)
+}
+
+/// Byte cap of a room's stream (`history_bytes`).
+fn history_bytes(s: &BridgeSettings) -> usize {
+    s.history_bytes.max(1)
 }
 
 impl Scripts {
@@ -357,7 +390,10 @@ struct Health {
 pub struct RedisBridge {
     node: String,
     pipe: Store,
-    scripts: Scripts,
+    /// Made at [`Bridge::attach`] ([`RedisBridge::scripts`]).
+    scripts: OnceLock<Scripts>,
+    /// What the connections load: the same sources, set with `scripts`.
+    script_set: conn::ScriptSet,
     health: Arc<Health>,
     /// Local searches, for claims of all-local groups while Redis is down.
     mirror: Arc<MemoryBridge>,
@@ -412,16 +448,16 @@ impl RedisBridge {
         // connection; the resync clears it.
         let reseed_pending = Arc::new(AtomicBool::new(false));
         let tx = Arc::new(tx);
-        let sources = sources(target.is_cluster());
+        let script_set = conn::ScriptSet::default();
         let (pipe, runner) = match &target {
             Target::Cluster(c) => {
                 let router =
-                    Router::new(c.clone(), sources.clone(), ack, tx, reseed_pending.clone());
+                    Router::new(c.clone(), script_set.clone(), ack, tx, reseed_pending.clone());
                 (Store::Cluster(router), None)
             }
             _ => {
                 let (pipe, runner) =
-                    conn::new(target.clone(), sources.clone(), tx, ack, reseed_pending.clone());
+                    conn::new(target.clone(), script_set.clone(), tx, ack, reseed_pending.clone());
                 (Store::One(pipe), Some(runner))
             }
         };
@@ -429,7 +465,8 @@ impl RedisBridge {
         Ok(Arc::new(RedisBridge {
             node: node.to_owned(),
             pipe,
-            scripts: Scripts::new(&sources),
+            scripts: OnceLock::new(),
+            script_set,
             health: Arc::new(Health {
                 sub_seen_ms: AtomicU64::new(0),
                 classic_seen_ms: AtomicU64::new(0),
@@ -464,8 +501,7 @@ impl RedisBridge {
     /// Lifetime (ms) of a per-user or per-room key without a refresh, and of a
     /// closed room's `seq` and stream: the reconnect grace plus the margin.
     fn key_ttl_ms(&self) -> u64 {
-        let s = self.settings();
-        s.reconnect_grace_ms.saturating_add(s.key_margin_ms).max(1)
+        key_ttl_ms(&self.settings())
     }
 
     /// How often this node renews its keys: a third of the margin, so two missed
@@ -476,7 +512,17 @@ impl RedisBridge {
 
     /// Byte cap of a room's stream (`history_bytes`).
     fn history_bytes(&self) -> usize {
-        self.settings().history_bytes.max(1)
+        history_bytes(&self.settings())
+    }
+
+    /// The scripts, made from the engine's settings the first time they are
+    /// needed: in [`Bridge::attach`], before any connection loads them.
+    fn scripts(&self) -> &Scripts {
+        self.scripts.get_or_init(|| {
+            let sources = sources(self.target.is_cluster(), &self.settings());
+            self.script_set.set(sources.clone());
+            Scripts::new(&sources)
+        })
     }
 
     /// Renew this node's keys, then drop empty languages, every
@@ -513,7 +559,7 @@ impl RedisBridge {
                 .iter()
                 .map(|r| {
                     evalsha(
-                        &self.scripts.touch_room,
+                        &self.scripts().touch_room,
                         &room_keys(r.as_str()),
                         std::slice::from_ref(&ttl),
                     )
@@ -534,7 +580,7 @@ impl RedisBridge {
                 .map(|(u, is_here)| {
                     let node = if *is_here { self.node.clone() } else { String::new() };
                     evalsha(
-                        &self.scripts.touch_user,
+                        &self.scripts().touch_user,
                         &[user_key(u.as_str(), "node"), user_key(u.as_str(), "rooms")],
                         &[ttl.clone(), node],
                     )
@@ -1105,7 +1151,7 @@ impl RedisBridge {
                 continue;
             }
             let cmd = evalsha(
-                &self.scripts.end,
+                &self.scripts().end,
                 &[search_key(&lang, &ad.user), entries_key(&lang)],
                 &[id, String::new()],
             );
@@ -1180,7 +1226,7 @@ impl RedisBridge {
     /// Hand every stored moderation record to the sink.
     async fn load_moderation(&self, sink: &Arc<dyn ClusterSink>) {
         let keys = MOD_KEYS.map(str::to_owned);
-        let cmd = evalsha(&self.scripts.mod_load, &keys, &[now_ms().to_string()]);
+        let cmd = evalsha(&self.scripts().mod_load, &keys, &[now_ms().to_string()]);
         match self.pipe.call("mod_load", cmd).await {
             Ok(v) => {
                 let records = as_array(v);
@@ -1307,6 +1353,8 @@ impl Bridge for RedisBridge {
         let Attachment { sink, worker, settings } = attachment;
         let _ = self.sink.set(sink);
         let _ = self.settings.set(settings);
+        // The scripts carry settings: made now, before any connection loads them.
+        self.scripts();
         let runner = self.runner.lock().ok().and_then(|mut r| r.take());
         if let Some(runner) = runner {
             worker.spawn(runner.run());
@@ -1333,7 +1381,7 @@ impl Bridge for RedisBridge {
         let id = gid(&ad.node, ad.ticket);
         let lang = ad.language.clone();
         let event = ClusterEvent::PoolAdd { ad }.to_json();
-        let cmd = evalsha(&self.scripts.begin, &keys, &[id, ttl.to_string(), json, event]);
+        let cmd = evalsha(&self.scripts().begin, &keys, &[id, ttl.to_string(), json, event]);
         self.pipe.fire("begin", cmd);
         // After the search is stored: a sweep that removes the language between the
         // two sees the search when it looks again (see `sweep_languages`).
@@ -1348,7 +1396,7 @@ impl Bridge for RedisBridge {
             language: language.to_owned(),
             tickets: vec![ticket],
         };
-        let cmd = evalsha(&self.scripts.end, &keys, &[gid(&self.node, ticket), event.to_json()]);
+        let cmd = evalsha(&self.scripts().end, &keys, &[gid(&self.node, ticket), event.to_json()]);
         self.pipe.fire("end", cmd);
     }
 
@@ -1385,7 +1433,7 @@ impl Bridge for RedisBridge {
         let (first, rest) =
             events.split_first().map(|(f, r)| (f.clone(), r.to_vec())).unwrap_or_default();
         args.push(first);
-        let fut = self.pipe.call("claim", evalsha(&self.scripts.claim, &keys, &args));
+        let fut = self.pipe.call("claim", evalsha(&self.scripts().claim, &keys, &args));
         let pipe = self.pipe.clone();
         let rest: Vec<Cmd> = rest.into_iter().map(|e| self.pool_event(language, e)).collect();
         let mirror_claim: Vec<(UserId, Ticket)> = local;
@@ -1507,7 +1555,7 @@ impl Bridge for RedisBridge {
         let key = offer_key(creator, pool, offer);
         let ttl = self.key_ttl_ms().max(OFFER_RECORD_MIN_TTL.as_millis() as u64);
         let args = [proposal.encode(), ttl.to_string()];
-        let cmd = evalsha(&self.scripts.offer, &[key], &args);
+        let cmd = evalsha(&self.scripts().offer, &[key], &args);
         // Durable: an outcome a failover could lose would let the other side record
         // the opposite one.
         let fut = self.pipe.call_durable("offer", cmd, Pace::Now);
@@ -1542,14 +1590,14 @@ impl Bridge for RedisBridge {
             StoreKey::Remove { key } => (key, 0),
         };
         let args = [key, until_ms.to_string(), data, now_ms().to_string()];
-        let cmd = evalsha(&self.scripts.mod_put, &MOD_KEYS.map(str::to_owned), &args);
+        let cmd = evalsha(&self.scripts().mod_put, &MOD_KEYS.map(str::to_owned), &args);
         self.pipe.fire("mod_put", cmd);
     }
 
     fn count_action(&self, user: &UserId, action: &'static str, window_secs: u64) -> BoxFut<u64> {
         let window = now_ms() / (window_secs.max(1) * 1_000);
         let key = user_key(user.as_str(), &format!("rl:{action}:{window}"));
-        let cmd = evalsha(&self.scripts.count, &[key], &[(window_secs * 1_000).to_string()]);
+        let cmd = evalsha(&self.scripts().count, &[key], &[(window_secs * 1_000).to_string()]);
         let fut = self.pipe.call("count", cmd);
         Box::pin(async move { Ok(as_i64(&fut.await?).unwrap_or(0).max(0) as u64) })
     }
@@ -1557,7 +1605,7 @@ impl Bridge for RedisBridge {
     fn user_connected(&self, user: &UserId) {
         let kick = ClusterEvent::Kick { user: user.to_string(), node: self.node.clone() }.to_json();
         let cmd = evalsha(
-            &self.scripts.connect,
+            &self.scripts().connect,
             &[user_key(user.as_str(), "node"), user_key(user.as_str(), "rooms")],
             &[self.node.clone(), kick, self.key_ttl_ms().to_string()],
         );
@@ -1602,7 +1650,7 @@ impl Bridge for RedisBridge {
             self.seat_user(u, r, ttl);
         }
         let cmd =
-            evalsha(&self.scripts.room_open, &[room_key(r, "members"), room_key(r, "meta")], &args);
+            evalsha(&self.scripts().room_open, &[room_key(r, "members"), room_key(r, "meta")], &args);
         self.pipe.fire("room_open", cmd);
     }
 
@@ -1623,7 +1671,8 @@ impl Bridge for RedisBridge {
         client_msg_id: Option<&str>,
     ) -> BoxFut<Option<Appended>> {
         let r = msg.room_id.as_str();
-        let settings = self.settings();
+        // No records are kept when the room remembers no ids.
+        let dedup = self.settings().dedup_max_per_room > 0;
         let (prefix, suffix) = self.append_payloads(msg);
         let stored = StoredMsg {
             msg_id: msg.msg_id.clone(),
@@ -1632,7 +1681,7 @@ impl Bridge for RedisBridge {
             ts: msg.ts,
         };
         let cmd = evalsha(
-            &self.scripts.append,
+            &self.scripts().append,
             &[
                 room_key(r, "seq"),
                 room_key(r, "log"),
@@ -1644,18 +1693,13 @@ impl Bridge for RedisBridge {
             &[
                 prefix,
                 suffix,
-                STREAM_CAP.to_string(),
                 serde_json::to_string(&stored).unwrap_or_default(),
                 msg.sender.clone(),
                 self.node.clone(),
-                self.history_bytes().to_string(),
-                self.key_ttl_ms().to_string(),
                 client_msg_id
-                    .filter(|id| !id.is_empty())
+                    .filter(|id| !id.is_empty() && dedup)
                     .map(|id| sent_field(&msg.sender, id))
                     .unwrap_or_default(),
-                settings.dedup_window_ms.max(1).to_string(),
-                settings.dedup_max_per_room.to_string(),
                 msg.msg_id.clone(),
                 now_ms().to_string(),
             ],
@@ -1685,7 +1729,7 @@ impl Bridge for RedisBridge {
     fn room_event(&self, room: &RoomId, event: RoomEv) {
         let payload = self.room_event_json(room, event);
         let cmd = evalsha(
-            &self.scripts.event,
+            &self.scripts().event,
             &[room_key(room.as_str(), "members")],
             &[payload, self.node.clone()],
         );
@@ -1698,7 +1742,7 @@ impl Bridge for RedisBridge {
         let ttl = self.key_ttl_ms();
         self.seat_user(user, r, ttl);
         let cmd = evalsha(
-            &self.scripts.join,
+            &self.scripts().join,
             &room_keys(r),
             &[user.to_string(), self.node.clone(), payload, "public".into(), ttl.to_string()],
         );
@@ -1731,7 +1775,7 @@ impl Bridge for RedisBridge {
         self.pipe
             .fire("srem", redis::cmd("SREM").arg(user_key(user.as_str(), "rooms")).arg(r).clone());
         let cmd = evalsha(
-            &self.scripts.leave,
+            &self.scripts().leave,
             &room_keys(r),
             &[
                 user.to_string(),
@@ -1758,7 +1802,7 @@ impl Bridge for RedisBridge {
         let r = room.as_str();
         let payload = self.room_event_json(room, RoomEv::Closed { reason: reason.to_owned() });
         let cmd = evalsha(
-            &self.scripts.close,
+            &self.scripts().close,
             &room_keys(r),
             &[payload, self.node.clone(), self.key_ttl_ms().to_string()],
         );
@@ -1776,7 +1820,7 @@ impl Bridge for RedisBridge {
         let r = room.as_str();
         let payload = self.member_here_json(room, user, MemberStatus::Online);
         let cmd = evalsha(
-            &self.scripts.rehome,
+            &self.scripts().rehome,
             &room_keys(r),
             &[user.to_string(), self.node.clone(), payload, self.key_ttl_ms().to_string()],
         );
@@ -1888,7 +1932,7 @@ impl Bridge for RedisBridge {
             };
             args.push(serde_json::to_string(&stored).unwrap_or_default());
         }
-        let cmd = evalsha(&self.scripts.reseed, &room_keys(r), &args);
+        let cmd = evalsha(&self.scripts().reseed, &room_keys(r), &args);
         let fut = self.pipe.call("reseed", cmd);
         Box::pin(async move {
             let out = as_array(fut.await?);

@@ -5,37 +5,48 @@
 -- KEYS[3] rdv:room:{ROOM}:members   KEYS[4] rdv:room:{ROOM}:meta
 -- KEYS[5] rdv:room:{ROOM}:sent: the room's records of client_msg_ids, a hash from
 --   "LEN:SENDER:CLIENT_MSG_ID" (LEN = bytes of SENDER) to "SEQ MS MSG_ID" (MS: when
---   it was stored, the sending node's clock); only touched when ARGV[9] is not empty
+--   it was stored, the sending node's clock), plus the field "~" (see below); only
+--   touched when ARGV[6] is not empty
 -- KEYS[6] rdv:room:{ROOM}:sentids: the record fields, oldest first (a list)
 -- ARGV[1] event JSON up to the seq   ARGV[2] event JSON after the seq
--- ARGV[3] stream cap (messages)   ARGV[4] stored message JSON   ARGV[5] sender
--- ARGV[6] the sending node (not published to)   ARGV[7] byte cap of the stream
--- ARGV[8] ttl of a new room's seq and log (ms)
--- ARGV[9] the record's field ("" = no client_msg_id: no deduplication)
--- ARGV[10] dedup window (ms)   ARGV[11] most ids remembered per room (0 = none)
--- ARGV[12] the message's msg_id   ARGV[13] now (ms since the epoch, the node's clock)
+-- ARGV[3] stored message JSON   ARGV[4] sender   ARGV[5] the sending node (not
+-- published to)   ARGV[6] the record's field ("" = no client_msg_id: no
+-- deduplication)   ARGV[7] the message's msg_id
+-- ARGV[8] now (ms since the epoch, the node's clock)
+-- The node's settings are constants of the script, not arguments (each argument
+-- costs Redis a string on the wire and one in Lua, on every call): the node puts
+-- a line defining STREAM_CAP (most messages in the stream, text), BYTE_CAP (most
+-- bytes, --history-bytes), KEY_TTL (life of a new room's seq and log in ms, text),
+-- WINDOW (--dedup-window-ms) and MAX (--dedup-max-per-room, 0 = none) before
+-- this file, so nodes with other settings load a script of their own.
 -- Returns the new seq, -1 when the sender is not a member, or {seq, msg_id} of
 -- the sender's earlier message with the same client_msg_id (a resend: nothing is
 -- stored or published).
 --
 -- A record counts for the window (its stored time) and while it is one of the
--- room's last ARGV[11] messages: a room never remembers more ids than that, the
+-- room's last MAX messages: a room never remembers more ids than that, the
 -- oldest forgotten first. The hash holds at most 31 records more than that (the
 -- list KEYS[6] drops the oldest 32 at a time). Both live at least one window past
 -- the room's last record: their lifetime is renewed to 1.5 windows whenever less
 -- than one is left (meta `srenew`: half a window after the last renewal, by the
 -- sending node's clock), so renewing costs a command every half window, not every
 -- send.
--- The common path is seven commands (nine with a client_msg_id): HGETALL, INCR,
--- HMGET, [HSETNX, RPUSH], XADD, HSET, PUBLISH. The room's keys are not renewed
+-- The records hash starts with the field "~" holding a value longer than Redis
+-- keeps in a listpack (`hash-max-listpack-value`, 64 bytes by default), so it is
+-- a hash table from its first record: a listpack is searched end to end, twice
+-- per HSETNX, which made a room's 100th send cost a sixth more than its first.
+-- The hash table costs about 60 % more memory until 128 records, where Redis
+-- would have converted it anyway (BENCHMARKS.md).
+-- The common path is five commands (eight with a client_msg_id): HGETALL, INCR,
+-- [HSETNX, RPUSH, HGET], HINCRBY, XADD, PUBLISH. The room's keys are not renewed
 -- here: the node that holds the room renews them every third of their margin
 -- (touch_room.lua), chatting or not.
--- The byte cap's functions (`trim`, `byte_marks`, `field`) come from trim_bytes.lua
--- and `tell_nodes` from tell_nodes.lua, both prepended to this file.
+-- The byte cap's functions (`trim`, `field`) come from trim_bytes.lua and
+-- `tell_nodes` from tell_nodes.lua, both prepended to this file.
 local members = redis.call('HGETALL', KEYS[3])
 local member = false
 for i = 1, #members, 2 do
-  if members[i] == ARGV[5] then
+  if members[i] == ARGV[4] then
     member = true
     break
   end
@@ -55,21 +66,18 @@ end
 
 local seq = redis.call('INCR', KEYS[1])
 local sseq = string.format('%d', seq)
-local bend, bstart, srenew = byte_marks(KEYS[2], KEYS[4], 'srenew')
-local renewed = nil
-local max = tonumber(ARGV[11])
-if ARGV[9] ~= '' and max > 0 then
-  local record = sseq .. ' ' .. ARGV[13] .. ' ' .. ARGV[12]
+if ARGV[6] ~= '' and MAX > 0 then
+  local record = sseq .. ' ' .. ARGV[8] .. ' ' .. ARGV[7]
   -- Stored only if the sender has no record of this id; else the record is read.
-  if redis.call('HSETNX', KEYS[5], ARGV[9], record) == 0 then
-    local prev = redis.call('HGET', KEYS[5], ARGV[9]) or ''
+  if redis.call('HSETNX', KEYS[5], ARGV[6], record) == 0 then
+    local prev = redis.call('HGET', KEYS[5], ARGV[6]) or ''
     local s, t, id = string.match(prev, '^(%d+) (%d+) (.*)$')
     local orig = tonumber(s)
     -- The original must be older than this seq (a record outliving an earlier
-    -- life of the room is stale), among the last ARGV[11] messages and stored
-    -- within the window.
-    local fresh = orig and tonumber(ARGV[13]) - tonumber(t) < tonumber(ARGV[10])
-    if orig and orig < seq and seq - orig <= max and fresh then
+    -- life of the room is stale), among the last MAX messages and stored within
+    -- the window.
+    local fresh = orig and tonumber(ARGV[8]) - tonumber(t) < WINDOW
+    if orig and orig < seq and seq - orig <= MAX and fresh then
       -- A resend. Giving the seq back is a write of the caller's, so a WAIT after
       -- this reply confirms the replicas hold the original (written before it in
       -- the replication stream), even on a connection that did not store it.
@@ -77,19 +85,23 @@ if ARGV[9] ~= '' and max > 0 then
       return {orig, id}
     end
     -- Forgotten (or unreadable): this message takes the record over.
-    redis.call('HSET', KEYS[5], ARGV[9], record)
+    redis.call('HSET', KEYS[5], ARGV[6], record)
   end
   -- The room's record fields, oldest first, bound its memory: past the most it
   -- remembers (and a batch, so this runs once per 32 records) the oldest are
   -- dropped, but only those a newer message has not taken over.
-  local n = redis.call('RPUSH', KEYS[6], ARGV[9])
-  if n > max + 31 then
-    local old = redis.call('LPOP', KEYS[6], math.min(n - max, 256))
+  local n = redis.call('RPUSH', KEYS[6], ARGV[6])
+  if n == 1 then
+    -- New records: "~" makes the hash a hash table (see above). No record's field
+    -- starts with "~", and the list never names it, so it is never dropped.
+    redis.call('HSET', KEYS[5], '~', string.rep('~', 72))
+  elseif n > MAX + 31 then
+    local old = redis.call('LPOP', KEYS[6], math.min(n - MAX, 256))
     local vals = redis.call('HMGET', KEYS[5], unpack(old))
     local gone = {}
     for i, v in ipairs(vals) do
       local s = v and tonumber(string.match(v, '^%d+'))
-      if not s or seq - s >= max then
+      if not s or seq - s >= MAX then
         gone[#gone + 1] = old[i]
       end
     end
@@ -97,28 +109,44 @@ if ARGV[9] ~= '' and max > 0 then
       redis.call('HDEL', KEYS[5], unpack(gone))
     end
   end
-  if not srenew or less(srenew, ARGV[13]) then
-    local now, window = tonumber(ARGV[13]), tonumber(ARGV[10])
-    local half = math.floor(window / 2)
-    redis.call('PEXPIRE', KEYS[5], window + half)
-    redis.call('PEXPIRE', KEYS[6], window + half)
-    renewed = string.format('%d', now + half)
+  local renew = n == 1
+  if not renew then
+    local srenew = redis.call('HGET', KEYS[4], 'srenew')
+    renew = not srenew or less(srenew, ARGV[8])
+  end
+  if renew then
+    local half = math.floor(WINDOW / 2)
+    local ttl = string.format('%d', WINDOW + half)
+    redis.call('PEXPIRE', KEYS[5], ttl)
+    redis.call('PEXPIRE', KEYS[6], ttl)
+    redis.call('HSET', KEYS[4], 'srenew', string.format('%d', tonumber(ARGV[8]) + half))
   end
 end
 
-bend = bend + #ARGV[4]
-local sbend = string.format('%d', bend)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], sseq .. '-1', 'j', ARGV[4], 'c', sbend)
-if renewed then
-  redis.call('HSET', KEYS[4], 'bend', sbend, 'srenew', renewed)
-else
-  redis.call('HSET', KEYS[4], 'bend', sbend)
+-- The room's running byte count (trim_bytes.lua), counted on in place. Only the
+-- room's first message ends at its own length; any other that does found meta
+-- without `bend` (lost), and counts on from the newest entry's.
+local len = #ARGV[3]
+local bend = redis.call('HINCRBY', KEYS[4], 'bend', len)
+if bend == len and seq ~= 1 then
+  local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+  local before = newest and tonumber(field(newest, 'c') or '')
+  if before then
+    bend = before + len
+    redis.call('HSET', KEYS[4], 'bend', string.format('%d', bend))
+  end
 end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', STREAM_CAP, sseq .. '-1', 'j', ARGV[3], 'c',
+  string.format('%d', bend))
 if seq == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[8])
-  redis.call('PEXPIRE', KEYS[2], ARGV[8])
+  redis.call('PEXPIRE', KEYS[1], KEY_TTL)
+  redis.call('PEXPIRE', KEYS[2], KEY_TTL)
 end
-trim(KEYS[2], KEYS[4], bend, bstart, tonumber(ARGV[7]))
+-- Where the oldest kept entry starts matters only once the room holds more than
+-- the cap in all.
+if bend > BYTE_CAP then
+  trim(KEYS[2], KEYS[4], bend, tonumber(redis.call('HGET', KEYS[4], 'bstart') or '') or 0, BYTE_CAP)
+end
 
-tell_nodes(KEYS[3], ARGV[6], ARGV[1] .. sseq .. ARGV[2], members)
+tell_nodes(KEYS[3], ARGV[5], ARGV[1] .. sseq .. ARGV[2], members)
 return seq

@@ -59,14 +59,13 @@ end
 
 -- The room's byte marks: where the newest entry ends (`bend`; read from the
 -- newest entry when meta lost it) and where the oldest kept one starts (`bstart`).
--- `more`, when given, is one more field of meta read in the same command: its
--- value (or false) comes third.
-local function byte_marks(log, meta, more)
-  local marks = redis.call('HMGET', meta, 'bend', 'bstart', more or 'bstart')
+-- (append.lua counts `bend` on with HINCRBY instead.)
+local function byte_marks(log, meta)
+  local marks = redis.call('HMGET', meta, 'bend', 'bstart')
   local bend, bstart = tonumber(marks[1] or ''), tonumber(marks[2] or '') or 0
   if not bend then
     local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
     bend = (newest and tonumber(field(newest, 'c') or '')) or 0
   end
-  return bend, bstart, more and marks[3]
+  return bend, bstart
 end
