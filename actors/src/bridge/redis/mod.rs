@@ -1649,8 +1649,11 @@ impl Bridge for RedisBridge {
             args.push(n.to_string());
             self.seat_user(u, r, ttl);
         }
-        let cmd =
-            evalsha(&self.scripts().room_open, &[room_key(r, "members"), room_key(r, "meta")], &args);
+        let cmd = evalsha(
+            &self.scripts().room_open,
+            &[room_key(r, "members"), room_key(r, "meta")],
+            &args,
+        );
         self.pipe.fire("room_open", cmd);
     }
 
