@@ -1354,6 +1354,11 @@ impl Bridge for RedisBridge {
         let _ = self.sink.set(sink);
         let _ = self.settings.set(settings);
         // The scripts carry settings: made now, before any connection loads them.
+        if self.scripts.get().is_some() {
+            warn!(
+                "redis scripts were made before attach: the append script keeps default settings"
+            );
+        }
         self.scripts();
         let runner = self.runner.lock().ok().and_then(|mut r| r.take());
         if let Some(runner) = runner {
