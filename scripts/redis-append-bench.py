@@ -96,7 +96,10 @@ def append_args(sha, i, rooms, with_id):
     field = f"{len(sender)}:{sender}:{cid}" if with_id else ""
     return ["EVALSHA", sha, 6, key("seq"), key("log"), key("members"), key("meta"),
             key("sent"), key("sentids"),
-            prefix + '"seq":', suffix, stored, sender, "n0", field, mid, int(time.time() * 1000)]
+            prefix + '"seq":', suffix, stored, sender, "n0", field,
+            f"{int(time.time() * 1000)} {mid}",
+            # A node renews a room's records once per half window: here on its first send.
+            "1" if with_id and i < rooms else ""]
 
 
 def main():

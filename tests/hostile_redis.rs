@@ -538,6 +538,44 @@ async fn a_resend_after_the_dedup_window_is_a_new_message() {
     assert_eq!(last.seq, 3);
 }
 
+/// Each node renews a room's duplicate-send records once per half window, not on
+/// every send: a second send soon after does not touch their lifetime, the other
+/// node's first send renews them (it never did), and a send half a window after a
+/// node's renewal renews them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_node_renews_a_rooms_records_once_per_half_window() {
+    let _serial = SERIAL.lock().await;
+    let mut args = node_args();
+    // Records live 4.5 s from a renewal; a node renews after 1.5 s.
+    args.push(("--dedup-window-ms", "3000"));
+    let cluster = Cluster::start_with(2, &args).await;
+    let (mut c1, mut c2, room) = pair(&cluster, (0, "rn1"), (1, "rn2")).await;
+    let records = format!("rdv:room:{{{room}}}:sent");
+    let life = |redis: &RedisServer| int(redis.cmd(&["PTTL", &records]));
+    let renewed_at = Instant::now();
+    exchange(&mut c1, &mut c2, &room, "r1", "r1").await;
+    assert!(life(&cluster.redis) > 4_200, "made with 1.5 windows");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    exchange(&mut c1, &mut c2, &room, "r2", "r2").await;
+    let left = life(&cluster.redis);
+    assert!(left < 4_200, "node 0 renewed 0.6 s ago: not renewed again (PTTL {left})");
+    exchange(&mut c2, &mut c1, &room, "r3", "r3").await;
+    let left = life(&cluster.redis);
+    assert!(left > 4_200, "node 1's first send renews (PTTL {left})");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    exchange(&mut c2, &mut c1, &room, "r4", "r4").await;
+    let left = life(&cluster.redis);
+    assert!(left < 4_200, "node 1 renewed 0.6 s ago (PTTL {left})");
+    tokio::time::sleep(Duration::from_millis(2_000).saturating_sub(renewed_at.elapsed())).await;
+    exchange(&mut c1, &mut c2, &room, "r5", "r5").await;
+    let left = life(&cluster.redis);
+    assert!(left > 4_200, "half a window after node 0's renewal, it renews (PTTL {left})");
+    // Every send was stored once, in order.
+    let h = history(&mut c1, &room, 0, None).await;
+    let texts: Vec<&str> = h.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["r1", "r2", "r3", "r4", "r5"]);
+}
+
 /// A room whose members chat across the nodes for two key lifetimes keeps its keys:
 /// sends renew none of them (append.lua), the node holding the room does, every
 /// third of the margin. The duplicate-send records (one per send) live at least one

@@ -29,6 +29,7 @@
 
 pub mod cluster;
 pub mod conn;
+pub mod renew;
 pub mod store;
 pub mod target;
 
@@ -216,6 +217,11 @@ impl Scripts {
     }
 }
 
+/// A mutex's guard, poisoned or not (nothing that holds these panics midway).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// `EVALSHA` of a script with its keys and arguments (the pipe loaded the script).
 fn evalsha(script: &redis::Script, keys: &[String], args: &[String]) -> Cmd {
     let mut c = redis::cmd("EVALSHA");
@@ -394,6 +400,8 @@ pub struct RedisBridge {
     scripts: OnceLock<Scripts>,
     /// What the connections load: the same sources, set with `scripts`.
     script_set: conn::ScriptSet,
+    /// When this node last renewed each room's duplicate-send records.
+    renewals: Arc<Mutex<renew::Renewals>>,
     health: Arc<Health>,
     /// Local searches, for claims of all-local groups while Redis is down.
     mirror: Arc<MemoryBridge>,
@@ -467,6 +475,7 @@ impl RedisBridge {
             pipe,
             scripts: OnceLock::new(),
             script_set,
+            renewals: Arc::default(),
             health: Arc::new(Health {
                 sub_seen_ms: AtomicU64::new(0),
                 classic_seen_ms: AtomicU64::new(0),
@@ -515,6 +524,10 @@ impl RedisBridge {
         history_bytes(&self.settings())
     }
 
+    fn renewals(&self) -> std::sync::MutexGuard<'_, renew::Renewals> {
+        lock(&self.renewals)
+    }
+
     /// The scripts, made from the engine's settings the first time they are
     /// needed: in [`Bridge::attach`], before any connection loads them.
     fn scripts(&self) -> &Scripts {
@@ -530,6 +543,8 @@ impl RedisBridge {
     async fn refresher(self: Arc<Self>) {
         loop {
             tokio::time::sleep(self.refresh_every()).await;
+            let half = renew::half_window(self.settings().dedup_window_ms);
+            self.renewals().prune(Instant::now(), half);
             if !self.pipe.is_up() {
                 continue;
             }
@@ -1679,8 +1694,15 @@ impl Bridge for RedisBridge {
         client_msg_id: Option<&str>,
     ) -> BoxFut<Option<Appended>> {
         let r = msg.room_id.as_str();
+        let settings = self.settings();
         // No records are kept when the room remembers no ids.
-        let dedup = self.settings().dedup_max_per_room > 0;
+        let field = client_msg_id
+            .filter(|id| !id.is_empty() && settings.dedup_max_per_room > 0)
+            .map(|id| sent_field(&msg.sender, id));
+        // Whether this send renews the room's records (renew.rs).
+        let asked = Instant::now();
+        let half = renew::half_window(settings.dedup_window_ms);
+        let renew = field.is_some() && self.renewals().due(r, asked, half);
         let (prefix, suffix) = self.append_payloads(msg);
         let stored = StoredMsg {
             msg_id: msg.msg_id.clone(),
@@ -1704,17 +1726,15 @@ impl Bridge for RedisBridge {
                 serde_json::to_string(&stored).unwrap_or_default(),
                 msg.sender.clone(),
                 self.node.clone(),
-                client_msg_id
-                    .filter(|id| !id.is_empty() && dedup)
-                    .map(|id| sent_field(&msg.sender, id))
-                    .unwrap_or_default(),
-                msg.msg_id.clone(),
-                now_ms().to_string(),
+                field.unwrap_or_default(),
+                format!("{} {}", now_ms(), msg.msg_id),
+                if renew { "1" } else { "" }.to_owned(),
             ],
         );
         // Acknowledged only once the replicas asked for hold it (`WAIT`); may wait
         // for a busy pipe's linger, gathered with other sends.
         let fut = self.pipe.call_durable("append", cmd, Pace::Gather);
+        let renewals = renew.then(|| (self.renewals.clone(), msg.room_id.clone()));
         Box::pin(async move {
             let (reply, confirmed) = fut.await?;
             if let Value::Array(original) = &reply {
@@ -1729,6 +1749,10 @@ impl Bridge for RedisBridge {
             let seq = as_i64(&reply).unwrap_or(-1);
             if seq > 0 && !confirmed {
                 return Ok(Some(Appended::Unconfirmed { seq: seq as u64, fresh: true }));
+            }
+            // Stored, so the script renewed as asked, and the replicas hold it.
+            if let Some((renewals, room)) = renewals.filter(|_| seq > 0) {
+                lock(&renewals).renewed(&room, asked);
             }
             Ok((seq > 0).then_some(Appended::Stored(seq as u64)))
         })

@@ -11,8 +11,9 @@
 -- ARGV[1] event JSON up to the seq   ARGV[2] event JSON after the seq
 -- ARGV[3] stored message JSON   ARGV[4] sender   ARGV[5] the sending node (not
 -- published to)   ARGV[6] the record's field ("" = no client_msg_id: no
--- deduplication)   ARGV[7] the message's msg_id
--- ARGV[8] now (ms since the epoch, the node's clock)
+-- deduplication)   ARGV[7] "NOW MSG_ID": now (ms since the epoch, the node's
+-- clock) and the message's msg_id, the end of its record
+-- ARGV[8] "1" when the node asks for the records' lifetime to be renewed
 -- The node's settings are constants of the script, not arguments (each argument
 -- costs Redis a string on the wire and one in Lua, on every call): the node puts
 -- a line defining STREAM_CAP (most messages in the stream, text), BYTE_CAP (most
@@ -27,22 +28,24 @@
 -- room's last MAX messages: a room never remembers more ids than that, the
 -- oldest forgotten first. The hash holds at most 31 records more than that (the
 -- list KEYS[6] drops the oldest 32 at a time). Both live at least one window past
--- the room's last record: their lifetime is renewed to 1.5 windows whenever less
--- than one is left (meta `srenew`: half a window after the last renewal, by the
--- sending node's clock), so renewing costs a command every half window, not every
--- send.
+-- the room's last record: their lifetime is set to 1.5 windows when they are made
+-- and when the sending node asks (ARGV[8]: it has not renewed them for half a
+-- window, renew.rs), so renewing costs two commands per node every half window,
+-- not a command every send. (Nodes of an earlier version decided by meta
+-- `srenew`, which they alone keep; either rule keeps the records alive.)
 -- The records hash starts with the field "~" holding a value longer than Redis
 -- keeps in a listpack (`hash-max-listpack-value`, 64 bytes by default), so it is
 -- a hash table from its first record: a listpack is searched end to end, twice
 -- per HSETNX, which made a room's 100th send cost a sixth more than its first.
 -- The hash table costs about 60 % more memory until 128 records, where Redis
 -- would have converted it anyway (BENCHMARKS.md).
--- The common path is five commands (eight with a client_msg_id): HGETALL, INCR,
--- [HSETNX, RPUSH, HGET], HINCRBY, XADD, PUBLISH. The room's keys are not renewed
+-- The common path is five commands (seven with a client_msg_id): HGETALL, INCR,
+-- [HSETNX, RPUSH], HINCRBY, XADD, PUBLISH. The room's keys are not renewed
 -- here: the node that holds the room renews them every third of their margin
 -- (touch_room.lua), chatting or not.
--- The byte cap's functions (`trim`, `field`) come from trim_bytes.lua and
--- `tell_nodes` from tell_nodes.lua, both prepended to this file.
+-- The byte cap's functions (`trim`, `field`) come from trim_bytes.lua
+-- (`byte_tools`, called only when needed) and `tell_nodes` from tell_nodes.lua,
+-- both prepended to this file.
 local members = redis.call('HGETALL', KEYS[3])
 local member = false
 for i = 1, #members, 2 do
@@ -55,19 +58,13 @@ if not member then
   return -1
 end
 
--- Numbers and text: each number is written out once, as an integer (Lua's own
--- tostring and Redis's conversion of numbers passed to redis.call both go through
--- a floating-point printf), and times are compared as text (`less`) rather than
--- parsed (strtod), except where arithmetic needs them.
-local function less(a, b)
-  -- a < b for decimal integers without sign or leading zeros.
-  return #a < #b or (#a == #b and a < b)
-end
-
+-- Numbers: each is written out once, as an integer (Lua's own tostring and
+-- Redis's conversion of numbers passed to redis.call both go through a
+-- floating-point printf), and the clock is parsed (strtod) only for a resend.
 local seq = redis.call('INCR', KEYS[1])
 local sseq = string.format('%d', seq)
 if ARGV[6] ~= '' and MAX > 0 then
-  local record = sseq .. ' ' .. ARGV[8] .. ' ' .. ARGV[7]
+  local record = sseq .. ' ' .. ARGV[7]
   -- Stored only if the sender has no record of this id; else the record is read.
   if redis.call('HSETNX', KEYS[5], ARGV[6], record) == 0 then
     local prev = redis.call('HGET', KEYS[5], ARGV[6]) or ''
@@ -76,7 +73,8 @@ if ARGV[6] ~= '' and MAX > 0 then
     -- The original must be older than this seq (a record outliving an earlier
     -- life of the room is stale), among the last MAX messages and stored within
     -- the window.
-    local fresh = orig and tonumber(ARGV[8]) - tonumber(t) < WINDOW
+    local now = tonumber(string.match(ARGV[7], '^%d+'))
+    local fresh = orig and now and now - tonumber(t) < WINDOW
     if orig and orig < seq and seq - orig <= MAX and fresh then
       -- A resend. Giving the seq back is a write of the caller's, so a WAIT after
       -- this reply confirms the replicas hold the original (written before it in
@@ -109,17 +107,10 @@ if ARGV[6] ~= '' and MAX > 0 then
       redis.call('HDEL', KEYS[5], unpack(gone))
     end
   end
-  local renew = n == 1
-  if not renew then
-    local srenew = redis.call('HGET', KEYS[4], 'srenew')
-    renew = not srenew or less(srenew, ARGV[8])
-  end
-  if renew then
-    local half = math.floor(WINDOW / 2)
-    local ttl = string.format('%d', WINDOW + half)
+  if n == 1 or ARGV[8] == '1' then
+    local ttl = string.format('%d', WINDOW + math.floor(WINDOW / 2))
     redis.call('PEXPIRE', KEYS[5], ttl)
     redis.call('PEXPIRE', KEYS[6], ttl)
-    redis.call('HSET', KEYS[4], 'srenew', string.format('%d', tonumber(ARGV[8]) + half))
   end
 end
 
@@ -130,6 +121,7 @@ local len = #ARGV[3]
 local bend = redis.call('HINCRBY', KEYS[4], 'bend', len)
 if bend == len and seq ~= 1 then
   local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+  local _, field = byte_tools()
   local before = newest and tonumber(field(newest, 'c') or '')
   if before then
     bend = before + len
@@ -145,6 +137,7 @@ end
 -- Where the oldest kept entry starts matters only once the room holds more than
 -- the cap in all.
 if bend > BYTE_CAP then
+  local trim = byte_tools()
   trim(KEYS[2], KEYS[4], bend, tonumber(redis.call('HGET', KEYS[4], 'bstart') or '') or 0, BYTE_CAP)
 end
 

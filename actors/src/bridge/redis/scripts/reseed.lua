@@ -8,7 +8,7 @@
 -- ARGV[5] ttl of the room's keys (ms)
 -- ARGV[6] member count m, then m pairs user, node; then seq, JSON pairs of messages
 -- Returns { stored seq before the call, user, node, ... as stored after }.
--- `trim` and `byte_marks` come from trim_bytes.lua, prepended to this file.
+-- `trim` and `byte_marks` come from trim_bytes.lua (`byte_tools`), prepended to this file.
 local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
 local lost = redis.call('EXISTS', KEYS[1]) == 0 and cur == 0
 local m = tonumber(ARGV[6])
@@ -22,6 +22,7 @@ end
 if lost then
   redis.call('HSET', KEYS[4], 'kind', ARGV[1])
 end
+local trim, _, byte_marks = byte_tools()
 local bend, bstart = byte_marks(KEYS[3], KEYS[4])
 local added = false
 while i < #ARGV do
