@@ -653,34 +653,26 @@ async fn a_rooms_stream_in_redis_is_capped_in_bytes_oldest_first() {
         array(cluster.redis.cmd(&["XRANGE", &format!("rdv:room:{{{room}}}:log"), "-", "+"]));
     let mut bytes = 0;
     let mut seqs = Vec::new();
-    for e in entries {
-        let mut parts = array(e);
-        let fields = array(parts.pop().expect("fields"));
-        let id = bulk(&parts.pop().expect("id"));
-        seqs.push(id.split('-').next().and_then(|s| s.parse::<u64>().ok()).expect("seq id"));
-        bytes += bulk(&fields[1]).len();
-    }
-    memory_sample(&cluster.redis, &all_keys(&cluster.redis));
-    assert!(bytes <= 4096, "the stream holds {bytes} bytes: {seqs:?}");
-    assert!(seqs.len() >= 5 && seqs.len() < 40, "kept {seqs:?}");
-    let expected: Vec<u64> = ((41 - seqs.len() as u64)..=40).collect();
-    assert_eq!(seqs, expected, "the newest are kept, oldest dropped first");
-    // Every entry's running count (`c`) is the bytes of all messages up to it, across
-    // the lost count too (the 40 stored messages have one size), and meta's is the
-    // newest's.
-    let entries =
-        array(cluster.redis.cmd(&["XRANGE", &format!("rdv:room:{{{room}}}:log"), "-", "+"]));
     let mut last = String::new();
     for e in entries {
         let mut parts = array(e);
         let fields = array(parts.pop().expect("fields"));
         let id = bulk(&parts.pop().expect("id"));
-        let seq: usize = id.split('-').next().and_then(|s| s.parse().ok()).expect("seq id");
+        let seq = id.split('-').next().and_then(|s| s.parse::<u64>().ok()).expect("seq id");
+        seqs.push(seq);
         let (j, c) = (bulk(&fields[1]), bulk(&fields[3]));
-        assert_eq!(c, (seq * j.len()).to_string(), "entry {id}: running count");
+        // Every entry's running count (`c`) is the bytes of all messages up to it,
+        // across the lost count too (the 40 stored messages have one size).
+        assert_eq!(c, (seq as usize * j.len()).to_string(), "entry {id}: running count");
+        bytes += j.len();
         last = c;
     }
     assert_eq!(bulk(&cluster.redis.cmd(&["HGET", &meta, "bend"])), last, "meta's count");
+    memory_sample(&cluster.redis, &all_keys(&cluster.redis));
+    assert!(bytes <= 4096, "the stream holds {bytes} bytes: {seqs:?}");
+    assert!(seqs.len() >= 5 && seqs.len() < 40, "kept {seqs:?}");
+    let expected: Vec<u64> = ((41 - seqs.len() as u64)..=40).collect();
+    assert_eq!(seqs, expected, "the newest are kept, oldest dropped first");
     // History still ends with the newest.
     let h = history(&mut b, &room, 0, Some(200)).await;
     assert_eq!(h.last().map(|m| m.seq), Some(40));

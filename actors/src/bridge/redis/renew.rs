@@ -51,16 +51,6 @@ impl Renewals {
     pub fn prune(&mut self, now: Instant, half: Duration) {
         self.last.retain(|_, t| now.saturating_duration_since(*t) < half);
     }
-
-    /// Rooms remembered.
-    pub fn len(&self) -> usize {
-        self.last.len()
-    }
-
-    /// No room remembered.
-    pub fn is_empty(&self) -> bool {
-        self.last.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -104,10 +94,10 @@ mod tests {
         r.renewed("old", t0);
         r.renewed("new", t0 + Duration::from_millis(4_000));
         r.prune(t0 + Duration::from_millis(5_000), HALF);
-        assert_eq!(r.len(), 1);
+        assert_eq!(r.last.len(), 1);
         assert!(r.due("old", t0 + Duration::from_millis(5_000), HALF));
         assert!(!r.due("new", t0 + Duration::from_millis(5_000), HALF));
         r.prune(t0 + Duration::from_millis(20_000), HALF);
-        assert!(r.is_empty());
+        assert!(r.last.is_empty());
     }
 }

@@ -43,7 +43,7 @@
 -- [HSETNX, RPUSH], HINCRBY, XADD, PUBLISH. The room's keys are not renewed
 -- here: the node that holds the room renews them every third of their margin
 -- (touch_room.lua), chatting or not.
--- The byte cap's functions (`trim`, `field`) come from trim_bytes.lua
+-- The byte cap's functions (`trim`, `newest_end`) come from trim_bytes.lua
 -- (`byte_tools`, called only when needed) and `tell_nodes` from tell_nodes.lua,
 -- both prepended to this file.
 local members = redis.call('HGETALL', KEYS[3])
@@ -120,9 +120,8 @@ end
 local len = #ARGV[3]
 local bend = redis.call('HINCRBY', KEYS[4], 'bend', len)
 if bend == len and seq ~= 1 then
-  local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
-  local _, field = byte_tools()
-  local before = newest and tonumber(field(newest, 'c') or '')
+  local _, newest_end = byte_tools()
+  local before = newest_end(KEYS[2])
   if before then
     bend = before + len
     redis.call('HSET', KEYS[4], 'bend', string.format('%d', bend))

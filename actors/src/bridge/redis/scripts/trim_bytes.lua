@@ -62,17 +62,20 @@ local function byte_tools()
     end
   end
 
-  -- The room's byte marks: where the newest entry ends (`bend`; read from the
-  -- newest entry when meta lost it) and where the oldest kept one starts (`bstart`).
-  -- (append.lua counts `bend` on with HINCRBY instead.)
+  -- Where the newest entry ends in the running count (nil for an empty stream or
+  -- an entry stored without `c`): what `bend` is when meta lost it.
+  local function newest_end(log)
+    local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
+    return newest and tonumber(field(newest, 'c') or '')
+  end
+
+  -- The room's byte marks: where the newest entry ends (`bend`) and where the
+  -- oldest kept one starts (`bstart`). (append.lua counts `bend` on with HINCRBY
+  -- instead.)
   local function byte_marks(log, meta)
     local marks = redis.call('HMGET', meta, 'bend', 'bstart')
     local bend, bstart = tonumber(marks[1] or ''), tonumber(marks[2] or '') or 0
-    if not bend then
-      local newest = redis.call('XREVRANGE', log, '+', '-', 'COUNT', 1)[1]
-      bend = (newest and tonumber(field(newest, 'c') or '')) or 0
-    end
-    return bend, bstart
+    return bend or newest_end(log) or 0, bstart
   end
-  return trim, field, byte_marks
+  return trim, newest_end, byte_marks
 end
