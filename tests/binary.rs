@@ -106,7 +106,7 @@ async fn environment_variables_configure_the_node() {
 
 #[tokio::test]
 async fn flags_override_environment_and_config_file() {
-    let file = temp_file(
+    let (_dir, file) = temp_file(
         "rendezvous",
         "node_id = \"from-file\"\nbind = \"127.0.0.1:0\"\n[engine]\nmax_text_chars = 5\n",
     );
@@ -252,13 +252,13 @@ fn run(args: &[&str], envs: &[(&str, &str)]) -> (Option<i32>, String, String) {
     (out.status.code(), text(&out.stdout), text(&out.stderr))
 }
 
-/// A file in a fresh temporary folder of this test process.
-fn temp_file(name: &str, contents: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("rdv-bin-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let path = dir.join(format!("{name}.toml"));
+/// A file in a fresh temporary folder, removed with the folder when the test
+/// passes (kept for inspection when it fails).
+fn temp_file(name: &str, contents: &str) -> (common::TempDir, std::path::PathBuf) {
+    let dir = common::TempDir::new(&format!("bin-{name}"));
+    let path = dir.path().join(format!("{name}.toml"));
     std::fs::write(&path, contents).expect("write");
-    path
+    (dir, path)
 }
 
 /// `--print-config` prints TOML that `--config` reads back into the same settings.
@@ -296,7 +296,7 @@ fn print_config_reads_back_through_config() {
     ] {
         assert!(printed.contains(line), "{line} missing:\n{printed}");
     }
-    let file = temp_file("printed", &printed);
+    let (_dir, file) = temp_file("printed", &printed);
     let (code, again, err) =
         run(&["--config", file.to_str().expect("path"), "--print-config"], &[]);
     assert_eq!(code, Some(0), "{err}");
@@ -307,7 +307,7 @@ fn print_config_reads_back_through_config() {
 /// beats the declared default.
 #[test]
 fn a_flag_beats_the_environment_which_beats_the_file() {
-    let file = temp_file(
+    let (_dir, file) = temp_file(
         "layers",
         "handshake_timeout_ms = 1111\n[engine]\nmax_interests = 5\nmax_name_chars = 50\n\
          max_signal_bytes = 500\n",
@@ -340,7 +340,7 @@ fn print_config_masks_secrets() {
     assert!(!printed.contains(secret) && !printed.contains("hunter2"), "{printed}");
     assert!(printed.contains("jwt_secret = \"<masked>\""), "{printed}");
     assert!(printed.contains("redis_url = \"redis://:<masked>@127.0.0.1:1/0\""), "{printed}");
-    let file = temp_file("masked", &printed);
+    let (_dir, file) = temp_file("masked", &printed);
     let path = file.to_str().expect("path");
     let (code, _, err) = run(&["--config", path, "--print-config"], &[]);
     assert_eq!(code, Some(2), "a masked secret was accepted");

@@ -71,15 +71,9 @@ fn error_code(f: &ServerFrame) -> Option<ErrorCode> {
     }
 }
 
-/// A fresh directory for key files.
-fn temp_dir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "rdv-auth-{tag}-{}-{}",
-        std::process::id(),
-        SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_nanos()
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A fresh directory for key files, removed when the test passes.
+fn temp_dir(tag: &str) -> TempDir {
+    TempDir::new(&format!("auth-{tag}"))
 }
 
 fn openssl(args: &[&str]) {
@@ -158,8 +152,8 @@ async fn audience_and_issuer_must_match_when_configured() {
 #[tokio::test]
 async fn rs256_and_es256_tokens_verify_with_a_public_key_file() {
     let dir = temp_dir("keys");
-    let rsa = key_pair(&dir, "rsa");
-    let ec = key_pair(&dir, "ec");
+    let rsa = key_pair(dir.path(), "rsa");
+    let ec = key_pair(dir.path(), "ec");
     let claims = |sub: &str| json!({"sub": sub, "exp": now() + 600});
     for (pair, alg, other, other_alg) in [
         (&rsa, Algorithm::RS256, &ec, Algorithm::ES256),
@@ -175,8 +169,9 @@ async fn rs256_and_es256_tokens_verify_with_a_public_key_file() {
         let mut b = accepted_as(&q(&signed(alg, &pair.signing, &claims("ben"))), "ben").await;
         // Signed by the other key type, or by another key of the same type.
         refused(&q(&signed(other_alg, &other.signing, &claims("eve"))), &[]).await;
+        let stranger_dir = temp_dir("stranger");
         let stranger =
-            key_pair(&temp_dir("stranger"), if alg == Algorithm::RS256 { "rsa" } else { "ec" });
+            key_pair(stranger_dir.path(), if alg == Algorithm::RS256 { "rsa" } else { "ec" });
         refused(&q(&signed(alg, &stranger.signing, &claims("eve"))), &[]).await;
         // No secret here: HS256 tokens, even over the public key's bytes, are refused.
         let pem = std::fs::read(&pair.public_pem).expect("pem");
@@ -197,7 +192,6 @@ async fn rs256_and_es256_tokens_verify_with_a_public_key_file() {
             _ => unreachable!(),
         }
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// Algorithm confusion: with a secret *and* a public key, the `alg` header only picks
@@ -207,7 +201,7 @@ async fn rs256_and_es256_tokens_verify_with_a_public_key_file() {
 #[tokio::test]
 async fn an_hs256_token_is_never_checked_against_the_public_key() {
     let dir = temp_dir("confusion");
-    let rsa = key_pair(&dir, "rsa");
+    let rsa = key_pair(dir.path(), "rsa");
     let mut config = jwt_config(AnonymousMode::Deny);
     config.jwt_public_key = Some(PublicKey::from_file(&rsa.public_pem).expect("key"));
     let server = TestServer::start(config);
@@ -230,7 +224,6 @@ async fn an_hs256_token_is_never_checked_against_the_public_key() {
     // The right keys get in.
     accepted_as(&q(&signed(Algorithm::RS256, &rsa.signing, &claims)), "admin").await;
     accepted_as(&q(&token("carol", 600)), "carol").await;
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -267,16 +260,16 @@ fn weak_secrets_and_bad_key_files_stop_the_binary_at_start() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("jwt_secret") && err.contains("32 bytes"), "{err}");
     let dir = temp_dir("badkeys");
-    let missing = dir.join("missing.pem");
-    let garbage = dir.join("garbage.pem");
+    let missing = dir.path().join("missing.pem");
+    let garbage = dir.path().join("garbage.pem");
     std::fs::write(
         &garbage,
         "-----BEGIN PUBLIC KEY-----\nbm90IGEga2V5\n-----END PUBLIC KEY-----\n",
     )
     .expect("write");
-    let weak = key_pair(&dir, "rsa1024").public_pem;
+    let weak = key_pair(dir.path(), "rsa1024").public_pem;
     // A private key where a public key belongs.
-    let private = dir.join("rsa1024.pem");
+    let private = dir.path().join("rsa1024.pem");
     for (file, needle) in [
         (&missing, "cannot read"),
         (&garbage, "not a supported public key"),
@@ -287,7 +280,6 @@ fn weak_secrets_and_bad_key_files_stop_the_binary_at_start() {
         assert_eq!(code, Some(2), "{file:?}: {err}");
         assert!(err.contains("jwt_public_key") && err.contains(needle), "{file:?}: {err}");
     }
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 // ---------------------------------------------------------------------------------

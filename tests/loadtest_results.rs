@@ -22,12 +22,9 @@ fn loadtest() -> &'static Path {
     common::loadtest_bin()
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rdv-lt-results-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    let path = dir.join(name);
-    let _ = std::fs::remove_file(&path);
-    path
+/// `name` in the test's own temporary folder (removed when the test passes).
+fn scratch(dir: &common::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
 }
 
 fn storm_file() -> PathBuf {
@@ -81,7 +78,8 @@ fn ws(node: &Node) -> String {
 #[test]
 fn a_staged_run_offers_each_stage_rate_second_by_second() {
     let node = Node::spawn(None, "solo", &[]);
-    let json = scratch("staged.json");
+    let tmp = common::TempDir::new("lt-results");
+    let json = scratch(&tmp, "staged.json");
     let url = ws(&node);
     let file = storm_file();
     lt(
@@ -130,7 +128,8 @@ fn a_staged_run_offers_each_stage_rate_second_by_second() {
 #[test]
 fn two_worker_processes_add_up_to_the_whole_load() {
     let node = Node::spawn(None, "solo", &[]);
-    let json = scratch("workers.json");
+    let tmp = common::TempDir::new("lt-results");
+    let json = scratch(&tmp, "workers.json");
     let url = ws(&node);
     let file = storm_file();
     lt(
@@ -169,8 +168,10 @@ fn merged_worker_parts_equal_one_unsplit_run() {
     let file = storm_file();
     let file = file.to_str().expect("path");
     let rate = "storm.rate=40";
-    let paths: Vec<PathBuf> =
-        ["whole.json", "part1.json", "part2.json", "merged.json"].map(scratch).to_vec();
+    let tmp = common::TempDir::new("lt-results");
+    let paths: Vec<PathBuf> = ["whole.json", "part1.json", "part2.json", "merged.json"]
+        .map(|name| scratch(&tmp, name))
+        .to_vec();
     let p: Vec<&str> = paths.iter().map(|p| p.to_str().expect("path")).collect();
     let common = ["--smoke", "--quiet", "--url", &url, "--set", rate];
     let run = |extra: &[&str], out: &str| {
@@ -209,14 +210,14 @@ fn merged_worker_parts_equal_one_unsplit_run() {
     assert_eq!(merged["workers"], 2);
     assert_eq!(merged["merged_from"].as_array().map(Vec::len), Some(2));
     // Inputs of different scenarios, or unreadable, exit 2.
-    let churn = scratch("churn.json");
+    let churn = scratch(&tmp, "churn.json");
     std::fs::write(&churn, r#"{"format": 2, "scenario": "churn", "raw": {}}"#).expect("write");
     lt(&["merge", p[1], churn.to_str().expect("path")], 2);
     lt(&["merge", p[1], "/nonexistent/result.json"], 2);
     // A bound the merged numbers miss exits 1.
     let mut strict = read(&paths[1]);
     strict["thresholds"] = serde_json::json!([{"path": "matched", "min": 1000.0, "max": null}]);
-    let strict_path = scratch("strict.json");
+    let strict_path = scratch(&tmp, "strict.json");
     std::fs::write(&strict_path, strict.to_string()).expect("write");
     lt(&["merge", strict_path.to_str().expect("path"), p[2]], 1);
 }
@@ -226,7 +227,8 @@ fn merged_worker_parts_equal_one_unsplit_run() {
 #[test]
 fn a_staged_chat_offers_each_stage_rate_times_the_senders() {
     let node = Node::spawn(None, "solo", &[]);
-    let json = scratch("staged-chat.json");
+    let tmp = common::TempDir::new("lt-results");
+    let json = scratch(&tmp, "staged-chat.json");
     let url = ws(&node);
     let file = repo().join("loadtest/scenarios/chat-pairs.toml");
     lt(

@@ -39,9 +39,8 @@ fn run(scenario: &str, urls: &[String], sets: &[String]) -> Outcome {
 
 fn run_with_env(scenario: &str, urls: &[String], sets: &[String], env: &[(&str, &str)]) -> Outcome {
     let file = repo().join("loadtest/scenarios").join(format!("{scenario}.toml"));
-    let json =
-        std::env::temp_dir().join(format!("rdv-scenario-{}-{scenario}.json", std::process::id()));
-    let _ = std::fs::remove_file(&json);
+    let tmp = common::TempDir::new(&format!("scenario-{scenario}"));
+    let json = tmp.path().join("results.json");
     let mut cmd = Command::new(loadtest());
     cmd.arg("run").arg(&file).arg("--smoke").arg("--quiet").arg("--json").arg(&json);
     for url in urls {
@@ -200,7 +199,8 @@ fn soak_returns_to_its_baseline() {
 fn slow_consumers_do_not_stop_the_others() {
     // A short write timeout, so that the stalled readers are cut off within the
     // few seconds of a smoke run.
-    let config = std::env::temp_dir().join(format!("rdv-slow-{}.toml", std::process::id()));
+    let tmp = common::TempDir::new("slow");
+    let config = tmp.path().join("slow.toml");
     std::fs::write(&config, "[engine]\nwrite_timeout_ms = 1000\n").expect("write config");
     let node = Node::spawn(None, "solo", &[("--config", config.to_str().expect("utf-8 path"))]);
     let r = passes("slow-consumers", &[ws(&node)], &[]);
