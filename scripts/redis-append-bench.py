@@ -90,16 +90,18 @@ def append_args(sha, i, rooms, with_id):
          "ev": {"type": "message", "seq": 0, "msg_id": mid, "sender": sender,
                 "text": "x" * 64, "ts": 1796321086987}},
         separators=(",", ":"))
-    prefix, suffix = ev.split('"seq":0', 1)
-    stored = json.dumps({"msg_id": mid, "sender": sender, "text": "x" * 64, "ts": 1796321086987},
-                        separators=(",", ":"))
+    # As the node sends them (append_payloads): the event up to its seq, and the
+    # stored JSON cut from the event's rest.
+    prefix, rest = ev.split('"seq":0', 1)
+    stored = "{" + rest[1:-1]
     field = f"{len(sender)}:{sender}:{cid}" if with_id else ""
+    # A node renews a room's records once per half window: here on its first send.
+    if with_id and i < rooms:
+        field = "+" + field
     return ["EVALSHA", sha, 6, key("seq"), key("log"), key("members"), key("meta"),
             key("sent"), key("sentids"),
-            prefix + '"seq":', suffix, stored, sender, "n0", field,
-            f"{int(time.time() * 1000)} {mid}",
-            # A node renews a room's records once per half window: here on its first send.
-            "1" if with_id and i < rooms else ""]
+            prefix + '"seq":', stored, sender, "n0", field,
+            f"{int(time.time() * 1000)} {mid}"]
 
 
 def main():

@@ -504,6 +504,48 @@ async fn history_keeps_the_newest_within_its_byte_cap(fx: Arc<Fixture>) {
     assert!(bytes <= HISTORY_BYTES, "{bytes} bytes kept");
 }
 
+/// A room's stream holds about its newest 10,000 messages (the bridge's message
+/// cap, applied approximately every 64th send) when the byte cap is set high
+/// enough not to bind first.
+async fn the_stream_keeps_about_its_newest_ten_thousand_messages(fx: Arc<Fixture>) {
+    if !keeps_rooms(&fx).await {
+        return;
+    }
+    let Some(redis) = &fx.redis else { return };
+    // A node of its own, whose byte cap is far above 10,000 short messages.
+    let c = RedisBridge::connect(&redis.url(), "c", Default::default()).expect("redis url");
+    let sink: Weak<dyn ClusterSink> = Weak::<Recorder>::new();
+    let settings = BridgeSettings { history_bytes: 64 << 20, ..BridgeSettings::default() };
+    c.clone().attach(Attachment { sink, worker: fx.worker.clone(), settings });
+    let deadline = Instant::now() + WAIT;
+    while c.health().await.is_err() {
+        assert!(Instant::now() < deadline, "node c not ready within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = RoomId::from("cap1");
+    c.room_open(&r, StoredKind::Match, vec![(user("x"), Arc::from("c"))]);
+    const CAP: u64 = 10_000;
+    let total = CAP + 300;
+    for chunk in (1..=total).collect::<Vec<u64>>().chunks(500) {
+        let sent = futures_util::future::join_all(
+            chunk.iter().map(|i| c.room_append(&msg(&r, "x", &format!("m{i}")))),
+        )
+        .await;
+        let seqs: Vec<Option<u64>> = sent.into_iter().map(|s| s.expect("append")).collect();
+        assert_eq!(seqs, chunk.iter().map(|i| Some(*i)).collect::<Vec<_>>());
+    }
+    let len = match redis.cmd(&["XLEN", "rdv:room:{cap1}:log"]) {
+        common::cluster::Resp::Int(n) => n as u64,
+        other => panic!("XLEN: {other:?}"),
+    };
+    // Trimmed at seq 10,048 and 10,112 ... 10,240 (MAXLEN ~ drops whole stream
+    // nodes of 100 entries), never below the cap.
+    assert!((CAP..=CAP + 100 + 63).contains(&len), "{len} entries kept");
+    let newest = c.room_history(&r, total - 5, 10).await.expect("history");
+    let seqs: Vec<u64> = newest.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (total - 4..=total).collect::<Vec<_>>());
+}
+
 /// A send with a `client_msg_id` is stored once: a resend (on either node) gets the
 /// original seq and msg_id and takes no seq; the record is the sender's; the room
 /// remembers its last `DEDUP_MAX` messages' ids (a resend of an older one is stored
@@ -851,6 +893,7 @@ contract!(
     count_action_counts_per_user_action_and_window,
     appends_get_consecutive_seqs_and_history_returns_them,
     history_keeps_the_newest_within_its_byte_cap,
+    the_stream_keeps_about_its_newest_ten_thousand_messages,
     resends_get_the_original_within_the_rooms_last_ids,
     seats_join_move_leave_and_close,
     a_match_room_left_by_one_of_two_closes,

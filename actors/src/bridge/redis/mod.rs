@@ -43,7 +43,7 @@ use redis::{Cmd, Value};
 use rendezvous_protocol::ChatMessage;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use self::cluster::Router;
 use self::conn::{Pace, PipePolicy};
@@ -1268,7 +1268,15 @@ impl RedisBridge {
         self.pipe.fire("pexpire", redis::cmd("PEXPIRE").arg(&key).arg(ttl).clone());
     }
 
-    fn append_payloads(&self, msg: &ChatMessage) -> (String, String) {
+    /// The append script's first two arguments (append.lua): the room event of
+    /// `msg` up to its `seq` (ending `"seq":`), and the message as the room's stream
+    /// stores it, which is also the rest of the event. The stored JSON is cut from
+    /// the event's own text (the fields after `seq`, in braces of their own), so the
+    /// script's `prefix .. seq .. ',' .. stored-without-its-brace .. '}'` is the
+    /// event exactly, and the text crosses to Redis once. `None` if the event's
+    /// layout ever stops being "`seq`, then the stored fields, then the ends"
+    /// (unit tests below pin it).
+    fn append_payloads(&self, msg: &ChatMessage) -> Option<(String, String)> {
         const MARK: &str = "18446744073709551615";
         let ev = ClusterEvent::Room {
             room: msg.room_id.clone(),
@@ -1286,13 +1294,10 @@ impl RedisBridge {
         // the field itself (inside a JSON string every quote is escaped, so a room
         // name or text cannot contain that run of characters).
         const FIELD: &str = "\"message\",\"seq\":";
-        match json.find(&format!("{FIELD}{MARK}")) {
-            Some(at) => {
-                let start = at + FIELD.len();
-                (json[..start].to_owned(), json[start + MARK.len()..].to_owned())
-            }
-            None => (json, String::new()),
-        }
+        let start = json.find(&format!("{FIELD}{MARK}"))? + FIELD.len();
+        // `,"msg_id":…,"ts":…}}`: the message's fields, the end of `ev`, the event's.
+        let fields = json[start + MARK.len()..].strip_prefix(',')?.strip_suffix('}')?;
+        Some((json[..start].to_owned(), format!("{{{fields}")))
     }
 
     fn room_event_json(&self, room: &RoomId, ev: RoomEv) -> String {
@@ -1703,12 +1708,9 @@ impl Bridge for RedisBridge {
         let asked = Instant::now();
         let half = renew::half_window(settings.dedup_window_ms);
         let renew = field.is_some() && self.renewals().due(r, asked, half);
-        let (prefix, suffix) = self.append_payloads(msg);
-        let stored = StoredMsg {
-            msg_id: msg.msg_id.clone(),
-            sender: msg.sender.clone(),
-            text: msg.text.clone(),
-            ts: msg.ts,
+        let Some((prefix, stored)) = self.append_payloads(msg) else {
+            error!(room = r, "the message event no longer splits around its seq; not sent");
+            return Box::pin(async { Err(BridgeError::Unavailable("message layout".into())) });
         };
         let cmd = evalsha(
             &self.scripts().append,
@@ -1722,13 +1724,15 @@ impl Bridge for RedisBridge {
             ],
             &[
                 prefix,
-                suffix,
-                serde_json::to_string(&stored).unwrap_or_default(),
+                stored,
                 msg.sender.clone(),
                 self.node.clone(),
-                field.unwrap_or_default(),
+                // "+": renew the records (append.lua); a field starts with a digit.
+                match field {
+                    Some(f) if renew => format!("+{f}"),
+                    f => f.unwrap_or_default(),
+                },
                 format!("{} {}", now_ms(), msg.msg_id),
-                if renew { "1" } else { "" }.to_owned(),
             ],
         );
         // Acknowledged only once the replicas asked for hold it (`WAIT`); may wait
@@ -1992,14 +1996,54 @@ mod tests {
             text: fake.into(),
             ts: 5,
         };
-        let (prefix, suffix) = bridge.append_payloads(&msg);
-        let event: ClusterEvent =
-            serde_json::from_str(&format!("{prefix}42{suffix}")).expect("valid JSON");
+        let (event, stored) = assembled(&bridge, &msg, 42);
         match event {
             ClusterEvent::Room { room, ev: RoomEv::Message { seq, text, .. }, .. } => {
                 assert_eq!((room.as_str(), seq, text.as_str()), (msg.room_id.as_str(), 42, fake));
             }
             other => panic!("{other:?}"),
+        }
+        assert_eq!(stored.text, fake);
+    }
+
+    /// What append.lua publishes and stores for `msg` at `seq`, from the two
+    /// arguments the node gives it, assembled the way the script does; the
+    /// published text must be exactly the event the node would have written.
+    fn assembled(bridge: &RedisBridge, msg: &ChatMessage, seq: u64) -> (ClusterEvent, StoredMsg) {
+        let (prefix, stored) = bridge.append_payloads(msg).expect("the event splits at its seq");
+        let published = format!("{prefix}{seq},{}}}", &stored[1..]);
+        let direct = ClusterEvent::Room {
+            room: msg.room_id.clone(),
+            origin: bridge.node.clone(),
+            ev: RoomEv::Message {
+                seq,
+                msg_id: msg.msg_id.clone(),
+                sender: msg.sender.clone(),
+                text: msg.text.clone(),
+                ts: msg.ts,
+            },
+        };
+        assert_eq!(published, direct.to_json());
+        let event = serde_json::from_str(&published).expect("valid JSON");
+        (event, serde_json::from_str(&stored).expect("the stored JSON reads back"))
+    }
+
+    #[tokio::test]
+    async fn the_stored_json_is_the_rest_of_the_event_whatever_the_text() {
+        let bridge =
+            RedisBridge::connect("redis://127.0.0.1:1", "n1", PipePolicy::default()).expect("url");
+        for text in ["", "}", "{\"a\":1}", "quote \" backslash \\ brace }}", "é 🎉 \n\t", ","] {
+            let msg = ChatMessage {
+                room_id: "room-1".into(),
+                seq: 0,
+                msg_id: "m-7".into(),
+                sender: "ann".into(),
+                text: text.into(),
+                ts: 1_796_321_086_987,
+            };
+            let (_, stored) = assembled(&bridge, &msg, 9);
+            let back = (stored.msg_id, stored.sender, stored.text, stored.ts);
+            assert_eq!(back, (msg.msg_id, msg.sender, msg.text, msg.ts));
         }
     }
 }
