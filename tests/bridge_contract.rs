@@ -513,15 +513,8 @@ async fn the_stream_keeps_about_its_newest_ten_thousand_messages(fx: Arc<Fixture
     }
     let Some(redis) = &fx.redis else { return };
     // A node of its own, whose byte cap is far above 10,000 short messages.
-    let c = RedisBridge::connect(&redis.url(), "c", Default::default()).expect("redis url");
-    let sink: Weak<dyn ClusterSink> = Weak::<Recorder>::new();
     let settings = BridgeSettings { history_bytes: 64 << 20, ..BridgeSettings::default() };
-    c.clone().attach(Attachment { sink, worker: fx.worker.clone(), settings });
-    let deadline = Instant::now() + WAIT;
-    while c.health().await.is_err() {
-        assert!(Instant::now() < deadline, "node c not ready within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (c, _sink) = third_node(&fx, redis, settings).await;
     let r = RoomId::from("cap1");
     c.room_open(&r, StoredKind::Match, vec![(user("x"), Arc::from("c"))]);
     const CAP: u64 = 10_000;
@@ -751,6 +744,25 @@ async fn broadcasts_and_room_events_reach_the_other_nodes(fx: Arc<Fixture>) {
     assert!(!a.sink.events().contains(&want), "the origin heard its own room event");
 }
 
+/// A node "c" on the fixture's Redis with `settings`, once it is ready (healthy
+/// and counting all three nodes); its sink records what it hears.
+async fn third_node(
+    fx: &Fixture,
+    redis: &RedisServer,
+    settings: BridgeSettings,
+) -> (Arc<RedisBridge>, Arc<Recorder>) {
+    let c = RedisBridge::connect(&redis.url(), "c", Default::default()).expect("redis url");
+    let sink = Arc::new(Recorder::default());
+    let weak: Weak<dyn ClusterSink> = Arc::downgrade(&sink) as Weak<dyn ClusterSink>;
+    c.clone().attach(Attachment { sink: weak, worker: fx.worker.clone(), settings });
+    let deadline = Instant::now() + WAIT;
+    while !(c.health().await.is_ok() && c.nodes().await.ok() == Some(3)) {
+        assert!(Instant::now() < deadline, "node c not ready within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (c, sink)
+}
+
 /// A message reaches each other node that holds members exactly once, however many
 /// members it holds, and never its sender's node: a room of four over three nodes
 /// (two members on b).
@@ -760,16 +772,8 @@ async fn each_other_node_hears_a_message_once(fx: Arc<Fixture>) {
     }
     let Some(redis) = &fx.redis else { return };
     // A third node for this test alone.
-    let c = RedisBridge::connect(&redis.url(), "c", Default::default()).expect("redis url");
-    let c_sink = Arc::new(Recorder::default());
-    let weak: Weak<dyn ClusterSink> = Arc::downgrade(&c_sink) as Weak<dyn ClusterSink>;
     let settings = BridgeSettings { history_bytes: HISTORY_BYTES, ..BridgeSettings::default() };
-    c.clone().attach(Attachment { sink: weak, worker: fx.worker.clone(), settings });
-    let deadline = Instant::now() + WAIT;
-    while !(c.health().await.is_ok() && c.nodes().await.ok() == Some(3)) {
-        assert!(Instant::now() < deadline, "node c not ready within {WAIT:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (c, c_sink) = third_node(&fx, redis, settings).await;
     let (a, b, r) = (fx.a(), fx.b(), RoomId::from("p4"));
     let on = |u: &str, n: &str| (user(u), Arc::<str>::from(n));
     a.bridge.room_open(
