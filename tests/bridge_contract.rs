@@ -773,7 +773,7 @@ async fn each_other_node_hears_a_message_once(fx: Arc<Fixture>) {
     let Some(redis) = &fx.redis else { return };
     // A third node for this test alone.
     let settings = BridgeSettings { history_bytes: HISTORY_BYTES, ..BridgeSettings::default() };
-    let (c, c_sink) = third_node(&fx, redis, settings).await;
+    let (_c, c_sink) = third_node(&fx, redis, settings).await;
     let (a, b, r) = (fx.a(), fx.b(), RoomId::from("p4"));
     let on = |u: &str, n: &str| (user(u), Arc::<str>::from(n));
     a.bridge.room_open(
