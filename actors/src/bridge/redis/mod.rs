@@ -2024,6 +2024,15 @@ mod tests {
             },
         };
         assert_eq!(published, direct.to_json());
+        // Byte for byte what the stream held before (and nodes of the previous
+        // version still store): the message serialized on its own.
+        let own = StoredMsg {
+            msg_id: msg.msg_id.clone(),
+            sender: msg.sender.clone(),
+            text: msg.text.clone(),
+            ts: msg.ts,
+        };
+        assert_eq!(stored, serde_json::to_string(&own).expect("serializes"));
         let event = serde_json::from_str(&published).expect("valid JSON");
         (event, serde_json::from_str(&stored).expect("the stored JSON reads back"))
     }
