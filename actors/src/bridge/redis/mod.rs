@@ -1277,7 +1277,6 @@ impl RedisBridge {
     /// layout ever stops being "`seq`, then the stored fields, then the ends"
     /// (unit tests below pin it).
     fn append_payloads(&self, msg: &ChatMessage) -> Option<(String, String)> {
-        const MARK: &str = "18446744073709551615";
         let ev = ClusterEvent::Room {
             room: msg.room_id.clone(),
             origin: self.node.clone(),
@@ -1290,14 +1289,16 @@ impl RedisBridge {
             },
         };
         let json = ev.to_json();
-        // The event's tag comes first, then `seq`: `"message","seq":MARK` can only be
-        // the field itself (inside a JSON string every quote is escaped, so a room
-        // name or text cannot contain that run of characters).
+        // The event's tag comes first, then `seq` (u64::MAX): `"message","seq":MAX`
+        // can only be the field itself (inside a JSON string every quote is escaped,
+        // so a room name or text cannot contain that run of characters). Written out
+        // whole, so a send makes no string to search for.
         const FIELD: &str = "\"message\",\"seq\":";
-        let start = json.find(&format!("{FIELD}{MARK}"))? + FIELD.len();
+        const MARKED: &str = "\"message\",\"seq\":18446744073709551615";
+        let at = json.find(MARKED)?;
         // `,"msg_id":…,"ts":…}}`: the message's fields, the end of `ev`, the event's.
-        let fields = json[start + MARK.len()..].strip_prefix(',')?.strip_suffix('}')?;
-        Some((json[..start].to_owned(), format!("{{{fields}")))
+        let fields = json[at + MARKED.len()..].strip_prefix(',')?.strip_suffix('}')?;
+        Some((json[..at + FIELD.len()].to_owned(), format!("{{{fields}")))
     }
 
     fn room_event_json(&self, room: &RoomId, ev: RoomEv) -> String {
